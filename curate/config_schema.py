@@ -1,0 +1,59 @@
+"""JSON Schema from typed config dataclasses, so the published recipe schema cannot drift from code."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+def type_schema(tp: Any) -> dict[str, Any]:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return {}
+    if origin in (Union, types.UnionType):
+        non_null = [a for a in args if a is not type(None)]
+        schemas = [type_schema(a) for a in non_null]
+        if len(non_null) < len(args):
+            schemas.append({"type": "null"})
+        return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if origin in (list, tuple, typing.Sequence, set, frozenset) or tp in (list, tuple):
+        item = type_schema(args[0]) if args else {}
+        return {"type": "array", "items": item}
+    if origin in (dict, typing.Mapping) or tp is dict:
+        return {"type": "object", "additionalProperties": type_schema(args[1]) if len(args) == 2 else {}}
+    if dataclasses.is_dataclass(tp):
+        return dataclass_json_schema(tp)
+    return {}
+
+
+def dataclass_json_schema(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        s = dict(type_schema(hints[f.name]))
+        doc = f.metadata.get("doc") if f.metadata else None
+        if doc:
+            s["description"] = doc
+        if f.default is not dataclasses.MISSING:
+            if isinstance(f.default, (int, float, str, bool)) or f.default is None:
+                s["default"] = f.default
+        elif f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            required.append(f.name)
+        props[f.name] = s
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out

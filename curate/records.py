@@ -1,0 +1,182 @@
+"""The sample record: one typed Arrow schema for every sample kind.
+
+Why one schema: every stage reads and writes the same columns, so a stage can be dropped into any
+position of a recipe and intermediate manifests are plain parquet that users can query. Image *bytes*
+never appear here — only references (a tar member with its byte offset, a parquet cell, or a file
+path) plus the width/height read from the header at ingest. The final shard writer is the only place
+that reads image bytes again.
+
+Stages add their own typed columns (``Stage.adds``); ``conform`` makes every batch match the declared
+schema so that Ray blocks written by different workers always unify.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+
+# Sample categories named by the seeds' data recipes; recipes may use others (validated as strings).
+CATEGORIES = (
+    "caption", "ocr", "grounding", "table_chart", "stem", "gui", "interleaved", "video", "text",
+    "vqa", "conversation",
+)
+
+IMAGE_REF = pa.struct([
+    ("uri", pa.string()),        # file path or URL of the container (tar, parquet) or of the image itself
+    ("member", pa.string()),     # tar member name / "row=N;column=C" for parquet cells / null for plain files
+    ("offset", pa.int64()),      # byte offset of the data inside `uri` when known (tar), else -1
+    ("size", pa.int64()),        # byte length of the encoded image, -1 when unknown
+    ("width", pa.int32()),       # from the header, no decode
+    ("height", pa.int32()),
+    ("format", pa.string()),     # JPEG / PNG / WEBP / ...
+])
+
+VIDEO_REF = pa.struct([
+    ("uri", pa.string()),
+    ("member", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("duration_s", pa.float64()),
+    ("fps", pa.float64()),
+])
+
+TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+# Bookkeeping columns written by the runner around every stage.
+STATUS = "_status"      # kept | rejected | quarantined
+REASON = "_reason"      # short machine-readable reason, e.g. "duplicate_key", "blank_image"
+DETAIL = "_detail"      # human-readable detail (exception text, measured value)
+ORDINAL = "_ordinal"    # stable global order assigned at ingest: (source, file, row)
+
+KEPT, REJECTED, QUARANTINED = "kept", "rejected", "quarantined"
+
+BASE_FIELDS: list[pa.Field] = [
+    pa.field("key", pa.string(), nullable=False),   # unique in a run: "{source}/{original key}"
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("category", pa.string(), nullable=False),
+    pa.field("images", pa.list_(IMAGE_REF)),        # empty list for text-only samples
+    pa.field("videos", pa.list_(VIDEO_REF)),
+    pa.field("text", pa.string()),                  # caption / plain text; null for conversations
+    pa.field("conversations", pa.list_(TURN)),      # LLaVA/ShareGPT turns, roles normalised to user/assistant/system
+    pa.field("meta", pa.string()),                  # original per-sample metadata as JSON text (NaN-free)
+    pa.field("provenance", pa.string()),            # where the sample came from: file, member/line, as JSON text
+    pa.field(ORDINAL, pa.int64(), nullable=False),
+    pa.field(STATUS, pa.string(), nullable=False),
+    pa.field(REASON, pa.string()),
+    pa.field(DETAIL, pa.string()),
+]
+
+BASE_SCHEMA = pa.schema(BASE_FIELDS)
+
+# Columns that later stages add, named here so that stages written independently agree on them.
+WELL_KNOWN_COLUMNS: dict[str, pa.DataType] = {
+    "num_tokens": pa.int64(),            # total sequence length as the trainer builds it (count_tokens)
+    "text_tokens": pa.int64(),
+    "image_tokens": pa.list_(pa.int32()),  # one entry per image, same order as `images`
+    "video_tokens": pa.list_(pa.int32()),
+    "pack_id": pa.int64(),               # pack plan: which pack this sample lands in (pack)
+    "pack_position": pa.int32(),         # position of the sample inside its pack
+    "clip_score": pa.float32(),
+    "grounding_problems": pa.string(),
+}
+
+
+def schema_with(extra: Mapping[str, pa.DataType] | Iterable[pa.Field] = ()) -> pa.Schema:
+    """BASE_SCHEMA plus extra columns (in the order given), extra fields replacing same-named ones."""
+    fields = list(extra.items()) if isinstance(extra, Mapping) else [(f.name, f.type) for f in extra]
+    schema = BASE_SCHEMA
+    for name, typ in fields:
+        idx = schema.get_field_index(name)
+        if idx >= 0:
+            schema = schema.set(idx, pa.field(name, typ))
+        else:
+            schema = schema.append(pa.field(name, typ))
+    return schema
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return `table` with exactly `schema`'s columns, in order, cast; missing columns become null.
+
+    Columns not in the schema are an error: a stage that adds a column must declare it.
+    """
+    extra = set(table.column_names) - set(schema.names)
+    if extra:
+        raise ValueError(f"undeclared columns {sorted(extra)}; declare them in the stage's `adds`")
+    arrays = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if col.type != f.type:
+                col = col.cast(f.type)
+            arrays.append(col)
+        else:
+            arrays.append(pa.nulls(table.num_rows, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def empty_table(schema: pa.Schema = BASE_SCHEMA) -> pa.Table:
+    return schema.empty_table()
+
+
+@dataclass
+class Sample:
+    """A convenience view of one record for notebooks and tests (the pipeline itself stays columnar)."""
+    key: str
+    source: str
+    category: str
+    images: list[dict] = field(default_factory=list)
+    videos: list[dict] = field(default_factory=list)
+    text: str | None = None
+    conversations: list[dict] | None = None
+    meta: dict | None = None
+    provenance: dict | None = None
+    ordinal: int = 0
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "source": self.source, "category": self.category,
+            "images": [image_ref(**im) for im in self.images], "videos": list(self.videos),
+            "text": self.text, "conversations": self.conversations,
+            "meta": dumps_meta(self.meta), "provenance": dumps_meta(self.provenance),
+            ORDINAL: self.ordinal, STATUS: KEPT, REASON: None, DETAIL: None,
+        }
+
+
+def image_ref(uri: str, member: str | None = None, offset: int = -1, size: int = -1,
+              width: int | None = None, height: int | None = None, format: str | None = None) -> dict:
+    return {"uri": uri, "member": member, "offset": offset, "size": size,
+            "width": width, "height": height, "format": format}
+
+
+def dumps_meta(value: Any) -> str | None:
+    """Canonical JSON (sorted keys, no NaN) so that equal metadata gives equal bytes."""
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema = BASE_SCHEMA) -> pa.Table:
+    """Build a conformed table from row dicts (missing keys become null)."""
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def make_ordinal(source_index: int, file_index: int, row_index: int) -> int:
+    """Global order key: 8 bits source, 24 bits file, 31 bits row — stable across runs and machines."""
+    if not (0 <= source_index < 1 << 8 and 0 <= file_index < 1 << 24 and 0 <= row_index < 1 << 31):
+        raise ValueError(f"ordinal out of range: source={source_index} file={file_index} row={row_index}")
+    return (source_index << 55) | (file_index << 31) | row_index
+
+
+def text_of(table: pa.Table) -> list[str]:
+    """All text of each sample (caption + every turn), for stages that just need 'the words'."""
+    texts = table.column("text").to_pylist()
+    convs = table.column("conversations").to_pylist()
+    out = []
+    for t, conv in zip(texts, convs):
+        parts = [t] if t else []
+        parts += [turn["content"] or "" for turn in (conv or [])]
+        out.append("\n".join(parts))
+    return out

@@ -1,0 +1,281 @@
+"""The stage contract every curation, counting, packing and writing step implements.
+
+Ideas taken from two peers (not their code): NeMo Curator's stage declares its resources, inputs and
+outputs and separates a once-per-worker ``setup()`` from ``process_batch()``; DataTrove's filter is a
+tiny function ``filter(doc) -> bool | (bool, reason)``. Here:
+
+* A ``Stage`` declares ``name``, ``requires`` (columns it reads), ``adds`` (typed columns it writes),
+  ``resources`` (cpus, gpus, batch size, task or actor) and a ``Config`` dataclass of settings.
+* ``setup()`` runs once per worker (load models there), ``process_batch(table)`` returns a
+  ``BatchResult``: the kept rows plus every dropped row with a status and a reason. Nothing is lost
+  silently — the runner checks ``in == kept + dropped`` for every batch.
+* A stage that needs to see the whole dataset (dedup, top-fraction selection, mixture, packing,
+  shard writing) also implements ``decide(table)``; the runner hands it the ``global_columns`` of all
+  rows kept by ``process_batch`` and joins its answer back by ``_ordinal``.
+* ``FilterStage`` is the DataTrove-sized version: implement ``keep(row)`` or ``keep_batch(table)``.
+
+Stages are plain classes: ``stage.run(table)`` runs one in a notebook without Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import records as R
+
+ALL_COLUMNS = ("*",)
+
+Verdict = bool | tuple[bool, str] | tuple[bool, str, str]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of the stage needs. `kind="actor"` keeps state (a model) across batches."""
+    cpus: float = 1.0
+    gpus: float = 0.0
+    batch_size: int = 256
+    kind: Literal["task", "actor"] = "task"
+    concurrency: int | None = None  # actors in the pool (max); None: one per available CPU/GPU
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Run-wide facts a stage may need: the seed, where the run writes, and the recipe's identity."""
+    seed: int = 0
+    out_dir: str = ""
+    recipe_name: str = ""
+    recipe_hash: str = ""
+    stage_index: int = 0
+    mixture: Mapping[str, Any] | None = None
+
+
+@dataclass
+class BatchResult:
+    """What a stage did to one batch: kept rows, and dropped rows carrying _status/_reason/_detail."""
+    kept: pa.Table
+    dropped: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return self.kept.num_rows + self.dropped.num_rows
+
+    @staticmethod
+    def split(table: pa.Table, reasons: Sequence[str | None], details: Sequence[str | None] | None = None,
+              status: str = R.REJECTED) -> "BatchResult":
+        """Rows whose reason is None are kept; the others are dropped with that reason and `status`."""
+        if len(reasons) != table.num_rows:
+            raise ValueError(f"{len(reasons)} verdicts for {table.num_rows} rows")
+        drop_mask = pa.array([r is not None for r in reasons], type=pa.bool_())
+        kept = table.filter(pc.invert(drop_mask))
+        idx = [i for i, r in enumerate(reasons) if r is not None]
+        dropped = table.take(pa.array(idx, type=pa.int64()))
+        if idx:
+            dropped = set_status(dropped, status, [reasons[i] for i in idx],
+                                 [details[i] for i in idx] if details is not None else None)
+        return BatchResult(kept, dropped)
+
+    @staticmethod
+    def keep_all(table: pa.Table) -> "BatchResult":
+        return BatchResult(table, table.slice(0, 0))
+
+    def concat(self) -> pa.Table:
+        """Kept and dropped rows in one table (kept rows have _status == 'kept')."""
+        if self.dropped.num_rows == 0:
+            return self.kept
+        if self.kept.num_rows == 0:
+            return self.dropped
+        return pa.concat_tables([self.kept, self.dropped.cast(self.kept.schema)])
+
+
+def set_status(table: pa.Table, status: str, reasons: Sequence[str | None] | str,
+               details: Sequence[str | None] | str | None = None) -> pa.Table:
+    n = table.num_rows
+    if isinstance(reasons, str) or reasons is None:
+        reasons = [reasons] * n
+    if isinstance(details, str) or details is None:
+        details = [details] * n
+    out = table
+    for name, values in ((R.STATUS, [status] * n), (R.REASON, list(reasons)), (R.DETAIL, list(details))):
+        arr = pa.array(values, type=pa.string())
+        idx = out.schema.get_field_index(name)
+        out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
+    return out
+
+
+class Stage:
+    """Base class. Subclasses set the ClassVars and implement process_batch and/or decide."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ("key",)
+    adds: ClassVar[Mapping[str, pa.DataType]] = {}
+    resources: ClassVar[Resources] = Resources()
+    # Columns handed to decide(); ("*",) means every column. None: the stage has no global step.
+    global_columns: ClassVar[tuple[str, ...] | None] = None
+    # Columns handed to summarize() for the report.
+    summary_columns: ClassVar[tuple[str, ...]] = ()
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: Any = None, context: StageContext | None = None, **settings: Any):
+        if config is None:
+            config = self.Config(**settings)
+        elif settings:
+            config = dataclasses.replace(config, **settings)
+        self.config = config
+        self.context = context or StageContext()
+        self._is_setup = False
+        self.validate_config()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def validate_config(self) -> None:
+        """Raise ValueError naming the bad setting. Runs at construction (also at `validate recipe`)."""
+
+    def setup(self) -> None:
+        """Once per worker, before the first batch: load models, tokenizers, tables."""
+
+    def ensure_setup(self) -> None:
+        if not self._is_setup:
+            self.setup()
+            self._is_setup = True
+
+    def has_batch_step(self) -> bool:
+        return type(self).process_batch is not Stage.process_batch
+
+    def has_global_step(self) -> bool:
+        return self.global_columns is not None
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        return BatchResult.keep_all(batch)
+
+    def decide(self, table: pa.Table) -> pa.Table:
+        """Global step. Gets `key`, `_ordinal` and `global_columns` of every kept row; returns a table
+        with `_ordinal`, `_status`, `_reason`, `_detail` (one row per input row) and any `adds` columns."""
+        raise NotImplementedError
+
+    def summarize(self, kept: pa.Table) -> dict[str, Any]:
+        """Extra numbers for report.json (fill, percentiles...). Gets `summary_columns` of kept rows."""
+        return {}
+
+    # --- running without Ray -----------------------------------------------------------------------
+    def run(self, table: pa.Table, batch_size: int | None = None) -> BatchResult:
+        """Run the whole stage in-process on a table (notebooks, tests, the inline executor)."""
+        from pipelines.execution import run_stage_inline  # local import: pipelines depends on curate
+        return run_stage_inline(self, table, batch_size=batch_size)
+
+    @classmethod
+    def settings_schema(cls) -> dict[str, Any]:
+        """JSON Schema of the Config dataclass (for the recipe schema and `mmcurate stages`)."""
+        from curate.config_schema import dataclass_json_schema
+        return dataclass_json_schema(cls.Config)
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        schema = input_schema
+        for col, typ in self.adds.items():
+            idx = schema.get_field_index(col)
+            schema = schema.set(idx, pa.field(col, typ)) if idx >= 0 else schema.append(pa.field(col, typ))
+        return schema
+
+
+class FilterStage(Stage):
+    """DataTrove-sized contract: decide per row with ``keep(row) -> bool | (bool, reason[, detail])``,
+    or vectorised with ``keep_batch(table) -> list[verdict]``. A False without reason uses the stage name."""
+
+    def keep(self, row: Mapping[str, Any]) -> Verdict:
+        raise NotImplementedError
+
+    def keep_batch(self, table: pa.Table) -> list[Verdict]:
+        return [self.keep(row) for row in table.to_pylist()]
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        for verdict in self.keep_batch(batch):
+            ok, reason, detail = normalize_verdict(verdict, self.name)
+            reasons.append(None if ok else reason)
+            details.append(None if ok else detail)
+        return BatchResult.split(batch, reasons, details)
+
+
+def normalize_verdict(verdict: Verdict, default_reason: str) -> tuple[bool, str | None, str | None]:
+    if isinstance(verdict, tuple):
+        ok = bool(verdict[0])
+        reason = verdict[1] if len(verdict) > 1 else default_reason
+        detail = verdict[2] if len(verdict) > 2 else None
+        return ok, (reason or default_reason), detail
+    return bool(verdict), default_reason, None
+
+
+def error_detail(exc: BaseException) -> str:
+    """One-line error text for the rejects manifest (type, message, innermost frame)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"[:500]
+
+
+# --- registry ----------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Stage]] = {}
+
+# Modules that define built-in stages; imported lazily so that `mmcurate stages` stays fast and
+# heavy libraries (torch, transformers) are only imported inside setup().
+BUILTIN_STAGE_MODULES = (
+    "curate.ingest",
+    "curate.dedup",
+    "curate.mixture",
+    "curate.filters.image_rules",
+    "curate.filters.text_rules",
+    "curate.scoring.stages",
+    "curate.grounding.stage",
+    "pack.stages",
+    "pack.shards",
+)
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available to recipes under `cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"stage name {cls.name!r} registered twice ({existing.__qualname__}, {cls.__qualname__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    import importlib
+    for mod in BUILTIN_STAGE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # A module of ours that is not written yet is skipped; a missing *dependency* is an error.
+            if exc.name is None or not exc.name.startswith(mod.split(".")[0]):
+                raise
+
+
+def registry() -> dict[str, type[Stage]]:
+    _load_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> type[Stage]:
+    reg = registry()
+    if name not in reg:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(reg)}")
+    return reg[name]
+
+
+def build(name: str, settings: Mapping[str, Any] | None = None, context: StageContext | None = None) -> Stage:
+    cls = get(name)
+    cfg_fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = set(settings or {}) - cfg_fields
+    if unknown:
+        raise ValueError(f"stage {name!r}: unknown setting(s) {sorted(unknown)}; known: {sorted(cfg_fields)}")
+    return cls(context=context, **dict(settings or {}))

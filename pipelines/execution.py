@@ -1,0 +1,171 @@
+"""How one stage is applied to data: the per-batch adapter and the global-decision join.
+
+Both executors (Ray Data and inline) use these functions, so a stage behaves the same on a laptop,
+in a notebook and on a cluster. The adapter is where the accounting promise is enforced: every input
+row comes out exactly once, kept or dropped with a reason; a batch that raises is retried row by row
+and only the rows that raise are quarantined with the error.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import records as R
+from curate.stage import BatchResult, Stage, error_detail, set_status
+
+STATUS_COLUMNS = (R.STATUS, R.REASON, R.DETAIL)
+
+
+def with_bookkeeping(table: pa.Table) -> pa.Table:
+    """Give a user-made table the runner's bookkeeping columns (notebook convenience)."""
+    n = table.num_rows
+    if R.ORDINAL not in table.column_names:
+        table = table.append_column(R.ORDINAL, pa.array(np.arange(n, dtype=np.int64)))
+    if R.STATUS not in table.column_names:
+        table = table.append_column(R.STATUS, pa.array([R.KEPT] * n, type=pa.string()))
+    for col in (R.REASON, R.DETAIL):
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(n, type=pa.string()))
+    return table
+
+
+def only_kept(table: pa.Table) -> pa.Table:
+    return table.filter(pc.equal(table.column(R.STATUS), R.KEPT))
+
+
+def _conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Like records.conform but tolerates the input already having more columns than the stage adds."""
+    return R.conform(table.select([c for c in table.column_names if c in schema.names]), schema)
+
+
+def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
+    """Run process_batch on the kept rows of `batch`; return kept + dropped rows in the output schema."""
+    batch = only_kept(batch)
+    out_schema = stage.output_schema(batch.schema)
+    if batch.num_rows == 0:
+        return out_schema.empty_table()
+    stage.ensure_setup()
+    try:
+        result = stage.process_batch(batch)
+        check_accounting(stage.name, batch, result)
+    except Exception:  # noqa: BLE001 — isolate the bad rows instead of failing the run
+        result = _row_by_row(stage, batch, out_schema)
+    return pa.concat_tables([_conform_loose(result.kept, out_schema), _conform_loose(result.dropped, out_schema)])
+
+
+def _row_by_row(stage: Stage, batch: pa.Table, out_schema: pa.Schema) -> BatchResult:
+    kept, dropped = [], []
+    for i in range(batch.num_rows):
+        row = batch.slice(i, 1)
+        try:
+            res = stage.process_batch(row)
+            check_accounting(stage.name, row, res)
+            kept.append(_conform_loose(res.kept, out_schema))
+            dropped.append(_conform_loose(res.dropped, out_schema))
+        except Exception as exc:  # noqa: BLE001
+            reason = f"error:{type(exc).__name__}"
+            dropped.append(_conform_loose(set_status(row, R.QUARANTINED, reason, error_detail(exc)), out_schema))
+    empty = out_schema.empty_table()
+    return BatchResult(pa.concat_tables([empty, *kept]), pa.concat_tables([empty, *dropped]))
+
+
+def check_accounting(stage_name: str, batch: pa.Table, result: BatchResult) -> None:
+    """Every input row must come out exactly once; dropped rows must carry a status and reason."""
+    if result.num_rows != batch.num_rows:
+        raise AccountingError(f"stage {stage_name!r} returned {result.num_rows} rows for {batch.num_rows}")
+    got = Counter(result.kept.column(R.ORDINAL).to_pylist() + result.dropped.column(R.ORDINAL).to_pylist())
+    if got != Counter(batch.column(R.ORDINAL).to_pylist()):
+        raise AccountingError(f"stage {stage_name!r} changed the set of samples in a batch")
+    if result.dropped.num_rows:
+        status = result.dropped.column(R.STATUS).to_pylist()
+        reasons = result.dropped.column(R.REASON).to_pylist()
+        if any(s not in (R.REJECTED, R.QUARANTINED) for s in status) or any(not r for r in reasons):
+            raise AccountingError(f"stage {stage_name!r} dropped rows without a status and reason")
+    if result.kept.num_rows and pc.any(pc.not_equal(result.kept.column(R.STATUS), R.KEPT)).as_py():
+        raise AccountingError(f"stage {stage_name!r} returned kept rows whose _status is not 'kept'")
+
+
+class AccountingError(RuntimeError):
+    """A stage broke the in = kept + rejected + quarantined promise. This is a bug in the stage."""
+
+
+def global_input(stage: Stage, table: pa.Table) -> pa.Table:
+    """The columns decide() sees: key, _ordinal and the stage's global_columns, kept rows only."""
+    kept = only_kept(table)
+    cols = stage.global_columns or ()
+    if tuple(cols) == ("*",):
+        return kept
+    wanted = ["key", R.ORDINAL] + [c for c in cols if c not in ("key", R.ORDINAL)]
+    return kept.select(wanted)
+
+
+def validate_decisions(stage: Stage, inputs: pa.Table, decisions: pa.Table) -> pa.Table:
+    for col in (R.ORDINAL, R.STATUS):
+        if col not in decisions.column_names:
+            raise AccountingError(f"stage {stage.name!r}: decide() result lacks column {col!r}")
+    if sorted(decisions.column(R.ORDINAL).to_pylist()) != sorted(inputs.column(R.ORDINAL).to_pylist()):
+        raise AccountingError(f"stage {stage.name!r}: decide() must answer for every kept row exactly once")
+    extra = set(decisions.column_names) - {R.ORDINAL, *STATUS_COLUMNS} - set(stage.adds)
+    if extra:
+        raise AccountingError(f"stage {stage.name!r}: decide() returned undeclared columns {sorted(extra)}")
+    bad = pc.and_(pc.not_equal(decisions.column(R.STATUS), R.KEPT),
+                  pc.is_null(decisions.column(R.REASON)) if R.REASON in decisions.column_names
+                  else pa.scalar(True))
+    if pc.any(bad).as_py():
+        raise AccountingError(f"stage {stage.name!r}: decide() dropped rows without a reason")
+    return decisions
+
+
+def apply_decisions(table: pa.Table, decisions: pa.Table, out_schema: pa.Schema) -> pa.Table:
+    """Overwrite status and added columns of the rows that `decisions` names (by _ordinal)."""
+    table = _conform_loose(table, out_schema)
+    pos = pc.index_in(table.column(R.ORDINAL), value_set=decisions.column(R.ORDINAL))
+    has = pc.is_valid(pos)
+    if not pc.any(has).as_py():
+        return table
+    take_idx = pc.fill_null(pos, 0)
+    for name in decisions.column_names:
+        if name == R.ORDINAL:
+            continue
+        new = decisions.column(name).take(take_idx)
+        field = out_schema.field(name)
+        new = new.cast(field.type)
+        old = table.column(name)
+        merged = pc.if_else(has, new, old)
+        table = table.set_column(table.schema.get_field_index(name), field, merged)
+    return table
+
+
+def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = None) -> BatchResult:
+    """The whole stage in this process: batches, then the global step. Returns kept and dropped rows."""
+    table = with_bookkeeping(table)
+    size = batch_size or stage.resources.batch_size
+    parts = [apply_batch(stage, table.slice(i, size)) for i in range(0, table.num_rows, size)]
+    out_schema = stage.output_schema(table.schema)
+    out = pa.concat_tables([out_schema.empty_table(), *parts]) if parts else out_schema.empty_table()
+    if stage.has_global_step():
+        stage.ensure_setup()
+        inputs = global_input(stage, out)
+        decisions = validate_decisions(stage, inputs, stage.decide(inputs))
+        out = apply_decisions(out, decisions, out_schema)
+    is_kept = pc.equal(out.column(R.STATUS), R.KEPT)
+    return BatchResult(out.filter(is_kept), out.filter(pc.invert(is_kept)))
+
+
+def tally(statuses: list[str], reasons: list[str | None]) -> dict[str, Any]:
+    """Accounting of one stage's output rows: kept, rejected by reason, quarantined by reason."""
+    rejected: Counter[str] = Counter()
+    quarantined: Counter[str] = Counter()
+    kept = 0
+    for s, r in zip(statuses, reasons):
+        if s == R.KEPT:
+            kept += 1
+        elif s == R.REJECTED:
+            rejected[r or "unspecified"] += 1
+        else:
+            quarantined[r or "unspecified"] += 1
+    return {"out": kept, "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items()))}
