@@ -1,0 +1,35 @@
+"""mmcurate.curate — sample records, readers, the stage contract and the curation stages.
+
+Notebook use::
+
+    import curate
+    table = curate.read_source("data/sample/caption/*.tar", format="webdataset", source="laion", category="caption")
+    stage = curate.build_stage("text_filter", {"min_words": 3})
+    result = stage.run(table)          # result.kept, result.dropped (with _reason)
+    curate.grounding.validate("<|box_start|>(010,020),(300,400)<|box_end|>")
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from curate.stage import BatchResult, FilterStage, Resources, Stage, StageContext, register  # noqa: F401
+from curate.stage import build as build_stage  # noqa: F401
+from curate.stage import get as get_stage  # noqa: F401
+from curate.stage import registry as stages  # noqa: F401
+
+_LAZY = {
+    "read_source": "curate.readers",
+    "grounding": None,   # submodule
+    "records": None,
+    "images": None,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = _LAZY[name]
+        if mod is None:
+            return importlib.import_module(f"curate.{name}")
+        return getattr(importlib.import_module(mod), name)
+    raise AttributeError(f"module 'curate' has no attribute {name!r}")
