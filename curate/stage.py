@@ -52,6 +52,8 @@ class StageContext:
     recipe_hash: str = ""
     stage_index: int = 0
     mixture: Mapping[str, Any] | None = None
+    # Settings of the stages before this one, by stage name (e.g. upstream["pack"]["context_length"]).
+    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +133,7 @@ class Stage:
             config = dataclasses.replace(config, **settings)
         self.config = config
         self.context = context or StageContext()
+        self.report: dict[str, Any] = {}
         self._is_setup = False
         self.validate_config()
 
