@@ -99,7 +99,8 @@ def global_input(stage: Stage, table: pa.Table) -> pa.Table:
     cols = stage.global_columns or ()
     if tuple(cols) == ("*",):
         return kept
-    wanted = ["key", R.ORDINAL] + [c for c in cols if c not in ("key", R.ORDINAL)]
+    # Columns a stage *may* use (e.g. num_tokens for a mixture by samples) are passed when present.
+    wanted = ["key", R.ORDINAL] + [c for c in cols if c not in ("key", R.ORDINAL) and c in kept.column_names]
     return kept.select(wanted)
 
 

@@ -1,0 +1,122 @@
+"""`mmcurate` — run recipes, validate recipes/shards/annotations in CI, list stages.
+
+    mmcurate run RECIPE [--out DIR] [--executor ray|inline] [--until STAGE]
+    mmcurate validate recipe FILE
+    mmcurate validate shards DIR
+    mmcurate validate annotations FILE
+    mmcurate stages [--json]
+    mmcurate schema            # the recipe JSON Schema (recipes/recipe.schema.json is this output)
+
+Validators exit 0 when fine and 1 with a message naming the first problem, so users can call them
+from their own CI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.recipe import RecipeError, load
+    from pipelines.runner import run
+    try:
+        recipe = load(args.recipe)
+    except RecipeError as exc:
+        print(f"invalid recipe: {exc}", file=sys.stderr)
+        return 2
+    result = run(recipe, out=args.out, executor=args.executor, until=args.until)
+    print(f"report: {result.out_dir / 'report.json'}")
+    for e in result.report["stages"]:
+        rej = sum(e["rejected"].values())
+        qua = sum(e["quarantined"].values())
+        print(f"  {e['name']:<16} in={e['in']:<7} out={e['out']:<7} rejected={rej:<6} quarantined={qua:<5}"
+              f" {'balanced' if e['balanced'] else 'UNBALANCED'}")
+    return 0 if all(e["balanced"] for e in result.report["stages"]) else 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.what == "recipe":
+        from pipelines.recipe import RecipeError, load
+        try:
+            recipe = load(args.path)
+        except RecipeError as exc:
+            print(f"invalid recipe: {exc}", file=sys.stderr)
+            return 1
+        print(f"ok: recipe {recipe.name!r} ({len(recipe.sources)} sources, stages: "
+              f"{' -> '.join(s.name for s in recipe.plan())})")
+        return 0
+    if args.what == "shards":
+        from pack.validate import validate_shards
+        problems = validate_shards(args.path)
+    else:
+        from curate.grounding import validate_file
+        problems = validate_file(args.path)
+    if problems:
+        print(f"invalid {args.what}: {problems[0]}", file=sys.stderr)
+        for p in problems[1:20]:
+            print(f"  also: {p}", file=sys.stderr)
+        if len(problems) > 20:
+            print(f"  ... {len(problems) - 20} more", file=sys.stderr)
+        return 1
+    print(f"ok: {args.what} {args.path}")
+    return 0
+
+
+def _cmd_stages(args: argparse.Namespace) -> int:
+    from curate.stage import registry
+    reg = registry()
+    if args.json:
+        print(json.dumps({n: {"description": c.description, "requires": list(c.requires),
+                              "adds": {k: str(v) for k, v in c.adds.items()},
+                              "resources": c.resources.__dict__, "settings": c.settings_schema()}
+                          for n, c in reg.items()}, indent=2, default=str))
+        return 0
+    for name, cls in reg.items():
+        r = cls.resources
+        print(f"{name}  [{r.kind}, cpus={r.cpus}, gpus={r.gpus}, batch={r.batch_size}]")
+        if cls.description:
+            print(f"    {cls.description}")
+        for setting, schema in cls.settings_schema().get("properties", {}).items():
+            default = f" = {schema['default']!r}" if "default" in schema else ""
+            typ = schema.get("type") or ("enum " + str(schema["enum"]) if "enum" in schema else "any")
+            doc = f"  # {schema['description']}" if schema.get("description") else ""
+            print(f"    {setting}: {typ}{default}{doc}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from pipelines.recipe import recipe_json_schema
+    print(json.dumps(recipe_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmcurate", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a recipe")
+    r.add_argument("recipe")
+    r.add_argument("--out", default=None, help="output directory (default: the recipe's output.dir)")
+    r.add_argument("--executor", choices=("ray", "inline"), default="ray")
+    r.add_argument("--until", default=None, help="stop after this stage")
+    r.set_defaults(func=_cmd_run)
+    v = sub.add_parser("validate", help="validate a recipe, a shard directory or an annotations file")
+    v.add_argument("what", choices=("recipe", "shards", "annotations"))
+    v.add_argument("path")
+    v.set_defaults(func=_cmd_validate)
+    s = sub.add_parser("stages", help="list stages and their settings")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_stages)
+    sc = sub.add_parser("schema", help="print the recipe JSON Schema")
+    sc.set_defaults(func=_cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Recipes: the YAML file that says what a run reads, which stages it runs, how it mixes, where it writes.
+
+    name: demo
+    seed: 1234
+    sources:
+      - {name: photos, path: "data/sample/caption/*.tar", format: webdataset, category: caption}
+    stages:
+      - {name: image_filter, settings: {preset: datacomp_basic}}
+      - {name: count_tokens}
+      - {name: pack, settings: {context_length: 4096}}
+    mixture: {by: category, unit: samples, ratios: {caption: 0.8, text: 0.2}}
+    output: {dir: out/demo}
+
+Validation happens in two layers: the published JSON Schema (``recipes/recipe.schema.json``,
+generated from the stage registry so it cannot drift) for shape and types, then semantic checks that
+a schema cannot express (ratios sum to 1, columns a stage needs are produced by an earlier stage,
+each stage accepts its settings). Every message names the field, e.g. ``stages[2].settings.min_side``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from curate import records as R
+from curate import stage as S
+from curate.readers import FORMATS, SourceSpec
+
+# The mixture is applied right before the first of these stages (or at the end of the chain).
+MIXTURE_BEFORE = ("pack", "shards")
+
+
+class RecipeError(ValueError):
+    """A recipe problem; the message starts with the path of the offending field."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    seed: int
+    sources: list[SourceSpec]
+    stages: list[StageSpec]
+    mixture: dict[str, Any] | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    path: str | None = None
+
+    @property
+    def output_dir(self) -> str:
+        return str(self.output.get("dir") or f"out/{self.name}")
+
+    def canonical(self) -> dict[str, Any]:
+        """Everything that changes the result (not the output dir, not the description)."""
+        return {"name": self.name, "seed": self.seed,
+                "sources": [dataclasses.asdict(s) for s in self.sources],
+                "stages": [dataclasses.asdict(s) for s in self.stages],
+                "mixture": self.mixture}
+
+    def hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def plan(self) -> list[StageSpec]:
+        """The stages that run, in order: ingest, the recipe's stages, and the mixture where it belongs."""
+        chain = [StageSpec("ingest")] + list(self.stages)
+        if self.mixture and not any(s.name == "mixture" for s in self.stages):
+            at = next((i for i, s in enumerate(chain) if s.name in MIXTURE_BEFORE), len(chain))
+            chain.insert(at, StageSpec("mixture", dict(self.mixture)))
+        return chain
+
+
+SOURCE_SCHEMA = {
+    "type": "object",
+    "required": ["name", "path", "format"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+        "path": {"type": "string", "minLength": 1, "description": "glob, local or fsspec URL (s3://...)"},
+        "format": {"enum": list(FORMATS)},
+        "category": {"type": "string"},
+        "image_root": {"type": ["string", "null"]},
+        "text_column": {"type": "string"},
+        "image_column": {"type": "string"},
+        "key_column": {"type": ["string", "null"]},
+        "options": {"type": "object"},
+    },
+}
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The recipe JSON Schema, with each registered stage's settings schema."""
+    registry = S.registry()
+    stage_names = [n for n in registry if n != "ingest"]
+    mixture_schema = registry["mixture"].settings_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://mmcurate.dev/recipe.schema.json",
+        "title": "mmcurate recipe",
+        "type": "object",
+        "required": ["name", "seed", "sources", "stages"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            "description": {"type": "string"},
+            "seed": {"type": "integer"},
+            "sources": {"type": "array", "minItems": 1, "items": SOURCE_SCHEMA},
+            "stages": {"type": "array", "items": {
+                "type": "object", "required": ["name"], "additionalProperties": False,
+                "properties": {"name": {"enum": stage_names}, "settings": {"type": "object"}},
+                "allOf": [{"if": {"properties": {"name": {"const": n}}},
+                           "then": {"properties": {"settings": registry[n].settings_schema()}}}
+                          for n in stage_names],
+            }},
+            "mixture": mixture_schema,
+            "output": {"type": "object", "properties": {"dir": {"type": "string"}}},
+        },
+    }
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(recipe)"
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{where}: YAML syntax error at{line}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{where}: YAML error: {exc}") from None
+
+
+def parse(data: Any, where: str = "recipe") -> Recipe:
+    """Validate a loaded recipe mapping and build the Recipe; raises RecipeError naming the field."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe is a mapping with name, seed, sources, stages")
+    schema = recipe_json_schema()
+    # Stage names first, so that an unknown stage is reported as such rather than as a settings error.
+    known = schema["properties"]["stages"]["items"]["properties"]["name"]["enum"]
+    for i, st in enumerate(data.get("stages") or []):
+        if isinstance(st, dict) and "name" in st and st["name"] not in known:
+            raise RecipeError(f"stages[{i}].name: unknown stage {st['name']!r}; known stages: {', '.join(known)}")
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = _deepest(errors[0])
+        raise RecipeError(f"{_path(err.absolute_path)}: {err.message}")
+    sources = [SourceSpec(**s) for s in data["sources"]]
+    names = [s.name for s in sources]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise RecipeError(f"sources: duplicate source name(s) {sorted(dup)}")
+    recipe = Recipe(name=data["name"], seed=int(data["seed"]), sources=sources,
+                    stages=[StageSpec(s["name"], dict(s.get("settings") or {})) for s in data["stages"]],
+                    mixture=dict(data["mixture"]) if data.get("mixture") else None,
+                    output=dict(data.get("output") or {}), description=data.get("description", ""))
+    check_semantics(recipe)
+    return recipe
+
+
+def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    while err.context:
+        err = max(err.context, key=lambda e: len(e.absolute_path))
+    return err
+
+
+def check_semantics(recipe: Recipe) -> None:
+    """What the schema cannot say: settings accepted by each stage, columns available in order."""
+    available = set(R.BASE_SCHEMA.names)
+    upstream: dict[str, dict] = {}
+    plan = recipe.plan()
+    recipe_index = {id(s): i for i, s in enumerate(recipe.stages)}
+    for spec in plan:
+        where = (f"stages[{recipe_index[id(spec)]}]" if id(spec) in recipe_index
+                 else ("mixture" if spec.name == "mixture" else spec.name))
+        try:
+            stage = S.build(spec.name, spec.settings,
+                            S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture))
+        except (ValueError, TypeError) as exc:
+            prefix = "mixture." if where == "mixture" else f"{where}.settings: "
+            raise RecipeError(f"{prefix}{exc}") from None
+        missing = [c for c in stage.requires if c not in available]
+        if missing:
+            raise RecipeError(f"{where}.name: stage {spec.name!r} needs column(s) {missing} that no earlier "
+                              f"stage produces")
+        if spec.name == "mixture" and stage.config.unit == "tokens" and "num_tokens" not in available:
+            raise RecipeError(f"{where}.unit: a mixture by tokens needs count_tokens before it")
+        available |= set(stage.adds)
+        upstream[spec.name] = dict(spec.settings)
+
+
+def load(path: str | Path) -> Recipe:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+    recipe = parse(_yaml_load(text, str(path)), where=str(path))
+    return dataclasses.replace(recipe, path=str(p))
