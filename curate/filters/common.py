@@ -1,0 +1,45 @@
+"""Per-row verdicts with a status, for stages that both reject and quarantine in one batch.
+
+``BatchResult.split`` gives every dropped row the same status; the image and CLIP stages need two:
+a rule that fails *rejects* the sample (``rejected``), bytes that cannot be fetched *quarantine* it
+(``quarantined``: the data may be fine, the storage was not — a rerun after fixing storage can
+recover it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pyarrow as pa
+
+from curate import records as R
+from curate.stage import BatchResult, set_status
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Why one row leaves the stage."""
+    reason: str
+    detail: str | None = None
+    status: str = R.REJECTED
+
+
+def split_drops(table: pa.Table, drops: Sequence[Drop | None]) -> BatchResult:
+    """Rows whose entry is None are kept; the others are dropped with their own status and reason."""
+    if len(drops) != table.num_rows:
+        raise ValueError(f"{len(drops)} verdicts for {table.num_rows} rows")
+    kept_idx = [i for i, d in enumerate(drops) if d is None]
+    kept = table.take(pa.array(kept_idx, type=pa.int64()))
+    parts = []
+    for status in (R.REJECTED, R.QUARANTINED):
+        idx = [i for i, d in enumerate(drops) if d is not None and d.status == status]
+        if idx:
+            part = table.take(pa.array(idx, type=pa.int64()))
+            parts.append(set_status(part, status, [drops[i].reason for i in idx], [drops[i].detail for i in idx]))
+    unknown = {d.status for d in drops if d is not None} - {R.REJECTED, R.QUARANTINED}
+    if unknown:
+        raise ValueError(f"unknown status {sorted(unknown)}")
+    if not parts:
+        return BatchResult(kept, table.slice(0, 0))
+    dropped = parts[0] if len(parts) == 1 else pa.concat_tables([parts[0], parts[1].cast(parts[0].schema)])
+    return BatchResult(kept, dropped)

@@ -1,0 +1,294 @@
+"""Rule-based text filtering of captions and of every assistant turn of conversations.
+
+Rules, in the order they run (the first that fails names the reason):
+
+* ``text:empty`` — missing, empty or whitespace-only (also: no caption and no assistant turn).
+* ``text:symbol_ratio`` / ``text:digit_ratio`` — non-linguistic text: symbols (Unicode P* and S*)
+  and digits, each as a fraction of the non-space characters, on texts of at least
+  ``ratio_min_chars`` non-space characters (short chart answers like "12.5%" stay). The digit rule
+  judges captions only: a chart or OCR answer may be all digits ("555-123-4567"). Markdown table
+  rules (``|---|:--|``) and pipes are removed first so that tables are judged on their cells. These
+  run before the length rules so that "$$$ ### !!!" is named non-linguistic rather than short.
+* ``text:too_short`` — captions only: fewer words (CJK characters count as words) or non-space
+  characters than the minimum. Answers are exempt: "Yes", "B" or "42" are correct VQA answers.
+* ``text:too_long`` — more characters than the maximum.
+* ``text:boilerplate`` — short texts (<= ``boilerplate_max_words``) that contain web boilerplate
+  ("click here", "subscribe now", "lorem ipsum", "all rights reserved", "add to cart"...) or that
+  consist only of generic words ("stock photo image", "Shutterstock", "IMG_0042.jpg"). "A stock photo
+  of a cat on a sofa" stays: it still describes the image. A long text that quotes one
+  such phrase is not boilerplate. Captions only unless ``boilerplate_in_answers``: OCR and GUI
+  answers legitimately quote "Click here" or "Subscribe" from the screen.
+* ``text:tail_loop`` — the text ends in a loop (InternVL 2.5's "loop-like" degeneration): at
+  least ``tail_loop_min_repeats`` exact copies of a unit of up to 64 tokens, covering at least
+  ``tail_loop_min_tokens`` tokens, *after some content that is not part of the loop*.
+* ``text:duplicate_lines`` — fraction of repeated non-empty lines above the limit (Gopher).
+* ``text:repeated_ngrams`` — the most frequent 2/3/4-gram covers more than 0.20/0.18/0.16 of the
+  characters (Gopher's thresholds, the base is configurable) and occurs at least
+  ``ngram_min_repeats`` times (so "a dog next to a dog bed" stays). A text that is *entirely* one
+  repeated unit ("an astronaut in space an astronaut in space ...") also lands here: it is
+  repetition, not a tail that degenerated.
+
+Tokens for the loop and n-gram rules: words (``\\w+``), single CJK characters, and single
+punctuation marks, lower-cased — so CJK loops and "!!!!!!!!" are seen too.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import pyarrow as pa
+
+from curate.filters.common import Drop, split_drops
+from curate.filters.presets import TEXT_PRESETS, TextThresholds, resolve
+from curate.stage import BatchResult, Resources, Stage, register
+
+TAIL_LOOP_MAX_PERIOD = 64
+_PLACEHOLDERS = re.compile(r"<(?:image|video)>")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
+_TABLE_RULE_ROW = re.compile(r"^\s*\|?(?:\s*:?-{2,}:?\s*\|)+\s*:?-{0,}:?\s*\|?\s*$", re.MULTILINE)
+
+_SPAM = [
+    r"click (?:here|to (?:enlarge|view|see|download|zoom))", r"subscribe (?:now|today|for|to (?:our|my|the))",
+    r"sign up (?:now|today|for)", r"lorem ipsum", r"all rights reserved", r"copyright (?:\(c\)|©|\d{4})",
+    r"free download", r"download (?:now|free|here)", r"add to (?:cart|basket|wishlist)", r"buy now", r"shop now",
+    r"free shipping", r"privacy policy", r"terms of (?:use|service)", r"cookie policy", r"we use cookies",
+    r"enable javascript", r"image (?:not found|not available|unavailable)", r"no (?:image|photo|preview) available",
+]
+_SPAM_RE = re.compile(r"(?<!\w)(?:" + "|".join(_SPAM) + r")(?!\w)", re.IGNORECASE)
+_GENERIC_WORDS = frozenset("""
+stock photo photos photograph photography image images picture pictures pic pics img dsc dscn dcim screenshot
+free royalty hd 4k uhd wallpaper wallpapers background backgrounds vector vectors illustration download jpg jpeg
+png gif webp thumbnail thumb untitled placeholder file shutterstock getty gettyimages istock istockphoto alamy
+dreamstime depositphotos bigstock adobe the a an of and with for in on by from
+""".split())
+
+
+# --- measurements ---------------------------------------------------------------------------------
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words, single CJK characters and single punctuation marks."""
+    return _TOKEN.findall(text.lower())
+
+
+def words_of(tokens: Sequence[str]) -> list[str]:
+    return [t for t in tokens if t[0].isalnum() or t[0] == "_"]
+
+
+@dataclass(frozen=True)
+class CharCounts:
+    letters: int
+    digits: int
+    symbols: int
+    nonspace: int
+
+    @property
+    def symbol_ratio(self) -> float:
+        return self.symbols / self.nonspace if self.nonspace else 0.0
+
+    @property
+    def digit_ratio(self) -> float:
+        return self.digits / self.nonspace if self.nonspace else 0.0
+
+
+def count_chars(text: str) -> CharCounts:
+    """Letters (incl. combining marks), digits, symbols/punctuation among the non-space characters,
+    after removing markdown table rules and pipes."""
+    text = _TABLE_RULE_ROW.sub("", text).replace("|", " ")
+    letters = digits = symbols = nonspace = 0
+    for ch in text:
+        if ch.isspace():
+            continue
+        nonspace += 1
+        cat = unicodedata.category(ch)[0]
+        if cat in ("L", "M"):
+            letters += 1
+        elif cat == "N":
+            digits += 1
+        elif cat in ("P", "S"):
+            symbols += 1
+    return CharCounts(letters, digits, symbols, nonspace)
+
+
+def boilerplate_match(text: str) -> str | None:
+    """The boilerplate phrase in `text`, or a note that it holds only generic words; None otherwise."""
+    m = _SPAM_RE.search(text)
+    if m:
+        return f"contains {m.group(0)!r}"
+    words = [w for w in re.findall(r"[^\W\d_]+", text.lower())]
+    if words and all(w in _GENERIC_WORDS for w in words):
+        return "only generic words"
+    return None
+
+
+@dataclass(frozen=True)
+class TopNgram:
+    n: int
+    ngram: tuple[str, ...]
+    count: int
+    coverage: float  # characters of all occurrences / characters of all words
+
+
+def top_ngram(words: Sequence[str], n: int) -> TopNgram | None:
+    if len(words) < n:
+        return None
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    # most_common is stable for ties (first seen wins), which keeps the detail text deterministic
+    gram, count = counts.most_common(1)[0]
+    total = sum(len(w) for w in words)
+    return TopNgram(n, gram, count, count * sum(len(w) for w in gram) / total if total else 0.0)
+
+
+def duplicate_line_ratio(text: str) -> tuple[float, int]:
+    """(fraction of non-empty lines that repeat an earlier line, number of non-empty lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return 0.0, 0
+    return (len(lines) - len(set(lines))) / len(lines), len(lines)
+
+
+@dataclass(frozen=True)
+class Loop:
+    period: int    # tokens in the repeated unit
+    repeats: int   # whole copies at the end of the text
+    start: int     # token index where the repetition starts (partial copies included)
+
+
+def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
+                   max_period: int = TAIL_LOOP_MAX_PERIOD) -> Loop | None:
+    """Shortest unit whose exact copies end the token sequence, if there are enough of them."""
+    n = len(tokens)
+    if min_repeats < 2:
+        min_repeats = 2
+    for p in range(1, min(max_period, n // min_repeats) + 1):
+        unit = list(tokens[n - p:])
+        r = 1
+        while n - (r + 1) * p >= 0 and list(tokens[n - (r + 1) * p:n - r * p]) == unit:
+            r += 1
+        if r >= min_repeats and r * p >= min_tokens:
+            start = n - r * p
+            while start > 0 and tokens[start - 1] == tokens[start - 1 + p]:
+                start -= 1
+            return Loop(p, r, start)
+    return None
+
+
+# --- rules ----------------------------------------------------------------------------------------
+def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boilerplate: bool = True) -> Drop | None:
+    """All rules for one caption (kind="caption") or assistant answer (kind="answer")."""
+    if text is None or not text.strip():
+        return Drop("text:empty", "empty or whitespace-only")
+    text = text.strip()
+    tokens = tokenize(text)
+    words = words_of(tokens)
+    counts = count_chars(text)
+    if counts.nonspace >= th.ratio_min_chars:
+        if th.max_symbol_ratio and counts.symbol_ratio > th.max_symbol_ratio:
+            return Drop("text:symbol_ratio", f"symbols/characters {counts.symbol_ratio:.2f} > {th.max_symbol_ratio:g}")
+        if kind == "caption" and th.max_digit_ratio and counts.digit_ratio > th.max_digit_ratio:
+            return Drop("text:digit_ratio", f"digits/characters {counts.digit_ratio:.2f} > {th.max_digit_ratio:g}")
+    if kind == "caption":
+        if th.min_caption_words and len(words) < th.min_caption_words:
+            return Drop("text:too_short", f"{len(words)} words < {th.min_caption_words}")
+        if th.min_caption_chars and counts.nonspace < th.min_caption_chars:
+            return Drop("text:too_short", f"{counts.nonspace} characters < {th.min_caption_chars}")
+    if th.max_chars and len(text) > th.max_chars:
+        return Drop("text:too_long", f"{len(text)} characters > {th.max_chars}")
+    if boilerplate and th.boilerplate_max_words and len(words) <= th.boilerplate_max_words:
+        hit = boilerplate_match(text)
+        if hit:
+            return Drop("text:boilerplate", hit)
+    loop = None
+    if th.tail_loop_min_repeats and th.tail_loop_min_tokens:
+        loop = find_tail_loop(tokens, th.tail_loop_min_repeats, th.tail_loop_min_tokens)
+        if loop is not None and loop.start > 0:
+            unit = " ".join(tokens[len(tokens) - loop.period:])
+            return Drop("text:tail_loop", f"ends with {loop.repeats} copies of {unit[:80]!r} "
+                                          f"after {loop.start} tokens of content")
+    if th.max_duplicate_line_ratio:
+        ratio, lines = duplicate_line_ratio(text)
+        if lines >= th.duplicate_lines_min_lines and ratio > th.max_duplicate_line_ratio:
+            return Drop("text:duplicate_lines", f"{ratio:.2f} of {lines} lines repeat > {th.max_duplicate_line_ratio:g}")
+    if th.max_top_ngram_ratio:
+        for n, limit in ((2, th.max_top_ngram_ratio), (3, th.max_top_ngram_ratio - 0.02),
+                         (4, th.max_top_ngram_ratio - 0.04)):
+            top = top_ngram(words, n)
+            if top and top.count >= max(2, th.ngram_min_repeats) and top.coverage > limit:
+                return Drop("text:repeated_ngrams", f"{' '.join(top.ngram)!r} x{top.count} covers "
+                                                    f"{top.coverage:.2f} of the characters > {limit:.2f}")
+    if loop is not None:  # the whole text is one repeated unit
+        unit = " ".join(tokens[len(tokens) - loop.period:])
+        return Drop("text:repeated_ngrams", f"the whole text is {loop.repeats} copies of {unit[:80]!r}")
+    return None
+
+
+def strip_placeholders(content: str | None) -> str | None:
+    return None if content is None else _PLACEHOLDERS.sub(" ", content)
+
+
+def check_sample(text: str | None, conversations: Sequence[Mapping[str, Any]] | None, th: TextThresholds,
+                 boilerplate_in_answers: bool = False) -> Drop | None:
+    """Caption rules on `text` (when there is a caption) and answer rules on every assistant turn."""
+    turns = list(conversations or [])
+    if not turns:
+        drop = check_text(text, th, "caption")
+        return None if drop is None else Drop(drop.reason, "caption: " + (drop.detail or ""), drop.status)
+    if text is not None and text.strip():
+        drop = check_text(text, th, "caption")
+        if drop is not None:
+            return Drop(drop.reason, "caption: " + (drop.detail or ""), drop.status)
+    answers = [(i, t) for i, t in enumerate(turns) if (t.get("role") or "") == "assistant"]
+    if not answers:
+        return Drop("text:empty", "conversation without an assistant turn")
+    for i, turn in answers:
+        drop = check_text(strip_placeholders(turn.get("content")), th, "answer", boilerplate_in_answers)
+        if drop is not None:
+            return Drop(drop.reason, f"turn {i + 1} (assistant): " + (drop.detail or ""), drop.status)
+    return None
+
+
+# --- the stage ------------------------------------------------------------------------------------
+def _threshold_field(doc: str) -> Any:
+    return field(default=None, metadata={"doc": doc + " None: the preset's value; 0 turns the rule off."})
+
+
+@register
+class TextFilter(Stage):
+    name: ClassVar[str] = "text_filter"
+    description: ClassVar[str] = ("Rule-based text filtering of captions and assistant turns: empty, length, symbol "
+                                  "and digit ratios, boilerplate, tail loops, duplicate lines, repeated n-grams.")
+    requires: ClassVar[tuple[str, ...]] = ("text", "conversations")
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=1024, kind="task")
+
+    @dataclass
+    class Config:
+        preset: str = field(default="default", metadata={
+            "doc": f"Named thresholds: {', '.join(sorted(TEXT_PRESETS))}. Single settings below override it."})
+        min_caption_words: int | None = _threshold_field("Fewest words in a caption (CJK characters count as words).")
+        min_caption_chars: int | None = _threshold_field("Fewest non-space characters in a caption.")
+        max_chars: int | None = _threshold_field("Most characters in a caption or answer.")
+        max_symbol_ratio: float | None = _threshold_field("Largest symbols / non-space characters.")
+        max_digit_ratio: float | None = _threshold_field("Largest digits / non-space characters.")
+        ratio_min_chars: int | None = _threshold_field("The ratio rules only judge texts with this many non-space characters.")
+        boilerplate_max_words: int | None = _threshold_field("Boilerplate phrases condemn only texts this short.")
+        max_top_ngram_ratio: float | None = _threshold_field(
+            "Largest character coverage of the top 2-gram (3-gram: minus 0.02, 4-gram: minus 0.04).")
+        ngram_min_repeats: int | None = _threshold_field("The top n-gram must occur this often to count.")
+        max_duplicate_line_ratio: float | None = _threshold_field("Largest fraction of repeated non-empty lines.")
+        duplicate_lines_min_lines: int | None = _threshold_field("The duplicate-line rule needs this many lines.")
+        tail_loop_min_repeats: int | None = _threshold_field("Copies of the unit that make a tail loop.")
+        tail_loop_min_tokens: int | None = _threshold_field("Tokens the copies must cover to make a tail loop.")
+        boilerplate_in_answers: bool = field(default=False, metadata={
+            "doc": "Also apply the boilerplate rule to assistant turns (off: OCR/GUI answers quote page text)."})
+
+    def validate_config(self) -> None:
+        overrides = {k: v for k, v in asdict(self.config).items() if k not in ("preset", "boilerplate_in_answers")}
+        self.thresholds: TextThresholds = resolve(TEXT_PRESETS, self.config.preset, overrides)
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        texts = batch.column("text").to_pylist()
+        convs = batch.column("conversations").to_pylist()
+        th, bia = self.thresholds, self.config.boilerplate_in_answers
+        return split_drops(batch, [check_sample(t, c, th, bia) for t, c in zip(texts, convs)])
