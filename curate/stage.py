@@ -252,6 +252,11 @@ def register(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a stage (tests and plugin reloads)."""
+    _REGISTRY.pop(name, None)
+
+
 def _load_builtins() -> None:
     import importlib
     for mod in BUILTIN_STAGE_MODULES:

@@ -55,6 +55,7 @@ class Recipe:
     mixture: dict[str, Any] | None = None
     output: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    plugins: list[str] = field(default_factory=list)
     path: str | None = None
 
     @property
@@ -125,8 +126,22 @@ def recipe_json_schema() -> dict[str, Any]:
             }},
             "mixture": mixture_schema,
             "output": {"type": "object", "properties": {"dir": {"type": "string"}}},
+            "plugins": {"type": "array", "items": {"type": "string"},
+                        "description": "modules to import first; they register their own stages with @register"},
         },
     }
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import user modules that register stages (a recipe's `plugins:`), naming the one that fails."""
+    import importlib
+    for i, mod in enumerate(modules):
+        if not isinstance(mod, str):
+            raise RecipeError(f"plugins[{i}]: must be a module name")
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise RecipeError(f"plugins[{i}]: cannot import {mod!r}: {exc}") from None
 
 
 def _path(parts: Any) -> str:
@@ -151,6 +166,7 @@ def parse(data: Any, where: str = "recipe") -> Recipe:
     """Validate a loaded recipe mapping and build the Recipe; raises RecipeError naming the field."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe is a mapping with name, seed, sources, stages")
+    import_plugins(data.get("plugins") or [])
     schema = recipe_json_schema()
     # Stage names first, so that an unknown stage is reported as such rather than as a settings error.
     known = schema["properties"]["stages"]["items"]["properties"]["name"]["enum"]
@@ -170,7 +186,8 @@ def parse(data: Any, where: str = "recipe") -> Recipe:
     recipe = Recipe(name=data["name"], seed=int(data["seed"]), sources=sources,
                     stages=[StageSpec(s["name"], dict(s.get("settings") or {})) for s in data["stages"]],
                     mixture=dict(data["mixture"]) if data.get("mixture") else None,
-                    output=dict(data.get("output") or {}), description=data.get("description", ""))
+                    output=dict(data.get("output") or {}), description=data.get("description", ""),
+                    plugins=list(data.get("plugins") or []))
     check_semantics(recipe)
     return recipe
 

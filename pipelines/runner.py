@@ -111,7 +111,9 @@ class Runner:
         entries: list[dict[str, Any]] = []
         stage_dirs: list[Path] = []
         upstream: dict[str, dict] = {}
-        prev_fp = _fingerprint(VERSION, recipe.hash())
+        # Each stage's fingerprint chains its settings onto its upstream's: a changed setting re-runs
+        # that stage and everything after it, and nothing before it.
+        prev_fp = _fingerprint(VERSION)
         try:
             for index, spec in enumerate(plan):
                 context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
@@ -123,7 +125,7 @@ class Runner:
                 tasks = None
                 if spec.name == "ingest":
                     tasks = IngestStage.plan(recipe.sources)
-                    extra_fp = _sources_fingerprint(recipe, tasks)
+                    extra_fp = [[dataclasses.asdict(s) for s in recipe.sources], _sources_fingerprint(recipe, tasks)]
                 fp = _fingerprint(prev_fp, spec.name, spec.settings, recipe.seed, extra_fp)
                 marker = final / "_COMPLETE.json"
                 if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:

@@ -1,0 +1,110 @@
+"""The stage contract: verdict forms, quarantine of rows that raise, and the accounting guard."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pytest
+
+from curate import records as R
+from curate.stage import BatchResult, FilterStage, Stage, build, register, unregister
+from pipelines.execution import AccountingError, apply_batch, with_bookkeeping
+
+
+def table(texts):
+    rows = [{"key": f"s/{i}", "source": "s", "category": "caption", "text": t, R.ORDINAL: i, R.STATUS: R.KEPT}
+            for i, t in enumerate(texts)]
+    return R.rows_to_table(rows)
+
+
+class LengthFilter(FilterStage):
+    name = "test_length"
+
+    def keep(self, row):
+        t = row["text"]
+        if t == "boom":
+            raise RuntimeError("model exploded")
+        if len(t) < 3:
+            return False, "too_short", f"{len(t)} chars"
+        if t == "plain-false":
+            return False
+        return True
+
+
+def test_filter_verdict_forms_and_quarantine():
+    result = LengthFilter().run(table(["hello", "hi", "boom", "plain-false", "world"]), batch_size=5)
+    assert sorted(result.kept.column("text").to_pylist()) == ["hello", "world"]
+    dropped = {r["text"]: (r[R.STATUS], r[R.REASON], r[R.DETAIL]) for r in result.dropped.to_pylist()}
+    assert dropped["hi"] == ("rejected", "too_short", "2 chars")
+    assert dropped["plain-false"][:2] == ("rejected", "test_length")
+    status, reason, detail = dropped["boom"]
+    assert status == "quarantined" and reason == "error:RuntimeError" and "model exploded" in detail
+
+
+class LosesRows(Stage):
+    name = "test_loses_rows"
+
+    def process_batch(self, batch):
+        return BatchResult.keep_all(batch.slice(1))
+
+
+def test_a_stage_that_loses_rows_is_caught():
+    with pytest.raises(AccountingError):
+        from pipelines.execution import check_accounting
+        t = table(["a", "b"])
+        check_accounting("x", t, LosesRows().process_batch(t))
+    # in the adapter, the batch is retried row by row: every row then raises and is quarantined
+    out = apply_batch(LosesRows(), table(["a", "b"]))
+    assert out.num_rows == 2 and set(out.column(R.STATUS).to_pylist()) == {R.QUARANTINED}
+
+
+class AddsScore(Stage):
+    name = "test_adds_score"
+    adds = {"clip_score": pa.float32()}
+    global_columns = ("clip_score",)
+
+    def process_batch(self, batch):
+        scores = pa.array([float(len(t)) for t in batch.column("text").to_pylist()], type=pa.float32())
+        return BatchResult.keep_all(batch.append_column("clip_score", scores))
+
+    def decide(self, t):
+        best = max(t.column("clip_score").to_pylist())
+        keep = [s == best for s in t.column("clip_score").to_pylist()]
+        return pa.table({R.ORDINAL: t.column(R.ORDINAL),
+                         R.STATUS: [R.KEPT if k else R.REJECTED for k in keep],
+                         R.REASON: [None if k else "not_best" for k in keep],
+                         R.DETAIL: [None] * t.num_rows})
+
+
+def test_global_step_sees_batch_columns_and_its_decisions_apply():
+    result = AddsScore().run(table(["a", "abc", "ab"]), batch_size=1)
+    assert result.kept.column("text").to_pylist() == ["abc"]
+    assert result.kept.column("clip_score").to_pylist() == [3.0]
+    assert sorted(result.dropped.column(R.REASON).to_pylist()) == ["not_best", "not_best"]
+
+
+def test_notebook_tables_without_bookkeeping_columns_work():
+    t = pa.table({"key": ["a", "b"], "source": ["s", "s"], "category": ["caption"] * 2, "text": ["hello", "x"]})
+    t = with_bookkeeping(t)
+    assert LengthFilter().run(t).kept.column("key").to_pylist() == ["a"]
+
+
+def test_build_rejects_unknown_settings():
+    with pytest.raises(ValueError, match="unknown setting"):
+        build("mixture", {"ratios": {"a": 1.0}, "colour": "red"})
+    with pytest.raises(KeyError, match="unknown stage"):
+        build("no_such_stage")
+
+
+def test_register_refuses_a_second_class_under_the_same_name():
+    @register
+    class A(Stage):
+        name = "test_dup_name"
+
+    try:
+        with pytest.raises(ValueError, match="registered twice"):
+            @register
+            class B(Stage):
+                name = "test_dup_name"
+    finally:
+        unregister("test_dup_name")
