@@ -1,5 +1,5 @@
 # mmcurate — every install step lives here. `make demo` and `make test` are all a fresh machine needs.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -29,7 +29,7 @@ demo: install sample-data
 	$(VENV)/bin/mmcurate run $(RECIPE) --out $(OUT)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: install
 	$(PY) bench/run.py

@@ -80,7 +80,8 @@ def _cmd_stages(args: argparse.Namespace) -> int:
             print(f"    {cls.description}")
         for setting, schema in cls.settings_schema().get("properties", {}).items():
             default = f" = {schema['default']!r}" if "default" in schema else ""
-            typ = schema.get("type") or ("enum " + str(schema["enum"]) if "enum" in schema else "any")
+            typ = (schema.get("type") or ("enum " + str(schema["enum"]) if "enum" in schema else None)
+                   or " | ".join(str(a.get("type", a.get("enum", "?"))) for a in schema.get("anyOf", [])) or "any")
             doc = f"  # {schema['description']}" if schema.get("description") else ""
             print(f"    {setting}: {typ}{default}{doc}")
     return 0
