@@ -162,10 +162,12 @@ _VALID: dict[str, Callable] = {"grounding": _grounding, "referring": _referring,
                                "qwen2vl": _qwen2vl, "json_boxes": _json_boxes}
 
 
-def make_demo_records(image_infos: Sequence[Mapping[str, Any]], rng: RandomLike | int = 0) -> list[dict[str, Any]]:
+def make_demo_records(image_infos: Sequence[Mapping[str, Any]], rng: RandomLike | int = 0
+                      ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """LLaVA-style grounding records over the given images (``{path, width, height, objects?}``; objects
     are ``{name, bbox: [x, y, w, h]}`` pixels, synthesized when absent): one of each valid kind, then
-    one per planted problem, cycling through the images. Deterministic for a seeded `rng`."""
+    one per planted problem, cycling through the images. Returns the records and ``{id: reason}`` for
+    the planted ones (the reason ``grounding_check`` must give). Deterministic for a seeded `rng`."""
     if not image_infos:
         raise ValueError("make_demo_records needs at least one image")
     gen: RandomLike = random.Random(rng) if isinstance(rng, int) else rng
@@ -177,4 +179,5 @@ def make_demo_records(image_infos: Sequence[Mapping[str, Any]], rng: RandomLike 
         objs = _objects(info, gen)
         records.append({"id": f"grounding-{i:03d}-{tag}", "image": info["path"], "width": int(info["width"]),
                         "height": int(info["height"]), "conversations": build(info, objs, gen)})
-    return records
+    expected = {r["id"]: reason for r in records if (reason := expected_reason(r["id"])) is not None}
+    return records, expected

@@ -140,7 +140,7 @@ def polygon_to_quad(points: Sequence[Sequence[float]] | np.ndarray, width: float
     With `width`/`height` the points are pixels and are normalized after the rectangle is found;
     without them they are already relative (floats allowed) and are rounded. Corners of a rotated
     rectangle that fall outside the image are clamped to its edge."""
-    rect = order_quad(min_area_rect(points))
+    rect = np.round(min_area_rect(points), 9)  # drop float noise from the projections before rounding
     if width is not None or height is not None:
         if width is None or height is None:
             raise ValueError("give both width and height, or neither")
@@ -148,7 +148,8 @@ def polygon_to_quad(points: Sequence[Sequence[float]] | np.ndarray, width: float
     else:
         corners = [(min(max(math.floor(x + 0.5), 0), REL_MAX), min(max(math.floor(y + 0.5), 0), REL_MAX))
                    for x, y in rect]
-    return quad_or_box(corners)
+    # Ordered after rounding and clamping, so the written quad itself starts upper-left.
+    return quad_or_box([(int(x), int(y)) for x, y in order_quad(corners)])
 
 
 # --- whole texts ------------------------------------------------------------------------------------
