@@ -63,8 +63,9 @@ _GENERIC_WORDS = frozenset("""
 stock photo photos photograph photography image images picture pictures pic pics img dsc dscn dcim screenshot
 free royalty hd 4k uhd wallpaper wallpapers background backgrounds vector vectors illustration download jpg jpeg
 png gif webp thumbnail thumb untitled placeholder file shutterstock getty gettyimages istock istockphoto alamy
-dreamstime depositphotos bigstock adobe the a an of and with for in on by from
+dreamstime depositphotos bigstock adobe
 """.split())
+_STOPWORDS = frozenset("the a an of and with for in on by from".split())
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -117,8 +118,8 @@ def boilerplate_match(text: str) -> str | None:
     m = _SPAM_RE.search(text)
     if m:
         return f"contains {m.group(0)!r}"
-    words = [w for w in re.findall(r"[^\W\d_]+", text.lower())]
-    if words and all(w in _GENERIC_WORDS for w in words):
+    words = re.findall(r"[^\W\d_]+", text.lower())
+    if any(w in _GENERIC_WORDS for w in words) and all(w in _GENERIC_WORDS or w in _STOPWORDS for w in words):
         return "only generic words"
     return None
 
@@ -176,8 +177,12 @@ def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
 
 
 # --- rules ----------------------------------------------------------------------------------------
-def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boilerplate: bool = True) -> Drop | None:
-    """All rules for one caption (kind="caption") or assistant answer (kind="answer")."""
+def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boilerplate: bool | None = None) -> Drop | None:
+    """All rules for one caption (kind="caption") or assistant answer (kind="answer").
+
+    `boilerplate` turns the boilerplate rule on or off; None: on for captions, off for answers."""
+    if boilerplate is None:
+        boilerplate = kind == "caption"
     if text is None or not text.strip():
         return Drop("text:empty", "empty or whitespace-only")
     text = text.strip()

@@ -1,0 +1,249 @@
+"""text_filter: each rule at its boundary, rule order, captions vs assistant answers, the stage."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curate import records as R
+from curate import stage as S
+from curate.filters import text_rules as TR
+from curate.filters.presets import TEXT_PRESETS, TextThresholds
+
+DEFAULT = TEXT_PRESETS["default"]
+HEAD = ("This photograph shows a quiet harbour at dawn where fishing boats rest beside weathered wooden piers "
+        "while gulls circle above calm grey water and distant hills fade into morning mist.")
+
+
+def reason(text, kind="caption", th: TextThresholds = DEFAULT, **kw):
+    drop = TR.check_text(text, th, kind, **kw)
+    return drop.reason if drop else None
+
+
+# --- empty and length ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [None, "", "   ", " \n\t "])
+@pytest.mark.parametrize("kind", ["caption", "answer"])
+def test_empty(text, kind):
+    assert reason(text, kind) == "text:empty"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("big cat", None), ("cat", "text:too_short"),             # 2 words is the minimum
+    ("a b c", "text:too_short"), ("ab cde", None),            # 5 non-space characters is the minimum
+    ("一只猫坐在沙发上", None), ("一只猫", "text:too_short"),     # CJK characters count as words
+])
+def test_caption_length_minimums(text, expected):
+    assert reason(text) == expected
+
+
+def test_answers_are_exempt_from_minimum_length():
+    assert reason("B", "answer") is None
+    assert reason("Yes", "answer") is None
+
+
+def test_max_chars_boundary():
+    th = dataclasses.replace(DEFAULT, max_chars=100)
+    words = " ".join(f"w{i:02d}" for i in range(25))    # 99 characters
+    assert reason(words + "x", th=th) is None           # 100
+    assert reason(words + "xy", th=th) == "text:too_long"
+
+
+# --- non-linguistic ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,expected", [
+    ("ab cd!!!!!!", None),                        # 6/10 symbols = the limit
+    ("ab c!!!!!!!", "text:symbol_ratio"),         # 7/10
+    ("$$$ ### !!! %%% &&& *** @@@ ^^^ ~~~", "text:symbol_ratio"),
+    ("$$$ ### !!! 12345", "text:symbol_ratio"),   # named non-linguistic, not "too short"
+])
+def test_symbol_ratio_boundary(text, expected):
+    assert reason(text, "answer") == expected
+    assert reason(text, "caption") == expected
+
+
+def test_ratio_rules_skip_short_texts():
+    assert reason("!!!!!!!!!", "answer") is None          # 9 characters < ratio_min_chars=10
+    assert reason("!!!!!!!!!!", "answer") == "text:symbol_ratio"
+    assert reason("12.5%", "answer") is None
+
+
+@pytest.mark.parametrize("text,expected", [("ab 12345678", None), ("a 123456789", "text:digit_ratio")])
+def test_digit_ratio_boundary_on_captions(text, expected):
+    assert reason(text) == expected
+
+
+def test_digit_ratio_does_not_judge_answers():
+    assert reason("555-123-4567 and 555-987-6543", "answer") is None
+    assert reason("12.5%, 13.7%, 15.2%", "answer") is None
+
+
+def test_tables_and_formulas_are_linguistic_enough():
+    table = "| Year | Sales |\n|------|:-----:|\n| 2020 | 15 |\n| 2021 | 17 |\n| 2022 | 21 |"
+    assert reason(table, "answer") is None
+    assert reason(r"$\int_0^1 x^2 dx = \frac{1}{3}$", "answer") is None
+    assert reason("f(x) = (x+1)^2 - 3(x-1)", "answer") is None
+
+
+# --- boilerplate -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "Click here to subscribe. All rights reserved. Stock photo, royalty free image, download now.",
+    "Click here to subscribe", "stock photo image", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+    "IMG_0042.jpg photo", "Shutterstock royalty free vector", "No image available for this product",
+])
+def test_boilerplate_captions(text):
+    assert reason(text) == "text:boilerplate"
+
+
+def test_descriptive_captions_that_mention_stock_stay():
+    assert reason("A stock photo of a cat sleeping on a sofa") is None
+
+
+def test_boilerplate_only_condemns_short_texts():
+    filler = " ".join(f"w{i}" for i in range(38))
+    assert reason("click here " + filler) == "text:boilerplate"          # 40 words
+    assert reason("click here " + filler + " more") is None             # 41 words
+
+
+def test_boilerplate_is_off_for_answers_by_default():
+    assert reason("Click here to subscribe", "answer") is None
+    assert reason("Click here to subscribe", "answer", boilerplate=True) == "text:boilerplate"
+
+
+# --- loops and repetition ------------------------------------------------------------------------------
+def test_looping_answer_is_a_tail_loop():
+    text = ("This is a cup of coffee on a saucer. The foam forms a leaf pattern and a spoon rests beside it. "
+            + "And then the coffee. " * 40)
+    drop = TR.check_text(text, DEFAULT, "answer")
+    assert drop.reason == "text:tail_loop" and "40 copies" in drop.detail
+
+
+@pytest.mark.parametrize("copies,expected", [(3, "text:tail_loop"), (2, None)])
+def test_tail_loop_min_repeats_boundary(copies, expected):
+    # unit "and so on ." is 4 tokens: 3 copies = 12 tokens = tail_loop_min_tokens
+    assert reason(HEAD + " and so on." * copies, "answer") == expected
+
+
+def test_tail_loop_min_tokens_boundary():
+    # unit "so on ." is 3 tokens: 4 copies = 12 tokens, 3 copies = 9 tokens
+    assert reason(HEAD + " so on." * 4, "answer") == "text:tail_loop"
+    assert reason(HEAD + " so on." * 3, "answer") is None
+
+
+def test_cjk_character_loop():
+    assert reason("这是一张照片，里面有一只猫在睡觉。" + "哈" * 20, "answer") == "text:tail_loop"
+
+
+def test_whole_text_loops_are_repeated_ngrams():
+    assert reason(("an astronaut in space " * 30).strip()) == "text:repeated_ngrams"
+    assert reason("the cat the cat the cat") == "text:repeated_ngrams"
+    # long unit, few copies: n-gram coverage stays low, the loop detector names it
+    unit = " ".join(f"w{i}" for i in range(20))
+    drop = TR.check_text(" ".join([unit] * 3), DEFAULT, "answer")
+    assert drop.reason == "text:repeated_ngrams" and "whole text" in drop.detail
+
+
+def test_ngram_needs_enough_repeats():
+    assert reason("A dog sitting next to a dog bed") is None
+    th = dataclasses.replace(DEFAULT, ngram_min_repeats=2)
+    assert reason("A dog sitting next to a dog bed", th=th) == "text:repeated_ngrams"
+
+
+def test_top_ngram_coverage_is_gopher_style():
+    words = "the cat sat on the cat mat".split()
+    top = TR.top_ngram(words, 2)
+    assert top.ngram == ("the", "cat") and top.count == 2
+    assert top.coverage == pytest.approx(2 * 6 / sum(len(w) for w in words))
+
+
+@pytest.mark.parametrize("dups,expected", [(3, None), (4, "text:duplicate_lines")])
+def test_duplicate_lines_boundary(dups, expected):
+    unique = ["Open the lid of the kettle carefully", "Pour fresh cold water up to the marked line",
+              "Close the lid until it clicks into place", "Press the switch at the base of the handle",
+              "Wait about three minutes for the water", "Pour the boiling water over the tea leaves"]
+    lines = []
+    for i in range(10 - dups - 1):        # one repeated line interleaved with the unique ones (no tail loop)
+        lines.append(unique[i])
+        if len(lines) < 2 * (dups + 1):
+            lines.append("Careful!")
+    lines += ["Careful!"] * (dups + 1 - lines.count("Careful!"))
+    assert len(lines) == 10 and lines.count("Careful!") == dups + 1
+    assert TR.duplicate_line_ratio("\n".join(lines)) == (pytest.approx(dups / 10), 10)
+    assert reason("\n".join(lines), "answer") == expected
+
+
+def test_find_tail_loop_extends_over_partial_copies():
+    toks = TR.tokenize("cat the cat the cat the cat")
+    loop = TR.find_tail_loop(toks, 3, 4)
+    assert (loop.period, loop.start) == (2, 0)
+    assert TR.find_tail_loop(TR.tokenize("one two three four"), 2, 2) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(unit=st.lists(st.sampled_from("alpha beta gamma delta eps zeta eta theta".split()), min_size=1, max_size=6),
+       copies=st.integers(3, 8))
+def test_property_any_exact_tail_loop_is_found(unit, copies):
+    toks = HEAD.lower().replace(".", " .").split() + unit * copies
+    loop = TR.find_tail_loop(toks, 3, len(unit) * copies)
+    assert loop is not None and len(toks) - loop.start >= len(unit) * copies
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=300))
+def test_property_rules_never_raise_and_are_deterministic(text):
+    for kind in ("caption", "answer"):
+        a, b = TR.check_text(text, DEFAULT, kind), TR.check_text(text, DEFAULT, kind)
+        assert a == b
+        assert a is None or a.reason.startswith("text:")
+
+
+# --- samples and the stage ---------------------------------------------------------------------------
+def conv(*turns):
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+def test_check_sample_judges_every_assistant_turn():
+    good = conv(("user", "<image>\nWhat is this?"), ("assistant", "A cup of coffee."),
+                ("user", "Is it hot?"), ("assistant", "Yes"))
+    assert TR.check_sample(None, good, DEFAULT) is None
+    bad = good[:3] + conv(("assistant", HEAD + " and so on." * 5))
+    drop = TR.check_sample(None, bad, DEFAULT)
+    assert drop.reason == "text:tail_loop" and drop.detail.startswith("turn 4 (assistant)")
+    assert TR.check_sample(None, conv(("user", "hi")), DEFAULT).reason == "text:empty"
+    assert TR.check_sample(None, conv(("user", "q"), ("assistant", "  ")), DEFAULT).reason == "text:empty"
+    assert TR.check_sample("   ", None, DEFAULT).reason == "text:empty"
+
+
+def test_stage_rejects_planted_cases_and_keeps_good_ones():
+    cases = {
+        "good": ("An astronaut in a white spacesuit posing in front of an American flag.", None),
+        "empty": ("", None), "blank": ("   \n\t ", None),
+        "symbols": ("$$$ ### !!! %%% &&& *** @@@ ^^^ ~~~", None),
+        "loop": (("an astronaut in space " * 30).strip(), None),
+        "boiler": ("Click here to subscribe. All rights reserved. Stock photo, royalty free image, download now.", None),
+        "qa": (None, conv(("user", "<image>\nWhat is it?"), ("assistant", "A cat."))),
+        "qa-loop": (None, conv(("user", "<image>\nExplain."), ("assistant", HEAD + " And then the coffee." * 40))),
+        "no-text": (None, None),
+    }
+    rows = []
+    for i, (key, (text, turns)) in enumerate(cases.items()):
+        rows.append(R.Sample(key=key, source="s", category="caption", text=text, conversations=turns,
+                             ordinal=i).to_row())
+    result = S.build("text_filter", {}).run(R.rows_to_table(rows), batch_size=4)
+    got = dict(zip(result.dropped.column("key").to_pylist(), result.dropped.column(R.REASON).to_pylist()))
+    assert got == {"empty": "text:empty", "blank": "text:empty", "symbols": "text:symbol_ratio",
+                   "loop": "text:repeated_ngrams", "boiler": "text:boilerplate", "qa-loop": "text:tail_loop",
+                   "no-text": "text:empty"}
+    assert sorted(result.kept.column("key").to_pylist()) == ["good", "qa"]
+    assert set(result.dropped.column(R.STATUS).to_pylist()) == {R.REJECTED}
+
+
+def test_presets_and_overrides():
+    assert TR.TextFilter(preset="datacomp_basic").thresholds.min_caption_words == 3
+    stage = TR.TextFilter(preset="datacomp_basic", min_caption_words=1)
+    assert stage.thresholds.min_caption_words == 1
+    assert reason("two words", th=TR.TextFilter(preset="datacomp_basic").thresholds) == "text:too_short"
+    with pytest.raises(ValueError, match="preset"):
+        TR.TextFilter(preset="strict-ish")
+    with pytest.raises(ValueError, match="max_chars"):
+        TR.TextFilter(max_chars=-5)
