@@ -280,3 +280,27 @@ def test_negatives_for_ratio_mean():
     assert {negatives_for_ratio(2.0, rng) for _ in range(50)} == {2}
     with pytest.raises(ValueError):
         negatives_for_ratio(-1, rng)
+
+
+VALUE_CODES = {"not_zero_padded", "coordinate_out_of_range", "negative_coordinate", "box_corners_out_of_order",
+               "whitespace_in_label"}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["point", "box", "quad"]),
+                          st.lists(st.integers(-50, 1200), min_size=8, max_size=8), st.booleans(), st.booleans()),
+                min_size=1, max_size=4))
+@settings(max_examples=150)
+def test_normalize_text_repairs_every_value_problem(specs):
+    # Labels with unpadded, negative, too-large values, swapped corners and stray whitespace...
+    parts = []
+    for kind, vals, pad, space in specs:
+        n = {"point": 1, "box": 2, "quad": 4}[kind]
+        fmt = (lambda v: f"{v:03d}") if pad else str
+        body = ",".join(f"({fmt(vals[2 * i])},{fmt(vals[2 * i + 1])})" for i in range(n))
+        parts.append(f"<|object_ref_start|>o<|object_ref_end|>{' ' if space else ''}<|{kind}_start|>{body}<|{kind}_end|>")
+    text = "; ".join(parts)
+    assert {p.code for p in validate(text)} <= VALUE_CODES
+    # ...all come out valid, one label per input label, in [0, 999].
+    out = normalize_text(text)
+    assert validate(out) == []
+    assert len(parse(out)) == len(specs)

@@ -20,6 +20,7 @@ What the scanner decides (and why):
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ JSON_FENCE_RE = re.compile(r"```json[ \t]*\n?(.*?)```", re.DOTALL)
 
 # Special tags of chat templates (Qwen2-VL family) that may appear in text and are not grounding tags.
 IGNORED_TAG_BASES = frozenset({"im", "vision"})
+_GRAMMAR_BASES = frozenset({OBJECT_REF, *SHAPE_POINTS})
 
 _COORD = "([0-9]{3}),([0-9]{3})"
 _FAST = {kind: re.compile(",".join([rf"\({_COORD}\)"] * n)) for kind, n in SHAPE_POINTS.items()}
@@ -61,6 +63,7 @@ class _Building:
     ok: bool = True
 
 
+@functools.lru_cache(maxsize=4096)  # tag names repeat: a dict lookup per tag after the first
 def _classify(name: str) -> tuple[str, bool] | str | None:
     """(base, is_start) for grammar or unknown-shape tags, "malformed" for a near-miss, None to ignore."""
     if name.endswith("_start"):
@@ -106,24 +109,26 @@ def scan(text: str, *, require_padding: bool = True, width: int | None = None,
             cur.ok = False
 
     for m in TOKEN_RE.finditer(text):
-        if m.group(1) is None:
-            broke("malformed_tag", f"{m.group(0)!r} is not a well-formed tag", m.start())
+        name = m.group(1)
+        tag_start, tag_end = m.span()
+        if name is None:
+            broke("malformed_tag", f"{m.group(0)!r} is not a well-formed tag", tag_start)
             continue
-        cls = _classify(m.group(1))
+        cls = _classify(name)
         if cls is None:
             continue
         if cls == "malformed":
-            broke("malformed_tag", f"{m.group(0)!r} is not a grounding tag", m.start())
+            broke("malformed_tag", f"{m.group(0)!r} is not a grounding tag", tag_start)
             continue
         base, is_start = cls
-        known = base == OBJECT_REF or base in SHAPE_POINTS
+        known = base in _GRAMMAR_BASES
         if open_tag is not None:
             obase, ostart, cstart = open_tag
             if not is_start and base == obase:
                 open_tag = None
-                content = text[cstart:m.start()]
+                content = text[cstart:tag_start]
                 assert cur is not None
-                cur.last_end = m.end()
+                cur.last_end = tag_end
                 if obase == OBJECT_REF:
                     if not content.strip():
                         broke("empty_object_ref", "object reference has no name", ostart)
@@ -138,20 +143,20 @@ def scan(text: str, *, require_padding: bool = True, width: int | None = None,
             open_tag = None
             if is_start:
                 broke("nested_tag", f"<|{base}_start|> opens inside <|{obase}_start|> (opened at {ostart})",
-                      m.start())
+                      tag_start)
                 finish()
             else:
-                broke("mismatched_tag", f"{m.group(0)} closes <|{obase}_start|> opened at {ostart}", m.start())
+                broke("mismatched_tag", f"{m.group(0)} closes <|{obase}_start|> opened at {ostart}", tag_start)
                 finish()
                 continue
         # No tag is open here.
         if not is_start:
             code = "unbalanced_tag" if known else "unknown_shape"
-            broke(code, f"{m.group(0)} without a matching start tag", m.start())
+            broke(code, f"{m.group(0)} without a matching start tag", tag_start)
             finish()
             continue
-        if cur is not None and base != OBJECT_REF and cur.last_end <= m.start():
-            gap = text[cur.last_end:m.start()]
+        if cur is not None and base != OBJECT_REF and cur.last_end <= tag_start:
+            gap = text[cur.last_end:tag_start]
             if gap and gap.isspace():
                 # Reported, but the label stays readable: normalize_text rewrites it without the gap.
                 problems.append(Problem("whitespace_in_label",
@@ -161,10 +166,10 @@ def scan(text: str, *, require_padding: bool = True, width: int | None = None,
         else:
             finish()
         if cur is None:
-            cur = _Building(start=m.start(), last_end=m.end())
+            cur = _Building(start=tag_start, last_end=tag_end)
         if not known:
-            broke("unknown_shape", f"{m.group(0)}: the grammar has point, box and quad", m.start())
-        open_tag = (base, m.start(), m.end())
+            broke("unknown_shape", f"{m.group(0)}: the grammar has point, box and quad", tag_start)
+        open_tag = (base, tag_start, tag_end)
     if open_tag is not None:
         broke("unbalanced_tag", f"<|{open_tag[0]}_start|> is never closed", open_tag[1])
     finish()
