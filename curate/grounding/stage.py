@@ -26,7 +26,6 @@ from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 
-from curate import records as R
 from curate.grounding.negatives import NEGATIVE_ANSWER, NEGATIVE_PROMPT, make_negatives, negatives_for_ratio
 from curate.grounding.parse import validate
 from curate.grounding.problems import CODES, Problem
