@@ -681,7 +681,8 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
                 num[sel] += const + img_sum[sel] + vid_sum[sel] + 2 * (img_n[sel] - hi) + 2 * (vid_n[sel] - hv)
                 var = text.take(pa.array(sel))
                 if prefix:
-                    var = pc.binary_join_element_wise(pa.scalar(prefix, pa.large_string()), var, "")
+                    var = pc.binary_join_element_wise(pa.scalar(prefix, pa.large_string()), var,
+                                                      pa.scalar("", pa.large_string()))
                 texts_to_count.append(var)
                 owners.append(sel)
 
