@@ -1,0 +1,368 @@
+"""The ``clip_score`` stage: image-text relevance, kept by absolute threshold or top fraction per source.
+
+LAION kept pairs whose CLIP cosine is >= 0.3; DataComp's CLIP-score baseline keeps the top 30% of
+its pool; Open-Qwen2VL builds its caption data on both. This stage does either (or both: the
+threshold first, per batch, then the top fraction of the survivors of each source).
+
+How it runs — the stage contract for model stages:
+
+* an *actor* stage: ``setup()`` picks the device (CUDA, Ascend NPU, else CPU) and loads the model
+  once per actor; ``process_batch`` only reads, decodes and scores;
+* images are read and decoded inside the actor by a thread pool that prepares sub-batch k+1 while
+  the model encodes sub-batch k (JPEGs decoded at a reduced DCT scale that still covers the model
+  input); texts of the batch are encoded once per unique text;
+* the score (float32 cosine) is written to ``clip_score`` on every scored row — dropped rows keep
+  it too, so rejects can be inspected — and ``summarize`` reports percentiles per source.
+
+Which text and which images:
+
+* the caption (``text``) when the sample has one; otherwise the first assistant answer of the
+  conversation (``conversation_text: first_exchange`` prepends the first user turn), with
+  ``<image>`` placeholders removed;
+* several images: the mean cosine over the images (``image_reduce: max`` keeps a sample whose text
+  describes at least one of them, ``min`` demands that it describes all);
+* a sample with no image, or no text, or outside ``categories``, is not scored: it passes with a
+  null ``clip_score`` and is never rejected by this stage.
+
+Images that cannot be fetched are quarantined (``image:unreadable:<code>``), images that do not
+decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``) — the same reasons
+``image_filter`` uses, for pipelines that run this stage without it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from curate import images as I
+from curate import records as R
+from curate.filters.common import Drop, split_drops
+from curate.scoring.device import DEVICE_CHOICES
+from curate.stage import BatchResult, Resources, Stage, register
+
+BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
+SCORE = "clip_score"
+PERCENTILES = (5, 25, 50, 75, 95)
+_PLACEHOLDERS = ("<image>", "<video>")
+
+
+# --- which text a sample is judged by ----------------------------------------------------------
+def _clean(text: str | None) -> str:
+    if not text:
+        return ""
+    for ph in _PLACEHOLDERS:
+        text = text.replace(ph, " ")
+    return " ".join(text.split())
+
+
+def sample_text(text: str | None, conversations: Sequence[Mapping[str, Any]] | None,
+                mode: str = "first_answer") -> str | None:
+    """The text a sample's images are compared with (None: nothing to compare)."""
+    if text and text.strip():
+        return _clean(text)
+    turns = list(conversations or [])
+    answer_at = next((i for i, t in enumerate(turns) if t.get("role") == "assistant" and _clean(t.get("content"))), None)
+    if answer_at is None:
+        return None
+    answer = _clean(turns[answer_at].get("content"))
+    if mode == "first_exchange":
+        question = next((_clean(t.get("content")) for t in turns[:answer_at] if t.get("role") == "user"), "")
+        return f"{question} {answer}".strip()
+    return answer
+
+
+def reduce_scores(values: Sequence[float], how: str) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    return float({"mean": arr.mean, "max": arr.max, "min": arr.min}[how]())
+
+
+def keep_top_fraction(scores: np.ndarray, ordinals: np.ndarray, fraction: float) -> tuple[np.ndarray, float | None]:
+    """Boolean mask of the ceil(fraction * n) highest scores (ties: lower _ordinal first), and the
+    lowest kept score. NaN scores (unscored rows) are always kept and not counted."""
+    keep = np.ones(len(scores), dtype=bool)
+    valid = np.flatnonzero(~np.isnan(scores))
+    if valid.size == 0:
+        return keep, None
+    n_keep = max(1, math.ceil(fraction * valid.size - 1e-9))
+    order = valid[np.lexsort((ordinals[valid], -scores[valid]))]
+    keep[order[n_keep:]] = False
+    return keep, float(scores[order[n_keep - 1]])
+
+
+def percentiles(values: np.ndarray) -> dict[str, float]:
+    out = {f"p{p}": round(float(np.percentile(values, p)), 4) for p in PERCENTILES}
+    out["mean"] = round(float(values.mean()), 4)
+    return out
+
+
+# --- the stage ----------------------------------------------------------------------------------
+@register
+class ClipScore(Stage):
+    name: ClassVar[str] = "clip_score"
+    description: ClassVar[str] = ("Image-text relevance (CLIP / SigLIP cosine, or the offline label_text_similarity "
+                                  "scorer); keep by absolute threshold and/or top fraction per source.")
+    requires: ClassVar[tuple[str, ...]] = ("images", "text", "conversations", "source", "category")
+    adds: ClassVar[Mapping[str, pa.DataType]] = {SCORE: R.WELL_KNOWN_COLUMNS[SCORE]}
+    resources: ClassVar[Resources] = Resources(cpus=1, gpus=0, batch_size=256, kind="actor", concurrency=1)
+    global_columns: ClassVar[tuple[str, ...] | None] = ("source", SCORE)
+    summary_columns: ClassVar[tuple[str, ...]] = ("source", SCORE)
+
+    @dataclass
+    class Config:
+        backend: Literal["hf_clip", "hf_siglip", "open_clip", "label_text_similarity"] = field(
+            default="hf_clip", metadata={"doc": "hf_clip / hf_siglip: transformers model directory; open_clip: "
+                                                "model_name + checkpoint file; label_text_similarity: the offline "
+                                                "EfficientNet-Lite0 labels + MiniLM scorer (not CLIP)."})
+        model_path: str | None = field(default=None, metadata={
+            "doc": "Local model directory (hf_*) or checkpoint file (open_clip). Nothing is downloaded."})
+        model_name: str | None = field(default=None, metadata={"doc": "open_clip architecture, e.g. ViT-B-32."})
+        threshold: float | None = field(default=None, metadata={
+            "doc": "Reject scored samples whose cosine is below this (LAION: 0.3 with ViT-B/32)."})
+        top_fraction: float | None = field(default=None, metadata={
+            "doc": "Keep this fraction of the scored samples of each source, highest first (DataComp: 0.3)."})
+        categories: list[str] | None = field(default=None, metadata={
+            "doc": "Score only samples of these categories; the others pass unscored. None: all."})
+        batch_size: int = field(default=64, metadata={"doc": "Images per model forward."})
+        device: str = field(default="auto", metadata={"doc": "auto (CUDA, then Ascend NPU, then CPU), cuda, npu, cpu."})
+        dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(
+            default="auto", metadata={"doc": "Model precision; auto: float16 on accelerators, float32 on CPU."})
+        decode_threads: int = field(default=4, metadata={"doc": "Threads reading, decoding and resizing images."})
+        image_reduce: Literal["mean", "max", "min"] = field(
+            default="mean", metadata={"doc": "How the scores of a sample's several images combine."})
+        conversation_text: Literal["first_answer", "first_exchange"] = field(
+            default="first_answer", metadata={"doc": "Text of conversation samples without a caption."})
+        label_top_k: int = field(default=5, metadata={"doc": "label_text_similarity: ImageNet labels per image."})
+        max_pixels: int = field(default=I.MAX_DECODE_PIXELS, metadata={"doc": "Refuse to decode larger images."})
+        gpus_per_actor: float | None = field(default=None, metadata={
+            "doc": "GPUs each actor asks Ray for; None: 1 when the driver sees CUDA, else 0."})
+        actors: int | None = field(default=None, metadata={
+            "doc": "Model actors; None: one per visible GPU, 1 on CPU (a CPU model already uses every core)."})
+        cpu_threads: int | None = field(default=None, metadata={
+            "doc": "torch threads of a CPU actor; None: all cores (Ray would otherwise pin it to 1)."})
+
+    def __init__(self, config: Any = None, context: Any = None, **settings: Any):
+        super().__init__(config, context, **settings)
+        cfg = self.config
+        if cfg.top_fraction is None:
+            self.global_columns = None  # no whole-dataset step without top_fraction
+        gpus = cfg.gpus_per_actor
+        if gpus is None:
+            gpus = 0.0
+            if cfg.device.split(":")[0] in ("auto", "cuda"):
+                from curate.scoring.device import cuda_device_count
+                gpus = 1.0 if cuda_device_count() > 0 else 0.0
+        if cfg.actors is not None:
+            actors = cfg.actors
+        elif gpus > 0:
+            from curate.scoring.device import cuda_device_count
+            actors = max(1, int(cuda_device_count() // gpus))
+        else:
+            actors = 1
+        self.resources = Resources(cpus=1, gpus=gpus, batch_size=type(self).resources.batch_size, kind="actor",
+                                   concurrency=actors)
+        self.scorer: Any = None
+
+    # --- configuration ------------------------------------------------------------------------
+    def validate_config(self) -> None:
+        c = self.config
+        if c.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {c.backend!r}")
+        if c.backend in ("hf_clip", "hf_siglip", "open_clip") and not c.model_path:
+            raise ValueError(f"model_path: required for backend {c.backend} (a local "
+                             f"{'checkpoint file' if c.backend == 'open_clip' else 'model directory'})")
+        if c.backend == "open_clip" and not c.model_name:
+            raise ValueError("model_name: required for backend open_clip (e.g. ViT-B-32)")
+        if c.backend == "label_text_similarity" and (c.model_path or c.model_name):
+            raise ValueError("model_path: label_text_similarity uses the packaged models; leave model_path/model_name unset")
+        if c.threshold is not None and not -1.0 <= float(c.threshold) <= 1.0:
+            raise ValueError(f"threshold: a cosine, must be in [-1, 1], got {c.threshold}")
+        if c.top_fraction is not None and not 0.0 < float(c.top_fraction) <= 1.0:
+            raise ValueError(f"top_fraction: must be in (0, 1], got {c.top_fraction}")
+        for name in ("batch_size", "decode_threads", "max_pixels"):
+            if int(getattr(c, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(c, name)}")
+        if not 1 <= c.label_top_k <= 1000:
+            raise ValueError(f"label_top_k: must be in 1..1000, got {c.label_top_k}")
+        if c.device.split(":", 1)[0] not in DEVICE_CHOICES:
+            raise ValueError(f"device: expected one of {DEVICE_CHOICES}, got {c.device!r}")
+        if c.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype: expected auto, float32, float16 or bfloat16, got {c.dtype!r}")
+        if c.image_reduce not in ("mean", "max", "min"):
+            raise ValueError(f"image_reduce: expected mean, max or min, got {c.image_reduce!r}")
+        if c.conversation_text not in ("first_answer", "first_exchange"):
+            raise ValueError(f"conversation_text: expected first_answer or first_exchange, got {c.conversation_text!r}")
+        if c.gpus_per_actor is not None and c.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor: must be >= 0, got {c.gpus_per_actor}")
+        for name in ("actors", "cpu_threads"):
+            value = getattr(c, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: must be >= 1, got {value}")
+
+    @property
+    def scorer_name(self) -> str:
+        c = self.config
+        if c.backend == "label_text_similarity":
+            from curate.scoring.offline_scorer import LabelTextScorer
+            return LabelTextScorer.name
+        if c.backend == "open_clip":
+            return f"open_clip:{c.model_name}:{c.model_path}"
+        return f"{c.backend}:{c.model_path}"
+
+    # --- worker lifecycle ---------------------------------------------------------------------
+    def setup(self) -> None:
+        from curate.scoring.device import pick_device, resolve_dtype
+        device = pick_device(self.config.device)
+        if device == "cpu":
+            import torch
+            torch.set_num_threads(self.config.cpu_threads or os.cpu_count() or 1)
+        self.scorer = build_scorer(self.config, device, resolve_dtype(self.config.dtype, device))
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        c = self.config
+        n = batch.num_rows
+        refs = batch.column("images").to_pylist()
+        texts_col = batch.column("text").to_pylist()
+        convs = batch.column("conversations").to_pylist()
+        cats = batch.column("category").to_pylist()
+        wanted = set(c.categories) if c.categories is not None else None
+        texts: list[str | None] = [None] * n
+        for i in range(n):
+            if refs[i] and (wanted is None or cats[i] in wanted):
+                texts[i] = sample_text(texts_col[i], convs[i], c.conversation_text) or None
+        rows = [i for i in range(n) if texts[i]]
+        scores, notes, drops = self._score_rows(rows, refs, texts)
+        values: list[float | None] = [None] * n
+        for i in rows:
+            if drops[i] is None:
+                values[i] = float(np.float32(reduce_scores(scores[i], c.image_reduce)))
+                if c.threshold is not None and values[i] < c.threshold:
+                    why = f"; image looks like: {notes[i]}" if notes.get(i) else ""
+                    drops[i] = Drop("clip:below_threshold", f"score {values[i]:.4f} < {c.threshold:g}{why}")
+        col = pa.array(values, type=R.WELL_KNOWN_COLUMNS[SCORE])
+        idx = batch.schema.get_field_index(SCORE)
+        batch = batch.set_column(idx, SCORE, col) if idx >= 0 else batch.append_column(SCORE, col)
+        return split_drops(batch, drops)
+
+    def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
+        """Read + decode + resize one image (runs in a decode thread)."""
+        from curate.scoring.base import decode_rgb
+        try:
+            data = I.read_image_bytes(ref)
+        except I.UnreadableImage as exc:
+            return Drop(f"image:unreadable:{exc.reason}", exc.detail or str(exc), R.QUARANTINED)
+        except FileNotFoundError as exc:
+            return Drop("image:unreadable:missing_file", str(exc), R.QUARANTINED)
+        except OSError as exc:
+            return Drop("image:unreadable:io_error", f"{type(exc).__name__}: {exc}", R.QUARANTINED)
+        try:
+            im = decode_rgb(data, self.scorer.transform, self.config.max_pixels)
+        except I.UnreadableImage as exc:
+            reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
+            return Drop(reason, f"{exc.reason}: {exc.detail}")
+        return self.scorer.prepare_image(im)
+
+    def _score_rows(self, rows: list[int], refs: list[Any], texts: list[str | None]
+                    ) -> tuple[dict[int, list[float]], dict[int, str], list[Drop | None]]:
+        """Cosine per image of each row; decode of sub-batch k+1 overlaps the model on sub-batch k."""
+        self.ensure_setup()
+        drops: list[Drop | None] = [None] * len(texts)
+        scores: dict[int, list[float]] = {i: [] for i in rows}
+        notes: dict[int, str] = {}
+        items = [(i, ref) for i in rows for ref in refs[i]]
+        if not items:
+            return scores, notes, drops
+        bs = self.config.batch_size
+        chunks = [items[k:k + bs] for k in range(0, len(items), bs)]
+        unique = sorted({texts[i] for i in rows})
+        text_index = {t: j for j, t in enumerate(unique)}
+        with ThreadPoolExecutor(self.config.decode_threads) as pool:
+            pending = [pool.submit(self._prepare, ref) for _, ref in chunks[0]]
+            text_emb = self.scorer.encode_texts(unique)          # overlaps the first decode
+            for k, chunk in enumerate(chunks):
+                prepared = [f.result() for f in pending]
+                if k + 1 < len(chunks):
+                    pending = [pool.submit(self._prepare, ref) for _, ref in chunks[k + 1]]
+                ok = [(row, arr) for (row, _), arr in zip(chunk, prepared) if not isinstance(arr, Drop)]
+                for (row, _), arr in zip(chunk, prepared):
+                    if isinstance(arr, Drop) and drops[row] is None:
+                        drops[row] = arr
+                if not ok:
+                    continue
+                enc = self.scorer.encode_images([arr for _, arr in ok])
+                sel = [text_index[texts[row]] for row, _ in ok]
+                cos = (enc.embeddings * text_emb[sel]).sum(-1).float().cpu().numpy()
+                for j, (row, _) in enumerate(ok):
+                    scores[row].append(float(cos[j]))
+                    if enc.notes and row not in notes:
+                        notes[row] = enc.notes[j]
+        return scores, notes, drops
+
+    # --- whole-dataset step and report --------------------------------------------------------
+    def decide(self, table: pa.Table) -> pa.Table:
+        """Keep the top `top_fraction` of the scored rows of each source (ties: lower _ordinal)."""
+        n = table.num_rows
+        ords = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+        scores = np.asarray(table.column(SCORE).to_numpy(zero_copy_only=False), dtype=np.float64)
+        sources = np.asarray(table.column("source").to_pylist(), dtype=object)
+        status = np.full(n, R.KEPT, dtype=object)
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        summary: dict[str, Any] = {}
+        fraction = self.config.top_fraction
+        if fraction is not None:
+            for src in sorted(set(sources.tolist())):
+                idx = np.flatnonzero(sources == src)
+                keep, cutoff = keep_top_fraction(scores[idx], ords[idx], fraction)
+                scored = int((~np.isnan(scores[idx])).sum())
+                summary[src] = {"scored": scored, "kept": int(keep.sum() - (len(idx) - scored)),
+                                "cutoff": None if cutoff is None else round(cutoff, 6)}
+                for j in idx[~keep]:
+                    status[j] = R.REJECTED
+                    reasons[j] = "clip:below_top_fraction"
+                    details[j] = (f"score {scores[j]:.4f} < cutoff {cutoff:.4f} of source {src} "
+                                  f"(top {fraction:g} of {scored})")
+            self.report["clip_score_top_fraction"] = {"fraction": fraction, "sources": summary}
+        return pa.table({R.ORDINAL: pa.array(ords, pa.int64()), R.STATUS: pa.array(status.tolist(), pa.string()),
+                         R.REASON: pa.array(reasons, pa.string()), R.DETAIL: pa.array(details, pa.string())})
+
+    def summarize(self, kept: pa.Table) -> dict[str, Any]:
+        """Score percentiles of the kept rows, per source and overall, for report.json."""
+        scores = np.asarray(kept.column(SCORE).to_numpy(zero_copy_only=False), dtype=np.float64) \
+            if kept.num_rows else np.zeros(0)
+        sources = kept.column("source").to_pylist() if kept.num_rows else []
+        per_source: dict[str, Any] = {}
+        for src in sorted(set(sources)):
+            vals = scores[[s == src for s in sources]]
+            valid = vals[~np.isnan(vals)]
+            entry: dict[str, Any] = {"scored": int(valid.size), "unscored": int(vals.size - valid.size)}
+            if valid.size:
+                entry.update(percentiles(valid))
+            per_source[src] = entry
+        valid = scores[~np.isnan(scores)] if scores.size else scores
+        overall: dict[str, Any] = {"scored": int(valid.size), "unscored": int(scores.size - valid.size)}
+        if valid.size:
+            overall.update(percentiles(valid))
+        return {SCORE: {"scorer": self.scorer_name, "threshold": self.config.threshold,
+                        "top_fraction": self.config.top_fraction, "per_source": per_source, "overall": overall}}
+
+
+def build_scorer(config: Any, device: str, dtype: Any) -> Any:
+    """The scorer a Config names, loaded on `device` (called once per worker from setup())."""
+    if config.backend in ("hf_clip", "hf_siglip"):
+        from curate.scoring.clip_hf import HFClipScorer
+        return HFClipScorer(config.model_path, "clip" if config.backend == "hf_clip" else "siglip", device, dtype)
+    if config.backend == "open_clip":
+        from curate.scoring.clip_openclip import OpenClipScorer, available
+        ok, why = available()
+        if not ok:
+            raise RuntimeError(f"backend open_clip: {why}")
+        return OpenClipScorer(config.model_name, config.model_path, device, dtype)
+    if config.backend == "label_text_similarity":
+        from curate.scoring.offline_scorer import LabelTextScorer
+        return LabelTextScorer(device, dtype, top_k=config.label_top_k)
+    raise ValueError(f"backend: unknown {config.backend!r}")
