@@ -112,7 +112,9 @@ def smart_resize(height: Any, width: Any, factor: int = IMAGE_FACTOR, min_pixels
     scalar = np.ndim(height) == 0 and np.ndim(width) == 0
     h = _as_int_array(height, "height")
     w = _as_int_array(width, "width")
-    h, w = np.broadcast_arrays(h, w)
+    shape = np.broadcast_shapes(h.shape, w.shape)
+    h = np.broadcast_to(h, shape).ravel()
+    w = np.broadcast_to(w, shape).ravel()
     ratio = np.maximum(h, w) / np.minimum(h, w)
     if ratio.size and ratio.max() > MAX_ASPECT_RATIO:
         raise ValueError(f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {ratio.max()}")
@@ -130,7 +132,7 @@ def smart_resize(height: Any, width: Any, factor: int = IMAGE_FACTOR, min_pixels
         beta = np.sqrt(min_pixels / area[small])
         h_bar[small] = np.ceil(hf[small] * beta / factor) * factor
         w_bar[small] = np.ceil(wf[small] * beta / factor) * factor
-    rh, rw = h_bar.astype(np.int64), w_bar.astype(np.int64)
+    rh, rw = h_bar.astype(np.int64).reshape(shape), w_bar.astype(np.int64).reshape(shape)
     if scalar:
         return int(rh), int(rw)
     return rh, rw

