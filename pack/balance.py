@@ -1,0 +1,481 @@
+"""Data-parallel balance: which pack goes to which (global step, rank, micro-batch).
+
+Why: openPangu-VL moved packing offline because online packing gave data-parallel ranks different
+numbers of packs; and with any-resolution images the ViT work differs wildly between packs of equal
+token count ("balanced encoder data parallelism"). In synchronous data parallelism every global step
+waits for its slowest rank, so what matters is the balance *inside each step*, not over the epoch.
+
+The plan guarantees, by construction, that every rank gets exactly ``micro_batches`` packs in every
+global step (hence equal totals). It then minimizes, per step, ``max(rank cost) / mean(rank cost)``
+for two costs that vary between packs of the same (static, padded) shape:
+
+* ``attention`` — text attention in the LLM with variable-length attention: sum over segments of
+  length² (the linear layers cost the same for every pack: every pack is ``context_length`` tokens).
+* ``vit`` — the vision encoder, run per image with varlen attention: for ``p`` patches an image costs
+  ``p + p² / (6·vit_hidden)`` (linear FLOPs ~24·p·h², attention FLOPs ~4·p²·h per layer). The raw
+  sums of patches and of squared patches are reported too.
+
+Method (deterministic; O(N log N) plus bounded local search):
+
+1. Costs are normalized by their means, so both dimensions count equally.
+2. Steps are formed from packs that are alike in both costs: a sort-tile grouping (sort by attention,
+   cut into slabs, sort each slab by ViT cost, cut into steps of ``dp_size × micro_batches`` packs).
+   Packs that are alike balance well whatever the rank assignment.
+3. Inside a step, packs go to ranks by a greedy longest-processing-time rule with ``micro_batches``
+   slots per rank, then pairwise swaps between ranks while they lower the step's worst ratio.
+4. Steps whose worst ratio is still above target exchange packs with their neighbours in the sort
+   order (bounded number of passes).
+5. The step order is shuffled with the seed so that training does not see packs sorted by cost.
+
+Leftover packs (``N mod (dp_size × micro_batches)``) follow a policy, never silently:
+``drop`` (the lowest-fill packs are left out and their samples reported), ``carry_over`` (the same
+packs are left out of the ranks and written aside for a later run), ``pad_with_repeats`` (the last
+step is completed with second copies of the fullest packs; those samples are seen twice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+
+LeftoverPolicy = Literal["drop", "carry_over", "pad_with_repeats"]
+LEFTOVER_POLICIES: tuple[str, ...] = ("drop", "carry_over", "pad_with_repeats")
+COST_NAMES: tuple[str, ...] = ("attention", "vit")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """How image tokens translate into ViT work.
+
+    Qwen2-VL-style encoders merge 2×2 patches into one LLM token (``patches_per_image_token=4``); the
+    ViT hidden size sets where its attention starts to dominate its linear layers.
+    """
+    patches_per_image_token: int = 4
+    vit_hidden: int = 1280
+
+
+@dataclass(frozen=True)
+class PackCosts:
+    """Per-pack cost components, one entry per pack."""
+    tokens: np.ndarray          # used (non-padding) tokens
+    attention: np.ndarray       # sum of squared segment lengths
+    vit_patches: np.ndarray     # sum of image patches
+    vit_patches_sq: np.ndarray  # sum of squared image patches
+    vit: np.ndarray             # patches + patches² / (6 · vit_hidden)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def matrix(self) -> np.ndarray:
+        """The balanced costs as an (N, 2) float matrix: attention, vit."""
+        return np.stack([self.attention, self.vit], axis=1).astype(np.float64)
+
+    def take(self, idx: np.ndarray) -> "PackCosts":
+        return PackCosts(*(getattr(self, f)[idx] for f in
+                           ("tokens", "attention", "vit_patches", "vit_patches_sq", "vit")))
+
+
+def pack_costs(segment_lengths: Sequence[Sequence[int]], image_tokens: Sequence[Sequence[int]],
+               model: CostModel = CostModel()) -> PackCosts:
+    """Costs of packs given each pack's segment lengths and the token counts of all its images."""
+    if len(segment_lengths) != len(image_tokens):
+        raise ValueError("segment_lengths and image_tokens must have one entry per pack")
+    n = len(segment_lengths)
+    tokens = np.zeros(n, dtype=np.int64)
+    attention = np.zeros(n, dtype=np.float64)
+    patches = np.zeros(n, dtype=np.float64)
+    patches_sq = np.zeros(n, dtype=np.float64)
+    for i, (segs, imgs) in enumerate(zip(segment_lengths, image_tokens)):
+        s = np.asarray(segs, dtype=np.float64)
+        p = np.asarray(imgs, dtype=np.float64) * model.patches_per_image_token
+        tokens[i] = int(s.sum())
+        attention[i] = float(np.dot(s, s))
+        patches[i] = float(p.sum())
+        patches_sq[i] = float(np.dot(p, p))
+    vit = patches + patches_sq / (6.0 * model.vit_hidden)
+    return PackCosts(tokens, attention, patches, patches_sq, vit)
+
+
+@dataclass
+class Plan:
+    """Assignment of packs to (step, rank, micro-batch).
+
+    ``slots[s, r, m]`` is the index of the pack that rank ``r`` trains on in micro-batch ``m`` of
+    global step ``s``. With ``pad_with_repeats`` a pack index can appear twice; ``repeat[s, r, m]`` is
+    True for the second occurrence (in step, rank, micro-batch order). ``leftover`` lists the packs that
+    are in no slot (``drop`` and ``carry_over``).
+    """
+    dp_size: int
+    micro_batches: int
+    slots: np.ndarray
+    repeat: np.ndarray
+    leftover: np.ndarray
+    policy: str
+    method: str = "balanced"
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return int(self.slots.shape[0])
+
+    @property
+    def global_batch(self) -> int:
+        return self.dp_size * self.micro_batches
+
+    def rank_packs(self, rank: int) -> np.ndarray:
+        """Pack indices of one rank in training order (step, then micro-batch)."""
+        return self.slots[:, rank, :].reshape(-1)
+
+
+def choose_items(tokens: np.ndarray, global_batch: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Which pack indices fill the slots (repeats allowed) and which are left over.
+
+    drop / carry_over leave out the ``N mod global_batch`` packs with the fewest tokens (ties: the later
+    pack), so the fewest samples are lost. pad_with_repeats adds second copies of the fullest packs.
+    """
+    if policy not in LEFTOVER_POLICIES:
+        raise ValueError(f"leftover policy {policy!r} is not one of {LEFTOVER_POLICIES}")
+    n = int(tokens.shape[0])
+    rest = n % global_batch
+    all_idx = np.arange(n, dtype=np.int64)
+    if rest == 0:
+        return all_idx, np.zeros(0, dtype=np.int64)
+    # fewest tokens first, later index first among equals
+    by_fill = np.lexsort((-all_idx, tokens))
+    if policy == "pad_with_repeats":
+        extra = global_batch - rest
+        fullest = by_fill[::-1]
+        reps = np.resize(fullest, extra) if n else np.zeros(0, dtype=np.int64)
+        return np.concatenate([all_idx, reps]), np.zeros(0, dtype=np.int64)
+    left = np.sort(by_fill[:rest])
+    keep = np.setdiff1d(all_idx, left, assume_unique=True)
+    return keep, left
+
+
+def normalize(costs: np.ndarray) -> np.ndarray:
+    """Divide each column by its mean (a column of zeros stays zero)."""
+    mean = costs.mean(axis=0) if costs.shape[0] else np.zeros(costs.shape[1])
+    safe = np.where(mean > 0, mean, 1.0)
+    return costs / safe
+
+
+def log_coordinates(x: np.ndarray, floor: float = 0.02) -> np.ndarray:
+    """Coordinates in which distance means *relative* difference (the balance metric is a ratio).
+
+    ``log1p(x / floor)`` on mean-normalized costs: values far below ``floor`` × the mean (a text-only
+    pack's ViT cost, a tiny image) all look alike, because differences there cost no time.
+    """
+    return np.log1p(np.maximum(x, 0.0) / floor)
+
+
+def hilbert_order(u: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Stable permutation of 2-D points along a Hilbert curve (neighbours on the curve are near)."""
+    n = u.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, span = u.min(axis=0), np.ptp(u, axis=0)
+    q = ((u - lo) / np.where(span > 0, span, 1.0) * ((1 << bits) - 1)).astype(np.int64)
+    x, y = q[:, 0].copy(), q[:, 1].copy()
+    d = np.zeros(n, dtype=np.int64)
+    s = 1 << (bits - 1)
+    while s > 0:
+        rx = (x & s) > 0
+        ry = (y & s) > 0
+        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
+        flip = ~ry & rx
+        x = np.where(flip, s - 1 - x, x)
+        y = np.where(flip, s - 1 - y, y)
+        swap = ~ry
+        x, y = np.where(swap, y, x), np.where(swap, x, y)
+        s >>= 1
+    return np.lexsort((np.arange(n), d))
+
+
+def group_steps(x: np.ndarray, group: int, chunk_steps: int = 256) -> np.ndarray:
+    """Partition rows into steps of exactly ``group`` rows that are alike in every cost column.
+
+    Fixed-size microaggregation (MDAV): repeatedly take the remaining point farthest from the
+    remaining centroid and group it with its ``group - 1`` nearest points, in log coordinates. To stay
+    near-linear on millions of packs, points are walked along a Hilbert curve in chunks of
+    ``chunk_steps`` steps (each chunk is a compact region) and MDAV runs per chunk. MDAV's last groups
+    in a chunk are its worst (the points nobody wanted); they are not committed but carried into the
+    next chunk, where neighbours along the curve may match them. Returns (steps, group) row indices.
+    """
+    n = x.shape[0]
+    if n % group:
+        raise ValueError(f"{n} packs do not fill steps of {group}")
+    if n == 0:
+        return np.zeros((0, group), dtype=np.int64)
+    u = log_coordinates(x)
+    order = hilbert_order(u)
+    per_chunk = chunk_steps * group
+    carry_groups = max(1, chunk_steps // 8)
+    out: list[np.ndarray] = []
+    carried = np.zeros(0, dtype=np.int64)
+    for start in range(0, n, per_chunk):
+        rows = np.concatenate([carried, order[start:start + per_chunk]])
+        grouped = rows[_mdav(u[rows], group)].reshape(-1, group)
+        last = start + per_chunk >= n
+        keep = grouped.shape[0] if last else max(0, grouped.shape[0] - carry_groups)
+        out.append(grouped[:keep])
+        carried = grouped[keep:].reshape(-1)
+    return np.concatenate(out)
+
+
+def _mdav(u: np.ndarray, group: int) -> np.ndarray:
+    """Row order such that consecutive blocks of ``group`` are MDAV groups (deterministic)."""
+    n = u.shape[0]
+    remaining = np.arange(n)
+    out = []
+    while remaining.size > group:
+        pts = u[remaining]
+        centroid = pts.mean(axis=0)
+        far = int(np.argmax(np.square(pts - centroid).sum(axis=1)))
+        dist = np.square(pts - pts[far]).sum(axis=1)
+        cand = np.argpartition(dist, group - 1)[:group]
+        near = cand[np.lexsort((cand, dist[cand]))]
+        out.append(remaining[near])
+        mask = np.ones(remaining.size, dtype=bool)
+        mask[near] = False
+        remaining = remaining[mask]
+    out.append(remaining)
+    return np.concatenate(out)
+
+
+def ratios_of_loads(loads: np.ndarray) -> np.ndarray:
+    """max/mean over ranks per cost column for (..., ranks, K) loads; 0/0 counts as balanced (1)."""
+    mean = loads.mean(axis=-2)
+    mx = loads.max(axis=-2)
+    return np.where(mean > 0, mx / np.where(mean > 0, mean, 1.0), 1.0)
+
+
+def step_ratio(loads: np.ndarray) -> float:
+    """Worst max/mean over cost columns of one step's (ranks, K) load matrix."""
+    return float(ratios_of_loads(loads).max())
+
+
+def assign_step(x: np.ndarray, dp_size: int, micro_batches: int, max_swaps: int = 64) -> np.ndarray:
+    """Split one step's rows (dp_size × micro_batches of them) over ranks: returns (dp_size, mb) row
+    indices. Greedy longest-processing-time with micro_batches slots per rank, then improving swaps."""
+    g = x.shape[0]
+    if micro_batches == 1:
+        return np.arange(g).reshape(dp_size, 1)
+    mean = x.mean(axis=0) * micro_batches
+    xs = x / np.where(mean > 0, mean, 1.0)  # a perfectly balanced rank has load 1 in every column
+    order = np.lexsort((np.arange(g), -xs.max(axis=1)))
+    loads = np.zeros((dp_size, x.shape[1]))
+    count = np.zeros(dp_size, dtype=np.int64)
+    members = np.zeros((dp_size, micro_batches), dtype=np.int64)
+    for i in order:
+        trial = (loads + xs[i]).max(axis=1)
+        trial[count >= micro_batches] = np.inf
+        r = int(np.argmin(trial))
+        members[r, count[r]] = i
+        count[r] += 1
+        loads[r] += xs[i]
+    improve_by_swaps(xs, members, max_swaps)
+    return members
+
+
+def _score(rel: np.ndarray) -> np.ndarray:
+    """Lexicographic-ish step score from relative loads (..., ranks, K): worst load, then spread."""
+    return rel.max(axis=(-2, -1)) + 1e-6 * np.square(rel - 1.0).sum(axis=(-2, -1))
+
+
+def improve_by_swaps(xs: np.ndarray, members: np.ndarray, max_swaps: int) -> None:
+    """Swap rows between the most loaded rank and any other rank while the step score drops (in place).
+
+    Loads are taken relative to the step's mean rank load, so the score is the step's max/mean ratio.
+    All (other rank, slot, slot) candidates are scored at once with numpy.
+    """
+    dp, mb = members.shape
+    target = xs[members].sum(axis=1).mean(axis=0)  # unchanged by swaps inside the step
+    xs = xs / np.where(target > 0, target, 1.0)
+    loads = xs[members].sum(axis=1)  # (dp, K), balanced = 1
+    current = float(_score(loads))
+    for _ in range(max_swaps):
+        worst = int(np.argmax(loads.max(axis=1)))
+        # delta[r, a, b, k]: change of `worst`'s load when its slot a takes rank r's slot b
+        delta = xs[members][:, None, :, :] - xs[members[worst]][None, :, None, :]
+        trial = np.broadcast_to(loads, (dp, mb, mb, dp, loads.shape[1])).copy()
+        ar = np.arange(dp)
+        trial[ar, :, :, worst, :] += delta
+        trial[ar, :, :, ar, :] -= delta
+        scores = _score(trial)
+        scores[worst] = np.inf
+        best = np.unravel_index(int(np.argmin(scores)), scores.shape)
+        if scores[best] >= current - 1e-12:
+            return
+        r, a, b = (int(v) for v in best)
+        members[worst, a], members[r, b] = members[r, b], members[worst, a]
+        loads = xs[members].sum(axis=1)
+        current = float(_score(loads))
+
+
+def plan_balanced(costs: PackCosts, dp_size: int, micro_batches: int = 1, leftover: str = "drop",
+                  seed: int = 0, shuffle_steps: bool = True, refine_passes: int = 3,
+                  target: float = 1.02) -> Plan:
+    """The balanced plan (see module docstring). Deterministic for equal inputs and seed."""
+    _check_sizes(dp_size, micro_batches)
+    g = dp_size * micro_batches
+    items, left = choose_items(costs.tokens, g, leftover)
+    x = normalize(costs.matrix()[items]) if items.size else np.zeros((0, 2))
+    steps = group_steps(x, g)
+    layout = np.stack([steps[s][assign_step(x[steps[s]], dp_size, micro_batches)]
+                       for s in range(steps.shape[0])]) if steps.size else np.zeros((0, dp_size, micro_batches),
+                                                                                     dtype=np.int64)
+    layout = refine_between_steps(x, layout, refine_passes, target)
+    slots = items[layout]
+    if shuffle_steps and slots.shape[0] > 1:
+        perm = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED])).permutation(slots.shape[0])
+        slots = slots[perm]
+    slots = np.sort(slots, axis=2)  # micro-batch order inside a rank: by pack index (any order balances)
+    return Plan(dp_size, micro_batches, slots, _mark_repeats(slots), left, leftover, "balanced")
+
+
+def refine_between_steps(x: np.ndarray, layout: np.ndarray, passes: int, target: float,
+                         neighbours: int = 8) -> np.ndarray:
+    """Exchange single packs between a step above ``target`` and the steps nearest to it (by centroid
+    in log coordinates) when that lowers the worse of the two steps' scores. Bounded: ``passes`` sweeps
+    over the steps above target. Returns the new (steps, dp, mb) layout of row indices."""
+    layout = layout.copy()
+    n_steps, dp, mb = layout.shape
+    if passes <= 0 or n_steps < 2:
+        return layout
+    mean = x.mean(axis=0) * mb
+    xs = x / np.where(mean > 0, mean, 1.0)
+    u = log_coordinates(x)
+    loads = xs[layout].sum(axis=2)                      # (steps, dp, K)
+    scores = _score(loads / loads.mean(axis=1, keepdims=True).clip(min=1e-12))
+    for _ in range(passes):
+        changed = False
+        ratios = ratios_of_loads(loads).max(axis=1)
+        bad = np.flatnonzero(ratios > target)
+        bad = bad[np.lexsort((bad, -ratios[bad]))]
+        centroids = u[layout.reshape(n_steps, -1)].mean(axis=1)
+        for s in bad.tolist():
+            near = np.argsort(np.square(centroids - centroids[s]).sum(axis=1), kind="stable")[1:neighbours + 1]
+            for t in near.tolist():
+                swap = _best_swap(xs, layout[s], layout[t], loads[s], loads[t])
+                if swap is None:
+                    continue
+                (ra, a, rb, b), new_score = swap
+                if new_score >= max(scores[s], scores[t]) - 1e-9:
+                    continue
+                layout[s, ra, a], layout[t, rb, b] = layout[t, rb, b], layout[s, ra, a]
+                for v in (s, t):
+                    if mb > 1:
+                        improve_by_swaps(xs, layout[v], 16)
+                    loads[v] = xs[layout[v]].sum(axis=1)
+                    scores[v] = _score(loads[v] / loads[v].mean(axis=0).clip(min=1e-12))
+                    centroids[v] = u[layout[v].reshape(-1)].mean(axis=0)
+                changed = True
+                if ratios_of_loads(loads[s]).max() <= target:
+                    break
+        if not changed:
+            break
+    return layout
+
+
+def _best_swap(xs: np.ndarray, ls: np.ndarray, lt: np.ndarray, loads_s: np.ndarray,
+               loads_t: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
+    """Best single exchange of a row of step s (rank ra, slot a) with a row of step t (rb, b), scored
+    by the worse of the two steps' new scores. All candidates at once."""
+    dp, mb = ls.shape
+    k = xs.shape[1]
+    xa = xs[ls].reshape(dp * mb, k)       # candidates leaving s
+    xb = xs[lt].reshape(dp * mb, k)       # candidates leaving t
+    delta = xb[None, :, :] - xa[:, None, :]              # (ga, gb, K): change for s's rank
+    ga = np.repeat(np.arange(dp), mb)
+    new_s = np.broadcast_to(loads_s, (dp * mb, dp * mb, dp, k)).copy()
+    new_s[np.arange(dp * mb), :, ga, :] += delta
+    new_t = np.broadcast_to(loads_t, (dp * mb, dp * mb, dp, k)).copy()
+    new_t[:, np.arange(dp * mb), ga, :] -= delta
+    rel_s = new_s / new_s.mean(axis=2, keepdims=True).clip(min=1e-12)
+    rel_t = new_t / new_t.mean(axis=2, keepdims=True).clip(min=1e-12)
+    score = np.maximum(_score(rel_s), _score(rel_t))
+    i = int(np.argmin(score))
+    a_i, b_i = divmod(i, dp * mb)
+    return (a_i // mb, a_i % mb, b_i // mb, b_i % mb), float(score.flat[i])
+
+
+def plan_round_robin(costs: PackCosts, dp_size: int, micro_batches: int = 1, leftover: str = "drop") -> Plan:
+    """Baseline: packs in their given order dealt to ranks in turn (what an online loader does)."""
+    _check_sizes(dp_size, micro_batches)
+    g = dp_size * micro_batches
+    items, left = choose_items(costs.tokens, g, leftover)
+    slots = items.reshape(-1, micro_batches, dp_size).transpose(0, 2, 1).copy()
+    return Plan(dp_size, micro_batches, slots, _mark_repeats(slots), left, leftover, "round_robin")
+
+
+def _check_sizes(dp_size: int, micro_batches: int) -> None:
+    if dp_size < 1:
+        raise ValueError(f"dp_size must be >= 1, got {dp_size}")
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+
+
+def _mark_repeats(slots: np.ndarray) -> np.ndarray:
+    flat = slots.reshape(-1)
+    seen: set[int] = set()
+    rep = np.zeros(flat.shape[0], dtype=bool)
+    for i, p in enumerate(flat.tolist()):
+        if p in seen:
+            rep[i] = True
+        seen.add(p)
+    return rep.reshape(slots.shape)
+
+
+@dataclass(frozen=True)
+class BalanceSummary:
+    """Per-step max/mean of rank costs, summarized over steps, per cost."""
+    steps: int
+    per_cost: dict  # cost name -> {"max": .., "mean": .., "p99": .., "aggregate": ..}
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, **self.per_cost}
+
+
+def step_ratios(plan: Plan, costs: PackCosts) -> dict[str, np.ndarray]:
+    """For every cost, the per-step max/mean over ranks of the rank's summed cost."""
+    out: dict[str, np.ndarray] = {}
+    for name in ("attention", "vit", "vit_patches", "vit_patches_sq", "tokens"):
+        c = np.asarray(getattr(costs, name), dtype=np.float64)
+        if plan.steps == 0:
+            out[name] = np.zeros(0)
+            continue
+        loads = c[plan.slots].sum(axis=2)  # (steps, ranks)
+        mean = loads.mean(axis=1)
+        mx = loads.max(axis=1)
+        out[name] = np.where(mean > 0, mx / np.where(mean > 0, mean, 1.0), 1.0)
+    return out
+
+
+# Steps whose mean rank load is below this fraction of the average step's are left out of
+# ``max_loaded``: a step where one rank has a 64-token thumbnail and the others no image has a ViT
+# max/mean of dp_size, but costs nothing.
+LOADED_STEP_FRACTION = 0.1
+
+
+def _r(v: float) -> float:
+    return round(float(v), 4)
+
+
+def summarize(plan: Plan, costs: PackCosts) -> BalanceSummary:
+    """Per cost, over steps, of the per-step max/mean ratio: ``max``, ``max_loaded`` (steps carrying at
+    least 10% of the average step load), ``p99``, ``mean``; and ``aggregate`` = Σ max / Σ mean, the
+    epoch's time at the slowest rank over the ideal time (what balance buys in throughput)."""
+    per: dict[str, dict] = {}
+    for name, r in step_ratios(plan, costs).items():
+        c = np.asarray(getattr(costs, name), dtype=np.float64)
+        if r.size:
+            loads = c[plan.slots].sum(axis=2)
+            step_mean = loads.mean(axis=1)
+            agg = float(loads.max(axis=1).sum() / step_mean.sum()) if step_mean.sum() > 0 else 1.0
+            loaded = step_mean >= LOADED_STEP_FRACTION * step_mean.mean() if step_mean.mean() > 0 else step_mean >= 0
+            per[name] = {"max": _r(r.max()), "max_loaded": _r(r[loaded].max()) if loaded.any() else None,
+                         "p99": _r(np.percentile(r, 99)), "mean": _r(r.mean()), "aggregate": _r(agg)}
+        else:
+            per[name] = {"max": None, "max_loaded": None, "p99": None, "mean": None, "aggregate": None}
+    return BalanceSummary(plan.steps, per)
