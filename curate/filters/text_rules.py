@@ -255,8 +255,10 @@ def check_sample(text: str | None, conversations: Sequence[Mapping[str, Any]] | 
 
 
 # --- the stage ------------------------------------------------------------------------------------
-def _threshold_field(doc: str) -> Any:
-    return field(default=None, metadata={"doc": doc + " None: the preset's value; 0 turns the rule off."})
+def _threshold_field(doc: str, gate: bool = False) -> Any:
+    """A preset-backed setting; `gate` marks settings that scope a rule rather than being its limit."""
+    tail = " None: the preset's value." if gate else " None: the preset's value; 0 turns the rule off."
+    return field(default=None, metadata={"doc": doc + tail})
 
 
 @register
@@ -276,13 +278,14 @@ class TextFilter(Stage):
         max_chars: int | None = _threshold_field("Most characters in a caption or answer.")
         max_symbol_ratio: float | None = _threshold_field("Largest symbols / non-space characters.")
         max_digit_ratio: float | None = _threshold_field("Largest digits / non-space characters.")
-        ratio_min_chars: int | None = _threshold_field("The ratio rules only judge texts with this many non-space characters.")
+        ratio_min_chars: int | None = _threshold_field(
+            "The ratio rules only judge texts with this many non-space characters.", gate=True)
         boilerplate_max_words: int | None = _threshold_field("Boilerplate phrases condemn only texts this short.")
         max_top_ngram_ratio: float | None = _threshold_field(
             "Largest character coverage of the top 2-gram (3-gram: minus 0.02, 4-gram: minus 0.04).")
-        ngram_min_repeats: int | None = _threshold_field("The top n-gram must occur this often to count.")
+        ngram_min_repeats: int | None = _threshold_field("The top n-gram must occur this often to count.", gate=True)
         max_duplicate_line_ratio: float | None = _threshold_field("Largest fraction of repeated non-empty lines.")
-        duplicate_lines_min_lines: int | None = _threshold_field("The duplicate-line rule needs this many lines.")
+        duplicate_lines_min_lines: int | None = _threshold_field("The duplicate-line rule needs this many lines.", gate=True)
         tail_loop_min_repeats: int | None = _threshold_field("Copies of the unit that make a tail loop.")
         tail_loop_min_tokens: int | None = _threshold_field("Tokens the copies must cover to make a tail loop.")
         boilerplate_in_answers: bool = field(default=False, metadata={

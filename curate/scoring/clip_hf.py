@@ -37,24 +37,38 @@ class HFClipScorer(PairScorer):
 
     def __init__(self, model_path: str | Path, kind: Literal["clip", "siglip"] = "clip", device: str = "cpu",
                  dtype: Any = None):
-        import torch
         from transformers import AutoTokenizer, CLIPModel, SiglipModel
 
         path = Path(model_path)
         if not path.is_dir():
             raise FileNotFoundError(f"model_path: {path} is not a directory with a saved {kind} model")
         model_cls = CLIPModel if kind == "clip" else SiglipModel
+        model = model_cls.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        transform = ImageTransform.from_hf_config(path, fallback_size=int(model.config.vision_config.image_size))
+        self._init(model, tokenizer, transform, kind, device, dtype, f"hf_{kind}:{path}")
+
+    @classmethod
+    def from_objects(cls, model: Any, tokenizer: Any, transform: ImageTransform, kind: Literal["clip", "siglip"] = "clip",
+                     device: str = "cpu", dtype: Any = None, name: str = "") -> "HFClipScorer":
+        """A scorer around an already built model (notebooks, benchmarks of architectures without weights)."""
+        self = cls.__new__(cls)
+        self._init(model, tokenizer, transform, kind, device, dtype, name or f"hf_{kind}:<in-memory>")
+        return self
+
+    def _init(self, model: Any, tokenizer: Any, transform: ImageTransform, kind: str, device: str, dtype: Any,
+              name: str) -> None:
+        import torch
         self.kind = kind
         self.device = device
         self.dtype = dtype or torch.float32
-        self.model = model_cls.from_pretrained(str(path), local_files_only=True).to(device=device, dtype=self.dtype).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.tokenizer = tokenizer
         text_cfg = self.model.config.text_config
-        vision_cfg = self.model.config.vision_config
-        limit = getattr(self.tokenizer, "model_max_length", None) or text_cfg.max_position_embeddings
+        limit = getattr(tokenizer, "model_max_length", None) or text_cfg.max_position_embeddings
         self.max_length = int(min(limit, text_cfg.max_position_embeddings))
-        self.transform = ImageTransform.from_hf_config(path, fallback_size=int(vision_cfg.image_size))
-        self.name = f"hf_{kind}:{path}"
+        self.transform = transform
+        self.name = name
 
     def prepare_image(self, im: Image.Image) -> np.ndarray:
         return self.transform.resize_crop(im)
