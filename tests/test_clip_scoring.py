@@ -454,3 +454,9 @@ def test_label_text_similarity_through_the_stage(label_text_scorer, photo_refs):
     assert all(v is not None for v in result.kept.column("clip_score").to_pylist())
     assert stage.summarize(result.kept.select(["source", "clip_score"]))["clip_score"]["scorer"].startswith(
         "label_text_similarity")
+
+
+def test_sample_text_drops_grounding_markup():
+    conv = [{"role": "user", "content": "<image>\nFind the cat."},
+            {"role": "assistant", "content": "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(106,067),(345,245)<|box_end|>"}]
+    assert ST.sample_text(None, conv) == "the cat (106,067),(345,245)"

@@ -247,3 +247,13 @@ def test_presets_and_overrides():
         TR.TextFilter(preset="strict-ish")
     with pytest.raises(ValueError, match="max_chars"):
         TR.TextFilter(max_chars=-5)
+
+
+def test_grounding_markup_is_not_judged_as_language():
+    detection = ", ".join(f"<|object_ref_start|>{o}<|object_ref_end|><|box_start|>({a:03d},{b:03d}),({c:03d},{d:03d})"
+                          "<|box_end|>" for o, a, b, c, d in [("chair", 563, 315, 758, 647), ("cat", 106, 67, 345, 245),
+                                                              ("cup", 315, 689, 576, 928)])
+    assert reason(detection, "answer") is None
+    assert reason("<ref>the cat</ref><box>[[120, 44, 380, 290]]</box>", "answer") is None
+    assert reason("<|box_start|><|box_end|>", "answer") is None          # nothing left to judge: the grounding check's job
+    assert reason("<|box_start|><|box_end|>", "caption") == "text:empty"

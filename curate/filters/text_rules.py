@@ -28,6 +28,9 @@ Rules, in the order they run (the first that fails names the reason):
   repeated unit ("an astronaut in space an astronaut in space ...") also lands here: it is
   repetition, not a tail that degenerated.
 
+Special tokens and tags (``<|box_start|>``, ``<ref>``, ``<image>``) are removed before every rule:
+grounding answers are markup around coordinates, and the grounding checks judge that grammar.
+
 Tokens for the loop and n-gram rules: words (``\\w+``), single CJK characters, and single
 punctuation marks, lower-cased — so CJK loops and "!!!!!!!!" are seen too.
 """
@@ -49,6 +52,9 @@ TAIL_LOOP_MAX_PERIOD = 64
 _PLACEHOLDERS = re.compile(r"<(?:image|video)>")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
+# Markup that is not language: special tokens (<|box_start|>, <|object_ref_end|>...) and tag-like
+# markers (<ref>, </box>, <image>). Judged by the grounding checks, not by these rules.
+_MARKUP = re.compile(r"<\|[^<>|\s]{1,48}\|>|</?[A-Za-z][\w:-]{0,30}/?>")
 _TABLE_RULE_ROW = re.compile(r"^\s*\|?(?:\s*:?-{2,}:?\s*\|)+\s*:?-{0,}:?\s*\|?\s*$", re.MULTILINE)
 
 _SPAM = [
@@ -185,7 +191,9 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
         boilerplate = kind == "caption"
     if text is None or not text.strip():
         return Drop("text:empty", "empty or whitespace-only")
-    text = text.strip()
+    text = strip_markup(text).strip()
+    if not text:
+        return None if kind == "answer" else Drop("text:empty", "only markup")
     tokens = tokenize(text)
     words = words_of(tokens)
     counts = count_chars(text)
@@ -227,6 +235,11 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
         unit = " ".join(tokens[len(tokens) - loop.period:])
         return Drop("text:repeated_ngrams", f"the whole text is {loop.repeats} copies of {unit[:80]!r}")
     return None
+
+
+def strip_markup(text: str) -> str:
+    """`text` with special tokens and tag-like markers replaced by spaces."""
+    return _MARKUP.sub(" ", text)
 
 
 def strip_placeholders(content: str | None) -> str | None:

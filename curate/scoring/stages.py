@@ -18,7 +18,7 @@ Which text and which images:
 
 * the caption (``text``) when the sample has one; otherwise the first assistant answer of the
   conversation (``conversation_text: first_exchange`` prepends the first user turn), with
-  ``<image>`` placeholders removed;
+  ``<image>`` placeholders and special tokens (``<|box_start|>``...) removed;
 * several images: the mean cosine over the images (``image_reduce: max`` keeps a sample whose text
   describes at least one of them, ``min`` demands that it describes all);
 * a sample with no image, or no text, or outside ``categories``, is not scored: it passes with a
@@ -48,16 +48,15 @@ from curate.stage import BatchResult, Resources, Stage, register
 BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
 SCORE = "clip_score"
 PERCENTILES = (5, 25, 50, 75, 95)
-_PLACEHOLDERS = ("<image>", "<video>")
 
 
 # --- which text a sample is judged by ----------------------------------------------------------
 def _clean(text: str | None) -> str:
+    """Whitespace-normalised text without <image> placeholders and grounding special tokens."""
     if not text:
         return ""
-    for ph in _PLACEHOLDERS:
-        text = text.replace(ph, " ")
-    return " ".join(text.split())
+    from curate.filters.text_rules import strip_markup
+    return " ".join(strip_markup(text).split())
 
 
 def sample_text(text: str | None, conversations: Sequence[Mapping[str, Any]] | None,
