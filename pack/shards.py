@@ -85,6 +85,11 @@ class ShardResult:
 # Writing
 # =============================================================================================
 
+class TokenCountMismatch(RuntimeError):
+    """input_ids disagree with the planned num_tokens: a setup error (tokenizer or template differ from
+    count_tokens'), not a bad sample — the run stops instead of quarantining everything."""
+
+
 class _Tokenizing:
     """input_ids of one segment, consistent with the num_tokens the pack plan used."""
 
@@ -111,7 +116,7 @@ class _Tokenizing:
         if len(ids) > want and seg.get("truncated_from") is not None:
             ids = self._truncate_text(ids, want)
         if len(ids) != want:
-            raise ValueError(f"sample {seg['key']!r}: tokenizer gives {len(ids)} ids but num_tokens is {want} "
+            raise TokenCountMismatch(f"sample {seg['key']!r}: tokenizer gives {len(ids)} ids but num_tokens is {want} "
                              "(count_tokens and shards must use the same tokenizer and template)")
         return np.asarray(ids, dtype=np.int32)
 
@@ -188,6 +193,8 @@ def _pack_members(job: PackJob, settings: WriterSettings, tok: _Tokenizing | Non
         try:
             media_docs, media = _read_media(seg, job.key, counters)
             ids = tok.ids(seg, seg.get("image_tokens") or [], seg.get("video_tokens") or []) if tok else None
+        except TokenCountMismatch:
+            raise
         except Exception as exc:  # noqa: BLE001 — one bad sample must not sink the run; it is accounted for
             counters.update(saved)
             from curate.images import UnreadableImage
@@ -369,7 +376,11 @@ class ShardsStage(Stage):
         os.makedirs(tmp)
         for r in range(c.dp_size):
             os.makedirs(os.path.join(tmp, F.rank_dir(r)), exist_ok=True)
-        results = _run_groups(tmp, groups + ([leftover_jobs] if leftover_jobs else []), settings)
+        try:
+            results = _run_groups(tmp, groups + ([leftover_jobs] if leftover_jobs else []), settings)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         rank_results = results[:len(groups)]
         left_results = results[len(groups)] if leftover_jobs else []
 

@@ -1,0 +1,386 @@
+"""Trainer-side reading of packed shards, with a consumed-data tracker for exact resumption.
+
+MindVL's loader "tracks consumed data, so that training resumes without repeating or skipping any";
+this is that loader for the shards written by the ``shards`` stage.
+
+Recommended training loop::
+
+    from pack.loader import PackedShards, ResumableLoader
+
+    ds = PackedShards("out/run/shards", rank=dp_rank, world_size=dp_size)
+    loader = ResumableLoader(ds, batch_size=1, num_workers=4)      # collate_packs; NPU when torch_npu works
+    if resuming:
+        loader.load_state_dict(checkpoint["data"])                  # before iterating
+    for batch in loader:                                            # counted as consumed when yielded
+        loss = model(batch["input_ids"], position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], ...)
+        ...
+        if step % save_every == 0:
+            checkpoint["data"] = loader.state_dict()                # JSON-serializable
+
+With a plain ``torch.utils.data.DataLoader`` call ``ds.mark_consumed(batch)`` for every batch the loop
+takes and save ``ds.state_dict()``; give ``PackedShards(batch_size=...)`` the DataLoader's batch size.
+
+Why the tracker lives in the main process: DataLoader workers hold *copies* of the dataset, so only
+the process that receives batches knows what the trainer consumed. The state is the position in the
+rank's pack sequence (plus the epoch, and per-source counters of consumed samples and tokens).
+
+Why the sequence does not depend on ``num_workers``: the rank's packs are cut into blocks of
+``batch_size``; worker ``w`` of ``W`` reads blocks ``b`` with ``b % W == w``, and the DataLoader takes
+batches from its workers round-robin in order — so the trainer sees block 0, 1, 2, ... whatever ``W``.
+A run stopped after pack ``k`` and restored with another ``num_workers`` continues at pack ``k``.
+Don't use ``persistent_workers=True``: persistent workers keep their copy of the position.
+
+Each item is one pack (a dict): ``samples`` (key, source, category, length, text/conversations,
+meta, images), ``cu_seqlens`` (int32, padding as a final segment, ends at context_length),
+``position_ids``, ``images`` (bytes in their original encoding with each image's token count), and
+``input_ids`` (int32) when the shards were tokenized. ``shuffle=True`` reshuffles the order of whole
+global steps per epoch with the same permutation on every rank, so per-step balance is kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pack import packformat as F
+from pack import tario
+
+try:  # torch is a dependency, but keep `import pack.loader` usable for inspection without it
+    from torch.utils.data import IterableDataset as _Base
+except ImportError:  # pragma: no cover
+    _Base = object  # type: ignore[assignment,misc]
+
+STATE_VERSION = 1
+
+
+class PackedShards(_Base):  # type: ignore[misc]
+    """One data-parallel rank's packs, as a torch IterableDataset. See the module docstring."""
+
+    def __init__(self, path: str, rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0,
+                 batch_size: int = 1):
+        self.path = os.path.abspath(path)
+        self.manifest = F.load_manifest(self.path)
+        dp = self.manifest["dp_size"]
+        if world_size != dp:
+            raise ValueError(f"world_size={world_size} but the shards were balanced for dp_size={dp}; "
+                             "write shards for this data-parallel size (shards.dp_size)")
+        if not 0 <= rank < dp:
+            raise ValueError(f"rank={rank} is outside 0..{dp - 1}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        entry = self.manifest["ranks"][rank]
+        if entry["rank"] != rank:
+            raise F.PackFormatError(f"manifest.json ranks[{rank}] describes rank {entry['rank']}")
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.batch_size = bool(shuffle), int(seed), int(batch_size)
+        self.context_length = int(self.manifest["context_length"])
+        self.micro_batches = int(self.manifest["micro_batches"])
+        self.shards = [(os.path.join(self.path, s["path"]), int(s["packs"])) for s in entry["shards"]]
+        self.num_packs = sum(n for _, n in self.shards)
+        self._shard_start = np.cumsum([0] + [n for _, n in self.shards])
+        self.identity = hashlib.sha256("\n".join(s["sha256"] for s in entry["shards"]).encode()).hexdigest()
+        # consumed-data tracker (main process)
+        self.epoch = 0
+        self.position = 0
+        self.packs_consumed = 0
+        self.consumed_samples: Counter[str] = Counter()
+        self.consumed_tokens: Counter[str] = Counter()
+        # per-process read caches (not part of the state; rebuilt in each worker)
+        self._index: dict[str, list[tuple[str, list[tario.MemberRef]]]] = {}
+        self._handles: dict[str, Any] = {}
+
+    # --- order -----------------------------------------------------------------------------------
+    def order(self, epoch: int) -> np.ndarray:
+        """Pack indices (in the rank's file order) in the order an epoch yields them."""
+        idx = np.arange(self.num_packs, dtype=np.int64)
+        if not self.shuffle or self.num_packs == 0:
+            return idx
+        mb = self.micro_batches
+        steps = self.num_packs // mb
+        perm = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(steps)
+        return (perm[:, None] * mb + np.arange(mb)[None, :]).reshape(-1)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from torch.utils.data import get_worker_info
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        epoch, start = self.epoch, self.position
+        seq = self.order(epoch)
+        try:
+            for b, lo in enumerate(range(start, self.num_packs, self.batch_size)):
+                if b % workers != worker:
+                    continue
+                for pos in range(lo, min(lo + self.batch_size, self.num_packs)):
+                    yield self.read_pack(int(seq[pos]), epoch=epoch, position=pos)
+        finally:
+            self._close()
+
+    # --- reading ---------------------------------------------------------------------------------
+    def _locate(self, index: int) -> tuple[str, int]:
+        s = int(np.searchsorted(self._shard_start, index, side="right") - 1)
+        return self.shards[s][0], index - int(self._shard_start[s])
+
+    def _packs_of(self, shard: str) -> list[tuple[str, list[tario.MemberRef]]]:
+        if shard not in self._index:
+            groups: list[tuple[str, list[tario.MemberRef]]] = []
+            seen: set[str] = set()
+            for ref in tario.index_tar(shard):
+                key, _ = tario.split_member_name(ref.name)
+                if groups and groups[-1][0] == key:
+                    groups[-1][1].append(ref)
+                elif key in seen:
+                    raise F.PackFormatError(f"{shard}: members of pack {key!r} are not contiguous")
+                else:
+                    seen.add(key)
+                    groups.append((key, [ref]))
+            expected = dict(self.shards)[shard]
+            if len(groups) != expected:
+                raise F.PackFormatError(f"{shard}: {len(groups)} packs, manifest says {expected}")
+            self._index[shard] = groups
+        return self._index[shard]
+
+    def _handle(self, shard: str) -> Any:
+        fh = self._handles.get(shard)
+        if fh is None:
+            if len(self._handles) >= 4:
+                self._close()
+            fh = self._handles[shard] = open(shard, "rb")
+        return fh
+
+    def _close(self) -> None:
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()
+
+    def read_pack(self, index: int, epoch: int = 0, position: int | None = None) -> dict[str, Any]:
+        """Pack number `index` of this rank (file order), checked strictly against the format."""
+        shard, k = self._locate(index)
+        key, refs = self._packs_of(shard)[k]
+        members = {r.name: r for r in refs}
+        where = f"{shard}:{key}"
+        if F.json_member(key) not in members:
+            raise F.PackFormatError(f"{where}: no {F.json_member(key)} member")
+        fh = self._handle(shard)
+        doc = F.parse_pack(tario.read_member(fh, members[F.json_member(key)]), where, self.context_length)
+        if doc["pack_key"] != key:
+            raise F.PackFormatError(f"{where}: JSON pack_key {doc['pack_key']!r} differs from the member name")
+        if doc["rank"] != self.rank:
+            raise F.PackFormatError(f"{where}: pack belongs to rank {doc['rank']}, not {self.rank}")
+        missing = sorted(set(F.pack_members(doc)) - set(members))
+        if missing:
+            raise F.PackFormatError(f"{where}: member {missing[0]!r} named in the JSON is missing")
+        images, videos, samples = [], [], []
+        for seg in doc["segments"]:
+            for kind, out in (("images", images), ("videos", videos)):
+                for m in seg[kind]:
+                    out.append({"sample": seg["key"], "bytes": tario.read_member(fh, members[m["member"]]), **m})
+            samples.append(seg)
+        input_ids = None
+        if doc["input_ids"] is not None:
+            input_ids = F.decode_input_ids(tario.read_member(fh, members[doc["input_ids"]["member"]]))
+            if input_ids.shape != (self.context_length,) or input_ids.dtype.kind not in "iu":
+                raise F.PackFormatError(f"{where}: input_ids shape {input_ids.shape} dtype {input_ids.dtype}, "
+                                        f"expected ({self.context_length},) integers")
+        cu = np.asarray(doc["cu_seqlens"], dtype=np.int32)
+        return {
+            "pack_key": key, "pack_id": doc["pack_id"], "rank": doc["rank"], "step": doc["step"],
+            "micro_batch": doc["micro_batch"], "repeat_of": doc["repeat_of"], "epoch": epoch,
+            "index": index if position is None else position, "context_length": doc["context_length"],
+            "length": doc["length"], "padding": doc["padding"], "samples": samples, "cu_seqlens": cu,
+            "position_ids": F.position_ids(cu), "images": images, "videos": videos, "input_ids": input_ids,
+        }
+
+    # --- consumed-data tracker -----------------------------------------------------------------------
+    def mark_consumed(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Record that the training loop took `batch` (one pack, a list of packs, or a collate_packs
+        batch). Raises if it is not the next pack(s) of the sequence — a resumption would then be wrong."""
+        for position, epoch, samples in _consumed_items(batch):
+            if epoch != self.epoch or position != self.position:
+                raise RuntimeError(
+                    f"loader yielded pack {position} of epoch {epoch}, the tracker expected pack {self.position} "
+                    f"of epoch {self.epoch}: give PackedShards(batch_size=...) the DataLoader's batch_size, "
+                    "don't use persistent_workers, and call load_state_dict before iterating")
+            for seg in samples:
+                self.consumed_samples[seg["source"]] += 1
+                self.consumed_tokens[seg["source"]] += int(seg["length"])
+            self.packs_consumed += 1
+            self.position += 1
+            if self.position >= self.num_packs:
+                self.epoch += 1
+                self.position = 0
+
+    @property
+    def remaining(self) -> int:
+        """Packs left in the current epoch."""
+        return self.num_packs - self.position
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION, "shards": self.identity, "rank": self.rank, "world_size": self.world_size,
+            "shuffle": self.shuffle, "seed": self.seed, "epoch": self.epoch, "position": self.position,
+            "packs_consumed": self.packs_consumed,
+            "consumed_samples": dict(sorted(self.consumed_samples.items())),
+            "consumed_tokens": dict(sorted(self.consumed_tokens.items())),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue where `state` stopped. The shards, rank, world size, shuffle and seed must match."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        for name, mine in (("shards", self.identity), ("rank", self.rank), ("world_size", self.world_size),
+                           ("shuffle", self.shuffle), ("seed", self.seed)):
+            if state.get(name) != mine:
+                what = "the shards differ (other checksums)" if name == "shards" else f"{name} differs"
+                raise ValueError(f"cannot resume: {what}: state has {state.get(name)!r}, this loader {mine!r}")
+        position = int(state["position"])
+        if not 0 <= position < max(self.num_packs, 1):
+            raise ValueError(f"cannot resume: position {position} outside this rank's {self.num_packs} packs")
+        self.epoch, self.position = int(state["epoch"]), position
+        self.packs_consumed = int(state["packs_consumed"])
+        self.consumed_samples = Counter({k: int(v) for k, v in state["consumed_samples"].items()})
+        self.consumed_tokens = Counter({k: int(v) for k, v in state["consumed_tokens"].items()})
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+
+def _consumed_items(batch: Any) -> Iterator[tuple[int, int, list[dict]]]:
+    if isinstance(batch, Mapping) and "pack_index" in batch:          # collate_packs output
+        idx = batch["pack_index"]
+        idx = idx.tolist() if hasattr(idx, "tolist") else list(idx)
+        for i, samples in zip(idx, batch["samples"]):
+            yield int(i), int(batch["epoch"]), samples
+    elif isinstance(batch, Mapping):                                  # one pack
+        yield int(batch["index"]), int(batch["epoch"]), batch["samples"]
+    else:                                                             # a list of packs
+        for pack in batch:
+            yield int(pack["index"]), int(pack["epoch"]), pack["samples"]
+
+
+# =============================================================================================
+# Batches
+# =============================================================================================
+
+def npu_available() -> bool:
+    """True when the optional torch_npu extra imports and an NPU is visible."""
+    try:
+        import torch
+        import torch_npu  # noqa: F401
+        return bool(torch.npu.is_available())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 — no extra, no device, or a broken driver: stay on CPU
+        return False
+
+
+def resolve_device(device: str | None) -> str | None:
+    """``"auto"``: the NPU when torch_npu works, in the main process only (not in DataLoader workers);
+    None: leave tensors on the CPU; anything else: a torch device string."""
+    if device != "auto":
+        return device
+    from torch.utils.data import get_worker_info
+    if get_worker_info() is None and npu_available():
+        return "npu"
+    return None
+
+
+def collate_packs(packs: Sequence[Mapping[str, Any]], device: str | None = None) -> dict[str, Any]:
+    """Batch tensors from packs of equal context_length ``L`` (batch size ``B``):
+
+    * ``input_ids`` int64 [B, L] — only when every pack has them;
+    * ``position_ids`` int64 [B, L] — restarting at 0 at every segment (and at the padding);
+    * ``cu_seqlens`` int32 [S + 1] — boundaries of all S segments of the batch flattened to B·L tokens
+      (pack i's boundaries offset by i·L; padding is a segment), the TND / varlen layout;
+      ``max_seqlen`` — the longest segment; for npu_fusion_attention use
+      ``actual_seq_qlen = cu_seqlens[1:].tolist()``;
+    * ``segment_pack`` int64 [S] — which pack each segment belongs to;
+    * ``image_token_counts`` int32 [I] — every image's LLM tokens in batch order; ``images_per_pack``
+      int32 [B]; ``image_bytes`` — list of I encoded images (decode with your processor);
+    * ``attention_mask`` int64 [B, L] — 1 for sample tokens, 0 for padding;
+    * ``samples``, ``pack_keys``, ``pack_index`` (int64 [B]), ``epoch`` — for the consumed-data tracker.
+    """
+    import torch
+    if not packs:
+        raise ValueError("collate_packs needs at least one pack")
+    L = int(packs[0]["context_length"])
+    if any(int(p["context_length"]) != L for p in packs):
+        raise ValueError("packs of different context_length cannot share a batch")
+    epochs = {int(p["epoch"]) for p in packs}
+    if len(epochs) != 1:
+        raise ValueError(f"a batch spans epochs {sorted(epochs)}")
+    B = len(packs)
+    cu_parts, seg_pack = [], []
+    for i, p in enumerate(packs):
+        cu = np.asarray(p["cu_seqlens"], dtype=np.int64)
+        cu_parts.append(cu[:-1] + i * L)
+        seg_pack.append(np.full(cu.size - 1, i, dtype=np.int64))
+    cu_all = np.concatenate(cu_parts + [np.array([B * L], dtype=np.int64)])
+    position = np.stack([np.asarray(p["position_ids"], dtype=np.int64) for p in packs])
+    mask = np.zeros((B, L), dtype=np.int64)
+    for i, p in enumerate(packs):
+        mask[i, : int(p["length"])] = 1
+    out: dict[str, Any] = {
+        "position_ids": torch.from_numpy(position),
+        "cu_seqlens": torch.from_numpy(cu_all.astype(np.int32)),
+        "max_seqlen": int(np.diff(cu_all).max()) if cu_all.size > 1 else 0,
+        "segment_pack": torch.from_numpy(np.concatenate(seg_pack)),
+        "attention_mask": torch.from_numpy(mask),
+        "image_token_counts": torch.tensor([int(im["tokens"]) for p in packs for im in p["images"]], dtype=torch.int32),
+        "images_per_pack": torch.tensor([len(p["images"]) for p in packs], dtype=torch.int32),
+        "image_bytes": [im["bytes"] for p in packs for im in p["images"]],
+        "samples": [list(p["samples"]) for p in packs],
+        "pack_keys": [p["pack_key"] for p in packs],
+        "pack_index": torch.tensor([int(p["index"]) for p in packs], dtype=torch.int64),
+        "epoch": next(iter(epochs)),
+    }
+    if all(p.get("input_ids") is not None for p in packs):
+        out["input_ids"] = torch.from_numpy(np.stack([np.asarray(p["input_ids"], dtype=np.int64) for p in packs]))
+    return to_device(out, resolve_device(device))
+
+
+def to_device(batch: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """Move the tensors of a batch (not the bookkeeping) to `device`; None leaves them where they are."""
+    if device is None:
+        return batch
+    import torch
+    keep_on_cpu = {"pack_index"}
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in keep_on_cpu else v)
+            for k, v in batch.items()}
+
+
+class ResumableLoader:
+    """A torch DataLoader over PackedShards that counts what it hands to the training loop.
+
+    ``state_dict()`` / ``load_state_dict()`` are the dataset's (see the module docstring); batches
+    are collated with ``collate_packs`` in the workers and moved to ``device`` in the main process
+    (``"auto"``: the NPU when the torch_npu extra works, else CPU).
+    """
+
+    def __init__(self, dataset: PackedShards, batch_size: int = 1, num_workers: int = 0,
+                 device: str | None = "auto", **dataloader_kwargs: Any):
+        from torch.utils.data import DataLoader
+        if dataloader_kwargs.get("persistent_workers"):
+            raise ValueError("persistent_workers=True would keep a stale position in the workers; leave it off")
+        for name in ("shuffle", "sampler", "batch_sampler"):
+            if dataloader_kwargs.get(name):
+                raise ValueError(f"{name}: not for an IterableDataset; use PackedShards(shuffle=True)")
+        dataset.batch_size = batch_size
+        self.dataset = dataset
+        self.device = device
+        dataloader_kwargs.setdefault("collate_fn", collate_packs)
+        self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **dataloader_kwargs)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        device = resolve_device(self.device)
+        for batch in self.loader:
+            self.dataset.mark_consumed(batch)
+            yield to_device(batch, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.dataset.load_state_dict(state)

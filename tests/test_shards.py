@@ -1,0 +1,255 @@
+"""The shards stage end to end: dp_size=4 shards from a generated, packed corpus, read back with the
+plain webdataset library and with PackedShards; determinism; settings; leftover policies; input_ids."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate import records as R
+from curate.stage import StageContext
+from pack import packformat as F  # noqa: F401
+from pack import tario
+from pack.loader import PackedShards
+from pack.shards import ShardsStage
+from pack.validate import validate_shards
+from tests.shards_corpus import SCHEMA, image_refs, make_rows, pack_rows, packed_table
+
+L = 1024
+
+
+def run_stage(table: pa.Table, out: Path, **settings) -> tuple[ShardsStage, object]:
+    ctx = StageContext(seed=11, out_dir=str(out), recipe_name="t", recipe_hash="abc123",
+                       upstream={"pack": {"context_length": L}})
+    stage = ShardsStage(context=ctx, **{"dp_size": 4, "micro_batches": 2, "packs_per_shard": 8, **settings})
+    return stage, stage.run(table)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> pa.Table:
+    return packed_table(tmp_path_factory.mktemp("data"), n=240, context_length=L)
+
+
+@pytest.fixture(scope="module")
+def written(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    stage, result = run_stage(corpus, out)
+    return out / "shards", stage, result
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_manifest(written, corpus):
+    shards, stage, result = written
+    m = json.loads((shards / "manifest.json").read_text())
+    assert m["dp_size"] == 4 and m["context_length"] == L and m["recipe_hash"] == "abc123" and m["seed"] == 11
+    assert sorted(p.name for p in shards.iterdir()) == ["manifest.json"] + [f"rank-{r:05d}" for r in range(4)]
+    assert (shards / "rank-00000" / "shard-000000.tar").is_file()
+    assert len({r["packs"] for r in m["ranks"]}) == 1 and m["packs_per_rank"] == m["steps"] * 2
+    for r in m["ranks"]:
+        for s in r["shards"]:
+            assert hashlib.sha256((shards / s["path"]).read_bytes()).hexdigest() == s["sha256"]
+    # accounting: kept + leftover = input, and the manifest counts the kept samples
+    assert result.kept.num_rows + result.dropped.num_rows == corpus.num_rows
+    assert set(result.dropped.column(R.REASON).to_pylist()) <= {"leftover_dropped"}
+    assert m["totals"]["samples"] == result.kept.num_rows
+    assert m["leftover"]["samples"] == result.dropped.num_rows
+    assert not list(shards.parent.glob(".shards.*"))  # temp folders are gone
+    assert validate_shards(str(shards)) == []
+
+
+def test_plain_webdataset_reads_every_sample_once(written, corpus):
+    import webdataset as wds
+    shards, stage, result = written
+    keys: Counter[str] = Counter()
+    per_rank = []
+    for r in range(4):
+        urls = sorted(str(p) for p in (shards / f"rank-{r:05d}").glob("*.tar"))
+        n = 0
+        for sample in wds.WebDataset(urls, shardshuffle=False).decode():
+            doc = sample["json"]
+            assert doc["length"] + doc["padding"] == L and doc["cu_seqlens"][-1] == L
+            images = sorted(k for k in sample if k.startswith("img"))
+            assert images == sorted(im["member"].split(".", 1)[1] for s in doc["segments"] for im in s["images"])
+            for seg in doc["segments"]:
+                keys[seg["key"]] += 1
+            n += 1
+        per_rank.append(n)
+    assert len(set(per_rank)) == 1 and per_rank[0] > 0
+    assert set(keys.values()) == {1}
+    assert set(keys) == set(result.kept.column("key").to_pylist())
+
+
+def test_pack_contents_match_the_records(written, corpus):
+    from curate.images import read_image_bytes
+    shards, _, result = written
+    rows = {r["key"]: r for r in corpus.to_pylist()}
+    by_key = {}
+    for r in range(4):
+        for pack in PackedShards(str(shards), rank=r, world_size=4):
+            assert pack["rank"] == r
+            assert pack["position_ids"].shape == (L,)
+            cu = pack["cu_seqlens"].tolist()
+            assert [p for p in range(L) if pack["position_ids"][p] == 0] == cu[:-1]
+            for img in pack["images"]:
+                by_key.setdefault(img["sample"], []).append(img)
+            for seg in pack["samples"]:
+                row = rows[seg["key"]]
+                assert seg["source"] == row["source"] and seg["length"] == row["num_tokens"]
+                assert seg.get("text") == row["text"]
+                if row["conversations"]:
+                    assert seg["conversations"] == row["conversations"]
+                assert [im["tokens"] for im in seg["images"]] == row["image_tokens"]
+                assert seg["meta"] == json.loads(row["meta"])
+    for key, imgs in by_key.items():
+        originals = [read_image_bytes(ref) for ref in rows[key]["images"]]
+        assert [im["bytes"] for im in imgs] == originals  # original encoding, in order
+
+
+def test_pack_order_follows_the_pack_plan(written, corpus):
+    shards, _, _ = written
+    rows = corpus.to_pylist()
+    plan: dict[int, list[tuple[int, str]]] = {}
+    for r in rows:
+        plan.setdefault(r["pack_id"], []).append((r["pack_position"], r["key"]))
+    for r in range(4):
+        for pack in PackedShards(str(shards), rank=r, world_size=4):
+            assert [s["key"] for s in pack["samples"]] == [k for _, k in sorted(plan[pack["pack_id"]])]
+
+
+def test_report_shows_fill_balance_and_leftover(written):
+    _, stage, _ = written
+    rep = stage.report["shards"]
+    assert 0.9 < rep["fill"] <= 1.0 and len(rep["fill_per_rank"]) == 4
+    assert len(set(rep["packs_per_rank"])) == 1
+    for name in ("attention", "vit"):
+        b = rep["balance"][name]
+        assert 1.0 <= b["mean"] <= b["max"]
+        assert b["mean"] <= rep["balance_round_robin_baseline"][name]["mean"] + 1e-9
+    assert len(rep["per_step"]) == rep["steps"]
+    assert len(rep["per_step"][0]["attention_per_rank"]) == 4
+    assert rep["leftover"]["policy"] == "drop"
+    assert "dropped" in rep["leftover"]["action"] or "nothing to do" in rep["leftover"]["action"]
+
+
+def test_same_input_gives_identical_bytes_and_replaces_old_output(written, corpus, tmp_path):
+    shards, _, _ = written
+    run_stage(corpus.take(np.random.default_rng(0).permutation(corpus.num_rows)), tmp_path)  # row order differs
+    assert tree_digest(tmp_path / "shards") == tree_digest(shards)
+    # a crashed earlier run left a temp folder and an old output: the re-run replaces both
+    (tmp_path / ".shards.tmp" / "junk").mkdir(parents=True)
+    (tmp_path / "shards" / "rank-00000" / "shard-000000.tar").write_bytes(b"garbage")
+    run_stage(corpus, tmp_path)
+    assert tree_digest(tmp_path / "shards") == tree_digest(shards)
+    assert not (tmp_path / ".shards.tmp").exists() and not (tmp_path / ".shards.old").exists()
+
+
+def test_tar_headers_are_fixed(written):
+    shards, _, _ = written
+    with tarfile.open(shards / "rank-00001" / "shard-000000.tar") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.gname == "" and m.mode == 0o644
+               for m in members)
+    assert all("." not in tario.split_member_name(n)[0] for n in names)
+    # per pack the members are sorted and contiguous
+    keys = [tario.split_member_name(n)[0] for n in names]
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("policy", ["carry_over", "pad_with_repeats"])
+def test_leftover_policies_are_accounted(corpus, tmp_path, policy):
+    stage, result = run_stage(corpus, tmp_path, dp_size=3, micro_batches=2, leftover=policy)
+    m = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    n_packs = len(set(corpus.column("pack_id").to_pylist()))
+    assert n_packs % 6, "the corpus must leave a remainder for this test"
+    rep = stage.report["shards"]["leftover"]
+    if policy == "carry_over":
+        assert m["leftover"]["packs"] == n_packs % 6 and (tmp_path / "shards" / "leftover").is_dir()
+        assert set(result.dropped.column(R.REASON).to_pylist()) == {"leftover_carried_over"}
+        assert "carried over" in rep["action"]
+    else:
+        assert result.dropped.num_rows == 0
+        assert m["leftover"]["repeated_packs"] == 6 - n_packs % 6
+        assert "repeated" in rep["action"]
+        assert m["totals"]["packs"] == -(-n_packs // 6) * 6
+    assert validate_shards(str(tmp_path / "shards")) == []
+
+
+def test_settings_are_checked():
+    ctx = StageContext(out_dir="x", upstream={"pack": {"context_length": 1000}})
+    with pytest.raises(ValueError, match=r"pack.context_length=1000 is not a multiple of shards.alignment=128"):
+        ShardsStage(context=ctx)
+    ShardsStage(context=ctx, alignment=8)  # 1000 = 125 x 8
+    with pytest.raises(ValueError, match="differs from pack.context_length"):
+        ShardsStage(context=StageContext(upstream={"pack": {"context_length": 1024}}), context_length=2048)
+    with pytest.raises(ValueError, match="dp_size"):
+        ShardsStage(dp_size=0)
+    with pytest.raises(ValueError, match="leftover"):
+        ShardsStage(leftover="keep")
+    with pytest.raises(ValueError, match="tokenizer"):
+        ShardsStage(tokenizer="/no/such/dir")
+
+
+def test_missing_pack_plan_is_a_clear_error(tmp_path):
+    refs = image_refs(tmp_path / "img", n=2)
+    rows = make_rows(8, refs)
+    table = R.rows_to_table(rows, SCHEMA)  # no pack_id
+    stage = ShardsStage(context=StageContext(out_dir=str(tmp_path), upstream={"pack": {"context_length": L}}))
+    with pytest.raises(ValueError, match="pack_id"):
+        stage.run(table)
+
+
+def test_unreadable_image_is_quarantined_and_the_pack_stays_valid(tmp_path):
+    refs = image_refs(tmp_path / "img", n=4)
+    rows = pack_rows(make_rows(40, refs, seed=1), L)
+    broken = next(r for r in rows if r["images"])
+    broken["images"] = [dict(broken["images"][0], uri=str(tmp_path / "gone.jpg"), offset=-1, size=-1, member=None)]
+    stage, result = run_stage(R.rows_to_table(rows, SCHEMA), tmp_path, dp_size=2, micro_batches=1)
+    q = result.dropped.filter(pa.compute.equal(result.dropped.column(R.STATUS), R.QUARANTINED))
+    assert q.column("key").to_pylist() == [broken["key"]]
+    assert "gone.jpg" in q.column(R.DETAIL)[0].as_py()
+    assert validate_shards(str(tmp_path / "shards")) == []
+
+
+def test_input_ids_with_the_builtin_tokenizer(tmp_path):
+    from pack import tokens as T
+    tok = T.load_tokenizer(None)
+    refs = image_refs(tmp_path / "img", n=4)
+    rows = make_rows(24, refs, seed=2)
+    for r in rows:  # num_tokens as count_tokens computes them
+        r["num_tokens"] = len(T.sample_input_ids(r, tok, r["image_tokens"]))
+    table = R.rows_to_table(pack_rows(rows, L), SCHEMA)
+    stage, result = run_stage(table, tmp_path, dp_size=2, micro_batches=1, tokenizer="builtin")
+    assert result.kept.num_rows + result.dropped.num_rows == 24
+    assert validate_shards(str(tmp_path / "shards")) == []
+    by_key = {r["key"]: r for r in rows}
+    pad = tok.token_id("<|endoftext|>")
+    for rank in range(2):
+        for pack in PackedShards(str(tmp_path / "shards"), rank=rank, world_size=2):
+            ids = pack["input_ids"]
+            assert ids.shape == (L,) and ids.dtype == np.int32
+            cu = pack["cu_seqlens"].tolist()
+            for j, seg in enumerate(pack["samples"]):
+                row = by_key[seg["key"]]
+                assert ids[cu[j]:cu[j + 1]].tolist() == T.sample_input_ids(row, tok, row["image_tokens"])
+            assert (ids[pack["length"]:] == pad).all()
+
+
+def test_tokenizer_mismatch_stops_the_run(tmp_path):
+    from pack.shards import TokenCountMismatch
+    refs = image_refs(tmp_path / "img", n=2)
+    rows = pack_rows(make_rows(8, refs, seed=3), L)   # num_tokens are random: the tokenizer disagrees
+    with pytest.raises(TokenCountMismatch, match="num_tokens"):
+        run_stage(R.rows_to_table(rows, SCHEMA), tmp_path, dp_size=2, micro_batches=1, tokenizer="builtin")
+    assert not (tmp_path / "shards").exists()
