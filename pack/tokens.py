@@ -336,8 +336,11 @@ class TextCounter:
 
     def __init__(self, backend: Any, cache_size: int = 2_000_000):
         self.backend = backend
-        self.cache: dict[str, int] = {}
         self.cache_size = cache_size
+        # The cache lives in Arrow: pieces seen so far and their counts, probed with one hash join
+        # per pass (no Python work per piece).
+        self.known = pa.array([], type=pa.large_string())
+        self.known_counts = np.zeros(0, dtype=np.int64)
         self.splittable = self._is_splittable(backend)
         self._encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
 
@@ -384,17 +387,25 @@ class TextCounter:
         return np.fromiter((len(e.ids) for e in self._encode(texts, add_special_tokens=False)),
                            dtype=np.int64, count=len(texts))
 
-    def _lookup(self, pieces: list[str]) -> np.ndarray:
-        cache = self.cache
-        missing = [p for p in pieces if p not in cache]
-        if missing:
-            if len(cache) + len(missing) > self.cache_size:
-                cache.clear()
-                missing = pieces
-            for p, e in zip(missing, self._encode(missing, add_special_tokens=False)):
-                cache[p] = len(e.ids)
-        get = cache.__getitem__
-        return np.fromiter(map(get, pieces), dtype=np.int64, count=len(pieces))
+    def _piece_counts(self, pieces: pa.Array) -> np.ndarray:
+        """Token count of every piece: cached ones by a hash join, new ones through the tokenizer."""
+        pos = np.asarray(pc.fill_null(pc.index_in(pieces, value_set=self.known), -1).to_numpy(zero_copy_only=False),
+                         dtype=np.int64)
+        miss = pos < 0
+        if miss.any():
+            missing = pieces.filter(pa.array(miss))
+            new = pc.unique(missing)
+            texts = new.to_pylist()
+            counts = np.fromiter((len(e.ids) for e in self._encode(texts, add_special_tokens=False)),
+                                 dtype=np.int64, count=len(texts))
+            if len(self.known) + len(new) > self.cache_size:
+                self.known, self.known_counts = new, counts
+            else:
+                self.known = pa.concat_arrays([self.known, new])
+                self.known_counts = np.concatenate([self.known_counts, counts])
+            sub = pc.index_in(missing, value_set=self.known)
+            pos[miss] = np.asarray(sub.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return self.known_counts[pos]
 
     def _count_pass(self, arr: pa.Array) -> np.ndarray:
         n = len(arr)
@@ -409,9 +420,10 @@ class TextCounter:
         seg = data[begin:end]
         # Candidate cut points: every space that is not the first byte of its string.
         sp = np.flatnonzero(seg == 0x20)
-        # strings starting at each byte (several when there are empty strings)
-        starts_here = np.bincount(offsets[:-1] - begin, minlength=end - begin + 1)
-        sp = sp[starts_here[sp] == 0]
+        nonempty = np.flatnonzero(offsets[1:] > offsets[:-1])
+        mark = np.zeros(end - begin, dtype=bool)       # first byte of a (non-empty) string, then of a piece
+        mark[offsets[nonempty] - begin] = True
+        sp = sp[~mark[sp]]
         if sp.size:
             p1 = sp - 1                     # >= 0: a string never starts at a non-first candidate
             b1 = seg[p1]
@@ -424,18 +436,16 @@ class TextCounter:
                 ws |= multi & ((b3 == 0xE1) | (b3 == 0xE2) | (b3 == 0xE3)) & \
                     ((b2 == 0x80) | (b2 == 0x81) | (b2 == 0x9A))
             sp = sp[~ws]
-        mark = starts_here[:-1] > 0
+        first = mark.copy()
         mark[sp] = True
         piece_start = np.flatnonzero(mark)
-        # Owner of each piece: the last string that starts at or before it.
-        owner = np.cumsum(starts_here[:-1])[piece_start] - 1
+        # Owner of each piece: the k-th first piece of a string starts the k-th non-empty string.
+        owner = nonempty[np.cumsum(first[piece_start]) - 1]
         piece_offsets = np.empty(piece_start.size + 1, dtype=np.int64)
         piece_offsets[:-1] = piece_start + begin
         piece_offsets[-1] = end
         pieces = pa.LargeStringArray.from_buffers(piece_start.size, pa.py_buffer(piece_offsets), bufs[2])
-        enc = pc.dictionary_encode(pieces)
-        counts = self._lookup(enc.dictionary.to_pylist())
-        per_piece = counts[enc.indices.to_numpy(zero_copy_only=False)]
+        per_piece = self._piece_counts(pieces)
         return np.bincount(owner, weights=per_piece, minlength=n).astype(np.int64)
 
 
@@ -659,8 +669,7 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
         conv_len = np.asarray(conv_len.to_numpy(zero_copy_only=False), dtype=np.int64)
     else:
         conv_len = np.zeros(n, dtype=np.int64)
-    has_ph = np.asarray(pc.or_(pc.match_substring(text, IMAGE_PLACEHOLDER),
-                               pc.match_substring(text, VIDEO_PLACEHOLDER)).to_numpy(zero_copy_only=False))
+    has_ph = _contains_placeholder(text)
     simple = (conv_len == 0) & ~has_ph
 
     num = np.zeros(n, dtype=np.int64)
@@ -725,6 +734,30 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
             num[i] = 0
             text_tokens[i] = 0
     return RowCounts(num, text_tokens, errors, details)
+
+
+def _contains_placeholder(text: pa.Array) -> np.ndarray:
+    """Rows whose text contains ``<image>`` or ``<video>``: a byte scan for '<' (rare in captions), then
+    a look at the bytes after each one — much cheaper than two substring searches."""
+    n = len(text)
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset: text.offset + n + 1]
+    begin, end = int(offsets[0]), int(offsets[-1])
+    out = np.zeros(n, dtype=bool)
+    if end == begin:
+        return out
+    data = np.frombuffer(text.buffers()[2], dtype=np.uint8)
+    lt = np.flatnonzero(data[begin:end] == 0x3C) + begin
+    if lt.size == 0:
+        return out
+    for ph in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+        pat = np.frombuffer(ph.encode(), dtype=np.uint8)
+        cand = lt[lt + pat.size <= end]
+        starts = cand[np.all(data[cand[:, None] + np.arange(pat.size)] == pat, axis=1)]
+        # the placeholder must lie inside one string: its row owns both its first and last byte
+        row = np.searchsorted(offsets, starts, side="right") - 1
+        inside = starts + pat.size <= offsets[row + 1]
+        out[row[inside]] = True
+    return out
 
 
 def _pieces_count(pieces: list[Piece], tokenizer: Tokenizer, exclude_pads: bool = False) -> int:

@@ -184,6 +184,16 @@ def test_fast_counter_on_sliced_arrays_nulls_and_many_rows(tok):
     assert counter.count(sliced).tolist() == want
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.sampled_from(["<image>", "<video>", "<ima", "ge>", "<", "x",
+                                                              "<imagE>", "é"]), max_size=6).map("".join)),
+                max_size=12), st.integers(0, 3))
+def test_placeholder_scan_matches_substring_search(texts, cut):
+    arr = T._to_large_string(pa.array(texts, type=pa.string())).slice(min(cut, len(texts)))
+    want = [("<image>" in t) or ("<video>" in t) for t in arr.to_pylist()]
+    assert T._contains_placeholder(arr).tolist() == want
+
+
 def test_counter_counts_whole_texts_for_tokenizers_it_cannot_split():
     from tokenizers import Tokenizer, models, pre_tokenizers
     backend = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
