@@ -230,7 +230,7 @@ class PackedShards(_Base):  # type: ignore[misc]
         """Continue where `state` stopped. The shards, rank, world size, shuffle and seed must match."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
-        for name, mine in (("shards", self.identity), ("rank", self.rank), ("world_size", self.world_size),
+        for name, mine in (("rank", self.rank), ("world_size", self.world_size), ("shards", self.identity),
                            ("shuffle", self.shuffle), ("seed", self.seed)):
             if state.get(name) != mine:
                 what = "the shards differ (other checksums)" if name == "shards" else f"{name} differs"
