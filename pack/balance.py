@@ -347,7 +347,7 @@ def refine_between_steps(x: np.ndarray, layout: np.ndarray, passes: int, target:
     xs = x / np.where(mean > 0, mean, 1.0)
     u = log_coordinates(x)
     loads = xs[layout].sum(axis=2)                      # (steps, dp, K)
-    scores = _score(loads / loads.mean(axis=1, keepdims=True).clip(min=1e-12))
+    scores = ratios_of_loads(loads).max(axis=1)
     for _ in range(passes):
         changed = False
         ratios = ratios_of_loads(loads).max(axis=1)
@@ -368,7 +368,7 @@ def refine_between_steps(x: np.ndarray, layout: np.ndarray, passes: int, target:
                     if mb > 1:
                         improve_by_swaps(xs, layout[v], 16)
                     loads[v] = xs[layout[v]].sum(axis=1)
-                    scores[v] = _score(loads[v] / loads[v].mean(axis=0).clip(min=1e-12))
+                    scores[v] = ratios_of_loads(loads[v]).max()
                     centroids[v] = u[layout[v].reshape(-1)].mean(axis=0)
                 changed = True
                 if ratios_of_loads(loads[s]).max() <= target:
@@ -378,25 +378,45 @@ def refine_between_steps(x: np.ndarray, layout: np.ndarray, passes: int, target:
     return layout
 
 
+def _excluding_max(loads: np.ndarray) -> np.ndarray:
+    """(dp, K): for every rank, the per-column max over the *other* ranks (top-2 trick)."""
+    dp = loads.shape[0]
+    if dp == 1:
+        return np.full_like(loads, -np.inf)
+    order = np.argsort(-loads, axis=0, kind="stable")
+    top1 = np.take_along_axis(loads, order[:1], axis=0)[0]
+    top2 = np.take_along_axis(loads, order[1:2], axis=0)[0]
+    out = np.broadcast_to(top1, loads.shape).copy()
+    out[order[0], np.arange(loads.shape[1])] = top2
+    return out
+
+
+def _swap_ratio(loads: np.ndarray, ranks: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Worst max/mean of one step after adding ``delta`` (..., K) to the load of rank ``ranks`` (...)."""
+    dp = loads.shape[0]
+    excl = _excluding_max(loads)[ranks]              # (..., K)
+    new_rank = loads[ranks] + delta                  # (..., K)
+    new_max = np.maximum(excl, new_rank)
+    new_mean = loads.mean(axis=0) + delta / dp
+    ratio = np.where(new_mean > 1e-12, new_max / np.where(new_mean > 1e-12, new_mean, 1.0), 1.0)
+    return ratio.max(axis=-1)
+
+
 def _best_swap(xs: np.ndarray, ls: np.ndarray, lt: np.ndarray, loads_s: np.ndarray,
                loads_t: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
     """Best single exchange of a row of step s (rank ra, slot a) with a row of step t (rb, b), scored
-    by the worse of the two steps' new scores. All candidates at once."""
+    by the worse of the two steps' new max/mean ratios. All candidates at once, O(G² · K)."""
     dp, mb = ls.shape
-    k = xs.shape[1]
-    xa = xs[ls].reshape(dp * mb, k)       # candidates leaving s
-    xb = xs[lt].reshape(dp * mb, k)       # candidates leaving t
-    delta = xb[None, :, :] - xa[:, None, :]              # (ga, gb, K): change for s's rank
-    ga = np.repeat(np.arange(dp), mb)
-    new_s = np.broadcast_to(loads_s, (dp * mb, dp * mb, dp, k)).copy()
-    new_s[np.arange(dp * mb), :, ga, :] += delta
-    new_t = np.broadcast_to(loads_t, (dp * mb, dp * mb, dp, k)).copy()
-    new_t[:, np.arange(dp * mb), ga, :] -= delta
-    rel_s = new_s / new_s.mean(axis=2, keepdims=True).clip(min=1e-12)
-    rel_t = new_t / new_t.mean(axis=2, keepdims=True).clip(min=1e-12)
-    score = np.maximum(_score(rel_s), _score(rel_t))
+    g = dp * mb
+    xa = xs[ls].reshape(g, -1)                        # rows leaving s
+    xb = xs[lt].reshape(g, -1)                        # rows leaving t
+    delta = xb[None, :, :] - xa[:, None, :]           # (ga, gb, K): change of s's rank load
+    rank_of = np.repeat(np.arange(dp), mb)
+    ra = np.broadcast_to(rank_of[:, None], (g, g))
+    rb = np.broadcast_to(rank_of[None, :], (g, g))
+    score = np.maximum(_swap_ratio(loads_s, ra, delta), _swap_ratio(loads_t, rb, -delta))
     i = int(np.argmin(score))
-    a_i, b_i = divmod(i, dp * mb)
+    a_i, b_i = divmod(i, g)
     return (a_i // mb, a_i % mb, b_i // mb, b_i % mb), float(score.flat[i])
 
 
