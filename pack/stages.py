@@ -215,7 +215,7 @@ class PackStage(Stage):
         "truncated_from": pa.int64(),
     }
     resources = Resources(cpus=1)
-    global_columns = ("num_tokens", "text_tokens", "image_tokens", "video_tokens")
+    global_columns = ("category", "num_tokens", "text_tokens", "image_tokens", "video_tokens")
 
     @dataclass
     class Config:
@@ -223,6 +223,9 @@ class PackStage(Stage):
         overlong: Literal["reject", "truncate"] = field(default="reject", metadata={
             "doc": "samples longer than context_length: reject, or truncate their text (vision tokens are never cut; "
                    "a sample whose vision tokens alone do not fit is rejected as overlong_images)"})
+        keep_whole: list[str] = field(default_factory=list, metadata={
+            "doc": "categories whose samples must stay whole (e.g. grounding, conversation): with overlong: truncate "
+                   "they are rejected as overlong instead of cut"})
         algorithm: Literal["plan", "ffd"] = field(default="plan", metadata={
             "doc": "plan: bin completion, never more packs than FFD; ffd: exact first-fit-decreasing"})
         max_images_per_pack: int | None = field(default=None, metadata={"doc": "images per pack (null: no limit)"})
@@ -237,6 +240,8 @@ class PackStage(Stage):
             raise ValueError(f"overlong: must be 'reject' or 'truncate', got {c.overlong!r}")
         if c.algorithm not in ("plan", "ffd"):
             raise ValueError(f"algorithm: must be 'plan' or 'ffd', got {c.algorithm!r}")
+        if not isinstance(c.keep_whole, (list, tuple)) or not all(isinstance(x, str) for x in c.keep_whole):
+            raise ValueError(f"keep_whole: must be a list of category names, got {c.keep_whole!r}")
         for name in ("max_images_per_pack", "max_image_tokens_per_pack"):
             v = getattr(c, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
@@ -262,9 +267,12 @@ class PackStage(Stage):
         for i in np.flatnonzero(num < 0).tolist():
             reasons[i], details[i] = "missing_num_tokens", "count_tokens did not run on this sample"
         over = np.flatnonzero(num > L)
+        whole = set(c.keep_whole)
+        categories = t.column("category").to_pylist() if ("category" in t.column_names and whole) else [None] * n
         for i in over.tolist():
-            if c.overlong == "reject":
-                reasons[i], details[i] = "overlong", f"{num[i]} tokens > context_length {L}"
+            if c.overlong == "reject" or categories[i] in whole:
+                why = " (category must stay whole)" if c.overlong == "truncate" else ""
+                reasons[i], details[i] = "overlong", f"{num[i]} tokens > context_length {L}{why}"
             elif vision_block[i] >= L:
                 reasons[i], details[i] = "overlong_images", f"vision tokens {vision_block[i]} >= context_length {L}"
             else:

@@ -89,7 +89,7 @@ def test_count_tokens_rejects_bad_settings(bad):
 
 
 @pytest.mark.parametrize("bad", [dict(context_length=0), dict(overlong="split"), dict(algorithm="bfd"),
-                                 dict(max_images_per_pack=0)])
+                                 dict(max_images_per_pack=0), dict(keep_whole="grounding")])
 def test_pack_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         PackStage(**bad)
@@ -165,6 +165,11 @@ def test_pack_overlong_policies():
     assert kept["a"]["truncated_from"] is None
     assert stage.report["packing"]["truncated"] == 1
     _check_plan(tr.kept, 1024)
+    # a category that must stay whole is rejected rather than cut
+    cats = table.append_column("category", pa.array(["caption", "grounding", "caption", "caption"]))
+    whole = PackStage(context_length=1024, overlong="truncate", keep_whole=["grounding"]).run(cats)
+    assert dict(zip(whole.dropped.column("key").to_pylist(), whole.dropped.column(R.REASON).to_pylist())) == \
+        {"b": "overlong", "c": "overlong_images"}
 
 
 def test_pack_respects_image_budgets():
