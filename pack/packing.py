@@ -20,6 +20,11 @@ the counts of each length, not on items:
 Constraints (images per pack, image tokens per pack) make items differ by more than length; the
 constrained FFD works on distinct (length, image tokens, images) types with a min-segment-tree to
 find the first type that fits all budgets.
+
+Cost, with n items and D <= capacity distinct lengths: a stable sort (radix for lengths below 2**16),
+then at most one O(log D) step per (distinct bin, length in it) — never more than n steps — plus one
+O(D) list deletion per exhausted length: O(n log D + D**2) worst case, ~0.05-0.2 s for 1M items.
+The planner adds, per distinct bin, at most one vectorised O(D) pair scan.
 """
 from __future__ import annotations
 
