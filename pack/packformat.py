@@ -173,7 +173,9 @@ def parse_pack(data: bytes, where: str, context_length: int | None = None) -> di
     length = _need(doc, "length", int, where)
     padding = _need(doc, "padding", int, where)
     for name in ("rank", "step", "micro_batch"):
-        _need(doc, name, int, where, nullable=True)
+        v = _need(doc, name, int, where, nullable=True)
+        if v is not None and v < 0:
+            raise PackFormatError(f"{where}: field {name!r} must be >= 0, got {v}")
     _need(doc, "pack_id", int, where)
     _need(doc, "repeat_of", str, where, nullable=True)
     segs = _need(doc, "segments", list, where)

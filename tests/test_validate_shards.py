@@ -169,3 +169,62 @@ def test_unlisted_shard_and_wrong_totals(copy):
     m["totals"]["samples"] += 1
     save_manifest(copy, m)
     assert validate_shards(str(copy))[0].startswith("manifest.json totals: samples")
+
+
+# --- the pack JSON parser is strict and never crashes on damaged input ------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def pack_doc(lengths: list[int], images: list[int], context_length: int = 256) -> dict:
+    key = F.pack_key(0, 0, 0)
+    segs = [{"key": f"s/{i}", "source": "s", "category": "caption", "length": n, "text": "x",
+             "images": [{"member": F.image_member(key, i, "jpg"), "tokens": images[i % len(images)] if images else 1}]
+             if images else [], "videos": []} for i, n in enumerate(lengths)]
+    used = sum(lengths)
+    return {"format": F.PACK_FORMAT, "pack_key": key, "pack_id": 3, "rank": 0, "step": 0, "micro_batch": 0,
+            "repeat_of": None, "context_length": context_length, "length": used, "padding": context_length - used,
+            "cu_seqlens": F.cu_seqlens(lengths, context_length), "segments": segs, "input_ids": None}
+
+
+lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(lengths=lengths_st, images=st.lists(st.integers(1, 50), max_size=3))
+def test_parse_pack_accepts_what_the_format_describes(lengths, images):
+    doc = F.parse_pack(F.dumps(pack_doc(lengths, images)), "t", 256)
+    cu = doc["cu_seqlens"]
+    assert cu[-1] == 256 and cu[0] == 0
+    pos = F.position_ids(cu)
+    assert pos.shape == (256,)
+    assert [i for i in range(256) if pos[i] == 0] == cu[:-1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(lengths=lengths_st.filter(bool), field=st.sampled_from(
+    ["format", "pack_key", "context_length", "length", "padding", "cu_seqlens", "segments", "rank", "input_ids"]),
+    value=st.one_of(st.none(), st.integers(-3, 300), st.text(max_size=5), st.booleans(),
+                    st.lists(st.integers(0, 300), max_size=4)), drop=st.booleans())
+def test_parse_pack_rejects_damage_with_a_format_error(lengths, field, value, drop):
+    doc = pack_doc(lengths, [])
+    original = doc[field]
+    if drop:
+        del doc[field]
+    else:
+        doc[field] = value
+    still_valid = (value == original and type(value) is type(original)) or \
+        (field == "input_ids" and value is None) or \
+        (field == "rank" and (value is None or (type(value) is int and value >= 0)))
+    if not drop and still_valid:
+        return
+    with pytest.raises(F.PackFormatError):
+        F.parse_pack(F.dumps(doc), "t", 256)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_parse_pack_garbage_bytes(data):
+    with pytest.raises(F.PackFormatError):
+        F.parse_pack(data, "t", 256)
