@@ -100,6 +100,7 @@ class _Tokenizing:
         self.tokenizer = T.load_tokenizer(None if spec == "builtin" else spec)
         self.template = T.Template(**dict(settings.template)) if settings.template else T.Template()
         self.vision_ids = {self._id(t) for t in (T.VISION_START, T.VISION_END, T.IMAGE_PAD, T.VIDEO_PAD)} - {None}
+        self.structure_ids = {self._id(t) for t in (T.IM_START, T.IM_END, T.EOS)} - {None}
         pad = self._id(T.EOS)
         self.pad_id = int(pad) if pad is not None else 0
 
@@ -121,15 +122,17 @@ class _Tokenizing:
         return np.asarray(ids, dtype=np.int32)
 
     def _truncate_text(self, ids: list[int], want: int) -> list[int]:
-        """Cut text tokens from the end until `want` remain; vision tokens are never cut (as `pack` plans)."""
-        excess = len(ids) - want
+        """Cut text tokens from the end until `want` remain. Vision tokens are never cut (as `pack`
+        plans); turn markers (<|im_start|>, <|im_end|>, <|endoftext|>) only if text alone is not enough."""
         keep = [True] * len(ids)
-        for i in range(len(ids) - 1, -1, -1):
-            if excess == 0:
-                break
-            if ids[i] not in self.vision_ids:
-                keep[i] = False
-                excess -= 1
+        excess = len(ids) - want
+        for protected in (self.vision_ids | self.structure_ids, self.vision_ids):
+            for i in range(len(ids) - 1, -1, -1):
+                if excess == 0:
+                    break
+                if keep[i] and ids[i] not in protected:
+                    keep[i] = False
+                    excess -= 1
         return [t for t, k in zip(ids, keep) if k]
 
 
@@ -326,7 +329,7 @@ class ShardsStage(Stage):
         """The pack length: this stage's context_length and the pack stage's, which must agree and be
         a multiple of alignment."""
         c = self.config
-        upstream = (self.context.upstream or {}).get("pack", {}).get("context_length")
+        upstream = _upstream_setting(self.context.upstream, "pack", "context_length")
         if upstream is not None and c.context_length is not None and int(upstream) != c.context_length:
             raise ValueError(f"context_length: shards.context_length={c.context_length} differs from "
                              f"pack.context_length={upstream}; packs are planned for the pack stage's length")
@@ -558,6 +561,17 @@ class ShardsStage(Stage):
             R.REASON: pa.array([s[1] for s in status], type=pa.string()),
             R.DETAIL: pa.array([s[2] for s in status], type=pa.string()),
         })
+
+
+def _upstream_setting(upstream: Mapping[str, Mapping[str, Any]] | None, stage: str, name: str) -> Any:
+    """An earlier stage's setting; its Config default when the recipe ran that stage without setting it.
+    None when the stage did not run."""
+    if not upstream or stage not in upstream:
+        return None
+    if name in upstream[stage]:
+        return upstream[stage][name]
+    from curate.stage import get
+    return getattr(get(stage).Config(), name, None)
 
 
 def _sibling(final: str, suffix: str) -> str:

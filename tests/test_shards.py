@@ -193,6 +193,11 @@ def test_settings_are_checked():
     ShardsStage(context=ctx, alignment=8)  # 1000 = 125 x 8
     with pytest.raises(ValueError, match="differs from pack.context_length"):
         ShardsStage(context=StageContext(upstream={"pack": {"context_length": 1024}}), context_length=2048)
+    # the pack stage ran with its default context_length (the recipe did not set it)
+    from pack.stages import PackStage
+    assert ShardsStage(context=StageContext(upstream={"pack": {}})).capacity() == PackStage.Config().context_length
+    with pytest.raises(ValueError, match="no pack stage before shards"):
+        ShardsStage().capacity()
     with pytest.raises(ValueError, match="dp_size"):
         ShardsStage(dp_size=0)
     with pytest.raises(ValueError, match="leftover"):
@@ -253,3 +258,31 @@ def test_tokenizer_mismatch_stops_the_run(tmp_path):
     with pytest.raises(TokenCountMismatch, match="num_tokens"):
         run_stage(R.rows_to_table(rows, SCHEMA), tmp_path, dp_size=2, micro_batches=1, tokenizer="builtin")
     assert not (tmp_path / "shards").exists()
+
+
+def test_truncated_sample_keeps_its_vision_tokens(tmp_path):
+    """A sample the pack stage truncated (overlong: truncate) loses text tokens from its end only."""
+    from pack import tokens as T
+    tok = T.load_tokenizer(None)
+    refs = image_refs(tmp_path / "img", n=2)
+    rows = make_rows(4, refs, seed=4)
+    for r in rows:
+        r["num_tokens"] = len(T.sample_input_ids(r, tok, r["image_tokens"]))
+    long = next(r for r in rows if r["images"] and r.get("text"))
+    long["text"] = "many words " * 800
+    full = T.sample_input_ids(long, tok, long["image_tokens"])
+    assert len(full) > L
+    long["truncated_from"], long["num_tokens"] = len(full), L - 8
+    schema = SCHEMA.append(pa.field("truncated_from", pa.int64()))
+    table = R.rows_to_table(pack_rows(rows, L), schema)
+    run_stage(table, tmp_path, dp_size=1, micro_batches=1, tokenizer="builtin")
+    pack = next(p for p in PackedShards(str(tmp_path / "shards"), rank=0, world_size=1)
+                if any(s["key"] == long["key"] for s in p["samples"]))
+    j = [s["key"] for s in pack["samples"]].index(long["key"])
+    seg = pack["input_ids"][pack["cu_seqlens"][j]:pack["cu_seqlens"][j + 1]].tolist()
+    assert len(seg) == L - 8 and pack["samples"][j]["truncated_from"] == len(full)
+    pad = tok.token_id(T.IMAGE_PAD)
+    assert seg.count(pad) == full.count(pad) == sum(long["image_tokens"])
+    assert seg[:100] == full[:100]
+    im_end = tok.token_id(T.IM_END)
+    assert seg.count(im_end) == full.count(im_end) and seg[-1] == im_end  # the turn still closes
