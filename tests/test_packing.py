@@ -86,6 +86,17 @@ def test_constrained_ffd_equals_textbook_and_plan_respects_budgets(inst):
         assert nb <= ffd.max() + 1
 
 
+def test_long_context_with_many_distinct_lengths():
+    # hundreds of distinct lengths spread over a 1M-token capacity: the sparse-set path
+    rng = np.random.default_rng(11)
+    lengths = rng.integers(1, 1_000_001, 900)
+    ffd = first_fit_decreasing(lengths, 1_000_000)
+    assert np.array_equal(ffd, naive_first_fit_decreasing(lengths, 1_000_000))
+    plan = plan_packs(lengths, 1_000_000)
+    _check_valid(plan, lengths, 1_000_000)
+    assert plan.max() <= ffd.max()
+
+
 def test_overlong_items_raise_with_count_and_longest():
     with pytest.raises(OverlongError, match=r"2 items are longer than the capacity 100 \(longest: 250\)"):
         first_fit_decreasing([10, 101, 250, 3], 100)
