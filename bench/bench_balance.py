@@ -78,7 +78,7 @@ def shuffled_round_robin(costs: B.PackCosts, dp: int, mb: int, seed: int = 0) ->
 
 
 def fmt(d: dict) -> str:
-    return f"{d['mean']:.3f}/{d['p99']:.3f}/{d['max']:.2f}/{d['max_loaded']:.2f}/{d['aggregate']:.3f}"
+    return f"{d['mean']:.3f}/{d['p99']:.3f}/{d['max']:.3f}/{d['max_loaded']:.3f}/{d['aggregate']:.3f}"
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 
 from curate import records as R
 from curate.stage import StageContext
-from pack import packformat as F  # noqa: F401
 from pack import tario
 from pack.loader import PackedShards
 from pack.shards import ShardsStage
