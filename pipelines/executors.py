@@ -151,14 +151,14 @@ class RayExecutor:
         if res.kind == "actor":
             size = res.concurrency or max(1, int(self.ray.available_resources().get("GPU" if res.gpus else "CPU", 1)
                                                  // max(res.gpus or res.cpus, 1)))
-            ds = ds.map_batches(_StageActor, concurrency=(1, size),
+            ds = ds.map_batches(_StageActor, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
                                 fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
                                                        "context": stage.context}, **common)
         else:
             token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}"
             ds = ds.map_batches(_apply_task, fn_kwargs={"token": token, "stage_cls": type(stage),
                                                         "config": stage.config, "context": stage.context},
-                                concurrency=res.concurrency, **common)
+                                compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common)
         self._write(ds, out, schema)
 
     def apply_decisions(self, files: list[str], decisions: pa.Table, schema: pa.Schema, out: Path) -> None:

@@ -134,7 +134,7 @@ def caption_shards(root: Path, rng: np.random.Generator) -> None:
              ("coffee", "Snow-covered mountains under a clear blue sky.")]
     by_name = {p.name: p for p in photos()}
     for name, caption in swaps:
-        key = f"mismatch-{name}"
+        key = _plant(f"mismatch-{name}", "clip_score", "clip:below_threshold")
         im = Image.open(by_name[name].file)
         members += [(f"{key}.jpg", _jpeg(im)), (f"{key}.txt", caption.encode())]
     write_tar(out / "part-00000.tar", members)

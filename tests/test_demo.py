@@ -1,0 +1,80 @@
+"""The demo end to end on a local Ray: what `make demo` runs, checked the way a user would read it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import sample_data
+from pipelines.recipe import load
+from pipelines.runner import read_kept, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    expected = sample_data.build(work / "data" / "sample")
+    recipe = load(ROOT / "recipes" / "demo.yaml")
+    import os
+    cwd = os.getcwd()
+    os.chdir(work)  # the recipe's source paths are relative, as they are for `make demo`
+    try:
+        result = run(recipe, out=work / "out", executor="ray", progress=False)
+    finally:
+        os.chdir(cwd)
+    return work / "out", result, expected
+
+
+def test_every_stage_balances(demo):
+    out, result, _ = demo
+    report = json.loads((out / "report.json").read_text())
+    names = [e["name"] for e in report["stages"]]
+    assert names[0] == "ingest" and names[-1] == "shards"
+    for e in report["stages"]:
+        assert e["in"] == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values()), e["name"]
+    for a, b in zip(report["stages"], report["stages"][1:]):
+        assert b["in"] == a["out"], f"{b['name']} did not receive what {a['name']} kept"
+
+
+def test_every_planted_case_is_rejected_where_and_why_expected(demo):
+    out, _, expected = demo
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    got = {}
+    for r in rejects:
+        got.setdefault(r["key"], []).append((r["stage"], r["_reason"]))
+    missing = {k: v for k, v in expected.items() if tuple(v) not in got.get(k, [])}
+    assert not missing, f"planted cases not reported as expected: {missing}"
+    report = json.loads((out / "report.json").read_text())
+    by_stage = {e["name"]: e for e in report["stages"]}
+    for key, (stage, reason) in expected.items():
+        counts = {**by_stage[stage]["rejected"], **by_stage[stage]["quarantined"]}
+        assert counts.get(reason, 0) >= 1, (key, stage, reason)
+
+
+def test_every_kept_image_text_sample_is_scored(demo):
+    out, result, _ = demo
+    report = json.loads((out / "report.json").read_text())
+    clip_index = [e["name"] for e in report["stages"]].index("clip_score")
+    kept = read_kept(result.stage_dirs[clip_index], ["key", "category", "clip_score", "images"]).to_pylist()
+    scored_categories = {"caption", "vqa"}
+    for r in kept:
+        if r["category"] in scored_categories and r["images"]:
+            assert r["clip_score"] is not None, r["key"]
+
+
+def test_tokens_packs_and_shards_are_reported(demo):
+    out, _, _ = demo
+    report = json.loads((out / "report.json").read_text())
+    by_stage = {e["name"]: e for e in report["stages"]}
+    assert by_stage["pack"]["packing"]["fill"] > 0.5
+    assert by_stage["count_tokens"]["tokens"]["total"] > 0
+    shards = by_stage["shards"]
+    assert shards["out"] > 0
+    from pack.validate import validate_shards
+    assert validate_shards(out / "shards") == []
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    assert manifest["dp_size"] >= 2
