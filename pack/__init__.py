@@ -23,6 +23,7 @@ _EXPORTS = {
     "first_fit_decreasing": "pack.packing",
     "plan_packs": "pack.packing",
     "PackedShards": "pack.loader",
+    "ResumableLoader": "pack.loader",
     "collate_packs": "pack.loader",
     "validate_shards": "pack.validate",
 }

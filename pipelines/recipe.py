@@ -220,7 +220,7 @@ def check_semantics(recipe: Recipe) -> None:
         if spec.name == "mixture" and stage.config.unit == "tokens" and "num_tokens" not in available:
             raise RecipeError(f"{where}.unit: a mixture by tokens needs count_tokens before it")
         available |= set(stage.adds)
-        upstream[spec.name] = dict(spec.settings)
+        upstream[spec.name] = dataclasses.asdict(stage.config) if dataclasses.is_dataclass(stage.config) else {}
 
 
 def load(path: str | Path) -> Recipe:

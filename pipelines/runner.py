@@ -126,7 +126,8 @@ class Runner:
                 if spec.name == "ingest":
                     tasks = IngestStage.plan(recipe.sources)
                     extra_fp = [[dataclasses.asdict(s) for s in recipe.sources], _sources_fingerprint(recipe, tasks)]
-                fp = _fingerprint(prev_fp, spec.name, spec.settings, recipe.seed, extra_fp)
+                settings = _settings_of(stage)
+                fp = _fingerprint(prev_fp, spec.name, settings, recipe.seed, extra_fp)
                 marker = final / "_COMPLETE.json"
                 if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
                     entry = json.loads(marker.read_text())["report"]
@@ -141,7 +142,7 @@ class Runner:
                     _atomic_write_json(marker, {"fingerprint": fp, "report": entry})
                 entries.append(entry)
                 stage_dirs.append(final)
-                upstream[spec.name] = dict(spec.settings)
+                upstream[spec.name] = settings
                 prev_fp = fp
                 if self.until == spec.name:
                     break
@@ -223,6 +224,12 @@ class Runner:
                   "final_samples": entries[-1]["out"] if entries else 0}
         _atomic_write_json(self.out / "report.json", report)
         return report
+
+
+def _settings_of(stage: S.Stage) -> dict[str, Any]:
+    """Every setting with its resolved value (defaults included), as later stages and fingerprints need."""
+    cfg = stage.config
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
 
 
 def _count(directory: Path, kept_only: bool = False) -> int:
