@@ -2,7 +2,9 @@
 
 Each benchmark is a plain script that prints its own table to stdout. Running them as separate
 processes keeps their imports and caches apart; pinning to one CPU and setting the thread variables
-to 1 makes "per core" numbers honest (tokenizers, BLAS and Arrow otherwise use every core).
+to 1 makes "per core" numbers honest (tokenizers, BLAS and Arrow otherwise use every core). A
+benchmark that measures multi-core throughput opts out with a module-level line
+``BENCH_CORES = "all"``: it then runs unpinned with the environment as is.
 
     python bench/run.py                 # all benchmarks
     python bench/run.py packing tokens  # only those whose file name contains a word given
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,15 +57,20 @@ def _pin_to_one_core() -> None:
         os.sched_setaffinity(0, {cpus[-1]})
 
 
+def wants_all_cores(script: Path) -> bool:
+    return re.search(r"""^BENCH_CORES\s*=\s*["']all["']""", script.read_text(), flags=re.M) is not None
+
+
 def run_one(script: Path, quick: bool, timeout: int) -> tuple[int, float, str]:
-    env = dict(os.environ, **SINGLE_THREAD_ENV)
+    all_cores = wants_all_cores(script)
+    env = dict(os.environ) if all_cores else dict(os.environ, **SINGLE_THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if quick:
         env["MMCURATE_BENCH_QUICK"] = "1"
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout, preexec_fn=_pin_to_one_core)
+                              timeout=timeout, preexec_fn=None if all_cores else _pin_to_one_core)
         out = proc.stdout + (("\n" + proc.stderr[-4000:]) if proc.returncode else "")
         return proc.returncode, time.perf_counter() - t0, out
     except subprocess.TimeoutExpired as exc:
