@@ -29,7 +29,6 @@ vectorised pair scan over the lengths.
 """
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Sequence
