@@ -203,6 +203,16 @@ def test_counter_counts_whole_texts_for_tokenizers_it_cannot_split():
     assert counter.count(["a b  c", "", None]).tolist() == [3, 0, 0]
 
 
+def test_load_tokenizer_without_tokenizer_json_goes_through_transformers(tmp_path, tok):
+    import shutil
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(T.shipped_tokenizer_dir() / name, tmp_path / name)
+    slow_dir = T.load_tokenizer(tmp_path)
+    text = "Hello <|im_start|>world  \n\n é 数字 <|image_pad|> it's"
+    assert slow_dir.encode(text) == tok.encode(text)
+    assert slow_dir.count([text]).tolist() == [len(tok.encode(text))]
+
+
 def test_load_tokenizer_from_directory_and_shipped(tmp_path, tok):
     assert tok.token_id(T.IMAGE_PAD) == 151655
     again = T.load_tokenizer(T.shipped_tokenizer_dir())
