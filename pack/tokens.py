@@ -624,30 +624,6 @@ def sample_input_ids(row: Mapping[str, Any], tokenizer: Tokenizer, image_token_c
     return ids
 
 
-def truncate_input_ids(ids: Sequence[int], length: int, tokenizer: Tokenizer) -> list[int]:
-    """Cut a sample to `length` tokens the way the `pack` stage's ``overlong: truncate`` counted it:
-    text tokens are dropped from the end, vision blocks (``<|vision_start|>`` ... ``<|vision_end|>``)
-    are never cut. Raises ValueError when the vision blocks alone are longer than `length`."""
-    ids = list(ids)
-    excess = len(ids) - length
-    if excess <= 0:
-        return ids
-    vs, ve = tokenizer.token_id(VISION_START), tokenizer.token_id(VISION_END)
-    protected = np.zeros(len(ids), dtype=bool)
-    arr = np.asarray(ids)
-    starts, ends = np.flatnonzero(arr == vs), np.flatnonzero(arr == ve)
-    if starts.size != ends.size:
-        raise ValueError("unbalanced <|vision_start|>/<|vision_end|> in input_ids")
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        protected[a:b + 1] = True
-    text_pos = np.flatnonzero(~protected)
-    if text_pos.size < excess:
-        raise ValueError(f"vision tokens ({int(protected.sum())}) do not fit in {length}")
-    keep = np.ones(len(ids), dtype=bool)
-    keep[text_pos[text_pos.size - excess:]] = False
-    return arr[keep].tolist()
-
-
 # =============================================================================================
 # Batched counting
 # =============================================================================================

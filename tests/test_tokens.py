@@ -289,24 +289,6 @@ def test_plain_template_and_placeholders(tok):
         T.Template(kind="llama")
 
 
-def test_truncate_input_ids_cuts_text_from_the_end_and_never_vision(tok):
-    row = {"conversations": [{"role": "user", "content": "Look: <image> and tell me."},
-                             {"role": "assistant", "content": "word " * 50}]}
-    ids = T.sample_input_ids(row, tok, [40])
-    cut = T.truncate_input_ids(ids, 80, tok)
-    assert len(cut) == 80
-    pad = tok.token_id(T.IMAGE_PAD)
-    assert cut.count(pad) == 40 and cut.count(tok.token_id(T.VISION_END)) == 1
-    assert cut == ids[:80]                      # the image comes first: plain cut at the end
-    late = T.sample_input_ids({"text": "word " * 60 + "<image>"}, tok, [40], template="plain")
-    cut = T.truncate_input_ids(late, 60, tok)
-    assert len(cut) == 60 and cut.count(pad) == 40   # the image at the end survives; text before it goes
-    assert cut[:10] == late[:10]
-    assert T.truncate_input_ids(ids, len(ids) + 5, tok) == ids
-    with pytest.raises(ValueError, match="do not fit"):
-        T.truncate_input_ids(ids, 30, tok)
-
-
 def test_template_from_stage_settings():
     assert T.Template.from_settings(None) == T.Template()
     assert T.Template.from_settings({"template": "plain", "caption_prompt": None}) == T.Template(kind="plain")
