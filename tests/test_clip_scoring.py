@@ -460,3 +460,13 @@ def test_sample_text_drops_grounding_markup():
     conv = [{"role": "user", "content": "<image>\nFind the cat."},
             {"role": "assistant", "content": "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(106,067),(345,245)<|box_end|>"}]
     assert ST.sample_text(None, conv) == "the cat (106,067),(345,245)"
+
+
+def test_sub_batches_cover_every_item_once_with_a_short_first_batch():
+    for n in (0, 1, 3, 4, 5, 16, 17, 100):
+        bounds = ST.sub_batches(n, 16)
+        covered = [i for a, b in bounds for i in range(a, b)]
+        assert covered == list(range(n))
+        assert all(b - a <= 16 for a, b in bounds)
+        if n:
+            assert bounds[0] == (0, min(n, 4))

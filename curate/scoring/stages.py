@@ -8,9 +8,10 @@ How it runs — the stage contract for model stages:
 
 * an *actor* stage: ``setup()`` picks the device (CUDA, Ascend NPU, else CPU) and loads the model
   once per actor; ``process_batch`` only reads, decodes and scores;
-* images are read and decoded inside the actor by a thread pool that prepares sub-batch k+1 while
-  the model encodes sub-batch k (JPEGs decoded at a reduced DCT scale that still covers the model
-  input); texts of the batch are encoded once per unique text;
+* images are read, decoded and resized inside the actor by a thread pool (one thread per core with
+  an accelerator, a quarter of the cores on CPU) that runs ahead of the model: all images of a batch are queued at once and the model
+  takes them in sub-batches of ``batch_size`` as they complete. JPEGs are decoded at the smallest
+  DCT scale that still covers the model input. Texts are encoded once per unique text;
 * the score (float32 cosine) is written to ``clip_score`` on every scored row — dropped rows keep
   it too, so rejects can be inspected — and ``summarize`` reports percentiles per source.
 
@@ -93,6 +94,15 @@ def keep_top_fraction(scores: np.ndarray, ordinals: np.ndarray, fraction: float)
     return keep, float(scores[order[n_keep - 1]])
 
 
+def sub_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges for the model: a short first one (a quarter batch) so the model starts
+    after a few decodes instead of a whole batch of them, then full batches."""
+    first = min(n, max(1, batch_size // 4))
+    bounds = [(0, first)] if n else []
+    bounds += [(s, min(n, s + batch_size)) for s in range(first, n, batch_size)]
+    return bounds
+
+
 def percentiles(values: np.ndarray) -> dict[str, float]:
     out = {f"p{p}": round(float(np.percentile(values, p)), 4) for p in PERCENTILES}
     out["mean"] = round(float(values.mean()), 4)
@@ -130,7 +140,9 @@ class ClipScore(Stage):
         device: str = field(default="auto", metadata={"doc": "auto (CUDA, then Ascend NPU, then CPU), cuda, npu, cpu."})
         dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(
             default="auto", metadata={"doc": "Model precision; auto: float16 on accelerators, float32 on CPU."})
-        decode_threads: int = field(default=4, metadata={"doc": "Threads reading, decoding and resizing images."})
+        decode_threads: int | None = field(default=None, metadata={
+            "doc": "Threads reading, decoding and resizing images; None: one per core (max 32) with an "
+                   "accelerator, a quarter of the cores on CPU."})
         image_reduce: Literal["mean", "max", "min"] = field(
             default="mean", metadata={"doc": "How the scores of a sample's several images combine."})
         conversation_text: Literal["first_answer", "first_exchange"] = field(
@@ -182,7 +194,7 @@ class ClipScore(Stage):
             raise ValueError(f"threshold: a cosine, must be in [-1, 1], got {c.threshold}")
         if c.top_fraction is not None and not 0.0 < float(c.top_fraction) <= 1.0:
             raise ValueError(f"top_fraction: must be in (0, 1], got {c.top_fraction}")
-        for name in ("batch_size", "decode_threads", "max_pixels"):
+        for name in ("batch_size", "max_pixels"):
             if int(getattr(c, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(c, name)}")
         if not 1 <= c.label_top_k <= 1000:
@@ -197,10 +209,21 @@ class ClipScore(Stage):
             raise ValueError(f"conversation_text: expected first_answer or first_exchange, got {c.conversation_text!r}")
         if c.gpus_per_actor is not None and c.gpus_per_actor < 0:
             raise ValueError(f"gpus_per_actor: must be >= 0, got {c.gpus_per_actor}")
-        for name in ("actors", "cpu_threads"):
+        for name in ("actors", "cpu_threads", "decode_threads"):
             value = getattr(c, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: must be >= 1, got {value}")
+
+    @property
+    def decode_threads(self) -> int:
+        """Configured, else: an accelerator needs every core decoding to keep up; on CPU the model
+        itself uses every core and decoding is a few percent of its cost, so a quarter suffices
+        (more threads only preempt torch's OpenMP workers)."""
+        if self.config.decode_threads:
+            return self.config.decode_threads
+        cores = os.cpu_count() or 1
+        on_cpu = self.scorer is None or str(getattr(self.scorer, "device", "cpu")).startswith("cpu")
+        return max(1, cores // 4) if on_cpu else min(32, cores)
 
     @property
     def scorer_name(self) -> str:
@@ -267,7 +290,7 @@ class ClipScore(Stage):
 
     def _score_rows(self, rows: list[int], refs: list[Any], texts: list[str | None]
                     ) -> tuple[dict[int, list[float]], dict[int, str], list[Drop | None]]:
-        """Cosine per image of each row; decode of sub-batch k+1 overlaps the model on sub-batch k."""
+        """Cosine per image of each row; decoding in the thread pool overlaps the model."""
         self.ensure_setup()
         drops: list[Drop | None] = [None] * len(texts)
         scores: dict[int, list[float]] = {i: [] for i in rows}
@@ -276,16 +299,16 @@ class ClipScore(Stage):
         if not items:
             return scores, notes, drops
         bs = self.config.batch_size
-        chunks = [items[k:k + bs] for k in range(0, len(items), bs)]
         unique = sorted({texts[i] for i in rows})
         text_index = {t: j for j, t in enumerate(unique)}
-        with ThreadPoolExecutor(self.config.decode_threads) as pool:
-            pending = [pool.submit(self._prepare, ref) for _, ref in chunks[0]]
-            text_emb = self.scorer.encode_texts(unique)          # overlaps the first decode
-            for k, chunk in enumerate(chunks):
-                prepared = [f.result() for f in pending]
-                if k + 1 < len(chunks):
-                    pending = [pool.submit(self._prepare, ref) for _, ref in chunks[k + 1]]
+        with ThreadPoolExecutor(self.decode_threads) as pool:
+            # every image of the batch is queued at once (FIFO): the model waits only for the first
+            # sub-batch, after that decoding runs ahead of it
+            futures = [pool.submit(self._prepare, ref) for _, ref in items]
+            text_emb = self.scorer.encode_texts(unique)          # overlaps the first decodes
+            for start, stop in sub_batches(len(items), bs):
+                chunk = items[start:stop]
+                prepared = [f.result() for f in futures[start:stop]]
                 ok = [(row, arr) for (row, _), arr in zip(chunk, prepared) if not isinstance(arr, Drop)]
                 for (row, _), arr in zip(chunk, prepared):
                     if isinstance(arr, Drop) and drops[row] is None:
