@@ -12,8 +12,11 @@ a real pretrained model:
    embeddings; the score is its cosine with the caption embedding.
 3. Both sides are centred on the mean label embedding before the cosine. Without it every
    caption shares the "a photo of a ..." direction with every label and unrelated pairs score
-   0.1-0.3; centred, 0 means "no relation" (on the demo photos: matching captions 0.06-0.43,
-   captions of other subjects -0.18 to 0.0).
+   0.1-0.3; centred, 0 means "no relation". Measured on scikit-image photos with their captions:
+   cat 0.61, man with camera 0.63, rocket 0.43, coffee 0.36, but astronaut only 0.13 (ImageNet
+   has no astronaut class); unrelated captions (fruit bowl, circuit board, snowy mountains) score
+   -0.18 to 0.10. Over the whole demo corpus, captions of their own image scored 0.06-0.63 and the
+   three planted mismatches -0.18 to -0.01.
 
 It is *not* CLIP: it only knows ImageNet's 1000 classes, so a correct caption of something outside
 them (a scanned page, a galaxy) scores low, and it reads nothing but the labels. Recipes and reports
