@@ -78,6 +78,7 @@ WELL_KNOWN_COLUMNS: dict[str, pa.DataType] = {
     "video_tokens": pa.list_(pa.int32()),
     "pack_id": pa.int64(),               # pack plan: which pack this sample lands in (pack)
     "pack_position": pa.int32(),         # position of the sample inside its pack
+    "truncated_from": pa.int64(),        # original num_tokens of a sample the pack stage truncated
     "clip_score": pa.float32(),
     "grounding_problems": pa.string(),
 }

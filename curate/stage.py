@@ -38,6 +38,7 @@ class Resources:
     """What one worker of the stage needs. `kind="actor"` keeps state (a model) across batches."""
     cpus: float = 1.0
     gpus: float = 0.0
+    npus: float = 0.0               # Ascend NPUs (Ray custom resource "NPU", as ray-ascend registers it)
     batch_size: int = 256
     kind: Literal["task", "actor"] = "task"
     concurrency: int | None = None  # actors in the pool (max); None: one per available CPU/GPU

@@ -148,6 +148,8 @@ class RayExecutor:
         common = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.cpus}
         if res.gpus:
             common["num_gpus"] = res.gpus
+        if res.npus:
+            common["resources"] = {"NPU": res.npus}
         if res.kind == "actor":
             size = res.concurrency or max(1, int(self.ray.available_resources().get("GPU" if res.gpus else "CPU", 1)
                                                  // max(res.gpus or res.cpus, 1)))
