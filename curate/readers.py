@@ -14,7 +14,6 @@ paths and ``s3://``-style URLs both work.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import posixpath

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import tarfile
 from dataclasses import dataclass

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from curate.stage import unregister
 from pipelines.cli import main
-from pipelines.recipe import RecipeError, load, parse, recipe_json_schema
+from pipelines.recipe import RecipeError, load, recipe_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

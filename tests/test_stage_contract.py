@@ -1,7 +1,6 @@
 """The stage contract: verdict forms, quarantine of rows that raise, and the accounting guard."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pytest

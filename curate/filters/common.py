@@ -8,7 +8,7 @@ recover it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -43,3 +43,19 @@ def split_drops(table: pa.Table, drops: Sequence[Drop | None]) -> BatchResult:
         return BatchResult(kept, table.slice(0, 0))
     dropped = parts[0] if len(parts) == 1 else pa.concat_tables([parts[0], parts[1].cast(parts[0].schema)])
     return BatchResult(kept, dropped)
+
+
+def read_or_drop(ref: Mapping[str, Any], read: Callable[[Mapping[str, Any]], bytes]) -> bytes | Drop:
+    """The bytes of an image reference, or the quarantine Drop that says why they could not be read.
+
+    Missing files and short reads are storage problems, not bad content: quarantined, not rejected.
+    """
+    from curate import images as I
+    try:
+        return read(ref)
+    except I.UnreadableImage as exc:
+        return Drop(f"image:unreadable:{exc.reason}", exc.detail or str(exc), R.QUARANTINED)
+    except FileNotFoundError as exc:
+        return Drop("image:unreadable:missing_file", str(exc), R.QUARANTINED)
+    except OSError as exc:
+        return Drop("image:unreadable:io_error", f"{type(exc).__name__}: {exc}", R.QUARANTINED)

@@ -44,8 +44,7 @@ import pyarrow as pa
 from PIL import Image
 
 from curate import images as I
-from curate import records as R
-from curate.filters.common import Drop, split_drops
+from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, resolve
 from curate.stage import BatchResult, Resources, Stage, register
 
@@ -147,14 +146,10 @@ def check_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I
     needs_bytes = (not known_size) or th.min_jpeg_quality or th.blank_max_std
     data: bytes | None = None
     if needs_bytes:
-        try:
-            data = read(ref)
-        except I.UnreadableImage as exc:
-            return Drop(f"image:unreadable:{exc.reason}", exc.detail or str(exc), R.QUARANTINED)
-        except FileNotFoundError as exc:
-            return Drop("image:unreadable:missing_file", str(exc), R.QUARANTINED)
-        except OSError as exc:
-            return Drop("image:unreadable:io_error", f"{type(exc).__name__}: {exc}", R.QUARANTINED)
+        got = read_or_drop(ref, read)
+        if isinstance(got, Drop):
+            return got
+        data = got
         try:
             header = I.probe(data)
         except I.UnreadableImage as exc:

@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from curate import images as I
 from curate import records as R
-from curate.filters.common import Drop, split_drops
+from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.scoring.device import DEVICE_CHOICES
 from curate.stage import BatchResult, Resources, Stage, register
 
@@ -273,14 +273,9 @@ class ClipScore(Stage):
     def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
         """Read + decode + resize one image (runs in a decode thread)."""
         from curate.scoring.base import decode_rgb
-        try:
-            data = I.read_image_bytes(ref)
-        except I.UnreadableImage as exc:
-            return Drop(f"image:unreadable:{exc.reason}", exc.detail or str(exc), R.QUARANTINED)
-        except FileNotFoundError as exc:
-            return Drop("image:unreadable:missing_file", str(exc), R.QUARANTINED)
-        except OSError as exc:
-            return Drop("image:unreadable:io_error", f"{type(exc).__name__}: {exc}", R.QUARANTINED)
+        data = read_or_drop(ref, I.read_image_bytes)
+        if isinstance(data, Drop):
+            return data
         try:
             im = decode_rgb(data, self.scorer.transform, self.config.max_pixels)
         except I.UnreadableImage as exc:
