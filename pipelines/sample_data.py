@@ -65,13 +65,13 @@ def photos() -> list[Photo]:
     ]
 
 
-def _jpeg(im: Image.Image, quality: int = 90) -> bytes:
+def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     im.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
-def _png(im: Image.Image) -> bytes:
+def png_bytes(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
@@ -124,7 +124,7 @@ def caption_shards(root: Path, rng: np.random.Generator) -> None:
             w, h = max(1, int(im.width * scale)), max(1, int(im.height * scale))
             variant = im.resize((w, h), Image.BICUBIC) if scale != 1.0 else im
             key = f"{p.name}-{int(scale * 100):03d}"
-            members += [(f"{key}.jpg", _jpeg(variant)), (f"{key}.txt", p.caption.encode()),
+            members += [(f"{key}.jpg", jpeg_bytes(variant)), (f"{key}.txt", p.caption.encode()),
                         (f"{key}.json", json.dumps({"url": f"https://example.org/{key}.jpg", "width": w,
                                                     "height": h, "caption": p.caption}).encode())]
     # Captions that do not describe their image (the relevance scorer should rank them low).
@@ -135,7 +135,7 @@ def caption_shards(root: Path, rng: np.random.Generator) -> None:
     for name, caption in swaps:
         key = _plant(f"mismatch-{name}", "clip_score", "clip:below_threshold")
         im = Image.open(by_name[name].file)
-        members += [(f"{key}.jpg", _jpeg(im)), (f"{key}.txt", caption.encode())]
+        members += [(f"{key}.jpg", jpeg_bytes(im)), (f"{key}.txt", caption.encode())]
     write_tar(out / "part-00000.tar", members)
 
     astro = Image.open(by_name["astronaut"].file).convert("RGB")
@@ -151,41 +151,41 @@ def caption_shards(root: Path, rng: np.random.Generator) -> None:
 
     good_caption = b"An astronaut in a white spacesuit posing in front of a flag."
     # image rules
-    add(_plant("blank", "image_filter", "image:blank"), _jpeg(Image.new("RGB", (640, 480), (128, 128, 128))), good_caption)
+    add(_plant("blank", "image_filter", "image:blank"), jpeg_bytes(Image.new("RGB", (640, 480), (128, 128, 128))), good_caption)
     noise = (np.full((480, 640, 3), 200, np.uint8) + rng.integers(0, 2, (480, 640, 3), dtype=np.uint8))
-    add(_plant("nearly-blank", "image_filter", "image:blank"), _png(Image.fromarray(noise)), good_caption, "png")
-    add(_plant("tiny", "image_filter", "image:min_side"), _jpeg(astro.resize((64, 64))), good_caption)
-    add(_plant("banner", "image_filter", "image:aspect_ratio"), _jpeg(astro.resize((1200, 100))), good_caption)
-    add(_plant("overcompressed", "image_filter", "image:low_jpeg_quality"), _jpeg(astro, quality=4), good_caption)
+    add(_plant("nearly-blank", "image_filter", "image:blank"), png_bytes(Image.fromarray(noise)), good_caption, "png")
+    add(_plant("tiny", "image_filter", "image:min_side"), jpeg_bytes(astro.resize((64, 64))), good_caption)
+    add(_plant("banner", "image_filter", "image:aspect_ratio"), jpeg_bytes(astro.resize((1200, 100))), good_caption)
+    add(_plant("overcompressed", "image_filter", "image:low_jpeg_quality"), jpeg_bytes(astro, quality=4), good_caption)
     add(_plant("oversized", "image_filter", "image:too_large_to_decode"), bomb_png(9000, 9000), good_caption, "png")
     # text rules
-    add(_plant("empty-caption", "text_filter", "text:empty"), _jpeg(astro), b"")
-    add(_plant("blank-caption", "text_filter", "text:empty"), _jpeg(astro), b"   \n\t ")
-    add(_plant("symbols", "text_filter", "text:symbol_ratio"), _jpeg(astro), b"$$$ ### !!! %%% &&& *** @@@ ^^^ ~~~")
-    add(_plant("loop", "text_filter", "text:repeated_ngrams"), _jpeg(astro),
+    add(_plant("empty-caption", "text_filter", "text:empty"), jpeg_bytes(astro), b"")
+    add(_plant("blank-caption", "text_filter", "text:empty"), jpeg_bytes(astro), b"   \n\t ")
+    add(_plant("symbols", "text_filter", "text:symbol_ratio"), jpeg_bytes(astro), b"$$$ ### !!! %%% &&& *** @@@ ^^^ ~~~")
+    add(_plant("loop", "text_filter", "text:repeated_ngrams"), jpeg_bytes(astro),
         ("an astronaut in space " * 30).strip().encode())
-    add(_plant("boilerplate", "text_filter", "text:boilerplate"), _jpeg(astro),
+    add(_plant("boilerplate", "text_filter", "text:boilerplate"), jpeg_bytes(astro),
         b"Click here to subscribe. All rights reserved. Stock photo, royalty free image, download now.")
     # broken input: ingest must name each one
     add(_plant("zero-byte", "ingest", "image:empty_image"), b"", good_caption)
-    add(_plant("truncated", "ingest", "image:truncated_image"), _jpeg(astro)[:5000], good_caption)
+    add(_plant("truncated", "ingest", "image:truncated_image"), jpeg_bytes(astro)[:5000], good_caption)
     add(_plant("html", "ingest", "image:not_an_image"),
         b"<!DOCTYPE html><html><head><title>404</title></head><body>Not found</body></html>", good_caption)
     add(_plant("bomb", "ingest", "image:decompression_bomb"), bomb_png(20000, 20000), good_caption, "png")
-    add(_plant("latin1-caption", "ingest", "caption_not_utf8"), _jpeg(astro), "Caf\xe9 cr\xe8me".encode("latin-1"))
-    add(_plant("no-caption", "ingest", "missing_text"), _jpeg(astro), None)
-    add(_plant("nan-meta", "ingest", "invalid_metadata"), _jpeg(astro), good_caption, meta=b'{"width": NaN, "height": 512}')
-    planted.append(("../escape.jpg", _jpeg(astro)))
+    add(_plant("latin1-caption", "ingest", "caption_not_utf8"), jpeg_bytes(astro), "Caf\xe9 cr\xe8me".encode("latin-1"))
+    add(_plant("no-caption", "ingest", "missing_text"), jpeg_bytes(astro), None)
+    add(_plant("nan-meta", "ingest", "invalid_metadata"), jpeg_bytes(astro), good_caption, meta=b'{"width": NaN, "height": 512}')
+    planted.append(("../escape.jpg", jpeg_bytes(astro)))
     _plant("../escape.jpg", "ingest", "unsafe_member_name")
     # the same key again in another shard: the later one is the duplicate
-    add(_plant("astronaut-100", "ingest", "duplicate_key"), _jpeg(astro), good_caption)
+    add(_plant("astronaut-100", "ingest", "duplicate_key"), jpeg_bytes(astro), good_caption)
     write_tar(out / "part-00001.tar", planted)
 
     # A tar cut off in the middle of a member: the complete samples before the cut survive.
     cut_members = []
     for p in photos()[:3]:
         key = f"cut-{p.name}"
-        cut_members += [(f"{key}.jpg", _jpeg(Image.open(p.file))), (f"{key}.txt", p.caption.encode())]
+        cut_members += [(f"{key}.jpg", jpeg_bytes(Image.open(p.file))), (f"{key}.txt", p.caption.encode())]
     tmp = out / "part-00002.tar.full"
     write_tar(tmp, cut_members)
     data = tmp.read_bytes()
@@ -203,7 +203,7 @@ def conversations(root: Path) -> list[dict]:
     for p in photos():
         im = Image.open(p.file).convert("RGB")
         path = img_dir / f"{p.name}.jpg"
-        path.write_bytes(_jpeg(im))
+        path.write_bytes(jpeg_bytes(im))
         infos.append({"path": f"images/{p.name}.jpg", "abs_path": str(path), "width": im.width,
                       "height": im.height, "name": p.name, "caption": p.caption})
     records = []

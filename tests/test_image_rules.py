@@ -14,33 +14,14 @@ from curate import records as R
 from curate import stage as S
 from curate.filters import image_rules as IR
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds
+from pipelines.sample_data import bomb_png, jpeg_bytes, png_bytes
 
 OFF = ImageThresholds(min_side=0, min_pixels=0, max_aspect_ratio=0, max_pixels=0, min_jpeg_quality=0,
                       min_bits_per_pixel=0, blank_max_std=0)
 
 
-def jpeg(im: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def png(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but holds one short row."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
-            + chunk(b"IEND", b""))
+# Encoders shared with the sample-data generator, so tests and demo plant the same bytes.
+jpeg, png = jpeg_bytes, png_bytes
 
 
 ASTRONAUT = Image.fromarray(skdata.astronaut())
