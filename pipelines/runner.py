@@ -183,13 +183,14 @@ class Runner:
             executor.apply_decisions(files, decisions, schema, out_data)
             shutil.rmtree(pass1)
         data = tmp / "data"
-        statuses = pads.dataset(data_files(data), format="parquet").to_table(columns=[R.STATUS, R.REASON])
-        counts = E.tally(statuses.column(R.STATUS).to_pylist(), statuses.column(R.REASON).to_pylist())
+        # One read of the dropped rows serves both the rejects manifest and the tally; kept rows are only counted.
+        rejects = self._write_rejects(data, tmp / "rejects.parquet")
+        counts = E.tally(rejects.column(R.STATUS).to_pylist(), rejects.column(R.REASON).to_pylist())
+        counts["out"] = _count(data, kept_only=True)
         dropped_total = sum(counts["rejected"].values()) + sum(counts["quarantined"].values())
         if counts["out"] + dropped_total != n_in:
             raise E.AccountingError(f"stage {spec.name}: in={n_in} but kept+rejected+quarantined="
                                     f"{counts['out'] + dropped_total}")
-        self._write_rejects(data, tmp / "rejects.parquet")
         summary = {}
         if stage.summary_columns:
             summary = stage.summarize(read_kept(tmp, list(stage.summary_columns) + ["key", R.ORDINAL]))
@@ -203,12 +204,13 @@ class Runner:
         return entry
 
     @staticmethod
-    def _write_rejects(data: Path, path: Path) -> None:
+    def _write_rejects(data: Path, path: Path) -> pa.Table:
         ds = pads.dataset(data_files(data), format="parquet")
         cols = [c for c in REJECT_COLUMNS if c in ds.schema.names]
         t = ds.to_table(columns=cols, filter=pc.field(R.STATUS) != R.KEPT)
         t = t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")]))
         write_table(t, path)
+        return t
 
     def _report(self, entries: list[dict[str, Any]], stage_dirs: list[Path]) -> dict[str, Any]:
         all_rejects = []
