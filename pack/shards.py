@@ -29,8 +29,8 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
-from curate.stage import Resources, Stage, register
+from curate.base import records as R
+from curate.base import Resources, Stage, register
 from pack import balance as B
 from pack import packformat as F
 from pack import tario
@@ -253,16 +253,7 @@ def write_shards(root: str, jobs: Sequence[ShardJob], settings: WriterSettings) 
 
 
 def _run_groups(root: str, groups: list[list[ShardJob]], settings: WriterSettings) -> list[list[ShardResult]]:
-    """Serially, or one Ray task per group when a Ray cluster is up (same bytes either way)."""
-    try:
-        import ray
-        use_ray = ray.is_initialized() and len(groups) > 1
-    except ImportError:
-        use_ray = False
-    if not use_ray:
-        return [write_shards(root, g, settings) for g in groups]
-    task = ray.remote(num_cpus=1)(write_shards)
-    return ray.get([task.remote(root, g, settings) for g in groups])
+    return [write_shards(root, g, settings) for g in groups]
 
 
 # =============================================================================================
@@ -569,7 +560,7 @@ def _upstream_setting(upstream: Mapping[str, Mapping[str, Any]] | None, stage: s
         return None
     if name in upstream[stage]:
         return upstream[stage][name]
-    from curate.stage import get
+    from curate.base import get
     return getattr(get(stage).Config(), name, None)
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import records as R
+from curate.base import BatchResult, Resources, Stage, register
 from pack import tokens as T
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
 

@@ -28,8 +28,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.readers import FORMATS, SourceSpec
 
 # The mixture is applied right before the first of these stages (or at the end of the chain).
@@ -57,6 +57,7 @@ class Recipe:
     description: str = ""
     plugins: list[str] = field(default_factory=list)
     path: str | None = None
+    max_error_fraction: float = 0.0
 
     @property
     def output_dir(self) -> str:
@@ -67,15 +68,16 @@ class Recipe:
         return {"name": self.name, "seed": self.seed,
                 "sources": [dataclasses.asdict(s) for s in self.sources],
                 "stages": [dataclasses.asdict(s) for s in self.stages],
-                "mixture": self.mixture}
+                "mixture": self.mixture, "max_error_fraction": self.max_error_fraction}
 
     def hash(self) -> str:
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def plan(self) -> list[StageSpec]:
-        """The stages that run, in order: ingest, the recipe's stages, and the mixture where it belongs."""
-        chain = [StageSpec("ingest")] + list(self.stages)
+        """The stages that run, in order: ingest (reading `sources`), the recipe's stages, and the
+        mixture where it belongs. `mmcurate validate recipe` prints exactly this list."""
+        chain = [StageSpec("ingest", {"sources": [dataclasses.asdict(s) for s in self.sources]})] + list(self.stages)
         if self.mixture and not any(s.name == "mixture" for s in self.stages):
             at = next((i for i, s in enumerate(chain) if s.name in MIXTURE_BEFORE), len(chain))
             chain.insert(at, StageSpec("mixture", dict(self.mixture)))
@@ -126,6 +128,10 @@ def recipe_json_schema() -> dict[str, Any]:
             }},
             "mixture": mixture_schema,
             "output": {"type": "object", "properties": {"dir": {"type": "string"}}},
+            "max_error_fraction": {
+                "type": "number", "minimum": 0, "maximum": 1, "default": 0,
+                "description": "fraction of a stage's rows that may fail with an error in stage code (quarantined "
+                               "as error:<Type>) before the run fails; 0: any such error fails the run"},
             "plugins": {"type": "array", "items": {"type": "string"},
                         "description": "modules to import first; they register their own stages with @register"},
         },
@@ -187,7 +193,8 @@ def parse(data: Any, where: str = "recipe") -> Recipe:
                     stages=[StageSpec(s["name"], dict(s.get("settings") or {})) for s in data["stages"]],
                     mixture=dict(data["mixture"]) if data.get("mixture") else None,
                     output=dict(data.get("output") or {}), description=data.get("description", ""),
-                    plugins=list(data.get("plugins") or []))
+                    plugins=list(data.get("plugins") or []),
+                    max_error_fraction=float(data.get("max_error_fraction") or 0.0))
     check_semantics(recipe)
     return recipe
 

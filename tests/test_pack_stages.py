@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from pack import tokens as T
 from pack.stages import CountTokensStage, PackStage
 

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import records as R
-from curate.stage import StageContext
+from curate.base import records as R
+from curate.base import StageContext
 from pack import tario
 from pack.loader import PackedShards
 from pack.shards import ShardsStage

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import pack
-from curate import records as R
+from curate.base import records as R
 from curate.images import probe
 from pack import tokens as T
 
