@@ -250,7 +250,7 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
 
 
 def test_tokenizer_mismatch_stops_the_run(tmp_path):
-    from pack.shards import TokenCountMismatch
+    from pack.shard_ids import TokenCountMismatch
     refs = image_refs(tmp_path / "img", n=2)
     rows = pack_rows(make_rows(8, refs, seed=3), L)   # num_tokens are random: the tokenizer disagrees
     with pytest.raises(TokenCountMismatch, match="num_tokens"):
