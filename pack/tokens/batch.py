@@ -42,6 +42,24 @@ def _caption_structure(has_images: bool, has_videos: bool, template: Template) -
     raise AssertionError("caption piece not found")
 
 
+class _PendingText:
+    """Text pieces to count in one batched tokenizer call, each owned by a row."""
+
+    def __init__(self) -> None:
+        self.texts: list[pa.Array] = []
+        self.owners: list[np.ndarray] = []
+
+    def add(self, texts: pa.Array, owners: np.ndarray) -> None:
+        self.texts.append(texts)
+        self.owners.append(owners)
+
+    def per_row(self, tokenizer: Tokenizer, n: int) -> np.ndarray:
+        if not self.texts:
+            return np.zeros(n, dtype=np.int64)
+        counts = tokenizer.count(pa.concat_arrays(self.texts))
+        return np.bincount(np.concatenate(self.owners), weights=counts, minlength=n).astype(np.int64)
+
+
 def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray | None = None,
                video_counts: pa.ListArray | None = None, template: Template = Template()) -> RowCounts:
     """Sequence length of every row without building id lists.
@@ -55,83 +73,84 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
     n = table.num_rows
     img_lists = _list_or_empty(image_counts, n)
     vid_lists = _list_or_empty(video_counts, n)
-    img_n = _list_lengths(img_lists)
-    vid_n = _list_lengths(vid_lists)
     img_sum = _list_sums(img_lists)
     vid_sum = _list_sums(vid_lists)
-
-    text = table.column("text") if "text" in table.column_names else pa.nulls(n, pa.string())
-    text = _to_large_string(text)
+    text = _to_large_string(table.column("text") if "text" in table.column_names else pa.nulls(n, pa.string()))
     if "conversations" in table.column_names:
         conv_len = pc.fill_null(pc.list_value_length(table.column("conversations")), 0)
         conv_len = np.asarray(conv_len.to_numpy(zero_copy_only=False), dtype=np.int64)
     else:
         conv_len = np.zeros(n, dtype=np.int64)
-    has_ph = _contains_placeholder(text)
-    simple = (conv_len == 0) & ~has_ph
+    simple = (conv_len == 0) & ~_contains_placeholder(text)
 
     num = np.zeros(n, dtype=np.int64)
     errors: list[str | None] = [None] * n
     details: list[str | None] = [None] * n
-
-    # --- vectorised caption rows ---------------------------------------------------------------
-    texts_to_count: list[pa.Array] = []
-    owners: list[np.ndarray] = []
-    if simple.any():
-        idx_all = np.flatnonzero(simple)
-        for hi in (False, True):
-            for hv in (False, True):
-                sel = idx_all[((img_n[idx_all] > 0) == hi) & ((vid_n[idx_all] > 0) == hv)]
-                if not sel.size:
-                    continue
-                before, prefix, after = _caption_structure(hi, hv, template)
-                const = _pieces_count(before + after, tokenizer, exclude_pads=True)
-                # pads: structure used one image / video of 1 token each; the real counts replace them
-                num[sel] += const + img_sum[sel] + vid_sum[sel] + 2 * (img_n[sel] - hi) + 2 * (vid_n[sel] - hv)
-                var = text.take(pa.array(sel))
-                if prefix:
-                    var = pc.binary_join_element_wise(pa.scalar(prefix, pa.large_string()), var,
-                                                      pa.scalar("", pa.large_string()))
-                texts_to_count.append(var)
-                owners.append(sel)
-
-    # --- general rows --------------------------------------------------------------------------
-    other = np.flatnonzero(~simple)
-    if other.size:
-        sub = table.take(pa.array(other))
-        rows = sub.select([c for c in ("text", "conversations") if c in sub.column_names]).to_pylist()
-        other_idx = pa.array(other)
-        other_img = img_lists.take(other_idx).to_pylist()
-        other_vid = vid_lists.take(other_idx).to_pylist()
-        pieces_text: list[str] = []
-        piece_owner: list[int] = []
-        for i, row, imgs, vids in zip(other.tolist(), rows, other_img, other_vid):
-            try:
-                pieces = render(row, imgs or [], vids or [], template)
-            except PlaceholderMismatch as exc:
-                errors[i], details[i] = PlaceholderMismatch.reason, str(exc)
-                continue
-            for p in pieces:
-                if isinstance(p, str):
-                    pieces_text.append(p)
-                    piece_owner.append(i)
-                else:
-                    num[i] += p[1]
-        if pieces_text:
-            texts_to_count.append(pa.array(pieces_text, type=pa.large_string()))
-            owners.append(np.asarray(piece_owner, dtype=np.int64))
-
-    if texts_to_count:
-        all_text = pa.concat_arrays(texts_to_count)
-        all_owner = np.concatenate(owners)
-        counts = tokenizer.count(all_text)
-        num += np.bincount(all_owner, weights=counts, minlength=n).astype(np.int64)
+    pending = _PendingText()
+    _count_caption_rows(np.flatnonzero(simple), text, img_lists, vid_lists, tokenizer, template, num, pending)
+    _count_general_rows(np.flatnonzero(~simple), table, img_lists, vid_lists, template, num, pending,
+                        errors, details)
+    num += pending.per_row(tokenizer, n)
     text_tokens = num - img_sum - vid_sum
     for i, e in enumerate(errors):
         if e is not None:
             num[i] = 0
             text_tokens[i] = 0
     return RowCounts(num, text_tokens, errors, details)
+
+
+def _count_caption_rows(idx_all: np.ndarray, text: pa.Array, img_lists: pa.ListArray, vid_lists: pa.ListArray,
+                        tokenizer: Tokenizer, template: Template, num: np.ndarray, pending: _PendingText) -> None:
+    """Rows without conversations or placeholders: a constant per layout (with/without images,
+    videos) plus one variable text piece each, queued in `pending`."""
+    if not idx_all.size:
+        return
+    img_n, vid_n = _list_lengths(img_lists), _list_lengths(vid_lists)
+    img_sum, vid_sum = _list_sums(img_lists), _list_sums(vid_lists)
+    for hi in (False, True):
+        for hv in (False, True):
+            sel = idx_all[((img_n[idx_all] > 0) == hi) & ((vid_n[idx_all] > 0) == hv)]
+            if not sel.size:
+                continue
+            before, prefix, after = _caption_structure(hi, hv, template)
+            const = _pieces_count(before + after, tokenizer, exclude_pads=True)
+            # pads: structure used one image / video of 1 token each; the real counts replace them
+            num[sel] += const + img_sum[sel] + vid_sum[sel] + 2 * (img_n[sel] - hi) + 2 * (vid_n[sel] - hv)
+            var = text.take(pa.array(sel))
+            if prefix:
+                var = pc.binary_join_element_wise(pa.scalar(prefix, pa.large_string()), var,
+                                                  pa.scalar("", pa.large_string()))
+            pending.add(var, sel)
+
+
+def _count_general_rows(other: np.ndarray, table: pa.Table, img_lists: pa.ListArray, vid_lists: pa.ListArray,
+                        template: Template, num: np.ndarray, pending: _PendingText,
+                        errors: list[str | None], details: list[str | None]) -> None:
+    """Rows laid out by ``render``: special tokens counted here, text pieces queued in `pending`;
+    a placeholder mismatch is recorded in `errors` / `details`."""
+    if not other.size:
+        return
+    other_idx = pa.array(other)
+    sub = table.take(other_idx)
+    rows = sub.select([c for c in ("text", "conversations") if c in sub.column_names]).to_pylist()
+    other_img = img_lists.take(other_idx).to_pylist()
+    other_vid = vid_lists.take(other_idx).to_pylist()
+    pieces_text: list[str] = []
+    piece_owner: list[int] = []
+    for i, row, imgs, vids in zip(other.tolist(), rows, other_img, other_vid):
+        try:
+            pieces = render(row, imgs or [], vids or [], template)
+        except PlaceholderMismatch as exc:
+            errors[i], details[i] = PlaceholderMismatch.reason, str(exc)
+            continue
+        for p in pieces:
+            if isinstance(p, str):
+                pieces_text.append(p)
+                piece_owner.append(i)
+            else:
+                num[i] += p[1]
+    if pieces_text:
+        pending.add(pa.array(pieces_text, type=pa.large_string()), np.asarray(piece_owner, dtype=np.int64))
 
 
 def _contains_placeholder(text: pa.Array) -> np.ndarray:
