@@ -8,10 +8,11 @@ import numpy as np
 
 from pack import balance as B
 from pack import packformat as F
+from pack.profile import ModelProfile
 from pack.shard_writer import ShardResult
 
 
-def build_manifest(config: Any, context: Any, L: int, plan: B.Plan, costs: B.PackCosts, rank_results: list[list[ShardResult]],
+def build_manifest(config: Any, context: Any, profile: ModelProfile, L: int, plan: B.Plan, costs: B.PackCosts, rank_results: list[list[ShardResult]],
               left_results: list[ShardResult], seg_rows: list[list[dict]], tok_spec: str | None,
               failures: Mapping[int, tuple[str, str]]) -> dict[str, Any]:
     c = config
@@ -42,7 +43,7 @@ def build_manifest(config: Any, context: Any, L: int, plan: B.Plan, costs: B.Pac
         "context_length": L, "alignment": c.alignment, "dp_size": c.dp_size,
         "micro_batches": c.micro_batches, "global_batch_packs": c.dp_size * c.micro_batches,
         "steps": plan.steps, "packs_per_rank": plan.steps * c.micro_batches,
-        "packs_per_shard": c.packs_per_shard, "tokenizer": tok_spec,
+        "packs_per_shard": c.packs_per_shard, "tokenizer": tok_spec, "model": profile.to_dict(),
         "sequence_layout": "cu_seqlens include the padding as a final segment when padding > 0; "
                            "position ids restart at every cu_seqlens boundary",
         "totals": {"packs": total_packs, "samples": sum(x["samples"] for x in ranks),

@@ -34,6 +34,7 @@ from curate.stage import Resources, Stage, register
 from pack import balance as B
 from pack import packformat as F
 from pack.dirswap import replace_dir, sibling_dir
+from pack.profile import resolve_profile
 from pack.shard_manifest import build_manifest, build_report
 from pack.shard_writer import PackJob, ShardJob, ShardResult, WriterSettings, write_shards
 
@@ -84,23 +85,19 @@ class ShardsStage(Stage):
             "doc": "packs that cannot fill a last global step: drop (lowest fill, accounted), carry_over "
                    "(written to shards/leftover/ for a later run), pad_with_repeats (complete the step with "
                    "copies of the fullest packs)"})
-        tokenizer: str | None = field(default=None, metadata={
-            "doc": "write input_ids (.npy per pack): 'upstream' (count_tokens' tokenizer and template), "
-                   "'builtin' (the shipped Qwen tokenizer), or a tokenizer directory; null: no input_ids"})
+        input_ids: bool = field(default=False, metadata={
+            "doc": "write input_ids and labels (.npy per pack) with the model profile's tokenizer and template "
+                   "(the ones count_tokens counted with)"})
         shuffle_steps: bool = field(default=True, metadata={
             "doc": "shuffle the order of global steps with the run seed (balanced steps are formed from alike "
                    "packs; without a shuffle training would see packs sorted by cost)"})
-        patches_per_image_token: int = field(default=4, metadata={
-            "doc": "ViT patches per LLM image token (Qwen2-VL merges 2x2) for the ViT cost"})
-        vit_hidden: int = field(default=1280, metadata={"doc": "ViT width, weighs the ViT's attention cost"})
         output_dir: str | None = field(default=None, metadata={
             "doc": "where the shards folder goes; null: {run output}/shards"})
 
     # --- settings --------------------------------------------------------------------------------
     def validate_config(self) -> None:
         c = self.config
-        for name in ("dp_size", "micro_batches", "alignment", "packs_per_shard", "patches_per_image_token",
-                     "vit_hidden"):
+        for name in ("dp_size", "micro_batches", "alignment", "packs_per_shard"):
             v = getattr(c, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
@@ -109,8 +106,9 @@ class ShardsStage(Stage):
         if c.context_length is not None:
             if not isinstance(c.context_length, int) or c.context_length < 1:
                 raise ValueError(f"context_length: must be a positive integer or null, got {c.context_length!r}")
-        if c.tokenizer not in (None, "upstream", "builtin") and not os.path.isdir(str(c.tokenizer)):
-            raise ValueError(f"tokenizer: {c.tokenizer!r} is not 'upstream', 'builtin', null or a directory")
+        self.profile = resolve_profile(self.context, None)
+        if c.input_ids and self.profile.tokenizer is not None and not os.path.isdir(self.profile.tokenizer):
+            raise ValueError(f"tokenizer: the model profile's tokenizer {self.profile.tokenizer!r} is not a directory")
         if self.context.upstream or c.context_length is not None:
             self.capacity()
 
@@ -133,16 +131,10 @@ class ShardsStage(Stage):
         return L
 
     def _tokenizer_settings(self) -> tuple[str | None, dict[str, Any]]:
-        spec = self.config.tokenizer
-        up = dict((self.context.upstream or {}).get("count_tokens", {}))
-        template = {k: up[k] for k in ("kind", "system_prompt", "caption_prompt") if k in up}
-        if "template" in up:
-            template["kind"] = up["template"]
-        if spec is None:
+        """(tokenizer spec, template fields) of the model profile; (None, {}) without input_ids."""
+        if not self.config.input_ids:
             return None, {}
-        if spec == "upstream":
-            spec = up.get("tokenizer") or "builtin"
-        return str(spec), template
+        return self.profile.tokenizer or "builtin", self.profile.template_fields()
 
     def output_root(self) -> str:
         if self.config.output_dir:
@@ -180,7 +172,7 @@ class ShardsStage(Stage):
         for res in [r for g in results for r in g]:
             for ordinal, reason, detail in res.failures:
                 failures.setdefault(ordinal, (reason, detail))
-        manifest = build_manifest(c, self.context, L, plan, costs, rank_results, left_results, seg_rows, tok_spec, failures)
+        manifest = build_manifest(c, self.context, self.profile, L, plan, costs, rank_results, left_results, seg_rows, tok_spec, failures)
         with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
             fh.write(F.dumps(manifest) + b"\n")
         replace_dir(tmp, final)
@@ -215,7 +207,7 @@ class ShardsStage(Stage):
                              [[int(x) for s in segs for x in (s.get("image_tokens") or [])]
                               + [int(x) for s in segs for x in (s.get("video_tokens") or [])]
                               for segs in seg_rows],
-                             B.CostModel(self.config.patches_per_image_token, self.config.vit_hidden))
+                             B.CostModel(self.profile.vit_patches_per_token(), self.profile.vit_hidden))
         return seg_rows, pack_ids, costs
 
     def _jobs(self, plan: B.Plan, seg_rows: list[list[dict]], pack_ids: np.ndarray
