@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from curate import records as R
+from curate.base import records as R
 from pack import packformat as F
 from pack import tario
 from pack.shard_ids import SegmentTokenizer, TokenCountMismatch

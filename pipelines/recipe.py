@@ -58,6 +58,7 @@ class Recipe:
     plugins: list[str] = field(default_factory=list)
     path: str | None = None
     max_error_fraction: float = 0.0
+    model: Any = None
 
     @property
     def output_dir(self) -> str:
@@ -68,7 +69,8 @@ class Recipe:
         return {"name": self.name, "seed": self.seed,
                 "sources": [dataclasses.asdict(s) for s in self.sources],
                 "stages": [dataclasses.asdict(s) for s in self.stages],
-                "mixture": self.mixture, "max_error_fraction": self.max_error_fraction}
+                "mixture": self.mixture, "max_error_fraction": self.max_error_fraction,
+                "model": self.model}
 
     def hash(self) -> str:
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
@@ -128,6 +130,11 @@ def recipe_json_schema() -> dict[str, Any]:
             }},
             "mixture": mixture_schema,
             "output": {"type": "object", "properties": {"dir": {"type": "string"}}},
+            "model": {
+                "description": "the model profile the data is prepared for: a preset name (qwen2-vl, qwen2.5-vl, "
+                               "open-qwen2vl) or a mapping with an optional `preset` and overrides; read by "
+                               "count_tokens, pack and shards and written into the shards' manifest.json",
+                "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]},
             "max_error_fraction": {
                 "type": "number", "minimum": 0, "maximum": 1, "default": 0,
                 "description": "fraction of a stage's rows that may fail with an error in stage code (quarantined "
@@ -194,9 +201,20 @@ def parse(data: Any, where: str = "recipe") -> Recipe:
                     mixture=dict(data["mixture"]) if data.get("mixture") else None,
                     output=dict(data.get("output") or {}), description=data.get("description", ""),
                     plugins=list(data.get("plugins") or []),
-                    max_error_fraction=float(data.get("max_error_fraction") or 0.0))
+                    max_error_fraction=float(data.get("max_error_fraction") or 0.0),
+                    model=_checked_model(data.get("model")))
     check_semantics(recipe)
     return recipe
+
+
+def _checked_model(raw: Any) -> Any:
+    """The recipe's `model:` as written, once pack.profile accepts it (errors name the field)."""
+    from pack.profile import profile_from_mapping
+    try:
+        profile_from_mapping(raw)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"model: {exc}") from None
+    return raw
 
 
 def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -216,7 +234,8 @@ def check_semantics(recipe: Recipe) -> None:
                  else ("mixture" if spec.name == "mixture" else spec.name))
         try:
             stage = S.build(spec.name, spec.settings,
-                            S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture))
+                            S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture,
+                                           profile=recipe.model))
         except (ValueError, TypeError) as exc:
             prefix = "mixture." if where == "mixture" else f"{where}.settings: "
             raise RecipeError(f"{prefix}{exc}") from None

@@ -121,7 +121,8 @@ class Runner:
             for index, spec in enumerate(plan):
                 context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
                                          recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
-                                         upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction)
+                                         upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction,
+                                         profile=recipe.model)
                 stage = S.build(spec.name, spec.settings, context)
                 final = self.out / "stages" / f"{index:02d}_{spec.name}"
                 settings = _settings_of(stage)

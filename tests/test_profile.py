@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from curate import records as R
-from curate.stage import StageContext
+from curate.base import records as R
+from curate.base import StageContext
 from pack import tokens as T
 from pack.profile import PRESETS, ModelProfile, profile_from_mapping, resolve_profile
 from pack.stages import CountTokensStage, PackStage

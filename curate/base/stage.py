@@ -75,6 +75,9 @@ class StageContext:
     # Fraction of a stage's input that may fail with a non-BadSample error (quarantined as error:<Type>)
     # before the run fails. 0: any such error is a bug and fails the run at once.
     max_error_fraction: float = 0.0
+    # The run's model profile as the recipe's `model:` declares it (a preset name or a mapping; read by
+    # the token-counting, packing and shard stages through pack.profile.resolve_profile).
+    profile: Any = None
 
 
 @dataclass
