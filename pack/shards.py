@@ -92,8 +92,6 @@ class ShardsStage(Stage):
             v = getattr(c, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        if c.leftover not in B.LEFTOVER_POLICIES:
-            raise ValueError(f"leftover: must be one of {list(B.LEFTOVER_POLICIES)}, got {c.leftover!r}")
         if c.context_length is not None:
             if not isinstance(c.context_length, int) or c.context_length < 1:
                 raise ValueError(f"context_length: must be a positive integer or null, got {c.context_length!r}")

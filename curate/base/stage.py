@@ -162,6 +162,8 @@ class Stage:
         self.context = context or StageContext()
         self.report: dict[str, Any] = {}
         self._is_setup = False
+        from curate.base.config_schema import check_config
+        check_config(self.config)   # declared types and Literal choices, for every stage alike
         self.validate_config()
 
     # --- lifecycle -------------------------------------------------------------------------------
