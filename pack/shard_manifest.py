@@ -13,7 +13,7 @@ from pack.shard_writer import ShardResult
 
 
 def build_manifest(config: Any, context: Any, profile: ModelProfile, L: int, plan: B.Plan, costs: B.PackCosts, rank_results: list[list[ShardResult]],
-              left_results: list[ShardResult], seg_rows: list[list[dict]], tok_spec: str | None,
+              left_results: list[ShardResult], segments_per_pack: Any, tok_spec: str | None,
               failures: Mapping[int, tuple[str, str]]) -> dict[str, Any]:
     c = config
 
@@ -34,8 +34,9 @@ def build_manifest(config: Any, context: Any, profile: ModelProfile, L: int, pla
     total_tokens = sum(x["tokens"] for x in ranks)
     repeated = plan.repeat
     rep_packs = int(repeated.sum())
-    rep_samples = int(sum(len(seg_rows[p]) for p in plan.slots[repeated].tolist()))
-    left_samples = int(sum(len(seg_rows[p]) for p in plan.leftover.tolist()))
+    segs = np.asarray(segments_per_pack, dtype=np.int64)
+    rep_samples = int(segs[plan.slots[repeated]].sum()) if rep_packs else 0
+    left_samples = int(segs[plan.leftover].sum()) if plan.leftover.size else 0
     left_tokens = int(costs.tokens[plan.leftover].sum()) if plan.leftover.size else 0
     return {
         "format": F.MANIFEST_FORMAT, "recipe_name": context.recipe_name,

@@ -9,8 +9,9 @@ pack.validate checks it in CI.
 
 Writing is atomic and deterministic: everything goes to ``{out}/.shards.tmp`` and is renamed to
 ``{out}/shards`` at the end (replacing an older one), tar headers are fixed (pack.tario), and nothing
-depends on the clock, the machine or the number of workers. Under Ray (``ray.is_initialized()``)
-each rank's shards are written by a Ray task; otherwise serially — the bytes are the same.
+depends on the clock, the machine or the number of workers. The step is distributed by whichever
+executor runs it (pack.shard_schedule): per-pack statistics, the plan on the driver, and every shard
+written by the worker its rows are shuffled to — the bytes are the same inline and on Ray.
 
 Leftover packs (those that cannot fill a last global step) follow ``leftover``:
 ``drop`` — the lowest-fill packs are not written; their samples are rejected as ``leftover_dropped``;
@@ -36,15 +37,12 @@ from pack import packformat as F
 from pack.dirswap import replace_dir, sibling_dir
 from pack.profile import resolve_profile
 from pack.shard_manifest import build_manifest, build_report
-from pack.shard_writer import PackJob, ShardJob, ShardResult, WriterSettings, write_shards
+from pack import shard_schedule as S
+from pack.shard_writer import ShardResult, WriterSettings
 
 SEGMENT_COLUMNS = ("key", "source", "category", "images", "videos", "text", "conversations", "meta",
                    "num_tokens", "text_tokens", "image_tokens", "video_tokens", "truncated_from", "pack_id",
                    R.ORDINAL)
-
-
-def _run_groups(root: str, groups: list[list[ShardJob]], settings: WriterSettings) -> list[list[ShardResult]]:
-    return [write_shards(root, g, settings) for g in groups]
 
 
 # =============================================================================================
@@ -132,120 +130,51 @@ class ShardsStage(Stage):
             raise ValueError("output_dir: no run output directory in the stage context; set shards.output_dir")
         return os.path.join(self.context.out_dir, "shards")
 
-    # --- global step -----------------------------------------------------------------------------
-    def decide(self, table: pa.Table) -> pa.Table:
+    # --- global step (distributed; see pack.shard_schedule) ----------------------------------------
+    def external_outputs(self) -> list[str]:
+        return [self.output_root()]
+
+    def global_step(self, data: Any) -> Any:
         c = self.config
         L = self.capacity()
-        seg_rows, pack_ids, costs = self._packs(table, L)
+        stats = data.aggregate(S.pack_partial, S.combine_pack_stats)
+        S.check_stats(stats, L)
+        costs = stats.costs(B.CostModel(self.profile.vit_patches_per_token(), self.profile.vit_hidden))
         plan = B.plan_balanced(costs, c.dp_size, c.micro_batches, c.leftover, seed=self.context.seed,
                                shuffle_steps=c.shuffle_steps)
-        groups, leftover_jobs = self._jobs(plan, seg_rows, pack_ids)
+        slots, paths, shard_ranks = S.slot_table(plan, stats.pack_ids, c.packs_per_shard, c.leftover == "carry_over")
         tok_spec, template = self._tokenizer_settings()
         settings = WriterSettings(L, tok_spec, template)
-
         final = self.output_root()
         tmp = sibling_dir(final, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         for r in range(c.dp_size):
             os.makedirs(os.path.join(tmp, F.rank_dir(r)), exist_ok=True)
+        left_reason = "leftover_carried_over" if c.leftover == "carry_over" else ""
+        pack_ids = stats.pack_ids
         try:
-            results = _run_groups(tmp, groups + ([leftover_jobs] if leftover_jobs else []), settings)
+            decisions = (data.map_batches(lambda b: S.assign_slots(b, pack_ids, slots))
+                         .shuffle_reduce("_shard", lambda g: S.write_shard_groups(g, tmp, settings, left_reason),
+                                         partitions=max(1, len(paths)))
+                         .materialize())
+            results = S.read_results(tmp, len(paths))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        rank_results = results[:len(groups)]
-        left_results = results[len(groups)] if leftover_jobs else []
-
-        failures: dict[int, tuple[str, str]] = {}
-        for res in [r for g in results for r in g]:
-            for ordinal, reason, detail in res.failures:
-                failures.setdefault(ordinal, (reason, detail))
-        manifest = build_manifest(c, self.context, self.profile, L, plan, costs, rank_results, left_results, seg_rows, tok_spec, failures)
+        rank_results: list[list[ShardResult]] = [[] for _ in range(c.dp_size)]
+        for rank, res in zip(shard_ranks, results):
+            if rank >= 0:
+                rank_results[rank].append(res)
+        failures = {o: (r, d) for res in results for o, r, d in res.failures}
+        manifest = build_manifest(c, self.context, self.profile, L, plan, costs, rank_results,
+                                  [res for rank, res in zip(shard_ranks, results) if rank < 0], stats.segments,
+                                  tok_spec, failures)
         with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
             fh.write(F.dumps(manifest) + b"\n")
         replace_dir(tmp, final)
         self.report = build_report(c, final, manifest, plan, costs)
-        return self._decisions(table, plan, seg_rows, pack_ids, failures)
-
-    def _packs(self, table: pa.Table, L: int) -> tuple[list[list[dict]], np.ndarray, B.PackCosts]:
-        for col in ("num_tokens", "pack_id", "pack_position"):
-            if col not in table.column_names:
-                raise ValueError(f"shards: column {col!r} is missing; run count_tokens and pack before shards")
-            if table.column(col).null_count:
-                raise ValueError(f"shards: {table.column(col).null_count} kept rows have no {col}; "
-                                 "run count_tokens and pack before shards")
-        cols = [c for c in SEGMENT_COLUMNS if c in table.column_names]
-        order = np.lexsort((table.column(R.ORDINAL).to_numpy(), table.column("pack_position").to_numpy(),
-                            table.column("pack_id").to_numpy()))
-        t = table.select(cols).take(pa.array(order, type=pa.int64()))
-        rows = t.to_pylist()
-        pid = t.column("pack_id").to_numpy()
-        bounds = np.r_[0, np.flatnonzero(np.diff(pid)) + 1, len(rows)] if len(rows) else np.zeros(1, dtype=np.int64)
-        seg_rows = [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        pack_ids = pid[bounds[:-1]] if len(rows) else np.zeros(0, dtype=np.int64)
-        for p, segs in zip(pack_ids.tolist(), seg_rows):
-            used = sum(int(s["num_tokens"]) for s in segs)
-            if used > L:
-                raise ValueError(f"shards: pack {p} holds {used} tokens > context_length {L}; "
-                                 "the pack plan was made for another context_length")
-            bad = [s["key"] for s in segs if int(s["num_tokens"]) <= 0]
-            if bad:
-                raise ValueError(f"shards: sample {bad[0]!r} has num_tokens <= 0")
-        costs = B.pack_costs([[int(s["num_tokens"]) for s in segs] for segs in seg_rows],
-                             [[int(x) for s in segs for x in (s.get("image_tokens") or [])]
-                              + [int(x) for s in segs for x in (s.get("video_tokens") or [])]
-                              for segs in seg_rows],
-                             B.CostModel(self.profile.vit_patches_per_token(), self.profile.vit_hidden))
-        return seg_rows, pack_ids, costs
-
-    def _jobs(self, plan: B.Plan, seg_rows: list[list[dict]], pack_ids: np.ndarray
-              ) -> tuple[list[list[ShardJob]], list[ShardJob]]:
-        c = self.config
-        first_key: dict[int, str] = {}
-        per_rank: list[list[PackJob]] = [[] for _ in range(c.dp_size)]
-        for s in range(plan.steps):
-            for r in range(c.dp_size):
-                for m in range(c.micro_batches):
-                    p = int(plan.slots[s, r, m])
-                    key = F.pack_key(r, s, m)
-                    repeat_of = first_key[p] if plan.repeat[s, r, m] else None
-                    first_key.setdefault(p, key)
-                    per_rank[r].append(PackJob(key, int(pack_ids[p]), r, s, m, repeat_of, seg_rows[p]))
-        groups = []
-        for r, packs in enumerate(per_rank):
-            groups.append([ShardJob(f"{F.rank_dir(r)}/{F.shard_name(i // c.packs_per_shard)}",
-                                    packs[i:i + c.packs_per_shard]) for i in range(0, len(packs), c.packs_per_shard)])
-        leftover_jobs: list[ShardJob] = []
-        if c.leftover == "carry_over" and plan.leftover.size:
-            packs = [PackJob(F.leftover_key(int(pack_ids[p])), int(pack_ids[p]), None, None, None, None, seg_rows[p])
-                     for p in plan.leftover.tolist()]
-            leftover_jobs = [ShardJob(f"{F.LEFTOVER_DIR}/{F.shard_name(i // c.packs_per_shard)}",
-                                      packs[i:i + c.packs_per_shard]) for i in range(0, len(packs), c.packs_per_shard)]
-        return groups, leftover_jobs
-
-
-    def _decisions(self, table: pa.Table, plan: B.Plan, seg_rows: list[list[dict]], pack_ids: np.ndarray,
-                   failures: Mapping[int, tuple[str, str]]) -> pa.Table:
-        c = self.config
-        reason_of: dict[int, tuple[str, str | None, str]] = {}
-        left_reason = "leftover_dropped" if c.leftover == "drop" else "leftover_carried_over"
-        g = c.dp_size * c.micro_batches
-        for p in plan.leftover.tolist():
-            detail = (f"pack {int(pack_ids[p])} did not fill a global step "
-                      f"of {g} packs" + (f"; written to {F.LEFTOVER_DIR}/" if c.leftover == "carry_over" else ""))
-            for s in seg_rows[p]:
-                reason_of[int(s[R.ORDINAL])] = (R.REJECTED, left_reason, detail)
-        for ordinal, (reason, detail) in failures.items():
-            reason_of.setdefault(ordinal, (R.QUARANTINED, reason, detail))
-        ords = table.column(R.ORDINAL).to_pylist()
-        status = [reason_of.get(o, (R.KEPT, None, None)) for o in ords]
-        return pa.table({
-            R.ORDINAL: pa.array(ords, type=pa.int64()),
-            R.STATUS: pa.array([s[0] for s in status], type=pa.string()),
-            R.REASON: pa.array([s[1] for s in status], type=pa.string()),
-            R.DETAIL: pa.array([s[2] for s in status], type=pa.string()),
-        })
+        return decisions
 
 
 def _upstream_setting(upstream: Mapping[str, Mapping[str, Any]] | None, stage: str, name: str) -> Any:

@@ -34,7 +34,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         qua = sum(e["quarantined"].values())
         print(f"  {e['name']:<16} in={e['in']:<7} out={e['out']:<7} rejected={rej:<6} quarantined={qua:<5}"
               f" {'balanced' if e['balanced'] else 'UNBALANCED'}")
+    for line in loss_warnings(result.report):
+        print(f"warning: {line}", file=sys.stderr)
+    if result.report["stages"] and result.report["final_samples"] == 0:
+        print("error: no sample survived the run; see rejects.parquet for why", file=sys.stderr)
+        return 1
     return 0 if all(e["balanced"] for e in result.report["stages"]) else 1
+
+
+# A single reason that removes more than this share of a stage's input is worth a line on the console.
+LOSS_WARNING_SHARE = 0.10
+
+HINTS = {
+    "leftover_dropped": "set shards.leftover to carry_over or pad_with_repeats to keep them",
+    "mixture:downsampled": "the mixture ratios keep the largest total they can; add data to the short groups",
+}
+
+
+def loss_warnings(report: dict) -> list[str]:
+    """What was lost and why: every reason that removed a large share of a stage's input."""
+    out = []
+    for e in report.get("stages", []):
+        for kind in ("rejected", "quarantined"):
+            for reason, n in e.get(kind, {}).items():
+                if e["in"] and n / e["in"] > LOSS_WARNING_SHARE:
+                    hint = HINTS.get(reason, f"see rejects.parquet (stage {e['name']}, reason {reason})")
+                    out.append(f"{e['name']}: {n} of {e['in']} samples ({n / e['in']:.0%}) {kind} as {reason}; {hint}")
+    return out
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -61,6 +61,9 @@ class RayData:
         import ray
         return concat(ray.get(self.ds.to_arrow_refs()))
 
+    def materialize(self) -> "RayData":
+        return RayData(self.ds.materialize())
+
 
 _WORKER_STAGES: dict[str, Stage] = {}
 

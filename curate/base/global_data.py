@@ -15,6 +15,8 @@ four operations on a ``GlobalData`` handle, which each executor implements — R
   group must depend on that group alone, so results do not depend on how rows were partitioned.
 * ``gather()``: every row in one table, for steps whose input is known to be small (documented at
   each use; the default ``Stage.global_step`` uses it for ``decide()``).
+* ``materialize()``: run what is pending now (e.g. a step that writes files before the driver reads
+  their results), keeping the result distributed.
 
 Determinism: every operation's result is a function of the rows, never of their arrival order or
 of the number of workers; a stage keeps that promise by sorting or hashing by ``_ordinal``/key.
@@ -40,6 +42,7 @@ class GlobalData(Protocol):
     def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int) -> "GlobalData": ...
     def count(self) -> int: ...
     def gather(self) -> pa.Table: ...
+    def materialize(self) -> "GlobalData": ...
 
 
 def stable_hash64(values: pa.Array | pa.ChunkedArray | list[str], salt: int = 0) -> np.ndarray:
@@ -105,6 +108,9 @@ class InlineData:
 
     def gather(self) -> pa.Table:
         return concat(self.tables)
+
+    def materialize(self) -> "InlineData":
+        return self
 
 
 def as_table(decisions: Any) -> pa.Table:
