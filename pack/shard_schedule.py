@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
+from curate.base.partials import read_partials, write_partial
 from pack import balance as B
 from pack import packformat as F
 from pack.shard_writer import PackJob, ShardJob, ShardResult, WriterSettings, write_shard
@@ -210,11 +211,8 @@ def _write_one(rows: pa.Table, root: str, settings: WriterSettings) -> ShardResu
             packs.append(PackJob(rec["_pack_key"], int(rec["pack_id"]), rank, rec["_step"] if rank is not None else None,
                                  rec["_micro"] if rank is not None else None, rec["_repeat_of"] or None, []))
         packs[-1].segments.append({k: v for k, v in rec.items() if k not in SLOT_COLUMNS})
-    shard_index = int(records[0]["_shard"])
     result = write_shard(root, ShardJob(records[0]["_shard_path"], packs), settings, _tokenizer(settings))
-    os.makedirs(os.path.join(root, RESULTS_DIR), exist_ok=True)
-    with open(os.path.join(root, RESULTS_DIR, f"{shard_index:09d}.json"), "w") as fh:
-        json.dump({"index": shard_index, **asdict(result)}, fh)
+    write_partial(os.path.join(root, RESULTS_DIR), int(records[0]["_shard"]), asdict(result))
     return result
 
 
@@ -242,18 +240,8 @@ def _primary_decisions(primary: pa.Table, failed: dict[int, tuple[str, str]], le
 
 def read_results(root: str, n_shards: int) -> list[ShardResult]:
     """The per-shard results the writers left beside the tars, in shard order (then removed)."""
-    d = os.path.join(root, RESULTS_DIR)
-    results: list[ShardResult | None] = [None] * n_shards
-    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-        with open(os.path.join(d, name)) as fh:
-            doc = json.load(fh)
-        idx = doc.pop("index")
-        doc["failures"] = [tuple(f) for f in doc["failures"]]
-        results[idx] = ShardResult(**doc)
-        os.remove(os.path.join(d, name))
-    if os.path.isdir(d):
-        os.rmdir(d)
-    missing = [i for i, r in enumerate(results) if r is None]
+    docs = read_partials(os.path.join(root, RESULTS_DIR))
+    missing = [i for i in range(n_shards) if i not in docs]
     if missing:
         raise RuntimeError(f"shards: no result for shard(s) {missing[:5]}; a writer did not finish")
-    return results  # type: ignore[return-value]
+    return [ShardResult(**{**docs[i], "failures": [tuple(f) for f in docs[i]["failures"]]}) for i in range(n_shards)]
