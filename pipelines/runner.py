@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 import os
 import shutil
 import time
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import Executor, data_files, make_executor, write_table
+from pipelines.executors import PARQUET_OPTIONS, Executor, data_files, make_executor, write_table
 from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
 from pipelines.recipe import Recipe, StageSpec, load
 
@@ -193,9 +194,9 @@ class Runner:
                     os.replace(f, out_data / Path(f).name)
             shutil.rmtree(pass1)
         data = tmp / "data"
-        # One read of the dropped rows serves both the rejects manifest and the tally; kept rows are only counted.
-        rejects = self._write_rejects(data, tmp / "rejects.parquet")
-        counts = E.tally(rejects.column(R.STATUS).to_pylist(), rejects.column(R.REASON).to_pylist())
+        # One streaming pass over the dropped rows writes the rejects manifest and tallies the reasons;
+        # kept rows are only counted. Memory stays at one file's dropped rows, whatever the dataset size.
+        counts = self._write_rejects(data, tmp / "rejects.parquet")
         counts["out"] = _count(data, kept_only=True)
         dropped_total = sum(counts["rejected"].values()) + sum(counts["quarantined"].values())
         if counts["out"] + dropped_total != n_in:
@@ -215,13 +216,26 @@ class Runner:
         return entry
 
     @staticmethod
-    def _write_rejects(data: Path, path: Path) -> pa.Table:
-        ds = pads.dataset(data_files(data), format="parquet")
-        cols = [c for c in REJECT_COLUMNS if c in ds.schema.names]
-        t = ds.to_table(columns=cols, filter=pc.field(R.STATUS) != R.KEPT)
-        t = t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")]))
-        write_table(t, path)
-        return t
+    def _write_rejects(data: Path, path: Path) -> dict[str, Any]:
+        """Write the dropped rows (sorted by _ordinal) file by file and return their tally.
+
+        Every data file covers an increasing, disjoint range of ordinals (executors keep input order),
+        so sorting each file's dropped rows gives the global order without holding them all."""
+        files = data_files(data)
+        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+        cols = [c for c in REJECT_COLUMNS if c in schema.names]
+        out_schema = pa.schema([schema.field(c) for c in cols])
+        counts: Counter[tuple[str, str | None]] = Counter()
+        with pq.ParquetWriter(str(path), out_schema, **PARQUET_OPTIONS) as writer:
+            for f in files:
+                t = pads.dataset(f, format="parquet").to_table(columns=cols, filter=pc.field(R.STATUS) != R.KEPT)
+                if t.num_rows:
+                    writer.write_table(t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")])).cast(out_schema))
+                    groups = t.group_by([R.STATUS, R.REASON], use_threads=False).aggregate([([], "count_all")])
+                    for st, why, n in zip(*(groups.column(c).to_pylist() for c in (R.STATUS, R.REASON, "count_all"))):
+                        counts[(st, why)] += n
+        keys = sorted(counts, key=lambda k: (k[0], k[1] or ""))
+        return E.tally([k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys])
 
     def _report(self, entries: list[dict[str, Any]], stage_dirs: list[Path]) -> dict[str, Any]:
         all_rejects = []

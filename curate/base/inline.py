@@ -190,16 +190,17 @@ def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = Non
     return BatchResult(out.filter(is_kept), pa.concat_tables([out.filter(pc.invert(is_kept)), arrived_dropped]))
 
 
-def tally(statuses: list[str], reasons: list[str | None]) -> dict[str, Any]:
-    """Accounting of one stage's output rows: kept, rejected by reason, quarantined by reason."""
+def tally(statuses: list[str], reasons: list[str | None], weights: list[int] | None = None) -> dict[str, Any]:
+    """Accounting of one stage's output rows: kept, rejected by reason, quarantined by reason
+    (``weights``: how many rows each (status, reason) entry stands for; 1 each by default)."""
     rejected: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     kept = 0
-    for s, r in zip(statuses, reasons):
+    for s, r, w in zip(statuses, reasons, weights or [1] * len(statuses)):
         if s == R.KEPT:
-            kept += 1
+            kept += w
         elif s == R.REJECTED:
-            rejected[r or "unspecified"] += 1
+            rejected[r or "unspecified"] += w
         else:
-            quarantined[r or "unspecified"] += 1
+            quarantined[r or "unspecified"] += w
     return {"out": kept, "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items()))}
