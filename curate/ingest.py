@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import records as R
-from curate.readers import SourceSpec, list_files, read_file
+from curate.readers import SourceSpec, read_file, source_files
 from curate.stage import Resources, Stage, register
 
 
@@ -41,7 +41,7 @@ class IngestStage(Stage):
         """One task per file, in a stable order (source order, then sorted file names)."""
         tasks = []
         for si, spec in enumerate(sources):
-            for fi, uri in enumerate(list_files(spec.path)):
+            for fi, uri in enumerate(source_files(spec, si)):
                 tasks.append(FileTask(si, fi, uri))
         return tasks
 

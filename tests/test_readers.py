@@ -17,6 +17,11 @@ from pipelines.runner import run
 from tests.corpus import jpeg, png, write_tar
 
 
+def all_rows(read) -> list[dict]:
+    """Kept and dropped rows of a read_source result."""
+    return read.kept.to_pylist() + read.dropped.to_pylist()
+
+
 def build_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
     """Every hard case of the foundation issue, with the status and reason each must get."""
     good = jpeg(320, 240, seed=1)
@@ -93,7 +98,7 @@ def test_image_refs_point_at_the_original_bytes(tmp_path):
     write_tar(tmp_path / "a.tar", [("k1.jpg", img), ("k1.txt", b"caption"), ("k2.png", png(10, 20)),
                                    ("k2.txt", b"c2")])
     table = read_source(str(tmp_path / "*.tar"), format="webdataset", source="s")
-    refs = {r["key"]: r["images"][0] for r in table.to_pylist()}
+    refs = {r["key"]: r["images"][0] for r in all_rows(table)}
     assert refs["s/k1"]["width"] == 123 and refs["s/k1"]["height"] == 77 and refs["s/k1"]["format"] == "JPEG"
     assert I.read_image_bytes(refs["s/k1"]) == img
     assert refs["s/k2"]["format"] == "PNG"
@@ -106,7 +111,7 @@ def test_fsspec_urls_are_read_like_local_paths(tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/shards/m-000.tar", local.read_bytes())
     table = read_source("memory://bucket/shards/*.tar", format="webdataset", source="mem")
-    row = table.to_pylist()[0]
+    row = all_rows(table)[0]
     assert row["key"] == "mem/a" and row["text"] == "in memory"
     assert row["images"][0]["uri"].startswith("memory://")
     assert I.read_image_bytes(row["images"][0]) == img
@@ -126,7 +131,7 @@ def test_llava_records_normalise_roles_and_placeholders(tmp_path):
     ]
     path = tmp_path / "conv.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n{not json}\n")
-    rows = {r["key"]: r for r in read_source(str(path), format="llava", source="c", category="vqa").to_pylist()}
+    rows = {r["key"]: r for r in all_rows(read_source(str(path), format="llava", source="c", category="vqa"))}
     ok = rows["c/ok"]
     assert [t["role"] for t in ok["conversations"]] == ["user", "assistant"]
     assert ok["conversations"][0]["content"].startswith("<image>\n")
@@ -145,7 +150,7 @@ def test_parquet_with_image_bytes_and_paths(tmp_path):
                       "image": [{"bytes": img, "path": None}, {"bytes": None, "path": "p.png"},
                                 {"bytes": None, "path": None}]})
     pq.write_table(table, tmp_path / "d.parquet")
-    rows = {r["key"]: r for r in read_source(str(tmp_path / "d.parquet"), format="parquet", source="pq").to_pylist()}
+    rows = {r["key"]: r for r in all_rows(read_source(str(tmp_path / "d.parquet"), format="parquet", source="pq"))}
     assert I.read_image_bytes(rows["pq/a"]["images"][0]) == img
     assert I.read_image_bytes(rows["pq/b"]["images"][0]) == img
     assert rows["pq/c"][R.REASON] == "missing_text"
