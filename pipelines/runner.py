@@ -38,7 +38,9 @@ from curate import stage as S
 from curate.ingest import IngestStage
 from pipelines import execution as E
 from pipelines.executors import Executor, data_files, make_executor, write_table
-from pipelines.recipe import Recipe, StageSpec, load
+from pipelines.outdir import claim_output, remove_owned
+from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
+from curate.identity import IdentityCache, fingerprint_inputs
 
 VERSION = "0.1.0"
 REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
@@ -73,15 +75,12 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _sources_fingerprint(recipe: Recipe, tasks: list) -> list:
-    out = []
-    for t in tasks:
-        try:
-            st = os.stat(t.uri)
-            out.append([t.uri, st.st_size, int(st.st_mtime)])
-        except OSError:
-            out.append([t.uri])
-    return out
+def _sources_fingerprint(out_dir: Path, tasks: list) -> list:
+    """Content identities of the input files (sha256 or ETag; see curate.identity)."""
+    cache = IdentityCache(out_dir / "identity-cache.json")
+    identities = fingerprint_inputs([t.uri for t in tasks], cache)
+    cache.save()
+    return identities
 
 
 class Runner:
@@ -98,11 +97,15 @@ class Runner:
             print(msg, flush=True)
 
     def run(self) -> RunResult:
+        check_environment(self.recipe, self.out)
+        with claim_output(self.out, source_roots(self.recipe)):
+            return self._run_claimed()
+
+    def _run_claimed(self) -> RunResult:
         recipe = self.recipe
-        self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "stages").mkdir(exist_ok=True)
         for leftover in (self.out / "stages").glob("*.tmp"):
-            shutil.rmtree(leftover)  # a stage that was being built when the last run died
+            remove_owned(leftover)  # a stage that was being built when the last run died
         _atomic_write_json(self.out / "recipe.json", {"hash": recipe.hash(), **recipe.canonical()})
         plan = recipe.plan()
         if self.until and self.until not in [s.name for s in plan]:
@@ -125,17 +128,17 @@ class Runner:
                 tasks = None
                 if spec.name == "ingest":
                     tasks = IngestStage.plan(recipe.sources)
-                    extra_fp = [[dataclasses.asdict(s) for s in recipe.sources], _sources_fingerprint(recipe, tasks)]
+                    extra_fp = [[dataclasses.asdict(s) for s in recipe.sources], _sources_fingerprint(self.out, tasks)]
                 settings = _settings_of(stage)
                 fp = _fingerprint(prev_fp, spec.name, settings, recipe.seed, extra_fp)
                 marker = final / "_COMPLETE.json"
-                if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
+                if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp \
+                        and not (spec.name == "ingest" and _media_changed(final)):
                     entry = json.loads(marker.read_text())["report"]
                     entry = {**entry, "resumed": True}
                     self.log(f"[{index:02d}] {spec.name}: complete, skipped (resume)")
                 else:
-                    if final.exists():
-                        shutil.rmtree(final)
+                    remove_owned(final)
                     if executor is None:
                         executor = make_executor(self.executor_name)
                     entry = self._run_stage(executor, stage, spec, index, final, stage_dirs, tasks)
@@ -226,6 +229,17 @@ class Runner:
                   "final_samples": entries[-1]["out"] if entries else 0}
         _atomic_write_json(self.out / "report.json", report)
         return report
+
+
+def _media_changed(ingest_dir: Path) -> bool:
+    """Whether an image file referenced by a record changed since ingest hashed it (then re-ingest)."""
+    from curate.identity import stale_media
+    files = data_files(ingest_dir / "data")
+    if not files:
+        return False
+    images = pads.dataset(files, format="parquet").to_table(columns=["images"]).column("images").to_pylist()
+    return bool(stale_media((ref for refs in images for ref in (refs or [])),
+                            IdentityCache(ingest_dir.parent.parent / "identity-cache.json")))
 
 
 def _settings_of(stage: S.Stage) -> dict[str, Any]:

@@ -65,7 +65,10 @@ def test_ratio_sum_message(tmp_path):
         load(write(tmp_path, GOOD.replace("text: 0.2", "text: 0.3")))
 
 
-def test_cli_validate_exit_codes(tmp_path, capsys):
+def test_cli_validate_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.tar").write_bytes(b"")
     assert main(["validate", "recipe", str(write(tmp_path, GOOD))]) == 0
     assert main(["validate", "recipe", str(write(tmp_path, GOOD.replace("seed: 7", "seed: [1]")))]) == 1
     assert "seed" in capsys.readouterr().err
