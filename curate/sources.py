@@ -9,6 +9,7 @@ Listing rules (what a user's glob means):
 """
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ class SourceSpec:
     text_column: str = "text"              # parquet
     image_column: str = "image"            # parquet
     key_column: str | None = "key"         # parquet; falls back to the row number
-    key_prefix: str | None = None          # "shard": keys become "{file stem}/{key}" (several img2dataset runs)
+    key_prefix: str | None = None          # "shard": keys become "{shard}/{key}", shard = the file's path below
+    #                                        the glob's fixed folder, without extension (run1/00000)
     allowed_hosts: tuple[str, ...] = ()    # http(s) image references are fetched only from these hosts
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
@@ -65,13 +67,28 @@ class NoSourceFiles(ValueError):
 
 
 # --- rows ---------------------------------------------------------------------------------------
-def file_stem(uri: str) -> str:
-    return posixpath.basename(uri).split(".", 1)[0]
+def _fixed_folder(pattern: str) -> str:
+    """The folder above the first wildcard or brace of a pattern ("/d/run*/{0..3}.tar" -> "/d")."""
+    m = re.search(r"[*?\[{]", pattern)
+    return posixpath.dirname(pattern[:m.start()] if m else pattern)
+
+
+def shard_label(pattern: str, uri: str) -> str:
+    """What distinguishes this file among the source's files: its path below the pattern's fixed
+    folder, without extension. Two img2dataset runs globbed together (run1/00000.tar,
+    run2/00000.tar) get different labels; the bare file stem would collide."""
+    if "://" not in pattern:
+        pattern, uri = os.path.abspath(pattern), os.path.abspath(uri)
+    base = _fixed_folder(pattern).rstrip("/")
+    rel = uri[len(base) + 1:] if base and uri.startswith(base + "/") else posixpath.basename(uri)
+    directory, name = posixpath.split(rel)
+    stem = name.split(".", 1)[0]
+    return posixpath.join(directory, stem) if directory else stem
 
 
 def make_row(spec: SourceSpec, key: str, ordinal: int, provenance: dict, **fields: Any) -> dict[str, Any]:
     if spec.key_prefix == "shard":
-        key = f"{file_stem(provenance['uri'])}/{key}"
+        key = f"{shard_label(spec.path, provenance['uri'])}/{key}"
     row = {"key": f"{spec.name}/{key}", "source": spec.name, "category": spec.category,
            "images": [], "videos": [], "text": None, "conversations": None, "meta": None,
            "provenance": R.dumps_meta(provenance), R.ORDINAL: ordinal, R.STATUS: R.KEPT,

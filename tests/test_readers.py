@@ -169,3 +169,65 @@ def test_probe_reasons(data, reason):
     with pytest.raises(I.UnreadableImage) as err:
         I.probe(data)
     assert err.value.reason == reason
+
+
+# --- sources: brace ranges, sidecars, key qualification, notebook accounting ----------------------
+from hypothesis import given, strategies as st  # noqa: E402
+
+from curate.sources import expand_braces, list_files  # noqa: E402
+
+
+@given(lo=st.integers(0, 300), n=st.integers(0, 40), width=st.integers(1, 6))
+def test_brace_range_expands_like_bash(lo, n, width):
+    hi = lo + n
+    pattern = "s/{" + str(lo).zfill(width) + ".." + str(hi).zfill(width) + "}.tar"
+    names = expand_braces(pattern)
+    pad = width if str(lo).zfill(width).startswith("0") else 0
+    assert len(names) == n + 1
+    assert names[0] == f"s/{str(lo).zfill(pad)}.tar" and names[-1] == f"s/{str(hi).zfill(pad)}.tar"
+
+
+def test_brace_lists_and_literals():
+    assert expand_braces("a{x,y}b{1..2}") == ["axb1", "axb2", "ayb1", "ayb2"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    assert expand_braces("lit{eral}.tar") == ["lit{eral}.tar"]
+    with pytest.raises(ValueError, match="more than"):
+        expand_braces("{0..99999999}")
+
+
+def test_img2dataset_layout_ranges_sidecars_and_key_prefix(tmp_path):
+    """Two img2dataset runs with the same shard and key names, globbed into one source."""
+    for run_name in ("run1", "run2"):
+        d = tmp_path / run_name
+        d.mkdir()
+        for shard in range(3):
+            write_tar(d / f"{shard:05d}.tar", [("000000000.jpg", jpeg(64, 48, seed=shard)),
+                                               ("000000000.txt", f"{run_name} {shard}".encode())])
+            (d / f"{shard:05d}.parquet").write_bytes(b"sidecar")
+            (d / f"{shard:05d}_stats.json").write_text("{}")
+    assert [Path(p).name for p in list_files(str(tmp_path / "run1" / "{00000..00001}.tar"))] == \
+        ["00000.tar", "00001.tar"]
+    assert len(list_files(str(tmp_path / "run*" / "*"), "webdataset")) == 6      # sidecars skipped
+    plain = parse({"name": "a", "seed": 0, "stages": [], "sources": [
+        {"name": "w", "path": str(tmp_path / "run*" / "*"), "format": "webdataset"}]})
+    r = run(plain, out=tmp_path / "o1", executor="inline", progress=False).report["stages"][0]
+    assert r["out"] == 1 and r["rejected"] == {"duplicate_key": 5}
+    qualified = parse({"name": "b", "seed": 0, "stages": [], "sources": [
+        {"name": "w", "path": str(tmp_path / "run{1,2}" / "{00000..00002}.tar"), "format": "webdataset",
+         "key_prefix": "shard"}]})
+    r = run(qualified, out=tmp_path / "o2", executor="inline", progress=False).report["stages"][0]
+    assert r["out"] == 6 and r["rejected"] == {}
+    keys = run(qualified, out=tmp_path / "o2", executor="inline", progress=False).kept(0, ["key"])
+    assert "w/run2/00001/000000000" in keys.column("key").to_pylist()
+
+
+def test_read_source_accounts_for_every_row_through_a_stage(tmp_path):
+    from curate.stage import build
+    write_tar(tmp_path / "a.tar", [("k1.jpg", jpeg(300, 200, seed=1)), ("k1.txt", b"a long enough caption here"),
+                                   ("k2.jpg", b""), ("k2.txt", b"empty image"),
+                                   ("k3.jpg", jpeg(300, 200, seed=2)), ("k3.txt", b"x"),
+                                   ("k4.jpg", jpeg(300, 200, seed=3))])
+    read = read_source(str(tmp_path / "*.tar"), format="webdataset", source="s")
+    assert read.num_rows == 4 and read.dropped.num_rows == 2    # k2 quarantined, k4 has no text
+    out = build("text_filter", {"preset": "default"}).run(read.kept)
+    assert read.dropped.num_rows + out.kept.num_rows + out.dropped.num_rows == 4
