@@ -66,10 +66,23 @@ def _is_empty_dir(p: Path) -> bool:
     return p.is_dir() and not p.is_symlink() and next(p.iterdir(), None) is None
 
 
+# Names a run directory of an mmcurate version before markers holds, and nothing else.
+_LEGACY_RUN_NAMES = {"recipe.json", "recipe.json.tmp", "stages", "shards", ".shards.tmp", ".shards.old",
+                     "rejects.parquet", "report.json", "report.json.tmp", LOCK}
+
+
+def _is_legacy_run(p: Path) -> bool:
+    """A run directory written before ownership markers existed: recipe.json + stages/ and only
+    names a run writes (a user's folder that merely contains such names also has its own files)."""
+    names = {c.name for c in p.iterdir()}
+    return "recipe.json" in names and (p / "stages").is_dir() and names <= _LEGACY_RUN_NAMES
+
+
 def check_output_target(path: str | Path, what: str = "output directory") -> None:
     """Refuse a target that mmcurate would replace but did not create.
 
-    Allowed: a missing path, an empty directory, or a directory carrying our marker (or inside one).
+    Allowed: a missing path, an empty directory, a directory carrying our marker (or inside one),
+    or a run directory of an earlier mmcurate (see ``_is_legacy_run``).
     """
     p = Path(path)
     if not os.path.lexists(p):
@@ -77,7 +90,7 @@ def check_output_target(path: str | Path, what: str = "output directory") -> Non
     if p.is_symlink() or not p.is_dir():
         raise OutputRefused(f"{what} {str(p)!r} exists and is not a directory; mmcurate replaces only "
                             f"directories it created. Choose another path.")
-    if _is_empty_dir(p) or is_owned(p):
+    if _is_empty_dir(p) or is_owned(p) or _is_legacy_run(p):
         return
     raise OutputRefused(f"{what} {str(p)!r} is not empty and was not created by mmcurate (no {MARKER} "
                         f"marker); mmcurate only replaces directories it created. Choose a new or empty "

@@ -165,3 +165,14 @@ def test_a_run_on_a_locked_out_refuses_and_leaves_the_holder_alone(tmp_path):
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_run_dir_of_an_earlier_version_is_adopted_but_a_lookalike_with_user_files_is_not(tmp_path):
+    legacy = tmp_path / "legacy"
+    (legacy / "stages" / "00_ingest").mkdir(parents=True)
+    (legacy / "recipe.json").write_text("{}")
+    (legacy / "report.json").write_text("{}")
+    check_output_target(legacy)
+    (legacy / "my-notes.txt").write_text("mine")
+    with pytest.raises(OutputRefused):
+        check_output_target(legacy)
