@@ -22,66 +22,166 @@ from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes,
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
 MAX_JSON_DEPTH = 64
+# One record (a JSONL line or an array element) may not exceed this: bounds the reader's memory.
+MAX_RECORD_BYTES = 64 << 20
+READ_CHUNK = 1 << 20
 
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "model": "assistant", "bot": "assistant", "system": "system"}
 
 
-def _finite_float(text: str) -> float:
+class _NonFinite:
+    """Stands in for NaN/Infinity/overflowing numbers while decoding, so a bad number rejects its
+    record (found by ``_check``) instead of aborting a streamed array at an unknown position."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _number(text: str) -> Any:
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} overflows a double")
-    return value
+    return value if math.isfinite(value) else _NonFinite(text)
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth, iteratively (a recursive walk is what we are guarding against)."""
-    deepest, stack = 0, [(value, 1)]
+_DECODER = json.JSONDecoder(parse_constant=_NonFinite, parse_float=_number)
+
+
+def _check(value: Any) -> Any:
+    """Refuse non-finite numbers and nesting past MAX_JSON_DEPTH, iteratively (a recursive walk is
+    what we are guarding against)."""
+    stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
+        if isinstance(v, _NonFinite):
+            raise ValueError(f"non-finite number {v.text[:40]} in JSON")
         if isinstance(v, (dict, list)):
-            deepest = max(deepest, d)
-            if deepest > MAX_JSON_DEPTH:
-                return deepest
+            if d > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
             stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest
+    return value
 
 
 def strict_json(text: str | bytes) -> Any:
     """json.loads refusing NaN/Infinity, overflowing numbers and deep nesting (all as ValueError)."""
-    def refuse(const: str) -> Any:
-        raise ValueError(f"non-finite number {const} in JSON")
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8-sig")
     try:
-        value = json.loads(text, parse_constant=refuse, parse_float=_finite_float)
+        return _check(_DECODER.decode(text))
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
 
 
 def iter_json_records(uri: str) -> Iterator[tuple[int, Any]]:
-    """(line or array index, record or BadSample) for every record of a JSON array or JSONL file."""
+    """(line or array index, record or BadSample) for every record of a JSON array or JSONL file.
+
+    Both are streamed: memory holds one record (at most MAX_RECORD_BYTES), not the file, so a
+    multi-gigabyte LLaVA JSON array is readable.
+    """
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as fh:
-        raw = fh.read()
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
-    if raw.lstrip().startswith(b"["):
-        try:
-            items = strict_json(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            yield 0, BadSample("invalid_json_file", str(exc), R.QUARANTINED)
+        head = fh.read(4096)
+        fh.seek(0)
+        if head.startswith(codecs.BOM_UTF8):
+            head = head[len(codecs.BOM_UTF8):]
+        if head.lstrip().startswith(b"["):
+            yield from _iter_array(fh)
+        else:
+            yield from _iter_lines(fh)
+
+
+def _iter_lines(fh: Any) -> Iterator[tuple[int, Any]]:
+    lineno = 0
+    while True:
+        line = fh.readline(MAX_RECORD_BYTES + 1)
+        if not line:
             return
-        yield from enumerate(items)
-        return
-    for lineno, line in enumerate(raw.splitlines(), start=1):
+        lineno += 1
+        if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):   # skip the rest of the oversized line
+                line = fh.readline(1 << 20)
+            yield lineno, BadSample("invalid_json_line", f"line longer than {MAX_RECORD_BYTES} bytes")
+            continue
         if not line.strip():
             continue
         try:
             yield lineno, strict_json(line)
         except (ValueError, UnicodeDecodeError) as exc:
             yield lineno, BadSample("invalid_json_line", str(exc))
+
+
+class _CharStream:
+    """Decoded text of a byte stream with a moving window: enough of it to decode the next value."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.buf, self.pos, self.eof = fh, "", 0, False
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+
+    def more(self) -> None:
+        """Read more (at least as much again as is buffered: total work stays linear)."""
+        if self.eof:
+            raise ValueError("unexpected end of file")
+        if len(self.buf) - self.pos > MAX_RECORD_BYTES:
+            raise ValueError(f"a record longer than {MAX_RECORD_BYTES} bytes")
+        chunk = self.fh.read(max(READ_CHUNK, len(self.buf) - self.pos))
+        self.eof = not chunk
+        self.buf = self.buf[self.pos:] + self.decoder.decode(chunk, final=self.eof)
+        self.pos = 0
+
+    def next_char(self) -> str:
+        """The next non-blank character (consumed), or "" at the end."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                self.pos += 1
+                return self.buf[self.pos - 1]
+            if self.eof:
+                return ""
+            self.more()
+
+    def value(self) -> Any:
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buf, self.pos)
+                cut_number = (isinstance(value, (int, float, _NonFinite)) and not isinstance(value, bool)
+                              and not self.buf[end:].strip("0123456789.eE+-"))
+                if self.eof or not cut_number:   # a number at the window's end ("1.5e" | "10") may continue
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError:
+                if self.eof:
+                    raise
+            self.more()
+
+
+def _iter_array(fh: Any) -> Iterator[tuple[int, Any]]:
+    stream, index = _CharStream(fh), 0
+    try:
+        if stream.next_char() != "[":
+            raise ValueError("expected '['")
+        c = stream.next_char()
+        if c == "]":
+            return
+        stream.pos -= 1
+        while True:
+            value = stream.value()
+            try:
+                yield index, _check(value)
+            except ValueError as exc:
+                yield index, BadSample("invalid_json_record", str(exc))
+            index += 1
+            c = stream.next_char()
+            if c == "]":
+                return
+            if c != ",":
+                raise ValueError(f"expected ',' or ']' after record {index - 1}, got {c[:1]!r}")
+            stream.next_char()
+            stream.pos -= 1
+    except (ValueError, RecursionError) as exc:   # the array's syntax is broken: the rest is unreadable
+        msg = str(exc) if isinstance(exc, ValueError) else f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        yield index, BadSample("invalid_json_file", f"from record {index} on: {msg}", R.QUARANTINED)
 
 
 def normalize_conversations(turns: Any) -> list[dict]:

@@ -79,3 +79,73 @@ def test_strict_json_refuses_deep_nesting_without_recursion_error(depth):
 
 def test_big_finite_floats_pass():
     assert math.isclose(strict_json("1e308"), 1e308)
+
+
+# --- streamed JSON arrays and lines ---------------------------------------------------------------
+import io  # noqa: E402
+
+from curate import json_reader as J  # noqa: E402
+from curate.sources import BadSample as _Bad  # noqa: E402
+
+records = st.lists(st.dictionaries(st.sampled_from(["id", "a", "b"]), json_values, max_size=3), max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(recs=records, indent=st.sampled_from([None, 0, 2]), bom=st.booleans(), chunk=st.integers(1, 64))
+def test_streamed_array_reads_what_json_loads_reads(recs, indent, bom, chunk):
+    raw = (b"\xef\xbb\xbf" if bom else b"") + json.dumps(recs, indent=indent).encode()
+    saved, J.READ_CHUNK = J.READ_CHUNK, chunk     # tiny windows: values cut at every position
+    try:
+        got = list(J._iter_array(io.BytesIO(raw)))
+    finally:
+        J.READ_CHUNK = saved
+    assert [v for _, v in got] == recs
+
+
+def test_streamed_array_rejects_one_bad_record_and_keeps_the_rest(monkeypatch):
+    monkeypatch.setattr(J, "READ_CHUNK", 5)
+    raw = b'[{"id": 1}, {"id": 2, "x": 1e999999}, {"id": 3, "x": NaN}, {"id": 4}]'
+    got = list(J._iter_array(io.BytesIO(raw)))
+    assert got[0][1] == {"id": 1} and got[3][1] == {"id": 4}
+    assert isinstance(got[1][1], _Bad) and got[1][1].reason == "invalid_json_record"
+    assert isinstance(got[2][1], _Bad)
+
+
+def test_broken_array_keeps_records_before_the_break():
+    got = list(J._iter_array(io.BytesIO(b'[{"id": 1}, {"id": 2} {"id": 3}]')))
+    assert got[0][1] == {"id": 1} and got[1][1] == {"id": 2}
+    assert isinstance(got[2][1], _Bad) and got[2][1].reason == "invalid_json_file"
+
+
+def test_oversized_jsonl_line_is_one_rejection(monkeypatch):
+    monkeypatch.setattr(J, "MAX_RECORD_BYTES", 100)
+    raw = b'{"id": 1}\n{"id": "' + b"x" * 500 + b'"}\n{"id": 3}\n'
+    got = list(J._iter_lines(io.BytesIO(raw)))
+    assert got[0] == (1, {"id": 1}) and got[2] == (3, {"id": 3})
+    assert isinstance(got[1][1], _Bad)
+
+
+@pytest.mark.parametrize("chunk", range(1, 12))
+def test_numbers_cut_by_the_read_window_are_whole(chunk):
+    raw = b"[1.5e10, -12, 3.25, 7]"
+    saved, J.READ_CHUNK = J.READ_CHUNK, chunk
+    try:
+        assert [v for _, v in J._iter_array(io.BytesIO(raw))] == [1.5e10, -12, 3.25, 7]
+    finally:
+        J.READ_CHUNK = saved
+
+
+def test_a_large_json_array_is_streamed_in_bounded_memory(tmp_path):
+    import tracemalloc
+    rec = json.dumps({"id": "x" * 10, "conversations": [{"from": "human", "value": "y" * 1000}]})
+    path = tmp_path / "big.json"
+    with open(path, "w") as fh:
+        fh.write("[\n" + ",\n".join([rec] * 20000) + "\n]")      # ~21 MB
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in J.iter_json_records(str(path)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 20000
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB for a 21 MB file: not streamed"
