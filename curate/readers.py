@@ -23,19 +23,33 @@ from curate.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, expan
 from curate.wds_reader import read_webdataset
 
 __all__ = ["FORMATS", "BadSample", "NoSourceFiles", "SourceSpec", "expand_braces", "list_files", "source_files",
-           "normalize_conversations", "strict_json", "read_file", "read_source", "READERS"]
+           "normalize_conversations", "strict_json", "iter_file_tables", "read_file", "read_source", "READERS"]
 
 READERS: dict[str, Callable[[SourceSpec, str, int, int], Iterator[dict]]] = {
     "webdataset": read_webdataset, "parquet": read_parquet, "llava": read_llava,
 }
 
 
-def read_file(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> pa.Table:
-    """All records of one file (kept, rejected and quarantined) as a conformed table."""
+def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                     rows_per_table: int = 4096) -> Iterator[pa.Table]:
+    """The records of one file as conformed tables of at most `rows_per_table` rows, streamed: memory
+    is bounded by the batch, not by the file (every reader streams its file)."""
     if spec.format not in READERS:
         raise ValueError(f"unknown source format {spec.format!r}; known: {', '.join(FORMATS)}")
-    rows = list(READERS[spec.format](spec, uri, source_index, file_index))
-    return R.rows_to_table(rows)
+    rows: list[dict] = []
+    for row in READERS[spec.format](spec, uri, source_index, file_index):
+        rows.append(row)
+        if len(rows) >= rows_per_table:
+            yield R.rows_to_table(rows)
+            rows = []
+    if rows:
+        yield R.rows_to_table(rows)
+
+
+def read_file(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> pa.Table:
+    """All records of one file (kept, rejected and quarantined) as a conformed table."""
+    tables = list(iter_file_tables(spec, uri, source_index, file_index))
+    return pa.concat_tables(tables) if tables else R.empty_table()
 
 
 def read_source(path: str, format: str, source: str = "source", category: str = "caption",

@@ -231,3 +231,15 @@ def test_read_source_accounts_for_every_row_through_a_stage(tmp_path):
     assert read.num_rows == 4 and read.dropped.num_rows == 2    # k2 quarantined, k4 has no text
     out = build("text_filter", {"preset": "default"}).run(read.kept)
     assert read.dropped.num_rows + out.kept.num_rows + out.dropped.num_rows == 4
+
+
+def test_file_tables_are_streamed_in_bounded_batches(tmp_path):
+    from curate.readers import iter_file_tables
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "conversations": [{"from": "human", "value": "q"},
+                                                                   {"from": "gpt", "value": "a"}]})
+                              for i in range(10)) + "\n")
+    spec = SourceSpec(name="c", path=str(path), format="llava")
+    sizes = [t.num_rows for t in iter_file_tables(spec, str(path), 0, 0, rows_per_table=4)]
+    assert sizes == [4, 4, 2]
+    assert read_file(spec, str(path), 0, 0).column("key").to_pylist() == [f"c/{i}" for i in range(10)]
