@@ -23,7 +23,35 @@ from curate.json_reader import normalize_conversations, referenced_image
 from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
 
 
-def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
+# A task of about this many rows keeps a worker's memory at a batch's worth while amortising the
+# per-task cost; row groups are never split (they are parquet's unit of reading).
+ROWS_PER_PART = 200_000
+
+
+def plan_parts(uri: str, rows_per_part: int = ROWS_PER_PART) -> list[tuple[int, int]]:
+    """[first, stop) row-group ranges of about `rows_per_part` rows, from the footer only.
+
+    Deterministic (a function of the file alone, not of the number of workers), so keys, ordinals
+    and bytes are the same whether a file is read whole or in parts.
+    """
+    import pyarrow.parquet as pq
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as fh:
+        meta = pq.ParquetFile(fh).metadata
+    parts, first, rows = [], 0, 0
+    for rg in range(meta.num_row_groups):
+        rows += meta.row_group(rg).num_rows
+        if rows >= rows_per_part:
+            parts.append((first, rg + 1))
+            first, rows = rg + 1, 0
+    if first < meta.num_row_groups or not parts:
+        parts.append((first, meta.num_row_groups))
+    return parts
+
+
+def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                 row_groups: tuple[int, int] | None = None) -> Iterator[dict]:
+    """Every row of the file, or of the row groups [first, stop) (numbered as in the whole file)."""
     import pyarrow.parquet as pq
     root = spec.image_root or posixpath.dirname(uri)
     fs, path = fsspec.core.url_to_fs(uri)
@@ -35,15 +63,16 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int)
             yield bad_row(spec, posixpath.basename(uri), R.make_ordinal(source_index, file_index, 0),
                           {"uri": uri}, BadSample("unreadable_parquet", str(exc), R.QUARANTINED))
             return
-        row_index = 0
-        for batch in pf.iter_batches(batch_size=1024):
+        first, stop = row_groups or (0, pf.metadata.num_row_groups)
+        row_index = sum(pf.metadata.row_group(rg).num_rows for rg in range(first))
+        for batch in pf.iter_batches(batch_size=1024, row_groups=list(range(first, stop))):
             for rec in batch.to_pylist():
                 ordinal = R.make_ordinal(source_index, file_index, row_index)
                 raw_key = rec.get(spec.key_column) if spec.key_column else None
                 key = str(raw_key) if raw_key is not None else str(row_index)
                 prov = {"uri": uri, "row": row_index}
                 try:
-                    if key in seen:
+                    if key in seen:   # across parts, ingest's whole-run duplicate check finds it
                         raise BadSample("duplicate_key", f"{key} appears twice in {uri}")
                     seen.add(key)
                     yield make_row(spec, key, ordinal, prov, **_parquet_fields(spec, uri, root, rec, row_index))

@@ -243,3 +243,17 @@ def test_file_tables_are_streamed_in_bounded_batches(tmp_path):
     sizes = [t.num_rows for t in iter_file_tables(spec, str(path), 0, 0, rows_per_table=4)]
     assert sizes == [4, 4, 2]
     assert read_file(spec, str(path), 0, 0).column("key").to_pylist() == [f"c/{i}" for i in range(10)]
+
+
+def test_parquet_parts_read_the_same_rows_as_the_whole_file(tmp_path):
+    from curate.parquet_reader import plan_parts, read_parquet
+    n = 1000
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(n)], "text": [f"caption {i}" for i in range(n)]}),
+                   tmp_path / "t.parquet", row_group_size=64)
+    spec = SourceSpec(name="t", path=str(tmp_path / "t.parquet"), format="parquet")
+    uri = str(tmp_path / "t.parquet")
+    parts = plan_parts(uri, rows_per_part=150)
+    assert len(parts) > 3 and parts[0][0] == 0 and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    whole = list(read_parquet(spec, uri, 0, 0))
+    pieces = [row for part in parts for row in read_parquet(spec, uri, 0, 0, row_groups=part)]
+    assert pieces == whole and len(whole) == n
