@@ -107,24 +107,33 @@ def fingerprint_inputs(uris: Iterable[str], cache: IdentityCache | None = None) 
     return [[u, file_identity(u, cache)] for u in uris]
 
 
-def stale_media(image_refs: Iterable[dict], cache: IdentityCache | None = None) -> list[str]:
-    """Plain-file image references whose bytes no longer match the sha256 recorded at ingest.
+def stale_media(image_refs: Iterable[dict], changed_after_ns: int | None = None) -> list[str]:
+    """The first plain-file image reference whose bytes no longer match the sha256 recorded at
+    ingest (empty when all match). Streams `image_refs` and keeps no per-reference state, so it is
+    flat in memory for any number of images.
+
+    With `changed_after_ns` (when ingest started), a file whose size is unchanged and whose ctime is
+    older is not re-hashed: any write, copy, rename into place or ``utime`` since then sets ctime to
+    the time of the change, and ctime cannot be set back from user space.
 
     Only references to whole files (``member`` null) are checked here: images inside tars and
     parquet files are covered by their container's identity.
     """
-    stale = []
-    checked: set[str] = set()
     for ref in image_refs:
-        if not ref or ref.get("member") or not ref.get("sha256") or ref["uri"] in checked:
+        if not ref or ref.get("member") or not ref.get("sha256"):
             continue
-        if "://" in ref["uri"] and not ref["uri"].startswith("file://"):
+        uri = ref["uri"]
+        if "://" in uri and not uri.startswith("file://"):
             continue  # remote: verified by the reader of the bytes (shard writer), not re-fetched here
-        checked.add(ref["uri"])
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
         try:
-            now = file_identity(ref["uri"], cache)
-        except (OSError, ValueError):
-            now = {"missing": True}
-        if now.get("sha256") != ref["sha256"] or now.get("size") != ref.get("size"):
-            stale.append(ref["uri"])
-    return stale
+            st = os.stat(path)
+        except OSError:
+            return [uri]
+        if st.st_size != ref.get("size"):
+            return [uri]
+        if changed_after_ns is not None and st.st_ctime_ns < changed_after_ns:
+            continue
+        if file_identity(path).get("sha256") != ref["sha256"]:
+            return [uri]
+    return []

@@ -237,9 +237,12 @@ def _media_changed(ingest_dir: Path) -> bool:
     files = data_files(ingest_dir / "data")
     if not files:
         return False
-    images = pads.dataset(files, format="parquet").to_table(columns=["images"]).column("images").to_pylist()
-    return bool(stale_media((ref for refs in images for ref in (refs or [])),
-                            IdentityCache(ingest_dir.parent.parent / "identity-cache.json")))
+    marker = ingest_dir / "_COMPLETE.json"
+    seconds = float(json.loads(marker.read_text())["report"].get("seconds", 0))
+    started_ns = marker.stat().st_mtime_ns - int((seconds + 2) * 1e9)   # 2 s slack for timestamp granularity
+    batches = pads.dataset(files, format="parquet").to_batches(columns=["images"])   # streamed, never all rows
+    refs = (ref for b in batches for refs in b.column(0).to_pylist() for ref in (refs or []))
+    return bool(stale_media(refs, changed_after_ns=started_ns))
 
 
 def _settings_of(stage: S.Stage) -> dict[str, Any]:

@@ -86,3 +86,16 @@ def test_same_size_rewrite_of_a_source_tar_re_ingests(tmp_path):
     again = run(recipe, out=out, executor="inline", progress=False)
     assert not again.report["stages"][0].get("resumed")
     assert again.kept(columns=["text"]).column("text").to_pylist() == ["other caption!"]
+
+
+def test_stale_media_skips_hashing_files_untouched_since_ingest(tmp_path):
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"x" * 10)
+    ref = {"uri": str(img), "member": None, "size": 10, "sha256": ID.sha256_bytes(b"x" * 10)}
+    assert ID.stale_media([ref]) == []
+    lie = {**ref, "sha256": "0" * 64}    # a wrong hash is found when the file may have changed...
+    assert ID.stale_media([lie]) == [str(img)]
+    far_future = os.stat(img).st_ctime_ns + 10**12
+    assert ID.stale_media([lie], changed_after_ns=far_future) == []   # ...and trusted when ctime says not
+    img.write_bytes(b"y" * 10)
+    assert ID.stale_media([ref], changed_after_ns=os.stat(img).st_ctime_ns - 1) == [str(img)]
