@@ -137,3 +137,24 @@ def stale_media(image_refs: Iterable[dict], changed_after_ns: int | None = None)
         if file_identity(path).get("sha256") != ref["sha256"]:
             return [uri]
     return []
+
+
+class MediaChanged(ValueError):
+    """Bytes read again for an image differ from what ingest recorded (size or sha256)."""
+    reason = "image:changed_since_ingest"
+
+
+def verify_ref_bytes(ref: dict, data: bytes) -> bytes:
+    """Return `data` if it is what ingest read for `ref` (size, then sha256), else raise MediaChanged.
+
+    For whoever reads image bytes again (the shard writer, pixel filters): a file replaced after
+    ingest must not be written under the old size and dimensions. Refs without a sha256 (written
+    before it existed) are checked by size only.
+    """
+    size = ref.get("size")
+    if size is not None and size >= 0 and len(data) != size:
+        raise MediaChanged(f"{ref.get('uri')}: {len(data)} bytes now, {size} at ingest")
+    digest = ref.get("sha256")
+    if digest and sha256_bytes(data) != digest:
+        raise MediaChanged(f"{ref.get('uri')}: content differs from ingest (sha256)")
+    return data

@@ -99,3 +99,14 @@ def test_stale_media_skips_hashing_files_untouched_since_ingest(tmp_path):
     assert ID.stale_media([lie], changed_after_ns=far_future) == []   # ...and trusted when ctime says not
     img.write_bytes(b"y" * 10)
     assert ID.stale_media([ref], changed_after_ns=os.stat(img).st_ctime_ns - 1) == [str(img)]
+
+
+def test_verify_ref_bytes_catches_a_replaced_image():
+    import pytest
+    old, new = jpeg(64, 48, seed=1), jpeg(64, 48, seed=2)
+    ref = {"uri": "x.jpg", "size": len(old), "sha256": ID.sha256_bytes(old)}
+    assert ID.verify_ref_bytes(ref, old) == old
+    with pytest.raises(ID.MediaChanged):
+        ID.verify_ref_bytes(ref, new + b"\0" * (len(old) - len(new)) if len(new) < len(old) else new[:len(old)])
+    with pytest.raises(ID.MediaChanged, match="bytes now"):
+        ID.verify_ref_bytes(ref, old[:100])
