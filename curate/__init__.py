@@ -3,9 +3,9 @@
 Notebook use::
 
     import curate
-    table = curate.read_source("data/sample/caption/*.tar", format="webdataset", source="laion", category="caption")
+    read = curate.read_source("data/sample/caption/*.tar", format="webdataset", source="laion", category="caption")
     stage = curate.build_stage("text_filter", {"min_words": 3})
-    result = stage.run(table)          # result.kept, result.dropped (with _reason)
+    result = stage.run(read.kept)      # read.dropped + result.kept + result.dropped = every row read
     curate.grounding.validate("<|box_start|>(010,020),(300,400)<|box_end|>")
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from curate.base import Resources, Stage, register
 from curate.base import records as R
-from curate.readers import SourceSpec, list_files, read_file
+from curate.readers import SourceSpec, read_file, source_files
 
 TASK_SCHEMA = pa.schema([("source_index", pa.int32()), ("file_index", pa.int32()), ("uri", pa.string())])
 
@@ -46,21 +46,20 @@ class IngestStage(Stage):
 
     def input_table(self) -> pa.Table:
         """One task per file, in a stable order (source order, then sorted file names)."""
-        rows = [(si, fi, uri) for si, spec in enumerate(self.specs()) for fi, uri in enumerate(list_files(spec.path))]
+        rows = [(si, fi, uri) for si, spec in enumerate(self.specs())
+                for fi, uri in enumerate(source_files(spec, si))]
         return pa.table({"source_index": pa.array([r[0] for r in rows], pa.int32()),
                          "file_index": pa.array([r[1] for r in rows], pa.int32()),
                          "uri": pa.array([r[2] for r in rows], pa.string())}, schema=TASK_SCHEMA)
 
     def input_identity(self) -> Any:
-        """Each input file's identity: (uri, size, mtime in ns) for local files, the uri otherwise."""
-        out = []
-        for uri in self.input_table().column("uri").to_pylist():
-            try:
-                st = os.stat(uri)
-                out.append([uri, st.st_size, st.st_mtime_ns])
-            except OSError:
-                out.append([uri])
-        return out
+        """Content identities of the input files (sha256, or the store's ETag; see curate.identity),
+        cached by file stat in the run directory so a re-run does not re-hash every file."""
+        from curate.identity import IdentityCache, fingerprint_inputs
+        cache = IdentityCache(os.path.join(self.context.out_dir, "identity-cache.json") if self.context.out_dir else None)
+        identities = fingerprint_inputs(self.input_table().column("uri").to_pylist(), cache)
+        cache.save()
+        return identities
 
     def read_tasks(self, tasks: pa.Table) -> pa.Table:
         """The records of every file named in `tasks` (kept, rejected and quarantined)."""

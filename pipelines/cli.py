@@ -19,10 +19,11 @@ from typing import Sequence
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.recipe import RecipeError, load
+    from pipelines.recipe import RecipeError, check_environment, load
     from pipelines.runner import run
     try:
         recipe = load(args.recipe)
+        check_environment(recipe, args.out)
     except RecipeError as exc:
         print(f"invalid recipe: {exc}", file=sys.stderr)
         return 2
@@ -65,15 +66,7 @@ def loss_warnings(report: dict) -> list[str]:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     if args.what == "recipe":
-        from pipelines.recipe import RecipeError, load
-        try:
-            recipe = load(args.path)
-        except RecipeError as exc:
-            print(f"invalid recipe: {exc}", file=sys.stderr)
-            return 1
-        print(f"ok: recipe {recipe.name!r} ({len(recipe.sources)} sources, stages: "
-              f"{' -> '.join(s.name for s in recipe.plan())})")
-        return 0
+        return _validate_recipe(args.path)
     if args.what == "shards":
         from pack.validate import validate_shards
         problems = validate_shards(args.path)
@@ -88,6 +81,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(f"  ... {len(problems) - 20} more", file=sys.stderr)
         return 1
     print(f"ok: {args.what} {args.path}")
+    return 0
+
+
+def _validate_recipe(path: str) -> int:
+    """Check a recipe without executing any of its code (plugins are not imported), and check what a
+    run would touch on disk: sources that match files, output directories safe to write."""
+    from pipelines.recipe import RecipeError, check_environment, load
+    try:
+        recipe = load(path, run_plugins=False)
+        check_environment(recipe)
+    except RecipeError as exc:
+        print(f"invalid recipe: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: recipe {recipe.name!r} ({len(recipe.sources)} sources, stages: "
+          f"{' -> '.join(s.name for s in recipe.plan())})")
+    if recipe.unchecked_stages:
+        print(f"note: stage(s) {', '.join(recipe.unchecked_stages)} come from plugins {recipe.plugins}, which "
+              f"validate does not import (it never executes recipe code); their settings were not checked")
     return 0
 
 

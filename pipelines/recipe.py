@@ -30,7 +30,12 @@ import yaml
 
 from curate.base import records as R
 from curate import base as S
-from curate.readers import FORMATS, SourceSpec
+from curate.readers import FORMATS, SourceSpec, source_files
+from pipelines.outdir import OutputRefused, check_disjoint, check_output_target
+
+# A recipe is a few hundred nodes; YAML aliases that expand past this are an alias bomb, not a recipe.
+MAX_YAML_NODES = 100_000
+SEED_MAX = 2**63 - 1   # the mixture salts its hash with the seed as 8 signed bytes; numpy wants >= 0
 
 # The mixture is applied right before the first of these stages (or at the end of the chain).
 MIXTURE_BEFORE = ("pack", "shards")
@@ -59,6 +64,7 @@ class Recipe:
     path: str | None = None
     max_error_fraction: float = 0.0
     model: Any = None
+    unchecked_stages: tuple[str, ...] = ()   # plugin stages a validation without code execution could not check
 
     @property
     def output_dir(self) -> str:
@@ -99,6 +105,12 @@ SOURCE_SCHEMA = {
         "text_column": {"type": "string"},
         "image_column": {"type": "string"},
         "key_column": {"type": ["string", "null"]},
+        "key_prefix": {"enum": ["shard", None],
+                       "description": "'shard': qualify keys by the file stem, so runs globbed together do not collide"},
+        "allowed_hosts": {"type": "array", "items": {"type": "string"},
+                          "description": "hosts http(s) image references may be fetched from; empty: no fetching"},
+        "max_image_bytes": {"type": "integer", "minimum": 1, "description": "largest image or member read"},
+        "fetch_timeout_s": {"type": "number", "exclusiveMinimum": 0, "description": "total time per fetch"},
         "options": {"type": "object"},
     },
 }
@@ -119,7 +131,7 @@ def recipe_json_schema() -> dict[str, Any]:
         "properties": {
             "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
             "description": {"type": "string"},
-            "seed": {"type": "integer"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
             "sources": {"type": "array", "minItems": 1, "items": SOURCE_SCHEMA},
             "stages": {"type": "array", "items": {
                 "type": "object", "required": ["name"], "additionalProperties": False,
@@ -164,9 +176,52 @@ def _path(parts: Any) -> str:
     return out or "(recipe)"
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_alias_expansion(root: yaml.Node, where: str) -> None:
+    """Refuse recursive aliases and documents whose aliases expand past MAX_YAML_NODES.
+
+    Sizes are computed on the composed node graph (shared nodes counted once per reference, by
+    memoisation), so the check itself never expands anything.
+    """
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        nid = id(node)
+        if closing:
+            open_nodes.discard(nid)
+            size[nid] = min(MAX_YAML_NODES + 1, 1 + sum(size[id(c)] for c in _children(node)))
+            continue
+        if nid in size:
+            continue
+        if nid in open_nodes:
+            raise RecipeError(f"{where}: a YAML alias refers to a node that contains it (recursive alias)")
+        open_nodes.add(nid)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+    if size[id(root)] > MAX_YAML_NODES:
+        raise RecipeError(f"{where}: YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)")
+
+
 def _yaml_load(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            check_alias_expansion(node, where)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -175,17 +230,29 @@ def _yaml_load(text: str, where: str) -> Any:
         raise RecipeError(f"{where}: YAML error: {exc}") from None
 
 
-def parse(data: Any, where: str = "recipe") -> Recipe:
-    """Validate a loaded recipe mapping and build the Recipe; raises RecipeError naming the field."""
+def parse(data: Any, where: str = "recipe", run_plugins: bool = True) -> Recipe:
+    """Validate a loaded recipe mapping and build the Recipe; raises RecipeError naming the field.
+
+    ``run_plugins=False`` (``mmcurate validate recipe``) never imports the recipe's ``plugins:``:
+    validating an untrusted recipe in CI must not execute its code. Stages that only a plugin could
+    define are then listed in ``Recipe.unchecked_stages`` instead of being checked.
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe is a mapping with name, seed, sources, stages")
-    import_plugins(data.get("plugins") or [])
+    plugins = data.get("plugins") or []
+    if run_plugins:
+        import_plugins(plugins)
     schema = recipe_json_schema()
     # Stage names first, so that an unknown stage is reported as such rather than as a settings error.
     known = schema["properties"]["stages"]["items"]["properties"]["name"]["enum"]
+    unchecked: list[str] = []
     for i, st in enumerate(data.get("stages") or []):
         if isinstance(st, dict) and "name" in st and st["name"] not in known:
+            if plugins and not run_plugins and isinstance(st["name"], str):
+                unchecked.append(st["name"])
+                continue
             raise RecipeError(f"stages[{i}].name: unknown stage {st['name']!r}; known stages: {', '.join(known)}")
+    known.extend(sorted(set(unchecked)))
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
@@ -200,7 +267,7 @@ def parse(data: Any, where: str = "recipe") -> Recipe:
                     stages=[StageSpec(s["name"], dict(s.get("settings") or {})) for s in data["stages"]],
                     mixture=dict(data["mixture"]) if data.get("mixture") else None,
                     output=dict(data.get("output") or {}), description=data.get("description", ""),
-                    plugins=list(data.get("plugins") or []),
+                    plugins=list(plugins), unchecked_stages=tuple(dict.fromkeys(unchecked)),
                     max_error_fraction=float(data.get("max_error_fraction") or 0.0),
                     model=_checked_model(data.get("model")))
     check_semantics(recipe)
@@ -227,11 +294,15 @@ def check_semantics(recipe: Recipe) -> None:
     """What the schema cannot say: settings accepted by each stage, columns available in order."""
     available = set(R.BASE_SCHEMA.names)
     upstream: dict[str, dict] = {}
+    columns_known = True
     plan = recipe.plan()
     recipe_index = {id(s): i for i, s in enumerate(recipe.stages)}
     for spec in plan:
         where = (f"stages[{recipe_index[id(spec)]}]" if id(spec) in recipe_index
                  else ("mixture" if spec.name == "mixture" else spec.name))
+        if spec.name in recipe.unchecked_stages:
+            columns_known = False   # a plugin stage's adds are unknown: columns after it are not checked
+            continue
         try:
             stage = S.build(spec.name, spec.settings,
                             S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture,
@@ -240,20 +311,51 @@ def check_semantics(recipe: Recipe) -> None:
             prefix = "mixture." if where == "mixture" else f"{where}.settings: "
             raise RecipeError(f"{prefix}{exc}") from None
         missing = [c for c in stage.requires if c not in available]
-        if missing:
+        if missing and columns_known:
             raise RecipeError(f"{where}.name: stage {spec.name!r} needs column(s) {missing} that no earlier "
                               f"stage produces")
-        if spec.name == "mixture" and stage.config.unit == "tokens" and "num_tokens" not in available:
+        if spec.name == "mixture" and stage.config.unit == "tokens" and "num_tokens" not in available \
+                and columns_known:
             raise RecipeError(f"{where}.unit: a mixture by tokens needs count_tokens before it")
         available |= set(stage.adds)
         upstream[spec.name] = dataclasses.asdict(stage.config) if dataclasses.is_dataclass(stage.config) else {}
 
 
-def load(path: str | Path) -> Recipe:
+def load(path: str | Path, run_plugins: bool = True) -> Recipe:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
-    recipe = parse(_yaml_load(text, str(path)), where=str(path))
+    recipe = parse(_yaml_load(text, str(path)), where=str(path), run_plugins=run_plugins)
     return dataclasses.replace(recipe, path=str(p))
+
+
+def source_roots(recipe: Recipe) -> list[str]:
+    """The patterns a run reads below: source globs, and each image_root (not descended into)."""
+    roots = [s.path for s in recipe.sources]
+    roots += [s.image_root.rstrip("/") + "/*" for s in recipe.sources if s.image_root]
+    return roots
+
+
+def check_environment(recipe: Recipe, out: str | Path | None = None) -> None:
+    """What depends on the filesystem, checked before anything is written: every source matches a
+    file, and no output would replace a directory mmcurate did not create or overlap a source."""
+    for i, spec in enumerate(recipe.sources):
+        try:
+            source_files(spec, i)
+        except ValueError as exc:   # NoSourceFiles names sources[i].path itself
+            msg = str(exc)
+            raise RecipeError(msg if msg.startswith("sources[") else f"sources[{i}].path: {msg}") from None
+        except OSError as exc:
+            raise RecipeError(f"sources[{i}].path: cannot list {spec.path!r}: {exc}") from None
+    roots = source_roots(recipe)
+    targets = [("output.dir", out or recipe.output_dir)]
+    targets += [(f"stages[{i}].settings.output_dir", st.settings["output_dir"]) for i, st in enumerate(recipe.stages)
+                if st.name == "shards" and st.settings.get("output_dir")]
+    for where, target in targets:
+        try:
+            check_output_target(target)
+            check_disjoint(target, roots)
+        except OutputRefused as exc:
+            raise RecipeError(f"{where}: {exc}") from None

@@ -38,7 +38,8 @@ from curate.base import inline as E
 from curate.base import records as R
 from pipelines.executors import PARQUET_OPTIONS, Executor, data_files, make_executor, write_table
 from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
-from pipelines.recipe import Recipe, StageSpec, load
+from pipelines.outdir import claim_output, remove_owned
+from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
 
 # Below this many rows (or source bytes / 1 KiB for ingest) `executor="auto"` runs a stage inline: on
 # 2 cores Ray's fixed cost per stage (~2-30 s) dwarfs the work of a few thousand rows.
@@ -99,11 +100,15 @@ class Runner:
         return self._executors[name]
 
     def run(self) -> RunResult:
+        check_environment(self.recipe, self.out)
+        with claim_output(self.out, source_roots(self.recipe)):
+            return self._run_claimed()
+
+    def _run_claimed(self) -> RunResult:
         recipe = self.recipe
-        self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "stages").mkdir(exist_ok=True)
         for leftover in (self.out / "stages").glob("*.tmp"):
-            shutil.rmtree(leftover)  # a stage that was being built when the last run died
+            remove_owned(leftover)  # a stage that was being built when the last run died
         _atomic_write_json(self.out / "recipe.json", {"hash": recipe.hash(), **recipe.canonical()})
         plan = recipe.plan()
         names = [s.name for s in plan]
@@ -133,16 +138,17 @@ class Runner:
                 marker = final / "_COMPLETE.json"
                 done = json.loads(marker.read_text()) if marker.exists() and not forced else None
                 t0 = time.perf_counter()
-                if done and done.get("fingerprint") == fp and inventory_matches(done.get("outputs", {}), self.out):
+                if (done and done.get("fingerprint") == fp and inventory_matches(done.get("outputs", {}), self.out)
+                        and not (stage.reads_sources and _media_changed(final, done))):
                     entry = done["report"]
                     resumed = True
                     self.log(f"[{index:02d}] {spec.name:<16} complete, skipped (resume)")
                 else:
-                    if final.exists():
-                        shutil.rmtree(final)
+                    remove_owned(final)
+                    started_ns = time.time_ns()
                     entry = self._run_stage(stage, spec, index, final, stage_dirs)
                     outputs = [final] + [Path(p) for p in stage.external_outputs()]
-                    _atomic_write_json(marker, {"fingerprint": fp, "report": entry,
+                    _atomic_write_json(marker, {"fingerprint": fp, "report": entry, "started_ns": started_ns,
                                                 "outputs": file_inventory(outputs, self.out)})
                     resumed = False
                 entries.append(entry)
@@ -267,6 +273,19 @@ def _count(directory: Path, kept_only: bool = False) -> int:
         return 0
     ds = pads.dataset(files, format="parquet")
     return ds.count_rows(filter=pc.field(R.STATUS) == R.KEPT) if kept_only else ds.count_rows()
+
+
+def _media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:
+    """Whether an image file referenced by a record changed since the source stage hashed it (then the
+    stage re-runs). Refs are streamed batch by batch, never all in memory."""
+    from curate.identity import stale_media
+    files = data_files(stage_dir / "data")
+    if not files or "started_ns" not in marker:
+        return bool(files)
+    started_ns = int(marker["started_ns"]) - 2_000_000_000   # 2 s slack for timestamp granularity
+    batches = pads.dataset(files, format="parquet").to_batches(columns=["images"])
+    refs = (ref for b in batches for refs in b.column(0).to_pylist() for ref in (refs or []))
+    return bool(stale_media(refs, changed_after_ns=started_ns))
 
 
 def _source_rows_hint(stage: S.Stage) -> int:

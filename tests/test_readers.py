@@ -17,6 +17,11 @@ from pipelines.runner import run
 from tests.corpus import jpeg, png, write_tar
 
 
+def all_rows(read) -> list[dict]:
+    """Kept and dropped rows of a read_source result."""
+    return read.kept.to_pylist() + read.dropped.to_pylist()
+
+
 def build_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
     """Every hard case of the foundation issue, with the status and reason each must get."""
     good = jpeg(320, 240, seed=1)
@@ -93,7 +98,7 @@ def test_image_refs_point_at_the_original_bytes(tmp_path):
     write_tar(tmp_path / "a.tar", [("k1.jpg", img), ("k1.txt", b"caption"), ("k2.png", png(10, 20)),
                                    ("k2.txt", b"c2")])
     table = read_source(str(tmp_path / "*.tar"), format="webdataset", source="s")
-    refs = {r["key"]: r["images"][0] for r in table.to_pylist()}
+    refs = {r["key"]: r["images"][0] for r in all_rows(table)}
     assert refs["s/k1"]["width"] == 123 and refs["s/k1"]["height"] == 77 and refs["s/k1"]["format"] == "JPEG"
     assert I.read_image_bytes(refs["s/k1"]) == img
     assert refs["s/k2"]["format"] == "PNG"
@@ -106,7 +111,7 @@ def test_fsspec_urls_are_read_like_local_paths(tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/shards/m-000.tar", local.read_bytes())
     table = read_source("memory://bucket/shards/*.tar", format="webdataset", source="mem")
-    row = table.to_pylist()[0]
+    row = all_rows(table)[0]
     assert row["key"] == "mem/a" and row["text"] == "in memory"
     assert row["images"][0]["uri"].startswith("memory://")
     assert I.read_image_bytes(row["images"][0]) == img
@@ -126,7 +131,7 @@ def test_llava_records_normalise_roles_and_placeholders(tmp_path):
     ]
     path = tmp_path / "conv.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n{not json}\n")
-    rows = {r["key"]: r for r in read_source(str(path), format="llava", source="c", category="vqa").to_pylist()}
+    rows = {r["key"]: r for r in all_rows(read_source(str(path), format="llava", source="c", category="vqa"))}
     ok = rows["c/ok"]
     assert [t["role"] for t in ok["conversations"]] == ["user", "assistant"]
     assert ok["conversations"][0]["content"].startswith("<image>\n")
@@ -145,7 +150,7 @@ def test_parquet_with_image_bytes_and_paths(tmp_path):
                       "image": [{"bytes": img, "path": None}, {"bytes": None, "path": "p.png"},
                                 {"bytes": None, "path": None}]})
     pq.write_table(table, tmp_path / "d.parquet")
-    rows = {r["key"]: r for r in read_source(str(tmp_path / "d.parquet"), format="parquet", source="pq").to_pylist()}
+    rows = {r["key"]: r for r in all_rows(read_source(str(tmp_path / "d.parquet"), format="parquet", source="pq"))}
     assert I.read_image_bytes(rows["pq/a"]["images"][0]) == img
     assert I.read_image_bytes(rows["pq/b"]["images"][0]) == img
     assert rows["pq/c"][R.REASON] == "missing_text"
@@ -164,3 +169,91 @@ def test_probe_reasons(data, reason):
     with pytest.raises(I.UnreadableImage) as err:
         I.probe(data)
     assert err.value.reason == reason
+
+
+# --- sources: brace ranges, sidecars, key qualification, notebook accounting ----------------------
+from hypothesis import given, strategies as st  # noqa: E402
+
+from curate.sources import expand_braces, list_files  # noqa: E402
+
+
+@given(lo=st.integers(0, 300), n=st.integers(0, 40), width=st.integers(1, 6))
+def test_brace_range_expands_like_bash(lo, n, width):
+    hi = lo + n
+    pattern = "s/{" + str(lo).zfill(width) + ".." + str(hi).zfill(width) + "}.tar"
+    names = expand_braces(pattern)
+    pad = width if str(lo).zfill(width).startswith("0") else 0
+    assert len(names) == n + 1
+    assert names[0] == f"s/{str(lo).zfill(pad)}.tar" and names[-1] == f"s/{str(hi).zfill(pad)}.tar"
+
+
+def test_brace_lists_and_literals():
+    assert expand_braces("a{x,y}b{1..2}") == ["axb1", "axb2", "ayb1", "ayb2"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    assert expand_braces("lit{eral}.tar") == ["lit{eral}.tar"]
+    with pytest.raises(ValueError, match="more than"):
+        expand_braces("{0..99999999}")
+
+
+def test_img2dataset_layout_ranges_sidecars_and_key_prefix(tmp_path):
+    """Two img2dataset runs with the same shard and key names, globbed into one source."""
+    for run_name in ("run1", "run2"):
+        d = tmp_path / run_name
+        d.mkdir()
+        for shard in range(3):
+            write_tar(d / f"{shard:05d}.tar", [("000000000.jpg", jpeg(64, 48, seed=shard)),
+                                               ("000000000.txt", f"{run_name} {shard}".encode())])
+            (d / f"{shard:05d}.parquet").write_bytes(b"sidecar")
+            (d / f"{shard:05d}_stats.json").write_text("{}")
+    assert [Path(p).name for p in list_files(str(tmp_path / "run1" / "{00000..00001}.tar"))] == \
+        ["00000.tar", "00001.tar"]
+    assert len(list_files(str(tmp_path / "run*" / "*"), "webdataset")) == 6      # sidecars skipped
+    plain = parse({"name": "a", "seed": 0, "stages": [], "sources": [
+        {"name": "w", "path": str(tmp_path / "run*" / "*"), "format": "webdataset"}]})
+    r = run(plain, out=tmp_path / "o1", executor="inline", progress=False).report["stages"][0]
+    assert r["out"] == 1 and r["rejected"] == {"duplicate_key": 5}
+    qualified = parse({"name": "b", "seed": 0, "stages": [], "sources": [
+        {"name": "w", "path": str(tmp_path / "run{1,2}" / "{00000..00002}.tar"), "format": "webdataset",
+         "key_prefix": "shard"}]})
+    r = run(qualified, out=tmp_path / "o2", executor="inline", progress=False).report["stages"][0]
+    assert r["out"] == 6 and r["rejected"] == {}
+    keys = run(qualified, out=tmp_path / "o2", executor="inline", progress=False).kept(0, ["key"])
+    assert "w/run2/00001/000000000" in keys.column("key").to_pylist()
+
+
+def test_read_source_accounts_for_every_row_through_a_stage(tmp_path):
+    from curate.base import build
+    write_tar(tmp_path / "a.tar", [("k1.jpg", jpeg(300, 200, seed=1)), ("k1.txt", b"a long enough caption here"),
+                                   ("k2.jpg", b""), ("k2.txt", b"empty image"),
+                                   ("k3.jpg", jpeg(300, 200, seed=2)), ("k3.txt", b"x"),
+                                   ("k4.jpg", jpeg(300, 200, seed=3))])
+    read = read_source(str(tmp_path / "*.tar"), format="webdataset", source="s")
+    assert read.num_rows == 4 and read.dropped.num_rows == 2    # k2 quarantined, k4 has no text
+    out = build("text_filter", {"preset": "default"}).run(read.kept)
+    assert read.dropped.num_rows + out.kept.num_rows + out.dropped.num_rows == 4
+
+
+def test_file_tables_are_streamed_in_bounded_batches(tmp_path):
+    from curate.readers import iter_file_tables
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "conversations": [{"from": "human", "value": "q"},
+                                                                   {"from": "gpt", "value": "a"}]})
+                              for i in range(10)) + "\n")
+    spec = SourceSpec(name="c", path=str(path), format="llava")
+    sizes = [t.num_rows for t in iter_file_tables(spec, str(path), 0, 0, rows_per_table=4)]
+    assert sizes == [4, 4, 2]
+    assert read_file(spec, str(path), 0, 0).column("key").to_pylist() == [f"c/{i}" for i in range(10)]
+
+
+def test_parquet_parts_read_the_same_rows_as_the_whole_file(tmp_path):
+    from curate.parquet_reader import plan_parts, read_parquet
+    n = 1000
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(n)], "text": [f"caption {i}" for i in range(n)]}),
+                   tmp_path / "t.parquet", row_group_size=64)
+    spec = SourceSpec(name="t", path=str(tmp_path / "t.parquet"), format="parquet")
+    uri = str(tmp_path / "t.parquet")
+    parts = plan_parts(uri, rows_per_part=150)
+    assert len(parts) > 3 and parts[0][0] == 0 and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    whole = list(read_parquet(spec, uri, 0, 0))
+    pieces = [row for part in parts for row in read_parquet(spec, uri, 0, 0, row_groups=part)]
+    assert pieces == whole and len(whole) == n

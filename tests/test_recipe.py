@@ -65,7 +65,10 @@ def test_ratio_sum_message(tmp_path):
         load(write(tmp_path, GOOD.replace("text: 0.2", "text: 0.3")))
 
 
-def test_cli_validate_exit_codes(tmp_path, capsys):
+def test_cli_validate_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.tar").write_bytes(b"")
     assert main(["validate", "recipe", str(write(tmp_path, GOOD))]) == 0
     assert main(["validate", "recipe", str(write(tmp_path, GOOD.replace("seed: 7", "seed: [1]")))]) == 1
     assert "seed" in capsys.readouterr().err
@@ -106,3 +109,62 @@ def test_plugins_register_custom_stages(tmp_path, monkeypatch):
         unregister("only_short_captions")
     with pytest.raises(RecipeError, match=r"plugins\[0\]"):
         load(write(tmp_path, GOOD.replace("stages: []", "plugins: [no_such_module_xyz]\nstages: []")))
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = "\n".join("      " + line for line in levels)
+    text = GOOD.replace('format: webdataset, category: caption}',
+                        'format: webdataset, category: caption,\n     options: {bomb: *a8}}')
+    text = "anchors:\n" + bomb.replace("      ", "  ") + "\n" + text
+    import time
+    t0 = time.monotonic()
+    with pytest.raises(RecipeError, match="alias bomb"):
+        load(write(tmp_path, text))
+    assert time.monotonic() - t0 < 5
+
+
+def test_recursive_yaml_alias_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="recursive alias"):
+        load(write(tmp_path, "loop: &x [*x]\n" + GOOD))
+
+
+def test_a_few_ordinary_aliases_are_fine(tmp_path):
+    text = GOOD.replace("stages: []", "stages:\n  - {name: text_filter, settings: &tf {preset: default}}")
+    assert load(write(tmp_path, text)).stages[0].settings == {"preset": "default"}
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551617", "-1", "true"])
+def test_seed_out_of_range_is_refused(tmp_path, seed):
+    with pytest.raises(RecipeError, match="seed"):
+        load(write(tmp_path, GOOD.replace("seed: 7", f"seed: {seed}")))
+
+
+def test_validate_never_imports_plugins(tmp_path, monkeypatch, capsys):
+    """A CI validating an untrusted recipe must not execute its code."""
+    canary = tmp_path / "executed"
+    (tmp_path / "evil_plugin.py").write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.tar").write_bytes(b"")
+    text = GOOD.replace("stages: []", "plugins: [evil_plugin]\nstages: [{name: plugin_stage, settings: {x: 1}}]")
+    assert main(["validate", "recipe", str(write(tmp_path, text))]) == 0
+    assert not canary.exists()
+    assert "plugin_stage" in capsys.readouterr().out
+    bad = GOOD.replace("stages: []", "stages: [{name: plugin_stage}]")    # no plugins: still unknown
+    assert main(["validate", "recipe", str(write(tmp_path, bad))]) == 1
+
+
+def test_source_matching_nothing_is_named_by_validate_and_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.tar").write_bytes(b"")
+    two = GOOD.replace("stages: []", '  - {name: more, path: "nowhere/*.tar", format: webdataset}\nstages: []')
+    path = write(tmp_path, two)
+    assert main(["validate", "recipe", str(path)]) == 1
+    assert "sources[1].path" in capsys.readouterr().err
+    assert main(["run", str(path), "--executor", "inline"]) == 2
+    assert "sources[1].path" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

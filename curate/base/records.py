@@ -31,6 +31,7 @@ IMAGE_REF = pa.struct([
     ("width", pa.int32()),       # from the header, no decode
     ("height", pa.int32()),
     ("format", pa.string()),     # JPEG / PNG / WEBP / ...
+    ("sha256", pa.string()),     # hex sha256 of the encoded bytes read at ingest; readers of the bytes verify it
 ])
 
 VIDEO_REF = pa.struct([
@@ -146,9 +147,10 @@ class Sample:
 
 
 def image_ref(uri: str, member: str | None = None, offset: int = -1, size: int = -1,
-              width: int | None = None, height: int | None = None, format: str | None = None) -> dict:
+              width: int | None = None, height: int | None = None, format: str | None = None,
+              sha256: str | None = None) -> dict:
     return {"uri": uri, "member": member, "offset": offset, "size": size,
-            "width": width, "height": height, "format": format}
+            "width": width, "height": height, "format": format, "sha256": sha256}
 
 
 def dumps_meta(value: Any) -> str | None:

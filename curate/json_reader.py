@@ -1,0 +1,251 @@
+"""LLaVA/ShareGPT JSON and JSONL (``{id, image(s), conversations: [{from, value}]}``), and the strict
+JSON parser every reader uses for metadata.
+
+Strict JSON: NaN/Infinity and numbers that overflow a double (``1e999999``) are refused (not JSON's
+meaning, and poison for every later statistic); nesting deeper than ``MAX_JSON_DEPTH`` is refused
+per record instead of raising ``RecursionError`` out of the run. A file is an array when its first
+non-blank character (after a UTF-8 byte-order mark) is ``[``, else JSONL.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import posixpath
+from typing import Any, Iterator
+
+import fsspec
+
+from curate.base import records as R
+from curate import refs
+from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
+
+# Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
+MAX_JSON_DEPTH = 64
+# One record (a JSONL line or an array element) may not exceed this: bounds the reader's memory.
+MAX_RECORD_BYTES = 64 << 20
+READ_CHUNK = 1 << 20
+
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                "model": "assistant", "bot": "assistant", "system": "system"}
+
+
+class _NonFinite:
+    """Stands in for NaN/Infinity/overflowing numbers while decoding, so a bad number rejects its
+    record (found by ``_check``) instead of aborting a streamed array at an unknown position."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _number(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_NonFinite, parse_float=_number)
+
+
+def _check(value: Any) -> Any:
+    """Refuse non-finite numbers and nesting past MAX_JSON_DEPTH, iteratively (a recursive walk is
+    what we are guarding against)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, _NonFinite):
+            raise ValueError(f"non-finite number {v.text[:40]} in JSON")
+        if isinstance(v, (dict, list)):
+            if d > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
+def strict_json(text: str | bytes) -> Any:
+    """json.loads refusing NaN/Infinity, overflowing numbers and deep nesting (all as ValueError)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8-sig")
+    try:
+        return _check(_DECODER.decode(text))
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+def iter_json_records(uri: str) -> Iterator[tuple[int, Any]]:
+    """(line or array index, record or BadSample) for every record of a JSON array or JSONL file.
+
+    Both are streamed: memory holds one record (at most MAX_RECORD_BYTES), not the file, so a
+    multi-gigabyte LLaVA JSON array is readable.
+    """
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as fh:
+        head = fh.read(4096)
+        fh.seek(0)
+        if head.startswith(codecs.BOM_UTF8):
+            head = head[len(codecs.BOM_UTF8):]
+        if head.lstrip().startswith(b"["):
+            yield from _iter_array(fh)
+        else:
+            yield from _iter_lines(fh)
+
+
+def _iter_lines(fh: Any) -> Iterator[tuple[int, Any]]:
+    lineno = 0
+    while True:
+        line = fh.readline(MAX_RECORD_BYTES + 1)
+        if not line:
+            return
+        lineno += 1
+        if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):   # skip the rest of the oversized line
+                line = fh.readline(1 << 20)
+            yield lineno, BadSample("invalid_json_line", f"line longer than {MAX_RECORD_BYTES} bytes")
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield lineno, strict_json(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            yield lineno, BadSample("invalid_json_line", str(exc))
+
+
+class _CharStream:
+    """Decoded text of a byte stream with a moving window: enough of it to decode the next value."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.buf, self.pos, self.eof = fh, "", 0, False
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+
+    def more(self) -> None:
+        """Read more (at least as much again as is buffered: total work stays linear)."""
+        if self.eof:
+            raise ValueError("unexpected end of file")
+        if len(self.buf) - self.pos > MAX_RECORD_BYTES:
+            raise ValueError(f"a record longer than {MAX_RECORD_BYTES} bytes")
+        chunk = self.fh.read(max(READ_CHUNK, len(self.buf) - self.pos))
+        self.eof = not chunk
+        self.buf = self.buf[self.pos:] + self.decoder.decode(chunk, final=self.eof)
+        self.pos = 0
+
+    def next_char(self) -> str:
+        """The next non-blank character (consumed), or "" at the end."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                self.pos += 1
+                return self.buf[self.pos - 1]
+            if self.eof:
+                return ""
+            self.more()
+
+    def value(self) -> Any:
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buf, self.pos)
+                cut_number = (isinstance(value, (int, float, _NonFinite)) and not isinstance(value, bool)
+                              and not self.buf[end:].strip("0123456789.eE+-"))
+                if self.eof or not cut_number:   # a number at the window's end ("1.5e" | "10") may continue
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError:
+                if self.eof:
+                    raise
+            self.more()
+
+
+def _iter_array(fh: Any) -> Iterator[tuple[int, Any]]:
+    stream, index = _CharStream(fh), 0
+    try:
+        if stream.next_char() != "[":
+            raise ValueError("expected '['")
+        c = stream.next_char()
+        if c == "]":
+            return
+        stream.pos -= 1
+        while True:
+            value = stream.value()
+            try:
+                yield index, _check(value)
+            except ValueError as exc:
+                yield index, BadSample("invalid_json_record", str(exc))
+            index += 1
+            c = stream.next_char()
+            if c == "]":
+                return
+            if c != ",":
+                raise ValueError(f"expected ',' or ']' after record {index - 1}, got {c[:1]!r}")
+            stream.next_char()
+            stream.pos -= 1
+    except (ValueError, RecursionError) as exc:   # the array's syntax is broken: the rest is unreadable
+        msg = str(exc) if isinstance(exc, ValueError) else f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        yield index, BadSample("invalid_json_file", f"from record {index} on: {msg}", R.QUARANTINED)
+
+
+def normalize_conversations(turns: Any) -> list[dict]:
+    if not isinstance(turns, list) or not turns:
+        raise BadSample("invalid_conversations", "conversations must be a non-empty list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise BadSample("invalid_conversations", f"turn {i} is not an object")
+        role = ROLE_ALIASES.get(str(t.get("from", t.get("role", ""))).lower())
+        content = t.get("value", t.get("content"))
+        if role is None or not isinstance(content, str):
+            raise BadSample("invalid_conversations", f"turn {i}: unknown role or non-text content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def referenced_image(spec: SourceSpec, root: str, value: Any) -> dict:
+    """An image reference from a record field: resolved inside the root, read with bounds, hashed."""
+    uri = refs.resolve_reference(value, root, spec)
+    return image_ref_from_bytes(refs.read_reference(uri, spec), uri, None, 0)
+
+
+def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
+    root = spec.image_root or posixpath.dirname(uri)
+    seen: set[str] = set()
+    for row_index, (line, rec) in enumerate(iter_json_records(uri)):
+        ordinal = R.make_ordinal(source_index, file_index, row_index)
+        prov = {"uri": uri, "line": line}
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        key = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{file_index}-{line}"
+        try:
+            if isinstance(rec, BadSample):
+                raise rec
+            if not isinstance(rec, dict):
+                raise BadSample("invalid_record", "record is not an object")
+            if key in seen:
+                raise BadSample("duplicate_key", f"id {key} appears twice in {uri}")
+            seen.add(key)
+            yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, root, rec))
+        except BadSample as bad:
+            yield bad_row(spec, key, ordinal, prov, bad)
+
+
+def _image_values(rec: dict) -> list[Any]:
+    img = rec.get("image", rec.get("images"))
+    if img is None:
+        return []
+    if isinstance(img, list):
+        return img
+    return [img]   # a string, or anything else (rejected by resolve_reference with its type named)
+
+
+def _llava_fields(spec: SourceSpec, root: str, rec: dict) -> dict:
+    conv = normalize_conversations(rec.get("conversations"))
+    values = _image_values(rec)
+    placeholders = sum(t["content"].count("<image>") for t in conv)
+    if values and placeholders == 0:
+        # LLaVA convention: an image without placeholder goes before the first user turn's text.
+        first_user = next((t for t in conv if t["role"] == "user"), conv[0])
+        first_user["content"] = "<image>\n" * len(values) + first_user["content"]
+    elif placeholders != len(values):
+        raise BadSample("image_placeholder_mismatch", f"{placeholders} <image> tags for {len(values)} images")
+    refs_ = [referenced_image(spec, root, v) for v in values]
+    meta = {k: v for k, v in rec.items() if k not in ("conversations", "image", "images", "id")}
+    category = rec.get("category") if isinstance(rec.get("category"), str) else spec.category
+    return {"images": refs_, "conversations": conv, "meta": R.dumps_meta(meta or None), "category": category}

@@ -1,0 +1,168 @@
+"""Image references inside records (LLaVA ``image``, parquet path cells): where they may point, and
+reading them with bounds.
+
+Why: a record is data, not a trusted instruction. ``../outside/secret.png``, ``/etc/...``,
+``file:///home/...`` or ``http://169.254.169.254/...`` in a downloaded annotation file would copy
+private bytes into training shards (or make the curation machine fetch internal URLs). So:
+
+* a local reference resolves inside the source's root (``image_root``, else the folder of the record
+  file), after following symlinks; anything else is ``image:outside_root``;
+* ``http(s)`` is fetched only from the source's ``allowed_hosts`` (off by default:
+  ``image:remote_not_allowed``), redirects included; other protocols are ``image:unsupported_protocol``
+  unless the root itself lives on that store;
+* a non-string image field is ``image:invalid_reference``, never a crash;
+* only regular files are opened (``O_NONBLOCK`` so a FIFO cannot block the open, then ``fstat``);
+  every read stops at ``max_image_bytes`` and every fetch at ``fetch_timeout_s``.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import fsspec
+
+from curate.base import records as R
+from curate.sources import BadSample, SourceSpec
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+REMOTE_SCHEMES = ("http", "https")
+
+
+def _scheme(s: str) -> str | None:
+    m = _SCHEME.match(s)
+    return m.group(1).lower() if m else None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def resolve_reference(value: object, root: str, spec: SourceSpec) -> str:
+    """The URI a record's image reference may be read from, or BadSample naming why not."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise BadSample("image:invalid_reference", f"image field is {type(value).__name__}: {str(value)[:80]!r}")
+    scheme, root_scheme = _scheme(value), _scheme(root)
+    if scheme in REMOTE_SCHEMES:
+        host = (urllib.parse.urlsplit(value).hostname or "").lower()
+        if host not in spec.allowed_hosts:
+            raise BadSample("image:remote_not_allowed",
+                            f"{value[:200]}: host {host!r} is not in this source's allowed_hosts")
+        return value
+    if scheme == "file":
+        value, scheme = urllib.parse.unquote(urllib.parse.urlsplit(value).path), None
+    if scheme is not None:
+        if scheme != root_scheme:
+            raise BadSample("image:unsupported_protocol", f"{value[:200]}: protocol {scheme!r} is not read")
+        normalized = scheme + "://" + posixpath.normpath(value[len(scheme) + 3:])
+        if not _inside(normalized, root.rstrip("/")):
+            raise BadSample("image:outside_root", f"{value[:200]} is outside {root}")
+        return normalized
+    if root_scheme is not None:   # relative reference below a remote root
+        joined = root.rstrip("/") + "/" + value
+        normalized = root_scheme + "://" + posixpath.normpath(joined[len(root_scheme) + 3:])
+        if value.startswith("/") or not _inside(normalized, root.rstrip("/")):
+            raise BadSample("image:outside_root", f"{value[:200]} is outside {root}")
+        return normalized
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, value))   # an absolute `value` replaces root here
+    if not _inside(real, real_root):
+        raise BadSample("image:outside_root", f"{value[:200]} resolves outside {root}")
+    return real
+
+
+def read_reference(uri: str, spec: SourceSpec) -> bytes:
+    """The bytes of a resolved reference: regular files only, at most max_image_bytes, bounded in time."""
+    scheme = _scheme(uri)
+    if scheme in REMOTE_SCHEMES:
+        return _fetch(uri, spec)
+    if scheme is None:
+        return _read_local(uri, spec.max_image_bytes)
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        info = fs.info(path)
+    except (FileNotFoundError, OSError) as exc:
+        raise BadSample("image:missing_file", f"{uri}: {exc}", R.QUARANTINED) from None
+    if info.get("type") != "file":
+        raise BadSample("image:not_regular_file", f"{uri} is a {info.get('type')}")
+    _check_size(uri, info.get("size"), spec.max_image_bytes)
+    with fs.open(path, "rb") as fh:
+        return _bounded(fh.read(spec.max_image_bytes + 1), uri, spec.max_image_bytes)
+
+
+def _check_size(uri: str, size: int | None, limit: int) -> None:
+    if size is not None and size > limit:
+        raise BadSample("image:too_large", f"{uri}: {size} bytes > max_image_bytes={limit}")
+
+
+def _bounded(data: bytes, uri: str, limit: int) -> bytes:
+    if len(data) > limit:
+        raise BadSample("image:too_large", f"{uri}: more than max_image_bytes={limit}")
+    return data
+
+
+def _read_local(path: str, limit: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise BadSample("image:missing_file", f"{path}: {exc}", R.QUARANTINED) from None
+    except OSError as exc:
+        raise BadSample("image:unreadable_file", f"{path}: {exc}", R.QUARANTINED) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadSample("image:not_regular_file", f"{path} is not a regular file (mode {oct(st.st_mode)})")
+        _check_size(path, st.st_size, limit)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return _bounded(fh.read(limit + 1), path, limit)
+    finally:
+        os.close(fd)
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to an allowed host (otherwise an allowed host could bounce us inside)."""
+
+    def __init__(self, allowed: tuple[str, ...]):
+        self.allowed = allowed
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 — urllib's signature
+        host = (urllib.parse.urlsplit(newurl).hostname or "").lower()
+        if _scheme(newurl) not in REMOTE_SCHEMES or host not in self.allowed:
+            raise BadSample("image:remote_not_allowed", f"redirect to {newurl[:200]} (host {host!r} not allowed)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _read_with_deadline(resp, url: str, spec: SourceSpec) -> bytes:  # noqa: ANN001 — an HTTPResponse
+    """A total time bound (a socket timeout alone restarts with every byte a slow server drips)."""
+    deadline = time.monotonic() + spec.fetch_timeout_s
+    chunks, total = [], 0
+    while True:
+        if time.monotonic() > deadline:
+            raise BadSample("image:fetch_timeout", f"{url[:200]}: over fetch_timeout_s={spec.fetch_timeout_s}",
+                            R.QUARANTINED)
+        chunk = resp.read1(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > spec.max_image_bytes:
+            raise BadSample("image:too_large", f"{url[:200]}: more than max_image_bytes={spec.max_image_bytes}")
+
+
+def _fetch(url: str, spec: SourceSpec) -> bytes:
+    opener = urllib.request.build_opener(_CheckedRedirects(spec.allowed_hosts),
+                                         urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=spec.fetch_timeout_s) as resp:
+            length = resp.headers.get("Content-Length")
+            _check_size(url, int(length) if length and length.isdigit() else None, spec.max_image_bytes)
+            return _read_with_deadline(resp, url, spec)
+    except urllib.error.HTTPError as exc:
+        raise BadSample("image:fetch_failed", f"{url[:200]}: HTTP {exc.code}", R.QUARANTINED) from None
+    except (urllib.error.URLError, OSError) as exc:   # includes socket timeouts
+        raise BadSample("image:fetch_failed", f"{url[:200]}: {exc}", R.QUARANTINED) from None

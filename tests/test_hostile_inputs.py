@@ -1,0 +1,229 @@
+"""The hostile-input corpus: every input of issue 17 (and issue 9's source traps) in one run.
+
+Each input either completes with a named per-row reason or is refused with a clear message; every
+sample is accounted for at every stage; no byte of a file outside the sources' roots reaches any
+file of the output (shards included), and the 127.0.0.1 server is never contacted unless a source
+allows its host.
+"""
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import decimal
+import io
+import json
+import os
+import signal
+import tarfile
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.base import records as R
+from curate.readers import SourceSpec, read_file
+from pipelines.recipe import parse
+from pipelines.runner import run
+from tests.corpus import jpeg, png, write_tar
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging (a FIFO opened for reading blocks forever without O_NONBLOCK)."""
+    def boom(*_):
+        raise TimeoutError(f"took longer than {seconds}s: something blocked")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextmanager
+def image_server(payload: bytes, redirect_to: str | None = None):
+    """A real HTTP server on 127.0.0.1 that counts requests; stops by itself when the block ends."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 — http.server's name
+            hits.append(self.path)
+            if redirect_to and self.path.startswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", redirect_to)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.timeout = 1
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def tar_with_special_members(path: Path, good: bytes) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        def add(name: str, data: bytes = b"", **kw) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            for k, v in kw.items():
+                setattr(info, k, v)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+        add("good.jpg", good)
+        add("good.txt", b"a fine caption")
+        add("link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add("link.txt", b"symlink image")
+        add("hard.jpg", type=tarfile.LNKTYPE, linkname="good.jpg")
+        add("hard.txt", b"hardlink image")
+        add("dev.jpg", type=tarfile.CHRTYPE, devmajor=1, devminor=5)
+        add("fifo.jpg", type=tarfile.FIFOTYPE)
+        add("inf.jpg", good)
+        add("inf.txt", b"overflowing metadata")
+        add("inf.json", b'{"score": 1e999999}')
+        add("deep.jpg", good)
+        add("deep.txt", b"deep metadata")
+        add("deep.json", b"[" * 5000 + b"]" * 5000)
+
+
+def conv(i: str, image=None) -> dict:
+    rec = {"id": i, "conversations": [{"from": "human", "value": "What is shown?"},
+                                      {"from": "gpt", "value": "Something."}]}
+    if image is not None:
+        rec["image"] = image
+    return rec
+
+
+def build_corpus(root: Path, port: int) -> tuple[dict, bytes]:
+    """The corpus, and {source/key: (status, reason)} for every sample that must not be kept."""
+    secret = png(64, 64, seed=777)
+    (root / "secret").mkdir(parents=True)
+    secret_path = root / "secret" / "secret.png"
+    secret_path.write_bytes(secret)
+    src = root / "src"
+    (src / "img").mkdir(parents=True)
+    good = jpeg(320, 240, seed=1)
+    (src / "img" / "ok.jpg").write_bytes(good)
+    os.mkfifo(src / "img" / "fifo.jpg")
+    os.symlink("/dev/zero", src / "img" / "zero.jpg")
+    os.symlink(secret_path, src / "img" / "escape.jpg")
+    (src / "img" / "big.png").write_bytes(png(400, 400, seed=3))   # ~480 kB > max_image_bytes below
+    records = [conv("ok", "img/ok.jpg"), conv("dotdot", "../secret/secret.png"), conv("abs", str(secret_path)),
+               conv("fileurl", f"file://{secret_path}"), conv("http", f"http://127.0.0.1:{port}/secret.png"),
+               conv("gopher", "gopher://example.org/x.png"), conv("intimg", 7), conv("listint", [1]),
+               conv("fifo", "img/fifo.jpg"), conv("zero", "img/zero.jpg"), conv("escape", "img/escape.jpg"),
+               conv("big", "img/big.png"), conv("text-only")]
+    (src / "conv.json").write_bytes(codecs.BOM_UTF8 + json.dumps(records, indent=2).encode())
+    (src / "lines.jsonl").write_text("\n".join([
+        json.dumps(conv("fine")), '{"id": "inf", "x": 1e999999, "conversations": []}',
+        '{"id": "deep", "x": ' + "[" * 5000 + "]" * 5000 + "}", '{"id": "nan", "x": NaN}']) + "\n")
+    (src / "pq").mkdir()
+    pq.write_table(pa.table({
+        "key": ["meta"], "text": ["typed metadata"], "image": [good],
+        "ts": pa.array([dt.datetime(2024, 5, 1, 12, 30)], pa.timestamp("us")),
+        "dec": pa.array([decimal.Decimal("12.345")], pa.decimal128(10, 3)),
+        "day": pa.array([dt.date(2024, 5, 1)], pa.date32())}), src / "pq" / "a-types.parquet")
+    pq.write_table(pa.table({"key": ["listimg"], "text": ["two images in a list"],
+                             "image": pa.array([[good, good]], pa.list_(pa.binary()))}), src / "pq" / "b-list.parquet")
+    pq.write_table(pa.table({"key": ["intimg"], "text": ["an int image"], "image": pa.array([5], pa.int64())}),
+                   src / "pq" / "c-int.parquet")
+    pq.write_table(pa.table({"key": ["escape"], "text": ["path escape"], "image": ["../secret/secret.png"]}),
+                   src / "pq" / "d-escape.parquet")
+    (src / "wds").mkdir()
+    tar_with_special_members(src / "wds" / "00000.tar", good)
+    (src / "wds" / "00000.parquet").write_bytes(b"img2dataset sidecar")
+    (src / "wds" / "00000_stats.json").write_text("{}")
+    expected = {
+        "ll/dotdot": "image:outside_root", "ll/abs": "image:outside_root", "ll/fileurl": "image:outside_root",
+        "ll/http": "image:remote_not_allowed", "ll/gopher": "image:unsupported_protocol",
+        "ll/intimg": "image:invalid_reference", "ll/listint": "image:invalid_reference",
+        "ll/fifo": "image:not_regular_file", "ll/zero": "image:outside_root", "ll/escape": "image:outside_root",
+        "ll/big": "image:too_large",
+        # an unparseable line has no id: it is named by file and line number
+        "jl/0-2": "invalid_json_line", "jl/0-3": "invalid_json_line", "jl/0-4": "invalid_json_line",
+        "pq/listimg": "image:unsupported_value", "pq/intimg": "image:unsupported_value",
+        "pq/escape": "image:outside_root",
+        "wds/link": "unsupported_member_type", "wds/hard": "unsupported_member_type",
+        "wds/dev": "unsupported_member_type", "wds/fifo": "unsupported_member_type",
+        "wds/inf": "invalid_metadata", "wds/deep": "invalid_metadata",
+    }
+    return expected, secret
+
+
+def hostile_recipe(src: Path) -> object:
+    return parse({"name": "hostile", "seed": 3, "sources": [
+        {"name": "ll", "path": str(src / "conv.json"), "format": "llava", "max_image_bytes": 200_000},
+        {"name": "jl", "path": str(src / "lines.jsonl"), "format": "llava"},
+        {"name": "pq", "path": str(src / "pq" / "*.parquet"), "format": "parquet", "image_root": str(src)},
+        {"name": "wds", "path": str(src / "wds" / "*"), "format": "webdataset"}],
+        "stages": [{"name": "count_tokens"}, {"name": "pack", "settings": {"context_length": 4096}},
+                   {"name": "shards", "settings": {"dp_size": 1, "micro_batches": 1}}]})
+
+
+def test_hostile_corpus_completes_accounts_for_every_sample_and_leaks_nothing(tmp_path):
+    with image_server(b"never served") as (port, hits), deadline(180):
+        expected, secret = build_corpus(tmp_path, port)
+        out = tmp_path / "out"
+        result = run(hostile_recipe(tmp_path / "src"), out=out, executor="inline", progress=False)
+    assert hits == [], "a record made the curation machine fetch a URL no source allowed"
+    for entry in result.report["stages"]:
+        assert entry["in"] == entry["out"] + sum(entry["rejected"].values()) + sum(entry["quarantined"].values())
+    ingest = result.report["stages"][0]
+    assert ingest["in"] == 13 + 4 + 4 + 7     # every record/sample of every file, sidecars skipped
+    rejects = pq.read_table(out / "stages" / "00_ingest" / "rejects.parquet").to_pylist()
+    got = {r["key"]: r[R.REASON] for r in rejects}
+    for key, reason in expected.items():
+        assert got.get(key) == reason, f"{key}: expected {reason}, got {got.get(key)}"
+    assert set(got) == set(expected)
+    kept = set(result.kept(0, ["key"]).column("key").to_pylist())
+    assert kept == {"ll/ok", "ll/text-only", "jl/fine", "pq/meta", "wds/good"}
+    meta = json.loads(result.kept(0, ["key", "meta"]).filter(
+        pa.compute.equal(result.kept(0, ["key"]).column("key"), "pq/meta")).column("meta")[0].as_py())
+    assert meta == {"ts": "2024-05-01T12:30:00", "dec": "12.345", "day": "2024-05-01"}
+    probe = secret[200:264]
+    leaked = [p for p in out.rglob("*") if p.is_file() and probe in p.read_bytes()]
+    assert leaked == [], f"bytes from outside the source roots in {leaked}"
+    assert list((out / "shards").rglob("*.tar")), "the good samples must still reach the shards"
+
+
+def test_remote_images_are_fetched_only_from_allowed_hosts_and_redirects_are_checked(tmp_path):
+    img = jpeg(100, 80, seed=4)
+    with image_server(img, redirect_to="http://169.254.169.254/latest/meta-data") as (port, hits), deadline(60):
+        spec = SourceSpec(name="r", path="x", format="llava", allowed_hosts=("127.0.0.1",), fetch_timeout_s=5)
+        (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in [
+            conv("fetched", f"http://127.0.0.1:{port}/a.jpg"), conv("bounced", f"http://127.0.0.1:{port}/redirect"),
+            conv("other", "http://localhost:1/a.jpg")]) + "\n")
+        rows = {r["key"]: r for r in read_file(spec, str(tmp_path / "r.jsonl"), 0, 0).to_pylist()}
+    assert rows["r/fetched"][R.STATUS] == R.KEPT and rows["r/fetched"]["images"][0]["width"] == 100
+    assert rows["r/bounced"][R.REASON] == "image:remote_not_allowed"
+    assert rows["r/other"][R.REASON] == "image:remote_not_allowed"
+    assert hits == ["/a.jpg", "/redirect"]
+
+
+def test_special_source_files_are_never_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.tar")
+    with deadline(20):
+        with pytest.raises(ValueError, match=r"sources\[0\]\.path"):
+            run(parse({"name": "f", "seed": 0, "stages": [], "sources": [
+                {"name": "p", "path": str(tmp_path / "pipe.tar"), "format": "webdataset"}]}),
+                out=tmp_path / "out", executor="inline", progress=False)
+        with pytest.raises(ValueError, match=r"sources\[0\]\.path"):
+            run(parse({"name": "z", "seed": 0, "stages": [], "sources": [
+                {"name": "z", "path": "/dev/zero", "format": "llava"}]}),
+                out=tmp_path / "out2", executor="inline", progress=False)
