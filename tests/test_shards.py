@@ -51,7 +51,7 @@ def test_layout_and_manifest(written, corpus):
     shards, stage, result = written
     m = json.loads((shards / "manifest.json").read_text())
     assert m["dp_size"] == 4 and m["context_length"] == L and m["recipe_hash"] == "abc123" and m["seed"] == 11
-    assert sorted(p.name for p in shards.iterdir()) == ["manifest.json"] + [f"rank-{r:05d}" for r in range(4)]
+    assert sorted(p.name for p in shards.iterdir()) == [".mmcurate-output", "manifest.json"] + [f"rank-{r:05d}" for r in range(4)]
     assert (shards / "rank-00000" / "shard-000000.tar").is_file()
     assert len({r["packs"] for r in m["ranks"]}) == 1 and m["packs_per_rank"] == m["steps"] * 2
     for r in m["ranks"]:
