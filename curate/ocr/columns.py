@@ -19,8 +19,8 @@ from curate.ocr.reading import Reading
 TEXT, ENGINE_TEXTS, BOXES, GROUNDING = "ocr_text", "ocr_engine_texts", "ocr_boxes", "ocr_grounding"
 PRECISION, RECALL, F1, COVERAGE, AGREED_WORDS = ("ocr_word_precision", "ocr_word_recall", "ocr_word_f1",
                                                  "ocr_char_coverage", "ocr_agreed_words")
-ENGINE_TEXT = pa.struct([("engine", pa.string()), ("text", pa.string()), ("words", pa.int32()),
-                         ("seconds", pa.float32())])
+# No timings here: outputs must be byte-identical across runs (timings are the bench's job).
+ENGINE_TEXT = pa.struct([("engine", pa.string()), ("text", pa.string()), ("words", pa.int32())])
 BOX = pa.struct([("text", pa.string()), ("quad", pa.list_(pa.float32()))])
 ADDS: dict[str, pa.DataType] = {
     TEXT: pa.string(), ENGINE_TEXTS: pa.list_(ENGINE_TEXT), PRECISION: pa.float32(), RECALL: pa.float32(),
@@ -34,7 +34,7 @@ def row_values(r: Reading) -> dict[str, Any]:
     m = r.metrics
     return {
         TEXT: "\n".join(line.text for line in r.lines),
-        ENGINE_TEXTS: [{"engine": e.engine, "text": e.text, "words": len(e.words), "seconds": e.seconds}
+        ENGINE_TEXTS: [{"engine": e.engine, "text": e.text, "words": len(e.words)}
                        for e in (r.first, r.second)],
         PRECISION: m.precision, RECALL: m.recall, F1: m.f1, COVERAGE: m.char_coverage,
         AGREED_WORDS: sum(line.words for line in r.lines),
