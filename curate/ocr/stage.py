@@ -28,7 +28,7 @@ from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.ocr import columns as C
 from curate.ocr.engines import BUILTIN_ENGINES, engine_factory
 from curate.ocr.matching import MatchSettings
-from curate.ocr.reading import Reading, read_image
+from curate.ocr.reading import Reading, decode_or_drop, read_image
 from curate.stage import BatchResult, Resources, Stage, register
 
 OCR_PROMPT = "<image>\nRead all the text in the image and give the quadrilateral of each line."
@@ -149,11 +149,9 @@ class OcrIntersection(Stage):
         data = read_or_drop(ref, I.read_image_bytes)
         if isinstance(data, Drop):
             return data
-        try:
-            image = I.decode(data, "RGB", c.max_pixels)
-        except I.UnreadableImage as exc:
-            reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-            return Drop(reason, f"{exc.reason}: {exc.detail}")
+        image = decode_or_drop(data, c.max_pixels)
+        if isinstance(image, Drop):
+            return image
         return read_image(image, self.engines, self.match_settings, timeout_s=c.timeout_s,
                           max_side=c.max_side, buckets=c.size_buckets, text_from=c.text_from)
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 from curate import images as I
 from curate import records as R
 from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.ocr.reading import decode_or_drop
 from curate.safety.classifier import DEFAULT_UNSAFE, NudityDetector, known_classes, unsafe_score
 from curate.safety.rules import KeywordRule, first_url_hit, load_keywords, sample_urls
 from curate.stage import BatchResult, Resources, Stage, register
@@ -125,11 +126,9 @@ class NsfwFilter(Stage):
             data = read_or_drop(ref, I.read_image_bytes)
             if isinstance(data, Drop):
                 return None, data
-            try:
-                image = I.decode(data, "RGB", self.config.max_pixels)
-            except I.UnreadableImage as exc:
-                reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-                return None, Drop(reason, f"{exc.reason}: {exc.detail}")
+            image = decode_or_drop(data, self.config.max_pixels)
+            if isinstance(image, Drop):
+                return None, image
             score, det = unsafe_score(self.detector.detect(image), self.config.unsafe_classes)
             if det is not None and score > best:
                 best, best_det = score, det
