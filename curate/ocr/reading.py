@@ -88,5 +88,5 @@ def read_image(image: Image.Image, engines: Sequence[OcrEngine], settings: Match
         second = rescale(engines[1].read(small, timeout_s), scale)
     agreed = match_words(first.words, second.words, settings) if not (first.timed_out or second.timed_out) else []
     metrics = agreement_metrics(first.words, second.words, agreed, settings.fold_lookalikes)
-    lines = agreed_lines(first, second, agreed, text_from)
+    lines = agreed_lines(first, second, agreed, text_from, settings.fold_lookalikes)
     return Reading(first, second, agreed, metrics, lines, scale, bucket, image.size)

@@ -165,8 +165,9 @@ class OcrIntersection(Stage):
         counts = f"{r.first.engine} {m.first_words} words, {r.second.engine} {m.second_words} words"
         if m.first_words == 0 and m.second_words == 0:
             return Drop("ocr:no_text", counts) if c.min_agreed_words > 0 else None
-        if len(r.agreed) < c.min_agreed_words:
-            return Drop("ocr:too_few_agreed_words", f"agreed {len(r.agreed)} < {c.min_agreed_words}; {counts}; "
+        agreed_words = sum(line.words for line in r.lines)
+        if agreed_words < c.min_agreed_words:
+            return Drop("ocr:too_few_agreed_words", f"agreed {agreed_words} < {c.min_agreed_words}; {counts}; "
                                                     f"{C.metrics_text(m)}")
         if (m.f1 or 0.0) < c.min_agreement:
             return Drop("ocr:low_agreement", f"word F1 {m.f1 or 0.0:.3f} < {c.min_agreement:g}; {counts}; "

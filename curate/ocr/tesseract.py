@@ -64,12 +64,17 @@ class TesseractEngine:
         words: list[OcrWord] = []
         line_words: list[OcrWord] = []
         it = self.api.GetIterator()
+        if it is None:
+            return lines, words
         for r in self._tess.iterate_level(it, word_level):
-            text = (r.GetUTF8Text(word_level) or "").strip()
-            box = r.BoundingBox(word_level)
             if r.IsAtBeginningOf(line_level) and line_words:
                 lines.append(_line_of(line_words))
                 line_words = []
+            try:
+                text = (r.GetUTF8Text(word_level) or "").strip()
+            except RuntimeError:   # tesserocr's "No text returned": an empty word (photos, noise)
+                continue
+            box = r.BoundingBox(word_level)
             if not text or box is None:
                 continue
             word = OcrWord(text, quad_from_box(*box), float(r.Confidence(word_level)) / 100.0, len(lines))
