@@ -29,6 +29,7 @@ def test_word_key_folds_width_case_punctuation():
     assert word_key("lnvoice") != word_key("Invoice")
 
 
+@settings(max_examples=500, deadline=None)
 @given(st.text(max_size=30), st.booleans())
 def test_word_key_is_idempotent(text, fold):
     assert word_key(word_key(text, fold), fold) == word_key(text, fold)

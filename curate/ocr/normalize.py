@@ -38,7 +38,9 @@ def word_key(text: str, fold_lookalikes: bool = False) -> str:
     s = "".join(ch for ch in s if not _is_punctuation(ch) and not ch.isspace())
     if fold_lookalikes:
         s = s.translate(_FOLD_TABLE)
-    return s
+    # Composed again at the end: removing the space NFKC puts before a spacing accent ("A´" -> "A ́")
+    # or folding "0" to "o" leaves base + combining mark, which is "á" / "ó" to a second pass.
+    return unicodedata.normalize("NFC", s)
 
 
 def split_words(text: str) -> list[tuple[int, int, str]]:
