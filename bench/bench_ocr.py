@@ -19,7 +19,6 @@ what they are.
 """
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
