@@ -173,3 +173,31 @@ def test_recipe_emits_grounding_samples_that_pass_validate_annotations(tmp_path,
     ocr_report = next(s for s in res.report["stages"] if s["name"] == "ocr")
     assert ocr_report["ocr"]["per_source"]["ocr"]["read"] == len(kept)
     assert json.dumps(ocr_report)  # the coverage summary is plain JSON
+
+
+def test_paddleocr_production_engine_reads_where_installed():
+    """The production engine (the `ocr` extra). It downloads its models on first use, so it runs only
+    where paddleocr and its model files are present."""
+    pytest.importorskip("paddleocr", reason="paddleocr is the `ocr` extra; not installed on this machine")
+    engine = engine_factory("paddleocr")()
+    res = engine.read(render(DEMO_SPECS["sign"]), 60)
+    assert "coffee" in res.text.lower()
+
+
+def test_ray_actor_pool_gives_the_same_rows_as_inline(tmp_path):
+    """The stage on Ray's actor pool (engines built once per actor in setup) writes what inline writes."""
+    pytest.importorskip("ray")
+    import pyarrow.compute as pc
+    from pipelines.recipe import load
+    from pipelines.runner import run
+    build_text_images(tmp_path / "data" / "sample")
+    # absolute source path instead of chdir: Ray's workers import this checkout from the driver's cwd
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "ocr.yaml").read_text()
+    (tmp_path / "ocr.yaml").write_text(text.replace('"data/sample/', f'"{tmp_path}/data/sample/'))
+    recipe = load(tmp_path / "ocr.yaml")
+    tables = []
+    for executor in ("inline", "ray"):
+        res = run(recipe, out=tmp_path / executor, executor=executor, progress=False)
+        t = res.kept()
+        tables.append(t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")])))
+    assert tables[0].num_rows == 5 and tables[0].equals(tables[1])
