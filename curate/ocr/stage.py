@@ -12,6 +12,16 @@ measures word and character coverage; openPangu-VL turns OCR into grounding supe
    (``ocr_boxes``, pixels) and the same lines as grounding labels (``ocr_grounding``, quads in 0-999);
    ``grounding_output: conversation`` also makes the sample an OCR-with-grounding dialogue.
 
+Defaults, measured by ``bench/bench_ocr.py`` (30 rendered text images in 4 fonts, 16-36 px, rotated up
+to 8 degrees, noise, plus 7 text-free images; one core): the intersection's word precision is 0.986
+against 0.891 (RapidOCR) and 0.877 (Tesseract) alone, recall 0.787 (0.753 / 0.776: split words
+recovered from Tesseract beat RapidOCR's space-less lines); the stage runs at 0.94 of the two bare
+engines back to back in CPU time. ``min_text_similarity`` 0.8: 0.6 lets a merged word pair 1:1 with
+one of its parts (precision 0.932, recall 0.707), 1.0 drops near-misses (precision 1.0, recall 0.759).
+``fold_lookalikes`` off: no gain on that corpus, and it can make different readings agree.
+``min_box_overlap`` 0.5 of the smaller box: cut-out words of a line detector are a few pixels off.
+``text_from: first`` because RapidOCR spells better than Tesseract on scene-like text.
+
 Rows outside ``categories`` or without an image pass untouched. Unfetchable images are quarantined,
 undecodable ones rejected (``image:corrupt``), a reading past ``timeout_s`` rejected (``ocr:timeout``).
 """
