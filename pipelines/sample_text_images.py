@@ -6,8 +6,9 @@ Text is rendered with PIL onto plain or gradient backgrounds in DejaVu fonts (De
 ``fonts-dejavu-core``, installed by ``make install``; PIL's own scalable default font when DejaVu is
 absent), at a known size, rotation and noise level, so the ground truth of every word is known.
 ``build_text_images`` writes a small WebDataset tar (``{key}.png`` + ``{key}.txt`` = the rendered text,
-``{key}.json`` = how it was rendered) and returns the planted keys with the reason the ``ocr`` stage
-must give them (None: kept).
+``{key}.json`` = how it was rendered) and returns the planted drops with the reason the ``ocr`` stage
+must give them (``EXPECTED_OCR`` lists every key; None: kept). In a recipe with other sources, run
+``ocr`` with ``categories: [ocr]``.
 """
 from __future__ import annotations
 
@@ -115,8 +116,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_text_images(root: str | Path) -> dict[str, str | None]:
-    """Write ``root/ocr/text-000000.tar``; return {"ocr/<key>": expected ocr reason or None}."""
+def build_text_images(root: str | Path) -> dict[str, tuple[str, str]]:
+    """Write ``root/ocr/text-000000.tar``; return the planted drops as sample_data's ``EXPECTED`` has
+    them: {"ocr/<key>": ("ocr", reason)}. Every other key must be kept with agreed text."""
     out = Path(root) / SOURCE
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "text-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -126,7 +128,7 @@ def build_text_images(root: str | Path) -> dict[str, str | None]:
             _add(tar, f"{key}.json", json.dumps(asdict(spec), sort_keys=True).encode())
         _add(tar, "blobs.png", png_bytes(text_free(7)))
         _add(tar, "blobs.txt", b"")
-    return {f"{SOURCE}/{k}": v for k, v in EXPECTED_OCR.items()}
+    return {f"{SOURCE}/{k}": ("ocr", v) for k, v in EXPECTED_OCR.items() if v is not None}
 
 
 if __name__ == "__main__":

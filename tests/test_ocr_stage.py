@@ -15,7 +15,7 @@ from curate.grounding import parse, validate, validate_file
 from curate.ocr.engines import EngineResult, engine_factory
 from curate.ocr.reading import shrink, size_bucket
 from curate.stage import build
-from pipelines.sample_text_images import DEMO_SPECS, TextSpec, build_text_images, render, text_free
+from pipelines.sample_text_images import DEMO_SPECS, EXPECTED_OCR, TextSpec, build_text_images, render, text_free
 
 pytest.importorskip("rapidocr_onnxruntime")
 pytest.importorskip("tesserocr")
@@ -165,9 +165,9 @@ def test_recipe_emits_grounding_samples_that_pass_validate_annotations(tmp_path,
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "ocr.yaml"
     res = pipelines.run(str(recipe), out=str(tmp_path / "out"), executor="inline")
     kept = {r["key"] for r in res.kept().to_pylist()}
-    assert kept == {k for k, v in expected.items() if v is None}
+    assert kept == {f"ocr/{k}" for k, v in EXPECTED_OCR.items() if v is None}
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
-    assert {r["key"]: r["_reason"] for r in rejects} == {k: v for k, v in expected.items() if v}
+    assert {r["key"]: ("ocr", r["_reason"]) for r in rejects} == expected == {"ocr/blobs": ("ocr", "ocr:no_text")}
     manifests = sorted((tmp_path / "out" / "stages").glob("*_ocr/data/*.parquet"))
     assert manifests and all(validate_file(m) == [] for m in manifests)
     ocr_report = next(s for s in res.report["stages"] if s["name"] == "ocr")
