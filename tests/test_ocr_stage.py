@@ -171,7 +171,9 @@ def test_recipe_emits_grounding_samples_that_pass_validate_annotations(tmp_path,
     manifests = sorted((tmp_path / "out" / "stages").glob("*_ocr/data/*.parquet"))
     assert manifests and all(validate_file(m) == [] for m in manifests)
     ocr_report = next(s for s in res.report["stages"] if s["name"] == "ocr")
-    assert ocr_report["ocr"]["per_source"]["ocr"]["read"] == len(kept)
+    per_source = ocr_report["ocr"]["per_source"]["ocr"]
+    assert per_source["read"] == len(kept) and sum(per_source["size_buckets"].values()) == len(kept)
+    assert per_source["char_coverage"]["p50"] > 0.8 and per_source["below_low_coverage"] == 0
     assert json.dumps(ocr_report)  # the coverage summary is plain JSON
 
 

@@ -6,6 +6,7 @@ same lines as grounding labels in the 0-999 space.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ import pyarrow as pa
 from curate.filters.common import Drop
 from curate.ocr.lines import grounding_text
 from curate.ocr.matching import Metrics
-from curate.ocr.reading import Reading
+from curate.ocr.reading import Reading, size_bucket
 
 TEXT, ENGINE_TEXTS, BOXES, GROUNDING = "ocr_text", "ocr_engine_texts", "ocr_boxes", "ocr_grounding"
 PRECISION, RECALL, F1, COVERAGE, AGREED_WORDS = ("ocr_word_precision", "ocr_word_recall", "ocr_word_f1",
@@ -75,12 +76,16 @@ def _distribution(values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def coverage_summary(kept: pa.Table, low_coverage: float, engines: Sequence[str]) -> dict[str, Any]:
+def coverage_summary(kept: pa.Table, low_coverage: float, engines: Sequence[str],
+                     buckets: Sequence[int] = ()) -> dict[str, Any]:
     """Per source: how many kept samples were read, the distribution of agreement (word F1) and of
-    character coverage, and how many fall below ``low_coverage`` (sources to supplement)."""
+    character coverage, how many fall below ``low_coverage`` (sources to supplement), and how many
+    read images fall in each size bucket."""
     per_source: dict[str, Any] = {}
     if kept.num_rows:
         sources = kept.column("source").to_pylist()
+        sizes = [(refs[0]["width"] or 0, refs[0]["height"] or 0) if refs else (0, 0)
+                 for refs in kept.column("images").to_pylist()]
         f1 = np.asarray(kept.column(F1).to_numpy(zero_copy_only=False), dtype=np.float64)
         cov = np.asarray(kept.column(COVERAGE).to_numpy(zero_copy_only=False), dtype=np.float64)
         for src in sorted(set(sources)):
@@ -92,5 +97,7 @@ def coverage_summary(kept: pa.Table, low_coverage: float, engines: Sequence[str]
                 entry["word_f1"] = _distribution(f[read & ~np.isnan(f)]) if (read & ~np.isnan(f)).any() else {}
                 entry["char_coverage"] = _distribution(c[read])
                 entry["below_low_coverage"] = int((c[read] < low_coverage).sum())
+                entry["size_buckets"] = dict(sorted(Counter(
+                    size_bucket(*sizes[k], buckets) for k in np.flatnonzero(sel & ~np.isnan(cov))).items()))
             per_source[src] = entry
     return {"engines": list(engines), "low_coverage": low_coverage, "per_source": per_source}

@@ -53,7 +53,7 @@ class OcrIntersection(Stage):
     requires: ClassVar[tuple[str, ...]] = ("images", "category", "source")
     adds: ClassVar[Mapping[str, pa.DataType]] = C.ADDS
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=16, kind="actor")
-    summary_columns: ClassVar[tuple[str, ...]] = ("source", C.F1, C.COVERAGE, C.AGREED_WORDS)
+    summary_columns: ClassVar[tuple[str, ...]] = ("source", "images", C.F1, C.COVERAGE, C.AGREED_WORDS)
 
     @dataclass
     class Config:
@@ -185,4 +185,5 @@ class OcrIntersection(Stage):
         return None
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        return {"ocr": C.coverage_summary(kept, self.config.low_coverage, self.config.engines)}
+        c = self.config
+        return {"ocr": C.coverage_summary(kept, c.low_coverage, c.engines, c.size_buckets)}
