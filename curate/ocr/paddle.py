@@ -23,7 +23,7 @@ class PaddleOcrEngine:
     def read(self, image: Image.Image, timeout_s: float) -> EngineResult:
         start = time.perf_counter()
         pages = self.ocr.ocr(np.asarray(image.convert("RGB"))[:, :, ::-1], cls=True) or []
-        found = pages[0] or [] if pages else []
+        found = (pages[0] or []) if pages else []
         lines = [OcrLine(str(text), as_quad(quad), float(score)) for quad, (text, score) in found if str(text).strip()]
         seconds = time.perf_counter() - start
         return result_from_lines(self.name, lines, seconds, timed_out=seconds > timeout_s)
