@@ -15,6 +15,9 @@ install: $(STAMP)
 # torch==2.13.0 first (the CPU wheel on this kind of machine); the rest is declared as a range it satisfies,
 # so nothing pulls a second torch.
 $(STAMP): pyproject.toml
+	# DejaVu fonts render the OCR sample/bench text images (PIL's default font is the fallback).
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q fonts-dejavu-core || echo "fonts-dejavu-core not installed: text images use PIL's font"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"

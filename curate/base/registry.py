@@ -22,6 +22,8 @@ BUILTIN_STAGE_MODULES = (
     "curate.filters.text_rules",
     "curate.scoring.stages",
     "curate.grounding.stage",
+    "curate.ocr.stage",
+    "curate.safety.stage",
     "pack.stages",
     "pack.shards",
 )
