@@ -152,7 +152,7 @@ class ShardsStage(Stage):
                                shuffle_steps=c.shuffle_steps)
         groups, leftover_jobs = self._jobs(plan, seg_rows, pack_ids)
         tok_spec, template = self._tokenizer_settings()
-        settings = WriterSettings(L, tok_spec, template)
+        settings = WriterSettings(L, tok_spec, template, self.profile.to_dict())
 
         final = self.output_root()
         tmp = sibling_dir(final, "tmp")
