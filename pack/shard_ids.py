@@ -31,6 +31,7 @@ class SegmentTokenizer:
         self.structure_ids = {self._id(t) for t in (T.IM_START, T.IM_END, T.EOS)} - {None}
         pad = self._id(T.EOS)
         self.pad_id = int(pad) if pad is not None else 0
+        self.image_token_id, self.video_token_id = self._id(T.IMAGE_PAD), self._id(T.VIDEO_PAD)
 
     def _id(self, token: str) -> int | None:
         try:

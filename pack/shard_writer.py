@@ -120,7 +120,8 @@ def _pack_members(job: PackJob, settings: WriterSettings, tok: SegmentTokenizer 
             labels[:used] = np.concatenate(parts.labels)
         members.append((F.input_ids_member(job.key), F.encode_input_ids(ids)))
         members.append((F.labels_member(job.key), F.encode_input_ids(labels)))
-        doc["input_ids"] = {"member": F.input_ids_member(job.key), "dtype": "int32", "pad_id": tok.pad_id}
+        doc["input_ids"] = {"member": F.input_ids_member(job.key), "dtype": "int32", "pad_id": tok.pad_id,
+                            "image_token_id": tok.image_token_id, "video_token_id": tok.video_token_id}
         doc["labels"] = {"member": F.labels_member(job.key), "dtype": "int32", "ignore_index": F.IGNORE_INDEX}
     members.append((F.json_member(job.key), F.dumps(doc)))
     return sorted(members), doc
