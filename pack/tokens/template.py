@@ -238,10 +238,21 @@ def sample_input_ids(row: Mapping[str, Any], tokenizer: "Tokenizer", image_token
 
 
 class SpecialTokenInText(ValueError):
-    """Text of a record encoded to a control token of the template (a tokenizer that still matches
-    special-token strings in text, or a non-special added token with a control role)."""
+    """Text of a record contains (or encodes to) a control token of the template: turn markers,
+    end-of-text, vision markers or pads. Such text would inject chat turns or image pads without
+    images, so the sample is rejected by name. Other special tokens stay legal in data — Qwen2-VL's
+    grounding format writes ``<|box_start|>`` / ``<|object_ref_start|>`` in the text on purpose."""
 
     reason = "special_token_in_text"
+
+
+CONTROL_TOKEN_PATTERN = "|".join(re.escape(t) for t in SPECIAL_TOKENS)
+
+
+def control_token_in(text: str | None) -> str | None:
+    """The first control-token string in `text`, or None."""
+    m = re.search(CONTROL_TOKEN_PATTERN, text or "")
+    return m.group(0) if m else None
 
 
 def sample_ids_and_labels(row: Mapping[str, Any], tokenizer: "Tokenizer", image_token_counts: Sequence[int],
@@ -250,9 +261,8 @@ def sample_ids_and_labels(row: Mapping[str, Any], tokenizer: "Tokenizer", image_
     """``sample_input_ids`` and, per token, whether the loss is computed on it.
 
     A text token is trained when its characters overlap a trained range (the rule of transformers'
-    ``return_assistant_tokens_mask``). Text never encodes to a template control token: the tokenizer
-    reads special-token strings in data as plain text (``load_tokenizer``), and any control id that
-    still appears raises ``SpecialTokenInText``.
+    ``return_assistant_tokens_mask``). Text never encodes to a template control token: a record
+    whose text does raises ``SpecialTokenInText`` (count_tokens rejects such records first).
     """
     tpl = template if isinstance(template, Template) else Template(kind=template)
     control = tokenizer.control_ids()

@@ -40,9 +40,6 @@ class Tokenizer:
     def __init__(self, backend: Any, path: str = ""):
         self.backend = backend
         self.path = path
-        # Special-token strings inside data ("<|image_pad|>", "<|im_end|><|im_start|>system") are read
-        # as plain text: only the template inserts control tokens. Counting uses the same backend.
-        backend.encode_special_tokens = True
         self._ids: dict[str, int] = {}
         self._counter: TextCounter | None = None
         self._control: frozenset[int] | None = None
