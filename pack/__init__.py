@@ -24,7 +24,9 @@ _EXPORTS = {
     "plan_packs": "pack.packing",
     "PackedShards": "pack.loader",
     "ResumableLoader": "pack.loader",
-    "collate_packs": "pack.loader",
+    "collate_packs": "pack.collate",
+    "ModelProfile": "pack.profile",
+    "profile_from_mapping": "pack.profile",
     "validate_shards": "pack.validate",
 }
 

@@ -12,13 +12,19 @@ Recommended training loop::
     if resuming:
         loader.load_state_dict(checkpoint["data"])                  # before iterating
     for batch in loader:                                            # counted as consumed when yielded
-        loss = model(batch["input_ids"], position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], ...)
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"],          # -100: no loss
+                    position_ids=batch["position_ids"],                            # [3, B, L] for M-RoPE
+                    mm_token_type_ids=batch["mm_token_type_ids"],
+                    pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
+        # (PackedShards(..., pixel_values=True)); varlen kernels take batch["cu_seqlens"]
         ...
         if step % save_every == 0:
             checkpoint["data"] = loader.state_dict()                # JSON-serializable
 
 With a plain ``torch.utils.data.DataLoader`` call ``ds.mark_consumed(batch)`` for every batch the loop
 takes and save ``ds.state_dict()``; give ``PackedShards(batch_size=...)`` the DataLoader's batch size.
+Iterating ``ds`` directly in the main process works the same way; ``state_dict()`` refuses while
+packs it yielded are not marked consumed (it would otherwise resume behind the training loop).
 
 Why the tracker lives in the main process: DataLoader workers hold *copies* of the dataset, so only
 the process that receives batches knows what the trainer consumed. The state is the position in the
@@ -32,8 +38,11 @@ Don't use ``persistent_workers=True``: persistent workers keep their copy of the
 
 Each item is one pack (a dict): ``samples`` (key, source, category, length, text/conversations,
 meta, images), ``cu_seqlens`` (int32, padding as a final segment, ends at context_length),
-``position_ids``, ``images`` (bytes in their original encoding with each image's token count), and
-``input_ids`` (int32) when the shards were tokenized. ``shuffle=True`` reshuffles the order of whole
+``segment_ids`` (sample index per token, -1 on padding), ``position_ids`` ((3, L) M-RoPE for
+tokenized Qwen2-VL-family shards, else (L,)), ``images`` (bytes in their original encoding with each
+image's token count and grid), and when the shards were tokenized ``input_ids``, ``labels`` (-100
+where no loss) and ``mm_token_type_ids``; with ``pixel_values=True`` also ``pixel_values`` and
+``image_grid_thw``. Each shard's sha256 is checked against the manifest when first opened. ``shuffle=True`` reshuffles the order of whole
 global steps per epoch with the same permutation on every rank, so per-step balance is kept.
 """
 from __future__ import annotations
@@ -47,6 +56,9 @@ import numpy as np
 
 from pack import packformat as F
 from pack import tario
+from pack.collate import collate_packs, resolve_device, to_device
+from pack.positions import pack_model_inputs
+from pack.profile import profile_from_mapping
 
 try:  # torch is a dependency, but keep `import pack.loader` usable for inspection without it
     from torch.utils.data import IterableDataset as _Base
@@ -60,9 +72,18 @@ class PackedShards(_Base):  # type: ignore[misc]
     """One data-parallel rank's packs, as a torch IterableDataset. See the module docstring."""
 
     def __init__(self, path: str, rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0,
-                 batch_size: int = 1):
+                 batch_size: int = 1, pixel_values: bool = False, verify: bool = True):
+        """`pixel_values`: also return ``pixel_values`` / ``image_grid_thw`` (transformers' image
+        processor configured from the manifest); `verify`: check each shard's sha256 against the
+        manifest when it is first opened (one sequential read per shard and worker)."""
         self.path = os.path.abspath(path)
         self.manifest = F.load_manifest(self.path)
+        self.profile = profile_from_mapping(self.manifest.get("model"))
+        self.verify = bool(verify)
+        self._pixels = None
+        if pixel_values:
+            from pack.pixels import ImageInputs
+            self._pixels = ImageInputs(self.manifest.get("model"))
         dp = self.manifest["dp_size"]
         if world_size != dp:
             raise ValueError(f"world_size={world_size} but the shards were balanced for dp_size={dp}; "
@@ -79,6 +100,7 @@ class PackedShards(_Base):  # type: ignore[misc]
         self.context_length = int(self.manifest["context_length"])
         self.micro_batches = int(self.manifest["micro_batches"])
         self.shards = [(os.path.join(self.path, s["path"]), int(s["packs"])) for s in entry["shards"]]
+        self._sha256 = {os.path.join(self.path, s["path"]): s["sha256"] for s in entry["shards"]}
         self.num_packs = sum(n for _, n in self.shards)
         self._shard_start = np.cumsum([0] + [n for _, n in self.shards])
         self.identity = hashlib.sha256("\n".join(s["sha256"] for s in entry["shards"]).encode()).hexdigest()
@@ -88,6 +110,7 @@ class PackedShards(_Base):  # type: ignore[misc]
         self.packs_consumed = 0
         self.consumed_samples: Counter[str] = Counter()
         self.consumed_tokens: Counter[str] = Counter()
+        self._yielded_in_process = 0         # packs iterated in the main process, not yet marked consumed
         # per-process read caches (not part of the state; rebuilt in each worker)
         self._index: dict[str, list[tuple[str, list[tario.MemberRef]]]] = {}
         self._handles: dict[str, Any] = {}
@@ -114,7 +137,10 @@ class PackedShards(_Base):  # type: ignore[misc]
                 if b % workers != worker:
                     continue
                 for pos in range(lo, min(lo + self.batch_size, self.num_packs)):
-                    yield self.read_pack(int(seq[pos]), epoch=epoch, position=pos)
+                    pack = self.read_pack(int(seq[pos]), epoch=epoch, position=pos)
+                    if info is None:
+                        self._yielded_in_process += 1
+                    yield pack
         finally:
             self._close()
 
@@ -125,6 +151,11 @@ class PackedShards(_Base):  # type: ignore[misc]
 
     def _packs_of(self, shard: str) -> list[tuple[str, list[tario.MemberRef]]]:
         if shard not in self._index:
+            if self.verify:
+                got = tario.sha256_file(shard)
+                if got != self._sha256[shard]:
+                    raise F.PackFormatError(f"{shard}: sha256 {got[:16]}... differs from the manifest's "
+                                            f"{self._sha256[shard][:16]}... (the shard changed after it was written)")
             groups: list[tuple[str, list[tario.MemberRef]]] = []
             seen: set[str] = set()
             for ref in tario.index_tar(shard):
@@ -172,26 +203,36 @@ class PackedShards(_Base):  # type: ignore[misc]
         missing = sorted(set(F.pack_members(doc)) - set(members))
         if missing:
             raise F.PackFormatError(f"{where}: member {missing[0]!r} named in the JSON is missing")
-        images, videos, samples = [], [], []
+        images, videos = [], []
         for seg in doc["segments"]:
             for kind, out in (("images", images), ("videos", videos)):
                 for m in seg[kind]:
                     out.append({"sample": seg["key"], "bytes": tario.read_member(fh, members[m["member"]]), **m})
-            samples.append(seg)
-        input_ids = None
-        if doc["input_ids"] is not None:
-            input_ids = F.decode_input_ids(tario.read_member(fh, members[doc["input_ids"]["member"]]))
-            if input_ids.shape != (self.context_length,) or input_ids.dtype.kind not in "iu":
-                raise F.PackFormatError(f"{where}: input_ids shape {input_ids.shape} dtype {input_ids.dtype}, "
-                                        f"expected ({self.context_length},) integers")
+        input_ids = self._read_array(fh, members, doc, "input_ids", where)
         cu = np.asarray(doc["cu_seqlens"], dtype=np.int32)
-        return {
+        pack = {
             "pack_key": key, "pack_id": doc["pack_id"], "rank": doc["rank"], "step": doc["step"],
             "micro_batch": doc["micro_batch"], "repeat_of": doc["repeat_of"], "epoch": epoch,
             "index": index if position is None else position, "context_length": doc["context_length"],
-            "length": doc["length"], "padding": doc["padding"], "samples": samples, "cu_seqlens": cu,
-            "position_ids": F.position_ids(cu), "images": images, "videos": videos, "input_ids": input_ids,
+            "length": doc["length"], "padding": doc["padding"], "samples": list(doc["segments"]), "cu_seqlens": cu,
+            "images": images, "videos": videos, "input_ids": input_ids,
+            "labels": self._read_array(fh, members, doc, "labels", where),
+            **pack_model_inputs(doc, input_ids, self.profile),
         }
+        if self._pixels is not None:
+            pack["pixel_values"], pack["image_grid_thw"] = self._pixels(images, where)
+        return pack
+
+    def _read_array(self, fh: Any, members: Mapping[str, tario.MemberRef], doc: Mapping[str, Any], name: str,
+                    where: str) -> np.ndarray | None:
+        """input_ids or labels of a pack ([context_length] integers), None when not tokenized."""
+        if doc.get(name) is None:
+            return None
+        arr = F.decode_input_ids(tario.read_member(fh, members[doc[name]["member"]]))
+        if arr.shape != (self.context_length,) or arr.dtype.kind not in "iu":
+            raise F.PackFormatError(f"{where}: {name} shape {arr.shape} dtype {arr.dtype}, "
+                                    f"expected ({self.context_length},) integers")
+        return arr
 
     # --- consumed-data tracker -----------------------------------------------------------------------
     def mark_consumed(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
@@ -207,6 +248,7 @@ class PackedShards(_Base):  # type: ignore[misc]
                 self.consumed_samples[seg["source"]] += 1
                 self.consumed_tokens[seg["source"]] += int(seg["length"])
             self.packs_consumed += 1
+            self._yielded_in_process = max(0, self._yielded_in_process - 1)
             self.position += 1
             if self.position >= self.num_packs:
                 self.epoch += 1
@@ -218,6 +260,13 @@ class PackedShards(_Base):  # type: ignore[misc]
         return self.num_packs - self.position
 
     def state_dict(self) -> dict[str, Any]:
+        """The consumed-data state. Refuses when packs were iterated in this process without
+        ``mark_consumed``: the position would silently stay behind what the loop trained on."""
+        if self._yielded_in_process:
+            raise RuntimeError(
+                f"{self._yielded_in_process} pack(s) were iterated in this process but not marked consumed: "
+                "call mark_consumed(pack) for each pack the training loop takes, or iterate through "
+                "ResumableLoader, before state_dict()")
         return {
             "version": STATE_VERSION, "shards": self.identity, "rank": self.rank, "world_size": self.world_size,
             "shuffle": self.shuffle, "seed": self.seed, "epoch": self.epoch, "position": self.position,
@@ -239,6 +288,7 @@ class PackedShards(_Base):  # type: ignore[misc]
         if not 0 <= position < max(self.num_packs, 1):
             raise ValueError(f"cannot resume: position {position} outside this rank's {self.num_packs} packs")
         self.epoch, self.position = int(state["epoch"]), position
+        self._yielded_in_process = 0
         self.packs_consumed = int(state["packs_consumed"])
         self.consumed_samples = Counter({k: int(v) for k, v in state["consumed_samples"].items()})
         self.consumed_tokens = Counter({k: int(v) for k, v in state["consumed_tokens"].items()})
@@ -260,95 +310,6 @@ def _consumed_items(batch: Any) -> Iterator[tuple[int, int, list[dict]]]:
     else:                                                             # a list of packs
         for pack in batch:
             yield int(pack["index"]), int(pack["epoch"]), pack["samples"]
-
-
-# =============================================================================================
-# Batches
-# =============================================================================================
-
-def npu_available() -> bool:
-    """True when the optional torch_npu extra imports and an NPU is visible."""
-    try:
-        import torch
-        import torch_npu  # noqa: F401
-        return bool(torch.npu.is_available())  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 — no extra, no device, or a broken driver: stay on CPU
-        return False
-
-
-def resolve_device(device: str | None) -> str | None:
-    """``"auto"``: the NPU when torch_npu works, in the main process only (not in DataLoader workers);
-    None: leave tensors on the CPU; anything else: a torch device string."""
-    if device != "auto":
-        return device
-    from torch.utils.data import get_worker_info
-    if get_worker_info() is None and npu_available():
-        return "npu"
-    return None
-
-
-def collate_packs(packs: Sequence[Mapping[str, Any]], device: str | None = None) -> dict[str, Any]:
-    """Batch tensors from packs of equal context_length ``L`` (batch size ``B``):
-
-    * ``input_ids`` int64 [B, L] — only when every pack has them;
-    * ``position_ids`` int64 [B, L] — restarting at 0 at every segment (and at the padding);
-    * ``cu_seqlens`` int32 [S + 1] — boundaries of all S segments of the batch flattened to B·L tokens
-      (pack i's boundaries offset by i·L; padding is a segment), the TND / varlen layout;
-      ``max_seqlen`` — the longest segment; for npu_fusion_attention use
-      ``actual_seq_qlen = cu_seqlens[1:].tolist()``;
-    * ``segment_pack`` int64 [S] — which pack each segment belongs to;
-    * ``image_token_counts`` int32 [I] — every image's LLM tokens in batch order; ``images_per_pack``
-      int32 [B]; ``image_bytes`` — list of I encoded images (decode with your processor);
-    * ``attention_mask`` int64 [B, L] — 1 for sample tokens, 0 for padding;
-    * ``samples``, ``pack_keys``, ``pack_index`` (int64 [B]), ``epoch`` — for the consumed-data tracker.
-    """
-    import torch
-    if not packs:
-        raise ValueError("collate_packs needs at least one pack")
-    L = int(packs[0]["context_length"])
-    if any(int(p["context_length"]) != L for p in packs):
-        raise ValueError("packs of different context_length cannot share a batch")
-    epochs = {int(p["epoch"]) for p in packs}
-    if len(epochs) != 1:
-        raise ValueError(f"a batch spans epochs {sorted(epochs)}")
-    B = len(packs)
-    cu_parts, seg_pack = [], []
-    for i, p in enumerate(packs):
-        cu = np.asarray(p["cu_seqlens"], dtype=np.int64)
-        cu_parts.append(cu[:-1] + i * L)
-        seg_pack.append(np.full(cu.size - 1, i, dtype=np.int64))
-    cu_all = np.concatenate(cu_parts + [np.array([B * L], dtype=np.int64)])
-    position = np.stack([np.asarray(p["position_ids"], dtype=np.int64) for p in packs])
-    mask = np.zeros((B, L), dtype=np.int64)
-    for i, p in enumerate(packs):
-        mask[i, : int(p["length"])] = 1
-    out: dict[str, Any] = {
-        "position_ids": torch.from_numpy(position),
-        "cu_seqlens": torch.from_numpy(cu_all.astype(np.int32)),
-        "max_seqlen": int(np.diff(cu_all).max()) if cu_all.size > 1 else 0,
-        "segment_pack": torch.from_numpy(np.concatenate(seg_pack)),
-        "attention_mask": torch.from_numpy(mask),
-        "image_token_counts": torch.tensor([int(im["tokens"]) for p in packs for im in p["images"]], dtype=torch.int32),
-        "images_per_pack": torch.tensor([len(p["images"]) for p in packs], dtype=torch.int32),
-        "image_bytes": [im["bytes"] for p in packs for im in p["images"]],
-        "samples": [list(p["samples"]) for p in packs],
-        "pack_keys": [p["pack_key"] for p in packs],
-        "pack_index": torch.tensor([int(p["index"]) for p in packs], dtype=torch.int64),
-        "epoch": next(iter(epochs)),
-    }
-    if all(p.get("input_ids") is not None for p in packs):
-        out["input_ids"] = torch.from_numpy(np.stack([np.asarray(p["input_ids"], dtype=np.int64) for p in packs]))
-    return to_device(out, resolve_device(device))
-
-
-def to_device(batch: dict[str, Any], device: str | None) -> dict[str, Any]:
-    """Move the tensors of a batch (not the bookkeeping) to `device`; None leaves them where they are."""
-    if device is None:
-        return batch
-    import torch
-    keep_on_cpu = {"pack_index"}
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in keep_on_cpu else v)
-            for k, v in batch.items()}
 
 
 class ResumableLoader:

@@ -17,6 +17,8 @@ splits a member name at the first dot of its basename). Members, in sorted name 
 * ``{key}.img000.jpg`` ... — each image's original bytes, in pack order (extension from its format);
   ``{key}.vid000.mp4`` ... for videos;
 * ``{key}.input_ids.npy`` — int32 ``[context_length]`` (``np.save``, no pickle), only when tokenized;
+* ``{key}.labels.npy`` — int32 ``[context_length]``: the id where the loss is computed, ``IGNORE_INDEX``
+  (-100) elsewhere (prompts, vision tokens, padding, each segment's first token); with input_ids;
 * ``{key}.json`` — the pack: see ``pack_document``.
 
 Sequence layout (static shapes for the NPU): a pack is always ``context_length`` tokens. The used
@@ -35,7 +37,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-PACK_FORMAT = "mmcurate-pack/1"
+PACK_FORMAT = "mmcurate-pack/2"
+IGNORE_INDEX = -100          # label of a token the loss skips (PyTorch cross_entropy's ignore_index)
 MANIFEST_FORMAT = "mmcurate-shards/1"
 MANIFEST_NAME = "manifest.json"
 LEFTOVER_DIR = "leftover"
@@ -77,6 +80,10 @@ def video_member(key: str, index: int, ext: str) -> str:
 
 def input_ids_member(key: str) -> str:
     return f"{key}.input_ids.npy"
+
+
+def labels_member(key: str) -> str:
+    return f"{key}.labels.npy"
 
 
 def json_member(key: str) -> str:
@@ -203,6 +210,10 @@ def parse_pack(data: bytes, where: str, context_length: int | None = None) -> di
                 if not member.startswith(key + "."):
                     raise PackFormatError(f"{w}: member {member!r} does not belong to pack {key!r}")
                 _need(m, "tokens", int, w)
+                grid = m.get("grid_thw")
+                if grid is not None and not (isinstance(grid, list) and len(grid) == 3 and all(
+                        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in grid)):
+                    raise PackFormatError(f"{w}: grid_thw must be three positive integers, got {grid!r}")
     if sum(seg_lengths) != length:
         raise PackFormatError(f"{where}: segment lengths sum to {sum(seg_lengths)}, length says {length}")
     try:
@@ -218,6 +229,14 @@ def parse_pack(data: bytes, where: str, context_length: int | None = None) -> di
         if member != input_ids_member(key):
             raise PackFormatError(f"{where}: input_ids member {member!r} != {input_ids_member(key)!r}")
         _need(ids, "pad_id", int, where + " input_ids")
+    labels = _need(doc, "labels", dict, where, nullable=True)
+    if (labels is None) != (ids is None):
+        raise PackFormatError(f"{where}: labels and input_ids must both be present or both null")
+    if labels is not None:
+        if _need(labels, "member", str, where + " labels") != labels_member(key):
+            raise PackFormatError(f"{where}: labels member {labels['member']!r} != {labels_member(key)!r}")
+        if _need(labels, "ignore_index", int, where + " labels") != IGNORE_INDEX:
+            raise PackFormatError(f"{where}: labels ignore_index {labels['ignore_index']} != {IGNORE_INDEX}")
     return doc
 
 
@@ -229,6 +248,8 @@ def pack_members(doc: Mapping[str, Any]) -> list[str]:
         names += [m["member"] for m in seg["images"]] + [m["member"] for m in seg["videos"]]
     if doc.get("input_ids"):
         names.append(doc["input_ids"]["member"])
+    if doc.get("labels"):
+        names.append(doc["labels"]["member"])
     return sorted(names)
 
 

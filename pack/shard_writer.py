@@ -13,10 +13,17 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from curate.base import records as R
+from curate.images import UnreadableImage
 from pack import packformat as F
 from pack import tario
-from pack.shard_ids import SegmentTokenizer, TokenCountMismatch
-from pack.shard_media import read_media, segment_doc
+from pack.profile import ModelProfile, profile_from_mapping
+from pack.shard_ids import SegmentTokenizer
+from pack.shard_media import MediaChanged, read_media, segment_doc
+from pack.tokens.template import PlaceholderMismatch, SpecialTokenInText
+
+# What a bad sample raises while its pack is assembled; anything else is a bug and fails the run.
+BAD_SAMPLE_ERRORS: tuple[type[BaseException], ...] = (UnreadableImage, OSError, MediaChanged, SpecialTokenInText,
+                                                      PlaceholderMismatch)
 
 
 @dataclass
@@ -41,6 +48,7 @@ class WriterSettings:
     context_length: int
     tokenizer: str | None = None          # "builtin" or a directory; None: no input_ids
     template: Mapping[str, Any] = field(default_factory=dict)   # pack.tokens.Template fields
+    profile: Mapping[str, Any] = field(default_factory=dict)    # ModelProfile.to_dict(); empty: default
 
 
 @dataclass
@@ -55,46 +63,66 @@ class ShardResult:
     failures: list[tuple[int, str, str]]   # (_ordinal, reason, detail) of samples left out
 
 
+class _Segments:
+    """The parts of a pack built segment by segment: media members, segment documents, ids, labels."""
+
+    def __init__(self) -> None:
+        self.members: list[tuple[str, bytes]] = []
+        self.docs: list[dict[str, Any]] = []
+        self.ids: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+
+def _add_segment(out: _Segments, seg: Mapping[str, Any], key: str, counters: dict[str, int],
+                 tok: SegmentTokenizer | None, profile: ModelProfile, failures: list[tuple[int, str, str]]) -> None:
+    """Add one sample to the pack, or record why it is left out. Only a bad sample is caught here
+    (unreadable or changed media, text that would encode to a control token); a tokenizer that
+    disagrees with the plan (TokenCountMismatch, GridMismatch) stops the run."""
+    saved = dict(counters)
+    try:
+        media_docs, media = read_media(seg, key, counters, profile if tok else None)
+        ids = tok.ids(seg, seg.get("image_tokens") or [], seg.get("video_tokens") or []) if tok else None
+    except BAD_SAMPLE_ERRORS as exc:
+        counters.update(saved)
+        reason = getattr(exc, "reason", None) or "unreadable_media"
+        failures.append((int(seg[R.ORDINAL]), reason, f"shards: {type(exc).__name__}: {exc}"[:500]))
+        return
+    out.members += media
+    out.docs.append(segment_doc(seg, media_docs))
+    if ids is not None:
+        out.ids.append(ids[0])
+        out.labels.append(ids[1])
+
+
 def _pack_members(job: PackJob, settings: WriterSettings, tok: SegmentTokenizer | None,
                   failures: list[tuple[int, str, str]]) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
     """All tar members of one pack (sorted by name) and its JSON document."""
     L = settings.context_length
+    profile = profile_from_mapping(dict(settings.profile) or None)
     counters = {"images": 0, "videos": 0}
-    members: list[tuple[str, bytes]] = []
-    segs: list[dict[str, Any]] = []
-    id_parts: list[np.ndarray] = []
+    parts = _Segments()
     for seg in job.segments:
-        saved = dict(counters)
-        try:
-            media_docs, media = read_media(seg, job.key, counters)
-            ids = tok.ids(seg, seg.get("image_tokens") or [], seg.get("video_tokens") or []) if tok else None
-        except TokenCountMismatch:
-            raise
-        except Exception as exc:  # noqa: BLE001 — one bad sample must not sink the run; it is accounted for
-            counters.update(saved)
-            from curate.images import UnreadableImage
-            reason = exc.reason if isinstance(exc, UnreadableImage) else f"error:{type(exc).__name__}"
-            failures.append((int(seg[R.ORDINAL]), reason, f"shards: {exc}"[:500]))
-            continue
-        members += media
-        segs.append(segment_doc(seg, media_docs))
-        if ids is not None:
-            id_parts.append(ids)
-    lengths = [s["length"] for s in segs]
+        _add_segment(parts, seg, job.key, counters, tok, profile, failures)
+    lengths = [s["length"] for s in parts.docs]
     used = int(sum(lengths))
     doc: dict[str, Any] = {
         "format": F.PACK_FORMAT, "pack_key": job.key, "pack_id": job.pack_id, "rank": job.rank,
         "step": job.step, "micro_batch": job.micro_batch, "repeat_of": job.repeat_of,
         "context_length": L, "length": used, "padding": L - used,
-        "cu_seqlens": F.cu_seqlens(lengths, L), "segments": segs, "input_ids": None,
+        "cu_seqlens": F.cu_seqlens(lengths, L), "segments": parts.docs, "input_ids": None, "labels": None,
     }
+    members = parts.members
     if tok is not None:
         ids = np.full(L, tok.pad_id, dtype=np.int32)
-        if id_parts:
-            flat = np.concatenate(id_parts)
-            ids[:flat.size] = flat
+        labels = np.full(L, F.IGNORE_INDEX, dtype=np.int32)
+        if parts.ids:
+            ids[:used] = np.concatenate(parts.ids)
+            labels[:used] = np.concatenate(parts.labels)
         members.append((F.input_ids_member(job.key), F.encode_input_ids(ids)))
-        doc["input_ids"] = {"member": F.input_ids_member(job.key), "dtype": "int32", "pad_id": tok.pad_id}
+        members.append((F.labels_member(job.key), F.encode_input_ids(labels)))
+        doc["input_ids"] = {"member": F.input_ids_member(job.key), "dtype": "int32", "pad_id": tok.pad_id,
+                            "image_token_id": tok.image_token_id, "video_token_id": tok.video_token_id}
+        doc["labels"] = {"member": F.labels_member(job.key), "dtype": "int32", "ignore_index": F.IGNORE_INDEX}
     members.append((F.json_member(job.key), F.dumps(doc)))
     return sorted(members), doc
 

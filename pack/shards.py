@@ -144,7 +144,7 @@ class ShardsStage(Stage):
                                shuffle_steps=c.shuffle_steps)
         slots, paths, shard_ranks = S.slot_table(plan, stats.pack_ids, c.packs_per_shard, c.leftover == "carry_over")
         tok_spec, template = self._tokenizer_settings()
-        settings = WriterSettings(L, tok_spec, template)
+        settings = WriterSettings(L, tok_spec, template, self.profile.to_dict())
         final = self.output_root()
         tmp = sibling_dir(final, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)

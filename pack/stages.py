@@ -130,6 +130,10 @@ class CountTokensStage(Stage):
             pa.array([[]] * n, type=pa.list_(R.VIDEO_REF))
         img = self._image_counts(images, reasons, details)
         vid = self._video_counts(videos, reasons, details)
+        for i in _rows_with_control_tokens(batch).tolist():
+            _reject(reasons, details, i, T.SpecialTokenInText.reason,
+                    "text contains a control token of the chat template (turn marker, end-of-text, vision marker "
+                    "or pad); it would inject turns or image pads")
         counts = T.count_rows(batch, self.tokenizer, img, vid, self.template)
         for i, err in enumerate(counts.error):
             if err is not None:
@@ -156,6 +160,25 @@ class CountTokensStage(Stage):
 def _reject(reasons: list[str | None], details: list[str | None], i: int, reason: str, detail: str | None) -> None:
     if reasons[i] is None:
         reasons[i], details[i] = reason, detail
+
+
+def _rows_with_control_tokens(batch: pa.Table) -> np.ndarray:
+    """Indices of rows whose text or any turn's content contains a control-token string (one regex
+    scan per column, no Python per row)."""
+    n = batch.num_rows
+    bad = np.zeros(n, dtype=bool)
+    if "text" in batch.column_names:
+        hit = pc.match_substring_regex(batch.column("text"), T.CONTROL_TOKEN_PATTERN)
+        bad |= np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+    if "conversations" in batch.column_names:
+        conv = batch.column("conversations").combine_chunks()
+        contents = pc.struct_field(pc.list_flatten(conv), "content")
+        if len(contents):
+            hit = np.asarray(pc.fill_null(pc.match_substring_regex(contents, T.CONTROL_TOKEN_PATTERN), False)
+                             .to_numpy(zero_copy_only=False), dtype=bool)
+            parents = pc.list_parent_indices(conv).to_numpy()
+            bad[np.unique(parents[hit])] = True
+    return np.flatnonzero(bad)
 
 
 def _list_parts(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:

@@ -166,15 +166,28 @@ def _read_packs(path: str, L: int, tokenized: bool, rel: str) -> Iterator[tuple[
                             f"tokenizer is {'set' if tokenized else 'null'}"
                 continue
             if doc["input_ids"] is not None:
-                try:
-                    ids = F.decode_input_ids(tario.read_member(fh, members[doc["input_ids"]["member"]]))
-                except ValueError as exc:
-                    yield None, f"{where}: input_ids unreadable ({exc})"
-                    continue
-                if ids.shape != (L,) or ids.dtype.kind not in "iu":
-                    yield None, f"{where}: input_ids shape {ids.shape} dtype {ids.dtype}, expected ({L},) integers"
+                problem = _check_ids_and_labels(fh, members, doc, where, L)
+                if problem:
+                    yield None, problem
                     continue
             yield doc, ""
+
+
+def _check_ids_and_labels(fh: Any, members: dict[str, Any], doc: dict[str, Any], where: str, L: int) -> str:
+    """input_ids [L] integers; labels [L], each either IGNORE_INDEX or the id at its position."""
+    arrays = {}
+    for name in ("input_ids", "labels"):
+        try:
+            arr = F.decode_input_ids(tario.read_member(fh, members[doc[name]["member"]]))
+        except ValueError as exc:
+            return f"{where}: {name} unreadable ({exc})"
+        if arr.shape != (L,) or arr.dtype.kind not in "iu":
+            return f"{where}: {name} shape {arr.shape} dtype {arr.dtype}, expected ({L},) integers"
+        arrays[name] = arr
+    bad = (arrays["labels"] != F.IGNORE_INDEX) & (arrays["labels"] != arrays["input_ids"])
+    if bad.any():
+        return f"{where}: labels differ from input_ids at position {int(bad.argmax())} (not {F.IGNORE_INDEX})"
+    return ""
 
 
 def _check_content(directory: str, m: dict[str, Any], good: set[str], problems: _Problems) -> None:

@@ -84,6 +84,15 @@ def make_rows(n: int, refs: list[dict[str, Any]], seed: int = 0, max_len: int = 
     return rows
 
 
+def set_profile_image_tokens(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace the drawn image token counts by those of the default profile (Qwen2-VL) for the images'
+    real sizes, as count_tokens computes them: tokenized shards check each image's grid against them."""
+    from pack.tokens import image_tokens
+    for r in rows:
+        r["image_tokens"] = [int(image_tokens(im["width"], im["height"])) for im in r["images"]]
+    return rows
+
+
 def pack_rows(rows: list[dict[str, Any]], context_length: int) -> list[dict[str, Any]]:
     """Fill pack_id / pack_position as the pack stage does (plan_packs, position by _ordinal)."""
     lengths = np.array([r["num_tokens"] for r in rows], dtype=np.int64)

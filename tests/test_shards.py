@@ -18,7 +18,7 @@ from pack import tario
 from pack.loader import PackedShards
 from pack.shards import ShardsStage
 from pack.validate import validate_shards
-from tests.shards_corpus import SCHEMA, image_refs, make_rows, pack_rows, packed_table
+from tests.shards_corpus import SCHEMA, image_refs, make_rows, pack_rows, packed_table, set_profile_image_tokens
 
 L = 1024
 
@@ -230,7 +230,7 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
     from pack import tokens as T
     tok = T.load_tokenizer(None)
     refs = image_refs(tmp_path / "img", n=4)
-    rows = make_rows(24, refs, seed=2)
+    rows = set_profile_image_tokens(make_rows(24, refs, seed=2))
     for r in rows:  # num_tokens as count_tokens computes them
         r["num_tokens"] = len(T.sample_input_ids(r, tok, r["image_tokens"]))
     table = R.rows_to_table(pack_rows(rows, L), SCHEMA)
@@ -253,7 +253,7 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
 def test_tokenizer_mismatch_stops_the_run(tmp_path):
     from pack.shard_ids import TokenCountMismatch
     refs = image_refs(tmp_path / "img", n=2)
-    rows = pack_rows(make_rows(8, refs, seed=3), L)   # num_tokens are random: the tokenizer disagrees
+    rows = pack_rows(set_profile_image_tokens(make_rows(8, refs, seed=3)), L)   # num_tokens are random: the tokenizer disagrees
     with pytest.raises(TokenCountMismatch, match="num_tokens"):
         run_stage(R.rows_to_table(rows, SCHEMA), tmp_path, dp_size=2, micro_batches=1, input_ids=True)
     assert not (tmp_path / "shards").exists()
@@ -264,7 +264,7 @@ def test_truncated_sample_keeps_its_vision_tokens(tmp_path):
     from pack import tokens as T
     tok = T.load_tokenizer(None)
     refs = image_refs(tmp_path / "img", n=2)
-    rows = make_rows(4, refs, seed=4)
+    rows = set_profile_image_tokens(make_rows(4, refs, seed=4))
     for r in rows:
         r["num_tokens"] = len(T.sample_input_ids(r, tok, r["image_tokens"]))
     long = next(r for r in rows if r["images"] and r.get("text"))

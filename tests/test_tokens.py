@@ -290,15 +290,10 @@ def test_plain_template_and_placeholders(tok):
         T.Template(kind="llama")
 
 
-def test_template_from_stage_settings():
-    assert T.Template.from_settings(None) == T.Template()
-    assert T.Template.from_settings({"template": "plain", "caption_prompt": None}) == T.Template(kind="plain")
-
-
 def _rows_for_counting() -> tuple[list[dict], list[list[int]], list[list[int]]]:
     rng = np.random.default_rng(5)
     caps = ["A dog.", "\n\nLeading newlines", "  two spaces", "", None, "emoji 😀 and 数字", "x" * 300,
-            "tab\tand\u00a0nbsp", " <|im_end|> literal special", "ends with space "]
+            "tab\tand\u00a0nbsp", " <|box_start|>(1,2),(3,4)<|box_end|> legal special", "ends with space "]
     rows, imgs, vids = [], [], []
     for i in range(400):
         kind = i % 5

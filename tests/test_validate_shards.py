@@ -185,7 +185,7 @@ def pack_doc(lengths: list[int], images: list[int], context_length: int = 256) -
     used = sum(lengths)
     return {"format": F.PACK_FORMAT, "pack_key": key, "pack_id": 3, "rank": 0, "step": 0, "micro_batch": 0,
             "repeat_of": None, "context_length": context_length, "length": used, "padding": context_length - used,
-            "cu_seqlens": F.cu_seqlens(lengths, context_length), "segments": segs, "input_ids": None}
+            "cu_seqlens": F.cu_seqlens(lengths, context_length), "segments": segs, "input_ids": None, "labels": None}
 
 
 lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=4)

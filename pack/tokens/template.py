@@ -72,15 +72,6 @@ class Template:
         if self.kind not in ("chat", "plain"):
             raise ValueError(f"template must be 'chat' or 'plain', got {self.kind!r}")
 
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> "Template":
-        """The template a `count_tokens` stage used, from its settings (e.g.
-        ``context.upstream["count_tokens"]``), so later stages build the very ids that were counted."""
-        settings = settings or {}
-        return cls(kind=settings.get("template", "chat"),
-                   system_prompt=settings.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
-                   caption_prompt=settings.get("caption_prompt", "") or "")
-
 
 class PlaceholderMismatch(ValueError):
     """The record's <image>/<video> placeholders do not match its images/videos."""
@@ -125,6 +116,80 @@ def _has_placeholder(text: str | None, kind: str) -> bool:
     return bool(text) and kind in text
 
 
+class _Layout:
+    """Pieces in order, each with whether the trainer computes the loss on it (its label)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[Piece] = []
+        self.trained: list[bool] = []
+
+    def add(self, *pieces: Piece, trained: bool = False) -> None:
+        self.pieces += pieces
+        self.trained += [trained] * len(pieces)
+
+    def add_content(self, pieces: Sequence[Piece], trained: bool) -> None:
+        """Turn content: its text is trained when the turn is; vision tokens never are."""
+        for p in pieces:
+            self.add(p, trained=trained and isinstance(p, str))
+
+    def add_front_media(self, media: _Media, has_ph: Mapping[str, bool]) -> None:
+        """Images/videos of a record without placeholders, where the template puts them."""
+        for kind in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+            if not has_ph[kind]:
+                for n in media.queues[kind]:
+                    self.add(*_vision(kind, n))
+                media.used[kind] = len(media.queues[kind])
+
+
+def _chat_layout(row: Mapping[str, Any], media: _Media, template: Template) -> _Layout:
+    """ChatML. Labels follow Qwen2-VL's fine-tuning recipe (qwen-vl-finetune): an assistant turn is
+    trained on everything after ``<|im_start|>assistant\\n`` — its content, ``<|im_end|>`` and the
+    newline; system and user turns and all vision tokens are not."""
+    conv = row.get("conversations") or []
+    if conv:
+        turns = [(t.get("role") or "user", t.get("content") or "") for t in conv]
+    else:
+        turns = [("user", None), ("assistant", row.get("text") or "")]
+    has_ph = {k: any(_has_placeholder(c, k) for _, c in turns) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)}
+    out = _Layout()
+    if template.system_prompt is not None and (not turns or turns[0][0] != "system"):
+        out.add((IM_START, 1), "system\n" + template.system_prompt, (IM_END, 1), "\n")
+    placed_front = False
+    for role, content in turns:
+        out.add((IM_START, 1), role + "\n")
+        if role == "user" and not placed_front:
+            placed_front = True
+            out.add_front_media(media, has_ph)
+        if content is None:      # the synthetic user turn of a caption record
+            content = template.caption_prompt
+        trained = role == "assistant"
+        out.add_content(_expand(content, media), trained)
+        out.add((IM_END, 1), "\n", trained=trained)
+    return out
+
+
+def _plain_layout(row: Mapping[str, Any], media: _Media) -> _Layout:
+    """Pre-training layout: images, then the text (trained), then ``<|endoftext|>`` (trained)."""
+    conv = row.get("conversations") or []
+    body = "\n".join(t.get("content") or "" for t in conv) if conv else (row.get("text") or "")
+    out = _Layout()
+    out.add_front_media(media, {k: _has_placeholder(body, k) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)})
+    out.add_content(_expand(body, media), trained=True)
+    out.add((EOS, 1), trained=True)
+    return out
+
+
+def _layout(row: Mapping[str, Any], image_token_counts: Sequence[int], video_token_counts: Sequence[int],
+            template: Template) -> _Layout:
+    media = _Media(image_token_counts, video_token_counts)
+    out = _chat_layout(row, media, template) if template.kind == "chat" else _plain_layout(row, media)
+    for kind in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+        if media.used[kind] != len(media.queues[kind]):
+            raise PlaceholderMismatch(f"{media.used[kind]} {kind} placeholders for "
+                                      f"{len(media.queues[kind])} {kind[1:-1]}s")
+    return out
+
+
 def render(row: Mapping[str, Any], image_token_counts: Sequence[int] = (),
            video_token_counts: Sequence[int] = (), template: Template = Template()) -> list[Piece]:
     """The sample as the trainer lays it out: text pieces and (special token, repeat) pieces.
@@ -132,59 +197,32 @@ def render(row: Mapping[str, Any], image_token_counts: Sequence[int] = (),
     Adjacent text pieces are merged, so every text piece is exactly one stretch of text between two
     special tokens — the unit the tokenizer sees.
     """
-    media = _Media(image_token_counts, video_token_counts)
-    conv = row.get("conversations") or []
-    text = row.get("text") or ""
-    pieces: list[Piece] = []
-    if template.kind == "chat":
-        if conv:
-            turns = [(t.get("role") or "user", t.get("content") or "") for t in conv]
+    return [p for p, _ in render_labelled(row, image_token_counts, video_token_counts, template)]
+
+
+TrainedSpans = list[tuple[int, int]] | bool   # text: trained character ranges; special token: trained
+
+
+def render_labelled(row: Mapping[str, Any], image_token_counts: Sequence[int] = (),
+                    video_token_counts: Sequence[int] = (), template: Template = Template()
+                    ) -> list[tuple[Piece, TrainedSpans]]:
+    """``render``'s pieces, each with what is trained: for a text piece the character ranges of the
+    trained text (a merged piece may be partly trained, e.g. ``"assistant\\n" + answer``), for a
+    special token whether it is."""
+    lay = _layout(row, image_token_counts, video_token_counts, template)
+    out: list[tuple[Piece, TrainedSpans]] = []
+    for p, trained in zip(lay.pieces, lay.trained):
+        if not isinstance(p, str):
+            out.append((p, trained))
+            continue
+        if not p:
+            continue
+        if out and isinstance(out[-1][0], str):
+            prev, spans = out[-1]
+            assert isinstance(spans, list)
+            out[-1] = (prev + p, spans + ([(len(prev), len(prev) + len(p))] if trained else []))
         else:
-            turns = [("user", None), ("assistant", text)]
-        has_ph = {k: any(_has_placeholder(c, k) for _, c in turns) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)}
-        if template.system_prompt is not None and (not turns or turns[0][0] != "system"):
-            pieces += [(IM_START, 1), "system\n" + template.system_prompt, (IM_END, 1), "\n"]
-        placed_front = False
-        for role, content in turns:
-            pieces += [(IM_START, 1), role + "\n"]
-            if role == "user" and not placed_front:
-                placed_front = True
-                for kind in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
-                    if not has_ph[kind]:
-                        for n in media.queues[kind]:
-                            pieces += _vision(kind, n)
-                        media.used[kind] = len(media.queues[kind])
-            if content is None:      # the synthetic user turn of a caption record
-                content = template.caption_prompt
-            pieces += _expand(content, media)
-            pieces += [(IM_END, 1), "\n"]
-    else:
-        body = "\n".join(t.get("content") or "" for t in conv) if conv else text
-        has_ph = {k: _has_placeholder(body, k) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)}
-        for kind in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
-            if not has_ph[kind]:
-                for n in media.queues[kind]:
-                    pieces += _vision(kind, n)
-                media.used[kind] = len(media.queues[kind])
-        pieces += _expand(body, media)
-        pieces.append((EOS, 1))
-    for kind in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
-        if media.used[kind] != len(media.queues[kind]):
-            raise PlaceholderMismatch(f"{media.used[kind]} {kind} placeholders for "
-                                      f"{len(media.queues[kind])} {kind[1:-1]}s")
-    return _merge_text(pieces)
-
-
-def _merge_text(pieces: list[Piece]) -> list[Piece]:
-    out: list[Piece] = []
-    for p in pieces:
-        if isinstance(p, str):
-            if not p:
-                continue
-            if out and isinstance(out[-1], str):
-                out[-1] = out[-1] + p
-                continue
-        out.append(p)
+            out.append((p, [(0, len(p))] if trained else []))
     return out
 
 
@@ -196,11 +234,50 @@ def sample_input_ids(row: Mapping[str, Any], tokenizer: "Tokenizer", image_token
     `row` needs ``text`` and/or ``conversations`` (turns of role/content with ``<image>`` /
     ``<video>`` placeholders); `image_token_counts` has one entry per image, in order.
     """
+    return sample_ids_and_labels(row, tokenizer, image_token_counts, video_token_counts, template=template)[0]
+
+
+class SpecialTokenInText(ValueError):
+    """Text of a record contains (or encodes to) a control token of the template: turn markers,
+    end-of-text, vision markers or pads. Such text would inject chat turns or image pads without
+    images, so the sample is rejected by name. Other special tokens stay legal in data — Qwen2-VL's
+    grounding format writes ``<|box_start|>`` / ``<|object_ref_start|>`` in the text on purpose."""
+
+    reason = "special_token_in_text"
+
+
+CONTROL_TOKEN_PATTERN = "|".join(re.escape(t) for t in SPECIAL_TOKENS)
+
+
+def control_token_in(text: str | None) -> str | None:
+    """The first control-token string in `text`, or None."""
+    m = re.search(CONTROL_TOKEN_PATTERN, text or "")
+    return m.group(0) if m else None
+
+
+def sample_ids_and_labels(row: Mapping[str, Any], tokenizer: "Tokenizer", image_token_counts: Sequence[int],
+                          video_token_counts: Sequence[int] | None = None, *,
+                          template: Template | str = "chat") -> tuple[list[int], list[bool]]:
+    """``sample_input_ids`` and, per token, whether the loss is computed on it.
+
+    A text token is trained when its characters overlap a trained range (the rule of transformers'
+    ``return_assistant_tokens_mask``). Text never encodes to a template control token: a record
+    whose text does raises ``SpecialTokenInText`` (count_tokens rejects such records first).
+    """
     tpl = template if isinstance(template, Template) else Template(kind=template)
+    control = tokenizer.control_ids()
     ids: list[int] = []
-    for p in render(row, image_token_counts, video_token_counts or (), tpl):
-        if isinstance(p, str):
-            ids += tokenizer.encode(p)
-        else:
-            ids += [tokenizer.token_id(p[0])] * p[1]
-    return ids
+    trained: list[bool] = []
+    for piece, spans in render_labelled(row, image_token_counts, video_token_counts or (), tpl):
+        if not isinstance(piece, str):
+            ids += [tokenizer.token_id(piece[0])] * piece[1]
+            trained += [bool(spans)] * piece[1]
+            continue
+        piece_ids, offsets = tokenizer.encode_with_offsets(piece)
+        bad = control.intersection(piece_ids)
+        if bad:
+            raise SpecialTokenInText(f"text encodes to control token id(s) {sorted(bad)}")
+        assert isinstance(spans, list)
+        ids += piece_ids
+        trained += [any(a < e and s < b for a, b in spans) for s, e in offsets]
+    return ids, trained

@@ -42,6 +42,7 @@ class Tokenizer:
         self.path = path
         self._ids: dict[str, int] = {}
         self._counter: TextCounter | None = None
+        self._control: frozenset[int] | None = None
 
     def token_id(self, token: str) -> int:
         if token not in self._ids:
@@ -53,6 +54,22 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids if text else []
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and each token's character range in `text` (for labels that follow character spans)."""
+        if not text:
+            return [], []
+        enc = self.backend.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    def control_ids(self) -> frozenset[int]:
+        """Ids of the template's control tokens that this tokenizer has (turn markers, vision markers
+        and pads): text must never encode to one of them."""
+        from pack.tokens.template import SPECIAL_TOKENS
+        if self._control is None:
+            ids = (self.backend.token_to_id(t) for t in SPECIAL_TOKENS)
+            self._control = frozenset(i for i in ids if i is not None)
+        return self._control
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         encs = self.backend.encode_batch(list(texts), add_special_tokens=False)

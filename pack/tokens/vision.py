@@ -174,3 +174,15 @@ def video_tokens(duration_s: Any, fps: Any, width: Any, height: Any,
         out[sel] = (flat_n[sel] // ff) * (rh // factor) * (rw // factor)
     tokens = out.reshape(n.shape)
     return int(tokens) if scalar else tokens
+
+
+def video_grid(duration_s: float, fps: float, width: int, height: int,
+               settings: VideoSettings = VideoSettings()) -> tuple[int, int, int]:
+    """``video_grid_thw`` of one video as the processor reports it: (frames / temporal patch, grid_h,
+    grid_w) in patches, with the per-frame budget of ``video_tokens`` (tokens = t * h * w / merge**2)."""
+    n = int(video_frames(duration_s, fps, settings))
+    ff = settings.temporal_patch_size
+    budget = max(min(settings.max_pixels, settings.total_pixels * ff // n), int(settings.min_pixels * 1.05))
+    rh, rw = smart_resize(int(height), int(width), factor=settings.patch_size * settings.merge_size,
+                          min_pixels=settings.min_pixels, max_pixels=int(budget))
+    return n // ff, rh // settings.patch_size, rw // settings.patch_size
