@@ -91,7 +91,11 @@ def choose_image_bands(max_distance: int, bits_per_band: int, target_recall: flo
         raise ValueError(f"bits_per_band={bits_per_band} can never match at distance {max_distance}")
     if p >= 1:
         return 1
-    return min(max_bands, max(1, math.ceil(math.log(1 - target_recall) / math.log(1 - p))))
+    bands = max(1, math.ceil(math.log(1 - target_recall) / math.log(1 - p)))
+    if bands > max_bands:
+        raise ValueError(f"{bands} bands of {bits_per_band} bits needed for recall {target_recall} at distance "
+                         f"{max_distance} (more than {max_bands}): lower bits_per_band or target_recall")
+    return bands
 
 
 def sampled_positions(bands: int, bits_per_band: int, seed: int) -> np.ndarray:
