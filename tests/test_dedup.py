@@ -169,7 +169,7 @@ def test_out_of_scope_categories_pass_untouched():
     assert S.build("text_dedup", {"categories": []}).run(table).kept.num_rows == 1
 
 
-def test_dedup_recipe_puts_the_chelsea_pair_in_one_group(tmp_path):
+def test_dedup_recipe_puts_the_chelsea_pair_in_one_group_and_resumes(tmp_path):
     from pipelines.runner import run
     from pipelines.sample_data import build
     build(tmp_path / "data/sample")
@@ -179,8 +179,19 @@ def test_dedup_recipe_puts_the_chelsea_pair_in_one_group(tmp_path):
     os.chdir(tmp_path)
     try:
         result = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+        manifest = (tmp_path / "out/shards/manifest.json").read_bytes()
+        again = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+        import shutil
+        for d in ("04_image_dedup", "05_text_dedup", "08_shards"):   # as if killed while deduplicating
+            shutil.rmtree(tmp_path / "out/stages" / d)
+        shutil.rmtree(tmp_path / "out/shards")
+        third = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
     finally:
         os.chdir(cwd)
+    assert all(s.get("resumed") for s in again.report["stages"])
+    assert [s.get("resumed", False) for s in third.report["stages"]][3:6] == [True, False, False]
+    assert third.report["stages"][4]["dedup"] == result.report["stages"][4]["dedup"]
+    assert (tmp_path / "out/shards/manifest.json").read_bytes() == manifest
     import pyarrow.parquet as pq
     rejects = pq.read_table(tmp_path / "out/rejects.parquet").to_pylist()
     exact = {r["key"]: r for r in rejects if r["stage"] == "exact_dedup"}

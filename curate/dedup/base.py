@@ -14,7 +14,7 @@ and tie-breaks then depend on content only, not on row order or batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +49,15 @@ def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
 
 
+@dataclass
+class NearDuplicates:
+    """What a stage's near-duplicate engine found: verified edges, how to describe the distance of a
+    dropped row to its survivor (for the rejects detail), and engine numbers for the report."""
+    edges: Edges
+    measure: Callable[[np.ndarray, np.ndarray], list[str]]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
 class DedupStage(Stage):
     """Base: subclasses fill ``hash_column`` in process_batch and may add ``near_edges``."""
 
@@ -73,17 +82,10 @@ class DedupStage(Stage):
         wanted = set(self.config.categories)
         return np.array([c in wanted for c in batch.column("category").to_pylist()], dtype=bool)
 
-    # --- hooks --------------------------------------------------------------------------------------
-    def near_edges(self, table: pa.Table) -> Edges:
+    # --- hook ---------------------------------------------------------------------------------------
+    def near_duplicates(self, table: pa.Table) -> NearDuplicates:
         """Verified near-duplicate edges between positions of `table` (sorted by hash, key)."""
-        return Edges()
-
-    def measure(self, table: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        """How close each dropped row is to its survivor, for the rejects detail."""
-        return ["" for _ in rows]
-
-    def report_extra(self) -> dict[str, Any]:
-        return {}
+        return NearDuplicates(Edges(), lambda rows, survivors: ["same content hash"] * len(rows))
 
     # --- the global step ----------------------------------------------------------------------------
     def decide(self, table: pa.Table) -> pa.Table:
@@ -93,24 +95,27 @@ class DedupStage(Stage):
         valid = np.asarray(hashes.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         exact = equal_key_edges(np.asarray(hashes.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
                                 .astype(str), valid)
-        near = self.near_edges(table)
+        found = self.near_duplicates(table)
+        near = found.edges
         edges = exact.extend(near)
         labels = components(n, edges.src, edges.dst)
         quality = SV.quality_values(table, self.config.survivor_by)
         groups = SV.choose_survivors(labels, quality, self.config.prefer)
         keys = table.column("key").to_pylist()
-        details = self._details(table, keys, groups)
+        details = self._details(keys, groups, found.measure)
         self.report = {"dedup": SV.summary(self.name, groups, table.column("source").to_pylist(), {
             "exact_edges": int(exact.src.shape[0]), "verified_edges": int(near.src.shape[0]),
             "candidates": near.candidates, "rejected_candidates": near.rejected,
             "capped_buckets": near.capped_buckets, "capped_members": near.capped_members,
-            **self.report_extra()})}
+            **found.report})}
         return SV.decisions(table.column(R.ORDINAL).to_numpy(), keys, groups, self.reason, details)
 
-    def _details(self, table: pa.Table, keys: list[str], groups: SV.Groups) -> list[str | None]:
+    @staticmethod
+    def _details(keys: list[str], groups: SV.Groups, measure: Callable[[np.ndarray, np.ndarray], list[str]]
+                 ) -> list[str | None]:
         dropped = np.flatnonzero(groups.survivor != np.arange(len(keys)))
         out: list[str | None] = [None] * len(keys)
-        measures = self.measure(table, dropped, groups.survivor[dropped]) if dropped.shape[0] else []
+        measures = measure(dropped, groups.survivor[dropped]) if dropped.shape[0] else []
         for i, m in zip(dropped, measures):
             s = groups.survivor[i]
             out[i] = f"duplicate of {keys[s]}{'; ' + m if m else ''} (group of {groups.size[i]})"

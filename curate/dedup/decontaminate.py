@@ -10,7 +10,7 @@ index built in ``setup()``. A match rejects the training row as ``decontaminate:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ from curate.dedup import phash as P
 from curate.dedup.reference import SortedIndex, text_units
 from curate.dedup.sample_bytes import read_rows, thumbnails
 from curate.filters.common import Drop, split_drops
-from curate.stage import Resources, Stage, register, BatchResult
+from curate.stage import BatchResult, Resources, Stage, register
 
 
 @dataclass

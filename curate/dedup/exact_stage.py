@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
 from curate import records as R
@@ -47,6 +46,3 @@ class ExactDedupStage(DedupStage):
         drops = [row if isinstance(row, Drop) else None for row in rows]
         out = with_column(batch, "content_hash", pa.array(hashes, type=pa.string()))
         return split_drops(out, drops)
-
-    def measure(self, table: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        return ["same content hash"] * rows.shape[0]

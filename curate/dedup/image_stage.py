@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
-from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
+from curate.dedup.base import DUP_COLUMNS, DedupStage, NearDuplicates, SurvivorConfig, with_column
 from curate.dedup.lsh import Edges, band_rows, bucket_edges
 from curate.dedup.sample_bytes import read_rows, thumbnails
 from curate.filters.common import Drop, split_drops
@@ -104,25 +104,24 @@ class ImageDedupStage(DedupStage):
         out = with_column(out, "image_phash", pa.array(phashes, type=pa.list_(pa.uint64())))
         return split_drops(out, drops)
 
-    def near_edges(self, table: pa.Table) -> Edges:
+    def near_duplicates(self, table: pa.Table) -> NearDuplicates:
         mat, counts, valid = phash_matrix(table.column("image_phash"))
-        self._mat = mat
-        self._flat = int(np.count_nonzero(~valid & np.asarray(table.column("image_hash").is_valid())))
+        flat = int(np.count_nonzero(~valid & np.asarray(table.column("image_hash").is_valid())))
         members = np.flatnonzero(valid)
-        if members.shape[0] < 2:
-            return Edges()
-        bucket, member = band_rows(members, P.band_keys(mat[members, 0], self.positions))
         limit = self.config.max_distance
 
         def verify(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             close = (P.hamming(mat[a], mat[b]) <= limit).all(axis=1)
             return close & (counts[a] == counts[b])
-        return bucket_edges(bucket, member, verify, self.config.max_bucket_size)
 
-    def measure(self, table: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        dist = P.hamming(self._mat[rows], self._mat[survivors]).max(axis=1)
-        return [f"Hamming {d}/64" for d in dist]
-
-    def report_extra(self) -> dict[str, Any]:
-        return {"bands": self.bands, "bits_per_band": self.config.bits_per_band,
-                "max_distance": self.config.max_distance, "flat_images": self._flat}
+        def measure(rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+            same = ~valid[rows] | ~valid[survivors]     # blank images: matched on exact bytes
+            dist = P.hamming(mat[rows], mat[survivors]).max(axis=1)
+            return ["same bytes" if s else f"Hamming {d}/64" for s, d in zip(same, dist)]
+        edges = Edges()
+        if members.shape[0] >= 2:
+            bucket, member = band_rows(members, P.band_keys(mat[members, 0], self.positions))
+            edges = bucket_edges(bucket, member, verify, self.config.max_bucket_size)
+        return NearDuplicates(edges, measure, {
+            "bands": self.bands, "bits_per_band": self.config.bits_per_band,
+            "max_distance": limit, "flat_images": flat})

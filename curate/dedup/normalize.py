@@ -18,7 +18,6 @@ import re
 import unicodedata
 from typing import Iterable, Sequence
 
-import pyarrow as pa
 
 _SPACE = re.compile(r"\s+")
 # Unicode categories dropped by the fuzzy form: punctuation (P*) and symbols (S*).
@@ -74,8 +73,3 @@ def sample_hash(normalised_text: str, image_digests: Sequence[bytes]) -> str:
 def bytes_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
-
-def row_texts(table: pa.Table) -> list[str]:
-    """All words of each sample (caption + every conversation turn), as records.text_of gives them."""
-    from curate.records import text_of
-    return text_of(table)

@@ -24,7 +24,7 @@ import pyarrow as pa
 from curate import records as R
 from curate.dedup import minhash as M
 from curate.dedup import normalize as N
-from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
+from curate.dedup.base import DUP_COLUMNS, DedupStage, NearDuplicates, SurvivorConfig, with_column
 from curate.dedup.lsh import Edges, band_rows, bucket_edges
 from curate.stage import BatchResult, Resources, register
 
@@ -95,23 +95,21 @@ class TextDedupStage(DedupStage):
         out = with_column(with_column(batch, "text_hash", hashes), "text_minhash", minhash)
         return BatchResult.keep_all(out)
 
-    def near_edges(self, table: pa.Table) -> Edges:
+    def near_duplicates(self, table: pa.Table) -> NearDuplicates:
         sigs, valid = signature_matrix(table.column("text_minhash"), self.config.num_perm)
         members = np.flatnonzero(valid)
-        self._sigs = sigs
-        self._short = int(np.count_nonzero(~valid & np.asarray(table.column("text_hash").is_valid())))
-        if members.shape[0] < 2:
-            return Edges()
-        keys = M.band_keys(sigs[members], self.bands, self.rows)
-        bucket, member = band_rows(members, keys)
+        short = int(np.count_nonzero(~valid & np.asarray(table.column("text_hash").is_valid())))
         threshold = self.config.threshold
-        return bucket_edges(bucket, member, lambda a, b: M.estimated_jaccard(sigs[a], sigs[b]) >= threshold,
-                            self.config.max_bucket_size)
+        edges = Edges()
+        if members.shape[0] >= 2:
+            bucket, member = band_rows(members, M.band_keys(sigs[members], self.bands, self.rows))
+            edges = bucket_edges(bucket, member, lambda a, b: M.estimated_jaccard(sigs[a], sigs[b]) >= threshold,
+                                 self.config.max_bucket_size)
 
-    def measure(self, table: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        jac = M.estimated_jaccard(self._sigs[rows], self._sigs[survivors])
-        return [f"est. Jaccard {j:.2f}" for j in jac]
-
-    def report_extra(self) -> dict[str, Any]:
-        return {"bands": self.bands, "rows_per_band": self.rows, "short_texts": self._short,
-                "threshold": self.config.threshold, "ngram": self.config.ngram}
+        def measure(rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+            same = ~valid[rows] | ~valid[survivors]     # short texts: matched on the exact hash
+            jac = M.estimated_jaccard(sigs[rows], sigs[survivors])
+            return ["same text" if s else f"est. Jaccard {j:.2f}" for s, j in zip(same, jac)]
+        return NearDuplicates(edges, measure, {
+            "bands": self.bands, "rows_per_band": self.rows, "short_texts": short,
+            "threshold": threshold, "ngram": self.config.ngram})
