@@ -28,6 +28,7 @@ import numpy as np
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _POLY = np.uint64(0x100000001B3)   # FNV-64 prime: odd, spreads code points over all 64 bits
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz   # renamed in numpy 2.0
 # Rows of the (shingles x num_perm) working matrix per chunk: 16k x 128 x 8 B = 16 MB.
 _CHUNK_SHINGLES = 16_384
 
@@ -130,8 +131,8 @@ def choose_bands(threshold: float, num_perm: int, fp_weight: float = 0.2, fn_wei
     best: tuple[float, int, int] | None = None
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
-            fp = np.trapezoid(collision_probability(grid_lo, bands, rows), grid_lo)
-            fn = np.trapezoid(1.0 - collision_probability(grid_hi, bands, rows), grid_hi)
+            fp = _trapezoid(collision_probability(grid_lo, bands, rows), grid_lo)
+            fn = _trapezoid(1.0 - collision_probability(grid_hi, bands, rows), grid_hi)
             err = fp_weight * fp + fn_weight * fn
             if best is None or err < best[0] - 1e-12:
                 best = (err, bands, rows)

@@ -70,9 +70,16 @@ def is_flat(thumbs: np.ndarray, max_std: float) -> np.ndarray:
     return thumbs.std(axis=1) < max_std
 
 
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bit differences between uint64 hashes, element-wise."""
-    return np.bitwise_count(np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)))
+    """Bit differences between uint64 hashes, element-wise (np.bitwise_count on numpy >= 2)."""
+    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    x = np.ascontiguousarray(x)
+    return _BYTE_POPCOUNT[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
 
 
 def band_agreement(distance: int, bits_per_band: int, bits: int = HASH_BITS) -> float:

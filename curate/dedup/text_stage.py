@@ -35,6 +35,14 @@ def signature_type(num_perm: int) -> pa.DataType:
     return pa.list_(pa.uint32(), num_perm)
 
 
+def signature_column(sigs: np.ndarray, has: np.ndarray) -> pa.Array:
+    """Fixed-size-list uint32 column of an (n x num_perm) matrix; rows without a signature are null."""
+    n, k = sigs.shape
+    validity = pa.py_buffer(np.packbits(np.asarray(has, dtype=bool), bitorder="little").tobytes())
+    values = pa.array(np.ascontiguousarray(sigs, dtype=np.uint32).ravel(), type=pa.uint32())
+    return pa.Array.from_buffers(signature_type(k), n, [validity], children=[values])
+
+
 def signature_matrix(column: pa.ChunkedArray | pa.Array, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     """(n x num_perm) uint32 matrix of a fixed-size-list column and its validity mask (nulls -> zeros)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -90,8 +98,7 @@ class TextDedupStage(DedupStage):
         texts = [N.fuzzy_text(t) if want else "" for t, want in zip(R.text_of(batch), scope)]
         sigs, has = M.signatures(texts, self.config.ngram, self.perms)
         hashes = pa.array([N.text_hash(t) if t else None for t in texts], type=pa.string())
-        minhash = pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel(), type=pa.uint32()), self.config.num_perm,
-                                                     mask=pa.array(~has))
+        minhash = signature_column(sigs, has)
         out = with_column(with_column(batch, "text_hash", hashes), "text_minhash", minhash)
         return BatchResult.keep_all(out)
 
