@@ -25,7 +25,8 @@ from curate.dedup.components import components
 from curate.dedup.lsh import Edges, equal_key_edges
 from curate.stage import Stage, StageContext
 
-DUP_COLUMNS: dict[str, pa.DataType] = {"dup_group": pa.string(), "dup_group_size": pa.int32()}
+DUP_COLUMNS: dict[str, pa.DataType] = {"dup_group": pa.string(), "dup_group_size": pa.int32(),
+                                       SV.QUALITY_COLUMN: pa.float64()}
 
 
 @dataclass
@@ -74,6 +75,12 @@ class DedupStage(Stage):
     def validate_config(self) -> None:
         if self.config.max_bucket_size < 2:
             raise ValueError("max_bucket_size must be >= 2")
+
+    def with_quality(self, batch: pa.Table) -> pa.Table:
+        """Add the survivor_by value when it is derived (resolution, text_length) from this row's columns."""
+        if not SV.is_derived(self.config.survivor_by):
+            return batch
+        return with_column(batch, SV.QUALITY_COLUMN, SV.derived_quality(batch, self.config.survivor_by))
 
     def in_scope(self, batch: pa.Table) -> np.ndarray:
         """Rows of the configured categories (all rows when `categories` is empty)."""

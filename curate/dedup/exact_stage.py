@@ -44,5 +44,5 @@ class ExactDedupStage(DedupStage):
             else:
                 hashes.append(N.sample_hash(text, [N.bytes_digest(b) for b in row]))
         drops = [row if isinstance(row, Drop) else None for row in rows]
-        out = with_column(batch, "content_hash", pa.array(hashes, type=pa.string()))
+        out = with_column(self.with_quality(batch), "content_hash", pa.array(hashes, type=pa.string()))
         return split_drops(out, drops)

@@ -100,7 +100,7 @@ class ImageDedupStage(DedupStage):
             phashes.append(None if flat[at:at + k].any() else [int(h) for h in hashes[at:at + k]])
             digests.append(N.digest([N.bytes_digest(b) for b in raw]).hex())
             at += k
-        out = with_column(batch, "image_hash", pa.array(digests, type=pa.string()))
+        out = with_column(self.with_quality(batch), "image_hash", pa.array(digests, type=pa.string()))
         out = with_column(out, "image_phash", pa.array(phashes, type=pa.list_(pa.uint64())))
         return split_drops(out, drops)
 

@@ -99,7 +99,7 @@ class TextDedupStage(DedupStage):
         sigs, has = M.signatures(texts, self.config.ngram, self.perms)
         hashes = pa.array([N.text_hash(t) if t else None for t in texts], type=pa.string())
         minhash = signature_column(sigs, has)
-        out = with_column(with_column(batch, "text_hash", hashes), "text_minhash", minhash)
+        out = with_column(with_column(self.with_quality(batch), "text_hash", hashes), "text_minhash", minhash)
         return BatchResult.keep_all(out)
 
     def near_duplicates(self, table: pa.Table) -> NearDuplicates:
