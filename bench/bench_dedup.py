@@ -24,8 +24,8 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.dedup import minhash as M
 from curate.dedup import normalize as N
 from curate.dedup import phash as P

@@ -3,6 +3,7 @@ determinism under batch size and row order, accounting, survivors, exact path, b
 from __future__ import annotations
 
 import io
+import json
 import random
 
 import numpy as np
@@ -10,8 +11,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.dedup import planted as PL
 
 
@@ -180,16 +181,18 @@ def test_dedup_recipe_puts_the_chelsea_pair_in_one_group_and_resumes(tmp_path):
     try:
         result = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
         manifest = (tmp_path / "out/shards/manifest.json").read_bytes()
-        again = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+        run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+        again = json.loads((tmp_path / "out/run.json").read_text())
         import shutil
         for d in ("04_image_dedup", "05_text_dedup", "08_shards"):   # as if killed while deduplicating
             shutil.rmtree(tmp_path / "out/stages" / d)
         shutil.rmtree(tmp_path / "out/shards")
         third = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+        third_run = json.loads((tmp_path / "out/run.json").read_text())
     finally:
         os.chdir(cwd)
-    assert all(s.get("resumed") for s in again.report["stages"])
-    assert [s.get("resumed", False) for s in third.report["stages"]][3:6] == [True, False, False]
+    assert all(s["resumed"] for s in again["stages"])
+    assert [s["resumed"] for s in third_run["stages"]][3:6] == [True, False, False]
     assert third.report["stages"][4]["dedup"] == result.report["stages"][4]["dedup"]
     assert (tmp_path / "out/shards/manifest.json").read_bytes() == manifest
     import pyarrow.parquet as pq

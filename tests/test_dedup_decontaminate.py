@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 
 
 def jpeg(im: Image.Image, quality: int = 90) -> bytes:

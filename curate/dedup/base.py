@@ -1,15 +1,10 @@
-"""The global step shared by the three dedup stages: exact-key edges + LSH edges -> components ->
-survivors -> decisions, run through today's ``decide()``.
+"""The dedup stages' shared settings and global step (distributed; see ``global_step``).
 
-Shape (see ``curate.dedup.lsh``): the per-row map (hashes, signatures) runs in ``process_batch``
-and lands in the stage's own columns; ``decide`` gets only those columns plus ``key``, ``source``
-and the survivor's quality column — never image bytes. Inside ``decide`` the steps are the pure
-functions the distributed primitives will run: band rows (map), ``bucket_edges`` (per-bucket
-reduce), ``components`` (combine; scipy when the edge list fits one machine, large/small-star
-otherwise) and ``choose_survivors`` (per-row apply).
-
-Every row is numbered by its position after sorting on (content hash, key): anchors, bucket cuts
-and tie-breaks then depend on content only, not on row order or batch size.
+Per batch (``process_batch``) a stage writes its content hash, its signatures and, for derived
+survivor measures, ``dup_quality``; the global step gets only those columns plus ``key``,
+``source`` and ``_ordinal`` — never image bytes, references or texts. Subclasses supply the
+engine: LSH bucket keys per row, the verification of a candidate pair, and how to describe the
+distance of a dropped row to its survivor.
 """
 from __future__ import annotations
 
@@ -19,14 +14,14 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
+from curate.base import Stage, StageContext
+from curate.dedup import global_step as G
 from curate.dedup import survivor as SV
-from curate.dedup.components import components
-from curate.dedup.lsh import Edges, equal_key_edges
-from curate.stage import Stage, StageContext
 
 DUP_COLUMNS: dict[str, pa.DataType] = {"dup_group": pa.string(), "dup_group_size": pa.int32(),
                                        SV.QUALITY_COLUMN: pa.float64()}
+# Rows per shuffle partition of the global step (bucket rows are ~bands per row).
+ROWS_PER_PARTITION = 200_000
 
 
 @dataclass
@@ -40,8 +35,8 @@ class SurvivorConfig:
     categories: list[str] = field(default_factory=list, metadata={
         "doc": "sample categories this stage deduplicates ([] = all); rows of other categories pass untouched"})
     max_bucket_size: int = field(default=1000, metadata={
-        "doc": "LSH buckets with more members are cut to this many (content order) and counted in the "
-               "report: bounds the cost of degenerate buckets such as blank images"})
+        "doc": "LSH buckets with more members are cut to this many (by _ordinal) and counted in the report: "
+               "bounds the cost of degenerate buckets such as blank images"})
 
 
 def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -50,21 +45,13 @@ def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
 
 
-@dataclass
-class NearDuplicates:
-    """What a stage's near-duplicate engine found: verified edges, how to describe the distance of a
-    dropped row to its survivor (for the rejects detail), and engine numbers for the report."""
-    edges: Edges
-    measure: Callable[[np.ndarray, np.ndarray], list[str]]
-    report: dict[str, Any] = field(default_factory=dict)
-
-
 class DedupStage(Stage):
-    """Base: subclasses fill ``hash_column`` in process_batch and may add ``near_edges``."""
+    """Base: subclasses fill ``hash_column`` (and signatures) in process_batch and supply the engine hooks."""
 
     hash_column: ClassVar[str] = ""
     reason: ClassVar[str] = ""
     signature_columns: ClassVar[tuple[str, ...]] = ()
+    no_signature_label: ClassVar[str] = "no_signature"    # report name of rows on the exact path only
     requires = ("key", "source", "category")
 
     def __init__(self, config: Any = None, context: StageContext | None = None, **settings: Any):
@@ -89,41 +76,54 @@ class DedupStage(Stage):
         wanted = set(self.config.categories)
         return np.array([c in wanted for c in batch.column("category").to_pylist()], dtype=bool)
 
-    # --- hook ---------------------------------------------------------------------------------------
-    def near_duplicates(self, table: pa.Table) -> NearDuplicates:
-        """Verified near-duplicate edges between positions of `table` (sorted by hash, key)."""
-        return NearDuplicates(Edges(), lambda rows, survivors: ["same content hash"] * len(rows))
+    # --- engine hooks (exact_dedup uses these defaults: no LSH) -------------------------------------
+    def lsh_keys(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (indices into `batch`) that take part in LSH, and their (rows x bands) bucket keys."""
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.uint64)
+
+    def verifier(self, rows: pa.Table) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Verification of candidate pairs (indices into `rows`, which carry the signature columns)."""
+        return lambda a, b: np.ones(a.shape[0], dtype=bool)
+
+    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+        """How close each dropped row is to its survivor, for the rejects detail."""
+        return ["same content hash"] * rows.shape[0]
+
+    def no_signature(self, batch: pa.Table) -> np.ndarray:
+        """Rows with a content hash but no signature (short texts, blank images): exact path only."""
+        return np.zeros(batch.num_rows, dtype=bool)
+
+    def engine_report(self) -> dict[str, Any]:
+        return {}
 
     # --- the global step ----------------------------------------------------------------------------
-    def decide(self, table: pa.Table) -> pa.Table:
-        table = table.sort_by([(self.hash_column, "ascending"), ("key", "ascending")])
-        n = table.num_rows
-        hashes = table.column(self.hash_column)
-        valid = np.asarray(hashes.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        exact = equal_key_edges(np.asarray(hashes.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
-                                .astype(str), valid)
-        found = self.near_duplicates(table)
-        near = found.edges
-        edges = exact.extend(near)
-        labels = components(n, edges.src, edges.dst)
-        quality = SV.quality_values(table, self.config.survivor_by)
-        groups = SV.choose_survivors(labels, quality, self.config.prefer)
-        keys = table.column("key").to_pylist()
-        details = self._details(keys, groups, found.measure)
-        self.report = {"dedup": SV.summary(self.name, groups, table.column("source").to_pylist(), {
-            "exact_edges": int(exact.src.shape[0]), "verified_edges": int(near.src.shape[0]),
-            "candidates": near.candidates, "rejected_candidates": near.rejected,
-            "capped_buckets": near.capped_buckets, "capped_members": near.capped_members,
-            **found.report})}
-        return SV.decisions(table.column(R.ORDINAL).to_numpy(), keys, groups, self.reason, details)
+    def global_step(self, data: Any) -> Any:
+        rows = data.count()
+        if rows == 0:
+            self.report = {"dedup": {"stage": self.name, **G.report_combine(pa.table({}))}}
+            return G.DECISION_SCHEMA.empty_table()
+        parts = max(1, -(-rows // ROWS_PER_PARTITION))
+        carry, hash_col, max_bucket = self.signature_columns, self.hash_column, self.config.max_bucket_size
+        edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, carry))
+                     .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
+                     .gather())
+        comps = G.ComponentMap.from_edges(edge_rows)
+        sign = 1.0 if self.config.prefer == "highest" else -1.0
+        survivor_by = self.config.survivor_by
 
-    @staticmethod
-    def _details(keys: list[str], groups: SV.Groups, measure: Callable[[np.ndarray, np.ndarray], list[str]]
-                 ) -> list[str | None]:
-        dropped = np.flatnonzero(groups.survivor != np.arange(len(keys)))
-        out: list[str | None] = [None] * len(keys)
-        measures = measure(dropped, groups.survivor[dropped]) if dropped.shape[0] else []
-        for i, m in zip(dropped, measures):
-            s = groups.survivor[i]
-            out[i] = f"duplicate of {keys[s]}{'; ' + m if m else ''} (group of {groups.size[i]})"
-        return out
+        def tag(batch: pa.Table) -> pa.Table:
+            return comps.tag(batch).append_column(G.NO_SIGNATURE, pa.array(self.no_signature(batch)))
+
+        def decide(group: pa.Table) -> pa.Table:
+            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col,
+                                   self.reason, self.measure)
+        decided = data.map_batches(tag).shuffle_reduce(G.COMPONENT, decide, parts).materialize()
+        summary = decided.aggregate(G.report_partial, G.report_combine)
+        summary[self.no_signature_label] = summary.pop("no_signature")
+        near = comps.counters
+        self.report = {"dedup": {"stage": self.name, **summary,
+                                 "exact_edges": near["exact_edges"], "candidates": near["candidates"],
+                                 "verified_edges": near["candidates"] - near["rejected"],
+                                 "rejected_candidates": near["rejected"], "capped_buckets": near["capped_buckets"],
+                                 "capped_members": near["capped_members"], **self.engine_report()}}
+        return decided.map_batches(G.project_decisions)

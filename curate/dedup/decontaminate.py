@@ -16,14 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
+from curate.base import records as R
 from curate.dedup import minhash as M
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
 from curate.dedup.reference import SortedIndex, text_units
 from curate.dedup.sample_bytes import read_rows, thumbnails
 from curate.filters.common import Drop, split_drops
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register
 
 
 @dataclass

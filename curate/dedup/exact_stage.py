@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from curate import records as R
+from curate.base import records as R
 from curate.dedup import normalize as N
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
 from curate.dedup.sample_bytes import read_rows
 from curate.filters.common import Drop, split_drops
-from curate.stage import BatchResult, Resources, register
+from curate.base import BatchResult, Resources, register
 
 
 @register

@@ -22,11 +22,10 @@ import pyarrow as pa
 
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
-from curate.dedup.base import DUP_COLUMNS, DedupStage, NearDuplicates, SurvivorConfig, with_column
-from curate.dedup.lsh import Edges, band_rows, bucket_edges
+from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
 from curate.dedup.sample_bytes import read_rows, thumbnails
 from curate.filters.common import Drop, split_drops
-from curate.stage import BatchResult, Resources, register
+from curate.base import BatchResult, Resources, register
 
 
 def phash_matrix(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,6 +51,7 @@ class ImageDedupStage(DedupStage):
     resources = Resources(cpus=1, batch_size=64)
     hash_column = "image_hash"
     signature_columns = ("image_phash",)
+    no_signature_label = "flat_images"
     reason = "dedup:near_image"
 
     @dataclass
@@ -104,24 +104,29 @@ class ImageDedupStage(DedupStage):
         out = with_column(out, "image_phash", pa.array(phashes, type=pa.list_(pa.uint64())))
         return split_drops(out, drops)
 
-    def near_duplicates(self, table: pa.Table) -> NearDuplicates:
-        mat, counts, valid = phash_matrix(table.column("image_phash"))
-        flat = int(np.count_nonzero(~valid & np.asarray(table.column("image_hash").is_valid())))
-        members = np.flatnonzero(valid)
+    def lsh_keys(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        mat, _, valid = phash_matrix(batch.column("image_phash"))
+        rows = np.flatnonzero(valid)
+        return rows, P.band_keys(mat[rows, 0], self.positions)
+
+    def verifier(self, rows: pa.Table):
+        mat, counts, _ = phash_matrix(rows.column("image_phash"))
         limit = self.config.max_distance
 
         def verify(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             close = (P.hamming(mat[a], mat[b]) <= limit).all(axis=1)
             return close & (counts[a] == counts[b])
+        return verify
 
-        def measure(rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-            same = ~valid[rows] | ~valid[survivors]     # blank images: matched on exact bytes
-            dist = P.hamming(mat[rows], mat[survivors]).max(axis=1)
-            return ["same bytes" if s else f"Hamming {d}/64" for s, d in zip(same, dist)]
-        edges = Edges()
-        if members.shape[0] >= 2:
-            bucket, member = band_rows(members, P.band_keys(mat[members, 0], self.positions))
-            edges = bucket_edges(bucket, member, verify, self.config.max_bucket_size)
-        return NearDuplicates(edges, measure, {
-            "bands": self.bands, "bits_per_band": self.config.bits_per_band,
-            "max_distance": limit, "flat_images": flat})
+    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+        mat, _, valid = phash_matrix(group.column("image_phash"))
+        same = ~valid[rows] | ~valid[survivors]     # blank images: matched on exact bytes
+        dist = P.hamming(mat[rows], mat[survivors]).max(axis=1)
+        return ["same bytes" if s else f"Hamming {d}/64" for s, d in zip(same, dist)]
+
+    def no_signature(self, batch: pa.Table) -> np.ndarray:
+        return np.asarray(batch.column("image_hash").is_valid()) & np.asarray(batch.column("image_phash").is_null())
+
+    def engine_report(self) -> dict[str, Any]:
+        return {"bands": self.bands, "bits_per_band": self.config.bits_per_band,
+                "max_distance": self.config.max_distance}

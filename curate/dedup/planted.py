@@ -154,7 +154,7 @@ def pair_scores(truth: list[str], predicted: list[str]) -> tuple[float, float]:
 
 def write_images(rows: list[Planted], directory: Path) -> list[dict]:
     """Write the images to files and return image references for records (width/height from the header)."""
-    from curate import records as R
+    from curate.base import records as R
     directory.mkdir(parents=True, exist_ok=True)
     refs = []
     for r in rows:

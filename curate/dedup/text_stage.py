@@ -21,12 +21,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
+from curate.base import records as R
 from curate.dedup import minhash as M
 from curate.dedup import normalize as N
-from curate.dedup.base import DUP_COLUMNS, DedupStage, NearDuplicates, SurvivorConfig, with_column
-from curate.dedup.lsh import Edges, band_rows, bucket_edges
-from curate.stage import BatchResult, Resources, register
+from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
+from curate.base import BatchResult, Resources, register
 
 DEFAULT_NUM_PERM = 128
 
@@ -65,6 +64,7 @@ class TextDedupStage(DedupStage):
     resources = Resources(cpus=1, batch_size=1024)
     hash_column = "text_hash"
     signature_columns = ("text_minhash",)
+    no_signature_label = "short_texts"
     reason = "dedup:near_text"
 
     @dataclass
@@ -102,21 +102,25 @@ class TextDedupStage(DedupStage):
         out = with_column(with_column(self.with_quality(batch), "text_hash", hashes), "text_minhash", minhash)
         return BatchResult.keep_all(out)
 
-    def near_duplicates(self, table: pa.Table) -> NearDuplicates:
-        sigs, valid = signature_matrix(table.column("text_minhash"), self.config.num_perm)
-        members = np.flatnonzero(valid)
-        short = int(np.count_nonzero(~valid & np.asarray(table.column("text_hash").is_valid())))
-        threshold = self.config.threshold
-        edges = Edges()
-        if members.shape[0] >= 2:
-            bucket, member = band_rows(members, M.band_keys(sigs[members], self.bands, self.rows))
-            edges = bucket_edges(bucket, member, lambda a, b: M.estimated_jaccard(sigs[a], sigs[b]) >= threshold,
-                                 self.config.max_bucket_size)
+    def lsh_keys(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        sigs, valid = signature_matrix(batch.column("text_minhash"), self.config.num_perm)
+        rows = np.flatnonzero(valid)
+        return rows, M.band_keys(sigs[rows], self.bands, self.rows)
 
-        def measure(rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-            same = ~valid[rows] | ~valid[survivors]     # short texts: matched on the exact hash
-            jac = M.estimated_jaccard(sigs[rows], sigs[survivors])
-            return ["same text" if s else f"est. Jaccard {j:.2f}" for s, j in zip(same, jac)]
-        return NearDuplicates(edges, measure, {
-            "bands": self.bands, "rows_per_band": self.rows, "short_texts": short,
-            "threshold": threshold, "ngram": self.config.ngram})
+    def verifier(self, rows: pa.Table):
+        sigs, _ = signature_matrix(rows.column("text_minhash"), self.config.num_perm)
+        threshold = self.config.threshold
+        return lambda a, b: M.estimated_jaccard(sigs[a], sigs[b]) >= threshold
+
+    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+        sigs, valid = signature_matrix(group.column("text_minhash"), self.config.num_perm)
+        same = ~valid[rows] | ~valid[survivors]     # short texts: matched on the exact hash
+        jac = M.estimated_jaccard(sigs[rows], sigs[survivors])
+        return ["same text" if s else f"est. Jaccard {j:.2f}" for s, j in zip(same, jac)]
+
+    def no_signature(self, batch: pa.Table) -> np.ndarray:
+        return np.asarray(batch.column("text_hash").is_valid()) & np.asarray(batch.column("text_minhash").is_null())
+
+    def engine_report(self) -> dict[str, Any]:
+        return {"bands": self.bands, "rows_per_band": self.rows, "threshold": self.config.threshold,
+                "ngram": self.config.ngram}
