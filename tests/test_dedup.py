@@ -204,3 +204,23 @@ def test_dedup_recipe_puts_the_chelsea_pair_in_one_group_and_resumes(tmp_path):
     final = set(result.kept(columns=["key"]).column("key").to_pylist())
     assert len({"photos/chelsea-100", "photos/cut-chelsea"} & final) <= 1
     assert "photos/cut-chelsea" not in final
+
+
+def test_global_step_gives_the_same_decisions_for_any_batching_and_partitioning(planted_captions, monkeypatch):
+    from curate.base.global_data import InlineData
+    from curate.base.inline import with_bookkeeping
+    from curate.dedup import base as DB
+    _, table = planted_captions
+    stage = S.build("text_dedup")
+    inputs = stage.process_batch(with_bookkeeping(table)).kept
+    inputs = inputs.select(["key", R.ORDINAL, *stage.global_columns])
+
+    def decisions(chunk: int, rows_per_partition: int) -> dict:
+        monkeypatch.setattr(DB, "ROWS_PER_PARTITION", rows_per_partition)
+        chunks = [inputs.slice(i, chunk) for i in range(0, inputs.num_rows, chunk)]
+        got = stage.global_step(InlineData(chunks)).gather().to_pylist()
+        assert sorted(r[R.ORDINAL] for r in got) == list(range(inputs.num_rows))
+        return {r[R.ORDINAL]: (r[R.STATUS], r["dup_group"], r["dup_group_size"], r[R.DETAIL]) for r in got}
+    first = decisions(inputs.num_rows, 10**6)
+    assert decisions(17, 13) == first and decisions(5, 100) == first
+    assert stage.report["dedup"]["groups"] == 60

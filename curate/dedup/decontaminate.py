@@ -84,6 +84,9 @@ class DecontaminateStage(Stage):
     def setup(self) -> None:
         from curate.readers import read_source
         c = self.config
+        from curate.readers import list_files
+        if not list_files(c.reference_path):
+            raise ValueError(f"reference_path: no file matches {c.reference_path!r}")
         ref = read_source(c.reference_path, format=c.reference_format, source="reference")
         ref = ref.filter(pc.equal(ref.column(R.STATUS), R.KEPT))
         keys = ref.column("key").to_pylist()
