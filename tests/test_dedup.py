@@ -224,3 +224,14 @@ def test_global_step_gives_the_same_decisions_for_any_batching_and_partitioning(
     first = decisions(inputs.num_rows, 10**6)
     assert decisions(17, 13) == first and decisions(5, 100) == first
     assert stage.report["dedup"]["groups"] == 60
+
+
+def test_exact_groups_are_never_cut_by_the_bucket_cap():
+    table = rows_table([{"key": f"s/{i:04d}", "text": "The very same caption, copied many times over."}
+                        for i in range(300)])
+    stage = S.build("text_dedup", {"max_bucket_size": 10})
+    result = stage.run(table, batch_size=64)
+    assert result.kept.column("key").to_pylist() == ["s/0000"]          # equal quality and hash: smallest key
+    assert result.kept.column("dup_group_size").to_pylist() == [300]
+    assert stage.report["dedup"]["group_sizes"] == {"300": 1}
+    assert stage.report["dedup"]["removed_by_source"] == {"s": 299}

@@ -32,7 +32,7 @@ import pyarrow as pa
 from curate.base import records as R
 from curate.base.global_data import stable_hash64
 from curate.dedup.components import components
-from curate.dedup.lsh import bucket_edges
+from curate.dedup.lsh import bucket_edges, equal_key_edges
 
 BUCKET, EXACT, COMPONENT, GROUP_SIZE = "_bucket", "_exact", "_component", "_group_size"
 NO_SIGNATURE = "_no_signature"
@@ -58,18 +58,13 @@ def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn, carry: tupl
     return out.append_column(EXACT, pa.array(np.arange(rows.shape[0]) < exact_rows.shape[0]))
 
 
-def _chain_equal(bucket: np.ndarray, ordinals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """n-1 edges per run of equal buckets (rows already sorted by bucket, then _ordinal)."""
-    same = bucket[1:] == bucket[:-1]
-    return ordinals[:-1][same], ordinals[1:][same]
-
-
 def reduce_buckets(group: pa.Table, verifier: VerifierFactory, max_bucket_size: int) -> pa.Table:
     """Reduce step for whole buckets (sorted by bucket, _ordinal): edges + one counter row."""
     bucket = np.asarray(group.column(BUCKET).to_numpy(zero_copy_only=False), dtype=np.uint64)
     exact = np.asarray(group.column(EXACT).to_numpy(zero_copy_only=False), dtype=bool)
     ords = np.asarray(group.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
-    ex_src, ex_dst = _chain_equal(bucket[exact], ords[exact])
+    chained = equal_key_edges(bucket[exact])
+    ex_src, ex_dst = ords[exact][chained.src], ords[exact][chained.dst]
     near_rows = np.flatnonzero(~exact)
     near = group.take(pa.array(near_rows))
     edges = bucket_edges(bucket[near_rows], np.arange(near_rows.shape[0]), verifier(near), max_bucket_size)

@@ -11,13 +11,14 @@ Pipeline shape (each function is pure, so the coordinator's GlobalData primitive
    without the anchor for the next round. Unlike NeMo, a candidate only becomes an edge after the
    caller's ``verify`` (estimated Jaccard from signatures, or Hamming distance of perceptual hashes),
    which removes NeMo's ~1-2% false positives (NeMo#471). A bucket with more than ``max_bucket_size``
-   members is cut to its first ``max_bucket_size`` (members sort by a content-derived position, so
-   the cut is deterministic): one degenerate bucket (blank images, boilerplate) cannot cost
+   members is cut to its first ``max_bucket_size`` (by ``_ordinal``, so the cut is deterministic): one degenerate bucket (blank images, boilerplate) cannot cost
    O(n^2) rounds, and the cut is reported.
-3. ``equal_key_edges``: rows with an equal exact key (content hash) chained, n-1 edges per key.
+3. ``equal_key_edges``: rows with an equal exact key (content hash) chained, n-1 edges per key,
+   never cut (no verification cost).
 
-Member ids are positions in a content-sorted order chosen by the caller, so every choice here
-(anchor, cut, edge direction) is independent of input order and partitioning.
+Member ids are row positions in (bucket, ``_ordinal``) order (``global_step.reduce_buckets``), so
+every choice here (anchor, cut, edge direction) depends on the bucket's rows alone, never on input
+order or partitioning.
 """
 from __future__ import annotations
 
