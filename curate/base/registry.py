@@ -17,6 +17,7 @@ _REGISTRY: dict[str, type[Stage]] = {}
 # Every module that defines built-in stages. Each must exist and import cleanly (a test checks it).
 BUILTIN_STAGE_MODULES = (
     "curate.ingest",
+    "curate.dedup",
     "curate.mixture",
     "curate.filters.image_rules",
     "curate.filters.text_rules",

@@ -1,0 +1,129 @@
+"""The dedup stages' shared settings and global step (distributed; see ``global_step``).
+
+Per batch (``process_batch``) a stage writes its content hash, its signatures and, for derived
+survivor measures, ``dup_quality``; the global step gets only those columns plus ``key``,
+``source`` and ``_ordinal`` — never image bytes, references or texts. Subclasses supply the
+engine: LSH bucket keys per row, the verification of a candidate pair, and how to describe the
+distance of a dropped row to its survivor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curate.base import Stage, StageContext
+from curate.dedup import global_step as G
+from curate.dedup import survivor as SV
+
+DUP_COLUMNS: dict[str, pa.DataType] = {"dup_group": pa.string(), "dup_group_size": pa.int32(),
+                                       SV.QUALITY_COLUMN: pa.float64()}
+# Rows per shuffle partition of the global step (bucket rows are ~bands per row).
+ROWS_PER_PARTITION = 200_000
+
+
+@dataclass
+class SurvivorConfig:
+    """Settings every dedup stage shares."""
+    survivor_by: str = field(default="resolution", metadata={
+        "doc": "which copy of a group survives: 'resolution' (total image pixels), 'text_length', or any "
+               "numeric column (e.g. clip_score); ties go to the smaller content hash, then key"})
+    prefer: Literal["highest", "lowest"] = field(default="highest", metadata={
+        "doc": "keep the member with the highest (or lowest) survivor_by value"})
+    categories: list[str] = field(default_factory=list, metadata={
+        "doc": "sample categories this stage deduplicates ([] = all); rows of other categories pass untouched"})
+    max_bucket_size: int = field(default=1000, metadata={
+        "doc": "LSH buckets with more members are cut to this many (by _ordinal) and counted in the report: "
+               "bounds the cost of degenerate buckets such as blank images"})
+
+
+def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """Set or replace a column (a recipe may run a stage twice, or on its own output)."""
+    idx = table.schema.get_field_index(name)
+    return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
+
+
+class DedupStage(Stage):
+    """Base: subclasses fill ``hash_column`` (and signatures) in process_batch and supply the engine hooks."""
+
+    hash_column: ClassVar[str] = ""
+    reason: ClassVar[str] = ""
+    signature_columns: ClassVar[tuple[str, ...]] = ()
+    no_signature_label: ClassVar[str] = "no_signature"    # report name of rows on the exact path only
+    requires = ("key", "source", "category")
+
+    def __init__(self, config: Any = None, context: StageContext | None = None, **settings: Any):
+        super().__init__(config, context, **settings)
+        self.global_columns = ("source", self.hash_column, *self.signature_columns,
+                               *SV.quality_columns(self.config.survivor_by))
+
+    def validate_config(self) -> None:
+        if self.config.max_bucket_size < 2:
+            raise ValueError("max_bucket_size must be >= 2")
+
+    def with_quality(self, batch: pa.Table) -> pa.Table:
+        """Add the survivor_by value when it is derived (resolution, text_length) from this row's columns."""
+        if not SV.is_derived(self.config.survivor_by):
+            return batch
+        return with_column(batch, SV.QUALITY_COLUMN, SV.derived_quality(batch, self.config.survivor_by))
+
+    def in_scope(self, batch: pa.Table) -> np.ndarray:
+        """Rows of the configured categories (all rows when `categories` is empty)."""
+        if not self.config.categories:
+            return np.ones(batch.num_rows, dtype=bool)
+        wanted = set(self.config.categories)
+        return np.array([c in wanted for c in batch.column("category").to_pylist()], dtype=bool)
+
+    # --- engine hooks (exact_dedup uses these defaults: no LSH) -------------------------------------
+    def lsh_keys(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (indices into `batch`) that take part in LSH, and their (rows x bands) bucket keys."""
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.uint64)
+
+    def verifier(self, rows: pa.Table) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Verification of candidate pairs (indices into `rows`, which carry the signature columns)."""
+        return lambda a, b: np.ones(a.shape[0], dtype=bool)
+
+    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+        """How close each dropped row is to its survivor, for the rejects detail."""
+        return ["same content hash"] * rows.shape[0]
+
+    def no_signature(self, batch: pa.Table) -> np.ndarray:
+        """Rows with a content hash but no signature (short texts, blank images): exact path only."""
+        return np.zeros(batch.num_rows, dtype=bool)
+
+    def engine_report(self) -> dict[str, Any]:
+        return {}
+
+    # --- the global step ----------------------------------------------------------------------------
+    def global_step(self, data: Any) -> Any:
+        rows = data.count()
+        if rows == 0:
+            self.report = {"dedup": {"stage": self.name, **G.report_combine(pa.table({}))}}
+            return G.DECISION_SCHEMA.empty_table()
+        parts = max(1, -(-rows // ROWS_PER_PARTITION))
+        carry, hash_col, max_bucket = self.signature_columns, self.hash_column, self.config.max_bucket_size
+        edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, carry))
+                     .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
+                     .gather())
+        comps = G.ComponentMap.from_edges(edge_rows)
+        sign = 1.0 if self.config.prefer == "highest" else -1.0
+        survivor_by = self.config.survivor_by
+
+        def tag(batch: pa.Table) -> pa.Table:
+            return comps.tag(batch).append_column(G.NO_SIGNATURE, pa.array(self.no_signature(batch)))
+
+        def decide(group: pa.Table) -> pa.Table:
+            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col,
+                                   self.reason, self.measure)
+        decided = data.map_batches(tag).shuffle_reduce(G.COMPONENT, decide, parts).materialize()
+        summary = decided.aggregate(G.report_partial, G.report_combine)
+        summary[self.no_signature_label] = summary.pop("no_signature")
+        near = comps.counters
+        self.report = {"dedup": {"stage": self.name, **summary,
+                                 "exact_edges": near["exact_edges"], "candidates": near["candidates"],
+                                 "verified_edges": near["candidates"] - near["rejected"],
+                                 "rejected_candidates": near["rejected"], "capped_buckets": near["capped_buckets"],
+                                 "capped_members": near["capped_members"], **self.engine_report()}}
+        return decided.map_batches(G.project_decisions)

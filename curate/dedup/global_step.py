@@ -1,0 +1,194 @@
+"""The distributed global step of the dedup stages, as pure functions on tables.
+
+``DedupStage.global_step`` composes them with the ``GlobalData`` operations
+(``curate.base.global_data``), so the same code runs in one process and on a Ray cluster:
+
+1. ``map_batches(bucket_rows)``: per row, one bucket row for its exact content hash and one per
+   LSH band (``_bucket``), carrying ``_ordinal`` and the signature columns needed to verify.
+2. ``shuffle_reduce("_bucket", reduce_buckets)``: all rows of a bucket meet; exact buckets are
+   chained (n-1 edges, never capped), LSH buckets go through ``lsh.bucket_edges`` (anchor-chained,
+   verified, capped). Output: edges as ordinal pairs plus one counter row per call.
+3. ``gather`` of the edges + ``ComponentMap.from_edges`` (scipy connected components): the combine
+   step, on the driver because verified edges number about the duplicates, not the rows (8 bytes
+   per ordinal, ~100M edges per few GB). Past that, ``components.large_small_star`` is the same
+   computation as rounds of shuffle-reduce.
+4. ``map_batches(ComponentMap.tag)`` + ``shuffle_reduce("_component", decide_groups)``: each
+   component's rows meet; the survivor is chosen by quality, content hash, key; every row gets
+   its decision, ``dup_group`` (the survivor's key) and ``dup_group_size``.
+5. ``aggregate(report_partial, report_combine)`` for the report, then the decisions are projected
+   to the declared columns.
+
+Every output depends on row content and ``_ordinal`` only, never on partitioning.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from curate.base import records as R
+from curate.base.global_data import stable_hash64
+from curate.dedup.components import components
+from curate.dedup.lsh import bucket_edges, equal_key_edges
+
+BUCKET, EXACT, COMPONENT, GROUP_SIZE = "_bucket", "_exact", "_component", "_group_size"
+NO_SIGNATURE = "_no_signature"
+COUNTERS = ("candidates", "rejected", "capped_buckets", "capped_members", "exact_edges")
+EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())] + [(c, pa.int64()) for c in COUNTERS])
+EXACT_SALT = 0x5EED_E4AC7
+KeysFn = Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]
+VerifierFactory = Callable[[pa.Table], Callable[[np.ndarray, np.ndarray], np.ndarray]]
+MeasureFn = Callable[[pa.Table, np.ndarray, np.ndarray], list[str]]
+
+
+def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn, carry: tuple[str, ...]) -> pa.Table:
+    """Map step: (bucket, exact flag, _ordinal, carried signature columns) rows of one batch."""
+    hashes = batch.column(hash_column)
+    exact_rows = np.flatnonzero(np.asarray(hashes.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    exact_keys = stable_hash64(hashes.take(pa.array(exact_rows)), EXACT_SALT) if exact_rows.shape[0] else \
+        np.empty(0, dtype=np.uint64)
+    lsh_rows, keys = lsh_keys(batch)
+    bands = keys.shape[1] if keys.ndim == 2 else 0
+    rows = np.concatenate([exact_rows, np.repeat(lsh_rows, bands)]).astype(np.int64)
+    out = batch.select([R.ORDINAL, *carry]).take(pa.array(rows))
+    out = out.append_column(BUCKET, pa.array(np.concatenate([exact_keys, keys.ravel()]).astype(np.uint64)))
+    return out.append_column(EXACT, pa.array(np.arange(rows.shape[0]) < exact_rows.shape[0]))
+
+
+def reduce_buckets(group: pa.Table, verifier: VerifierFactory, max_bucket_size: int) -> pa.Table:
+    """Reduce step for whole buckets (sorted by bucket, _ordinal): edges + one counter row."""
+    bucket = np.asarray(group.column(BUCKET).to_numpy(zero_copy_only=False), dtype=np.uint64)
+    exact = np.asarray(group.column(EXACT).to_numpy(zero_copy_only=False), dtype=bool)
+    ords = np.asarray(group.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+    chained = equal_key_edges(bucket[exact])
+    ex_src, ex_dst = ords[exact][chained.src], ords[exact][chained.dst]
+    near_rows = np.flatnonzero(~exact)
+    near = group.take(pa.array(near_rows))
+    edges = bucket_edges(bucket[near_rows], np.arange(near_rows.shape[0]), verifier(near), max_bucket_size)
+    near_ords = ords[near_rows]
+    src = np.concatenate([ex_src, near_ords[edges.src], [-1]])
+    dst = np.concatenate([ex_dst, near_ords[edges.dst], [-1]])
+    counters = {"candidates": edges.candidates, "rejected": edges.rejected, "capped_buckets": edges.capped_buckets,
+                "capped_members": edges.capped_members, "exact_edges": int(ex_src.shape[0])}
+    cols = {"src": src, "dst": dst}
+    for name, value in counters.items():
+        col = np.zeros(src.shape[0], dtype=np.int64)
+        col[-1] = value
+        cols[name] = col
+    return pa.table(cols, schema=EDGE_SCHEMA)
+
+
+@dataclass
+class ComponentMap:
+    """Component label (smallest _ordinal of the component) and size of every row that has an edge."""
+    ordinals: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+    counters: dict[str, int]
+
+    @classmethod
+    def from_edges(cls, edge_rows: pa.Table) -> "ComponentMap":
+        if "src" not in edge_rows.column_names:     # no bucket rows at all
+            edge_rows = EDGE_SCHEMA.empty_table()
+        src = np.asarray(edge_rows.column("src").to_numpy(), dtype=np.int64)
+        dst = np.asarray(edge_rows.column("dst").to_numpy(), dtype=np.int64)
+        counters = {c: int(np.sum(edge_rows.column(c).to_numpy())) for c in COUNTERS}
+        real = src >= 0
+        nodes, inverse = np.unique(np.concatenate([src[real], dst[real]]), return_inverse=True)
+        m = int(real.sum())
+        comp = components(nodes.shape[0], inverse[:m], inverse[m:])      # smallest node index = smallest ordinal
+        sizes = np.bincount(comp, minlength=nodes.shape[0])[comp] if nodes.shape[0] else np.empty(0, np.int64)
+        return cls(nodes, nodes[comp] if nodes.shape[0] else nodes, sizes, counters)
+
+    def tag(self, batch: pa.Table) -> pa.Table:
+        """Per-row apply: add _component and _group_size (rows without an edge are their own group)."""
+        ords = np.asarray(batch.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+        pos = np.searchsorted(self.ordinals, ords)
+        pos_c = np.minimum(pos, max(self.ordinals.shape[0] - 1, 0))
+        hit = (pos < self.ordinals.shape[0]) & (self.ordinals[pos_c] == ords) if self.ordinals.shape[0] else \
+            np.zeros(ords.shape[0], dtype=bool)
+        label = np.where(hit, self.labels[pos_c] if self.ordinals.shape[0] else ords, ords)
+        size = np.where(hit, self.sizes[pos_c] if self.ordinals.shape[0] else 1, 1)
+        return batch.append_column(COMPONENT, pa.array(label, pa.int64())).append_column(
+            GROUP_SIZE, pa.array(size.astype(np.int32)))
+
+
+def decide_groups(group: pa.Table, quality: Callable[[pa.Table], np.ndarray], hash_column: str, reason: str,
+                  measure: MeasureFn) -> pa.Table:
+    """Reduce step for whole components: survivor = best quality (higher is better: callers negate for
+    "lowest"), then smallest content hash, then key."""
+    score = quality(group)
+    score = np.where(np.isnan(score), -np.inf, score)
+    comp = np.asarray(group.column(COMPONENT).to_numpy(zero_copy_only=False), dtype=np.int64)
+    keys = np.array(group.column("key").to_pylist(), dtype=str)
+    hashes = np.array(group.column(hash_column).fill_null("").to_pylist(), dtype=str)
+    order = np.lexsort((keys, hashes, -score, comp))
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = comp[order][1:] != comp[order][:-1]
+    run = np.cumsum(first) - 1
+    survivor = np.empty(order.shape[0], dtype=np.int64)
+    survivor[order] = order[first][run]
+    dropped = np.flatnonzero(survivor != np.arange(order.shape[0]))
+    sizes = np.asarray(group.column(GROUP_SIZE).to_numpy(zero_copy_only=False), dtype=np.int32)
+    details: list[str | None] = [None] * order.shape[0]
+    for i, m in zip(dropped, measure(group, dropped, survivor[dropped]) if dropped.shape[0] else []):
+        details[i] = f"duplicate of {keys[survivor[i]]}{'; ' + m if m else ''} (group of {sizes[i]})"
+    is_dropped = np.zeros(order.shape[0], dtype=bool)
+    is_dropped[dropped] = True
+    return pa.table({
+        R.ORDINAL: group.column(R.ORDINAL),
+        R.STATUS: pa.array(np.where(is_dropped, R.REJECTED, R.KEPT).tolist(), type=pa.string()),
+        R.REASON: pa.array([reason if d else None for d in is_dropped], type=pa.string()),
+        R.DETAIL: pa.array(details, type=pa.string()),
+        "dup_group": pa.array(keys[survivor].tolist(), type=pa.string()),
+        "dup_group_size": pa.array(sizes, type=pa.int32()),
+        "source": group.column("source"),
+        NO_SIGNATURE: group.column(NO_SIGNATURE) if NO_SIGNATURE in group.column_names else
+        pa.array(np.zeros(order.shape[0], dtype=bool)),
+    })
+
+
+def report_partial(decided: pa.Table) -> pa.Table:
+    """Per batch of decisions: (what, name, count) rows for sizes of kept groups and removals by source."""
+    status = np.array(decided.column(R.STATUS).to_pylist(), dtype=object)
+    sizes = np.asarray(decided.column("dup_group_size").to_numpy(zero_copy_only=False))
+    sources = decided.column("source").to_pylist()
+    counts: Counter[tuple[str, str]] = Counter()
+    for s, size, src in zip(status, sizes, sources):
+        if s == R.KEPT and size > 1:
+            counts[("size", str(int(size)))] += 1
+        elif s != R.KEPT:
+            counts[("removed", src)] += 1
+    counts[("rows", "")] += decided.num_rows
+    counts[("no_signature", "")] += int(np.sum(decided.column(NO_SIGNATURE).to_numpy(zero_copy_only=False)))
+    items = sorted(counts.items())
+    return pa.table({"what": [k[0] for k, _ in items], "name": [k[1] for k, _ in items],
+                     "count": pa.array([v for _, v in items], type=pa.int64())})
+
+
+def report_combine(partials: pa.Table) -> dict[str, Any]:
+    total: Counter[tuple[str, str]] = Counter()
+    if "what" not in partials.column_names:
+        partials = pa.table({"what": pa.array([], pa.string()), "name": pa.array([], pa.string()),
+                             "count": pa.array([], pa.int64())})
+    for what, name, count in zip(partials.column("what").to_pylist(), partials.column("name").to_pylist(),
+                                 partials.column("count").to_pylist()):
+        total[(what, name)] += count
+    sizes = {k[1]: v for k, v in total.items() if k[0] == "size"}
+    removed = {k[1]: v for k, v in total.items() if k[0] == "removed"}
+    return {"rows": total[("rows", "")], "groups": sum(sizes.values()),
+            "rows_in_groups": sum(int(s) * c for s, c in sizes.items()), "removed": sum(removed.values()),
+            "group_sizes": {s: sizes[s] for s in sorted(sizes, key=int)},
+            "removed_by_source": dict(sorted(removed.items())), "no_signature": total[("no_signature", "")]}
+
+
+DECISION_COLUMNS = (R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "dup_group", "dup_group_size")
+DECISION_SCHEMA = pa.schema([(R.ORDINAL, pa.int64()), (R.STATUS, pa.string()), (R.REASON, pa.string()),
+                             (R.DETAIL, pa.string()), ("dup_group", pa.string()), ("dup_group_size", pa.int32())])
+
+
+def project_decisions(decided: pa.Table) -> pa.Table:
+    return decided.select(list(DECISION_COLUMNS))

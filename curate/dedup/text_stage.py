@@ -1,0 +1,126 @@
+"""``text_dedup``: near-duplicate captions and texts by MinHash LSH on character n-grams.
+
+Per batch (``process_batch``): the fuzzy normal form of each sample's words (caption + turns,
+punctuation folded, see ``normalize``), its hash, and a MinHash signature of its character
+``ngram``-grams as a fixed-size list of ``num_perm`` uint32 (512 bytes at the default 128).
+Texts shorter than ``ngram`` get no signature and are matched on their exact hash only.
+
+Globally (``decide``): equal hashes are chained; signatures are cut into bands x rows chosen from
+``threshold`` (``minhash.choose_bands``); buckets become anchor-chained edges, each verified by the
+estimated Jaccard of the two signatures >= ``threshold`` before it counts; components; survivors.
+Defaults: 5-grams (short captions, see ``minhash``), 128 permutations (estimate standard error
+<= 0.045), threshold 0.6: on a ~60-character caption one replaced word already costs ~w+4 of ~56
+n-grams (Jaccard 0.63-0.8 on the planted set), while the same sentence shape describing another
+scene (three content words changed) stays <= 0.5. Data-Juicer's 0.7 suits documents, not captions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curate.base import records as R
+from curate.dedup import minhash as M
+from curate.dedup import normalize as N
+from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
+from curate.base import BatchResult, Resources, register
+
+DEFAULT_NUM_PERM = 128
+
+
+def signature_type(num_perm: int) -> pa.DataType:
+    return pa.list_(pa.uint32(), num_perm)
+
+
+def signature_column(sigs: np.ndarray, has: np.ndarray) -> pa.Array:
+    """Fixed-size-list uint32 column of an (n x num_perm) matrix; rows without a signature are null."""
+    n, k = sigs.shape
+    validity = pa.py_buffer(np.packbits(np.asarray(has, dtype=bool), bitorder="little").tobytes())
+    values = pa.array(np.ascontiguousarray(sigs, dtype=np.uint32).ravel(), type=pa.uint32())
+    return pa.Array.from_buffers(signature_type(k), n, [validity], children=[values])
+
+
+def signature_matrix(column: pa.ChunkedArray | pa.Array, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n x num_perm) uint32 matrix of a fixed-size-list column and its validity mask (nulls -> zeros)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    n = len(arr)
+    if n == 0:
+        return np.empty((0, num_perm), dtype=np.uint32), valid
+    flat = arr.values.to_numpy(zero_copy_only=False)
+    flat = flat[arr.offset * num_perm:(arr.offset + n) * num_perm]
+    return np.asarray(flat, dtype=np.uint32).reshape(n, num_perm), valid
+
+
+@register
+class TextDedupStage(DedupStage):
+    name = "text_dedup"
+    description = ("Remove near-duplicate texts (MinHash LSH on character n-grams, candidates verified from "
+                   "signatures); texts shorter than the n-gram match exactly. The best copy survives.")
+    requires = ("key", "source", "category", "text", "conversations")
+    adds = {"text_hash": pa.string(), "text_minhash": signature_type(DEFAULT_NUM_PERM), **DUP_COLUMNS}
+    resources = Resources(cpus=1, batch_size=1024)
+    hash_column = "text_hash"
+    signature_columns = ("text_minhash",)
+    no_signature_label = "short_texts"
+    reason = "dedup:near_text"
+
+    @dataclass
+    class Config(SurvivorConfig):
+        survivor_by: str = field(default="text_length", metadata={
+            "doc": "which copy survives: 'text_length' (longest), 'resolution', or a numeric column"})
+        categories: list[str] = field(default_factory=lambda: ["caption", "text"], metadata={
+            "doc": "categories deduplicated by text ([] = all). VQA and grounding conversations reuse templated "
+                   "questions over different images, so they are out of scope by default"})
+        threshold: float = field(default=0.6, metadata={"doc": "Jaccard similarity of n-gram sets that counts as a duplicate"})
+        ngram: int = field(default=5, metadata={"doc": "characters per shingle; shorter texts take the exact path"})
+        num_perm: int = field(default=DEFAULT_NUM_PERM, metadata={"doc": "MinHash permutations (signature length)"})
+        seed: int = field(default=42, metadata={"doc": "seed of the MinHash permutations (fixed: signatures must agree across runs)"})
+
+    def __init__(self, config: Any = None, context: Any = None, **settings: Any):
+        super().__init__(config, context, **settings)
+        self.adds = {**type(self).adds, "text_minhash": signature_type(self.config.num_perm)}
+        self.perms = M.Permutations.make(self.config.num_perm, self.config.seed)
+        self.bands, self.rows = M.choose_bands(self.config.threshold, self.config.num_perm)
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        c = self.config
+        if not 0.0 < c.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {c.threshold}")
+        if c.ngram < 1 or c.num_perm < 8:
+            raise ValueError("ngram must be >= 1 and num_perm >= 8")
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        scope = self.in_scope(batch)
+        texts = [N.fuzzy_text(t) if want else "" for t, want in zip(R.text_of(batch), scope)]
+        sigs, has = M.signatures(texts, self.config.ngram, self.perms)
+        hashes = pa.array([N.text_hash(t) if t else None for t in texts], type=pa.string())
+        minhash = signature_column(sigs, has)
+        out = with_column(with_column(self.with_quality(batch), "text_hash", hashes), "text_minhash", minhash)
+        return BatchResult.keep_all(out)
+
+    def lsh_keys(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        sigs, valid = signature_matrix(batch.column("text_minhash"), self.config.num_perm)
+        rows = np.flatnonzero(valid)
+        return rows, M.band_keys(sigs[rows], self.bands, self.rows)
+
+    def verifier(self, rows: pa.Table):
+        sigs, _ = signature_matrix(rows.column("text_minhash"), self.config.num_perm)
+        threshold = self.config.threshold
+        return lambda a, b: M.estimated_jaccard(sigs[a], sigs[b]) >= threshold
+
+    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
+        sigs, valid = signature_matrix(group.column("text_minhash"), self.config.num_perm)
+        same = ~valid[rows] | ~valid[survivors]     # short texts: matched on the exact hash
+        jac = M.estimated_jaccard(sigs[rows], sigs[survivors])
+        return ["same text" if s else f"est. Jaccard {j:.2f}" for s, j in zip(same, jac)]
+
+    def no_signature(self, batch: pa.Table) -> np.ndarray:
+        return np.asarray(batch.column("text_hash").is_valid()) & np.asarray(batch.column("text_minhash").is_null())
+
+    def engine_report(self) -> dict[str, Any]:
+        return {"bands": self.bands, "rows_per_band": self.rows, "threshold": self.config.threshold,
+                "ngram": self.config.ngram}
