@@ -237,6 +237,8 @@ BUILTIN_STAGE_MODULES = (
     "curate.filters.text_rules",
     "curate.scoring.stages",
     "curate.grounding.stage",
+    "curate.mllm.score_stage",
+    "curate.mllm.recaption_stage",
     "pack.stages",
     "pack.shards",
 )
