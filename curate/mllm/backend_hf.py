@@ -12,7 +12,9 @@ valid requests only, in sub-batches of ``batch_size`` sorted by prompt length (l
 """
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +38,30 @@ def model_type_of(model_dir: str) -> str:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model: model_type {model_type!r} in {path} is not one of {sorted(MODEL_TYPES)}")
     return model_type
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    family: str
+
+
+@functools.lru_cache(maxsize=2)
+def load_bundle(model_dir: str, device: str, dtype_name: str) -> ModelBundle:
+    """Model, tokenizer and image processor of a local directory, loaded once per process: two
+    stages of one recipe on the same model (mllm_score, then recaption) share one copy."""
+    import transformers
+    from transformers import AutoTokenizer
+    from curate.scoring.device import resolve_dtype
+    model_cls, proc_cls, family = MODEL_TYPES[model_type_of(model_dir)]
+    image_processor = getattr(transformers, proc_cls).from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = getattr(transformers, model_cls).from_pretrained(
+        model_dir, local_files_only=True, dtype=resolve_dtype(dtype_name, device)).to(device).eval()
+    return ModelBundle(model, tokenizer, image_processor, family)
 
 
 class DigitGrammar:
@@ -73,21 +99,13 @@ class TransformersBackend(GenerationBackend):
         self.model: Any = None
 
     def load(self) -> None:
-        import transformers
-        from transformers import AutoTokenizer
-        from curate.scoring.device import pick_device, resolve_dtype
-        model_type = model_type_of(self.model_dir)
-        model_cls, proc_cls, family = MODEL_TYPES[model_type]
-        if self.requested_family and self.requested_family != family:
-            raise ValueError(f"family: {self.model_dir} is a {family} model, not {self.requested_family}")
-        self.family = family
+        from curate.scoring.device import pick_device
         self.device = pick_device(self.device_pref)
-        dtype = resolve_dtype(self.dtype_name, self.device)
-        self.image_processor = getattr(transformers, proc_cls).from_pretrained(self.model_dir, local_files_only=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self.tokenizer.padding_side = "left"
-        self.model = getattr(transformers, model_cls).from_pretrained(
-            self.model_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
+        bundle = load_bundle(self.model_dir, self.device, self.dtype_name)
+        if self.requested_family and self.requested_family != bundle.family:
+            raise ValueError(f"family: {self.model_dir} is a {bundle.family} model, not {self.requested_family}")
+        self.family = bundle.family
+        self.model, self.tokenizer, self.image_processor = bundle.model, bundle.tokenizer, bundle.image_processor
         self.digit_ids = self._single_token_digits()
         self.stop_ids = sorted({i for i in (self.tokenizer.eos_token_id,
                                             self.tokenizer.convert_tokens_to_ids("<|im_end|>"),

@@ -2,7 +2,7 @@
 
 The answer to a request is ``answers[caption]`` when the caption (the text after "Text Caption: ",
 or the whole prompt) is listed, else ``default``; ``"{len}"`` in an answer is replaced by the
-caption's length in characters, so tests can make scores depend on the input. An image whose
+caption's length in characters modulo 101, so tests can make scores depend on the input. An image whose
 width or height is listed in ``refuse_sizes`` is refused like an engine refuses a bad input.
 """
 from __future__ import annotations
@@ -41,6 +41,6 @@ class ScriptedBackend(GenerationBackend):
                 out.append(Generation("", "engine:rejected_input", f"scripted refusal of size {r.image.size}"))
                 continue
             caption = caption_of(r.prompt)
-            answer = self.answers.get(caption, self.default).replace("{len}", str(len(caption)))
+            answer = self.answers.get(caption, self.default).replace("{len}", str(len(caption) % 101))
             out.append(Generation(answer))
         return out
