@@ -40,6 +40,7 @@ class GenerationBackend(ABC):
 
     family: str = "qwen2_vl"
     model_id: str = ""          # what provenance records (the model path or name)
+    input_pixels: int | None = None   # most pixels the engine keeps of an image (None: unknown)
 
     @abstractmethod
     def load(self) -> None:

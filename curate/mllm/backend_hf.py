@@ -64,6 +64,17 @@ def load_bundle(model_dir: str, device: str, dtype_name: str) -> ModelBundle:
     return ModelBundle(model, tokenizer, image_processor, family)
 
 
+def processor_max_pixels(image_processor: Any) -> int | None:
+    """Most pixels the processor keeps: Qwen2-VL's size["longest_edge"] (max_pixels), CLIP's crop."""
+    size = dict(getattr(image_processor, "size", None) or {})
+    if type(image_processor).__name__.startswith("Qwen2VL") and size.get("longest_edge"):
+        return int(size["longest_edge"])       # a pixel count for Qwen2-VL (its max_pixels)
+    crop = dict(getattr(image_processor, "crop_size", None) or {})
+    if "height" in crop and "width" in crop:
+        return int(crop["height"]) * int(crop["width"])
+    return None
+
+
 class DigitGrammar:
     """A transformers logits processor: each row may only continue an integer 0..100, then stop."""
 
@@ -106,6 +117,7 @@ class TransformersBackend(GenerationBackend):
             raise ValueError(f"family: {self.model_dir} is a {bundle.family} model, not {self.requested_family}")
         self.family = bundle.family
         self.model, self.tokenizer, self.image_processor = bundle.model, bundle.tokenizer, bundle.image_processor
+        self.input_pixels = processor_max_pixels(self.image_processor)
         self.digit_ids = self._single_token_digits()
         self.stop_ids = sorted({i for i in (self.tokenizer.eos_token_id,
                                             self.tokenizer.convert_tokens_to_ids("<|im_end|>"),

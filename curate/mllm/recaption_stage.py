@@ -112,7 +112,8 @@ class Recaption(Stage):
         wanted = set(c.categories) if c.categories is not None else None
         rows = [i for i in range(n) if (wanted is None or cats[i] in wanted)
                 and needs_recaption(relevance[i], texts[i], bool(refs[i]), c.threshold)]
-        images = load_images([refs[i][0] for i in rows], c.decode_threads, c.max_pixels, c.max_image_side)
+        images = load_images([refs[i][0] for i in rows], c.decode_threads, c.max_pixels, c.max_image_side,
+                             self.engine.input_pixels)
         drops: list[Drop | None] = [None] * n
         todo = []
         for i, im in zip(rows, images):

@@ -156,7 +156,8 @@ class MllmScore(Stage):
         texts = texts_to_judge(batch, c.categories, c.conversation_text)
         rows = [i for i in range(n) if texts[i]]
         refs = batch.column("images").to_pylist()
-        images = load_images([refs[i][0] for i in rows], c.decode_threads, c.max_pixels, c.max_image_side)
+        images = load_images([refs[i][0] for i in rows], c.decode_threads, c.max_pixels, c.max_image_side,
+                             self.engine.input_pixels)
         drops: list[Drop | None] = [None] * n
         requests: list[GenerationRequest] = []
         asked: list[int] = []
