@@ -119,6 +119,15 @@ def test_digit_grammar_holds_in_real_generate_code_path(tiny_model):
     assert not all(is_complete_score(g.text) for g in free)      # the random model writes words unconstrained
 
 
+def test_llava_style_model_scores_end_to_end_code_path(tmp_path, photos):
+    from curate.mllm.tiny_model import build_tiny_llava
+    model = str(build_tiny_llava(tmp_path / "tiny-llava"))
+    stage = build("mllm_score", {"backend": "transformers", "model": model, "device": "cpu", "metrics": ["itm"]})
+    res = stage.run(photos.slice(0, 3))
+    assert stage.engine.family == "llava" and res.kept.num_rows == 3
+    assert all(is_complete_score(str(int(v))) for v in res.kept.column("mllm_score").to_pylist())
+
+
 def test_digit_grammar_processor_allows_100_and_nothing_else():
     import torch
     from curate.mllm.backend_hf import DigitGrammar

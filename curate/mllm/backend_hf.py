@@ -48,6 +48,13 @@ class ModelBundle:
     family: str
 
 
+def pil_processor_class(name: str) -> Any:
+    """transformers 5 names the PIL image processors ``...Pil``; in 4.x the unsuffixed class is the
+    PIL/numpy one (vLLM may pin a 4.x transformers). Neither needs torchvision."""
+    import transformers
+    return getattr(transformers, name, None) or getattr(transformers, name.removesuffix("Pil"))
+
+
 @functools.lru_cache(maxsize=2)
 def load_bundle(model_dir: str, device: str, dtype_name: str) -> ModelBundle:
     """Model, tokenizer and image processor of a local directory, loaded once per process: two
@@ -56,11 +63,12 @@ def load_bundle(model_dir: str, device: str, dtype_name: str) -> ModelBundle:
     from transformers import AutoTokenizer
     from curate.scoring.device import resolve_dtype
     model_cls, proc_cls, family = MODEL_TYPES[model_type_of(model_dir)]
-    image_processor = getattr(transformers, proc_cls).from_pretrained(model_dir, local_files_only=True)
+    image_processor = pil_processor_class(proc_cls).from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     tokenizer.padding_side = "left"
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     model = getattr(transformers, model_cls).from_pretrained(
-        model_dir, local_files_only=True, dtype=resolve_dtype(dtype_name, device)).to(device).eval()
+        model_dir, local_files_only=True, **{dtype_key: resolve_dtype(dtype_name, device)}).to(device).eval()
     return ModelBundle(model, tokenizer, image_processor, family)
 
 

@@ -50,8 +50,9 @@ def load_image(ref: Mapping[str, Any], max_pixels: int, max_side: int, model_pix
         reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
         return Drop(reason, f"{exc.reason}: {exc.detail}")
     w, h = im.size
-    if max(w, h) / max(1, min(w, h)) > MAX_ASPECT_RATIO:
-        return Drop("image:unsupported_by_model", f"aspect ratio {max(w, h) / max(1, min(w, h)):.0f} > {MAX_ASPECT_RATIO:.0f}")
+    aspect = max(w, h) / max(1, min(w, h))
+    if aspect > MAX_ASPECT_RATIO:
+        return Drop("image:unsupported_by_model", f"aspect ratio {aspect:.0f} > {MAX_ASPECT_RATIO:.0f}")
     if max(w, h) > max_side:
         scale = max_side / max(w, h)
         im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample=3)  # bicubic

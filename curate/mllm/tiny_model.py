@@ -1,4 +1,4 @@
-"""Build a tiny random Qwen2-VL model directory offline: ``python -m curate.mllm.tiny_model DIR``.
+"""Build a tiny random Qwen2-VL (or LLaVA-style) model offline: ``python -m curate.mllm.tiny_model DIR [--llava]``.
 
 For tests, the benchmark and the demo recipe: it exercises the real transformers code path
 (chat prompt, image processor, vision tower, batched generate, constrained decoding) with
@@ -42,29 +42,60 @@ def tiny_config(vocab_size: int) -> Any:
 def build_tiny_qwen2vl(out_dir: str | Path, seed: int = TINY_SEED, overwrite: bool = False) -> Path:
     """Write config, weights (safetensors), tokenizer and image processor to `out_dir`; return it.
 
-    An existing complete directory is kept unless `overwrite`; the directory appears atomically
-    (built next to it, then renamed), so a killed build never leaves a half model behind.
+    An existing complete directory is kept unless `overwrite`; the directory appears atomically.
     """
     import torch
     from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from curate.mllm.backend_hf import pil_processor_class
     from pack.tokens import shipped_tokenizer_dir
 
     out = Path(out_dir)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file() and not overwrite:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(shipped_tokenizer_dir()), local_files_only=True)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(tiny_config(len(tokenizer))).eval()
-    processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-qwen2vl-", dir=out.parent))
+    processor = pil_processor_class("Qwen2VLImageProcessorPil")(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    return _write_atomically(out, model, processor, tokenizer, seed)
+
+
+def build_tiny_llava(out_dir: str | Path, seed: int = TINY_SEED, overwrite: bool = False) -> Path:
+    """A tiny random LLaVA-style model (CLIP vision tower 56 px / 14 px patches -> 16 image tokens,
+    Qwen2 language model) with the shipped Qwen tokenizer plus an ``<image>`` token: the layout an
+    MLM-Filter ``llava_qwen`` checkpoint takes once converted to transformers' Llava classes."""
+    import torch
+    from transformers import AutoTokenizer, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config
+    from curate.mllm.backend_hf import pil_processor_class
+    from pack.tokens import shipped_tokenizer_dir
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file() and not overwrite:
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(str(shipped_tokenizer_dir()), local_files_only=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=56, patch_size=14),
+        text_config=Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=1, initializer_range=0.5),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    processor = pil_processor_class("CLIPImageProcessorPil")(size={"shortest_edge": 56},
+                                                             crop_size={"height": 56, "width": 56})
+    return _write_atomically(out, model, processor, tokenizer, seed)
+
+
+def _write_atomically(out: Path, model: Any, processor: Any, tokenizer: Any, seed: int) -> Path:
+    """Save next to `out`, then rename: a killed build never leaves a half model behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "TINY_MODEL.json").write_text(json.dumps(
-            {"what": "random-weight Qwen2-VL for code-path tests; scores are meaningless", "seed": seed}) + "\n")
+            {"what": "random-weight model for code-path tests; scores are meaningless", "seed": seed}) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.chmod(0o755)
@@ -84,8 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=TINY_SEED)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--llava", action="store_true", help="a LLaVA-style model instead of Qwen2-VL")
     args = parser.parse_args(argv)
-    print(build_tiny_qwen2vl(args.out_dir, args.seed, args.overwrite))
+    builder = build_tiny_llava if args.llava else build_tiny_qwen2vl
+    print(builder(args.out_dir, args.seed, args.overwrite))
 
 
 if __name__ == "__main__":
