@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import pyarrow as pa
 
+from curate import records as R
 from curate.filters.common import Drop, split_drops
 from curate.mllm import prompts as P
 from curate.mllm.backend_base import DecodeSpec, GenerationRequest
@@ -130,7 +131,7 @@ class Recaption(Stage):
         done = []
         for (i, im), gen in zip(todo, gens):
             if gen.error is not None:
-                drops[i] = Drop(gen.error, gen.detail, "quarantined")
+                drops[i] = Drop(gen.error, gen.detail, R.QUARANTINED)
                 continue
             record = self._provenance(relevance[i])
             caption = clean_caption(gen.text)
