@@ -54,6 +54,16 @@ def reasons(res) -> dict[str, str]:
 
 
 # --- transformers, tiny Qwen2-VL ----------------------------------------------------------------------
+def test_tiny_model_build_is_deterministic_and_offline(tiny_model, tmp_path):
+    from curate.mllm.tiny_model import SAMPLE_MODEL_SUBDIR, build_sample_model
+    again = build_sample_model(tmp_path / "sample")
+    assert again == tmp_path / "sample" / SAMPLE_MODEL_SUBDIR
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "tokenizer.json"):
+        assert (again / name).read_bytes() == (Path(tiny_model) / name).read_bytes(), name
+    assert json.loads((again / "config.json").read_text())["model_type"] == "qwen2_vl"
+
+
+
 def test_score_stage_four_metrics_end_to_end_code_path(tiny_model, photos):
     stage = build("mllm_score", {"backend": "transformers", "model": tiny_model, "device": "cpu",
                                  "metrics": ["itm", "odf", "ctq", "su"], "primary_metric": "su"})

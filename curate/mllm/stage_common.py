@@ -46,7 +46,7 @@ class EngineSettings:
     gpus_per_actor: float | None = field(default=None, metadata={
         "doc": "GPUs per actor; None: 1 when CUDA is visible (one engine per GPU), else 0."})
     actors: int | None = field(default=None, metadata={"doc": "Engine actors; None: one per GPU, 1 on CPU."})
-    cpu_threads: int | None = field(default=None, metadata={"doc": "torch threads of a CPU actor; None: all cores."})
+    cpu_threads: int | None = field(default=None, metadata={"doc": "torch threads of a CPU actor; None: every core it may run on."})
 
 
 def validate_engine_settings(c: EngineSettings) -> None:
@@ -85,11 +85,19 @@ def engine_resources(c: EngineSettings, batch_size: int) -> Resources:
     return Resources(cpus=1, gpus=gpus, batch_size=batch_size, kind="actor", concurrency=actors)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a pinned benchmark or a cgroup-limited
+    worker gets fewer than os.cpu_count(); more torch threads than cores only thrash)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def start_engine(c: EngineSettings, seed: int) -> GenerationBackend:
     """Build and load the engine inside the worker."""
     if c.backend == "transformers" and c.device.split(":")[0] in ("auto", "cpu"):
         import torch
-        torch.set_num_threads(c.cpu_threads or os.cpu_count() or 1)
+        torch.set_num_threads(c.cpu_threads or usable_cores())
     options: dict[str, Any] = {"device": c.device, "dtype": c.dtype, "batch_size": c.batch_size}
     if c.backend == "vllm":
         options.update(engine_options=c.engine_options, engine_timeout_s=c.engine_timeout_s, seed=seed)
