@@ -256,3 +256,8 @@ def test_recaption_by_clip_score_and_empty_generation_is_recorded(photos):
     assert [json.loads(r["caption_provenance"])["status"] for r in rows[: n // 2]] == ["empty_generation"] * (n // 2)
     assert all(r["caption_provenance"] is None for r in rows[n // 2:])
     assert [r["text"] for r in rows] == photos.column("text").to_pylist()
+
+
+def test_recaption_without_its_relevance_column_is_a_recipe_error(photos):
+    with pytest.raises(ValueError, match="run clip_score before recaption"):
+        build("recaption", scripted(relevance_column="clip_score", threshold=0.2)).process_batch(photos)

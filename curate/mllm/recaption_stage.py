@@ -108,8 +108,10 @@ class Recaption(Stage):
         texts = batch.column("text").to_pylist()
         refs = batch.column("images").to_pylist()
         cats = batch.column("category").to_pylist()
-        relevance = (batch.column(c.relevance_column).to_pylist() if c.relevance_column in batch.column_names
-                     else [None] * n)
+        if c.relevance_column not in batch.column_names:   # a recipe error, not bad data: fail the run
+            raise ValueError(f"recaption: column {c.relevance_column!r} is not in the data; run "
+                             f"{c.relevance_column} before recaption")
+        relevance = batch.column(c.relevance_column).to_pylist()
         wanted = set(c.categories) if c.categories is not None else None
         rows = [i for i in range(n) if (wanted is None or cats[i] in wanted)
                 and needs_recaption(relevance[i], texts[i], bool(refs[i]), c.threshold)]
