@@ -25,6 +25,8 @@ BUILTIN_STAGE_MODULES = (
     "curate.grounding.stage",
     "curate.ocr.stage",
     "curate.safety.stage",
+    "curate.mllm.score_stage",
+    "curate.mllm.recaption_stage",
     "pack.stages",
     "pack.shards",
 )
