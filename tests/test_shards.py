@@ -237,6 +237,11 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
     stage, result = run_stage(table, tmp_path, dp_size=2, micro_batches=1, input_ids=True)
     assert result.kept.num_rows + result.dropped.num_rows == 24
     assert validate_shards(str(tmp_path / "shards")) == []
+    # ids, labels and grids are the same bytes whatever the input row order
+    other = tmp_path / "again"
+    run_stage(table.take(np.random.default_rng(1).permutation(table.num_rows)), other, dp_size=2, micro_batches=1,
+              input_ids=True)
+    assert tree_digest(other / "shards") == tree_digest(tmp_path / "shards")
     by_key = {r["key"]: r for r in rows}
     pad = tok.token_id("<|endoftext|>")
     for rank in range(2):
