@@ -26,6 +26,7 @@ import numpy as np
 
 from distributions import DISTRIBUTIONS, caption_like, native_resolution_sizes, sft_mix
 from pack import balance as B
+from pack import balance_summary as BS
 from pack.packing import plan_packs
 from pack.tokens import image_tokens
 from run import format_table, quick
@@ -93,7 +94,7 @@ def main() -> None:
             plans["round-robin"] = B.plan_round_robin(costs, dp, mb)
             plans["rr-shuffled"] = shuffled_round_robin(costs, dp, mb)
             for method, plan in plans.items():
-                s = B.summarize(plan, costs).per_cost
+                s = BS.summarize(plan, costs).per_cost
                 rows.append([dist.name, dist.capacity, len(costs), f"{fill:.4f}", f"{dp}x{mb}", plan.steps, method,
                              fmt(s["attention"]), fmt(s["vit"]),
                              f"{t_bal:.1f}" if method == "balanced" else ""])

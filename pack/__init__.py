@@ -5,7 +5,8 @@ Notebook use::
     import pack
     pack.image_tokens(1280, 720, max_pixels=1280 * 28 * 28)     # Qwen2-VL tokens for one image
     bins = pack.plan_packs(lengths, 4096)                        # bin index per sample
-    ds = pack.PackedShards("out/demo/shards", rank=0, world_size=2)
+    ds = pack.PackedShards("out/demo/shards", rank=0, world_size=2)   # ids, labels, M-RoPE positions
+    profile = pack.profile_from_mapping({"preset": "qwen2.5-vl", "max_pixels": 1003520})
 
 Names are imported lazily so that `import pack` stays cheap (no torch until the loader is used).
 """

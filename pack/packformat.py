@@ -201,19 +201,7 @@ def parse_pack(data: bytes, where: str, context_length: int | None = None) -> di
         if n <= 0:
             raise PackFormatError(f"{w}: length must be positive, got {n}")
         seg_lengths.append(n)
-        for kind in ("images", "videos"):
-            media = _need(seg, kind, list, w)
-            for m in media:
-                if not isinstance(m, dict):
-                    raise PackFormatError(f"{w}: {kind} entries must be objects")
-                member = _need(m, "member", str, w)
-                if not member.startswith(key + "."):
-                    raise PackFormatError(f"{w}: member {member!r} does not belong to pack {key!r}")
-                _need(m, "tokens", int, w)
-                grid = m.get("grid_thw")
-                if grid is not None and not (isinstance(grid, list) and len(grid) == 3 and all(
-                        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in grid)):
-                    raise PackFormatError(f"{w}: grid_thw must be three positive integers, got {grid!r}")
+        _check_media(seg, key, w)
     if sum(seg_lengths) != length:
         raise PackFormatError(f"{where}: segment lengths sum to {sum(seg_lengths)}, length says {length}")
     try:
@@ -238,6 +226,23 @@ def parse_pack(data: bytes, where: str, context_length: int | None = None) -> di
         if _need(labels, "ignore_index", int, where + " labels") != IGNORE_INDEX:
             raise PackFormatError(f"{where}: labels ignore_index {labels['ignore_index']} != {IGNORE_INDEX}")
     return doc
+
+
+def _check_media(seg: Mapping[str, Any], key: str, w: str) -> None:
+    """Each image/video entry: an object naming a member of this pack, its token count, and a grid
+    of three positive integers when present."""
+    for kind in ("images", "videos"):
+        for m in _need(seg, kind, list, w):
+            if not isinstance(m, dict):
+                raise PackFormatError(f"{w}: {kind} entries must be objects")
+            member = _need(m, "member", str, w)
+            if not member.startswith(key + "."):
+                raise PackFormatError(f"{w}: member {member!r} does not belong to pack {key!r}")
+            _need(m, "tokens", int, w)
+            grid = m.get("grid_thw")
+            if grid is not None and not (isinstance(grid, list) and len(grid) == 3 and all(
+                    isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in grid)):
+                raise PackFormatError(f"{w}: grid_thw must be three positive integers, got {grid!r}")
 
 
 def pack_members(doc: Mapping[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pack import balance as B
+from pack import balance_summary as BS
 from pack import packformat as F
 from pack.profile import ModelProfile
 from pack.shard_writer import ShardResult
@@ -57,12 +58,12 @@ def build_manifest(config: Any, context: Any, profile: ModelProfile, L: int, pla
                      "tokens": left_tokens, "repeated_packs": rep_packs, "repeated_samples": rep_samples,
                      "shards": [shard_entry(x) for x in left_results]},
         "failed_samples": len(failures),
-        "balance": B.summarize(plan, costs).to_dict(),
+        "balance": BS.summarize(plan, costs).to_dict(),
     }
 
 def build_report(config: Any, final: str, manifest: dict[str, Any], plan: B.Plan, costs: B.PackCosts) -> dict[str, Any]:
     c = config
-    baseline = B.summarize(B.plan_round_robin(costs, c.dp_size, c.micro_batches, c.leftover), costs).to_dict()
+    baseline = BS.summarize(B.plan_round_robin(costs, c.dp_size, c.micro_batches, c.leftover), costs).to_dict()
     left = manifest["leftover"]
     if c.leftover == "pad_with_repeats":
         action = (f"completed the last global step with {left['repeated_packs']} repeated pack(s) "
@@ -80,7 +81,7 @@ def build_report(config: Any, final: str, manifest: dict[str, Any], plan: B.Plan
     if plan.steps <= 64:
         loads = {name: np.asarray(getattr(costs, name), dtype=np.float64)[plan.slots].sum(axis=2)
                  for name in ("attention", "vit")}
-        ratios = B.step_ratios(plan, costs)
+        ratios = BS.step_ratios(plan, costs)
         per_step = [{"step": s,
                      "attention_per_rank": [round(float(v), 1) for v in loads["attention"][s]],
                      "vit_per_rank": [round(float(v), 1) for v in loads["vit"][s]],

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pack import balance as B
+from pack import balance_summary as BS
 
 
 def random_costs(n: int, seed: int = 0) -> B.PackCosts:
@@ -106,8 +107,8 @@ def test_deterministic_and_seed_only_moves_steps():
 @pytest.mark.parametrize("dp,mb", [(4, 1), (4, 4), (8, 2)])
 def test_balanced_beats_round_robin(dp, mb):
     costs = random_costs(2400, seed=2)
-    bal = B.summarize(B.plan_balanced(costs, dp, mb), costs).per_cost
-    rr = B.summarize(B.plan_round_robin(costs, dp, mb), costs).per_cost
+    bal = BS.summarize(B.plan_balanced(costs, dp, mb), costs).per_cost
+    rr = BS.summarize(B.plan_round_robin(costs, dp, mb), costs).per_cost
     for name in ("attention", "vit"):
         assert bal[name]["mean"] < rr[name]["mean"]
         assert bal[name]["aggregate"] < rr[name]["aggregate"]
@@ -137,8 +138,8 @@ def test_group_steps_groups_alike_packs():
 def test_summary_reports_per_step_ratios():
     costs = B.pack_costs([[100], [100], [200], [200]], [[], [], [], []])
     plan = B.Plan(2, 1, np.array([[[0], [1]], [[2], [3]]]), np.zeros((2, 2, 1), bool), np.zeros(0, np.int64), "drop")
-    s = B.summarize(plan, costs).per_cost
+    s = BS.summarize(plan, costs).per_cost
     assert s["attention"]["max"] == 1.0 and s["vit"]["max"] == 1.0  # no images: 0/0 counts as balanced
     skew = B.Plan(2, 1, np.array([[[0], [2]], [[1], [3]]]), np.zeros((2, 2, 1), bool), np.zeros(0, np.int64), "drop")
-    r = B.step_ratios(skew, costs)["attention"]
+    r = BS.step_ratios(skew, costs)["attention"]
     assert r.tolist() == pytest.approx([40000 / 25000] * 2)

@@ -187,5 +187,39 @@ def test_damaged_pack_json_is_an_error_naming_the_shard(shards, tmp_path):
     data = bytearray(shard.read_bytes())
     data[ref.offset:ref.offset + 1] = b"["   # '{' -> '[': still bytes, no longer a pack object
     shard.write_bytes(bytes(data))
-    with pytest.raises(F.PackFormatError, match="shard-000000.tar"):
-        list(PackedShards(str(copy), rank=0, world_size=2))
+    with pytest.raises(F.PackFormatError, match=r"shard-000000.tar:r00000-s000000-m000: not valid JSON"):
+        list(PackedShards(str(copy), rank=0, world_size=2, verify=False))
+
+
+def _flip_image_byte(shards: str, tmp_path) -> Path:
+    import shutil
+    from pack import tario
+    copy = tmp_path / "flipped"
+    shutil.copytree(shards, copy)
+    shard = copy / "rank-00000" / "shard-000000.tar"
+    ref = next(r for r in tario.index_tar(str(shard)) if ".img" in r.name)
+    data = bytearray(shard.read_bytes())
+    data[ref.offset + ref.size // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return copy
+
+
+def test_a_flipped_image_byte_is_caught_by_the_shard_checksum_on_open(shards, tmp_path):
+    from pack import packformat as F
+    copy = _flip_image_byte(shards, tmp_path)
+    with pytest.raises(F.PackFormatError, match="sha256 .* differs from the manifest"):
+        next(iter(PackedShards(str(copy), rank=0, world_size=2)))
+    assert len(list(PackedShards(str(copy), rank=0, world_size=2, verify=False))) > 0   # opt-out reads it
+
+
+def test_direct_iteration_must_be_marked_before_state_dict(shards):
+    ds = PackedShards(shards, rank=0, world_size=2)
+    it = iter(ds)
+    first, second = next(it), next(it)
+    with pytest.raises(RuntimeError, match="2 pack\\(s\\) were iterated .* not marked consumed"):
+        ds.state_dict()
+    ds.mark_consumed(first)
+    with pytest.raises(RuntimeError, match="1 pack"):
+        ds.state_dict()
+    ds.mark_consumed(second)
+    assert ds.state_dict()["position"] == 2

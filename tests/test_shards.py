@@ -237,6 +237,11 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
     stage, result = run_stage(table, tmp_path, dp_size=2, micro_batches=1, input_ids=True)
     assert result.kept.num_rows + result.dropped.num_rows == 24
     assert validate_shards(str(tmp_path / "shards")) == []
+    # ids, labels and grids are the same bytes whatever the input row order
+    other = tmp_path / "again"
+    run_stage(table.take(np.random.default_rng(1).permutation(table.num_rows)), other, dp_size=2, micro_batches=1,
+              input_ids=True)
+    assert tree_digest(other / "shards") == tree_digest(tmp_path / "shards")
     by_key = {r["key"]: r for r in rows}
     pad = tok.token_id("<|endoftext|>")
     for rank in range(2):
@@ -285,3 +290,35 @@ def test_truncated_sample_keeps_its_vision_tokens(tmp_path):
     assert seg[:100] == full[:100]
     im_end = tok.token_id(T.IM_END)
     assert seg.count(im_end) == full.count(im_end) and seg[-1] == im_end  # the turn still closes
+
+
+def test_a_replaced_image_is_quarantined_not_written_with_stale_metadata(tmp_path):
+    """The record says one size (and hash); the file now holds another image: media_changed."""
+    import hashlib
+    refs = image_refs(tmp_path / "img", n=4)
+    plain = [r for r in refs if r["member"] is None]          # plain files: can be replaced in place
+    rows = pack_rows(make_rows(16, refs, seed=6), L)
+    using = [r for r in rows if r["images"] and r["images"][0]["uri"] == plain[0]["uri"]]
+    assert using
+    hashed = next(r for r in rows if r["images"] and r["images"][0]["uri"] == plain[1]["uri"])
+    data = open(plain[1]["uri"], "rb").read()
+    for im in hashed["images"]:
+        im["sha256"] = hashlib.sha256(data).hexdigest() if im["uri"] == plain[1]["uri"] else None
+    schema = SCHEMA.set(SCHEMA.get_field_index("images"),
+                        pa.field("images", pa.list_(pa.struct(list(R.IMAGE_REF) + [pa.field("sha256", pa.string())]))))
+    from PIL import Image
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), "red").save(buf, format="JPEG")
+    with open(plain[0]["uri"], "wb") as fh:                    # another size and another header
+        fh.write(buf.getvalue())
+    with open(plain[1]["uri"], "r+b") as fh:                   # same size, one byte changed
+        fh.seek(len(data) // 2)
+        fh.write(bytes([data[len(data) // 2] ^ 0xFF]))
+    stage, result = run_stage(R.rows_to_table(rows, schema), tmp_path, dp_size=2, micro_batches=1)
+    q = result.dropped.filter(pa.compute.equal(result.dropped.column(R.STATUS), R.QUARANTINED)).to_pylist()
+    reasons = {r["key"]: (r[R.REASON], r[R.DETAIL]) for r in q}
+    for r in using:
+        assert reasons[r["key"]][0] == "media_changed" and "the record says" in reasons[r["key"]][1]
+    assert reasons[hashed["key"]][0] == "media_changed" and "sha256" in reasons[hashed["key"]][1]
+    assert validate_shards(str(tmp_path / "shards")) == []

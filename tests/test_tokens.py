@@ -345,3 +345,19 @@ def test_public_api_is_exported():
     assert pack.smart_resize(720, 1280) == (728, 1288)
     assert pack.load_tokenizer is T.load_tokenizer and pack.sample_input_ids is T.sample_input_ids
     assert pack.video_tokens is T.video_tokens
+
+
+def test_labels_train_assistant_turns_in_chat_and_text_in_plain(tok):
+    """Chat: only what follows '<|im_start|>assistant\\n' (answer, <|im_end|>, newline); plain: the text
+    and <|endoftext|>; vision tokens never."""
+    row = {"conversations": [{"role": "user", "content": "<image>What is it?"},
+                             {"role": "assistant", "content": "A cat."}]}
+    ids, trained = T.sample_ids_and_labels(row, tok, [3])
+    picked = [i for i, t in zip(ids, trained) if t]
+    assert picked == tok.encode("A cat.") + [tok.token_id(T.IM_END)] + tok.encode("\n")
+    ids, trained = T.sample_ids_and_labels({"text": "two cats"}, tok, [2], template="plain")
+    assert [i for i, t in zip(ids, trained) if t] == tok.encode("two cats") + [tok.token_id(T.EOS)]
+    assert not any(t for i, t in zip(ids, trained) if i in (tok.token_id(T.IMAGE_PAD), tok.token_id(T.VISION_START)))
+    cap_ids, cap_trained = T.sample_ids_and_labels({"text": "A red car."}, tok, [2])
+    assert [i for i, t in zip(cap_ids, cap_trained) if t] == tok.encode("A red car.") + \
+        [tok.token_id(T.IM_END)] + tok.encode("\n")

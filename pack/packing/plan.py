@@ -11,6 +11,159 @@ from pack.packing.ffd import ffd_counts
 from pack.packing.stats import lower_bound
 
 
+class _Counts:
+    """Items left per length, and what the bin being filled took (``taken``) and relied on
+    (``req``: length v must still have that many items for the bin to come out the same)."""
+    __slots__ = ("cnt", "avail", "S", "taken", "req")
+
+    def __init__(self, arr: np.ndarray, capacity: int):
+        cnt_np = np.bincount(arr, minlength=capacity + 1)
+        self.cnt: list[int] = cnt_np.tolist()
+        self.avail = cnt_np > 0
+        self.avail[0] = False
+        self.S = AvailableLengths(self.avail)
+        self.taken: dict[int, int] = {}
+        self.req: dict[int, int] = {}
+
+    def need(self, v: int, k: int) -> None:
+        tot = k + self.taken.get(v, 0)
+        if self.req.get(v, 0) < tot:
+            self.req[v] = tot
+
+    def take(self, v: int, m: int) -> None:
+        c = self.cnt[v] - m
+        self.cnt[v] = c
+        self.taken[v] = self.taken.get(v, 0) + m
+        if c == 0:
+            self.S.remove(v)
+            self.avail[v] = False
+
+    def repeats(self) -> int:
+        """How many times the bin just filled comes out the same; the extra copies are taken."""
+        cnt, taken, req = self.cnt, self.taken, self.req
+        t = min((cnt[v] + mv - req[v]) // mv for v, mv in taken.items()) + 1
+        if t > 1:
+            for v, mv in taken.items():
+                c = cnt[v] - (t - 1) * mv
+                cnt[v] = c
+                if c == 0:
+                    self.S.remove(v)
+                    self.avail[v] = False
+        return t
+
+
+def _pair_first(st: _Counts, r: int, lo: int, hi: int) -> int:
+    """Smallest available a in [lo, hi] with r - a available (a == r - a needs two items), or -1:
+    up to 32 available a's upwards, then up to 32 available b's downwards (either walk's first hit
+    is the answer), then one vectorised scan."""
+    cnt, S = st.cnt, st.S
+    x = S.succ(lo)
+    for _ in range(32):
+        if x > hi:
+            return -1
+        y = r - x
+        if cnt[y] and (x != y or cnt[x] >= 2):
+            return x
+        x = S.succ(x + 1)
+    y = S.pred(r - lo)
+    for _ in range(32):
+        if y < r - hi:
+            return -1
+        x = r - y
+        if cnt[x] and (x != y or cnt[x] >= 2):
+            return x
+        y = S.pred(y - 1)
+    ok = st.avail[lo:hi + 1] & st.avail[r - hi:r - lo + 1][::-1]
+    if lo + lo == r and cnt[lo] < 2:
+        ok[0] = False
+    j = int(ok.argmax())
+    return lo + j if ok[j] else -1
+
+
+def _pair(st: _Counts, r: int, vmin: int) -> bool:
+    """Take the most balanced a + b == r (a >= b)."""
+    lo, hi = (r + 1) // 2, min(st.S.hi, r - vmin)
+    if lo > hi:
+        return False
+    a = _pair_first(st, r, lo, hi)
+    if a < 0:
+        return False
+    b = r - a
+    st.need(a, 2 if a == b else 1)
+    if a != b:
+        st.need(b, 1)
+    st.take(a, 1)
+    st.take(b, 1)
+    return True
+
+
+def _complete(st: _Counts, r: int, v: int, vmin: int) -> int:
+    """Balanced completion of the room `r` with k = ceil(r / v) items, closing with a pair; else one
+    FFD step. Returns the room left, or -1 when nothing fits (the bin is done)."""
+    S = st.S
+    k = -(-r // v)
+    if k * vmin <= r:
+        while k > 2:
+            a = S.pred(min(-(-r // k), r - (k - 1) * vmin))
+            if a == 0:
+                break
+            st.need(a, 1)
+            st.take(a, 1)
+            r -= a
+            k -= 1
+            if not S or r < S.lo:
+                break
+        if k == 2 and S and r >= 2 * S.lo:
+            st.need(S.lo, 1)
+            if _pair(st, r, S.lo):
+                return 0
+    if r > 0 and S:                               # FFD step: the largest length that fits
+        v = S.pred(r)
+        if v == 0:
+            return -1
+        st.need(v, 1)
+        st.take(v, 1)
+        r -= v
+    return r
+
+
+def _fill_bin(st: _Counts, C: int) -> None:
+    """Largest lengths first while the rest stays closable, then ``_complete``."""
+    S, cnt, taken_get, req, req_get = st.S, st.cnt, st.taken.get, st.req, st.req.get
+    pred = S.pred
+    r = C
+    while r > 0 and S:
+        vmin = S.lo
+        if r < vmin:
+            break
+        k = taken_get(vmin, 0) + 1            # need(vmin, 1), inlined: this loop is the hot path
+        if req_get(vmin, 0) < k:
+            req[vmin] = k
+        v = pred(r)
+        k = taken_get(v, 0) + 1               # need(v, 1)
+        if req_get(v, 0) < k:
+            req[v] = k
+        if v == r:
+            st.take(v, 1)
+            break
+        m = min(cnt[v], r // v)
+        while m > 0:                          # most copies of v that leave a closable rest
+            R = r - m * v
+            if R == 0 or (R >= vmin and -(-R // v) * vmin <= R):
+                break
+            m -= 1
+        if r == C and not m:
+            m = 1                             # v leaves less than vmin in any bin: no exact fill exists
+        if m:
+            st.need(v, m)
+            st.take(v, m)
+            r -= m * v
+            continue
+        r = _complete(st, r, v, vmin)
+        if r < 0:
+            break
+
+
 def plan_counts(arr: np.ndarray, capacity: int) -> np.ndarray:
     """Fill each bin with the largest lengths while the rest can still be closed exactly, then
     close it with items near the average the rest needs (a balanced bin completion).
@@ -29,153 +182,24 @@ def plan_counts(arr: np.ndarray, capacity: int) -> np.ndarray:
     """
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
-    C = capacity
-    cnt_np = np.bincount(arr, minlength=C + 1)
-    cnt = cnt_np.tolist()
-    avail = cnt_np > 0
-    avail[0] = False
-    S = AvailableLengths(avail)
-    pred, succ = S.pred, S.succ
+    st = _Counts(arr, capacity)
     ev: list[int] = []
     eb: list[int] = []
     et: list[int] = []
     em: list[int] = []
     nbins = 0
-    taken: dict[int, int] = {}
-    req: dict[int, int] = {}
-    taken_get, req_get = taken.get, req.get
-
-    def need(v: int, k: int) -> None:
-        tot = k + taken_get(v, 0)
-        if req_get(v, 0) < tot:
-            req[v] = tot
-
-    def take(v: int, m: int) -> None:
-        c = cnt[v] - m
-        cnt[v] = c
-        taken[v] = taken_get(v, 0) + m
-        if c == 0:
-            S.remove(v)
-            avail[v] = False
-
-    def pair(r: int, vmin: int) -> bool:
-        """Take the most balanced a + b == r (a >= b): the smallest available a >= r/2 whose
-        partner is available. Walks up to 32 available a's upwards, then up to 32 available b's
-        downwards (either walk's first hit is the answer), then one vectorised scan."""
-        lo, hi = (r + 1) // 2, min(S.hi, r - vmin)
-        if lo > hi:
-            return False
-        a = -1
-        x = succ(lo)
-        for _ in range(32):
-            if x > hi:
-                return False
-            y = r - x
-            if cnt[y] and (x != y or cnt[x] >= 2):
-                a = x
-                break
-            x = succ(x + 1)
-        if a < 0:
-            y = pred(r - lo)
-            for _ in range(32):
-                if y < r - hi:
-                    return False
-                x = r - y
-                if cnt[x] and (x != y or cnt[x] >= 2):
-                    a = x
-                    break
-                y = pred(y - 1)
-        if a < 0:
-            ok = avail[lo:hi + 1] & avail[r - hi:r - lo + 1][::-1]
-            if lo + lo == r and cnt[lo] < 2:
-                ok[0] = False
-            j = int(ok.argmax())
-            if not ok[j]:
-                return False
-            a = lo + j
-        b = r - a
-        need(a, 2 if a == b else 1)
-        if a != b:
-            need(b, 1)
-        take(a, 1)
-        take(b, 1)
-        return True
-
-    while S:
-        taken.clear()
-        req.clear()
-        r = C
-        while r > 0 and S:
-            vmin = S.lo
-            if r < vmin:
-                break
-            k = taken_get(vmin, 0) + 1            # need(vmin, 1), inlined: this loop is the hot path
-            if req_get(vmin, 0) < k:
-                req[vmin] = k
-            v = pred(r)
-            k = taken_get(v, 0) + 1               # need(v, 1)
-            if req_get(v, 0) < k:
-                req[v] = k
-            if v == r:
-                take(v, 1)
-                break
-            c = cnt[v]
-            m = min(c, r // v)
-            while m > 0:                          # most copies of v that leave a closable rest
-                R = r - m * v
-                if R == 0 or (R >= vmin and -(-R // v) * vmin <= R):
-                    break
-                m -= 1
-            if r == C and not m:
-                m = 1                             # v leaves less than vmin in any bin: no exact fill exists
-            if m:
-                need(v, m)
-                take(v, m)
-                r -= m * v
-                continue
-            # balanced completion of r with k = ceil(r / v) items
-            k = -(-r // v)
-            done = False
-            if k * vmin <= r:
-                while k > 2:
-                    a = pred(min(-(-r // k), r - (k - 1) * vmin))
-                    if a == 0:
-                        break
-                    need(a, 1)
-                    take(a, 1)
-                    r -= a
-                    k -= 1
-                    if not S or r < S.lo:
-                        break
-                if k == 2 and S and r >= 2 * S.lo:
-                    vmin = S.lo
-                    need(vmin, 1)
-                    done = pair(r, vmin)
-                    if done:
-                        r = 0
-            if not done and r > 0 and S:        # FFD step: the largest length that fits
-                v = pred(r)
-                if v == 0:
-                    break
-                need(v, 1)
-                take(v, 1)
-                r -= v
-
-        t = min((cnt[v] + mv - req[v]) // mv for v, mv in taken.items()) + 1
-        if t > 1:
-            for v, mv in taken.items():
-                c = cnt[v] - (t - 1) * mv
-                cnt[v] = c
-                if c == 0:
-                    S.remove(v)
-                    avail[v] = False
-        for v, mv in taken.items():
+    while st.S:
+        st.taken.clear()
+        st.req.clear()
+        _fill_bin(st, capacity)
+        t = st.repeats()
+        for v, mv in st.taken.items():
             ev.append(v)
             eb.append(nbins)
             et.append(t)
             em.append(mv)
         nbins += t
-    return expand_entries(arr, C, ev, eb, et, em)
+    return expand_entries(arr, capacity, ev, eb, et, em)
 
 
 def plan_packs(lengths: Any, capacity: int, *, num_images: Any = None, image_tokens: Any = None,
