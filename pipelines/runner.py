@@ -159,6 +159,7 @@ class Runner:
         if tmp.exists():
             shutil.rmtree(tmp)
         pass1 = tmp / ("pass1" if stage.has_global_step() else "data")
+        repeated = 0  # rows a global step added as repeats of kept rows (mixture up-sampling)
         pass1.mkdir(parents=True)
         self.log(f"[{index:02d}] {spec.name}: running on {executor.name}")
         if isinstance(stage, IngestStage):
@@ -180,6 +181,7 @@ class Runner:
             inputs = _read_global_inputs(stage, files)
             stage.ensure_setup()
             decisions = E.validate_decisions(stage, inputs, stage.decide(inputs))
+            repeated = E.count_repeats(decisions)
             executor.apply_decisions(files, decisions, schema, out_data)
             shutil.rmtree(pass1)
         data = tmp / "data"
@@ -188,13 +190,14 @@ class Runner:
         counts = E.tally(rejects.column(R.STATUS).to_pylist(), rejects.column(R.REASON).to_pylist())
         counts["out"] = _count(data, kept_only=True)
         dropped_total = sum(counts["rejected"].values()) + sum(counts["quarantined"].values())
-        if counts["out"] + dropped_total != n_in:
-            raise E.AccountingError(f"stage {spec.name}: in={n_in} but kept+rejected+quarantined="
+        if counts["out"] + dropped_total != n_in + repeated:
+            raise E.AccountingError(f"stage {spec.name}: in={n_in} repeated={repeated} but kept+rejected+quarantined="
                                     f"{counts['out'] + dropped_total}")
         summary = {}
         if stage.summary_columns:
             summary = stage.summarize(read_kept(tmp, list(stage.summary_columns) + ["key", R.ORDINAL]))
-        entry = {"name": spec.name, "in": n_in, "out": counts["out"], "rejected": counts["rejected"],
+        entry = {"name": spec.name, "in": n_in, "repeated": repeated, "out": counts["out"],
+                 "rejected": counts["rejected"],
                  "quarantined": counts["quarantined"], "seconds": round(time.perf_counter() - t0, 3),
                  "rejects": str((final / "rejects.parquet").relative_to(self.out)),
                  **summary, **stage.report}
@@ -220,7 +223,8 @@ class Runner:
         if all_rejects:
             write_table(pa.concat_tables(all_rejects, promote_options="default"), self.out / "rejects.parquet")
         for e in entries:
-            e["balanced"] = e["in"] == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values())
+            e["balanced"] = (e["in"] + e.get("repeated", 0)
+                             == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values()))
         report = {"recipe": self.recipe.name, "recipe_hash": self.recipe.hash(), "seed": self.recipe.seed,
                   "executor": self.executor_name, "version": VERSION, "stages": entries,
                   "final_samples": entries[-1]["out"] if entries else 0}
