@@ -126,7 +126,8 @@ class JoinAnnotations(Stage):
         columns: dict[str, Literal["bool", "int", "float", "string"]] = field(default_factory=dict, metadata={
             "doc": "columns to add, with their type (bool, int, float, string)"})
         keep_if: list[str] = field(default_factory=list, metadata={
-            "doc": "conditions such as 'su_score >= 85', 'dfn_top15 == true', 'clip present'; none: join only"})
+            "doc": "conditions such as 'su_score >= 85', 'dfn_top15 == true', 'clip present' on the joined columns "
+                   "or on columns earlier stages added; none: join only"})
         combine: Literal["all", "any"] = field(default="all", metadata={"doc": "keep when all / any condition holds"})
         missing: Literal["reject", "keep"] = field(default="reject", metadata={
             "doc": "rows with no match in the file: judged with null columns (reject), or kept untouched (keep)"})
@@ -143,9 +144,10 @@ class JoinAnnotations(Stage):
         if bad:
             raise ValueError(f"columns: unknown type(s) {bad}; use {sorted(TYPES)}")
         self.conditions = [parse_condition(t) for t in c.keep_if]
-        unknown = [str(x) for x in self.conditions if x.column not in c.columns]
-        if unknown:
-            raise ValueError(f"keep_if: condition(s) {unknown} use a column not in columns")
+        # A condition may test a column an earlier stage added (e.g. the union of a DFN id list joined
+        # here with MLM-Filter scores joined before): it becomes a required column, checked by the recipe.
+        upstream = sorted({x.column for x in self.conditions if x.column not in c.columns})
+        self.requires = (*type(self).requires, *upstream)
         self.adds = {name: TYPES[t] for name, t in c.columns.items()}  # per instance: the declared columns
 
     def setup(self) -> None:
