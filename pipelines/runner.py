@@ -8,6 +8,7 @@ Layout of a run directory::
     OUT/stages/00_ingest/_COMPLETE.json  written last: the stage's fingerprint and report entry
     OUT/shards/...                       written by the final `shards` stage
     OUT/rejects.parquet                  all stages' rejects in one file
+    OUT/report.html                      the same, with plots and thumbnails (pipelines.report_html)
     OUT/report.json                      {"stages": [{"name", "in", "out", "rejected", "quarantined", "seconds"}]}
 
 Resume: a stage whose ``_COMPLETE.json`` carries the same fingerprint (recipe settings, seed, inputs,
@@ -39,6 +40,7 @@ from curate.ingest import IngestStage
 from pipelines import execution as E
 from pipelines.executors import Executor, data_files, make_executor, write_table
 from pipelines.recipe import Recipe, StageSpec, load
+from pipelines.report_html import render_fragment, write_report_html
 
 VERSION = "0.1.0"
 REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
@@ -49,6 +51,10 @@ class RunResult:
     out_dir: Path
     report: dict[str, Any]
     stage_dirs: list[Path] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the run as report.html's content."""
+        return render_fragment(self.out_dir)
 
     def kept(self, stage: int = -1, columns: list[str] | None = None) -> pa.Table:
         """Rows kept by a stage (default: the last one), for notebooks."""
@@ -229,6 +235,7 @@ class Runner:
                   "executor": self.executor_name, "version": VERSION, "stages": entries,
                   "final_samples": entries[-1]["out"] if entries else 0}
         _atomic_write_json(self.out / "report.json", report)
+        write_report_html(self.out)
         return report
 
 
