@@ -29,9 +29,13 @@ def test_the_seed_recipes_are_all_there():
 
 @pytest.mark.parametrize("path", SEED_RECIPES, ids=lambda p: p.stem)
 def test_recipe_validates_and_runs_on_its_synthetic_corpus(path: Path, tmp_path: Path, monkeypatch):
+    """Through the mixture (the warm-up's full check is below; pack and shards of every recipe ran in
+    the issue's note: their stages are tested on their own)."""
     recipe = load(path)
+    if recipe.name == "mindvl_warmup":
+        return  # runs twice in test_mindvl_warmup_realises_table_11_within_half_a_point
     monkeypatch.chdir(tmp_path)
-    generate(recipe, tmp_path, rows=240)
+    generate(recipe, tmp_path, rows=160)
     plan = [s.name for s in recipe.plan()]
     until = "mixture" if "mixture" in plan else "count_tokens"
     result = run(recipe, out=tmp_path / "out", executor="inline", until=until, progress=False)
@@ -98,11 +102,13 @@ def test_mindvl_warmup_realises_table_11_within_half_a_point(warmup, unit):
     base, recipe, (cats, sources) = warmup
     # The largest total every dataset reaches within max_repeat, then 70% of it: every dataset is
     # feasible and the smallest ones must be repeated (factor up to 0.7 x 4 = 2.8).
-    probe = run(with_mixture(recipe, unit=unit), out=base / f"probe-{unit}", executor="inline", until="mixture",
+    # One run directory: ingest and count_tokens run once and are resumed; only the mixture re-runs.
+    probe = run(with_mixture(recipe, unit=unit), out=base / "out", executor="inline", until="mixture",
                 progress=False)
     total = int(0.7 * probe.report["stages"][-1]["mixture"]["total_target"])
-    result = run(with_mixture(recipe, unit=unit, total=total), out=base / unit, executor="inline",
+    result = run(with_mixture(recipe, unit=unit, total=total), out=base / "out", executor="inline",
                  until="mixture", progress=False)
+    assert result.report["stages"][1].get("resumed")
     entry = result.report["stages"][-1]
     assert entry["balanced"] and entry["repeated"] > 0 and not entry["mixture"]["shortfall"]
     kept = result.kept(columns=["key", "source", "category", "num_tokens", "repeat_of"])
@@ -122,7 +128,7 @@ def test_mindvl_warmup_realises_table_11_within_half_a_point(warmup, unit):
     key = "achieved_samples" if unit == "samples" else "achieved_tokens"
     for name in cats:
         assert levels["category"][name][key] == pytest.approx(got_cats.get(name, 0), abs=1e-6)
-    assert (base / unit / "report.html").exists()
+    assert (base / "out" / "report.html").exists()
 
 
 def test_mixture_stage_spec_is_where_the_recipe_puts_it():
