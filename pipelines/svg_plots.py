@@ -65,7 +65,7 @@ def grouped_bars(name: str, title: str, labels: Sequence[str], series: dict[str,
                         f'<title>{_esc(label)} {_esc(n)}: {txt}</title></rect>')
             body.append(f'<text x="{left + w + 3:.1f}" y="{y + 9}" {FONT}>{txt}</text>')
     for j, n in enumerate(names):
-        x = left + 110 * j
+        x = left + 160 * j
         body.append(f'<rect x="{x}" y="{height - 16}" width="10" height="10" fill="{color(j)}"/>'
                     f'<text x="{x + 14}" y="{height - 7}" {FONT}>{_esc(n)}</text>')
     return _svg(name, width, height, body, title)
@@ -135,7 +135,7 @@ def funnel(name: str, title: str, stages: Sequence[tuple[str, int, int, int]], w
     row_h, left, top = 20, 130, 22
     height = top + row_h * len(stages) + 8
     vmax = max([s[1] + s[3] for s in stages] + [1])
-    scale = (width - left - 80) / vmax
+    scale = (width - left - 190) / vmax
     body = [f'<text x="4" y="14" {FONT} font-weight="bold">{_esc(title)}</text>']
     for i, (stage, n_in, kept, repeated) in enumerate(stages):
         y = top + i * row_h
