@@ -211,17 +211,20 @@ def test_runner_rejects_a_repeat_of_a_dropped_row():
         E.validate_decisions(stage, inputs, bad)
 
 
-def test_runner_accounts_repeats_and_writes_them(tmp_path: Path):
+def _repeat_recipe(tmp_path: Path):
     from pipelines.recipe import parse
-    from pipelines.runner import run
     for name, n in (("big", 60), ("small", 8)):
         pq.write_table(pa.table({"uid": [f"{name}{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]}),
                        tmp_path / f"{name}.parquet")
-    recipe = parse({"name": "rep", "seed": 3, "stages": [],
-                    "sources": [{"name": s, "path": str(tmp_path / f"{s}.parquet"), "format": "parquet",
-                                 "category": s, "key_column": "uid"} for s in ("big", "small")],
-                    "mixture": {"ratios": {"big": 0.5, "small": 0.5}, "total": 40, "max_repeat": 3}})
-    result = run(dataclasses.replace(recipe), out=tmp_path / "out", executor="inline", progress=False)
+    return parse({"name": "rep", "seed": 3, "stages": [],
+                  "sources": [{"name": s, "path": str(tmp_path / f"{s}.parquet"), "format": "parquet",
+                               "category": s, "key_column": "uid"} for s in ("big", "small")],
+                  "mixture": {"ratios": {"big": 0.5, "small": 0.5}, "total": 40, "max_repeat": 3}})
+
+
+def test_runner_accounts_repeats_and_writes_them(tmp_path: Path):
+    from pipelines.runner import run
+    result = run(_repeat_recipe(tmp_path), out=tmp_path / "out", executor="inline", progress=False)
     entry = result.report["stages"][-1]
     assert entry["name"] == "mixture" and entry["balanced"]
     assert (entry["in"], entry["repeated"], entry["out"], entry["rejected"]) == (68, 12, 40,
@@ -229,3 +232,17 @@ def test_runner_accounts_repeats_and_writes_them(tmp_path: Path):
     kept = result.kept()
     assert kept.num_rows == 40 and len(set(kept.column("key").to_pylist())) == 40
     assert sorted(by_source(kept).values()) == [20, 20]
+
+
+def test_ray_executor_writes_the_same_repeats_as_inline(tmp_path: Path):
+    """The one Ray run: repeat rows appended per Ray batch give the same rows as the inline executor."""
+    from pipelines.runner import run
+    recipe = _repeat_recipe(tmp_path)
+    cols = ["key", "source", REPEAT_OF, R.ORDINAL]
+    rows = {}
+    for executor in ("inline", "ray"):
+        result = run(recipe, out=tmp_path / executor, executor=executor, progress=False)
+        assert result.report["stages"][-1]["repeated"] == 12 and result.report["stages"][-1]["balanced"]
+        t = result.kept(columns=cols)
+        rows[executor] = sorted(zip(*[t.column(c).to_pylist() for c in cols]), key=str)
+    assert rows["inline"] == rows["ray"]
