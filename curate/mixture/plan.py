@@ -54,16 +54,16 @@ class GroupStats:
 
 def partial_stats(labels: np.ndarray, ranks: np.ndarray, weights: np.ndarray,
                   tokens: np.ndarray | None) -> dict[str, GroupStats]:
-    """Pass 1 on one batch. `weights` are in the mixture's unit; `tokens` (or None) for the report."""
-    out: dict[str, GroupStats] = {}
+    """Pass 1 on one batch. `weights` are in the mixture's unit; `tokens` (or None) for the report.
+    One bincount over (group, bin) pairs: O(rows), whatever the number of groups."""
+    names, codes = np.unique(labels, return_inverse=True)
     bins = (ranks >> _SHIFT).astype(np.int64)
-    for g in np.unique(labels):
-        m = labels == g
-        st = GroupStats(samples=int(m.sum()), tokens=int(tokens[m].sum()) if tokens is not None else 0,
-                        weight=float(weights[m].sum()))
-        st.hist = np.bincount(bins[m], weights=weights[m], minlength=HIST_BINS).astype(np.float64)
-        out[str(g)] = st
-    return out
+    k = names.size
+    hist = np.bincount(codes * HIST_BINS + bins, weights=weights, minlength=k * HIST_BINS).reshape(k, HIST_BINS)
+    samples = np.bincount(codes, minlength=k)
+    tok = np.bincount(codes, weights=tokens, minlength=k) if tokens is not None else np.zeros(k)
+    return {str(g): GroupStats(samples=int(samples[i]), tokens=int(tok[i]), weight=float(hist[i].sum()),
+                               hist=hist[i].astype(np.float64)) for i, g in enumerate(names)}
 
 
 def combine_stats(parts: list[dict[str, GroupStats]]) -> dict[str, GroupStats]:
@@ -180,13 +180,13 @@ def finish_plan(b: Budget, targets: Targets, stats: dict[str, GroupStats], bins:
 
 def apply_plan(plans: dict[str, GroupPlan], labels: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Per-row map: how many times each row appears in the output (0: dropped; unlisted rows: 0)."""
-    copies = np.zeros(labels.size, dtype=np.int64)
-    for g, plan in plans.items():
-        m = labels == g
-        if m.any():
-            copies[m] = plan.copies(ranks[m])
-    copies[labels == UNLISTED] = 0
-    return copies
+    names, codes = np.unique(labels, return_inverse=True)
+    full = np.array([plans[g].full if g in plans else 0 for g in names], dtype=np.int64)
+    thr = [plans[g].threshold if g in plans else 0 for g in names]
+    always = np.array([t >= RANK_SPACE for t in thr], dtype=bool)
+    thresholds = np.array([min(t, RANK_SPACE - 1) for t in thr], dtype=np.uint64)
+    extra = (ranks < thresholds[codes]) | always[codes]
+    return np.where(labels == UNLISTED, 0, full[codes] + extra.astype(np.int64))
 
 
 def plan_mixture(targets: Targets, labels: np.ndarray, ranks: np.ndarray, weights: np.ndarray,
