@@ -156,7 +156,8 @@ class JoinAnnotations(Stage):
     def process_batch(self, batch: pa.Table) -> BatchResult:
         c = self.config
         pos = pc.index_in(sample_keys(batch, c.match), value_set=self.annotations.column("__key"))
-        in_scope = [True] * batch.num_rows if not c.sources else [s in c.sources for s in batch.column("source").to_pylist()]
+        sources = batch.column("source").to_pylist()
+        in_scope = [not c.sources or s in c.sources for s in sources]
         out = batch
         for name, typ in self.adds.items():
             joined = self.annotations.column(name).take(pos).cast(typ)

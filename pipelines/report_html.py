@@ -53,7 +53,8 @@ CHECK_SCRIPT = """<script>
 (function(){var errs=[];window.addEventListener('error',function(e){errs.push(String(e.message));});
 window.addEventListener('load',function(){var p=document.querySelectorAll('svg.plot'),ok=0;
 for(var i=0;i<p.length;i++){var b=p[i].getBoundingClientRect();if(b.width>0&&b.height>0&&p[i].childElementCount>1)ok++;}
-var im=document.querySelectorAll('img'),bad=0;for(var j=0;j<im.length;j++){if(!im[j].complete||im[j].naturalWidth===0)bad++;}
+var im=document.querySelectorAll('img'),bad=0;
+for(var j=0;j<im.length;j++){if(!im[j].complete||im[j].naturalWidth===0)bad++;}
 document.body.setAttribute('data-plots',p.length);document.body.setAttribute('data-plots-rendered',ok);
 document.body.setAttribute('data-broken-images',bad);document.body.setAttribute('data-errors',errs.join('|'));});})();
 </script>"""
@@ -109,7 +110,8 @@ def mixture_section(m: dict) -> str:
     for level in m["levels"]:
         groups = level["groups"]
         labels = [g["group"].split("/", 1)[-1] for g in groups]   # a leaf "category/source" shows its source
-        series = {"target": [g["target"] for g in groups], "achieved (samples)": [g["achieved_samples"] for g in groups]}
+        series = {"target": [g["target"] for g in groups],
+                  "achieved (samples)": [g["achieved_samples"] for g in groups]}
         if any(g["achieved_tokens"] is not None for g in groups):
             series["achieved (tokens)"] = [g["achieved_tokens"] for g in groups]
         parts.append(S.grouped_bars(f"mixture-{level['level']}", f"share by {level['level']}: target vs achieved",
@@ -120,7 +122,7 @@ def mixture_section(m: dict) -> str:
     return "".join(parts)
 
 
-def tokens_section(out: Path, dirs: list[Path]) -> str:
+def tokens_section(dirs: list[Path]) -> str:
     src = next((d for d in reversed(dirs) if (t := _read(d, ["num_tokens"], True)) is not None
                 and "num_tokens" in t.column_names), None)
     table = _read(src or dirs[-1], ["category", "num_tokens", "text_tokens", "text"], True) if dirs else None
@@ -179,7 +181,8 @@ def shards_section(entries: list[dict]) -> str:
                                      "vit": [st["vit_max_over_mean"] for st in steps][:32]}))
     bal = s.get("balance")
     if isinstance(bal, dict):
-        parts.append("<h3>Balance summary</h3>" + _table(["measure", "value"], [[k, json.dumps(v)] for k, v in bal.items()]))
+        parts.append("<h3>Balance summary</h3>"
+                     + _table(["measure", "value"], [[k, json.dumps(v)] for k, v in bal.items()]))
     left = s.get("leftover") or {}
     parts.append("<h3>Leftover</h3>" + _table(["", "value"], [[k, v] for k, v in left.items()]))
     return "".join(parts)
@@ -241,7 +244,7 @@ def render_fragment(out_dir: str | Path) -> str:
             f"executor {_e(report.get('executor'))}, recipe {_e(str(report.get('recipe_hash'))[:12])}, "
             f"{_e(report.get('final_samples'))} samples out</p>")
     sections = [head, funnel_section(entries), mixture_section(mixture) if mixture else "",
-                tokens_section(out, dirs), packing_section(entries, dirs), shards_section(entries),
+                tokens_section(dirs), packing_section(entries, dirs), shards_section(entries),
                 other_section(entries), thumbnails_section(dirs)]
     return f'<div class="mmc-report"><style>{CSS}</style>{"".join(sections)}</div>'
 

@@ -14,9 +14,6 @@ import numpy as np
 from curate.mixture.plan import Budget, GroupPlan
 from curate.mixture.targets import UNLISTED, Targets
 
-MEASURES = ("available", "kept", "repeated", "output")
-
-
 def group_sums(labels: np.ndarray, copies: np.ndarray, tokens: np.ndarray | None) -> dict[str, dict[str, float]]:
     """Per leaf label: available/kept/repeated/output in samples and tokens (a per-batch partial; sums combine)."""
     out: dict[str, dict[str, float]] = {}
