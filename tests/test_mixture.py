@@ -234,9 +234,10 @@ def test_runner_accounts_repeats_and_writes_them(tmp_path: Path):
     assert sorted(by_source(kept).values()) == [20, 20]
 
 
-def test_ray_executor_writes_the_same_repeats_as_inline(tmp_path: Path):
+def test_ray_executor_writes_the_same_repeats_as_inline(tmp_path: Path, monkeypatch):
     """The one Ray run: repeat rows appended per Ray batch give the same rows as the inline executor."""
     from pipelines.runner import run
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a fresh local Ray, not another process's cluster on this host
     recipe = _repeat_recipe(tmp_path)
     cols = ["key", "source", REPEAT_OF, R.ORDINAL]
     rows = {}
