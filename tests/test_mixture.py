@@ -247,3 +247,13 @@ def test_ray_executor_writes_the_same_repeats_as_inline(tmp_path: Path, monkeypa
         t = result.kept(columns=cols)
         rows[executor] = sorted(zip(*[t.column(c).to_pylist() for c in cols]), key=str)
     assert rows["inline"] == rows["ray"]
+
+
+def test_output_rows_do_not_depend_on_batch_size():
+    t = sourced({("caption", "big"): 300, ("gui", "small"): 25})
+    out = []
+    for size in (7, 1000):
+        stage = MixtureStage(ratios={"caption": 0.7, "gui": 0.3}, total=300, max_repeat=4, context=StageContext(seed=9))
+        kept = stage.run(t, batch_size=size).kept
+        out.append(sorted(zip(kept.column("key").to_pylist(), kept.column(R.ORDINAL).to_pylist())))
+    assert out[0] == out[1] and len(out[0]) == 300
