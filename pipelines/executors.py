@@ -50,7 +50,8 @@ class Executor(Protocol):
 
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None: ...
     def global_data(self, stage: Stage, files: list[str]) -> Any: ...
-    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> None: ...
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
+        """Write the rows with their decisions applied; return how many repeat rows were added."""
     def close(self) -> None: ...
 
 
@@ -88,12 +89,13 @@ class InlineExecutor:
         table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
         return InlineData([E.global_input(stage, table)])
 
-    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> None:
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
         table = as_table(decisions)
         inputs = self.global_data(stage, files).gather()
         E.validate_decisions(stage, inputs, table)
         for i, f in enumerate(files):
             write_table(E.apply_decisions(pq.read_table(f), table, schema), out / f"part-{i:05d}.parquet")
+        return E.count_repeats(table)
 
     def close(self) -> None:
         pass

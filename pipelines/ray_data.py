@@ -119,6 +119,30 @@ def _merge_decisions(batch: pa.Table, decision_columns: list[str], schema: pa.Sc
     return R.conform(out.select(schema.names), schema)
 
 
+def _only_repeats(batch: pa.Table, want: bool) -> pa.Table:
+    is_rep = pc.is_valid(batch.column(E.REPEAT_SOURCE))
+    out = batch.filter(is_rep if want else pc.invert(is_rep))
+    return out if want else out.drop_columns([c for c in E.REPEAT_COLUMNS if c in out.column_names])
+
+
+def _repeat_keys(batch: pa.Table) -> pa.Table:
+    """Repeat decisions keyed by the row they copy: their new ordinal and key travel as extra columns."""
+    return batch.rename_columns([{R.ORDINAL: "_repeat_ordinal", "key": "_repeat_key"}.get(c, c) for c in batch.column_names])
+
+
+def _as_repeat_rows(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A copied row with the repeat's own ordinal, key, status and added columns."""
+    out = batch
+    for c, src in ((R.ORDINAL, "_repeat_ordinal"), ("key", "_repeat_key")):
+        out = out.set_column(out.schema.get_field_index(c), schema.field(c), batch.column(src).cast(schema.field(c).type))
+    for c in list(out.column_names):
+        if c.endswith(DECISION_SUFFIX) and c[: -len(DECISION_SUFFIX)] in schema.names:
+            base = c[: -len(DECISION_SUFFIX)]
+            out = out.set_column(out.schema.get_field_index(base), schema.field(base),
+                                 out.column(c).cast(schema.field(base).type))
+    return R.conform(out.select([c for c in schema.names if c in out.column_names]), schema)
+
+
 class RayExecutor:
     """Ray Data: local `ray.init()` by default, an existing cluster when RAY_ADDRESS is set."""
     name = "ray"
@@ -192,22 +216,36 @@ class RayExecutor:
                                                                [c for c in columns if c != R.STATUS]})
         return RayData(ds)
 
-    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> None:
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
         left = self._read(files)
-        n_kept = left.filter(expr=f"{R.STATUS} == '{R.KEPT}'").count() if hasattr(left, "filter") else None
+        names = right.schema().names
+        repeats = None
+        if E.REPEAT_SOURCE in names:   # the mixture's up-sampling: extra rows copying kept rows
+            repeats = right.map_batches(_only_repeats, batch_format="pyarrow", fn_kwargs={"want": True})
+            right = right.map_batches(_only_repeats, batch_format="pyarrow", fn_kwargs={"want": False})
+        n_kept = left.map_batches(_kept_columns, batch_format="pyarrow", fn_kwargs={"columns": [R.ORDINAL]}).count()
         n_decisions = right.count()
-        if n_kept is not None and n_kept != n_decisions:
+        if n_kept != n_decisions:
             raise E.AccountingError(f"stage {stage.name!r}: {n_decisions} decisions for {n_kept} kept rows")
-        decision_columns = [c for c in right.schema().names if c != R.ORDINAL]
+        decision_columns = [c for c in right.schema().names if c not in (R.ORDINAL, *E.REPEAT_COLUMNS)]
         partitions = max(1, min(64, len(files)))
         joined = left.join(right, join_type="left_outer", num_partitions=partitions, on=(R.ORDINAL,),
                            right_suffix=DECISION_SUFFIX)
         merged = joined.map_batches(_merge_decisions, batch_format="pyarrow",
                                     fn_kwargs={"decision_columns": [R.STATUS, *[c for c in decision_columns if c != R.STATUS]],
                                                "schema": schema, "stage_name": stage.name})
+        n_repeats = 0
+        if repeats is not None:
+            n_repeats = repeats.count()
+            copies = left.join(repeats.map_batches(_repeat_keys, batch_format="pyarrow"), join_type="inner",
+                               num_partitions=partitions, on=(R.ORDINAL,), right_on=(E.REPEAT_SOURCE,),
+                               right_suffix=DECISION_SUFFIX)
+            copies = copies.map_batches(_as_repeat_rows, batch_format="pyarrow", fn_kwargs={"schema": schema})
+            merged = merged.union(copies)
         self._write(merged.sort(R.ORDINAL), out, schema)
+        return n_repeats
 
     def close(self) -> None:
         if self._started:

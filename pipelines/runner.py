@@ -40,6 +40,7 @@ from pipelines.executors import PARQUET_OPTIONS, Executor, data_files, make_exec
 from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
 from pipelines.outdir import claim_output, remove_owned
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
+from pipelines.report_html import render_fragment, write_report_html
 
 # Below this many rows (or source bytes / 1 KiB for ingest) `executor="auto"` runs a stage inline: on
 # 2 cores Ray's fixed cost per stage (~2-30 s) dwarfs the work of a few thousand rows.
@@ -53,6 +54,10 @@ class RunResult:
     out_dir: Path
     report: dict[str, Any]
     stage_dirs: list[Path] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the run as report.html's content."""
+        return render_fragment(self.out_dir)
 
     def kept(self, stage: int = -1, columns: list[str] | None = None) -> pa.Table:
         """Rows kept by a stage (default: the last one), for notebooks."""
@@ -187,6 +192,7 @@ class Runner:
             schema = stage.output_schema(pq.read_schema(files[0]) if files else R.BASE_SCHEMA)
             write_table(schema.empty_table(), pass1 / "part-00000.parquet")
         n_in = _count(pass1) if stage.reads_sources else _count(stage_dirs[-1] / "data", kept_only=True)
+        repeated = 0  # rows a global step added as repeats of kept rows (mixture up-sampling)
         if stage.has_global_step():
             out_data = tmp / "data"
             out_data.mkdir()
@@ -194,7 +200,7 @@ class Runner:
             if _count(pass1, kept_only=True):
                 stage.ensure_setup()
                 decisions = stage.global_step(executor.global_data(stage, files))
-                executor.apply_decisions(stage, files, decisions, pq.read_schema(files[0]), out_data)
+                repeated = executor.apply_decisions(stage, files, decisions, pq.read_schema(files[0]), out_data)
             else:
                 for f in files:
                     os.replace(f, out_data / Path(f).name)
@@ -205,14 +211,15 @@ class Runner:
         counts = self._write_rejects(data, tmp / "rejects.parquet")
         counts["out"] = _count(data, kept_only=True)
         dropped_total = sum(counts["rejected"].values()) + sum(counts["quarantined"].values())
-        if counts["out"] + dropped_total != n_in:
-            raise E.AccountingError(f"stage {spec.name}: in={n_in} but kept+rejected+quarantined="
+        if counts["out"] + dropped_total != n_in + repeated:
+            raise E.AccountingError(f"stage {spec.name}: in={n_in} repeated={repeated} but kept+rejected+quarantined="
                                     f"{counts['out'] + dropped_total}")
         _check_error_fraction(stage, counts, n_in)
         summary = {}
         if stage.summary_columns:
             summary = stage.summarize(read_kept(tmp, list(stage.summary_columns) + ["key", R.ORDINAL]))
-        entry = {"name": spec.name, "in": n_in, "out": counts["out"], "rejected": counts["rejected"],
+        entry = {"name": spec.name, "in": n_in, "repeated": repeated, "out": counts["out"],
+                 "rejected": counts["rejected"],
                  "quarantined": counts["quarantined"],
                  "rejects": str((final / "rejects.parquet").relative_to(self.out)),
                  **summary, **stage.report}
@@ -251,13 +258,15 @@ class Runner:
         if all_rejects:
             write_table(pa.concat_tables(all_rejects, promote_options="default"), self.out / "rejects.parquet")
         for e in entries:
-            e["balanced"] = e["in"] == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values())
+            e["balanced"] = (e["in"] + e.get("repeated", 0)
+                             == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values()))
         # Only what the data determines: wall times, resume flags, paths and the executor go to run.json,
         # so two runs of the same recipe give byte-identical report.json files.
         report = {"recipe": self.recipe.name, "recipe_hash": self.recipe.hash(), "seed": self.recipe.seed,
                   "version": package_version(), "stages": entries,
                   "final_samples": entries[-1]["out"] if entries else 0}
         _atomic_write_json(self.out / "report.json", report)
+        write_report_html(self.out)
         return report
 
 

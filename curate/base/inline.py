@@ -137,9 +137,10 @@ def validate_decisions(stage: Stage, inputs: pa.Table, decisions: pa.Table) -> p
     for col in (R.ORDINAL, R.STATUS):
         if col not in decisions.column_names:
             raise AccountingError(f"stage {stage.name!r}: decide() result lacks column {col!r}")
-    if sorted(decisions.column(R.ORDINAL).to_pylist()) != sorted(inputs.column(R.ORDINAL).to_pylist()):
+    originals, repeats = split_repeats(decisions)
+    if sorted(originals.column(R.ORDINAL).to_pylist()) != sorted(inputs.column(R.ORDINAL).to_pylist()):
         raise AccountingError(f"stage {stage.name!r}: decide() must answer for every kept row exactly once")
-    extra = set(decisions.column_names) - {R.ORDINAL, *STATUS_COLUMNS} - set(stage.adds)
+    extra = set(decisions.column_names) - {R.ORDINAL, *STATUS_COLUMNS, *REPEAT_COLUMNS} - set(stage.adds)
     if extra:
         raise AccountingError(f"stage {stage.name!r}: decide() returned undeclared columns {sorted(extra)}")
     bad = pc.and_(pc.not_equal(decisions.column(R.STATUS), R.KEPT),
@@ -147,12 +148,52 @@ def validate_decisions(stage: Stage, inputs: pa.Table, decisions: pa.Table) -> p
                   else pa.scalar(True))
     if pc.any(bad).as_py():
         raise AccountingError(f"stage {stage.name!r}: decide() dropped rows without a reason")
+    if repeats.num_rows:
+        _check_repeats(stage, originals, repeats)
     return decisions
 
 
+# Repeats: a global step may add rows that copy a kept row (the mixture's up-sampling). Such a decision
+# row carries `_repeat_source` (the `_ordinal` of the row it copies), its own new `_ordinal` and `key`,
+# status kept and the stage's added columns. Everything else is copied from the source row.
+REPEAT_SOURCE = "_repeat_source"
+REPEAT_COLUMNS = (REPEAT_SOURCE, "key")
+
+
+def split_repeats(decisions: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(one decision per input row, the extra repeat rows)."""
+    if REPEAT_SOURCE not in decisions.column_names:
+        return decisions, decisions.slice(0, 0)
+    is_rep = pc.is_valid(decisions.column(REPEAT_SOURCE))
+    return decisions.filter(pc.invert(is_rep)), decisions.filter(is_rep)
+
+
+def count_repeats(decisions: pa.Table | None) -> int:
+    return 0 if decisions is None else split_repeats(decisions)[1].num_rows
+
+
+def _check_repeats(stage: Stage, originals: pa.Table, repeats: pa.Table) -> None:
+    kept_ords = originals.filter(pc.equal(originals.column(R.STATUS), R.KEPT)).column(R.ORDINAL)
+    if not pc.all(pc.is_in(repeats.column(REPEAT_SOURCE), value_set=kept_ords)).as_py():
+        raise AccountingError(f"stage {stage.name!r}: a repeat copies a row that is not kept")
+    if pc.any(pc.not_equal(repeats.column(R.STATUS), R.KEPT)).as_py() or repeats.column("key").null_count:
+        raise AccountingError(f"stage {stage.name!r}: repeat rows must be kept and carry their own key")
+    new = repeats.column(R.ORDINAL)
+    if pc.count_distinct(new).as_py() != repeats.num_rows or pc.any(
+            pc.is_in(new, value_set=originals.column(R.ORDINAL))).as_py():
+        raise AccountingError(f"stage {stage.name!r}: repeat rows need new, distinct _ordinal values")
+
+
 def apply_decisions(table: pa.Table, decisions: pa.Table, out_schema: pa.Schema) -> pa.Table:
-    """Overwrite status and added columns of the rows that `decisions` names (by _ordinal)."""
-    table = _conform_loose(table, out_schema)
+    """Overwrite status and added columns of the rows that `decisions` names (by _ordinal); append the
+    repeat rows whose source row is in `table`."""
+    decisions, repeats = split_repeats(decisions)
+    decisions = decisions.drop_columns([c for c in REPEAT_COLUMNS if c in decisions.column_names])
+    table = _overwrite(_conform_loose(table, out_schema), decisions, out_schema)
+    return _append_repeats(table, repeats, out_schema) if repeats.num_rows else table
+
+
+def _overwrite(table: pa.Table, decisions: pa.Table, out_schema: pa.Schema) -> pa.Table:
     pos = pc.index_in(table.column(R.ORDINAL), value_set=decisions.column(R.ORDINAL))
     has = pc.is_valid(pos)
     if not pc.any(has).as_py():
@@ -168,6 +209,20 @@ def apply_decisions(table: pa.Table, decisions: pa.Table, out_schema: pa.Schema)
         merged = pc.if_else(has, new, old)
         table = table.set_column(table.schema.get_field_index(name), field, merged)
     return table
+
+
+def _append_repeats(table: pa.Table, repeats: pa.Table, out_schema: pa.Schema) -> pa.Table:
+    pos = pc.index_in(repeats.column(REPEAT_SOURCE), value_set=table.column(R.ORDINAL))
+    here = repeats.filter(pc.is_valid(pos))
+    if here.num_rows == 0:
+        return table
+    copies = table.take(pc.drop_null(pos))
+    for name in here.column_names:
+        if name == REPEAT_SOURCE:
+            continue
+        field = out_schema.field(name)
+        copies = copies.set_column(copies.schema.get_field_index(name), field, here.column(name).cast(field.type))
+    return pa.concat_tables([table, copies])
 
 
 def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = None) -> BatchResult:

@@ -19,6 +19,7 @@ BUILTIN_STAGE_MODULES = (
     "curate.ingest",
     "curate.dedup",
     "curate.mixture",
+    "curate.annotations",
     "curate.filters.image_rules",
     "curate.filters.text_rules",
     "curate.scoring.stages",
