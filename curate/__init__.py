@@ -21,7 +21,7 @@ from curate.base import registry as stages  # noqa: F401
 _LAZY = {
     "read_source": "curate.readers",
     "grounding": None,   # submodule
-    "records": None,
+    "records": "curate.base",
     "images": None,
 }
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from curate import images as I
-from curate import records as R
+from curate.base import records as R
 from pipelines import svg_plots as S
 
 THUMB_PX = 96

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, strategies as st
 
-from curate import records as R
+from curate.base import records as R
 from curate.annotations import JoinAnnotations, parse_condition
 from pipelines.recipe import RecipeError, parse
 

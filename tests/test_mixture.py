@@ -84,7 +84,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from curate.mixture import REPEAT_OF, REPEAT_SOURCE, MixtureShortfall  # noqa: E402
 from curate.mixture import plan as P  # noqa: E402
 from curate.mixture.targets import build_targets  # noqa: E402
-from pipelines import execution as E  # noqa: E402
+from curate.base import inline as E  # noqa: E402
 
 
 def sourced(counts: dict[tuple[str, str], int], tokens: dict[str, int] | None = None) -> pa.Table:

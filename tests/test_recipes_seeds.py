@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from curate import records as R
+from curate.base import records as R
 from pipelines.recipe import Recipe, StageSpec, load
 from pipelines.runner import run
 from pipelines.synthetic import generate

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
+from curate.base import records as R
 from curate.mixture import plan as P
 from curate.mixture.report import group_sums, mixture_report
 from curate.mixture.targets import UNLISTED, Targets, build_targets
-from curate.stage import Resources, Stage, register
+from curate.base import Resources, Stage, register
 
 REPEAT_OF = "repeat_of"
 REPEAT_SOURCE = "_repeat_source"   # bookkeeping column of decision rows that add a repeat (pipelines.execution)
