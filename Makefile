@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sample-data: install
-	$(PY) -m pipelines.sample_data data/sample
+	$(PY) -m pipelines.sample_data data/sample --models
 
 demo: install sample-data
 	$(VENV)/bin/mmcurate validate recipe $(RECIPE)

@@ -283,6 +283,8 @@ def build(root: str | Path) -> dict[str, tuple[str, str]]:
     infos = conversations(root)
     grounding(root, infos, rng)
     text_only(root, rng)
+    from pipelines.sample_text_images import build_text_images
+    EXPECTED.update(build_text_images(root))   # rendered text images for the OCR source
     (root / "EXPECTED.json").write_text(json.dumps(EXPECTED, indent=1, sort_keys=True) + "\n")
     return dict(EXPECTED)
 
@@ -291,3 +293,6 @@ if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else "data/sample"
     expected = build(target)
     print(f"sample data written to {target} ({len(expected)} planted cases)")
+    if "--models" in sys.argv:   # the tiny random Qwen2-VL the MLLM-scoring recipe runs offline
+        from curate.mllm.tiny_model import build_sample_model
+        print(f"tiny model: {build_sample_model(target)}")

@@ -78,3 +78,36 @@ def test_tokens_packs_and_shards_are_reported(demo):
     assert validate_shards(out / "shards") == []
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     assert manifest["dp_size"] >= 2
+
+
+def test_the_duplicate_pair_is_gone_and_the_groups_are_reported(demo):
+    out, _, _ = demo
+    manifest_keys = set()
+    from pack import packformat as F
+    import tarfile
+    for tar in sorted((out / "shards").rglob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    doc = F.parse_pack(tf.extractfile(m).read(), m.name)
+                    manifest_keys.update(s["key"] for s in doc["segments"])
+    pair = {"photos/chelsea-100", "photos/cut-chelsea"}
+    assert len(pair & manifest_keys) <= 1, "the exact duplicate pair reached the shards"
+    report = json.loads((out / "report.json").read_text())
+    by_stage = {e["name"]: e for e in report["stages"]}
+    assert by_stage["exact_dedup"]["dedup"]["groups"] >= 1
+    assert by_stage["image_dedup"]["rejected"].get("dedup:near_image", 0) > 0
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    detail = {r["key"]: r["_detail"] for r in rejects if r["_reason"] == "dedup:exact"}
+    assert "photos/chelsea-100" in detail.get("photos/cut-chelsea", "")   # the survivor is named
+
+
+def test_ocr_samples_become_grounded_conversations_and_the_html_report_exists(demo):
+    out, result, _ = demo
+    report = json.loads((out / "report.json").read_text())
+    names = [e["name"] for e in report["stages"]]
+    kept = read_kept(result.stage_dirs[names.index("ocr")], ["key", "category", "conversations"]).to_pylist()
+    ocr_rows = [r for r in kept if r["category"] == "ocr"]
+    assert ocr_rows and all("<|quad_start|>" in r["conversations"][-1]["content"] for r in ocr_rows)
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "http://" not in html.split("<body", 1)[-1].split("xmlns")[0]

@@ -43,9 +43,11 @@ def test_the_readme_recipe_is_the_demo_recipe_and_validates(sample_dir, monkeypa
 
 # (how to break the demo recipe, the message README quotes)
 BROKEN = [
-    (lambda d: d["stages"][1].__setitem__("settings", {"min_wrds": 3}), "stages[1].settings: unknown setting(s) ['min_wrds']"),
+    (lambda d: d["stages"][2].__setitem__("settings", {"min_wrds": 3}),
+     "stages[2].settings: Additional properties are not allowed ('min_wrds' was unexpected)"),
     (lambda d: d["mixture"]["ratios"].__setitem__("text", 0.3), "mixture.ratios: ratios sum to 1.1, not 1"),
-    (lambda d: d["sources"][0].__setitem__("path", "data/sample/nothing/*.tar"), "sources[0].path: "),
+    (lambda d: d["sources"][0].__setitem__("path", "data/sample/nothing/*.tar"),
+     "sources[0].path: 'data/sample/nothing/*.tar' matches no regular file"),
 ]
 
 
