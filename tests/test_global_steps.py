@@ -70,3 +70,51 @@ def test_partitioned_packing_is_the_same_for_any_batching():
     b = PackStage(context_length=2048, partition_rows=100).run(table, batch_size=300)
     key = lambda r: r.sort_by(R.ORDINAL).select([R.ORDINAL, "pack_id", "pack_position"]).to_pylist()
     assert key(a.kept) == key(b.kept)
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunk=st.integers(7, 400), unit=st.sampled_from(["samples", "tokens"]), seed=st.integers(0, 3))
+def test_distributed_mixture_equals_the_single_process_plan(chunk, unit, seed):
+    from curate.base import StageContext
+    from curate.mixture.stage import MixtureStage
+    rng = np.random.default_rng(seed)
+    n = 900
+    cats = rng.choice(["caption", "vqa", "text"], size=n, p=[0.7, 0.2, 0.1])
+    table = pa.table({"key": [f"s/{i}" for i in range(n)], R.ORDINAL: pa.array(range(n), pa.int64()),
+                      "category": cats.tolist(), "source": ["s"] * n,
+                      "num_tokens": pa.array(rng.integers(10, 2000, n), pa.int64())})
+    settings_ = dict(ratios={"caption": 0.5, "vqa": 0.3, "text": 0.2}, unit=unit, max_repeat=2.0)
+    one = MixtureStage(context=StageContext(seed=seed), **settings_)
+    reference = one.decide(table)
+    many = MixtureStage(context=StageContext(seed=seed), **settings_)
+    batches = [table.slice(i, chunk) for i in range(0, n, chunk)]
+    got = many.global_step(InlineData(batches)).gather()
+    key = lambda t: sorted(zip(*(t.column(c).to_pylist() for c in (R.ORDINAL, R.STATUS, "key", "repeat_of"))),
+                           key=lambda r: r[0])
+    assert key(got) == key(reference)
+    assert many.report == one.report
+
+
+def test_builtin_global_steps_never_gather_every_row():
+    """The memory promise, checked structurally: ingest's duplicate keys, pack and the mixture run on a
+    GlobalData whose gather() is forbidden, so none of them pulls all rows into one process."""
+    class NoGather(InlineData):
+        def gather(self):
+            raise AssertionError("a global step gathered every row into one process")
+
+        def map_batches(self, fn):
+            return NoGather(InlineData.map_batches(self, fn).tables)
+
+        def shuffle_reduce(self, key, fn, partitions):
+            return NoGather(InlineData.shuffle_reduce(self, key, fn, partitions).tables)
+
+    from curate.base import StageContext
+    from curate.ingest import IngestStage
+    from curate.mixture.stage import MixtureStage
+    table = _caption_rows(200)
+    table = table.append_column("num_tokens_", table.column("num_tokens")).drop_columns(["num_tokens_"])
+    batches = [table.slice(i, 37) for i in range(0, table.num_rows, 37)]
+    for stage in (IngestStage(), PackStage(context_length=2048, partition_rows=60),
+                  MixtureStage(context=StageContext(seed=1), ratios={"caption": 1.0})):
+        out = stage.global_step(NoGather(batches))
+        assert sum(t.num_rows for t in out.tables) == table.num_rows

@@ -18,13 +18,14 @@ as extra rows with ``_repeat_source`` (see ``pipelines.execution``), and the run
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
+from curate.mixture import distributed as D
 from curate.mixture import plan as P
 from curate.mixture.report import group_sums, mixture_report
 from curate.mixture.targets import UNLISTED, Targets, build_targets
@@ -90,6 +91,43 @@ class MixtureStage(Stage):
             return tokens.astype(np.float64), tokens
         return np.ones(table.num_rows), tokens
 
+    def _columns(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Per batch: leaf labels, seeded ranks, weights in the mixture's unit, tokens (or None)."""
+        labels = self.targets.label_rows(table.column("category").to_pylist(), table.column("source").to_pylist())
+        ranks = P.seeded_rank(table.column("key").to_pylist(), self.context.seed)
+        weights, tokens = self._weights(table)
+        return labels, ranks, weights, tokens
+
+    def global_step(self, data: Any) -> Any:
+        """Both passes as aggregates (per-group totals and rank histograms, then the boundary bins'
+        rows), the plan on the driver, and a per-row map: no process holds the rows. The plan equals
+        decide()'s on the same rows, whatever the batching (hypothesis-tested)."""
+        c = self.config
+        stats = data.aggregate(lambda t: D.stats_table(P.partial_stats(*self._columns(t))), D.stats_from_table)
+        b = P.budget(self.targets, stats, c.total)
+        bins, before = P.boundary_bins(b, stats)
+        boundary = (data.aggregate(lambda t: D.boundary_table(P.partial_boundary(*self._columns(t)[:3], bins)),
+                                   D.boundary_from_table) if bins else {})
+        plans = P.finish_plan(b, self.targets, stats, bins, before, boundary)
+        self._check_shortfall(plans)
+
+        def copies_of(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            labels, ranks, _, tokens = self._columns(t)
+            return labels, P.apply_plan(plans, labels, ranks), tokens
+
+        sums = data.aggregate(lambda t: D.sums_table(group_sums(*copies_of(t))), D.sums_from_table)
+        has_tokens = data.aggregate(lambda t: pa.table({"n": [int(self._weights(t)[1] is not None)]}),
+                                    lambda t: bool(t.num_rows and max(t.column("n").to_pylist())))
+        self.report = {"mixture": mixture_report(self.targets, c.unit, plans, b, sums, has_tokens)}
+        return data.map_batches(lambda t: decision_table(t.column(R.ORDINAL).to_numpy(), t.column("key").to_pylist(),
+                                                         *copies_of(t)[:2]))
+
+    def _check_shortfall(self, plans: dict[str, P.GroupPlan]) -> None:
+        short = [g for g, p in plans.items() if p.short]
+        if short and self.config.on_shortfall == "fail":
+            raise MixtureShortfall(f"mixture: group(s) {short} cannot reach their share of total={self.config.total} "
+                                   f"within max_repeat (available {[plans[g].available for g in short]})")
+
     def decide(self, table: pa.Table) -> pa.Table:
         c = self.config
         labels = self.targets.label_rows(table.column("category").to_pylist(), table.column("source").to_pylist())
@@ -97,10 +135,7 @@ class MixtureStage(Stage):
         ranks = P.seeded_rank(keys, self.context.seed)
         weights, tokens = self._weights(table)
         plans, _stats, budget = P.plan_mixture(self.targets, labels, ranks, weights, tokens, c.total)
-        short = [g for g, p in plans.items() if p.short]
-        if short and c.on_shortfall == "fail":
-            raise MixtureShortfall(f"mixture: group(s) {short} cannot reach their share of total={c.total} within "
-                                   f"max_repeat (available {[plans[g].available for g in short]})")
+        self._check_shortfall(plans)
         copies = P.apply_plan(plans, labels, ranks)
         self.report = {"mixture": mixture_report(self.targets, c.unit, plans, budget,
                                                  group_sums(labels, copies, tokens), tokens is not None)}
