@@ -7,15 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-
-def npu_available() -> bool:
-    """True when the optional torch_npu extra imports and an NPU is visible."""
-    try:
-        import torch
-        import torch_npu  # noqa: F401
-        return bool(torch.npu.is_available())  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 — no extra, no device, or a broken driver: stay on CPU
-        return False
+from curate.base.devices import npu_available
 
 
 def resolve_device(device: str | None) -> str | None:

@@ -6,24 +6,11 @@ torch when imported; it is optional and only tried when no CUDA device is visibl
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from curate.base.devices import npu_available  # noqa: F401  (one answer for stages and the loader)
+
 DEVICE_CHOICES = ("auto", "cuda", "npu", "cpu")
-
-
-def npu_available() -> bool:
-    """True when torch_npu imports and reports a device (Ascend)."""
-    try:
-        importlib.import_module("torch_npu")
-    except Exception:  # noqa: BLE001 — absent or broken CANN install: no NPU
-        return False
-    import torch
-    npu = getattr(torch, "npu", None)
-    try:
-        return bool(npu is not None and npu.is_available())
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def pick_device(preference: str = "auto") -> str:
