@@ -1,0 +1,117 @@
+"""Scale: metadata-only corpora through ingest -> text_filter -> count_tokens -> mixture -> pack on Ray,
+this code beside a checkout of an earlier commit ("before": the driver-side decide() spine).
+
+For each size: end-to-end rows/s, each stage's rows/s (wall, from run.json), the driver process's
+peak resident memory (that process alone, not its Ray workers) and its CPU seconds. The target of
+the scale issue: driver peak memory at 5M within 1.3x of 1M (flat, not linear) and end-to-end rows/s
+at least 5x the earlier code's. Sizes are arguments; `--quick` (MMCURATE_BENCH_QUICK=1) runs 20k/100k.
+
+    python bench/bench_scale.py 1000000 5000000 --before adcf8ab
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+BENCH_CORES = "all"   # Ray uses every core; the driver's own numbers are what this measures
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("a photo of the red bus parked near an old stone bridge at sunset with people walking by "
+         "river city tree dog cat mountain market street food table chart page text").split()
+
+DRIVER = r'''
+import json, resource, sys, time
+from pipelines import run
+t0, c0 = time.perf_counter(), time.process_time()
+res = run(sys.argv[1], out=sys.argv[2], executor="ray", progress=False)
+print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "stages": [[e["name"], e["in"]] for e in res.report["stages"]]}))
+'''
+
+
+def corpus(root: Path, rows: int, seed: int = 0) -> None:
+    """Two parquet sources (captions and texts), 250k rows per file, no image bytes anywhere."""
+    rng = np.random.default_rng(seed)
+    for name, share, lo, hi in (("captions", 0.8, 6, 30), ("texts", 0.2, 40, 200)):
+        n = int(rows * share)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for f, start in enumerate(range(0, n, 250_000)):
+            m = min(250_000, n - start)
+            lengths = rng.integers(lo, hi, m)
+            words = rng.integers(0, len(WORDS), int(lengths.sum()))
+            cuts = np.cumsum(lengths)[:-1]
+            texts = [" ".join(WORDS[i] for i in part) for part in np.split(words, cuts)]
+            pq.write_table(pa.table({"key": [f"{name}-{start + i}" for i in range(m)], "text": texts}),
+                           root / name / f"part-{f:04d}.parquet")
+
+
+def recipe(root: Path, new: bool) -> str:
+    sources = "\n".join(f"  - {{name: {n}, path: \"{root}/{n}/*.parquet\", format: parquet, category: {c}}}"
+                        for n, c in (("captions", "caption"), ("texts", "text")))
+    model = "model: {preset: qwen2-vl, context_length: 4096}\n" if new else ""
+    return (f"name: scale\nseed: 1\nsources:\n{sources}\nstages:\n  - {{name: text_filter}}\n"
+            f"  - {{name: count_tokens}}\n  - {{name: pack, settings: {{context_length: 4096}}}}\n"
+            f"mixture: {{by: category, unit: samples, ratios: {{caption: 0.8, text: 0.2}}}}\n{model}")
+
+
+def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="scale-run-"))
+    (work / "r.yaml").write_text(recipe(root, new))
+    env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(work / "r.yaml"), str(work / "out")], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=7200)
+    if proc.returncode:
+        return {"error": proc.stderr[-1500:]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["rows_per_s"] = rows / out["wall"]
+    run_json = work / "out" / "run.json"
+    if run_json.exists():
+        out["stage_seconds"] = {s["name"]: s["seconds"] for s in json.loads(run_json.read_text())["stages"]}
+    out["total_wall"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv: list[str]) -> None:
+    before = "adcf8ab"
+    if "--before" in argv:
+        i = argv.index("--before")
+        before = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    sizes = [int(a) for a in argv if a.isdigit()] or (
+        [20_000, 100_000] if os.environ.get("MMCURATE_BENCH_QUICK") == "1" else [1_000_000, 5_000_000])
+    old = Path(tempfile.mkdtemp(prefix="mmcurate-before-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), before],
+                   check=True, capture_output=True)
+    try:
+        rows = []
+        for n in sizes:
+            data = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
+            corpus(data, n)
+            for label, code, new in (("now", ROOT, True), (f"before ({before})", old, False)):
+                r = run_once(code, data, n, new)
+                if "error" in r:
+                    rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", ""])
+                    continue
+                per_stage = ", ".join(f"{k} {n / v:,.0f}/s" for k, v in (r.get("stage_seconds") or {}).items() if v)
+                rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['cpu']:.1f}",
+                             per_stage])
+        from run import format_table
+        print(format_table(["rows", "code", "end-to-end rows/s", "driver peak MB", "driver CPU s",
+                            "per stage (rows in / wall s)"], rows))
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
