@@ -11,9 +11,12 @@ the bytes read. Paths and globs go through fsspec, so local paths and ``s3://``-
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from curate.base import BatchResult
 
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, read_llava, strict_json

@@ -27,7 +27,6 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-import numpy as np
 import pyarrow as pa
 
 from curate.base import records as R

@@ -331,7 +331,8 @@ def test_decide_and_summarize_need_no_model():
     table = pa.table({"key": [f"k{i}" for i in range(6)], R.ORDINAL: pa.array(range(6), pa.int64()),
                       "source": ["a", "a", "a", "a", "b", "b"],
                       "clip_score": pa.array([0.1, 0.4, None, 0.3, 0.2, 0.25], pa.float32())})
-    out = stage.decide(table)
+    from curate.base.global_data import InlineData
+    out = stage.global_step(InlineData([table.slice(0, 3), table.slice(3)])).gather()
     status = dict(zip(out.column(R.ORDINAL).to_pylist(), out.column(R.STATUS).to_pylist()))
     # source a: 3 scored, ceil(1.5) = 2 kept (0.4, 0.3), the unscored row passes; source b: 1 of 2 kept
     assert status == {0: R.REJECTED, 1: R.KEPT, 2: R.KEPT, 3: R.KEPT, 4: R.REJECTED, 5: R.KEPT}

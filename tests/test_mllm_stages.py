@@ -28,7 +28,7 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> pa.Table:
     root = corpus.caption_corpus(tmp_path_factory.mktemp("corpus"), n_files=2, per_file=3)
-    return curate.read_source(str(root / "*.tar"), format="webdataset", source="photos")
+    return curate.read_source(str(root / "*.tar"), format="webdataset", source="photos").kept
 
 
 def file_ref(path: Path, w: int, h: int) -> dict:

@@ -66,7 +66,7 @@ def test_every_stage_balances_and_resume_skips_complete_stages(tmp_path, corpus)
     slow = first.report["stages"][1]
     assert slow["in"] == 60 and slow["rejected"].get("too_many_words", 0) > 0
     report_bytes = (tmp_path / "out" / "report.json").read_bytes()
-    second = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+    run(recipe, out=tmp_path / "out", executor="inline", progress=False)
     assert all(resumed(tmp_path / "out"))
     assert (tmp_path / "out" / "report.json").read_bytes() == report_bytes  # no clock, flag or path in it
     # a changed setting re-runs that stage (and only the stages from there on)

@@ -182,7 +182,9 @@ class Stage:
         return type(self).process_batch is not Stage.process_batch
 
     def has_global_step(self) -> bool:
-        return self.global_columns is not None or type(self).global_step is not Stage.global_step
+        """A stage has a whole-dataset step exactly when it declares global_columns (a stage may clear
+        them per instance when a setting makes the step unnecessary, e.g. no top_fraction)."""
+        return self.global_columns is not None
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
         return BatchResult.keep_all(batch)

@@ -14,9 +14,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.base import records as R
 from curate.dedup import minhash as M
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
@@ -87,8 +85,7 @@ class DecontaminateStage(Stage):
         from curate.readers import list_files
         if not list_files(c.reference_path):
             raise ValueError(f"reference_path: no file matches {c.reference_path!r}")
-        ref = read_source(c.reference_path, format=c.reference_format, source="reference")
-        ref = ref.filter(pc.equal(ref.column(R.STATUS), R.KEPT))
+        ref = read_source(c.reference_path, format=c.reference_format, source="reference").kept
         keys = ref.column("key").to_pylist()
         self.text_index = self._index_text(ref, keys) if "text" in c.match else None
         self.image_index = self._index_images(ref, keys) if "image" in c.match else None

@@ -192,26 +192,18 @@ class MllmScore(Stage):
         return set_column(batch, PROVENANCE, provs)
 
     # --- whole dataset ------------------------------------------------------------------------------
-    def decide(self, table: pa.Table) -> pa.Table:
+    def global_step(self, data: Any) -> Any:
         """Keep the top ``top_fraction`` of the scored rows of each source (ties: lower _ordinal)."""
-        from curate.scoring.stages import keep_top_fraction
-        n = table.num_rows
-        ords = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
-        values = np.asarray(table.column(SCORE).to_numpy(zero_copy_only=False), dtype=np.float64)
-        sources = np.asarray(table.column("source").to_pylist(), dtype=object)
-        status = np.full(n, R.KEPT, dtype=object)
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
-        for src in sorted(set(sources.tolist())):
-            idx = np.flatnonzero(sources == src)
-            keep, cutoff = keep_top_fraction(values[idx], ords[idx], float(self.config.top_fraction))
-            self.report.setdefault("top_fraction", {})[src] = {"cutoff": cutoff, "kept": int(keep.sum())}
-            for j in idx[~keep]:
-                status[j] = R.REJECTED
-                reasons[j] = "mllm:top_fraction"
-                details[j] = f"{self.primary} {values[j]:g} < cutoff {cutoff:g} of source {src}"
-        return pa.table({R.ORDINAL: pa.array(ords, type=pa.int64()), R.STATUS: pa.array(status.tolist(), pa.string()),
-                         R.REASON: pa.array(reasons, pa.string()), R.DETAIL: pa.array(details, pa.string())})
+        from curate.scoring.top_fraction import top_fraction_step
+        primary = self.primary
+
+        def describe(score: float, cutoff: float, src: str, scored: int) -> str:
+            return f"{primary} {score:g} < cutoff {cutoff:g} of source {src}"
+
+        decisions, summary = top_fraction_step(data, SCORE, float(self.config.top_fraction), "mllm:top_fraction",
+                                               describe)
+        self.report["top_fraction"] = {s: {"cutoff": v["cutoff"], "kept": v["kept"]} for s, v in summary.items()}
+        return decisions
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -31,7 +31,6 @@ decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``) — the 
 """
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from curate import images as I
 from curate.base import records as R
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.scoring.device import DEVICE_CHOICES
+from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
 from curate.base import BatchResult, Resources, Stage, register
 
 BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
@@ -79,19 +79,6 @@ def sample_text(text: str | None, conversations: Sequence[Mapping[str, Any]] | N
 def reduce_scores(values: Sequence[float], how: str) -> float:
     arr = np.asarray(values, dtype=np.float64)
     return float({"mean": arr.mean, "max": arr.max, "min": arr.min}[how]())
-
-
-def keep_top_fraction(scores: np.ndarray, ordinals: np.ndarray, fraction: float) -> tuple[np.ndarray, float | None]:
-    """Boolean mask of the ceil(fraction * n) highest scores (ties: lower _ordinal first), and the
-    lowest kept score. NaN scores (unscored rows) are always kept and not counted."""
-    keep = np.ones(len(scores), dtype=bool)
-    valid = np.flatnonzero(~np.isnan(scores))
-    if valid.size == 0:
-        return keep, None
-    n_keep = max(1, math.ceil(fraction * valid.size - 1e-9))
-    order = valid[np.lexsort((ordinals[valid], -scores[valid]))]
-    keep[order[n_keep:]] = False
-    return keep, float(scores[order[n_keep - 1]])
 
 
 def sub_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -320,32 +307,16 @@ class ClipScore(Stage):
         return scores, notes, drops
 
     # --- whole-dataset step and report --------------------------------------------------------
-    def decide(self, table: pa.Table) -> pa.Table:
+    def global_step(self, data: Any) -> Any:
         """Keep the top `top_fraction` of the scored rows of each source (ties: lower _ordinal)."""
-        n = table.num_rows
-        ords = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
-        scores = np.asarray(table.column(SCORE).to_numpy(zero_copy_only=False), dtype=np.float64)
-        sources = np.asarray(table.column("source").to_pylist(), dtype=object)
-        status = np.full(n, R.KEPT, dtype=object)
-        reasons: list[str | None] = [None] * n
-        details: list[str | None] = [None] * n
-        summary: dict[str, Any] = {}
-        fraction = self.config.top_fraction
-        if fraction is not None:
-            for src in sorted(set(sources.tolist())):
-                idx = np.flatnonzero(sources == src)
-                keep, cutoff = keep_top_fraction(scores[idx], ords[idx], fraction)
-                scored = int((~np.isnan(scores[idx])).sum())
-                summary[src] = {"scored": scored, "kept": int(keep.sum() - (len(idx) - scored)),
-                                "cutoff": None if cutoff is None else round(cutoff, 6)}
-                for j in idx[~keep]:
-                    status[j] = R.REJECTED
-                    reasons[j] = "clip:below_top_fraction"
-                    details[j] = (f"score {scores[j]:.4f} < cutoff {cutoff:.4f} of source {src} "
-                                  f"(top {fraction:g} of {scored})")
-            self.report["clip_score_top_fraction"] = {"fraction": fraction, "sources": summary}
-        return pa.table({R.ORDINAL: pa.array(ords, pa.int64()), R.STATUS: pa.array(status.tolist(), pa.string()),
-                         R.REASON: pa.array(reasons, pa.string()), R.DETAIL: pa.array(details, pa.string())})
+        fraction = float(self.config.top_fraction)
+
+        def describe(score: float, cutoff: float, src: str, scored: int) -> str:
+            return f"score {score:.4f} < cutoff {cutoff:.4f} of source {src} (top {fraction:g} of {scored})"
+
+        decisions, summary = top_fraction_step(data, SCORE, fraction, "clip:below_top_fraction", describe)
+        self.report["clip_score_top_fraction"] = {"fraction": fraction, "sources": summary}
+        return decisions
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         """Score percentiles of the kept rows, per source and overall, for report.json."""

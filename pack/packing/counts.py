@@ -2,6 +2,8 @@
 have items (``AvailableLengths``) and the expansion of bulk bin entries into a bin per item."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
