@@ -51,7 +51,7 @@ class DedupStage(Stage):
     hash_column: ClassVar[str] = ""
     reason: ClassVar[str] = ""
     signature_columns: ClassVar[tuple[str, ...]] = ()
-    no_signature_label: ClassVar[str] = "no_signature"    # report name of rows on the exact path only
+    no_signature_label: ClassVar[str | None] = None    # report name of rows on the exact path only
     requires = ("key", "source", "category")
 
     def __init__(self, config: Any = None, context: StageContext | None = None, **settings: Any):
@@ -123,7 +123,9 @@ class DedupStage(Stage):
                                    self.reason, self.measure)
         decided = data.map_batches(tag).shuffle_reduce(G.COMPONENT, decide, parts).materialize()
         summary = decided.aggregate(G.report_partial, G.report_combine)
-        summary[self.no_signature_label] = summary.pop("no_signature")
+        no_signature = summary.pop("no_signature")
+        if self.no_signature_label:
+            summary[self.no_signature_label] = no_signature
         near = comps.counters
         self.report = {"dedup": {"stage": self.name, **summary,
                                  "exact_edges": near["exact_edges"], "candidates": near["candidates"],
