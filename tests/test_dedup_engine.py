@@ -40,6 +40,18 @@ def test_minhash_estimates_jaccard_within_its_standard_error():
     assert np.mean(errors) < 0.035 and np.max(errors) < 0.2   # sd at J=0.5 with 128 perms is 0.044
 
 
+def test_one_byte_sketch_estimates_jaccard_like_the_full_signature():
+    rng = np.random.default_rng(1)
+    words = ["cat", "dog", "red", "blue", "house", "tree", "runs", "under", "the", "a", "old", "sky"]
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(40)]
+    sigs, _ = M.signatures(texts, 5, PERMS)
+    low = sigs.astype(np.uint8)
+    pairs = list(itertools.combinations(range(40), 2))
+    full = np.array([M.estimated_jaccard(sigs[i], sigs[j]) for i, j in pairs])
+    sketch = np.array([M.bbit_jaccard(low[i], low[j]) for i, j in pairs])
+    assert np.mean(np.abs(full - sketch)) < 0.01
+
+
 @given(st.lists(st.text(alphabet="abcé xyz", max_size=30), min_size=1, max_size=20), st.integers(1, 6))
 @settings(max_examples=60, deadline=None)
 def test_signatures_batch_equals_one_by_one_and_short_texts_have_none(texts, n):

@@ -51,7 +51,7 @@ class DedupStage(Stage):
     hash_column: ClassVar[str] = ""
     reason: ClassVar[str] = ""
     signature_columns: ClassVar[tuple[str, ...]] = ()
-    no_signature_label: ClassVar[str] = "no_signature"    # report name of rows on the exact path only
+    no_signature_label: ClassVar[str | None] = None    # report name of rows on the exact path only
     requires = ("key", "source", "category")
 
     def __init__(self, config: Any = None, context: StageContext | None = None, **settings: Any):
@@ -81,8 +81,12 @@ class DedupStage(Stage):
         """Rows (indices into `batch`) that take part in LSH, and their (rows x bands) bucket keys."""
         return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.uint64)
 
+    def carry(self, batch: pa.Table) -> pa.Table:
+        """Per-row columns that travel with each bucket row for verification (default: the signatures)."""
+        return batch.select(list(self.signature_columns))
+
     def verifier(self, rows: pa.Table) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """Verification of candidate pairs (indices into `rows`, which carry the signature columns)."""
+        """Verification of candidate pairs (indices into `rows`, which hold the ``carry`` columns)."""
         return lambda a, b: np.ones(a.shape[0], dtype=bool)
 
     def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
@@ -103,8 +107,8 @@ class DedupStage(Stage):
             self.report = {"dedup": {"stage": self.name, **G.report_combine(pa.table({}))}}
             return G.DECISION_SCHEMA.empty_table()
         parts = max(1, -(-rows // ROWS_PER_PARTITION))
-        carry, hash_col, max_bucket = self.signature_columns, self.hash_column, self.config.max_bucket_size
-        edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, carry))
+        hash_col, max_bucket = self.hash_column, self.config.max_bucket_size
+        edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, self.carry))
                      .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
                      .gather())
         comps = G.ComponentMap.from_edges(edge_rows)
@@ -119,7 +123,9 @@ class DedupStage(Stage):
                                    self.reason, self.measure)
         decided = data.map_batches(tag).shuffle_reduce(G.COMPONENT, decide, parts).materialize()
         summary = decided.aggregate(G.report_partial, G.report_combine)
-        summary[self.no_signature_label] = summary.pop("no_signature")
+        no_signature = summary.pop("no_signature")
+        if self.no_signature_label:
+            summary[self.no_signature_label] = no_signature
         near = comps.counters
         self.report = {"dedup": {"stage": self.name, **summary,
                                  "exact_edges": near["exact_edges"], "candidates": near["candidates"],

@@ -4,7 +4,7 @@
 (``curate.base.global_data``), so the same code runs in one process and on a Ray cluster:
 
 1. ``map_batches(bucket_rows)``: per row, one bucket row for its exact content hash and one per
-   LSH band (``_bucket``), carrying ``_ordinal`` and the signature columns needed to verify.
+   LSH band (``_bucket``), carrying ``_ordinal`` and what verification needs (``DedupStage.carry``).
 2. ``shuffle_reduce("_bucket", reduce_buckets)``: all rows of a bucket meet; exact buckets are
    chained (n-1 edges, never capped), LSH buckets go through ``lsh.bucket_edges`` (anchor-chained,
    verified, capped). Output: edges as ordinal pairs plus one counter row per call.
@@ -44,8 +44,12 @@ VerifierFactory = Callable[[pa.Table], Callable[[np.ndarray, np.ndarray], np.nda
 MeasureFn = Callable[[pa.Table, np.ndarray, np.ndarray], list[str]]
 
 
-def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn, carry: tuple[str, ...]) -> pa.Table:
-    """Map step: (bucket, exact flag, _ordinal, carried signature columns) rows of one batch."""
+def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn,
+                carry: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """Map step: (bucket, exact flag, _ordinal, what verification needs) rows of one batch.
+
+    ``carry(batch)`` gives the per-row columns the reduce verifies with; each row travels once per
+    band, so they should be small (text_dedup carries a 128-byte sketch, not its 512-byte signature)."""
     hashes = batch.column(hash_column)
     exact_rows = np.flatnonzero(np.asarray(hashes.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
     exact_keys = stable_hash64(hashes.take(pa.array(exact_rows)), EXACT_SALT) if exact_rows.shape[0] else \
@@ -53,7 +57,9 @@ def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn, carry: tupl
     lsh_rows, keys = lsh_keys(batch)
     bands = keys.shape[1] if keys.ndim == 2 else 0
     rows = np.concatenate([exact_rows, np.repeat(lsh_rows, bands)]).astype(np.int64)
-    out = batch.select([R.ORDINAL, *carry]).take(pa.array(rows))
+    carried = carry(batch)
+    out = pa.table({R.ORDINAL: batch.column(R.ORDINAL), **{n: carried.column(n) for n in carried.column_names}})
+    out = out.take(pa.array(rows))
     out = out.append_column(BUCKET, pa.array(np.concatenate([exact_keys, keys.ravel()]).astype(np.uint64)))
     return out.append_column(EXACT, pa.array(np.arange(rows.shape[0]) < exact_rows.shape[0]))
 
@@ -66,11 +72,9 @@ def reduce_buckets(group: pa.Table, verifier: VerifierFactory, max_bucket_size: 
     chained = equal_key_edges(bucket[exact])
     ex_src, ex_dst = ords[exact][chained.src], ords[exact][chained.dst]
     near_rows = np.flatnonzero(~exact)
-    near = group.take(pa.array(near_rows))
-    edges = bucket_edges(bucket[near_rows], np.arange(near_rows.shape[0]), verifier(near), max_bucket_size)
-    near_ords = ords[near_rows]
-    src = np.concatenate([ex_src, near_ords[edges.src], [-1]])
-    dst = np.concatenate([ex_dst, near_ords[edges.dst], [-1]])
+    edges = bucket_edges(bucket[near_rows], near_rows, verifier(group), max_bucket_size)
+    src = np.concatenate([ex_src, ords[edges.src], [-1]])
+    dst = np.concatenate([ex_dst, ords[edges.dst], [-1]])
     counters = {"candidates": edges.candidates, "rejected": edges.rejected, "capped_buckets": edges.capped_buckets,
                 "capped_members": edges.capped_members, "exact_edges": int(ex_src.shape[0])}
     cols = {"src": src, "dst": dst}

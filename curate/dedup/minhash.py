@@ -114,6 +114,13 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     return np.mean(np.asarray(sig_a) == np.asarray(sig_b), axis=-1)
 
 
+def bbit_jaccard(low_a: np.ndarray, low_b: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Jaccard estimate from the lowest `bits` of each signature value (b-bit MinHash, Li & Koenig 2010):
+    unequal values still agree with probability 2^-bits, so P(equal) = J + (1 - J) 2^-bits."""
+    chance = 2.0 ** -bits
+    return (estimated_jaccard(low_a, low_b) - chance) / (1.0 - chance)
+
+
 def collision_probability(s: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
     """P(two sets of Jaccard s share at least one band) = 1 - (1 - s^rows)^bands."""
     return 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
