@@ -237,6 +237,8 @@ BUILTIN_STAGE_MODULES = (
     "curate.filters.text_rules",
     "curate.scoring.stages",
     "curate.grounding.stage",
+    "curate.embed",
+    "curate.cluster",
     "pack.stages",
     "pack.shards",
 )

@@ -1,0 +1,144 @@
+"""The ``cluster_sample`` stage: keep a target of the clustered rows, balanced over the hierarchy.
+
+Reads only the per-row columns ``cluster`` wrote (path and distances), so a different fraction,
+alpha or beta needs no new clustering. Allocation: ``curate/cluster/sampling.py`` (water-filling
+top-down, weights ``size**alpha * spread**beta``); inside a leaf: seeded random, closest to the
+centroid first, or farthest first. ``max_repeat > 1`` lets small clusters be upsampled: such rows
+stay one row each and carry ``cluster_repeat`` (how many times the trainer should see them).
+
+Defaults: alpha = 0, beta = 0.5. alpha = beta = 0 is Vo et al.'s balanced sampling; on the planted
+benchmark (``bench/bench_cluster.py``) beta = 0.5 keeps as many distinct concepts as balanced
+sampling while giving spread-out (MindVL: "larger variance") clusters more of the budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from curate import records as R
+from curate.cluster import columns as C
+from curate.cluster.kmeans import seeded_hash
+from curate.cluster.sampling import AllocationSettings, allocate_tree, choose_in_leaves, level_totals
+from curate.stage import Resources, Stage, register
+
+REPEAT = "cluster_repeat"
+NOT_SAMPLED = "cluster:not_sampled"
+
+
+@register
+class ClusterSample(Stage):
+    name: ClassVar[str] = "cluster_sample"
+    description: ClassVar[str] = ("Keep a fraction or count of the clustered rows by water-filling over the cluster "
+                                  "hierarchy (weights size^alpha * spread^beta, Vo et al. / MindVL).")
+    requires: ClassVar[tuple[str, ...]] = ("key", C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
+    adds: ClassVar[Mapping[str, pa.DataType]] = {REPEAT: pa.int32()}
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=4096, kind="task")
+    global_columns: ClassVar[tuple[str, ...] | None] = (C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
+
+    @dataclass
+    class Config:
+        fraction: float | None = field(default=None, metadata={
+            "doc": "Keep this fraction of the clustered rows (or tokens). Give fraction or count."})
+        count: int | None = field(default=None, metadata={"doc": "Keep this many rows (or tokens)."})
+        unit: Literal["samples", "tokens"] = field(default="samples", metadata={
+            "doc": "Count the target in rows, or in `num_tokens` (run count_tokens first)."})
+        alpha: float = field(default=0.0, metadata={"doc": "Weight exponent of cluster size (0: balanced, Vo et al.)."})
+        beta: float = field(default=0.5, metadata={
+            "doc": "Weight exponent of cluster spread (rms distance to centroid); > 0 samples spread-out clusters more."})
+        within_leaf: Literal["random", "closest", "farthest"] = field(default="random", metadata={
+            "doc": "Which rows of a leaf are kept: seeded random, closest to the centroid, or farthest."})
+        max_repeat: int = field(default=1, metadata={
+            "doc": "Upsampling cap: a cluster may be allocated up to this many times its size (1: no upsampling)."})
+        report_clusters: int = field(default=20, metadata={"doc": "Leaves listed with sampled vs available."})
+
+    def __init__(self, config: Any = None, context: Any = None, **settings: Any):
+        super().__init__(config, context, **settings)
+        if self.config.unit == "tokens":
+            self.global_columns = (C.CLUSTER_PATH, C.CLUSTER_DISTANCES, "num_tokens")
+
+    def validate_config(self) -> None:
+        c = self.config
+        if (c.fraction is None) == (c.count is None):
+            raise ValueError("fraction, count: give exactly one of them")
+        if c.fraction is not None and not 0.0 < float(c.fraction) <= float(c.max_repeat):
+            raise ValueError(f"fraction: must be in (0, max_repeat], got {c.fraction}")
+        if c.count is not None and int(c.count) < 0:
+            raise ValueError(f"count: must be >= 0, got {c.count}")
+        if c.unit not in ("samples", "tokens"):
+            raise ValueError(f"unit: expected samples or tokens, got {c.unit!r}")
+        if c.within_leaf not in ("random", "closest", "farthest"):
+            raise ValueError(f"within_leaf: expected random, closest or farthest, got {c.within_leaf!r}")
+        if int(c.max_repeat) < 1:
+            raise ValueError(f"max_repeat: must be >= 1, got {c.max_repeat}")
+        for name in ("alpha", "beta"):
+            if not math.isfinite(float(getattr(c, name))):
+                raise ValueError(f"{name}: must be a finite number")
+
+    def _units(self, rows: pa.Table) -> np.ndarray:
+        if self.config.unit == "samples":
+            return np.ones(rows.num_rows, dtype=np.int64)
+        if "num_tokens" not in rows.column_names or rows.column("num_tokens").null_count:
+            raise ValueError("cluster_sample: unit tokens needs num_tokens on every clustered row (run count_tokens first)")
+        return np.asarray(rows.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def decide(self, table: pa.Table) -> pa.Table:
+        table = C.by_ordinal(table)
+        n = table.num_rows
+        ordinals = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+        valid = C.valid_mask(table, [C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
+        rows = table.filter(pa.array(valid))
+        repeats_all = np.ones(n, dtype=np.int64)
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        if rows.num_rows:
+            paths = C.matrix(rows.column(C.CLUSTER_PATH), np.int64)
+            dists = C.matrix(rows.column(C.CLUSTER_DISTANCES), np.float64)
+            repeats, quotas, totals = self.sample(paths, dists, self._units(rows), rows.column("key").to_pylist())
+            idx = np.flatnonzero(valid)
+            repeats_all[idx] = repeats
+            leaf_units, leaf_quota = totals[-1].units, quotas[-1]
+            for j in np.flatnonzero(repeats == 0):
+                leaf = int(paths[j, -1])
+                reasons[idx[j]] = NOT_SAMPLED
+                details[idx[j]] = (f"leaf {'/'.join(str(int(v)) for v in paths[j])}: {int(leaf_quota[leaf])} of "
+                                   f"{int(leaf_units[leaf])} {self.config.unit} sampled")
+        else:
+            self.report["cluster_sample"] = {"clustered": 0, "unclustered": n}
+        repeat_col = pa.array([int(r) if v else None for r, v in zip(repeats_all, valid)], pa.int32())
+        return C.decisions(ordinals, reasons, details, {REPEAT: repeat_col})
+
+    def target(self, available: int) -> int:
+        c = self.config
+        return int(c.count) if c.count is not None else int(round(float(c.fraction) * available))
+
+    def sample(self, paths: np.ndarray, dists: np.ndarray, units: np.ndarray, keys: list[str]
+               ) -> tuple[np.ndarray, list[np.ndarray], list[Any]]:
+        """Repeats per row, quotas per node and level totals (aggregate -> allocate -> per-leaf choice)."""
+        c = self.config
+        seed = self.context.seed
+        totals = level_totals(paths, dists, units)
+        target = self.target(int(units.sum()))
+        quotas = allocate_tree(totals, target, AllocationSettings(c.alpha, c.beta, int(c.max_repeat), seed))
+        repeats = choose_in_leaves(paths[:, -1], dists[:, -1], units, seeded_hash(keys, seed), quotas[-1],
+                                   c.within_leaf)
+        self.report["cluster_sample"] = self._report(totals, quotas, repeats, units, target)
+        return repeats, quotas, totals
+
+    def _report(self, totals: list[Any], quotas: list[np.ndarray], repeats: np.ndarray, units: np.ndarray,
+                target: int) -> dict[str, Any]:
+        c = self.config
+        leaf_t, leaf_q = totals[-1], quotas[-1]
+        order = np.lexsort((np.arange(len(leaf_t.units)), -leaf_t.units))[:c.report_clusters]
+        present = leaf_t.rows > 0
+        return {"unit": c.unit, "available": int(units.sum()), "target": target,
+                "kept_units": int((repeats * units).sum()), "kept_rows": int((repeats > 0).sum()),
+                "repeated_rows": int((repeats > 1).sum()), "alpha": c.alpha, "beta": c.beta,
+                "within_leaf": c.within_leaf, "max_repeat": c.max_repeat,
+                "leaves": int(present.sum()), "leaves_kept": int((leaf_q[present] > 0).sum()),
+                "sampled_fraction_histogram": C.value_histogram(leaf_q[present] / leaf_t.units[present].clip(1)),
+                "largest_leaves": [{"leaf": int(i), "available": int(leaf_t.units[i]), "sampled": int(leaf_q[i]),
+                                    "spread": round(float(leaf_t.spread[i]), 5)} for i in order if present[i]]}
