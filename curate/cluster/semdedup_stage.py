@@ -1,6 +1,8 @@
 """The ``semantic_dedup`` stage: near-duplicates by embedding cosine, compared inside leaf clusters.
 
-Needs ``embed`` and ``cluster`` before it. Each leaf is one per-cluster reduce
+Needs ``embed`` and ``cluster`` before it. Rows are compared only with rows of the same leaf and the
+same ``partition_by`` values (default: category — with image embeddings, a question about a photo
+must not remove the caption sample of that photo). Each such group is one per-cluster reduce
 (``curate/cluster/semdedup.py``): groups are the connected components of pairs with cosine above
 ``1 - eps``; the preferred row of a group survives (``survivor``: quality column, hard or easy),
 the others are rejected naming it. Rows get ``semdedup_group`` (the survivor's key, for rows in a
@@ -32,7 +34,7 @@ class SemanticDedup(Stage):
     name: ClassVar[str] = "semantic_dedup"
     description: ClassVar[str] = ("SemDeDup: inside each leaf cluster, rows whose embedding cosine exceeds 1 - eps "
                                   "form groups; one survivor per group (quality column, hard or easy).")
-    requires: ClassVar[tuple[str, ...]] = ("key", "source", C.EMBEDDING, C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
+    requires: ClassVar[tuple[str, ...]] = ("key", "source", "category", C.EMBEDDING, C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
     adds: ClassVar[Mapping[str, pa.DataType]] = {GROUP: pa.string(), GROUP_SIZE: pa.int32()}
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=4096, kind="task")
     global_columns: ClassVar[tuple[str, ...] | None] = ("source", C.EMBEDDING, C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
@@ -47,12 +49,16 @@ class SemanticDedup(Stage):
         quality_column: str | None = field(default=None, metadata={
             "doc": "Numeric column for survivor: quality (e.g. clip_score); missing values rank last."})
         column: str = field(default=C.EMBEDDING, metadata={"doc": "The embedding column."})
+        partition_by: list[str] = field(default_factory=lambda: ["category"], metadata={
+            "doc": "Rows are only compared with rows that share these columns' values. Default category: a "
+                   "question about a photo is not a duplicate of that photo's caption sample."})
         report_groups: int = field(default=10, metadata={"doc": "Largest groups listed in the report."})
 
     def __init__(self, config: Any = None, context: Any = None, **settings: Any):
         super().__init__(config, context, **settings)
         c = self.config
         extra = (c.quality_column,) if c.quality_column else ()
+        extra += tuple(col for col in c.partition_by if col not in ("key", "source", *extra))
         self.global_columns = ("source", c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES, *extra)
 
     def validate_config(self) -> None:
@@ -101,7 +107,7 @@ class SemanticDedup(Stage):
         quality = None
         if c.survivor == "quality":
             quality = np.asarray(rows.column(c.quality_column).to_numpy(zero_copy_only=False), dtype=np.float64)
-        leaf = paths[:, -1]
+        leaf = self._compare_groups(rows, paths[:, -1])
         order = np.argsort(leaf, kind="stable")
         bounds = np.flatnonzero(np.diff(leaf[order])) + 1
         survivor = np.arange(len(leaf))
@@ -115,6 +121,15 @@ class SemanticDedup(Stage):
             g = dedup_leaf(emb[members], pref, c.eps)
             survivor[members], size[members], best[members] = members[g.survivor], g.group_size, g.best_similarity
         return survivor, size, best
+
+    def _compare_groups(self, rows: pa.Table, leaf: np.ndarray) -> np.ndarray:
+        """One id per (leaf, partition_by values): the rows that are compared with each other."""
+        if not self.config.partition_by:
+            return leaf
+        values = [rows.column(col).to_pylist() for col in self.config.partition_by]
+        ids: dict[tuple[Any, ...], int] = {}
+        return np.array([ids.setdefault((int(lf), *(v[i] for v in values)), len(ids)) for i, lf in enumerate(leaf)],
+                        dtype=np.int64)
 
     def _report(self, table: pa.Table, survivor: np.ndarray, size: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
         n = len(survivor)
