@@ -31,6 +31,7 @@ def planted_corpus(n: int = 20_000, dim: int = 32, dominant: int = 3, rare: int 
     dom_sizes[: n_dom - dom_sizes.sum()] += 1
     zipf = 1.0 / np.arange(1, rare + 1)
     rare_sizes = np.maximum(1, np.floor(zipf / zipf.sum() * (n - n_dom))).astype(np.int64)
+    rare_sizes[0] += max(0, (n - n_dom) - int(rare_sizes.sum()))   # exactly n rows when the floors fall short
     sizes = np.concatenate([dom_sizes, rare_sizes])
     centres = rng.normal(size=(len(sizes), dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
