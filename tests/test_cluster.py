@@ -173,6 +173,8 @@ def test_semantic_dedup_removes_planted_copies_and_names_the_survivor():
     assert group["p/00080"] == 2 and group["p/00050"] == 1
     hard = SemanticDedup(context=CTX, survivor="hard", partition_by=[]).run(clustered)
     assert hard.dropped.num_rows == 10                               # category ignored: all ten pairs
+    only_vqa = SemanticDedup(context=CTX, categories=["vqa"]).run(clustered)
+    assert only_vqa.dropped.num_rows == 0 and only_vqa.kept.num_rows == 90
 
 
 def test_settings_are_checked():

@@ -10,8 +10,8 @@
   the re-fit, which moves centroids out of the dense regions and spreads them over the data.
 * **Assignment** (per batch, a pure map holding the centroids): nearest leaf centroid, then the
   leaf's ancestors; the distance to the centroid of every level. faiss proposes the two nearest
-  leaves; the winner is decided on float64 distances computed row by row, so a row's answer does
-  not depend on which other rows share its batch.
+  leaves; the winner is decided on distances computed row by row (not by BLAS over the batch), so
+  a row's answer does not depend on which other rows share its batch.
 
 faiss's ``max_points_per_centroid`` (default 256) silently subsamples the training set; it is set to
 the sample size here, so the fit sample is exactly the logged one.
@@ -74,7 +74,8 @@ def _kmeans(points: np.ndarray, k: int, s: FitSettings, init: np.ndarray | None 
             ) -> np.ndarray:
     import faiss
     km = faiss.Kmeans(points.shape[1], k, niter=niter or s.niter, seed=s.seed, spherical=s.spherical,
-                      max_points_per_centroid=max(1, points.shape[0]), min_points_per_centroid=1, verbose=False)
+                      max_points_per_centroid=max(1, points.shape[0]), min_points_per_centroid=1, verbose=False,
+                      gpu=faiss.get_num_gpus() > 0)     # faiss-gpu builds fit on the GPU; faiss-cpu reports 0
     km.train(np.ascontiguousarray(points, dtype=np.float32),
              init_centroids=None if init is None else np.ascontiguousarray(init, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32)
@@ -126,27 +127,30 @@ def fit_hierarchy(sample: np.ndarray, s: FitSettings) -> Hierarchy:
     return Hierarchy(centroids, parents)
 
 
+def _row_sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared distance of row i of x to row i of c; each row's sum depends on that row alone."""
+    diff = x - c
+    return np.einsum("ij,ij->i", diff, diff)
+
+
 def assign(points: np.ndarray, h: Hierarchy) -> tuple[np.ndarray, np.ndarray]:
     """Per-batch map: (paths (n, depth) int32 coarse -> fine, distances (n, depth) float32 to each
     level's centroid on the path)."""
     import faiss
     x = np.ascontiguousarray(points, dtype=np.float32)
     leaves = h.centroids[0]
-    n_candidates = min(2, leaves.shape[0])
     index = faiss.IndexFlatL2(leaves.shape[1])
     index.add(leaves)
-    _, cand = index.search(x, n_candidates)
-    x64 = x.astype(np.float64)
-    cand_d2 = np.stack([((x64 - leaves[cand[:, j]].astype(np.float64)) ** 2).sum(1)
-                        for j in range(n_candidates)], axis=1)
-    # ties: the lower centroid id, whatever order faiss listed them in
-    second = np.zeros(len(x), dtype=bool)
-    if n_candidates > 1:
-        second = (cand_d2[:, 1] < cand_d2[:, 0]) | ((cand_d2[:, 1] == cand_d2[:, 0]) & (cand[:, 1] < cand[:, 0]))
-    leaf = np.where(second, cand[:, 1] if n_candidates > 1 else cand[:, 0], cand[:, 0])
+    _, cand = index.search(x, min(2, leaves.shape[0]))
+    best_d2 = _row_sq_dist(x, leaves[cand[:, 0]])
+    leaf = cand[:, 0].copy()
+    if cand.shape[1] > 1:   # faiss's own order can vary with the batch (BLAS blocking): decide per row
+        d2 = _row_sq_dist(x, leaves[cand[:, 1]])
+        second = (d2 < best_d2) | ((d2 == best_d2) & (cand[:, 1] < cand[:, 0]))
+        leaf[second], best_d2[second] = cand[second, 1], d2[second]
     path = h.ancestors(leaf)
     dist = np.empty(path.shape, dtype=np.float32)
-    for level in range(h.depth):
-        cents = h.centroids[h.depth - 1 - level][path[:, level]].astype(np.float64)
-        dist[:, level] = np.sqrt(((x64 - cents) ** 2).sum(1))
+    dist[:, -1] = np.sqrt(best_d2)
+    for level in range(h.depth - 1):
+        dist[:, level] = np.sqrt(_row_sq_dist(x, h.centroids[h.depth - 1 - level][path[:, level]]))
     return path.astype(np.int32), dist

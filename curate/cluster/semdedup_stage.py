@@ -52,14 +52,17 @@ class SemanticDedup(Stage):
         partition_by: list[str] = field(default_factory=lambda: ["category"], metadata={
             "doc": "Rows are only compared with rows that share these columns' values. Default category: a "
                    "question about a photo is not a duplicate of that photo's caption sample."})
+        categories: list[str] | None = field(default=None, metadata={
+            "doc": "Compare only rows of these categories (others pass untouched); None: all. With image "
+                   "embeddings, e.g. [caption]: several questions about one image are not duplicates."})
         report_groups: int = field(default=10, metadata={"doc": "Largest groups listed in the report."})
 
     def __init__(self, config: Any = None, context: Any = None, **settings: Any):
         super().__init__(config, context, **settings)
         c = self.config
-        extra = (c.quality_column,) if c.quality_column else ()
-        extra += tuple(col for col in c.partition_by if col not in ("key", "source", *extra))
-        self.global_columns = ("source", c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES, *extra)
+        wanted = ["source", c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES, *([c.quality_column] if c.quality_column else []),
+                  *c.partition_by, *(["category"] if c.categories else [])]
+        self.global_columns = tuple(col for col in dict.fromkeys(wanted) if col != "key")
 
     def validate_config(self) -> None:
         c = self.config
@@ -78,6 +81,8 @@ class SemanticDedup(Stage):
         n = table.num_rows
         ordinals = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
         valid = C.valid_mask(table, [c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
+        if c.categories is not None:
+            valid &= np.isin(np.asarray(table.column("category").to_pylist(), dtype=object), list(c.categories))
         idx = np.flatnonzero(valid)
         rows = table.take(pa.array(idx, pa.int64()))
         keys_all = table.column("key").to_pylist()
@@ -141,7 +146,7 @@ class SemanticDedup(Stage):
             members.setdefault(int(survivor[i]), []).append(int(i))
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:self.config.report_groups]
         return {"eps": self.config.eps, "survivor": self.config.survivor, "rows": int(valid.sum()),
-                "not_embedded_or_clustered": int((~valid).sum()), "groups": len(members),
+                "not_compared": int((~valid).sum()), "groups": len(members),
                 "removed": int(removed.sum()),
                 "group_size_histogram": C.size_histogram(np.array([len(v) for v in members.values()])),
                 "removed_per_source": dict(sorted(Counter(sources[i] for i in np.flatnonzero(removed)).items())),
