@@ -6,9 +6,11 @@ top-down, weights ``size**alpha * spread**beta``); inside a leaf: seeded random,
 centroid first, or farthest first. ``max_repeat > 1`` lets small clusters be upsampled: such rows
 stay one row each and carry ``cluster_repeat`` (how many times the trainer should see them).
 
-Defaults: alpha = 0, beta = 0.5. alpha = beta = 0 is Vo et al.'s balanced sampling; on the planted
-benchmark (``bench/bench_cluster.py``) beta = 0.5 keeps as many distinct concepts as balanced
-sampling while giving spread-out (MindVL: "larger variance") clusters more of the budget.
+Defaults: alpha = 0, beta = 0.5. alpha = beta = 0 is Vo et al.'s balanced sampling; beta = 0.5 adds
+MindVL's tilt towards spread-out ("larger variance") clusters. On the planted benchmark
+(``bench/bench_cluster.py``, keep 30% of 20k rows, 303 concepts) the two are equal: 300/303 concepts
+kept and a 0.667 dominant share, against 160/303 and 0.898 for uniform random; alpha = 0.5 gives
+back part of the gain (296/303, 0.727) and alpha = 1 is uniform (163/303, 0.901).
 """
 from __future__ import annotations
 
