@@ -108,8 +108,9 @@ def _merge_decisions(batch: pa.Table, decision_columns: list[str], schema: pa.Sc
     for c, src in renamed.items():
         if src == c and c not in schema.names:
             continue
-        new = batch.column(src).cast(schema.field(c).type)
-        merged = pc.if_else(has, new, batch.column(c)) if src != c else new
+        typ = schema.field(c).type   # the join may hand columns back as large types: cast both sides
+        new = batch.column(src).cast(typ)
+        merged = pc.if_else(has, new, batch.column(c).cast(typ)) if src != c else new
         out = out.set_column(out.schema.get_field_index(c), schema.field(c), merged)
     out = out.drop_columns([s for c, s in renamed.items() if s != c])
     dropped_without_reason = pc.and_(pc.not_equal(out.column(R.STATUS), R.KEPT), pc.is_null(out.column(R.REASON)))
