@@ -132,11 +132,13 @@ class RayExecutor:
             for name in ("ray", "ray.data", "ray.data._internal"):
                 logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS") or None
+            # Without RAY_ADDRESS always start our own local Ray ("local"): a bare ray.init() would attach
+            # to whatever cluster `ray start` last left on this machine.
+            address = os.environ.get("RAY_ADDRESS") or "local"
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
                                       "configure_logging": True,
                                       "logging_level": "INFO" if verbose else "ERROR"}
-            if address is None:
+            if address == "local":
                 kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
             ray.init(address=address, **kwargs)
             self._started = True
