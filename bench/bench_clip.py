@@ -59,7 +59,7 @@ def photos() -> list[tuple[str, np.ndarray]]:
 
 def build_table(tmp: Path, n: int) -> Any:
     """N rows, each one JPEG file reference + caption (photos cycled at two scales)."""
-    from curate import records as R
+    from curate.base import records as R
     rows = []
     pics = photos()
     for i in range(n):
@@ -146,7 +146,7 @@ def bench_one(label: str, stage: Any, table: Any, repeats: int) -> dict[str, Any
 
 
 def make_stage(backend_settings: dict[str, Any], scorer: Any | None = None) -> Any:
-    from curate import stage as S
+    from curate import base as S
     stage = S.build("clip_score", backend_settings)
     if scorer is None:
         stage.ensure_setup()                              # loads the model as an actor would

@@ -86,7 +86,7 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 
 def embed_row(table: Any, device: str, threads: int, bs: int) -> list[Any]:
     import torch
-    from curate import stage as S
+    from curate import base as S
     from curate.images import read_image_bytes
     from curate.scoring.base import decode_rgb
     n = table.num_rows

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
+from curate.base import records as R
 from curate.images import decode, probe
 from distributions import native_resolution_sizes
 from pack import tokens as T

@@ -13,10 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from curate.stage import BatchResult, FilterStage, Resources, Stage, StageContext, register  # noqa: F401
-from curate.stage import build as build_stage  # noqa: F401
-from curate.stage import get as get_stage  # noqa: F401
-from curate.stage import registry as stages  # noqa: F401
+from curate.base import BatchResult, FilterStage, Resources, Stage, StageContext, register  # noqa: F401
+from curate.base import build as build_stage  # noqa: F401
+from curate.base import get as get_stage  # noqa: F401
+from curate.base import registry as stages  # noqa: F401
 
 _LAZY = {
     "read_source": "curate.readers",

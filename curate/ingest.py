@@ -1,27 +1,30 @@
-"""Ingest: the first stage of every run — sources in, sample records out, duplicates named.
+"""Ingest: the first stage of every run — sources in, sample records out, duplicate keys named.
 
-Reading is split into one task per input file (the runner fans these out with Ray Data); the
-whole-run step then rejects later occurrences of a key already seen in an earlier file of the same
-source ("duplicate_key"). Keys are prefixed by the source name, so sources never collide.
+It is an ordinary stage with one difference, declared by ``reads_sources``: its input is a table of
+file tasks (one row per input file, in a stable order), and each batch of tasks expands into the
+records of those files. The whole-run step rejects every occurrence of a key after its first (by
+``_ordinal``) as ``duplicate_key``; it runs as a shuffle by key, so no process holds every key.
+Keys are prefixed by the source name, so sources never collide.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
+from curate.base import Resources, Stage, register
+from curate.base import records as R
 from curate.readers import SourceSpec, list_files, read_file
-from curate.stage import Resources, Stage, register
 
+TASK_SCHEMA = pa.schema([("source_index", pa.int32()), ("file_index", pa.int32()), ("uri", pa.string())])
 
-@dataclass(frozen=True)
-class FileTask:
-    source_index: int
-    file_index: int
-    uri: str
+# Keys per shuffle partition for the duplicate-key step: big enough to keep partitions few, small
+# enough that one partition's keys fit a worker comfortably.
+KEYS_PER_PARTITION = 2_000_000
 
 
 @register
@@ -29,42 +32,60 @@ class IngestStage(Stage):
     name = "ingest"
     description = "Read the recipe's sources into sample records (header-only image probing) and reject duplicate keys."
     requires = ()
-    resources = Resources(cpus=1, batch_size=1)
-    global_columns = ()
+    resources = Resources(cpus=1, batch_size=8)
+    reads_sources = True
+    global_columns = ("key",)
 
     @dataclass
     class Config:
-        pass
+        sources: list[dict[str, Any]] = field(default_factory=list, metadata={
+            "doc": "filled from the recipe's top-level `sources` (not set by hand)"})
 
-    @staticmethod
-    def plan(sources: list[SourceSpec]) -> list[FileTask]:
+    def specs(self) -> list[SourceSpec]:
+        return [SourceSpec(**s) for s in self.config.sources]
+
+    def input_table(self) -> pa.Table:
         """One task per file, in a stable order (source order, then sorted file names)."""
-        tasks = []
-        for si, spec in enumerate(sources):
-            for fi, uri in enumerate(list_files(spec.path)):
-                tasks.append(FileTask(si, fi, uri))
-        return tasks
+        rows = [(si, fi, uri) for si, spec in enumerate(self.specs()) for fi, uri in enumerate(list_files(spec.path))]
+        return pa.table({"source_index": pa.array([r[0] for r in rows], pa.int32()),
+                         "file_index": pa.array([r[1] for r in rows], pa.int32()),
+                         "uri": pa.array([r[2] for r in rows], pa.string())}, schema=TASK_SCHEMA)
 
-    @staticmethod
-    def read(sources: list[SourceSpec], task: FileTask) -> pa.Table:
-        return read_file(sources[task.source_index], task.uri, task.source_index, task.file_index)
+    def input_identity(self) -> Any:
+        """Each input file's identity: (uri, size, mtime in ns) for local files, the uri otherwise."""
+        out = []
+        for uri in self.input_table().column("uri").to_pylist():
+            try:
+                st = os.stat(uri)
+                out.append([uri, st.st_size, st.st_mtime_ns])
+            except OSError:
+                out.append([uri])
+        return out
 
-    def decide(self, table: pa.Table) -> pa.Table:
-        """Reject every occurrence of a key after its first (by _ordinal)."""
-        order = pc.sort_indices(table, sort_keys=[(R.ORDINAL, "ascending")])
-        t = table.take(order)
-        keys = t.column("key").to_pylist()
-        seen: set[str] = set()
-        dup = np.zeros(len(keys), dtype=bool)
-        for i, k in enumerate(keys):
-            if k in seen:
-                dup[i] = True
-            seen.add(k)
-        status = np.where(dup, R.REJECTED, R.KEPT)
-        return pa.table({
-            R.ORDINAL: t.column(R.ORDINAL),
-            R.STATUS: pa.array(status.tolist(), type=pa.string()),
-            R.REASON: pa.array(["duplicate_key" if d else None for d in dup], type=pa.string()),
-            R.DETAIL: pa.array(["key seen in an earlier file of this source" if d else None for d in dup],
-                               type=pa.string()),
-        })
+    def read_tasks(self, tasks: pa.Table) -> pa.Table:
+        """The records of every file named in `tasks` (kept, rejected and quarantined)."""
+        specs = self.specs()
+        tables = [read_file(specs[si], uri, si, fi) for si, fi, uri in
+                  zip(tasks.column("source_index").to_pylist(), tasks.column("file_index").to_pylist(),
+                      tasks.column("uri").to_pylist())]
+        return pa.concat_tables([R.empty_table(), *tables])
+
+    def global_step(self, data: Any) -> Any:
+        partitions = max(1, -(-data.count() // KEYS_PER_PARTITION))
+        return data.shuffle_reduce("key", mark_duplicate_keys, partitions)
+
+
+def mark_duplicate_keys(group: pa.Table) -> pa.Table:
+    """Decisions for whole key groups sorted by key then _ordinal: the first of each key is kept."""
+    keys = group.column("key")
+    n = group.num_rows
+    dup = np.zeros(n, dtype=bool)
+    if n > 1:
+        same = pc.equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        dup[1:] = same
+    return pa.table({
+        R.ORDINAL: group.column(R.ORDINAL),
+        R.STATUS: pa.array(np.where(dup, R.REJECTED, R.KEPT).tolist(), type=pa.string()),
+        R.REASON: pa.array(["duplicate_key" if d else None for d in dup], type=pa.string()),
+        R.DETAIL: pa.array(["key seen earlier in this source" if d else None for d in dup], type=pa.string()),
+    })

@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
-from curate.stage import Resources, Stage, register
+from curate.base import records as R
+from curate.base import Resources, Stage, register
 
 
 def seeded_rank(keys: list[str], seed: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import fsspec
 import pyarrow as pa
 
 from curate import images as I
-from curate import records as R
+from curate.base import records as R
 
 FORMATS = ("webdataset", "parquet", "llava")
 

@@ -58,7 +58,7 @@ class CostModel:
     Qwen2-VL-style encoders merge 2×2 patches into one LLM token (``patches_per_image_token=4``); the
     ViT hidden size sets where its attention starts to dominate its linear layers.
     """
-    patches_per_image_token: int = 4
+    patches_per_image_token: float = 4
     vit_hidden: int = 1280
 
 

@@ -1,6 +1,6 @@
 """`mmcurate` — run recipes, validate recipes/shards/annotations in CI, list stages.
 
-    mmcurate run RECIPE [--out DIR] [--executor ray|inline] [--until STAGE]
+    mmcurate run RECIPE [--out DIR] [--executor auto|ray|inline] [--until STAGE] [--from STAGE] [--verbose]
     mmcurate validate recipe FILE
     mmcurate validate shards DIR
     mmcurate validate annotations FILE
@@ -26,14 +26,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         print(f"invalid recipe: {exc}", file=sys.stderr)
         return 2
-    result = run(recipe, out=args.out, executor=args.executor, until=args.until)
+    result = run(recipe, out=args.out, executor=args.executor, until=args.until, rerun_from=args.rerun_from,
+                 verbose=args.verbose)
     print(f"report: {result.out_dir / 'report.json'}")
     for e in result.report["stages"]:
         rej = sum(e["rejected"].values())
         qua = sum(e["quarantined"].values())
         print(f"  {e['name']:<16} in={e['in']:<7} out={e['out']:<7} rejected={rej:<6} quarantined={qua:<5}"
               f" {'balanced' if e['balanced'] else 'UNBALANCED'}")
+    for line in loss_warnings(result.report):
+        print(f"warning: {line}", file=sys.stderr)
+    if result.report["stages"] and result.report["final_samples"] == 0:
+        print("error: no sample survived the run; see rejects.parquet for why", file=sys.stderr)
+        return 1
     return 0 if all(e["balanced"] for e in result.report["stages"]) else 1
+
+
+# A single reason that removes more than this share of a stage's input is worth a line on the console.
+LOSS_WARNING_SHARE = 0.10
+
+HINTS = {
+    "leftover_dropped": "set shards.leftover to carry_over or pad_with_repeats to keep them",
+    "mixture:downsampled": "the mixture ratios keep the largest total they can; add data to the short groups",
+}
+
+
+def loss_warnings(report: dict) -> list[str]:
+    """What was lost and why: every reason that removed a large share of a stage's input."""
+    out = []
+    for e in report.get("stages", []):
+        for kind in ("rejected", "quarantined"):
+            for reason, n in e.get(kind, {}).items():
+                if e["in"] and n / e["in"] > LOSS_WARNING_SHARE:
+                    hint = HINTS.get(reason, f"see rejects.parquet (stage {e['name']}, reason {reason})")
+                    out.append(f"{e['name']}: {n} of {e['in']} samples ({n / e['in']:.0%}) {kind} as {reason}; {hint}")
+    return out
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -65,7 +92,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
-    from curate.stage import registry
+    from curate.base import registry
     reg = registry()
     if args.json:
         print(json.dumps({n: {"description": c.description, "requires": list(c.requires),
@@ -99,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a recipe")
     r.add_argument("recipe")
     r.add_argument("--out", default=None, help="output directory (default: the recipe's output.dir)")
-    r.add_argument("--executor", choices=("ray", "inline"), default="ray")
+    r.add_argument("--executor", choices=("auto", "ray", "inline"), default="auto",
+                   help="auto (default): inline for small inputs, Ray Data above; RAY_ADDRESS joins a cluster")
     r.add_argument("--until", default=None, help="stop after this stage")
+    r.add_argument("--from", dest="rerun_from", default=None,
+                   help="re-run this stage and every later one even if complete")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
     r.set_defaults(func=_cmd_run)
     v = sub.add_parser("validate", help="validate a recipe, a shard directory or an annotations file")
     v.add_argument("what", choices=("recipe", "shards", "annotations"))

@@ -1,26 +1,31 @@
-"""Executors: who runs a stage's batches. Ray Data on a laptop or a cluster, or inline in this process.
+"""Executors: who runs a stage. Ray Data on a laptop or a cluster (``pipelines.ray_data``), or inline.
 
-Both read the previous stage's parquet files, apply ``execution.apply_batch`` and write parquet into
-a directory the runner gives them; the runner does everything else (resume, accounting, reports),
-so the two produce the same rows. Ray Data does the scheduling — there is no home-made scheduler:
-``map_batches`` with tasks for cheap stages and an actor pool for model stages (``setup()`` once per
-actor). ``ray.init()`` starts a local Ray unless ``RAY_ADDRESS`` points at a cluster.
+Every stage goes through the same three calls, whatever it is (ingest, a filter, the mixture, the
+shard writer): ``map_stage`` (the per-batch step, or reading files for a source stage),
+``global_data`` (a ``GlobalData`` handle on the kept rows for a whole-dataset step) and
+``apply_decisions`` (the global step's answer joined back by ``_ordinal``). The runner does
+everything else (resume, accounting, reports), so the executors produce the same rows.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from curate.ingest import FileTask, IngestStage
-from curate.readers import SourceSpec
-from curate.stage import Stage
-from pipelines import execution as E
+from curate.base import Stage
+from curate.base import inline as E
+from curate.base import records as R
+from curate.base.global_data import InlineData, as_table
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+
+# Inline runs coalesce small input files into parts of at least this many rows, so a glob over
+# thousands of one-sample tars does not become thousands of parquet files in every stage.
+MIN_ROWS_PER_PART = 50_000
 
 
 def data_files(directory: str | Path) -> list[str]:
@@ -32,152 +37,71 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     pq.write_table(table, str(path), **PARQUET_OPTIONS)
 
 
+def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:
+    """Columns a global step reads: key, _ordinal, _status and the stage's global_columns (None: all)."""
+    cols = stage.global_columns or ()
+    if tuple(cols) == ("*",):
+        return None
+    return ["key", R.ORDINAL, R.STATUS] + [c for c in cols if c in schema.names and c not in ("key", R.ORDINAL)]
+
+
 class Executor(Protocol):
     name: str
 
-    def ingest(self, stage: IngestStage, sources: list[SourceSpec], tasks: list[FileTask], out: Path) -> None: ...
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None: ...
-    def apply_decisions(self, files: list[str], decisions: pa.Table, schema: pa.Schema, out: Path) -> None: ...
+    def global_data(self, stage: Stage, files: list[str]) -> Any: ...
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> None: ...
     def close(self) -> None: ...
 
 
-class InlineExecutor:
-    """Everything in this process, file by file: notebooks, debugging, tiny runs."""
-    name = "inline"
+def _coalesced(files: list[str]) -> list[list[str]]:
+    """Consecutive files grouped until each group holds at least MIN_ROWS_PER_PART rows."""
+    groups: list[list[str]] = []
+    rows = MIN_ROWS_PER_PART
+    for f in files:
+        if rows >= MIN_ROWS_PER_PART:
+            groups.append([])
+            rows = 0
+        groups[-1].append(f)
+        rows += pq.ParquetFile(f).metadata.num_rows
+    return groups
 
-    def ingest(self, stage: IngestStage, sources: list[SourceSpec], tasks: list[FileTask], out: Path) -> None:
-        for i, task in enumerate(tasks):
-            write_table(IngestStage.read(sources, task), out / f"part-{i:05d}.parquet")
+
+class InlineExecutor:
+    """Everything in this process: notebooks, debugging, small runs."""
+    name = "inline"
 
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
         size = stage.resources.batch_size
-        for i, f in enumerate(files):
-            table = pq.read_table(f)
-            parts = [E.apply_batch(stage, table.slice(j, size)) for j in range(0, table.num_rows, size)]
-            schema = stage.output_schema(table.schema)
+        for i, group in enumerate(_coalesced(files)):
+            table = pa.concat_tables([pq.read_table(f) for f in group], promote_options="default")
+            if stage.reads_sources:
+                parts = [stage.read_tasks(table.slice(j, size)) for j in range(0, table.num_rows, size)]
+                schema = R.BASE_SCHEMA
+            else:
+                parts = [E.apply_batch(stage, table.slice(j, size)) for j in range(0, table.num_rows, size)]
+                schema = stage.output_schema(table.schema)
             write_table(pa.concat_tables([schema.empty_table(), *parts]), out / f"part-{i:05d}.parquet")
 
-    def apply_decisions(self, files: list[str], decisions: pa.Table, schema: pa.Schema, out: Path) -> None:
+    def global_data(self, stage: Stage, files: list[str]) -> InlineData:
+        ds = pads.dataset(files, format="parquet")
+        table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
+        return InlineData([E.global_input(stage, table)])
+
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> None:
+        table = as_table(decisions)
+        inputs = self.global_data(stage, files).gather()
+        E.validate_decisions(stage, inputs, table)
         for i, f in enumerate(files):
-            write_table(E.apply_decisions(pq.read_table(f), decisions, schema), out / f"part-{i:05d}.parquet")
+            write_table(E.apply_decisions(pq.read_table(f), table, schema), out / f"part-{i:05d}.parquet")
 
     def close(self) -> None:
         pass
 
 
-# --- Ray Data --------------------------------------------------------------------------------------------
-_WORKER_STAGES: dict[str, Stage] = {}
-
-
-def _worker_stage(token: str, stage_cls: type[Stage], config: Any, context: Any) -> Stage:
-    """One stage instance per worker process, so task stages also pay setup() once per worker."""
-    stage = _WORKER_STAGES.get(token)
-    if stage is None:
-        stage = _WORKER_STAGES[token] = stage_cls(config=config, context=context)
-    return stage
-
-
-def _apply_task(batch: pa.Table, token: str, stage_cls: type[Stage], config: Any, context: Any) -> pa.Table:
-    return E.apply_batch(_worker_stage(token, stage_cls, config, context), batch)
-
-
-class _StageActor:
-    """Actor-pool worker for model stages: the model is loaded once in the constructor (setup())."""
-
-    def __init__(self, stage_cls: type[Stage], config: Any, context: Any):
-        self.stage = stage_cls(config=config, context=context)
-        self.stage.ensure_setup()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return E.apply_batch(self.stage, batch)
-
-
-def _ingest_task(batch: pa.Table, sources: list[SourceSpec], tasks: list[FileTask]) -> pa.Table:
-    tables = [IngestStage.read(sources, tasks[i]) for i in batch.column("task").to_pylist()]
-    return pa.concat_tables(tables)
-
-
-def _decisions_task(batch: pa.Table, decisions: Any, schema: pa.Schema) -> pa.Table:
-    import ray
-    if isinstance(decisions, ray.ObjectRef):
-        decisions = ray.get(decisions)
-    return E.apply_decisions(batch, decisions, schema)
-
-
-class RayExecutor:
-    """Ray Data: local `ray.init()` by default, an existing cluster when RAY_ADDRESS is set."""
-    name = "ray"
-
-    def __init__(self, num_cpus: int | None = None):
-        import ray
-        from ray.data import DataContext
-        self.ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS") or None
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                                      "configure_logging": True, "logging_level": "WARNING"}
-            if address is None:
-                kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-            ray.init(address=address, **kwargs)
-            self._started = True
-        ctx = DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # same input order -> same output order
-        ctx.enable_progress_bars = True
-
-    def _write(self, ds: Any, out: Path, schema: pa.Schema | None) -> None:
-        ds.write_parquet(str(out), **PARQUET_OPTIONS)
-        if not data_files(out) and schema is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            write_table(schema.empty_table(), out / "part-empty.parquet")
-
-    def ingest(self, stage: IngestStage, sources: list[SourceSpec], tasks: list[FileTask], out: Path) -> None:
-        import ray.data
-        from curate import records as R
-        ds = ray.data.from_items([{"task": i} for i in range(len(tasks))],
-                                 override_num_blocks=max(1, len(tasks)))
-        ds = ds.map_batches(_ingest_task, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"sources": sources, "tasks": tasks})
-        self._write(ds, out, R.BASE_SCHEMA)
-
-    def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
-        import ray.data
-        schema = stage.output_schema(pq.read_schema(files[0]))
-        ds = ray.data.read_parquet(files)
-        res = stage.resources
-        common = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.cpus}
-        if res.gpus:
-            common["num_gpus"] = res.gpus
-        if res.npus:
-            common["resources"] = {"NPU": res.npus}
-        if res.kind == "actor":
-            size = res.concurrency or max(1, int(self.ray.available_resources().get("GPU" if res.gpus else "CPU", 1)
-                                                 // max(res.gpus or res.cpus, 1)))
-            ds = ds.map_batches(_StageActor, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
-                                fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
-                                                       "context": stage.context}, **common)
-        else:
-            token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}"
-            ds = ds.map_batches(_apply_task, fn_kwargs={"token": token, "stage_cls": type(stage),
-                                                        "config": stage.config, "context": stage.context},
-                                compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common)
-        self._write(ds, out, schema)
-
-    def apply_decisions(self, files: list[str], decisions: pa.Table, schema: pa.Schema, out: Path) -> None:
-        import ray.data
-        ref = self.ray.put(decisions)
-        ds = ray.data.read_parquet(files).map_batches(
-            _decisions_task, batch_format="pyarrow", batch_size=4096,
-            fn_kwargs={"decisions": ref, "schema": schema})
-        self._write(ds, out, schema)
-
-    def close(self) -> None:
-        if self._started:
-            self.ray.shutdown()
-
-
 def make_executor(name: str) -> Executor:
     if name == "ray":
+        from pipelines.ray_data import RayExecutor
         return RayExecutor()
     if name == "inline":
         return InlineExecutor()

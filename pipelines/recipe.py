@@ -28,8 +28,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.readers import FORMATS, SourceSpec
 
 # The mixture is applied right before the first of these stages (or at the end of the chain).
@@ -57,6 +57,8 @@ class Recipe:
     description: str = ""
     plugins: list[str] = field(default_factory=list)
     path: str | None = None
+    max_error_fraction: float = 0.0
+    model: Any = None
 
     @property
     def output_dir(self) -> str:
@@ -67,15 +69,17 @@ class Recipe:
         return {"name": self.name, "seed": self.seed,
                 "sources": [dataclasses.asdict(s) for s in self.sources],
                 "stages": [dataclasses.asdict(s) for s in self.stages],
-                "mixture": self.mixture}
+                "mixture": self.mixture, "max_error_fraction": self.max_error_fraction,
+                "model": self.model}
 
     def hash(self) -> str:
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def plan(self) -> list[StageSpec]:
-        """The stages that run, in order: ingest, the recipe's stages, and the mixture where it belongs."""
-        chain = [StageSpec("ingest")] + list(self.stages)
+        """The stages that run, in order: ingest (reading `sources`), the recipe's stages, and the
+        mixture where it belongs. `mmcurate validate recipe` prints exactly this list."""
+        chain = [StageSpec("ingest", {"sources": [dataclasses.asdict(s) for s in self.sources]})] + list(self.stages)
         if self.mixture and not any(s.name == "mixture" for s in self.stages):
             at = next((i for i, s in enumerate(chain) if s.name in MIXTURE_BEFORE), len(chain))
             chain.insert(at, StageSpec("mixture", dict(self.mixture)))
@@ -126,6 +130,15 @@ def recipe_json_schema() -> dict[str, Any]:
             }},
             "mixture": mixture_schema,
             "output": {"type": "object", "properties": {"dir": {"type": "string"}}},
+            "model": {
+                "description": "the model profile the data is prepared for: a preset name (qwen2-vl, qwen2.5-vl, "
+                               "open-qwen2vl) or a mapping with an optional `preset` and overrides; read by "
+                               "count_tokens, pack and shards and written into the shards' manifest.json",
+                "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]},
+            "max_error_fraction": {
+                "type": "number", "minimum": 0, "maximum": 1, "default": 0,
+                "description": "fraction of a stage's rows that may fail with an error in stage code (quarantined "
+                               "as error:<Type>) before the run fails; 0: any such error fails the run"},
             "plugins": {"type": "array", "items": {"type": "string"},
                         "description": "modules to import first; they register their own stages with @register"},
         },
@@ -187,9 +200,21 @@ def parse(data: Any, where: str = "recipe") -> Recipe:
                     stages=[StageSpec(s["name"], dict(s.get("settings") or {})) for s in data["stages"]],
                     mixture=dict(data["mixture"]) if data.get("mixture") else None,
                     output=dict(data.get("output") or {}), description=data.get("description", ""),
-                    plugins=list(data.get("plugins") or []))
+                    plugins=list(data.get("plugins") or []),
+                    max_error_fraction=float(data.get("max_error_fraction") or 0.0),
+                    model=_checked_model(data.get("model")))
     check_semantics(recipe)
     return recipe
+
+
+def _checked_model(raw: Any) -> Any:
+    """The recipe's `model:` as written, once pack.profile accepts it (errors name the field)."""
+    from pack.profile import profile_from_mapping
+    try:
+        profile_from_mapping(raw)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"model: {exc}") from None
+    return raw
 
 
 def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -209,7 +234,8 @@ def check_semantics(recipe: Recipe) -> None:
                  else ("mixture" if spec.name == "mixture" else spec.name))
         try:
             stage = S.build(spec.name, spec.settings,
-                            S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture))
+                            S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture,
+                                           profile=recipe.model))
         except (ValueError, TypeError) as exc:
             prefix = "mixture." if where == "mixture" else f"{where}.settings: "
             raise RecipeError(f"{prefix}{exc}") from None

@@ -19,8 +19,8 @@ re-run writes the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+from collections import Counter
 import os
 import shutil
 import time
@@ -33,14 +33,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from curate import records as R
-from curate import stage as S
-from curate.ingest import IngestStage
-from pipelines import execution as E
-from pipelines.executors import Executor, data_files, make_executor, write_table
+from curate import base as S
+from curate.base import inline as E
+from curate.base import records as R
+from pipelines.executors import PARQUET_OPTIONS, Executor, data_files, make_executor, write_table
+from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
 from pipelines.recipe import Recipe, StageSpec, load
 
-VERSION = "0.1.0"
+# Below this many rows (or source bytes / 1 KiB for ingest) `executor="auto"` runs a stage inline: on
+# 2 cores Ray's fixed cost per stage (~2-30 s) dwarfs the work of a few thousand rows.
+AUTO_INLINE_ROWS = 50_000
+
 REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
 
 
@@ -62,40 +65,38 @@ def read_kept(stage_dir: Path, columns: list[str] | None = None) -> pa.Table:
     return ds.to_table(columns=cols, filter=pc.field(R.STATUS) == R.KEPT)
 
 
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
 
 
-def _sources_fingerprint(recipe: Recipe, tasks: list) -> list:
-    out = []
-    for t in tasks:
-        try:
-            st = os.stat(t.uri)
-            out.append([t.uri, st.st_size, int(st.st_mtime)])
-        except OSError:
-            out.append([t.uri])
-    return out
-
-
 class Runner:
     def __init__(self, recipe: Recipe, out_dir: str | Path | None = None, executor: str = "ray",
-                 until: str | None = None, progress: bool = True):
+                 until: str | None = None, progress: bool = True, rerun_from: str | None = None,
+                 verbose: bool = False):
         self.recipe = recipe
-        self.out = Path(out_dir or recipe.output_dir)
+        self.out = Path(out_dir or recipe.output_dir).absolute()
         self.executor_name = executor
         self.until = until
+        self.rerun_from = rerun_from
         self.progress = progress
+        self.verbose = verbose
+        self._executors: dict[str, Executor] = {}
 
     def log(self, msg: str) -> None:
         if self.progress:
             print(msg, flush=True)
+
+    def executor_for(self, rows: int | None) -> Executor:
+        """The recipe's executor; with "auto", inline below AUTO_INLINE_ROWS (Ray's fixed cost per
+        stage dominates small runs) and Ray above."""
+        name = self.executor_name
+        if name == "auto":
+            name = "inline" if rows is not None and rows < AUTO_INLINE_ROWS else "ray"
+        if name not in self._executors:
+            self._executors[name] = make_executor(name) if name != "ray" else make_ray(self.verbose)
+        return self._executors[name]
 
     def run(self) -> RunResult:
         recipe = self.recipe
@@ -105,112 +106,136 @@ class Runner:
             shutil.rmtree(leftover)  # a stage that was being built when the last run died
         _atomic_write_json(self.out / "recipe.json", {"hash": recipe.hash(), **recipe.canonical()})
         plan = recipe.plan()
-        if self.until and self.until not in [s.name for s in plan]:
-            raise ValueError(f"--until {self.until!r}: no such stage in this recipe ({[s.name for s in plan]})")
-        executor: Executor | None = None
+        names = [s.name for s in plan]
+        for flag, value in (("--until", self.until), ("--from", self.rerun_from)):
+            if value and value not in names:
+                raise ValueError(f"{flag} {value!r}: no such stage in this recipe ({names})")
         entries: list[dict[str, Any]] = []
+        timings: list[dict[str, Any]] = []
         stage_dirs: list[Path] = []
         upstream: dict[str, dict] = {}
-        # Each stage's fingerprint chains its settings onto its upstream's: a changed setting re-runs
-        # that stage and everything after it, and nothing before it.
-        prev_fp = _fingerprint(VERSION)
+        forced = False
+        # Each stage's fingerprint chains its settings and code onto its upstream's: a changed setting or
+        # a changed stage module re-runs that stage and everything after it, and nothing before it.
+        prev_fp = fingerprint(package_version())
         try:
             for index, spec in enumerate(plan):
                 context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
                                          recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
-                                         upstream=dict(upstream))
+                                         upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction,
+                                         profile=recipe.model)
                 stage = S.build(spec.name, spec.settings, context)
                 final = self.out / "stages" / f"{index:02d}_{spec.name}"
-                extra_fp: Any = None
-                tasks = None
-                if spec.name == "ingest":
-                    tasks = IngestStage.plan(recipe.sources)
-                    extra_fp = [[dataclasses.asdict(s) for s in recipe.sources], _sources_fingerprint(recipe, tasks)]
                 settings = _settings_of(stage)
-                fp = _fingerprint(prev_fp, spec.name, settings, recipe.seed, extra_fp)
+                forced = forced or spec.name == self.rerun_from
+                fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
+                                 stage.input_identity())
                 marker = final / "_COMPLETE.json"
-                if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fp:
-                    entry = json.loads(marker.read_text())["report"]
-                    entry = {**entry, "resumed": True}
-                    self.log(f"[{index:02d}] {spec.name}: complete, skipped (resume)")
+                done = json.loads(marker.read_text()) if marker.exists() and not forced else None
+                t0 = time.perf_counter()
+                if done and done.get("fingerprint") == fp and inventory_matches(done.get("outputs", {}), self.out):
+                    entry = done["report"]
+                    resumed = True
+                    self.log(f"[{index:02d}] {spec.name:<16} complete, skipped (resume)")
                 else:
                     if final.exists():
                         shutil.rmtree(final)
-                    if executor is None:
-                        executor = make_executor(self.executor_name)
-                    entry = self._run_stage(executor, stage, spec, index, final, stage_dirs, tasks)
-                    _atomic_write_json(marker, {"fingerprint": fp, "report": entry})
+                    entry = self._run_stage(stage, spec, index, final, stage_dirs)
+                    outputs = [final] + [Path(p) for p in stage.external_outputs()]
+                    _atomic_write_json(marker, {"fingerprint": fp, "report": entry,
+                                                "outputs": file_inventory(outputs, self.out)})
+                    resumed = False
                 entries.append(entry)
+                timings.append({"name": spec.name, "seconds": round(time.perf_counter() - t0, 3), "resumed": resumed})
                 stage_dirs.append(final)
                 upstream[spec.name] = settings
                 prev_fp = fp
                 if self.until == spec.name:
                     break
         finally:
-            if executor is not None:
-                executor.close()
+            for ex in self._executors.values():
+                ex.close()
         report = self._report(entries, stage_dirs)
+        _atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
+                                                   "stages": timings})
         return RunResult(self.out, report, stage_dirs)
 
-    def _run_stage(self, executor: Executor, stage: S.Stage, spec: StageSpec, index: int, final: Path,
-                   stage_dirs: list[Path], tasks: list | None) -> dict[str, Any]:
-        t0 = time.perf_counter()
+    def _run_stage(self, stage: S.Stage, spec: StageSpec, index: int, final: Path,
+                   stage_dirs: list[Path]) -> dict[str, Any]:
         tmp = final.with_name(final.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         pass1 = tmp / ("pass1" if stage.has_global_step() else "data")
         pass1.mkdir(parents=True)
-        self.log(f"[{index:02d}] {spec.name}: running on {executor.name}")
-        if isinstance(stage, IngestStage):
-            executor.ingest(stage, self.recipe.sources, tasks or [], pass1)
-            n_in = _count(pass1)
+        if stage.reads_sources:
+            write_table(stage.input_table(), tmp / "tasks.parquet")
+            files = [str(tmp / "tasks.parquet")]
+            executor = self.executor_for(None if self.executor_name != "auto" else _source_rows_hint(stage))
         else:
             files = data_files(stage_dirs[-1] / "data")
-            n_in = _count(stage_dirs[-1] / "data", kept_only=True)
-            if n_in == 0:
-                schema = stage.output_schema(pq.read_schema(files[0]) if files else R.BASE_SCHEMA)
-                write_table(schema.empty_table(), pass1 / "part-00000.parquet")
-            else:
-                executor.map_stage(stage, files, pass1)
+            executor = self.executor_for(_count(stage_dirs[-1] / "data", kept_only=True))
+        self.log(f"[{index:02d}] {spec.name:<16} running ({executor.name})")
+        if stage.reads_sources or _count(stage_dirs[-1] / "data", kept_only=True):
+            executor.map_stage(stage, files, pass1)
+        else:
+            schema = stage.output_schema(pq.read_schema(files[0]) if files else R.BASE_SCHEMA)
+            write_table(schema.empty_table(), pass1 / "part-00000.parquet")
+        n_in = _count(pass1) if stage.reads_sources else _count(stage_dirs[-1] / "data", kept_only=True)
         if stage.has_global_step():
             out_data = tmp / "data"
             out_data.mkdir()
             files = data_files(pass1)
-            schema = pq.read_schema(files[0])
-            inputs = _read_global_inputs(stage, files)
-            stage.ensure_setup()
-            decisions = E.validate_decisions(stage, inputs, stage.decide(inputs))
-            executor.apply_decisions(files, decisions, schema, out_data)
+            if _count(pass1, kept_only=True):
+                stage.ensure_setup()
+                decisions = stage.global_step(executor.global_data(stage, files))
+                executor.apply_decisions(stage, files, decisions, pq.read_schema(files[0]), out_data)
+            else:
+                for f in files:
+                    os.replace(f, out_data / Path(f).name)
             shutil.rmtree(pass1)
         data = tmp / "data"
-        # One read of the dropped rows serves both the rejects manifest and the tally; kept rows are only counted.
-        rejects = self._write_rejects(data, tmp / "rejects.parquet")
-        counts = E.tally(rejects.column(R.STATUS).to_pylist(), rejects.column(R.REASON).to_pylist())
+        # One streaming pass over the dropped rows writes the rejects manifest and tallies the reasons;
+        # kept rows are only counted. Memory stays at one file's dropped rows, whatever the dataset size.
+        counts = self._write_rejects(data, tmp / "rejects.parquet")
         counts["out"] = _count(data, kept_only=True)
         dropped_total = sum(counts["rejected"].values()) + sum(counts["quarantined"].values())
         if counts["out"] + dropped_total != n_in:
             raise E.AccountingError(f"stage {spec.name}: in={n_in} but kept+rejected+quarantined="
                                     f"{counts['out'] + dropped_total}")
+        _check_error_fraction(stage, counts, n_in)
         summary = {}
         if stage.summary_columns:
             summary = stage.summarize(read_kept(tmp, list(stage.summary_columns) + ["key", R.ORDINAL]))
         entry = {"name": spec.name, "in": n_in, "out": counts["out"], "rejected": counts["rejected"],
-                 "quarantined": counts["quarantined"], "seconds": round(time.perf_counter() - t0, 3),
+                 "quarantined": counts["quarantined"],
                  "rejects": str((final / "rejects.parquet").relative_to(self.out)),
                  **summary, **stage.report}
         os.replace(tmp, final)
-        self.log(f"[{index:02d}] {spec.name}: in={n_in} out={counts['out']} rejected={sum(counts['rejected'].values())}"
-                 f" quarantined={sum(counts['quarantined'].values())} ({entry['seconds']:.1f}s)")
+        self.log(f"[{index:02d}] {spec.name:<16} in={n_in} out={counts['out']} "
+                 f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
         return entry
 
     @staticmethod
-    def _write_rejects(data: Path, path: Path) -> pa.Table:
-        ds = pads.dataset(data_files(data), format="parquet")
-        cols = [c for c in REJECT_COLUMNS if c in ds.schema.names]
-        t = ds.to_table(columns=cols, filter=pc.field(R.STATUS) != R.KEPT)
-        t = t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")]))
-        write_table(t, path)
-        return t
+    def _write_rejects(data: Path, path: Path) -> dict[str, Any]:
+        """Write the dropped rows (sorted by _ordinal) file by file and return their tally.
+
+        Every data file covers an increasing, disjoint range of ordinals (executors keep input order),
+        so sorting each file's dropped rows gives the global order without holding them all."""
+        files = data_files(data)
+        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+        cols = [c for c in REJECT_COLUMNS if c in schema.names]
+        out_schema = pa.schema([schema.field(c) for c in cols])
+        counts: Counter[tuple[str, str | None]] = Counter()
+        with pq.ParquetWriter(str(path), out_schema, **PARQUET_OPTIONS) as writer:
+            for f in files:
+                t = pads.dataset(f, format="parquet").to_table(columns=cols, filter=pc.field(R.STATUS) != R.KEPT)
+                if t.num_rows:
+                    writer.write_table(t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")])).cast(out_schema))
+                    groups = t.group_by([R.STATUS, R.REASON], use_threads=False).aggregate([([], "count_all")])
+                    for st, why, n in zip(*(groups.column(c).to_pylist() for c in (R.STATUS, R.REASON, "count_all"))):
+                        counts[(st, why)] += n
+        keys = sorted(counts, key=lambda k: (k[0], k[1] or ""))
+        return E.tally([k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys])
 
     def _report(self, entries: list[dict[str, Any]], stage_dirs: list[Path]) -> dict[str, Any]:
         all_rejects = []
@@ -221,8 +246,10 @@ class Runner:
             write_table(pa.concat_tables(all_rejects, promote_options="default"), self.out / "rejects.parquet")
         for e in entries:
             e["balanced"] = e["in"] == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values())
+        # Only what the data determines: wall times, resume flags, paths and the executor go to run.json,
+        # so two runs of the same recipe give byte-identical report.json files.
         report = {"recipe": self.recipe.name, "recipe_hash": self.recipe.hash(), "seed": self.recipe.seed,
-                  "executor": self.executor_name, "version": VERSION, "stages": entries,
+                  "version": package_version(), "stages": entries,
                   "final_samples": entries[-1]["out"] if entries else 0}
         _atomic_write_json(self.out / "report.json", report)
         return report
@@ -242,21 +269,36 @@ def _count(directory: Path, kept_only: bool = False) -> int:
     return ds.count_rows(filter=pc.field(R.STATUS) == R.KEPT) if kept_only else ds.count_rows()
 
 
-def _read_global_inputs(stage: S.Stage, files: list[str]) -> pa.Table:
-    ds = pads.dataset(files, format="parquet")
-    cols = stage.global_columns or ()
-    if tuple(cols) == S.ALL_COLUMNS:
-        table = ds.to_table(filter=pc.field(R.STATUS) == R.KEPT)
-    else:
-        wanted = ["key", R.ORDINAL, R.STATUS] + [c for c in cols if c in ds.schema.names and c not in ("key", R.ORDINAL)]
-        table = ds.to_table(columns=wanted, filter=pc.field(R.STATUS) == R.KEPT)
-    table = table.take(pc.sort_indices(table, sort_keys=[(R.ORDINAL, "ascending")]))
-    return E.global_input(stage, table)
+def _source_rows_hint(stage: S.Stage) -> int:
+    """A cheap size estimate for a source stage before reading it: total bytes / 1 KiB per row."""
+    total = 0
+    for uri in stage.input_table().column("uri").to_pylist():
+        try:
+            total += os.stat(uri).st_size
+        except OSError:
+            return AUTO_INLINE_ROWS  # remote or unreadable: let Ray handle it
+    return total // 1024
 
 
-def run(recipe: Recipe | str | Path, out: str | Path | None = None, executor: str = "ray",
-        until: str | None = None, progress: bool = True) -> RunResult:
+def _check_error_fraction(stage: S.Stage, counts: dict[str, Any], n_in: int) -> None:
+    """With a tolerated error fraction, fail the run once errors (not bad samples) exceed it."""
+    errors = sum(v for k, v in counts["quarantined"].items() if k.startswith("error:"))
+    limit = stage.context.max_error_fraction
+    if errors and n_in and errors / n_in > limit:
+        raise E.StageError(f"stage {stage.name!r}: {errors} of {n_in} rows failed with errors "
+                           f"({errors / n_in:.2%}), over max_error_fraction={limit:g}")
+
+
+def make_ray(verbose: bool) -> Executor:
+    from pipelines.ray_data import RayExecutor
+    return RayExecutor(verbose=verbose)
+
+
+def run(recipe: Recipe | str | Path, out: str | Path | None = None, executor: str = "auto",
+        until: str | None = None, progress: bool = True, rerun_from: str | None = None,
+        verbose: bool = False) -> RunResult:
     """Run a recipe (a Recipe or a YAML path). The notebook entry point: `pipelines.run("recipes/demo.yaml")`."""
     if not isinstance(recipe, Recipe):
         recipe = load(recipe)
-    return Runner(recipe, out, executor=executor, until=until, progress=progress).run()
+    return Runner(recipe, out, executor=executor, until=until, progress=progress, rerun_from=rerun_from,
+                  verbose=verbose).run()

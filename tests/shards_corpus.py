@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curate import records as R
+from curate.base import records as R
 from pack import tario
 from pack.packing import plan_packs
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.scoring import device as D
 from curate.scoring import stages as ST
 from curate.scoring.base import ImageTransform, decode_rgb

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate import records as R
+from curate.base import records as R
 from curate.cluster import columns as C
 from curate.cluster.cluster_stage import Cluster
 from curate.cluster.kmeans import FitSettings, assign, fit_hierarchy
@@ -17,8 +17,8 @@ from curate.cluster.planted import kept_summary, planted_corpus
 from curate.cluster.sample_stage import ClusterSample
 from curate.cluster.semdedup_stage import SemanticDedup
 from curate.cluster.stats import combine_stats, finalize_stats, partial_stats
-from curate.stage import StageContext
-from pipelines.execution import with_bookkeeping
+from curate.base import StageContext
+from curate.base.inline import with_bookkeeping
 
 CTX = StageContext(seed=11)
 LEVELS = [24, 4]

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.cluster import columns as C
 from pipelines import sample_data
 from pipelines.recipe import parse

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import records as R
+from curate.base import records as R
 from curate.grounding import Shape, format_file_problems, format_label, parse, validate, validate_file
 from curate.grounding.demo import PLANTED_CODES, VALID_KINDS, expected_reason, make_demo_records
 from curate.grounding.stage import GroundingCheck, GroundingNegatives
-from curate.stage import build
+from curate.base import build
 
 GOOD = format_label(Shape.box(10, 20, 300, 400), "cat")
 ROLE = {"human": "user", "gpt": "assistant", "system": "system"}

@@ -10,8 +10,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from curate import images as I
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.filters import image_rules as IR
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds
 from pipelines.sample_data import bomb_png, jpeg_bytes, png_bytes

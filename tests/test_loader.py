@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from curate.stage import StageContext
+from curate.base import StageContext
 from pack.loader import PackedShards, ResumableLoader, collate_packs
 from pack.shards import ShardsStage
 from tests.shards_corpus import packed_table

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate import records as R
+from curate.base import records as R
 from curate.mixture import MixtureStage
-from curate.stage import StageContext
+from curate.base import StageContext
 from pipelines.cli import main
 
 

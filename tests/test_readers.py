@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import images as I
-from curate import records as R
+from curate.base import records as R
 from curate.readers import SourceSpec, read_file, read_source
 from pipelines.recipe import parse
 from pipelines.runner import run

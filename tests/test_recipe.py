@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curate.stage import unregister
+from curate.base import unregister
 from pipelines.cli import main
 from pipelines.recipe import RecipeError, load, recipe_json_schema
 
@@ -87,7 +87,7 @@ def test_every_bundled_recipe_validates():
 def test_plugins_register_custom_stages(tmp_path, monkeypatch):
     (tmp_path / "my_stages.py").write_text(
         "from dataclasses import dataclass\n"
-        "from curate.stage import FilterStage, register\n"
+        "from curate.base import FilterStage, register\n"
         "@register\n"
         "class Short(FilterStage):\n"
         "    name = 'only_short_captions'\n"

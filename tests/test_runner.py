@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from curate import records as R
+from curate.base import records as R
 from pipelines.recipe import load
 from pipelines.runner import read_kept, run
 from tests.corpus import caption_corpus
@@ -65,14 +65,50 @@ def test_every_stage_balances_and_resume_skips_complete_stages(tmp_path, corpus)
     assert first.report["stages"][0]["in"] == 60
     slow = first.report["stages"][1]
     assert slow["in"] == 60 and slow["rejected"].get("too_many_words", 0) > 0
+    report_bytes = (tmp_path / "out" / "report.json").read_bytes()
     second = run(recipe, out=tmp_path / "out", executor="inline", progress=False)
-    assert all(e.get("resumed") for e in second.report["stages"])
-    assert final_digest(tmp_path / "out") == final_digest(tmp_path / "out")
+    assert all(resumed(tmp_path / "out"))
+    assert (tmp_path / "out" / "report.json").read_bytes() == report_bytes  # no clock, flag or path in it
     # a changed setting re-runs that stage (and only the stages from there on)
     (tmp_path / "r.yaml").write_text(recipe_text(corpus).replace("max_words: 30", "max_words: 10"))
     third = run(load(tmp_path / "r.yaml"), out=tmp_path / "out", executor="inline", progress=False)
-    assert third.report["stages"][0].get("resumed") and not third.report["stages"][1].get("resumed")
+    assert resumed(tmp_path / "out")[:2] == [True, False]
     assert third.report["stages"][1]["out"] < slow["out"]
+
+
+def resumed(out: Path) -> list[bool]:
+    return [s["resumed"] for s in json.loads((out / "run.json").read_text())["stages"]]
+
+
+def test_from_forces_a_rerun_and_deleted_outputs_are_not_complete(tmp_path, corpus):
+    (tmp_path / "r.yaml").write_text(recipe_text(corpus))
+    recipe = load(tmp_path / "r.yaml")
+    run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+    run(recipe, out=tmp_path / "out", executor="inline", progress=False, rerun_from="slow_caption_length")
+    assert resumed(tmp_path / "out")[:2] == [True, False]
+    # a stage whose output files vanished is not complete, whatever its marker says
+    victim = next((tmp_path / "out" / "stages" / "00_ingest" / "data").glob("*.parquet"))
+    victim.unlink()
+    run(recipe, out=tmp_path / "out", executor="inline", progress=False)
+    assert resumed(tmp_path / "out")[0] is False
+
+
+def test_a_changed_stage_module_changes_its_fingerprint(tmp_path, monkeypatch):
+    from pipelines import fingerprint as F
+    mod = tmp_path / "curate" / "fake_stage_mod.py"
+    mod.parent.mkdir()
+    (mod.parent / "__init__.py").write_text("")
+    mod.write_text("X = 1\n")
+    monkeypatch.setattr(F, "_module_file", lambda name: mod if name == "fake" else None)
+    F.code_hash.cache_clear()
+    before = F.code_hash("fake")
+    mod.write_text("X = 2\n")
+    F.code_hash.cache_clear()
+    assert F.code_hash("fake") != before
+    monkeypatch.undo()
+    F.code_hash.cache_clear()
+    # real modules: the hash covers the project modules a stage imports, transitively
+    assert F.code_hash("curate.filters.text_rules") != F.code_hash("curate.filters.image_rules")
 
 
 def _mmcurate(args: list[str], **kw) -> subprocess.Popen:
@@ -100,8 +136,7 @@ def test_sigkill_mid_stage_then_rerun_gives_identical_final_bytes(tmp_path, corp
         p = _mmcurate(["run", str(recipe), "--out", str(out), "--executor", executor])
         log = p.communicate(timeout=600)[0].decode()
         assert p.returncode == 0, log[-3000:]
-    report = json.loads((crashed / "report.json").read_text())
-    assert report["stages"][0].get("resumed") and not report["stages"][1].get("resumed")
+    assert resumed(crashed)[:2] == [True, False]
     assert not list((crashed / "stages").glob("*.tmp"))
     assert final_digest(crashed) == final_digest(clean)
 
@@ -111,6 +146,5 @@ def test_ray_and_inline_executors_agree(tmp_path, corpus):
     recipe = load(tmp_path / "r.yaml")
     a = run(recipe, out=tmp_path / "inline", executor="inline", progress=False)
     b = run(recipe, out=tmp_path / "ray", executor="ray", progress=False)
-    strip = lambda r: [{k: v for k, v in e.items() if k not in ("seconds", "resumed")} for e in r["stages"]]
-    assert strip(a.report) == strip(b.report)
+    assert a.report == b.report
     assert final_digest(tmp_path / "inline") == final_digest(tmp_path / "ray")

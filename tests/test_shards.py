@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import records as R
-from curate.stage import StageContext
+from curate.base import records as R
+from curate.base import StageContext
 from pack import tario
 from pack.loader import PackedShards
 from pack.shards import ShardsStage
@@ -201,7 +201,8 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="leftover"):
         ShardsStage(leftover="keep")
     with pytest.raises(ValueError, match="tokenizer"):
-        ShardsStage(tokenizer="/no/such/dir")
+        ShardsStage(context=StageContext(upstream={"count_tokens": {"profile": {"tokenizer": "/no/such/dir"}}}),
+                    input_ids=True)
 
 
 def test_missing_pack_plan_is_a_clear_error(tmp_path):
@@ -233,7 +234,7 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
     for r in rows:  # num_tokens as count_tokens computes them
         r["num_tokens"] = len(T.sample_input_ids(r, tok, r["image_tokens"]))
     table = R.rows_to_table(pack_rows(rows, L), SCHEMA)
-    stage, result = run_stage(table, tmp_path, dp_size=2, micro_batches=1, tokenizer="builtin")
+    stage, result = run_stage(table, tmp_path, dp_size=2, micro_batches=1, input_ids=True)
     assert result.kept.num_rows + result.dropped.num_rows == 24
     assert validate_shards(str(tmp_path / "shards")) == []
     by_key = {r["key"]: r for r in rows}
@@ -250,11 +251,11 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
 
 
 def test_tokenizer_mismatch_stops_the_run(tmp_path):
-    from pack.shards import TokenCountMismatch
+    from pack.shard_ids import TokenCountMismatch
     refs = image_refs(tmp_path / "img", n=2)
     rows = pack_rows(make_rows(8, refs, seed=3), L)   # num_tokens are random: the tokenizer disagrees
     with pytest.raises(TokenCountMismatch, match="num_tokens"):
-        run_stage(R.rows_to_table(rows, SCHEMA), tmp_path, dp_size=2, micro_batches=1, tokenizer="builtin")
+        run_stage(R.rows_to_table(rows, SCHEMA), tmp_path, dp_size=2, micro_batches=1, input_ids=True)
     assert not (tmp_path / "shards").exists()
 
 
@@ -273,7 +274,7 @@ def test_truncated_sample_keeps_its_vision_tokens(tmp_path):
     long["truncated_from"], long["num_tokens"] = len(full), L - 8
     schema = SCHEMA.append(pa.field("truncated_from", pa.int64()))
     table = R.rows_to_table(pack_rows(rows, L), schema)
-    run_stage(table, tmp_path, dp_size=1, micro_batches=1, tokenizer="builtin")
+    run_stage(table, tmp_path, dp_size=1, micro_batches=1, input_ids=True)
     pack = next(p for p in PackedShards(str(tmp_path / "shards"), rank=0, world_size=1)
                 if any(s["key"] == long["key"] for s in p["samples"]))
     j = [s["key"] for s in pack["samples"]].index(long["key"])

@@ -1,13 +1,13 @@
-"""The stage contract: verdict forms, quarantine of rows that raise, and the accounting guard."""
+"""The stage contract: verdict forms, BadSample quarantine vs bugs that fail the run, and the accounting guard."""
 from __future__ import annotations
 
 
 import pyarrow as pa
 import pytest
 
-from curate import records as R
-from curate.stage import BatchResult, FilterStage, Stage, build, register, unregister
-from pipelines.execution import AccountingError, apply_batch, with_bookkeeping
+from curate.base import records as R
+from curate.base import BadSample, BatchResult, FilterStage, Stage, StageContext, build, register, unregister
+from curate.base.inline import AccountingError, StageError, apply_batch, with_bookkeeping
 
 
 def table(texts):
@@ -23,6 +23,8 @@ class LengthFilter(FilterStage):
         t = row["text"]
         if t == "boom":
             raise RuntimeError("model exploded")
+        if t == "corrupt":
+            raise BadSample("text:corrupt", "planted")
         if len(t) < 3:
             return False, "too_short", f"{len(t)} chars"
         if t == "plain-false":
@@ -30,14 +32,39 @@ class LengthFilter(FilterStage):
         return True
 
 
-def test_filter_verdict_forms_and_quarantine():
-    result = LengthFilter().run(table(["hello", "hi", "boom", "plain-false", "world"]), batch_size=5)
+def test_filter_verdict_forms_and_bad_sample_quarantine():
+    result = LengthFilter().run(table(["hello", "hi", "corrupt", "plain-false", "world"]), batch_size=5)
     assert sorted(result.kept.column("text").to_pylist()) == ["hello", "world"]
     dropped = {r["text"]: (r[R.STATUS], r[R.REASON], r[R.DETAIL]) for r in result.dropped.to_pylist()}
     assert dropped["hi"] == ("rejected", "too_short", "2 chars")
     assert dropped["plain-false"][:2] == ("rejected", "test_length")
-    status, reason, detail = dropped["boom"]
-    assert status == "quarantined" and reason == "error:RuntimeError" and "model exploded" in detail
+    assert dropped["corrupt"] == ("quarantined", "text:corrupt", "planted")
+
+
+def test_a_bug_fails_the_run_naming_stage_and_row():
+    with pytest.raises(StageError, match=r"test_length.*key 's/2'.*RuntimeError: model exploded"):
+        LengthFilter().run(table(["hello", "hi", "boom", "world"]), batch_size=4)
+
+
+def test_tolerated_errors_are_quarantined_as_errors():
+    stage = LengthFilter(context=StageContext(max_error_fraction=0.5))
+    result = stage.run(table(["hello", "boom", "world"]), batch_size=3)
+    (row,) = result.dropped.to_pylist()
+    assert (row[R.STATUS], row[R.REASON]) == ("quarantined", "error:RuntimeError")
+    assert "model exploded" in row[R.DETAIL]
+
+
+class MisspeltColumn(Stage):
+    name = "test_misspelt"
+
+    def process_batch(self, batch):
+        batch.column("txet")  # a bug: KeyError on every batch
+        return BatchResult.keep_all(batch)
+
+
+def test_a_misspelt_column_fails_instead_of_quarantining_everything():
+    with pytest.raises(StageError, match="test_misspelt"):
+        MisspeltColumn().run(table(["a", "b", "c"]))
 
 
 class LosesRows(Stage):
@@ -49,12 +76,12 @@ class LosesRows(Stage):
 
 def test_a_stage_that_loses_rows_is_caught():
     with pytest.raises(AccountingError):
-        from pipelines.execution import check_accounting
+        from curate.base.inline import check_accounting
         t = table(["a", "b"])
         check_accounting("x", t, LosesRows().process_batch(t))
-    # in the adapter, the batch is retried row by row: every row then raises and is quarantined
-    out = apply_batch(LosesRows(), table(["a", "b"]))
-    assert out.num_rows == 2 and set(out.column(R.STATUS).to_pylist()) == {R.QUARANTINED}
+    # in the adapter, losing rows is a bug in the stage: the run fails
+    with pytest.raises(AccountingError):
+        apply_batch(LosesRows(), table(["a", "b"]))
 
 
 class AddsScore(Stage):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate import records as R
-from curate import stage as S
+from curate.base import records as R
+from curate import base as S
 from curate.filters import text_rules as TR
 from curate.filters.presets import TEXT_PRESETS, TextThresholds
 

@@ -11,9 +11,10 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import pack
-from curate import records as R
+from curate.base import records as R
 from curate.images import probe
 from pack import tokens as T
+from pack.tokens import batch as tokens_batch, template as tokens_template, text_counter as tokens_text_counter
 
 # MindVL's SFT max_pixels and test-time min_pixels, plus the processor defaults.
 PIXEL_SETTINGS = [(T.MIN_PIXELS, T.MAX_PIXELS)] + \
@@ -189,9 +190,9 @@ def test_fast_counter_on_sliced_arrays_nulls_and_many_rows(tok):
                                                               "<imagE>", "é"]), max_size=6).map("".join)),
                 max_size=12), st.integers(0, 3))
 def test_placeholder_scan_matches_substring_search(texts, cut):
-    arr = T._to_large_string(pa.array(texts, type=pa.string())).slice(min(cut, len(texts)))
+    arr = tokens_text_counter._to_large_string(pa.array(texts, type=pa.string())).slice(min(cut, len(texts)))
     want = [("<image>" in t) or ("<video>" in t) for t in arr.to_pylist()]
-    assert T._contains_placeholder(arr).tolist() == want
+    assert tokens_batch._contains_placeholder(arr).tolist() == want
 
 
 def test_counter_counts_whole_texts_for_tokenizers_it_cannot_split():
@@ -237,7 +238,7 @@ def _trainer_ids(hf_tok, messages, grids) -> list[int]:
 
 def _content(text: str) -> list[dict]:
     out = []
-    for part in T._PLACEHOLDER_RE.split(text):
+    for part in tokens_template._PLACEHOLDER_RE.split(text):
         if part == T.IMAGE_PLACEHOLDER:
             out.append({"type": "image"})
         elif part:

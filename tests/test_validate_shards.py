@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curate.stage import StageContext
+from curate.base import StageContext
 from pack import packformat as F
 from pack import tario
 from pack.shards import ShardsStage

@@ -19,11 +19,11 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
+from curate.base import records as R
 from curate.cluster import columns as C
 from curate.cluster.kmeans import FitSettings, Hierarchy, assign, draw_fit_sample, fit_hierarchy, seeded_hash
 from curate.cluster.stats import ClusterSums, combine_stats, finalize_stats, partial_stats
-from curate.stage import Resources, Stage, register
+from curate.base import Resources, Stage, register
 
 
 @register

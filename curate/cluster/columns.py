@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
+from curate.base import records as R
 
 EMBEDDING = "embedding"
 CLUSTER_PATH = "cluster_path"

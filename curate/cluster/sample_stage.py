@@ -21,11 +21,11 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
+from curate.base import records as R
 from curate.cluster import columns as C
 from curate.cluster.kmeans import seeded_hash
 from curate.cluster.sampling import AllocationSettings, allocate_tree, choose_in_leaves, level_totals
-from curate.stage import Resources, Stage, register
+from curate.base import Resources, Stage, register
 
 REPEAT = "cluster_repeat"
 NOT_SAMPLED = "cluster:not_sampled"

@@ -18,11 +18,11 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 import pyarrow as pa
 
-from curate import records as R
+from curate.base import records as R
 from curate.cluster import columns as C
 from curate.cluster.kmeans import seeded_hash
 from curate.cluster.semdedup import dedup_leaf, preference_order
-from curate.stage import Resources, Stage, register
+from curate.base import Resources, Stage, register
 
 GROUP = "semdedup_group"
 GROUP_SIZE = "semdedup_group_size"

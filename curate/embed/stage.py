@@ -31,7 +31,7 @@ from curate.embed.backends import build_embedder, embedding_dim
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.stages import sample_text, sub_batches
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register
 
 BACKENDS = ("offline", "hf_clip", "hf_siglip", "open_clip")
 

@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
-from curate import records as R
-from curate.stage import BatchResult, set_status
+from curate.base import records as R
+from curate.base import BatchResult, set_status
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from PIL import Image
 from curate import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, resolve
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register
 
 LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "MPO", "JPEG2000"})
 

@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from curate.filters.common import Drop, split_drops
 from curate.filters.presets import TEXT_PRESETS, TextThresholds, resolve
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register
 
 TAIL_LOOP_MAX_PERIOD = 64
 _PLACEHOLDERS = re.compile(r"<(?:image|video)>")

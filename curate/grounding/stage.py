@@ -29,7 +29,7 @@ import pyarrow as pa
 from curate.grounding.negatives import NEGATIVE_ANSWER, NEGATIVE_PROMPT, make_negatives, negatives_for_ratio
 from curate.grounding.parse import validate
 from curate.grounding.problems import CODES, Problem
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register
 
 REASON_PREFIX = "grounding:"
 _DETAIL_MAX = 1000

@@ -41,10 +41,10 @@ import numpy as np
 import pyarrow as pa
 
 from curate import images as I
-from curate import records as R
+from curate.base import records as R
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.scoring.device import DEVICE_CHOICES
-from curate.stage import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register
 
 BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
 SCORE = "clip_score"

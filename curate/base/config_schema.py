@@ -57,3 +57,18 @@ def dataclass_json_schema(cls: type) -> dict[str, Any]:
     if required:
         out["required"] = required
     return out
+
+
+def check_config(config: Any) -> None:
+    """Raise ValueError naming the first setting whose value does not match its declared type or
+    `Literal` choices, so no stage re-checks its choices by hand. Runs when a stage is built."""
+    import jsonschema
+    if not dataclasses.is_dataclass(config):
+        return
+    schema = dataclass_json_schema(type(config))
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    err = next(iter(sorted(jsonschema.Draft202012Validator(schema).iter_errors(values),
+                           key=lambda e: list(map(str, e.absolute_path)))), None)
+    if err is not None:
+        where = ".".join(str(p) for p in err.absolute_path) or "settings"
+        raise ValueError(f"{where}: {err.message}")

@@ -1,9 +1,9 @@
-"""How one stage is applied to data: the per-batch adapter and the global-decision join.
+"""Inline execution: how one stage is applied to data, with the accounting checks.
 
-Both executors (Ray Data and inline) use these functions, so a stage behaves the same on a laptop,
+Both executors (Ray Data in ``pipelines`` and inline here) use these functions, so a stage behaves the same on a laptop,
 in a notebook and on a cluster. The adapter is where the accounting promise is enforced: every input
-row comes out exactly once, kept or dropped with a reason; a batch that raises is retried row by row
-and only the rows that raise are quarantined with the error.
+row comes out exactly once, kept or dropped with a reason; a batch that raises ``BadSample`` is
+retried row by row and only those rows are quarantined; any other exception fails the run.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
-from curate.stage import BatchResult, Stage, error_detail, set_status
+from curate.base import records as R
+from curate.base.global_data import InlineData, as_table
+from curate.base.stage import BadSample, BatchResult, Stage, error_detail, set_status
 
 STATUS_COLUMNS = (R.STATUS, R.REASON, R.DETAIL)
 
@@ -43,7 +44,13 @@ def _conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
-    """Run process_batch on the kept rows of `batch`; return kept + dropped rows in the output schema."""
+    """Run process_batch on the kept rows of `batch`; return kept + dropped rows in the output schema.
+
+    A ``BadSample`` raised by the stage quarantines the rows that raise it (found by retrying the batch
+    row by row). Any other exception is a bug in the stage and fails the run, naming the stage and the
+    first row of the batch — unless the recipe tolerates errors (``max_error_fraction`` > 0): then the
+    failing rows are quarantined as ``error:<Type>`` and the runner fails the stage past that fraction.
+    """
     batch = only_kept(batch)
     out_schema = stage.output_schema(batch.schema)
     if batch.num_rows == 0:
@@ -51,26 +58,48 @@ def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
     stage.ensure_setup()
     try:
         result = stage.process_batch(batch)
-        check_accounting(stage.name, batch, result)
-    except Exception:  # noqa: BLE001 — isolate the bad rows instead of failing the run
+    except BadSample:
         result = _row_by_row(stage, batch, out_schema)
+    except Exception as exc:  # noqa: BLE001 — a bug: find and name the row (StageError), or tolerate it
+        result = _row_by_row(stage, batch, out_schema)
+        if not stage.context.max_error_fraction:  # every row passed alone: the batch as a whole fails
+            raise StageError(f"stage {stage.name!r} failed on the batch starting at key "
+                             f"{_first_key(batch)!r}: {error_detail(exc)}") from exc
+    check_accounting(stage.name, batch, result)
     return pa.concat_tables([_conform_loose(result.kept, out_schema), _conform_loose(result.dropped, out_schema)])
 
 
+def _first_key(batch: pa.Table) -> str:
+    return str(batch.column("key")[0].as_py()) if "key" in batch.column_names and batch.num_rows else "?"
+
+
 def _row_by_row(stage: Stage, batch: pa.Table, out_schema: pa.Schema) -> BatchResult:
+    """Find the rows that raise: BadSample rows are quarantined with their reason; other errors are
+    quarantined as error:<Type> only when the recipe tolerates errors, else they fail the run."""
     kept, dropped = [], []
     for i in range(batch.num_rows):
         row = batch.slice(i, 1)
         try:
             res = stage.process_batch(row)
-            check_accounting(stage.name, row, res)
-            kept.append(_conform_loose(res.kept, out_schema))
-            dropped.append(_conform_loose(res.dropped, out_schema))
+        except BadSample as bad:
+            dropped.append(_conform_loose(set_status(row, R.QUARANTINED, bad.reason, bad.detail or None), out_schema))
+            continue
         except Exception as exc:  # noqa: BLE001
-            reason = f"error:{type(exc).__name__}"
-            dropped.append(_conform_loose(set_status(row, R.QUARANTINED, reason, error_detail(exc)), out_schema))
+            if not stage.context.max_error_fraction:
+                raise StageError(f"stage {stage.name!r} failed in the batch starting at key {_first_key(batch)!r}, "
+                                 f"on row key {_first_key(row)!r}: {error_detail(exc)}") from exc
+            dropped.append(_conform_loose(set_status(row, R.QUARANTINED, f"error:{type(exc).__name__}",
+                                                     error_detail(exc)), out_schema))
+            continue
+        check_accounting(stage.name, row, res)
+        kept.append(_conform_loose(res.kept, out_schema))
+        dropped.append(_conform_loose(res.dropped, out_schema))
     empty = out_schema.empty_table()
     return BatchResult(pa.concat_tables([empty, *kept]), pa.concat_tables([empty, *dropped]))
+
+
+class StageError(RuntimeError):
+    """Stage code raised something other than BadSample: a bug, reported with where it happened."""
 
 
 def check_accounting(stage_name: str, batch: pa.Table, result: BatchResult) -> None:
@@ -142,7 +171,10 @@ def apply_decisions(table: pa.Table, decisions: pa.Table, out_schema: pa.Schema)
 
 
 def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = None) -> BatchResult:
-    """The whole stage in this process: batches, then the global step. Returns kept and dropped rows."""
+    """The whole stage in this process: batches, then the global step. Returns kept and dropped rows.
+
+    Rows that arrive already dropped (e.g. ``read_source`` output with rejected rows) come back in
+    ``dropped`` unchanged, so in a notebook too every row in is accounted for."""
     table = with_bookkeeping(table)
     size = batch_size or stage.resources.batch_size
     parts = [apply_batch(stage, table.slice(i, size)) for i in range(0, table.num_rows, size)]
@@ -151,22 +183,24 @@ def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = Non
     if stage.has_global_step():
         stage.ensure_setup()
         inputs = global_input(stage, out)
-        decisions = validate_decisions(stage, inputs, stage.decide(inputs))
+        decisions = validate_decisions(stage, inputs, as_table(stage.global_step(InlineData([inputs]))))
         out = apply_decisions(out, decisions, out_schema)
     is_kept = pc.equal(out.column(R.STATUS), R.KEPT)
-    return BatchResult(out.filter(is_kept), out.filter(pc.invert(is_kept)))
+    arrived_dropped = _conform_loose(table.filter(pc.not_equal(table.column(R.STATUS), R.KEPT)), out_schema)
+    return BatchResult(out.filter(is_kept), pa.concat_tables([out.filter(pc.invert(is_kept)), arrived_dropped]))
 
 
-def tally(statuses: list[str], reasons: list[str | None]) -> dict[str, Any]:
-    """Accounting of one stage's output rows: kept, rejected by reason, quarantined by reason."""
+def tally(statuses: list[str], reasons: list[str | None], weights: list[int] | None = None) -> dict[str, Any]:
+    """Accounting of one stage's output rows: kept, rejected by reason, quarantined by reason
+    (``weights``: how many rows each (status, reason) entry stands for; 1 each by default)."""
     rejected: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     kept = 0
-    for s, r in zip(statuses, reasons):
+    for s, r, w in zip(statuses, reasons, weights or [1] * len(statuses)):
         if s == R.KEPT:
-            kept += 1
+            kept += w
         elif s == R.REJECTED:
-            rejected[r or "unspecified"] += 1
+            rejected[r or "unspecified"] += w
         else:
-            quarantined[r or "unspecified"] += 1
+            quarantined[r or "unspecified"] += w
     return {"out": kept, "rejected": dict(sorted(rejected.items())), "quarantined": dict(sorted(quarantined.items()))}

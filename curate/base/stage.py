@@ -10,8 +10,14 @@ tiny function ``filter(doc) -> bool | (bool, reason)``. Here:
   ``BatchResult``: the kept rows plus every dropped row with a status and a reason. Nothing is lost
   silently — the runner checks ``in == kept + dropped`` for every batch.
 * A stage that needs to see the whole dataset (dedup, top-fraction selection, mixture, packing,
-  shard writing) also implements ``decide(table)``; the runner hands it the ``global_columns`` of all
-  rows kept by ``process_batch`` and joins its answer back by ``_ordinal``.
+  shard writing) also implements ``global_step(data)``: ``data`` is a ``GlobalData`` handle on the
+  ``global_columns`` of the rows kept by ``process_batch`` (Ray Data under the Ray executor, parquet
+  files read in-process under the inline one); the step composes map / aggregate / shuffle-reduce
+  operations on it and returns one decision row per input row, joined back by ``_ordinal``. Small
+  steps may implement ``decide(table)`` instead, which gathers those columns into one process.
+* Bad input is not a bug: stage code raises ``BadSample`` (or returns a dropped row) for a sample
+  whose bytes or fields are unusable, and that row alone is quarantined. Any other exception is a bug
+  and fails the run, naming the stage, the batch and the first row.
 * ``FilterStage`` is the DataTrove-sized version: implement ``keep(row)`` or ``keep_batch(table)``.
 
 Stages are plain classes: ``stage.run(table)`` runs one in a notebook without Ray.
@@ -26,11 +32,22 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import records as R
+from curate.base import records as R
 
 ALL_COLUMNS = ("*",)
 
 Verdict = bool | tuple[bool, str] | tuple[bool, str, str]
+
+
+class BadSample(Exception):
+    """This sample's input is unusable (corrupt or unreadable bytes, a decoder's error on them, a field
+    of the wrong type). Raised inside ``process_batch``, it quarantines the rows that raise it with
+    ``reason``; it is the only exception the executors treat as data rather than as a bug."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,12 @@ class StageContext:
     mixture: Mapping[str, Any] | None = None
     # Settings of the stages before this one, by stage name (e.g. upstream["pack"]["context_length"]).
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Fraction of a stage's input that may fail with a non-BadSample error (quarantined as error:<Type>)
+    # before the run fails. 0: any such error is a bug and fails the run at once.
+    max_error_fraction: float = 0.0
+    # The run's model profile as the recipe's `model:` declares it (a preset name or a mapping; read by
+    # the token-counting, packing and shard stages through pack.profile.resolve_profile).
+    profile: Any = None
 
 
 @dataclass
@@ -122,6 +145,9 @@ class Stage:
     global_columns: ClassVar[tuple[str, ...] | None] = None
     # Columns handed to summarize() for the report.
     summary_columns: ClassVar[tuple[str, ...]] = ()
+    # A source stage (ingest) reads files instead of rows: its input is ``input_table()`` (one row per
+    # task) and each batch of tasks expands into records through ``read_tasks()``.
+    reads_sources: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -136,6 +162,8 @@ class Stage:
         self.context = context or StageContext()
         self.report: dict[str, Any] = {}
         self._is_setup = False
+        from curate.base.config_schema import check_config
+        check_config(self.config)   # declared types and Literal choices, for every stage alike
         self.validate_config()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -154,14 +182,40 @@ class Stage:
         return type(self).process_batch is not Stage.process_batch
 
     def has_global_step(self) -> bool:
-        return self.global_columns is not None
+        return self.global_columns is not None or type(self).global_step is not Stage.global_step
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
         return BatchResult.keep_all(batch)
 
+    def input_identity(self) -> Any:
+        """What identifies this stage's external inputs for the resume fingerprint (source stages:
+        the files they read). None: the stage reads only the previous stage's rows."""
+        return None
+
+    def external_outputs(self) -> list[str]:
+        """Paths outside the stage directory that this stage writes (e.g. the shards folder); a re-run
+        treats the stage as complete only while they still exist with the sizes recorded."""
+        return []
+
+    def input_table(self) -> pa.Table:
+        """Source stages: the task table the executor distributes."""
+        raise NotImplementedError
+
+    def read_tasks(self, tasks: pa.Table) -> pa.Table:
+        """Source stages: the records (any status) read for a batch of tasks."""
+        raise NotImplementedError
+
+    def global_step(self, data: Any) -> Any:
+        """Whole-dataset step on a ``GlobalData`` (``curate.base.global_data``) holding `key`, `_ordinal`
+        and ``global_columns`` of every kept row. Returns decisions (a GlobalData or a table): `_ordinal`,
+        `_status`, `_reason`, `_detail` and any `adds` columns, one row per input row.
+
+        The default gathers the columns into this process and calls ``decide()`` — fine for steps
+        whose input is small; steps over per-sample data at scale override this instead."""
+        return self.decide(data.gather())
+
     def decide(self, table: pa.Table) -> pa.Table:
-        """Global step. Gets `key`, `_ordinal` and `global_columns` of every kept row; returns a table
-        with `_ordinal`, `_status`, `_reason`, `_detail` (one row per input row) and any `adds` columns."""
+        """Small-data global step: gets the global columns of every kept row as one table."""
         raise NotImplementedError
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
@@ -171,13 +225,13 @@ class Stage:
     # --- running without Ray -----------------------------------------------------------------------
     def run(self, table: pa.Table, batch_size: int | None = None) -> BatchResult:
         """Run the whole stage in-process on a table (notebooks, tests, the inline executor)."""
-        from pipelines.execution import run_stage_inline  # local import: pipelines depends on curate
+        from curate.base.inline import run_stage_inline  # local import: pipelines depends on curate
         return run_stage_inline(self, table, batch_size=batch_size)
 
     @classmethod
     def settings_schema(cls) -> dict[str, Any]:
         """JSON Schema of the Config dataclass (for the recipe schema and `mmcurate stages`)."""
-        from curate.config_schema import dataclass_json_schema
+        from curate.base.config_schema import dataclass_json_schema
         return dataclass_json_schema(cls.Config)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
@@ -222,71 +276,3 @@ def error_detail(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
     return f"{type(exc).__name__}: {exc}{where}"[:500]
-
-
-# --- registry ----------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Stage]] = {}
-
-# Modules that define built-in stages; imported lazily so that `mmcurate stages` stays fast and
-# heavy libraries (torch, transformers) are only imported inside setup().
-BUILTIN_STAGE_MODULES = (
-    "curate.ingest",
-    "curate.dedup",
-    "curate.mixture",
-    "curate.filters.image_rules",
-    "curate.filters.text_rules",
-    "curate.scoring.stages",
-    "curate.grounding.stage",
-    "curate.embed",
-    "curate.cluster",
-    "pack.stages",
-    "pack.shards",
-)
-
-
-def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage available to recipes under `cls.name`."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} has no name")
-    existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing.__qualname__ != cls.__qualname__:
-        raise ValueError(f"stage name {cls.name!r} registered twice ({existing.__qualname__}, {cls.__qualname__})")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a stage (tests and plugin reloads)."""
-    _REGISTRY.pop(name, None)
-
-
-def _load_builtins() -> None:
-    import importlib
-    for mod in BUILTIN_STAGE_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            # A module of ours that is not written yet is skipped; a missing *dependency* is an error.
-            if exc.name is None or not exc.name.startswith(mod.split(".")[0]):
-                raise
-
-
-def registry() -> dict[str, type[Stage]]:
-    _load_builtins()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get(name: str) -> type[Stage]:
-    reg = registry()
-    if name not in reg:
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(reg)}")
-    return reg[name]
-
-
-def build(name: str, settings: Mapping[str, Any] | None = None, context: StageContext | None = None) -> Stage:
-    cls = get(name)
-    cfg_fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = set(settings or {}) - cfg_fields
-    if unknown:
-        raise ValueError(f"stage {name!r}: unknown setting(s) {sorted(unknown)}; known: {sorted(cfg_fields)}")
-    return cls(context=context, **dict(settings or {}))

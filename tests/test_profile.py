@@ -1,0 +1,106 @@
+"""The model profile: presets, overrides from a recipe mapping, one declaration per run, and the
+profile reaching count_tokens, pack and shards (and the manifest)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from curate.base import records as R
+from curate.base import StageContext
+from pack import tokens as T
+from pack.profile import PRESETS, ModelProfile, profile_from_mapping, resolve_profile
+from pack.stages import CountTokensStage, PackStage
+
+
+def test_presets_carry_the_processor_numbers():
+    q2 = profile_from_mapping("qwen2-vl")
+    assert (q2.patch_size, q2.merge_size, q2.temporal_patch_size) == (14, 2, 2)
+    assert (q2.min_pixels, q2.max_pixels) == (56 * 56, 28 * 28 * 1280) and q2.rope == "mrope"
+    q25 = profile_from_mapping({"preset": "qwen2.5-vl"})
+    assert q25.max_pixels == 12845056 and q25.tokens_per_second == 2 and q25.preset == "qwen2.5-vl"
+    oq = profile_from_mapping("open-qwen2vl")
+    assert oq.image_mode == "fixed" and oq.fixed_tokens_per_image == 144 and oq.rope == "1d"
+    assert oq.vit_patches_per_token() == pytest.approx(729 / 144)
+    assert q2.vit_patches_per_token() == 4.0
+    assert set(PRESETS) == {"qwen2-vl", "qwen2.5-vl", "open-qwen2vl"}
+
+
+def test_overrides_apply_on_top_of_the_preset_and_round_trip_through_json():
+    p = profile_from_mapping({"preset": "qwen2.5-vl", "max_pixels": 1003520, "template": "plain"})
+    assert p.max_pixels == 1003520 and p.tokens_per_second == 2 and p.template == "plain"
+    back = profile_from_mapping(json.loads(json.dumps(p.to_dict())))
+    assert back == p
+
+
+@pytest.mark.parametrize("raw,field", [({"max_pixel": 5}, "max_pixel"), ({"preset": "llava"}, "preset"),
+                                       ({"merge_size": 0}, "merge_size"), ({"template": "jinja"}, "template"),
+                                       ({"min_pixels": 10**9}, "min_pixels"), ({"patch_size": True}, "patch_size"),
+                                       ({"image_mode": "fixed"}, "rope"), (3, "model")])
+def test_bad_declarations_name_the_field(raw, field):
+    with pytest.raises(ValueError, match=field):
+        profile_from_mapping(raw)
+
+
+class _RunContext(StageContext):
+    """A StageContext carrying the run's profile, as the recipe's `model:` will provide it."""
+
+    def __init__(self, profile, **kw):
+        super().__init__(**kw)
+        object.__setattr__(self, "profile", profile)
+
+
+def test_resolution_order_run_then_stage_then_upstream_then_default():
+    assert resolve_profile(StageContext(), None) == ModelProfile()
+    up = StageContext(upstream={"count_tokens": {"profile": "qwen2.5-vl"}})
+    assert resolve_profile(up, None).preset == "qwen2.5-vl"
+    assert resolve_profile(up, {"preset": "qwen2-vl", "max_pixels": 3136}).max_pixels == 3136
+    run = _RunContext("open-qwen2vl")
+    assert resolve_profile(run, None).preset == "open-qwen2vl"
+    assert resolve_profile(run, "open-qwen2vl").preset == "open-qwen2vl"
+    with pytest.raises(ValueError, match="declare the model profile once"):
+        resolve_profile(run, "qwen2-vl")
+
+
+def _rows():
+    img = {"uri": "x.jpg", "offset": -1, "size": -1, "member": None, "width": 1280, "height": 720, "format": "JPEG"}
+    rows = [R.Sample("a", "s", "caption", images=[img], text="a red bus").to_row(),
+            R.Sample("b", "s", "caption", images=[img, img], text="two images").to_row()]
+    for i, r in enumerate(rows):
+        r[R.ORDINAL] = i
+    return rows
+
+
+def test_count_tokens_reads_the_profile():
+    table = R.rows_to_table(_rows(), R.BASE_SCHEMA)
+    dyn = CountTokensStage(profile={"max_pixels": 1003520}).run(table).kept
+    assert dyn.column("image_tokens").to_pylist()[0] == [T.image_tokens(1280, 720, max_pixels=1003520)]
+    fixed = CountTokensStage(context=_RunContext("open-qwen2vl")).run(table).kept
+    assert fixed.column("image_tokens").to_pylist() == [[144], [144, 144]]
+
+
+def test_pack_length_is_bounded_by_the_model_context_length():
+    ctx = StageContext(upstream={"count_tokens": {"profile": {"context_length": 2048}}})
+    PackStage(context=ctx, context_length=2048)
+    with pytest.raises(ValueError, match="context_length 2048"):
+        PackStage(context=ctx, context_length=4096)
+
+
+def test_manifest_carries_the_profile(tmp_path):
+    from pack.shards import ShardsStage
+    from tests.shards_corpus import packed_table
+    table = packed_table(tmp_path / "img", n=40, context_length=1024, seed=5)
+    profile = {"preset": "qwen2.5-vl", "max_pixels": 1003520}
+    ctx = StageContext(seed=1, out_dir=str(tmp_path), upstream={"pack": {"context_length": 1024},
+                                                                "count_tokens": {"profile": profile}})
+    ShardsStage(context=ctx, dp_size=2, micro_batches=1, packs_per_shard=4).run(table)
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert profile_from_mapping(manifest["model"]) == profile_from_mapping(profile)
+    assert manifest["model"]["max_pixels"] == 1003520 and manifest["model"]["patch_size"] == 14
+
+
+def test_profile_is_frozen_and_comparable():
+    p = ModelProfile()
+    assert p == ModelProfile() and hash(p) == hash(ModelProfile())
+    with pytest.raises(AttributeError):
+        p.max_pixels = 1  # type: ignore[misc]
