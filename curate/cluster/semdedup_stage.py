@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.cluster import columns as C
@@ -27,6 +28,9 @@ from curate.base import Resources, Stage, register
 GROUP = "semdedup_group"
 GROUP_SIZE = "semdedup_group_size"
 NEAR_DUPLICATE = "semantic_dedup:near_duplicate"
+GROUP_KEY = "_semdedup_key"
+MEMBERS = "_semdedup_members"
+REDUCE_PARTITIONS = 16
 
 
 @register
@@ -75,32 +79,63 @@ class SemanticDedup(Stage):
         if c.report_groups < 0:
             raise ValueError("report_groups: must be >= 0")
 
-    def decide(self, table: pa.Table) -> pa.Table:
+    def global_step(self, data: Any) -> Any:
+        """Key every row by its comparison group, shuffle so that each group meets in one call, decide
+        there (``_decide_groups``), then sum the report from the (few) duplicate rows."""
+        keyed = data.map_batches(self._with_group_key)
+        reduced = keyed.shuffle_reduce(GROUP_KEY, self._reduce, REDUCE_PARTITIONS).materialize()
+        compared = reduced.aggregate(_compared_partial, _sum_counts)
+        dup_rows = reduced.aggregate(_duplicate_rows, lambda t: t)
+        self.report["semantic_dedup"] = self._report(dup_rows, compared)
+        return reduced.map_batches(_decisions_only)
+
+    def _valid(self, table: pa.Table) -> np.ndarray:
+        c = self.config
+        valid = C.valid_mask(table, [c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
+        if c.categories is not None:
+            valid &= np.isin(np.asarray(table.column("category").to_pylist(), dtype=object), list(c.categories))
+        return valid
+
+    def _with_group_key(self, batch: pa.Table) -> pa.Table:
+        """`leaf|partition values` for rows that are compared; a key of their own for the others."""
+        valid = self._valid(batch)
+        leaf = [p[-1] if p else None for p in batch.column(C.CLUSTER_PATH).to_pylist()]
+        parts = [batch.column(col).to_pylist() for col in self.config.partition_by]
+        ords = batch.column(R.ORDINAL).to_pylist()
+        keys = [("|".join([str(leaf[i]), *(str(v[i]) for v in parts)]) if valid[i] else f"~{ords[i]}")
+                for i in range(batch.num_rows)]
+        return batch.append_column(GROUP_KEY, pa.array(keys, pa.string()))
+
+    def _reduce(self, part: pa.Table) -> pa.Table:
+        return self._decide_groups(part.drop_columns([GROUP_KEY]))
+
+    def _decide_groups(self, table: pa.Table) -> pa.Table:
+        """Decisions for whole comparison groups (+ `source` and `_members` for the report)."""
         c = self.config
         table = C.by_ordinal(table)
         n = table.num_rows
         ordinals = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
-        valid = C.valid_mask(table, [c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
-        if c.categories is not None:
-            valid &= np.isin(np.asarray(table.column("category").to_pylist(), dtype=object), list(c.categories))
+        valid = self._valid(table)
         idx = np.flatnonzero(valid)
-        rows = table.take(pa.array(idx, pa.int64()))
         keys_all = table.column("key").to_pylist()
         survivor = np.arange(n)
         size = np.ones(n, dtype=np.int64)
         best = np.full(n, np.nan)
         if len(idx):
-            s_local, size_local, best_local = self._groups(rows)
+            s_local, size_local, best_local = self._groups(table.take(pa.array(idx, pa.int64())))
             survivor[idx], size[idx], best[idx] = idx[s_local], size_local, best_local
         reasons: list[str | None] = [None] * n
         details: list[str | None] = [None] * n
+        members: list[list[str]] = [[] for _ in range(n)]
         for i in np.flatnonzero(survivor != np.arange(n)):
             reasons[i] = NEAR_DUPLICATE
             details[i] = f"cosine {best[i]:.4f} > {1 - c.eps:.4f} in group of {size[i]}; kept {keys_all[survivor[i]]}"
+            members[survivor[i]].append(keys_all[i])
         group = pa.array([keys_all[survivor[i]] if size[i] > 1 else None for i in range(n)], pa.string())
         group_size = pa.array([int(size[i]) if valid[i] else None for i in range(n)], pa.int32())
-        self.report["semantic_dedup"] = self._report(table, survivor, size, valid)
-        return C.decisions(ordinals, reasons, details, {GROUP: group, GROUP_SIZE: group_size})
+        return C.decisions(ordinals, reasons, details, {GROUP: group, GROUP_SIZE: group_size,
+                                                        "source": table.column("source"),
+                                                        MEMBERS: pa.array([m[:5] for m in members], pa.list_(pa.string()))})
 
     def _groups(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-leaf reduce over the valid rows: (survivor index, group size, best cosine) per row."""
@@ -136,19 +171,37 @@ class SemanticDedup(Stage):
         return np.array([ids.setdefault((int(lf), *(v[i] for v in values)), len(ids)) for i, lf in enumerate(leaf)],
                         dtype=np.int64)
 
-    def _report(self, table: pa.Table, survivor: np.ndarray, size: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
-        n = len(survivor)
-        removed = survivor != np.arange(n)
-        keys = table.column("key").to_pylist()
-        sources = table.column("source").to_pylist()
-        members: dict[int, list[int]] = {}
-        for i in np.flatnonzero(size > 1):
-            members.setdefault(int(survivor[i]), []).append(int(i))
-        largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:self.config.report_groups]
-        return {"eps": self.config.eps, "survivor": self.config.survivor, "rows": int(valid.sum()),
-                "not_compared": int((~valid).sum()), "groups": len(members),
-                "removed": int(removed.sum()),
-                "group_size_histogram": C.size_histogram(np.array([len(v) for v in members.values()])),
-                "removed_per_source": dict(sorted(Counter(sources[i] for i in np.flatnonzero(removed)).items())),
-                "largest_groups": [{"survivor": keys[s], "members": [keys[i] for i in m if i != s][:5], "size": len(m)}
-                                   for s, m in largest]}
+    def _report(self, dup: pa.Table, compared: dict[str, int]) -> dict[str, Any]:
+        """Groups, removals per source and the largest groups, from the rows that are in a group."""
+        status = dup.column(R.STATUS).to_pylist() if dup.num_rows else []
+        sources = dup.column("source").to_pylist() if dup.num_rows else []
+        survivors = [i for i, st in enumerate(status) if st == R.KEPT]
+        sizes = np.array([dup.column(GROUP_SIZE)[i].as_py() for i in survivors], dtype=np.int64)
+        keys = dup.column(GROUP).to_pylist() if dup.num_rows else []
+        members = dup.column(MEMBERS).to_pylist() if dup.num_rows else []
+        largest = sorted(survivors, key=lambda i: (-int(dup.column(GROUP_SIZE)[i].as_py()), keys[i]))
+        return {"eps": self.config.eps, "survivor": self.config.survivor, "rows": compared["compared"],
+                "not_compared": compared["rows"] - compared["compared"], "groups": len(survivors),
+                "removed": len(status) - len(survivors), "group_size_histogram": C.size_histogram(sizes),
+                "removed_per_source": dict(sorted(Counter(sources[i] for i, st in enumerate(status)
+                                                          if st != R.KEPT).items())),
+                "largest_groups": [{"survivor": keys[i], "members": members[i],
+                                    "size": int(dup.column(GROUP_SIZE)[i].as_py())}
+                                   for i in largest[:self.config.report_groups]]}
+
+
+def _compared_partial(batch: pa.Table) -> pa.Table:
+    return pa.table({"rows": [batch.num_rows], "compared": [batch.num_rows - batch.column(GROUP_SIZE).null_count]})
+
+
+def _sum_counts(parts: pa.Table) -> dict[str, int]:
+    return {name: int(pc.sum(parts.column(name)).as_py() or 0) if parts.num_rows else 0 for name in ("rows", "compared")}
+
+
+def _duplicate_rows(batch: pa.Table) -> pa.Table:
+    """The rows of groups of two or more (small: only duplicates and their survivors)."""
+    return batch.filter(pc.is_valid(batch.column(GROUP))).select([R.STATUS, "source", GROUP, GROUP_SIZE, MEMBERS])
+
+
+def _decisions_only(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns(["source", MEMBERS])
