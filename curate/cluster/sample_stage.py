@@ -20,14 +20,19 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.cluster import columns as C
 from curate.cluster.kmeans import seeded_hash
-from curate.cluster.sampling import AllocationSettings, allocate_tree, choose_in_leaves, level_totals
+from curate.cluster.sampling import (AllocationSettings, allocate_tree, choose_in_leaves, combine_totals,
+                                     totals_partial)
 from curate.base import Resources, Stage, register
 
 REPEAT = "cluster_repeat"
+LEAF_KEY = "_cluster_leaf"
+REDUCE_PARTITIONS = 16
+TOTAL_COLUMNS = ("level", "node", "rows", "units", "sq", "parent")
 NOT_SAMPLED = "cluster:not_sampled"
 
 
@@ -87,29 +92,61 @@ class ClusterSample(Stage):
             raise ValueError("cluster_sample: unit tokens needs num_tokens on every clustered row (run count_tokens first)")
         return np.asarray(rows.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
 
-    def decide(self, table: pa.Table) -> pa.Table:
+    def global_step(self, data: Any) -> Any:
+        """Per-node totals (aggregate) -> allocation on the driver (small) -> the choice inside each
+        leaf (shuffle_reduce by leaf: a leaf's rows meet in one call) -> the kept totals (aggregate)."""
+        c = self.config
+        totals = data.aggregate(self._totals_partial, _totals_combine)
+        if not totals:
+            self.report["cluster_sample"] = {"clustered": 0}
+            return data.map_batches(lambda b: self._decide_leaves(b, [], []))
+        available = int(totals[0].units.sum())
+        target = self.target(available)
+        quotas = allocate_tree(totals, target, AllocationSettings(c.alpha, c.beta, int(c.max_repeat), self.context.seed))
+        keyed = data.map_batches(_with_leaf_key)
+        decisions = keyed.shuffle_reduce(LEAF_KEY, lambda part: self._decide_leaves(
+            part.drop_columns([LEAF_KEY]), totals, quotas), REDUCE_PARTITIONS).materialize()
+        kept = decisions.aggregate(_kept_partial, _sum_kept)
+        self.report["cluster_sample"] = self._report(totals, quotas, kept, available, target)
+        return decisions
+
+    def _columns(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(valid mask, paths, distances, units) of the rows that have a cluster path."""
+        valid = C.valid_mask(table, [C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
+        rows = table.filter(pa.array(valid))
+        if rows.num_rows == 0:
+            return valid, np.zeros((0, 0), np.int64), np.zeros((0, 0)), np.zeros(0, np.int64)
+        return (valid, C.matrix(rows.column(C.CLUSTER_PATH), np.int64),
+                C.matrix(rows.column(C.CLUSTER_DISTANCES), np.float64), self._units(rows))
+
+    def _totals_partial(self, batch: pa.Table) -> pa.Table:
+        _, paths, dists, units = self._columns(batch)
+        if len(units) == 0:
+            return pa.table({name: pa.array([], pa.int64()) for name in TOTAL_COLUMNS} | {"depth": pa.array([], pa.int64())})
+        part = totals_partial(paths, dists, units)
+        return pa.table({**{name: pa.array(part[name], pa.int64()) for name in TOTAL_COLUMNS},
+                         "depth": pa.array(np.full(len(part["level"]), paths.shape[1]), pa.int64())})
+
+    def _decide_leaves(self, table: pa.Table, totals: list[Any], quotas: list[np.ndarray]) -> pa.Table:
+        """Decisions for whole leaves (and for unclustered rows: kept, null cluster_repeat)."""
         table = C.by_ordinal(table)
         n = table.num_rows
         ordinals = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
-        valid = C.valid_mask(table, [C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
-        rows = table.filter(pa.array(valid))
-        repeats_all = np.ones(n, dtype=np.int64)
+        valid, paths, dists, units = self._columns(table)
         reasons: list[str | None] = [None] * n
         details: list[str | None] = [None] * n
-        if rows.num_rows:
-            paths = C.matrix(rows.column(C.CLUSTER_PATH), np.int64)
-            dists = C.matrix(rows.column(C.CLUSTER_DISTANCES), np.float64)
-            repeats, quotas, totals = self.sample(paths, dists, self._units(rows), rows.column("key").to_pylist())
+        repeats_all = np.ones(n, dtype=np.int64)
+        if len(units):
+            keys = table.filter(pa.array(valid)).column("key").to_pylist()
+            repeats = choose_in_leaves(paths[:, -1], dists[:, -1], units, seeded_hash(keys, self.context.seed),
+                                       quotas[-1], self.config.within_leaf)
             idx = np.flatnonzero(valid)
             repeats_all[idx] = repeats
-            leaf_units, leaf_quota = totals[-1].units, quotas[-1]
             for j in np.flatnonzero(repeats == 0):
                 leaf = int(paths[j, -1])
                 reasons[idx[j]] = NOT_SAMPLED
-                details[idx[j]] = (f"leaf {'/'.join(str(int(v)) for v in paths[j])}: {int(leaf_quota[leaf])} of "
-                                   f"{int(leaf_units[leaf])} {self.config.unit} sampled")
-        else:
-            self.report["cluster_sample"] = {"clustered": 0, "unclustered": n}
+                details[idx[j]] = (f"leaf {'/'.join(str(int(v)) for v in paths[j])}: {int(quotas[-1][leaf])} of "
+                                   f"{int(totals[-1].units[leaf])} {self.config.unit} sampled")
         repeat_col = pa.array([int(r) if v else None for r, v in zip(repeats_all, valid)], pa.int32())
         return C.decisions(ordinals, reasons, details, {REPEAT: repeat_col})
 
@@ -117,30 +154,44 @@ class ClusterSample(Stage):
         c = self.config
         return int(c.count) if c.count is not None else int(round(float(c.fraction) * available))
 
-    def sample(self, paths: np.ndarray, dists: np.ndarray, units: np.ndarray, keys: list[str]
-               ) -> tuple[np.ndarray, list[np.ndarray], list[Any]]:
-        """Repeats per row, quotas per node and level totals (aggregate -> allocate -> per-leaf choice)."""
-        c = self.config
-        seed = self.context.seed
-        totals = level_totals(paths, dists, units)
-        target = self.target(int(units.sum()))
-        quotas = allocate_tree(totals, target, AllocationSettings(c.alpha, c.beta, int(c.max_repeat), seed))
-        repeats = choose_in_leaves(paths[:, -1], dists[:, -1], units, seeded_hash(keys, seed), quotas[-1],
-                                   c.within_leaf)
-        self.report["cluster_sample"] = self._report(totals, quotas, repeats, units, target)
-        return repeats, quotas, totals
-
-    def _report(self, totals: list[Any], quotas: list[np.ndarray], repeats: np.ndarray, units: np.ndarray,
+    def _report(self, totals: list[Any], quotas: list[np.ndarray], kept: dict[str, int], available: int,
                 target: int) -> dict[str, Any]:
         c = self.config
         leaf_t, leaf_q = totals[-1], quotas[-1]
         order = np.lexsort((np.arange(len(leaf_t.units)), -leaf_t.units))[:c.report_clusters]
         present = leaf_t.rows > 0
-        return {"unit": c.unit, "available": int(units.sum()), "target": target,
-                "kept_units": int((repeats * units).sum()), "kept_rows": int((repeats > 0).sum()),
-                "repeated_rows": int((repeats > 1).sum()), "alpha": c.alpha, "beta": c.beta,
+        if c.unit == "samples":
+            kept = {**kept, "kept_units": kept["kept_repeats"]}
+        return {"unit": c.unit, "available": available, "target": target, **kept, "alpha": c.alpha, "beta": c.beta,
                 "within_leaf": c.within_leaf, "max_repeat": c.max_repeat,
                 "leaves": int(present.sum()), "leaves_kept": int((leaf_q[present] > 0).sum()),
                 "sampled_fraction_histogram": C.value_histogram(leaf_q[present] / leaf_t.units[present].clip(1)),
                 "largest_leaves": [{"leaf": int(i), "available": int(leaf_t.units[i]), "sampled": int(leaf_q[i]),
                                     "spread": round(float(leaf_t.spread[i]), 5)} for i in order if present[i]]}
+
+
+def _totals_combine(parts: pa.Table) -> list[Any]:
+    if parts.num_rows == 0:
+        return []
+    arrays = {name: parts.column(name).to_numpy() for name in TOTAL_COLUMNS}
+    return combine_totals(arrays, int(pc.max(parts.column("depth")).as_py()))
+
+
+def _with_leaf_key(batch: pa.Table) -> pa.Table:
+    """The leaf id to shuffle on; unclustered rows get a key of their own (-1 - _ordinal)."""
+    paths = batch.column(C.CLUSTER_PATH).to_pylist()
+    ords = batch.column(R.ORDINAL).to_pylist()
+    return batch.append_column(LEAF_KEY, pa.array([p[-1] if p else -1 - o for p, o in zip(paths, ords)], pa.int64()))
+
+
+def _kept_partial(batch: pa.Table) -> pa.Table:
+    rep = np.asarray(pc.fill_null(batch.column(REPEAT), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    sampled = np.asarray(pc.is_valid(batch.column(REPEAT)).to_numpy(zero_copy_only=False), dtype=bool)
+    kept = np.asarray(pc.equal(batch.column(R.STATUS), R.KEPT).to_numpy(zero_copy_only=False), dtype=bool)
+    return pa.table({"kept_rows": [int((kept & sampled).sum())], "repeated_rows": [int((rep > 1).sum())],
+                     "unclustered_rows": [int((~sampled).sum())], "kept_repeats": [int(rep[kept & sampled].sum())]})
+
+
+def _sum_kept(parts: pa.Table) -> dict[str, int]:
+    names = ("kept_rows", "repeated_rows", "unclustered_rows", "kept_repeats")
+    return {name: int(pc.sum(parts.column(name)).as_py() or 0) if parts.num_rows else 0 for name in names}

@@ -124,3 +124,41 @@ def choose_in_leaves(leaf: np.ndarray, leaf_dist: np.ndarray, units: np.ndarray,
     repeats = np.empty(len(lf), dtype=np.int64)
     repeats[order] = full[lf] + take.astype(np.int64)
     return repeats
+
+
+# --- the same totals as an aggregate over batches (exact: integer sums) --------------------------------
+def totals_partial(paths: np.ndarray, dists: np.ndarray, units: np.ndarray) -> dict[str, np.ndarray]:
+    """One entry per (level, node) present in this batch: rows, units, fixed-point sum of squared
+    distance, parent id."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("level", "node", "rows", "units", "sq", "parent")}
+    for level in range(paths.shape[1]):
+        ids = paths[:, level].astype(np.int64)
+        nodes, inverse = np.unique(ids, return_inverse=True)
+        k = len(nodes)
+        first = np.zeros(k, dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(ids))[::-1]
+        out["level"].append(np.full(k, level, dtype=np.int64))
+        out["node"].append(nodes)
+        out["rows"].append(np.bincount(inverse, minlength=k).astype(np.int64))
+        out["units"].append(_bincount_int(inverse, units.astype(np.int64), k))
+        out["sq"].append(_bincount_int(inverse, _fixed(dists[:, level].astype(np.float64) ** 2), k))
+        out["parent"].append(paths[first, level - 1].astype(np.int64) if level else np.full(k, -1, dtype=np.int64))
+    return {name: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for name, v in out.items()}
+
+
+def combine_totals(parts: dict[str, np.ndarray], depth: int) -> list[LevelTotals]:
+    """Sum the partials of every batch (any order) into per-level totals."""
+    out = []
+    for level in range(depth):
+        sel = parts["level"] == level
+        nodes = parts["node"][sel]
+        k = int(nodes.max()) + 1 if len(nodes) else 0
+        rows, units, sq = (np.zeros(k, dtype=np.int64) for _ in range(3))
+        np.add.at(rows, nodes, parts["rows"][sel])
+        np.add.at(units, nodes, parts["units"][sel])
+        np.add.at(sq, nodes, parts["sq"][sel])
+        parent = np.full(k, -1, dtype=np.int64)
+        parent[nodes] = parts["parent"][sel]
+        out.append(LevelTotals(units=units, rows=rows, spread=np.sqrt(sq / FIXED_SCALE / np.maximum(rows, 1)),
+                               parent=parent))
+    return out
