@@ -7,7 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curate.cluster.sampling import AllocationSettings, allocate_tree, choose_in_leaves, level_totals
+from curate.cluster.sampling import (AllocationSettings, allocate_tree, choose_in_leaves, combine_totals,
+                                     level_totals, totals_partial)
 from curate.cluster.waterfill import cluster_weights, waterfill
 
 caps_st = st.lists(st.integers(0, 40), min_size=1, max_size=20)
@@ -119,3 +120,19 @@ def test_choice_inside_leaves_by_rows_tokens_and_repeats():
     by_tokens = choose_in_leaves(leaf, dist, tokens, hashes, np.array([35, 0]), "closest")
     # closest first: 10 (10), 20 (30), then 30 would reach 60: further from 35 than 30 is -> stop
     assert by_tokens.tolist() == [0, 1, 0, 1, 0, 0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(1, 399), max_size=6, unique=True))
+def test_level_totals_are_the_same_summed_over_any_partitioning(cuts):
+    rng = np.random.default_rng(4)
+    leaf = rng.integers(0, 12, 400)
+    paths = np.stack([leaf % 3, leaf], axis=1)
+    dists = rng.uniform(0, 1, (400, 2))
+    units = rng.integers(1, 9, 400)
+    bounds = [0, *sorted(cuts), 400]
+    parts = [totals_partial(paths[a:b], dists[a:b], units[a:b]) for a, b in zip(bounds, bounds[1:])]
+    merged = {k: np.concatenate([p[k] for p in parts[::-1]]) for k in parts[0]}   # any order
+    for whole, summed in zip(level_totals(paths, dists, units), combine_totals(merged, 2)):
+        for name in ("units", "rows", "spread", "parent"):
+            assert np.array_equal(getattr(whole, name), getattr(summed, name))
