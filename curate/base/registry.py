@@ -28,6 +28,8 @@ BUILTIN_STAGE_MODULES = (
     "curate.safety.stage",
     "curate.mllm.score_stage",
     "curate.mllm.recaption_stage",
+    "curate.embed",
+    "curate.cluster",
     "pack.stages",
     "pack.shards",
 )

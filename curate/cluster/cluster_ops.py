@@ -1,0 +1,135 @@
+"""The ``cluster`` stage's whole-dataset step as batch functions for ``GlobalData`` operations.
+
+* fit sample: ``aggregate`` — each batch offers its rows with the smallest seeded key hashes (with
+  their embeddings), the driver keeps the ``size`` smallest overall (ties: lower ``_ordinal``): the
+  same sample however the rows are partitioned;
+* assignment: ``map_batches`` — the centroids travel with the function; each batch's rows get their
+  cluster path and distances (the decision rows);
+* statistics: ``aggregate`` — integer per-cluster sums per batch (``stats.partial_stats``) plus the
+  few smallest-hash member keys of each leaf, summed / merged on the driver in any order.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.base import records as R
+from curate.cluster import columns as C
+from curate.cluster.kmeans import Hierarchy, assign, draw_fit_sample, seeded_hash
+from curate.cluster.stats import ClusterSums, partial_stats
+
+HASH = "_hash"
+BatchFn = Callable[[pa.Table], pa.Table]
+
+
+def _valid_rows(batch: pa.Table, column: str) -> pa.Table:
+    return batch.filter(pa.array(C.valid_mask(batch, [column])))
+
+
+def fit_sample_partial(column: str, seed: int, size: int) -> BatchFn:
+    def partial(batch: pa.Table) -> pa.Table:
+        rows = _valid_rows(batch, column)
+        hashes = seeded_hash(rows.column("key").to_pylist(), seed)
+        idx = pa.array(draw_fit_sample(hashes, size), pa.int64())
+        return pa.table({HASH: pa.array(hashes, pa.uint64()).take(idx), R.ORDINAL: rows.column(R.ORDINAL).take(idx),
+                         column: rows.column(column).take(idx)})
+    return partial
+
+
+def fit_sample_combine(column: str, size: int) -> Callable[[pa.Table], np.ndarray]:
+    def combine(parts: pa.Table) -> np.ndarray:
+        if parts.num_rows == 0 or column not in parts.column_names:
+            return np.zeros((0, 0), dtype=np.float32)
+        order = pc.sort_indices(parts, sort_keys=[(HASH, "ascending"), (R.ORDINAL, "ascending")])
+        return C.matrix(parts.column(column).take(order[:size]))
+    return combine
+
+
+def assign_batch(column: str, h: Hierarchy) -> BatchFn:
+    """Decision rows of one batch: every row kept, with its cluster path and distances (null when the
+    row has no embedding)."""
+    def fn(batch: pa.Table) -> pa.Table:
+        valid = C.valid_mask(batch, [column])
+        n = batch.num_rows
+        depth = h.depth
+        paths, dists = np.zeros((0, depth), np.int32), np.zeros((0, depth), np.float32)
+        if valid.any():
+            paths, dists = assign(C.matrix(batch.column(column).filter(pa.array(valid))), h)
+        extra = {C.CLUSTER_PATH: C.list_column(paths, valid, C.CLUSTER_COLUMNS[C.CLUSTER_PATH]),
+                 C.CLUSTER_DISTANCES: C.list_column(dists, valid, C.CLUSTER_COLUMNS[C.CLUSTER_DISTANCES])}
+        ords = np.asarray(batch.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return C.decisions(ords, [None] * n, [None] * n, extra)
+    return fn
+
+
+def level_sizes(h: Hierarchy) -> list[int]:
+    """Clusters per level, coarsest first (the order of a cluster path)."""
+    return [len(h.centroids[h.depth - 1 - lv]) for lv in range(h.depth)]
+
+
+def stats_partial(column: str, h: Hierarchy, seed: int, report_keys: int) -> BatchFn:
+    """Per batch: one row per (level, non-empty cluster) with integer sums, and for leaves the
+    `report_keys` member keys with the smallest seeded hash."""
+    sizes = level_sizes(h)
+
+    def partial(batch: pa.Table) -> pa.Table:
+        rows = _valid_rows(batch, column)
+        out: dict[str, list[Any]] = {k: [] for k in ("level", "cluster", "count", "dist", "dist_sq", "norm_sq", "vec",
+                                                      "key_hashes", "keys")}
+        if rows.num_rows == 0:
+            return _stats_table(out)
+        pts = C.matrix(rows.column(column))
+        paths, dists = assign(pts, h)
+        keys = rows.column("key").to_pylist()
+        hashes = seeded_hash(keys, seed)
+        for lv, k in enumerate(sizes):
+            s = partial_stats(paths[:, lv], dists[:, lv], pts, k)
+            leaf = lv == len(sizes) - 1
+            for c in np.flatnonzero(s.count):
+                members = np.flatnonzero(paths[:, lv] == c) if leaf else np.zeros(0, dtype=np.int64)
+                shown = members[np.argsort(hashes[members], kind="stable")[:report_keys]]
+                for name, value in (("level", lv), ("cluster", int(c)), ("count", int(s.count[c])),
+                                    ("dist", int(s.dist[c])), ("dist_sq", int(s.dist_sq[c])),
+                                    ("norm_sq", int(s.norm_sq[c])), ("vec", s.vec[c].tolist()),
+                                    ("key_hashes", [int(v) for v in hashes[shown]]), ("keys", [keys[i] for i in shown])):
+                    out[name].append(value)
+        return _stats_table(out)
+    return partial
+
+
+def _stats_table(cols: dict[str, list[Any]]) -> pa.Table:
+    types = {"level": pa.int32(), "cluster": pa.int64(), "count": pa.int64(), "dist": pa.int64(), "dist_sq": pa.int64(),
+             "norm_sq": pa.int64(), "vec": pa.list_(pa.int64()), "key_hashes": pa.list_(pa.uint64()),
+             "keys": pa.list_(pa.string())}
+    return pa.table({k: pa.array(cols[k], t) for k, t in types.items()})
+
+
+def stats_combine(h: Hierarchy, dim: int, report_keys: int) -> Callable[[pa.Table], tuple[list[ClusterSums], dict]]:
+    """Exact per-level sums (integer addition: any order) and each leaf's smallest-hash member keys."""
+    sizes = level_sizes(h)
+
+    def combine(parts: pa.Table) -> tuple[list[ClusterSums], dict[int, list[str]]]:
+        sums = [ClusterSums(np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64),
+                            np.zeros((k, dim), np.int64), np.zeros(k, np.int64)) for k in sizes]
+        members: dict[int, list[tuple[int, str]]] = {}
+        if parts.num_rows == 0:
+            return sums, {}
+        level = parts.column("level").to_numpy()
+        cluster = parts.column("cluster").to_numpy()
+        for lv, s in enumerate(sums):
+            sel = np.flatnonzero(level == lv)
+            ids = cluster[sel]
+            for name in ("count", "dist", "dist_sq", "norm_sq"):
+                np.add.at(getattr(s, name), ids, parts.column(name).to_numpy()[sel])
+            if len(sel):
+                np.add.at(s.vec, ids, C.matrix(parts.column("vec").take(pa.array(sel)), np.int64))
+        leaf_rows = np.flatnonzero(level == len(sizes) - 1)
+        hashes = parts.column("key_hashes").to_pylist()
+        keys = parts.column("keys").to_pylist()
+        for i in leaf_rows:
+            members.setdefault(int(cluster[i]), []).extend(zip(hashes[i], keys[i]))
+        return sums, {c: [k for _, k in sorted(v)[:report_keys]] for c, v in members.items()}
+    return combine

@@ -1,0 +1,207 @@
+"""The ``semantic_dedup`` stage: near-duplicates by embedding cosine, compared inside leaf clusters.
+
+Needs ``embed`` and ``cluster`` before it. Rows are compared only with rows of the same leaf and the
+same ``partition_by`` values (default: category — with image embeddings, a question about a photo
+must not remove the caption sample of that photo). Each such group is one per-cluster reduce
+(``curate/cluster/semdedup.py``): groups are the connected components of pairs with cosine above
+``1 - eps``; the preferred row of a group survives (``survivor``: quality column, hard or easy),
+the others are rejected naming it. Rows get ``semdedup_group`` (the survivor's key, for rows in a
+group of two or more) and ``semdedup_group_size``, as the exact/near dedup stages report theirs.
+Rows without an embedding or a cluster path pass untouched.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.base import records as R
+from curate.cluster import columns as C
+from curate.cluster.kmeans import seeded_hash
+from curate.cluster.semdedup import dedup_leaf, preference_order
+from curate.base import Resources, Stage, register
+
+GROUP = "semdedup_group"
+GROUP_SIZE = "semdedup_group_size"
+NEAR_DUPLICATE = "semantic_dedup:near_duplicate"
+GROUP_KEY = "_semdedup_key"
+MEMBERS = "_semdedup_members"
+REDUCE_PARTITIONS = 16
+
+
+@register
+class SemanticDedup(Stage):
+    name: ClassVar[str] = "semantic_dedup"
+    description: ClassVar[str] = ("SemDeDup: inside each leaf cluster, rows whose embedding cosine exceeds 1 - eps "
+                                  "form groups; one survivor per group (quality column, hard or easy).")
+    requires: ClassVar[tuple[str, ...]] = ("key", "source", "category", C.EMBEDDING, C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
+    adds: ClassVar[Mapping[str, pa.DataType]] = {GROUP: pa.string(), GROUP_SIZE: pa.int32()}
+    resources: ClassVar[Resources] = Resources(cpus=1, batch_size=4096, kind="task")
+    global_columns: ClassVar[tuple[str, ...] | None] = ("source", C.EMBEDDING, C.CLUSTER_PATH, C.CLUSTER_DISTANCES)
+
+    @dataclass
+    class Config:
+        eps: float = field(default=0.01, metadata={
+            "doc": "Remove rows with cosine > 1 - eps to a better copy (NeMo Curator's default 0.01)."})
+        survivor: Literal["hard", "easy", "quality"] = field(default="hard", metadata={
+            "doc": "Which copy stays: hard = farthest from the centroid (SemDeDup), easy = closest, "
+                   "quality = highest quality_column."})
+        quality_column: str | None = field(default=None, metadata={
+            "doc": "Numeric column for survivor: quality (e.g. clip_score); missing values rank last."})
+        column: str = field(default=C.EMBEDDING, metadata={"doc": "The embedding column."})
+        partition_by: list[str] = field(default_factory=lambda: ["category"], metadata={
+            "doc": "Rows are only compared with rows that share these columns' values. Default category: a "
+                   "question about a photo is not a duplicate of that photo's caption sample."})
+        categories: list[str] | None = field(default=None, metadata={
+            "doc": "Compare only rows of these categories (others pass untouched); None: all. With image "
+                   "embeddings, e.g. [caption]: several questions about one image are not duplicates."})
+        report_groups: int = field(default=10, metadata={"doc": "Largest groups listed in the report."})
+
+    def __init__(self, config: Any = None, context: Any = None, **settings: Any):
+        super().__init__(config, context, **settings)
+        c = self.config
+        wanted = ["source", c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES, *([c.quality_column] if c.quality_column else []),
+                  *c.partition_by, *(["category"] if c.categories else [])]
+        self.global_columns = tuple(col for col in dict.fromkeys(wanted) if col != "key")
+
+    def validate_config(self) -> None:
+        c = self.config
+        if not 0.0 <= float(c.eps) < 1.0:
+            raise ValueError(f"eps: must be in [0, 1), got {c.eps}")
+        if c.survivor not in ("hard", "easy", "quality"):
+            raise ValueError(f"survivor: expected hard, easy or quality, got {c.survivor!r}")
+        if c.survivor == "quality" and not c.quality_column:
+            raise ValueError("quality_column: required when survivor is quality")
+        if c.report_groups < 0:
+            raise ValueError("report_groups: must be >= 0")
+
+    def global_step(self, data: Any) -> Any:
+        """Key every row by its comparison group, shuffle so that each group meets in one call, decide
+        there (``_decide_groups``), then sum the report from the (few) duplicate rows."""
+        keyed = data.map_batches(self._with_group_key)
+        reduced = keyed.shuffle_reduce(GROUP_KEY, self._reduce, REDUCE_PARTITIONS).materialize()
+        compared = reduced.aggregate(_compared_partial, _sum_counts)
+        dup_rows = reduced.aggregate(_duplicate_rows, lambda t: t)
+        self.report["semantic_dedup"] = self._report(dup_rows, compared)
+        return reduced.map_batches(_decisions_only)
+
+    def _valid(self, table: pa.Table) -> np.ndarray:
+        c = self.config
+        valid = C.valid_mask(table, [c.column, C.CLUSTER_PATH, C.CLUSTER_DISTANCES])
+        if c.categories is not None:
+            valid &= np.isin(np.asarray(table.column("category").to_pylist(), dtype=object), list(c.categories))
+        return valid
+
+    def _with_group_key(self, batch: pa.Table) -> pa.Table:
+        """`leaf|partition values` for rows that are compared; a key of their own for the others."""
+        valid = self._valid(batch)
+        leaf = [p[-1] if p else None for p in batch.column(C.CLUSTER_PATH).to_pylist()]
+        parts = [batch.column(col).to_pylist() for col in self.config.partition_by]
+        ords = batch.column(R.ORDINAL).to_pylist()
+        keys = [("|".join([str(leaf[i]), *(str(v[i]) for v in parts)]) if valid[i] else f"~{ords[i]}")
+                for i in range(batch.num_rows)]
+        return batch.append_column(GROUP_KEY, pa.array(keys, pa.string()))
+
+    def _reduce(self, part: pa.Table) -> pa.Table:
+        return self._decide_groups(part.drop_columns([GROUP_KEY]))
+
+    def _decide_groups(self, table: pa.Table) -> pa.Table:
+        """Decisions for whole comparison groups (+ `source` and `_members` for the report)."""
+        c = self.config
+        table = C.by_ordinal(table)
+        n = table.num_rows
+        ordinals = np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+        valid = self._valid(table)
+        idx = np.flatnonzero(valid)
+        keys_all = table.column("key").to_pylist()
+        survivor = np.arange(n)
+        size = np.ones(n, dtype=np.int64)
+        best = np.full(n, np.nan)
+        if len(idx):
+            s_local, size_local, best_local = self._groups(table.take(pa.array(idx, pa.int64())))
+            survivor[idx], size[idx], best[idx] = idx[s_local], size_local, best_local
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        members: list[list[str]] = [[] for _ in range(n)]
+        for i in np.flatnonzero(survivor != np.arange(n)):
+            reasons[i] = NEAR_DUPLICATE
+            details[i] = f"cosine {best[i]:.4f} > {1 - c.eps:.4f} in group of {size[i]}; kept {keys_all[survivor[i]]}"
+            members[survivor[i]].append(keys_all[i])
+        group = pa.array([keys_all[survivor[i]] if size[i] > 1 else None for i in range(n)], pa.string())
+        group_size = pa.array([int(size[i]) if valid[i] else None for i in range(n)], pa.int32())
+        return C.decisions(ordinals, reasons, details, {GROUP: group, GROUP_SIZE: group_size,
+                                                        "source": table.column("source"),
+                                                        MEMBERS: pa.array([m[:5] for m in members], pa.list_(pa.string()))})
+
+    def _groups(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-leaf reduce over the valid rows: (survivor index, group size, best cosine) per row."""
+        c = self.config
+        emb = C.matrix(rows.column(c.column))
+        paths = C.matrix(rows.column(C.CLUSTER_PATH), np.int64)
+        dists = C.matrix(rows.column(C.CLUSTER_DISTANCES), np.float64)
+        hashes = seeded_hash(rows.column("key").to_pylist(), self.context.seed)
+        quality = None
+        if c.survivor == "quality":
+            quality = np.asarray(rows.column(c.quality_column).to_numpy(zero_copy_only=False), dtype=np.float64)
+        leaf = self._compare_groups(rows, paths[:, -1])
+        order = np.argsort(leaf, kind="stable")
+        bounds = np.flatnonzero(np.diff(leaf[order])) + 1
+        survivor = np.arange(len(leaf))
+        size = np.ones(len(leaf), dtype=np.int64)
+        best = np.full(len(leaf), np.nan)
+        for members in np.split(order, bounds):
+            if len(members) < 2:
+                continue
+            pref = preference_order(None if quality is None else quality[members], dists[members, -1],
+                                    hashes[members], c.survivor)
+            g = dedup_leaf(emb[members], pref, c.eps)
+            survivor[members], size[members], best[members] = members[g.survivor], g.group_size, g.best_similarity
+        return survivor, size, best
+
+    def _compare_groups(self, rows: pa.Table, leaf: np.ndarray) -> np.ndarray:
+        """One id per (leaf, partition_by values): the rows that are compared with each other."""
+        if not self.config.partition_by:
+            return leaf
+        values = [rows.column(col).to_pylist() for col in self.config.partition_by]
+        ids: dict[tuple[Any, ...], int] = {}
+        return np.array([ids.setdefault((int(lf), *(v[i] for v in values)), len(ids)) for i, lf in enumerate(leaf)],
+                        dtype=np.int64)
+
+    def _report(self, dup: pa.Table, compared: dict[str, int]) -> dict[str, Any]:
+        """Groups, removals per source and the largest groups, from the rows that are in a group."""
+        status = dup.column(R.STATUS).to_pylist() if dup.num_rows else []
+        sources = dup.column("source").to_pylist() if dup.num_rows else []
+        survivors = [i for i, st in enumerate(status) if st == R.KEPT]
+        sizes = np.array([dup.column(GROUP_SIZE)[i].as_py() for i in survivors], dtype=np.int64)
+        keys = dup.column(GROUP).to_pylist() if dup.num_rows else []
+        members = dup.column(MEMBERS).to_pylist() if dup.num_rows else []
+        largest = sorted(survivors, key=lambda i: (-int(dup.column(GROUP_SIZE)[i].as_py()), keys[i]))
+        return {"eps": self.config.eps, "survivor": self.config.survivor, "rows": compared["compared"],
+                "not_compared": compared["rows"] - compared["compared"], "groups": len(survivors),
+                "removed": len(status) - len(survivors), "group_size_histogram": C.size_histogram(sizes),
+                "removed_per_source": dict(sorted(Counter(sources[i] for i, st in enumerate(status)
+                                                          if st != R.KEPT).items())),
+                "largest_groups": [{"survivor": keys[i], "members": members[i],
+                                    "size": int(dup.column(GROUP_SIZE)[i].as_py())}
+                                   for i in largest[:self.config.report_groups]]}
+
+
+def _compared_partial(batch: pa.Table) -> pa.Table:
+    return pa.table({"rows": [batch.num_rows], "compared": [batch.num_rows - batch.column(GROUP_SIZE).null_count]})
+
+
+def _sum_counts(parts: pa.Table) -> dict[str, int]:
+    return {name: int(pc.sum(parts.column(name)).as_py() or 0) if parts.num_rows else 0 for name in ("rows", "compared")}
+
+
+def _duplicate_rows(batch: pa.Table) -> pa.Table:
+    """The rows of groups of two or more (small: only duplicates and their survivors)."""
+    return batch.filter(pc.is_valid(batch.column(GROUP))).select([R.STATUS, "source", GROUP, GROUP_SIZE, MEMBERS])
+
+
+def _decisions_only(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns(["source", MEMBERS])
