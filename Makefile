@@ -36,7 +36,7 @@ demo: install sample-data
 	$(VENV)/bin/mmcurate run $(RECIPE) --out $(OUT)
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 bench: install
 	$(PY) bench/run.py

@@ -27,6 +27,7 @@ from pipelines.executors import PARQUET_OPTIONS, data_files, global_columns, wri
 
 T = TypeVar("T")
 PART = "_part"
+MAX_SOURCE_BLOCKS = 256
 DECISION_SUFFIX = "__decision"
 
 
@@ -192,7 +193,9 @@ class RayExecutor:
         ds = self._read(files)
         if stage.reads_sources:
             tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            ds = ds.repartition(max(1, -(-tasks // res.batch_size)))
+            # A block per `batch_size` files, at most MAX_SOURCE_BLOCKS: enough to keep a cluster busy,
+            # few enough that 10,000 one-sample tars do not become 10,000 parquet files in every stage.
+            ds = ds.repartition(max(1, min(MAX_SOURCE_BLOCKS, -(-tasks // res.batch_size))))
             schema = R.BASE_SCHEMA
         else:
             schema = stage.output_schema(pq.read_schema(files[0]))
