@@ -25,7 +25,7 @@ from curate.base import records as R
 from curate.images import decode, probe
 from distributions import native_resolution_sizes
 from pack import tokens as T
-from pack.stages import CountTokensStage
+from pack.count_tokens import CountTokensStage
 from run import format_table, quick
 
 N = 100_000 if quick() else 1_000_000

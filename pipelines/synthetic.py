@@ -131,13 +131,16 @@ def annotation_table(settings: dict[str, Any], keys: list[str], seed: int) -> pa
 
 def generate(recipe: Recipe, base: Path, rows: int = 3000, seed: int = 0) -> dict[str, int]:
     """Write every source (and annotation file) of `recipe` under `base`; returns rows per source."""
-    images = image_pool(base / "data" / "synthetic" / "_images")
     counts = source_rows(recipe, rows)
     keys_by_source: dict[str, list[str]] = {}
+    pools: dict[Path, list[str]] = {}
     for spec in recipe.sources:
         path = base / spec.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = source_table(spec.name, spec.category, counts[spec.name], images, seed)
+        # Images live inside the source's folder: references may not leave a source's root.
+        if path.parent not in pools:
+            pools[path.parent] = image_pool(path.parent / "_images")
+        table = source_table(spec.name, spec.category, counts[spec.name], pools[path.parent], seed)
         pq.write_table(table, path)
         keys_by_source[spec.name] = table.column("uid").to_pylist()
     for st in recipe.stages:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from curate.base import records as R
 from curate.base.global_data import InlineData, partition_of, stable_hash64
 from curate.ingest import mark_duplicate_keys
-from pack.stages import PackStage
+from pack.pack_stage import PackStage
 
 
 def _decisions_by_ordinal(data) -> dict[int, tuple]:

@@ -8,7 +8,8 @@ import pytest
 from curate.base import records as R
 from curate import base as S
 from pack import tokens as T
-from pack.stages import CountTokensStage, PackStage
+from pack.pack_stage import PackStage
+from pack.count_tokens import CountTokensStage
 
 
 def _img(w, h):

@@ -10,7 +10,8 @@ from curate.base import records as R
 from curate.base import StageContext
 from pack import tokens as T
 from pack.profile import PRESETS, ModelProfile, profile_from_mapping, resolve_profile
-from pack.stages import CountTokensStage, PackStage
+from pack.pack_stage import PackStage
+from pack.count_tokens import CountTokensStage
 
 
 def test_presets_carry_the_processor_numbers():

@@ -16,7 +16,9 @@ from pipelines.runner import run
 from pipelines.synthetic import generate
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-SEED_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.name != "demo.yaml")
+# The seeds' data recipes run on synthetic sources named after the seeds' datasets; the other recipes
+# (demo, dedup, ocr, cluster, the MLM-Filter filter) run on the bundled sample corpus in their own tests.
+SEED_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.stem.startswith(("mindvl_", "openpangu_", "openqwen2vl_")))
 TOLERANCE_PP = 0.5
 
 
@@ -52,7 +54,7 @@ def test_mindvl_sft_lengths_and_pixels_follow_the_seed():
         r = load(RECIPES / f"mindvl_sft_{k}k.yaml")
         settings = {s.name: s.settings for s in r.stages}
         assert settings["pack"]["context_length"] == k * 1024
-        assert settings["count_tokens"]["max_pixels"] == pixels * 28 * 28
+        assert r.model["max_pixels"] == pixels * 28 * 28 and r.model["context_length"] == k * 1024
         assert r.mixture["ratios"] == {"vqa": 0.5, "text": 0.5}
 
 
@@ -108,7 +110,8 @@ def test_mindvl_warmup_realises_table_11_within_half_a_point(warmup, unit):
     total = int(0.7 * probe.report["stages"][-1]["mixture"]["total_target"])
     result = run(with_mixture(recipe, unit=unit, total=total), out=base / "out", executor="inline",
                  until="mixture", progress=False)
-    assert result.report["stages"][1].get("resumed")
+    import json
+    assert json.loads((base / "out" / "run.json").read_text())["stages"][1]["resumed"]
     entry = result.report["stages"][-1]
     assert entry["balanced"] and entry["repeated"] > 0 and not entry["mixture"]["shortfall"]
     kept = result.kept(columns=["key", "source", "category", "num_tokens", "repeat_of"])

@@ -192,7 +192,7 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="differs from pack.context_length"):
         ShardsStage(context=StageContext(upstream={"pack": {"context_length": 1024}}), context_length=2048)
     # the pack stage ran with its default context_length (the recipe did not set it)
-    from pack.stages import PackStage
+    from pack.pack_stage import PackStage
     assert ShardsStage(context=StageContext(upstream={"pack": {}})).capacity() == PackStage.Config().context_length
     with pytest.raises(ValueError, match="no pack stage before shards"):
         ShardsStage().capacity()

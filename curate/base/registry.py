@@ -30,7 +30,8 @@ BUILTIN_STAGE_MODULES = (
     "curate.mllm.recaption_stage",
     "curate.embed",
     "curate.cluster",
-    "pack.stages",
+    "pack.count_tokens",
+    "pack.pack_stage",
     "pack.shards",
 )
 
