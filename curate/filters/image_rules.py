@@ -32,9 +32,6 @@ image, the detail says which). Text-only samples pass.
 """
 from __future__ import annotations
 
-import io
-import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -45,17 +42,13 @@ from PIL import Image
 
 from curate import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.filters.jpeg import decoder_fill_rows, estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, resolve
 from curate.stage import BatchResult, Resources, Stage, register
 
-LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "MPO", "JPEG2000"})
+__all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "max_channel_std"]
 
-# IJG's standard tables (ITU T.81 Annex K), natural (row-major) order — Pillow's order too.
-_IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "MPO", "JPEG2000"})
 
 # Side (in pixels) the blank check looks at: JPEG draft mode gets close to it for free.
 BLANK_PROBE_SIDE = 64
@@ -64,34 +57,26 @@ ReadBytes = Callable[[Mapping[str, Any]], bytes]
 
 
 # --- measurements ---------------------------------------------------------------------------------
-def estimate_jpeg_quality(quantization: Mapping[int, Sequence[int]] | None) -> float | None:
-    """IJG quality (1..100) that would produce the luminance table, or None without one.
-
-    libjpeg scales its base table by S = 5000/q (q < 50) or 200 - 2q and rounds; entries clipped to
-    1 or 255 carry no information about S, so the median over the unclipped ones is inverted.
-    """
-    if not quantization or 0 not in quantization:
-        return None
-    table = np.asarray(list(quantization[0]), dtype=np.float64)
-    if table.size != 64:
-        return None
-    informative = (table > 1) & (table < 255)
-    if not informative.any():
-        return 100.0 if (table <= 1).all() else 1.0
-    scale = float(np.median(100.0 * table[informative] / _IJG_LUMA[informative]))
-    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
-    return float(min(100.0, max(1.0, quality)))
-
-
 def max_channel_std(im: Image.Image) -> float:
-    """Largest per-channel standard deviation on a 0..255 scale (16-bit and float images rescaled)."""
+    """Largest per-channel standard deviation on a 0..255 scale (16-bit and float images rescaled).
+
+    8-bit images go through Pillow's C histogram (256 bins per band) and two dot products: the
+    same number as numpy's std over the pixels, at a tenth of the cost on a 64 px copy.
+    """
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         arr = np.asarray(im, dtype=np.float64).reshape(-1, 1)
         arr = arr * (255.0 / 65535.0) if im.mode != "F" else arr * (255.0 if arr.size and arr.max() <= 1.0 else 1.0)
-    else:
-        arr = np.asarray(im if im.mode in ("L", "RGB") else im.convert("RGB"), dtype=np.float32)
-        arr = arr.reshape(-1, 1 if arr.ndim == 2 else arr.shape[-1])
-    return float(arr.std(axis=0).max()) if arr.size else 0.0
+        return float(arr.std(axis=0).max()) if arr.size else 0.0
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")
+    hist = np.asarray(im.histogram(), dtype=np.float64).reshape(-1, 256)
+    count = hist.sum(axis=1)
+    if not count.all():
+        return 0.0
+    levels = np.arange(256, dtype=np.float64)
+    mean = hist @ levels / count
+    var = hist @ (levels * levels) / count - mean * mean
+    return float(np.sqrt(np.maximum(var, 0.0)).max())
 
 
 def header_drop(width: int, height: int, th: ImageThresholds) -> Drop | None:
@@ -112,77 +97,98 @@ def header_drop(width: int, height: int, th: ImageThresholds) -> Drop | None:
     return None
 
 
-def _open_header(data: bytes) -> Image.Image:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Image.open(io.BytesIO(data))
+def _known_size(ref: Mapping[str, Any]) -> tuple[int, int] | None:
+    width, height = ref.get("width"), ref.get("height")
+    return (int(width), int(height)) if width and height else None
 
 
-def _blank_probe(im: Image.Image) -> Image.Image:
-    """Decode a small copy: JPEG draft mode scales in the DCT, other formats are reduced after load."""
-    w, h = im.size
+def needs_bytes(ref: Mapping[str, Any], th: ImageThresholds) -> bool:
+    """Whether the rules left after the header rules need the encoded bytes of this image."""
+    return _known_size(ref) is None or bool(th.min_jpeg_quality) or bool(th.blank_max_std)
+
+
+def reference_drop(ref: Mapping[str, Any], th: ImageThresholds) -> Drop | None:
+    """The header rules, when ingest recorded the size: no I/O at all."""
+    size = _known_size(ref)
+    return header_drop(*size, th) if size else None
+
+
+def bits_per_pixel_drop(ref: Mapping[str, Any], size: tuple[int, int], encoded: int, th: ImageThresholds
+                        ) -> Drop | None:
+    fmt = (ref.get("format") or "").upper()
+    if th.min_bits_per_pixel and fmt in LOSSY_FORMATS and encoded >= 0:
+        bpp = encoded * 8 / (size[0] * size[1])
+        if bpp < th.min_bits_per_pixel:
+            return Drop("image:low_bits_per_pixel", f"{bpp:.3f} bits per pixel < {th.min_bits_per_pixel:g}")
+    return None
+
+
+def _unreadable_drop(exc: I.UnreadableImage) -> Drop:
+    if exc.reason in ("decompression_bomb", "too_large_to_decode"):
+        return Drop("image:too_large_to_decode", exc.detail)
+    return Drop("image:corrupt", f"{exc.reason}: {exc.detail}")
+
+
+def pixel_drop(im: Image.Image, th: ImageThresholds) -> Drop | None:
+    """Decode a ~64 px copy once: it must decode (corrupt), not be decoder fill (truncated), not be flat."""
+    jpeg = im.format == "JPEG" and im.mode in ("RGB", "L")
+    try:
+        small = I.load_small(im, BLANK_PROBE_SIDE, ("YCbCr" if im.mode == "RGB" else "L") if jpeg else "RGB")
+    except I.UnreadableImage as exc:
+        return Drop("image:corrupt", f"decode failed: {exc.detail}")
+    fill = decoder_fill_rows(small) if jpeg else 0
+    if small.mode.startswith("I;16"):
+        small = small.convert("I")
+    elif small.mode not in ("RGB", "L", "I", "F"):
+        small = small.convert("RGB")
+    factor = max(1, min(small.size) // BLANK_PROBE_SIDE)
+    std = max_channel_std(small.reduce(factor) if factor > 1 else small)
+    if std < th.blank_max_std:
+        return Drop("image:blank", f"max channel std {std:.2f} < {th.blank_max_std:g}")
+    if fill:
+        return Drop("image:truncated", f"JPEG data ends early: the bottom {fill} of {small.size[1]} rows of the "
+                                       f"reduced decode are the decoder's grey fill")
+    return None
+
+
+def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> Drop | None:
+    """The rules that look at the encoded bytes (and, for blank/truncated/corrupt, a reduced decode)."""
+    try:
+        im = I.open_image(data, th.max_pixels)
+    except I.UnreadableImage as exc:
+        return _unreadable_drop(exc)
+    size = _known_size(ref)
+    if size is None:
+        size = im.size
+        drop = header_drop(*size, th)
+        if drop:
+            return drop
     if im.format == "JPEG":
-        factor = max(1, min(8, min(w, h) // BLANK_PROBE_SIDE))
-        im.draft("RGB", (max(1, math.ceil(w / factor)), max(1, math.ceil(h / factor))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        im.load()
-    factor = max(1, min(im.size) // BLANK_PROBE_SIDE)
-    if im.mode.startswith("I;16"):
-        im = im.convert("I")
-    elif im.mode not in ("RGB", "L", "I", "F"):
-        im = im.convert("RGB")
-    return im.reduce(factor) if factor > 1 else im
+        if th.min_jpeg_quality:
+            quality = estimate_jpeg_quality(getattr(im, "quantization", None))
+            if quality is not None and quality < th.min_jpeg_quality:
+                return Drop("image:low_jpeg_quality", f"estimated JPEG quality {quality:.0f} < {th.min_jpeg_quality}")
+        missing = progressive_scans_missing(data) if im.info.get("progressive") else []
+        if missing:
+            return Drop("image:truncated", f"progressive JPEG ends before components {missing} are fully refined")
+    if th.blank_max_std:
+        drop = pixel_drop(im, th)
+        if drop:
+            return drop
+    encoded = ref.get("size")
+    return bits_per_pixel_drop(ref, size, len(data) if encoded is None or encoded < 0 else encoded, th)
 
 
 def check_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes) -> Drop | None:
     """Every rule for one image reference; None when the image passes."""
-    width, height = ref.get("width"), ref.get("height")
-    known_size = bool(width) and bool(height)
-    if known_size:
-        drop = header_drop(int(width), int(height), th)
-        if drop:
-            return drop
-    needs_bytes = (not known_size) or th.min_jpeg_quality or th.blank_max_std
-    data: bytes | None = None
-    if needs_bytes:
-        got = read_or_drop(ref, read)
-        if isinstance(got, Drop):
-            return got
-        data = got
-        try:
-            header = I.probe(data)
-        except I.UnreadableImage as exc:
-            if exc.reason == "decompression_bomb":
-                return Drop("image:too_large_to_decode", exc.detail)
-            return Drop("image:corrupt", f"{exc.reason}: {exc.detail}")
-        if not known_size:
-            width, height = header.width, header.height
-            drop = header_drop(width, height, th)
-            if drop:
-                return drop
-        im = _open_header(data)
-        if th.min_jpeg_quality and im.format == "JPEG":
-            quality = estimate_jpeg_quality(getattr(im, "quantization", None))
-            if quality is not None and quality < th.min_jpeg_quality:
-                return Drop("image:low_jpeg_quality", f"estimated JPEG quality {quality:.0f} < {th.min_jpeg_quality}")
-        if th.blank_max_std:
-            try:
-                small = _blank_probe(im)
-            except Exception as exc:  # noqa: BLE001 — Pillow raises many types for bad payloads
-                return Drop("image:corrupt", f"decode failed: {type(exc).__name__}: {exc}")
-            std = max_channel_std(small)
-            if std < th.blank_max_std:
-                return Drop("image:blank", f"max channel std {std:.2f} < {th.blank_max_std:g}")
-    fmt = (ref.get("format") or "").upper()
-    size = ref.get("size")
-    if size is None or size < 0:
-        size = len(data) if data is not None else -1
-    if th.min_bits_per_pixel and fmt in LOSSY_FORMATS and size >= 0:
-        bpp = size * 8 / (int(width) * int(height))
-        if bpp < th.min_bits_per_pixel:
-            return Drop("image:low_bits_per_pixel", f"{bpp:.3f} bits per pixel < {th.min_bits_per_pixel:g}")
-    return None
+    drop = reference_drop(ref, th)
+    if drop is not None:
+        return drop
+    if not needs_bytes(ref, th):
+        encoded = ref.get("size")
+        return bits_per_pixel_drop(ref, _known_size(ref), -1 if encoded is None else encoded, th)
+    got = read_or_drop(ref, read)
+    return got if isinstance(got, Drop) else check_bytes(ref, got, th)
 
 
 def check_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds,
@@ -195,6 +201,20 @@ def check_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds,
             where = f"image {i + 1}/{len(refs)}: " if len(refs) > 1 else ""
             return Drop(drop.reason, where + (drop.detail or ""), drop.status)
     return None
+
+
+def prefetch(rows: Sequence[Sequence[Mapping[str, Any]] | None], th: ImageThresholds) -> ReadBytes:
+    """Read, in one pass per container file, the bytes every image of a batch will need; returns a
+    `read` for ``check_sample`` that serves them (and raises a failed read's error for its image)."""
+    wanted = [ref for refs in rows for ref in (refs or []) if reference_drop(ref, th) is None and needs_bytes(ref, th)]
+    fetched = {id(ref): got for ref, got in zip(wanted, I.read_many(wanted))}
+
+    def read(ref: Mapping[str, Any]) -> bytes:
+        got = fetched[id(ref)] if id(ref) in fetched else I.read_image_bytes(ref)
+        if isinstance(got, Exception):
+            raise got
+        return got
+    return read
 
 
 # --- the stage ------------------------------------------------------------------------------------
@@ -231,11 +251,12 @@ class ImageFilter(Stage):
             raise ValueError(f"io_threads: must be >= 1, got {self.config.io_threads}")
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
-        refs = batch.column("images").to_pylist()
+        rows = batch.column("images").to_pylist()
         th = self.thresholds
-        if self.config.io_threads > 1 and len(refs) > 1:
+        read = prefetch(rows, th)
+        if self.config.io_threads > 1 and len(rows) > 1:
             with ThreadPoolExecutor(self.config.io_threads) as pool:
-                drops = list(pool.map(lambda r: check_sample(r, th), refs))
+                drops = list(pool.map(lambda refs: check_sample(refs, th, read), rows))
         else:
-            drops = [check_sample(r, th) for r in refs]
+            drops = [check_sample(refs, th, read) for refs in rows]
         return split_drops(batch, drops)
