@@ -1,14 +1,22 @@
-"""Per-row verdicts with a status, for stages that both reject and quarantine in one batch.
+"""One way to say what happens to a row, and one way to check a stage's settings.
 
-``BatchResult.split`` gives every dropped row the same status; the image and CLIP stages need two:
-a rule that fails *rejects* the sample (``rejected``), bytes that cannot be fetched *quarantine* it
-(``quarantined``: the data may be fine, the storage was not — a rerun after fixing storage can
-recover it).
+Verdicts: every filter in ``curate.filters`` (and the CLIP and grounding stages) decides per row
+``Drop | None`` — None keeps the row; a ``Drop`` carries the reason code, the measured detail and
+the status — and turns the list into a ``BatchResult`` with ``split_drops``. A rule that fails
+*rejects* the sample (``rejected``); bytes that cannot be fetched *quarantine* it (``quarantined``:
+the data may be fine, the storage was not — a rerun after fixing storage can recover it).
+``BatchResult.split(reasons, details, status)`` is the special case of one status for the batch:
+it equals ``split_drops([Drop(r, d, status) if r else None ...])`` (tested), so the stage
+contract can keep one of the two.
+
+Settings: ``check_choices`` checks every ``Literal`` field of a config dataclass against its
+choices, so no stage re-checks a choice by hand.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
@@ -43,6 +51,28 @@ def split_drops(table: pa.Table, drops: Sequence[Drop | None]) -> BatchResult:
         return BatchResult(kept, table.slice(0, 0))
     dropped = parts[0] if len(parts) == 1 else pa.concat_tables([parts[0], parts[1].cast(parts[0].schema)])
     return BatchResult(kept, dropped)
+
+
+def _choices(hint: Any) -> tuple | None:
+    """The allowed values of a Literal hint (also inside ``Optional``/unions), or None."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    if get_origin(hint) is Union or type(hint).__name__ == "UnionType":
+        found = [c for a in get_args(hint) for c in (_choices(a) or ())]
+        if not found:
+            return None
+        return tuple(found) + ((None,) if type(None) in get_args(hint) else ())
+    return None
+
+
+def check_choices(config: Any) -> None:
+    """ValueError naming the first setting whose value is not one of its ``Literal`` choices."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        allowed = _choices(hints[f.name])
+        value = getattr(config, f.name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
 
 
 def read_or_drop(ref: Mapping[str, Any], read: Callable[[Mapping[str, Any]], bytes]) -> bytes | Drop:

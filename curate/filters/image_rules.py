@@ -33,7 +33,7 @@ image, the detail says which). Text-only samples pass.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -41,9 +41,9 @@ import pyarrow as pa
 from PIL import Image
 
 from curate import images as I
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.filters.common import Drop, check_choices, read_or_drop, split_drops
 from curate.filters.jpeg import decoder_fill_rows, estimate_jpeg_quality, progressive_scans_missing
-from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, resolve
+from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.stage import BatchResult, Resources, Stage, register
 
 __all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "max_channel_std"]
@@ -218,35 +218,20 @@ def prefetch(rows: Sequence[Sequence[Mapping[str, Any]] | None], th: ImageThresh
 
 
 # --- the stage ------------------------------------------------------------------------------------
-def _threshold_field(doc: str) -> Any:
-    return field(default=None, metadata={"doc": doc + " None: the preset's value; 0 turns the rule off."})
-
-
 @register
 class ImageFilter(Stage):
     name: ClassVar[str] = "image_filter"
     description: ClassVar[str] = ("Rule-based image filtering: decode budget, aspect ratio, min side/pixels, corrupt, "
-                                  "JPEG quality, blank, bits per pixel. Header rules need no I/O.")
+                                  "JPEG quality, truncated, blank, bits per pixel. Header rules need no I/O.")
     requires: ClassVar[tuple[str, ...]] = ("images",)
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128, kind="task")
 
-    @dataclass
-    class Config:
-        preset: str = field(default="default", metadata={
-            "doc": f"Named thresholds: {', '.join(sorted(IMAGE_PRESETS))}. Single settings below override it."})
-        min_side: int | None = _threshold_field("Smallest allowed shorter side in pixels (inclusive).")
-        min_pixels: int | None = _threshold_field("Smallest allowed width x height (inclusive).")
-        max_aspect_ratio: float | None = _threshold_field("Largest allowed long side / short side (inclusive).")
-        max_pixels: int | None = _threshold_field("Largest width x height the pipeline will decode.")
-        min_jpeg_quality: int | None = _threshold_field("Smallest estimated IJG quality of JPEGs (1..100).")
-        min_bits_per_pixel: float | None = _threshold_field("Smallest encoded bits per pixel of lossy formats.")
-        blank_max_std: float | None = _threshold_field(
-            "Images whose largest per-channel std (0..255, on a ~64 px copy) is below this are blank.")
-        io_threads: int = field(default=4, metadata={"doc": "Threads reading and decoding images in a batch."})
+    Config = preset_settings("ImageFilter", ImageThresholds, IMAGE_PRESETS, extra=[
+        ("io_threads", int, field(default=4, metadata={"doc": "Threads reading and decoding images in a batch."}))])
 
     def validate_config(self) -> None:
-        overrides = {k: v for k, v in asdict(self.config).items() if k not in ("preset", "io_threads")}
-        self.thresholds: ImageThresholds = resolve(IMAGE_PRESETS, self.config.preset, overrides)
+        check_choices(self.config)
+        self.thresholds: ImageThresholds = thresholds_of(self.config, ImageThresholds, IMAGE_PRESETS)
         if self.config.io_threads < 1:
             raise ValueError(f"io_threads: must be >= 1, got {self.config.io_threads}")
 
