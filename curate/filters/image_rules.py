@@ -226,7 +226,7 @@ class ImageFilter(Stage):
     requires: ClassVar[tuple[str, ...]] = ("images",)
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128, kind="task")
 
-    Config = preset_settings("ImageFilter", ImageThresholds, IMAGE_PRESETS, extra=[
+    Config = preset_settings("ImageFilter", __name__, ImageThresholds, IMAGE_PRESETS, extra=[
         ("io_threads", int, field(default=4, metadata={"doc": "Threads reading and decoding images in a batch."}))])
 
     def validate_config(self) -> None:

@@ -77,11 +77,12 @@ TEXT_PRESETS: dict[str, TextThresholds] = {
 }
 
 
-def preset_settings(owner: type | str, thresholds: type, presets: Mapping[str, Any],
+def preset_settings(owner: str, module: str, thresholds: type, presets: Mapping[str, Any],
                     extra: Sequence[tuple[str, type, Any]] = ()) -> type:
     """The settings dataclass of a preset-backed stage, derived from its thresholds class.
 
-    Fields: ``preset`` (a ``Literal`` of the preset names, so the recipe schema lists them), then one
+    `owner` and `module` name the stage class that holds it (``Config`` pickles by reference, as
+    a nested class would). Fields: ``preset`` (a ``Literal`` of the preset names, so the recipe schema lists them), then one
     override per threshold with the same name, type ``T | None`` and doc (None: the preset's value),
     then `extra` (name, type, field). Declaring a threshold once in `thresholds` is enough for it
     to become a setting, a schema entry and a report value.
@@ -92,9 +93,8 @@ def preset_settings(owner: type | str, thresholds: type, presets: Mapping[str, A
     for f in dataclasses.fields(thresholds):
         tail = " None: the preset's value." + ("" if f.metadata.get("gate") else " 0 turns the rule off.")
         fields.append((f.name, Optional[hints[f.name]], field(default=None, metadata={"doc": f.metadata["doc"] + tail})))
-    name = owner if isinstance(owner, str) else owner.__name__
     cls = dataclasses.make_dataclass("Config", [*fields, *extra])
-    cls.__qualname__ = f"{name}.Config"   # pickles by reference (Ray) as the owner's nested class
+    cls.__module__, cls.__qualname__ = module, f"{owner}.Config"  # pickles by reference as owner.Config
     return cls
 
 

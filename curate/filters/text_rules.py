@@ -295,7 +295,7 @@ class TextFilter(Stage):
     requires: ClassVar[tuple[str, ...]] = ("text", "conversations")
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=1024, kind="task")
 
-    Config = preset_settings("TextFilter", TextThresholds, TEXT_PRESETS, extra=[
+    Config = preset_settings("TextFilter", __name__, TextThresholds, TEXT_PRESETS, extra=[
         ("boilerplate_in_answers", bool, field(default=False, metadata={
             "doc": "Also apply the boilerplate rule to assistant turns (off: OCR/GUI answers quote page text)."}))])
 
