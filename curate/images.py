@@ -1,8 +1,10 @@
 """Image references: probing headers without decoding, and reading the bytes back when needed.
 
 Ingest stores a reference (container URI + member + byte offset) and the width/height from the
-header. Stages that need pixels (image rules, CLIP) and the shard writer call ``read_image_bytes``;
-nothing else touches image bytes. Pillow's ``Image.open`` reads only the header until ``load()``.
+header. Stages that need pixels (image rules, CLIP) and the shard writer call ``read_image_bytes``
+(or ``read_many`` for a batch); nothing else touches image bytes. Every decoder starts from
+``open_image``, the one place with the decode budget (decompression bombs) and the truncation checks;
+Pillow's ``Image.open`` reads only the header until ``load()``.
 """
 from __future__ import annotations
 

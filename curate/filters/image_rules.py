@@ -12,16 +12,24 @@ reason                                 what is looked at                  cost
 ``image:unreadable:<code>``            fetching the bytes                 one read (*quarantined*)
 ``image:corrupt``                      the header                         header parse
 ``image:low_jpeg_quality``             JPEG quantization tables           header parse, no decode
-``image:blank``                        per-channel std of a 1/8 copy      JPEG draft decode
+``image:truncated`` (progressive)      JPEG scan headers                  a byte search, no decode
+``image:corrupt`` (decode failed)      a ~64 px copy                      JPEG draft decode
+``image:blank``                        per-channel std of that copy       a 256-bin histogram
+``image:truncated`` (baseline)         decoder grey fill in that copy     a row check
 ``image:low_bits_per_pixel``           encoded size / pixels              none (lossy formats)
 =====================================  =================================  ==========================
 
 Why this order: header rules need no I/O at all, so the common rejections (small, banner-shaped,
 bombs) cost nothing. Aspect ratio runs before the size rules so that a 1200x100 banner is named a
 banner. JPEG quality needs only the quantization tables that ``Image.open`` parses without
-``load()``. The blank check decodes with JPEG draft mode (DCT scaling, ~1/64 of the work) and also
+``load()`` (the estimate is cached per table). A JPEG cut short with its end marker put back
+decodes without an error; ``curate.filters.jpeg`` explains the two signs it leaves. The blank check decodes with JPEG draft mode (DCT scaling, ~1/64 of the work) and also
 proves that the bytes decode at all — a truncated or corrupt payload is ``image:corrupt``. Bits per
 pixel runs last: a uniform image also compresses to almost nothing, and "blank" is the better name.
+
+Bytes are read for a whole batch at once (``prefetch``: each container opened once, members read
+in offset order), and only for images that passed the header rules. The pixel checks (corrupt,
+blank, baseline truncation) share one reduced decode and run when ``blank_max_std`` is on.
 
 Unreadable *bytes* (a missing file, a short read from a container) are *quarantined*, not rejected:
 the sample may be fine and the storage broken, so a rerun can recover it. Bytes that are there but

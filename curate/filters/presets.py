@@ -91,7 +91,7 @@ def preset_settings(owner: str, module: str, thresholds: type, presets: Mapping[
     fields: list[tuple[str, Any, Any]] = [("preset", Literal[tuple(presets)], field(default="default", metadata={
         "doc": f"Named thresholds: {', '.join(presets)}. Single settings below override it."}))]
     for f in dataclasses.fields(thresholds):
-        tail = " None: the preset's value." + ("" if f.metadata.get("gate") else " 0 turns the rule off.")
+        tail = " None: the preset's value" + ("." if f.metadata.get("gate") else "; 0 turns the rule off.")
         fields.append((f.name, Optional[hints[f.name]], field(default=None, metadata={"doc": f.metadata["doc"] + tail})))
     cls = dataclasses.make_dataclass("Config", [*fields, *extra])
     cls.__module__, cls.__qualname__ = module, f"{owner}.Config"  # pickles by reference as owner.Config
