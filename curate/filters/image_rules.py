@@ -22,9 +22,11 @@ reason                                 what is looked at                  cost
 Why this order: header rules need no I/O at all, so the common rejections (small, banner-shaped,
 bombs) cost nothing. Aspect ratio runs before the size rules so that a 1200x100 banner is named a
 banner. JPEG quality needs only the quantization tables that ``Image.open`` parses without
-``load()`` (the estimate is cached per table). A JPEG cut short with its end marker put back
-decodes without an error; ``curate.filters.jpeg`` explains the two signs it leaves. The blank check decodes with JPEG draft mode (DCT scaling, ~1/64 of the work) and also
-proves that the bytes decode at all — a truncated or corrupt payload is ``image:corrupt``. Bits per
+``load()`` (the estimate is cached per table). The blank check decodes with JPEG draft mode (DCT
+scaling, ~1/64 of the IDCT work) and also proves that the bytes decode at all — a payload that
+fails is ``image:corrupt``. A JPEG cut short with its end marker put back decodes *without* an
+error: ``curate.filters.jpeg`` explains the two signs it leaves (``image:truncated``). Blank is
+named before baseline truncation: a uniform mid-grey image is blank whatever made it. Bits per
 pixel runs last: a uniform image also compresses to almost nothing, and "blank" is the better name.
 
 Bytes are read for a whole batch at once (``prefetch``: each container opened once, members read
