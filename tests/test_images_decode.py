@@ -193,3 +193,11 @@ def test_stage_answers_do_not_depend_on_batch_size_or_threads(tmp_path):
         got.update({k: None for k in res.kept.column("key").to_pylist()})
         answers.append(got)
     assert answers[0] == expected and answers[1] == expected and answers[2] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_scan_header_parser_never_fails_on_garbage(head, tail):
+    for payload in (head, b"\xff\xd8\xff\xc2" + head + b"\xff\xda" + tail, b"\xff\xda" + tail + b"\xff\xc2"):
+        missing = J.progressive_scans_missing(payload)
+        assert isinstance(missing, list) and all(isinstance(c, int) for c in missing)
