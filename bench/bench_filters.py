@@ -81,7 +81,7 @@ def child_mmcurate(root: Path, n: int, executor: str) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     (work / "in").mkdir(parents=True)
     pq.write_table(table, work / "in" / "part-0.parquet")
-    ex = RayExecutor(num_cpus=1)
+    ex = RayExecutor()
     try:
         files = data_files(work / "in")
         for i, stage in enumerate(stages):
@@ -142,10 +142,15 @@ def reap_descendants(timeout: float = 20.0) -> None:
 
 
 def tree_cpu(cmd: list[str]) -> tuple[float, float, dict]:
-    """(CPU seconds of the process tree, wall seconds, the child's JSON answer)."""
+    """(CPU seconds of the process tree, wall seconds, the child's JSON answer).
+
+    ``RAY_ADDRESS=local``: the Ray child starts its own cluster as our descendant. Without it
+    ``ray.init()`` joins whatever cluster /tmp/ray/ray_current_cluster names (another user's run on
+    a shared machine), whose CPU no rusage of ours can see."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="local")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     reap_descendants()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
