@@ -127,8 +127,9 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def reap_descendants(timeout: float = 20.0) -> None:
-    """Wait for every re-parented descendant to exit (Ray's processes stop shortly after shutdown)."""
+def reap_descendants(timeout: float = 60.0) -> None:
+    """Wait for every re-parented descendant to exit (Ray's daemons stop shortly after shutdown);
+    past `timeout`, kill the ones still there (they are ours: re-parented to this subreaper)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -137,8 +138,24 @@ def reap_descendants(timeout: float = 20.0) -> None:
             return
         if pid == 0:
             if time.monotonic() > deadline:
-                raise TimeoutError("descendants still running after the child exited")
+                for child in _children():
+                    os.kill(child, 9)
+                deadline = float("inf")
             time.sleep(0.05)
+
+
+def _children() -> list[int]:
+    """Direct children of this process (from /proc: orphans re-parented to us included)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(entry))
+    return found
 
 
 def tree_cpu(cmd: list[str]) -> tuple[float, float, dict]:
