@@ -160,11 +160,11 @@ class TopNgram:
 def top_ngram(words: Sequence[str], n: int) -> TopNgram | None:
     if len(words) < n:
         return None
-    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    counts = Counter(zip(*(words[i:] for i in range(n))))  # the n-grams in order, built in C
     # most_common is stable for ties (first seen wins), which keeps the detail text deterministic
     gram, count = counts.most_common(1)[0]
-    total = sum(len(w) for w in words)
-    return TopNgram(n, gram, count, count * sum(len(w) for w in gram) / total if total else 0.0)
+    total = sum(map(len, words))
+    return TopNgram(n, gram, count, count * sum(map(len, gram)) / total if total else 0.0)
 
 
 def duplicate_line_ratio(text: str) -> tuple[float, int]:
