@@ -1,6 +1,7 @@
 """CPU per sample of the rule filters (``image_filter`` + ``text_filter``) against Data-Juicer 1.6.1.
 
-    python bench/bench_filters.py [--n 20000] [--no-ray]     # or: python bench/run.py filters [--quick]
+    python bench/bench_filters.py [--n 20000] [--no-ray] [--only inline,ray,dj,dj-fused]
+    python bench/run.py filters [--quick]                     # via make bench (2,000 samples quick)
 
 The corpus is img2dataset-style (bench/filters_corpus.py): webdataset tars for mmcurate, the same
 samples as JSONL + image files for Data-Juicer (it reads images by path). Each contender runs in a
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=ROOT / "out" / "bench_filters")
     ap.add_argument("--dj-python", type=Path, default=DEFAULT_DJ_PYTHON)
     ap.add_argument("--no-ray", action="store_true", help="skip the (slow) Ray executor run")
+    ap.add_argument("--only", default="inline,ray,dj,dj-fused", help="contenders to run, comma-separated")
     ap.add_argument("--child", choices=["inline", "ray", "dj", "dj-fused"])
     args = ap.parse_args(argv)
     if args.child:
@@ -216,15 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     ingest(args.root, paths["shards"])
     become_subreaper()
     me = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root)]
-    rows = [measure("mmcurate inline", me + ["--child", "inline"], args.n)]
-    if not args.no_ray:
-        rows.append(measure("mmcurate ray (1 CPU)", me + ["--child", "ray"], args.n))
     dj = [str(args.dj_python), str(Path(__file__).resolve()), "--root", str(args.root)]
-    if args.dj_python.exists():
-        rows += [measure("data-juicer 1.6.1", dj + ["--child", "dj"], args.n),
-                 measure("data-juicer 1.6.1 fused", dj + ["--child", "dj-fused"], args.n)]
-    else:
+    contenders = {"inline": ("mmcurate inline", me), "ray": ("mmcurate ray", me),
+                  "dj": ("data-juicer 1.6.1", dj), "dj-fused": ("data-juicer 1.6.1 fused", dj)}
+    chosen = [c for c in args.only.split(",") if not (args.no_ray and c == "ray")]
+    if not args.dj_python.exists() and {"dj", "dj-fused"} & set(chosen):
         print(f"data-juicer: skipped ({args.dj_python} not found; see the module docstring)")
+        chosen = [c for c in chosen if not c.startswith("dj")]
+    rows = []
+    for key in chosen:
+        name, cmd = contenders[key]
+        rows.append(measure(name, cmd + ["--child", key], args.n))
+        print(f"  {name}: {rows[-1]['ms']:.3f} CPU ms/sample", flush=True)
     print_table(rows, args.n, format_table)
     return 0
 
@@ -238,7 +243,9 @@ def print_table(rows: list[dict], n: int, format_table) -> None:
           f"(CPU(N) - CPU(N/10)) / 0.9N")
     print(format_table(["contender", "CPU ms/sample", "vs best DJ", "CPU s total", "wall s", "kept"], table))
     if best is not None:
-        inline = next(r["ms"] for r in rows if r["name"] == "mmcurate inline")
+        inline = next((r["ms"] for r in rows if r["name"] == "mmcurate inline"), None)
+        if inline is None:
+            return
         verdict = "met" if inline <= 0.5 * best else "NOT met"
         print(f"target mmcurate inline <= 0.5x Data-Juicer's best: {inline / best:.2f}x ({verdict})")
 
