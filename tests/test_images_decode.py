@@ -201,3 +201,4 @@ def test_scan_header_parser_never_fails_on_garbage(head, tail):
     for payload in (head, b"\xff\xd8\xff\xc2" + head + b"\xff\xda" + tail, b"\xff\xda" + tail + b"\xff\xc2"):
         missing = J.progressive_scans_missing(payload)
         assert isinstance(missing, list) and all(isinstance(c, int) for c in missing)
+

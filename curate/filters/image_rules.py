@@ -140,12 +140,20 @@ def _unreadable_drop(exc: I.UnreadableImage) -> Drop:
 
 
 def pixel_drop(im: Image.Image, th: ImageThresholds) -> Drop | None:
-    """Decode a ~64 px copy once: it must decode (corrupt), not be decoder fill (truncated), not be flat."""
+    """Decode a small copy once: it must decode (corrupt), not be flat (blank), not be decoder fill.
+
+    JPEGs decode at the 1/8 DCT scale (one pixel per 8x8 block: the block means; the IDCT work is
+    1/64) in YCbCr, so that the fill check sees the decoder's own samples, then convert to RGB for
+    the blank measure; other formats decode in full. Copies larger than ~64 px are reduced to about
+    that. (Before: JPEGs smaller than 512 px decoded at 1/2 or 1/4 to keep >= 64 px; the std of 8x8
+    block means is at most the std of a finer copy, so a borderline image may now read as blank.)
+    """
     jpeg = im.format == "JPEG" and im.mode in ("RGB", "L")
     try:
-        small = I.load_small(im, BLANK_PROBE_SIDE, ("YCbCr" if im.mode == "RGB" else "L") if jpeg else "RGB")
+        small = I.load_small(im, 1, ("YCbCr" if im.mode == "RGB" else "L") if jpeg else "RGB")
     except I.UnreadableImage as exc:
         return Drop("image:corrupt", f"decode failed: {exc.detail}")
+    rows = small.size[1]
     fill = decoder_fill_rows(small) if jpeg else 0
     if small.mode.startswith("I;16"):
         small = small.convert("I")
@@ -156,8 +164,8 @@ def pixel_drop(im: Image.Image, th: ImageThresholds) -> Drop | None:
     if std < th.blank_max_std:
         return Drop("image:blank", f"max channel std {std:.2f} < {th.blank_max_std:g}")
     if fill:
-        return Drop("image:truncated", f"JPEG data ends early: the bottom {fill} of {small.size[1]} rows of the "
-                                       f"reduced decode are the decoder's grey fill")
+        return Drop("image:truncated", f"JPEG data ends early: the bottom {fill} of {rows} rows of the "
+                                       f"1/8-scale decode are the decoder's grey fill")
     return None
 
 

@@ -37,8 +37,9 @@ class ImageThresholds:
     max_pixels: int = limit(64_000_000, "Largest width x height the pipeline will decode (decompression bombs).")
     min_jpeg_quality: int = limit(25, "Smallest IJG quality (1..100) estimated from a JPEG's luminance table.")
     min_bits_per_pixel: float = limit(0.04, "Smallest encoded bits per pixel of lossy formats.")
-    blank_max_std: float = limit(3.0, "Images whose largest per-channel std (0..255, on a ~64 px copy) is below "
-                                      "this are blank. Also gates the reduced decode (corrupt, truncated).")
+    blank_max_std: float = limit(3.0, "Images whose largest per-channel std (0..255, on a small copy: JPEGs at "
+                                      "the 1/8 DCT scale, all reduced to ~64 px) is below this are blank. Also "
+                                      "gates the reduced decode (corrupt, truncated).")
 
 
 @dataclass(frozen=True)
