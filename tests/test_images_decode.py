@@ -152,7 +152,8 @@ def test_decoder_fill_rows_counts_whole_rows_from_the_bottom():
     a[:4] = 50
     a[4, :3] = 60                                                       # a partly filled row does not count
     assert J.decoder_fill_rows(Image.fromarray(a, "YCbCr")) == 5
-    assert J.decoder_fill_rows(Image.fromarray(a, "RGB")) == 0          # converted colours: not the fill
+    assert J.decoder_fill_rows(Image.fromarray(a, "RGB")) == 5          # libjpeg maps the fill to RGB 128
+    assert J.decoder_fill_rows(Image.fromarray(a, "RGB").convert("HSV")) == 0   # other modes: not judged
     assert J.decoder_fill_rows(Image.fromarray(np.full((4, 4), 128, np.uint8), "L")) == 4
 
 

@@ -143,14 +143,14 @@ def pixel_drop(im: Image.Image, th: ImageThresholds) -> Drop | None:
     """Decode a small copy once: it must decode (corrupt), not be flat (blank), not be decoder fill.
 
     JPEGs decode at the 1/8 DCT scale (one pixel per 8x8 block: the block means; the IDCT work is
-    1/64) in YCbCr, so that the fill check sees the decoder's own samples, then convert to RGB for
-    the blank measure; other formats decode in full. Copies larger than ~64 px are reduced to about
-    that. (Before: JPEGs smaller than 512 px decoded at 1/2 or 1/4 to keep >= 64 px; the std of 8x8
-    block means is at most the std of a finer copy, so a borderline image may now read as blank.)
+    1/64), converted to RGB by libjpeg itself (Pillow's own YCbCr conversion cost a tenth of the
+    stage); other formats decode in full. Copies larger than ~64 px are reduced to about that.
+    (Before: JPEGs under 512 px decoded at 1/2 or 1/4 to keep >= 64 px; the std of 8x8 block means
+    is at most the std of a finer copy, so a borderline image may now read as blank.)
     """
-    jpeg = im.format == "JPEG" and im.mode in ("RGB", "L")
+    jpeg = im.format == "JPEG" and im.mode in ("RGB", "L")   # CMYK: no known fill value, not judged
     try:
-        small = I.load_small(im, 1, ("YCbCr" if im.mode == "RGB" else "L") if jpeg else "RGB")
+        small = I.load_small(im, 1 if im.format == "JPEG" else 0)
     except I.UnreadableImage as exc:
         return Drop("image:corrupt", f"decode failed: {exc.detail}")
     rows = small.size[1]

@@ -64,15 +64,15 @@ def _quality_of_table(table_values: tuple[int, ...]) -> float | None:
 def decoder_fill_rows(small: Image.Image) -> int:
     """Rows at the bottom of a JPEG's reduced decode that are libjpeg's fill for missing data.
 
-    `small` must come straight from the decoder in mode "YCbCr" or "L" (no colour conversion, so
-    a zero block is exactly 128). Counts whole rows, from the bottom, where every sample of every
-    component is 128; 0 for other modes.
+    `small` must come straight from libjpeg in mode "YCbCr", "RGB" or "L": a zero block is
+    Y = Cb = Cr = 128, which libjpeg's own conversion maps to exactly RGB 128,128,128. Counts whole
+    rows, from the bottom, where every sample of every component is 128; 0 for other modes.
     """
-    if small.mode not in ("YCbCr", "L"):
+    if small.mode not in ("YCbCr", "RGB", "L"):
         return 0
     w, h = small.size
     bottom = small.crop((0, h - 1, w, h)).getextrema()
-    if any(band != (128, 128) for band in (bottom if small.mode == "YCbCr" else (bottom,))):
+    if any(band != (128, 128) for band in (bottom if small.mode != "L" else (bottom,))):
         return 0
     arr = np.asarray(small)
     flat = arr.reshape(arr.shape[0], -1) == 128
