@@ -66,7 +66,7 @@ def open_image(data: bytes, max_pixels: int = 0) -> Image.Image:
         raise UnreadableImage("invalid_dimensions", f"{width}x{height}")
     if max_pixels and width * height > max_pixels:
         raise UnreadableImage("too_large_to_decode", f"{width}x{height} = {width * height} pixels > {max_pixels}")
-    if im.format == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if im.format == "JPEG" and not (data.endswith(b"\xff\xd9") or data.rstrip(b"\x00").endswith(b"\xff\xd9")):
         raise UnreadableImage("truncated_image", "JPEG without end-of-image marker")
     if im.format == "PNG" and b"IEND" not in data[-64:]:
         raise UnreadableImage("truncated_image", "PNG without IEND chunk")
