@@ -61,7 +61,14 @@ def wants_all_cores(script: Path) -> bool:
     return re.search(r"""^BENCH_CORES\s*=\s*["']all["']""", script.read_text(), flags=re.M) is not None
 
 
+def own_timeout(script: Path) -> int:
+    """A benchmark that needs longer than the default declares ``BENCH_TIMEOUT_S = <seconds>``."""
+    m = re.search(r"^BENCH_TIMEOUT_S\s*=\s*(\d+)", script.read_text(), flags=re.M)
+    return int(m.group(1)) if m else 0
+
+
 def run_one(script: Path, quick: bool, timeout: int) -> tuple[int, float, str]:
+    timeout = max(timeout, own_timeout(script))
     all_cores = wants_all_cores(script)
     env = dict(os.environ) if all_cores else dict(os.environ, **SINGLE_THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -257,3 +258,54 @@ def test_grounding_markup_is_not_judged_as_language():
     assert reason("<ref>the cat</ref><box>[[120, 44, 380, 290]]</box>", "answer") is None
     assert reason("<|box_start|><|box_end|>", "answer") is None          # nothing left to judge: the grounding check's job
     assert reason("<|box_start|><|box_end|>", "caption") == "text:empty"
+
+
+# --- settings declared once, choices checked in one place ------------------------------------------------
+def test_every_threshold_is_a_setting_with_its_doc_and_configs_pickle():
+    import pickle
+    from curate.filters import image_rules as IR
+    from curate.filters.presets import ImageThresholds
+    for stage_cls, thresholds in ((TR.TextFilter, TextThresholds), (IR.ImageFilter, ImageThresholds)):
+        props = stage_cls.settings_schema()["properties"]
+        for f in dataclasses.fields(thresholds):
+            assert props[f.name]["description"].startswith(f.metadata["doc"]) and props[f.name]["default"] is None
+        assert props["preset"]["enum"] == ["default", "datacomp_basic", "lenient"]
+        config = stage_cls(preset="lenient").config
+        assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_literal_choices_are_checked_for_every_stage_naming_the_setting():
+    from curate.base.config_schema import check_config as check_choices
+
+    @dataclasses.dataclass
+    class Cfg:
+        mode: Literal["a", "b"] = "a"
+        maybe: Optional[Literal["x"]] = None
+        n: Optional[int] = None
+    check_choices(Cfg())
+    check_choices(Cfg(maybe="x", n=3))
+    with pytest.raises(ValueError, match=r"mode: 'c' is not one of \['a', 'b'\]"):
+        check_choices(Cfg(mode="c"))
+    with pytest.raises(ValueError, match="maybe"):
+        check_choices(Cfg(maybe="y"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["r1", "r2"])), min_size=0, max_size=20))
+def test_split_drops_equals_batch_result_split_for_one_status(reasons):
+    from curate.filters.common import Drop, split_drops
+    table = R.rows_to_table([R.Sample(key=f"k{i}", source="s", category="caption", ordinal=i).to_row()
+                             for i in range(len(reasons))])
+    details = [None if r is None else f"d{i}" for i, r in enumerate(reasons)]
+    a = S.BatchResult.split(table, reasons, details)
+    b = split_drops(table, [None if r is None else Drop(r, d) for r, d in zip(reasons, details)])
+    assert a.kept.equals(b.kept) and a.dropped.to_pylist() == b.dropped.to_pylist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_fast_path_counts_like_the_unicode_loop(text):
+    fast = TR.count_chars(text)
+    slow = TR.count_chars(text + "\u00e9")           # one non-ASCII letter forces the per-character loop
+    assert (fast.letters + 1, fast.digits, fast.symbols, fast.nonspace + 1) == (
+        slow.letters, slow.digits, slow.symbols, slow.nonspace)

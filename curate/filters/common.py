@@ -1,12 +1,17 @@
-"""Per-row verdicts with a status, for stages that both reject and quarantine in one batch.
+"""One way to say what happens to a row, and one way to check a stage's settings.
 
-``BatchResult.split`` gives every dropped row the same status; the image and CLIP stages need two:
-a rule that fails *rejects* the sample (``rejected``), bytes that cannot be fetched *quarantine* it
-(``quarantined``: the data may be fine, the storage was not — a rerun after fixing storage can
-recover it).
+Verdicts: every filter in ``curate.filters`` (and the CLIP and grounding stages) decides per row
+``Drop | None`` — None keeps the row; a ``Drop`` carries the reason code, the measured detail and
+the status — and turns the list into a ``BatchResult`` with ``split_drops``. A rule that fails
+*rejects* the sample (``rejected``); bytes that cannot be fetched *quarantine* it (``quarantined``:
+the data may be fine, the storage was not — a rerun after fixing storage can recover it).
+``BatchResult.split(reasons, details, status)`` is the special case of one status for the batch:
+it equals ``split_drops([Drop(r, d, status) if r else None ...])`` (tested), so the stage
+contract can keep one of the two.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 

@@ -18,38 +18,48 @@ Sources of the numbers:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Optional, Sequence, get_type_hints
+
+
+def limit(default: Any, doc: str, gate: bool = False) -> Any:
+    """A threshold, declared once: its default, its unit and meaning (`doc`). `gate` marks settings
+    that scope a rule (0 is a legal value, not "off") rather than being its limit."""
+    return field(default=default, metadata={"doc": doc, "gate": gate})
 
 
 @dataclass(frozen=True)
 class ImageThresholds:
     """Limits of the image rules. 0 (or 0.0) disables a rule."""
-    min_side: int = 112                 # smaller side in pixels, inclusive
-    min_pixels: int = 16 * 28 * 28      # width * height, inclusive
-    max_aspect_ratio: float = 5.0       # long side / short side, inclusive
-    max_pixels: int = 64_000_000        # refuse to decode more (decompression bombs)
-    min_jpeg_quality: int = 25          # IJG quality estimated from the luminance quantization table
-    min_bits_per_pixel: float = 0.04    # encoded bits per pixel, lossy formats only
-    blank_max_std: float = 3.0          # max per-channel std (0..255) of a downscaled copy => blank
+    min_side: int = limit(112, "Smallest allowed shorter side in pixels (inclusive).")
+    min_pixels: int = limit(16 * 28 * 28, "Smallest allowed width x height (inclusive).")
+    max_aspect_ratio: float = limit(5.0, "Largest allowed long side / short side (inclusive).")
+    max_pixels: int = limit(64_000_000, "Largest width x height the pipeline will decode (decompression bombs).")
+    min_jpeg_quality: int = limit(25, "Smallest IJG quality (1..100) estimated from a JPEG's luminance table.")
+    min_bits_per_pixel: float = limit(0.04, "Smallest encoded bits per pixel of lossy formats.")
+    blank_max_std: float = limit(3.0, "Images whose largest per-channel std (0..255, on a small copy: JPEGs at "
+                                      "the 1/8 DCT scale, all reduced to ~64 px) is below this are blank. Also "
+                                      "gates the reduced decode (corrupt, truncated).")
 
 
 @dataclass(frozen=True)
 class TextThresholds:
     """Limits of the text rules. 0 (or 0.0) disables a rule."""
-    min_caption_words: int = 2          # captions only; answers may legitimately be "Yes" or "42"
-    min_caption_chars: int = 5          # non-space characters, captions only
-    max_chars: int = 50_000             # captions and answers
-    max_symbol_ratio: float = 0.6       # symbols / non-space characters
-    max_digit_ratio: float = 0.8        # digits / non-space characters, captions only
-    ratio_min_chars: int = 10           # the two ratio rules only look at texts at least this long
-    boilerplate_max_words: int = 40     # a boilerplate phrase condemns only texts this short
-    max_top_ngram_ratio: float = 0.2    # Gopher-style coverage of the most frequent 2-gram (3: -0.02, 4: -0.04)
-    ngram_min_repeats: int = 3          # ... and it must occur at least this often
-    max_duplicate_line_ratio: float = 0.3
-    duplicate_lines_min_lines: int = 3
-    tail_loop_min_repeats: int = 3      # copies of the repeated unit at the end of the text
-    tail_loop_min_tokens: int = 12      # tokens covered by those copies
+    min_caption_words: int = limit(2, "Fewest words in a caption (CJK characters count as words); answers may "
+                                      "legitimately be 'Yes' or '42'.")
+    min_caption_chars: int = limit(5, "Fewest non-space characters in a caption.")
+    max_chars: int = limit(50_000, "Most characters in a caption or answer.")
+    max_symbol_ratio: float = limit(0.6, "Largest symbols / non-space characters.")
+    max_digit_ratio: float = limit(0.8, "Largest digits / non-space characters (captions only).")
+    ratio_min_chars: int = limit(10, "The ratio rules only judge texts with this many non-space characters.", gate=True)
+    boilerplate_max_words: int = limit(40, "Boilerplate phrases condemn only texts this short.")
+    max_top_ngram_ratio: float = limit(0.2, "Largest character coverage of the top 2-gram (Gopher; 3-gram: minus "
+                                            "0.02, 4-gram: minus 0.04).")
+    ngram_min_repeats: int = limit(3, "The top n-gram must occur this often to count.", gate=True)
+    max_duplicate_line_ratio: float = limit(0.3, "Largest fraction of repeated non-empty lines.")
+    duplicate_lines_min_lines: int = limit(3, "The duplicate-line rule needs this many lines.", gate=True)
+    tail_loop_min_repeats: int = limit(3, "Copies of the unit that make a tail loop.")
+    tail_loop_min_tokens: int = limit(12, "Tokens the copies must cover to make a tail loop.")
 
 
 IMAGE_PRESETS: dict[str, ImageThresholds] = {
@@ -68,10 +78,36 @@ TEXT_PRESETS: dict[str, TextThresholds] = {
 }
 
 
-def resolve(presets: Mapping[str, Any], preset: str, overrides: Mapping[str, Any], setting: str = "preset") -> Any:
-    """The preset's thresholds with every non-None override applied; ValueError names a bad value."""
-    if preset not in presets:
-        raise ValueError(f"{setting}: unknown preset {preset!r}; known: {', '.join(sorted(presets))}")
+def preset_settings(owner: str, module: str, thresholds: type, presets: Mapping[str, Any],
+                    extra: Sequence[tuple[str, type, Any]] = ()) -> type:
+    """The settings dataclass of a preset-backed stage, derived from its thresholds class.
+
+    `owner` and `module` name the stage class that holds it (``Config`` pickles by reference, as
+    a nested class would). Fields: ``preset`` (a ``Literal`` of the preset names, so the recipe schema lists them), then one
+    override per threshold with the same name, type ``T | None`` and doc (None: the preset's value),
+    then `extra` (name, type, field). Declaring a threshold once in `thresholds` is enough for it
+    to become a setting, a schema entry and a report value.
+    """
+    hints = get_type_hints(thresholds)
+    fields: list[tuple[str, Any, Any]] = [("preset", Literal[tuple(presets)], field(default="default", metadata={
+        "doc": f"Named thresholds: {', '.join(presets)}. Single settings below override it."}))]
+    for f in dataclasses.fields(thresholds):
+        tail = " None: the preset's value" + ("." if f.metadata.get("gate") else "; 0 turns the rule off.")
+        fields.append((f.name, Optional[hints[f.name]], field(default=None, metadata={"doc": f.metadata["doc"] + tail})))
+    cls = dataclasses.make_dataclass("Config", [*fields, *extra])
+    cls.__module__, cls.__qualname__ = module, f"{owner}.Config"  # pickles by reference as owner.Config
+    return cls
+
+
+def thresholds_of(config: Any, thresholds: type, presets: Mapping[str, Any]) -> Any:
+    """The thresholds a config selects: its preset with every non-None override applied."""
+    names = [f.name for f in dataclasses.fields(thresholds)]
+    return resolve(presets, config.preset, {n: getattr(config, n) for n in names})
+
+
+def resolve(presets: Mapping[str, Any], preset: str, overrides: Mapping[str, Any]) -> Any:
+    """The preset's thresholds with every non-None override applied; ValueError names a bad value.
+    The preset name itself is checked where every ``Literal`` setting is (``curate.base.config_schema.check_config``, for every stage)."""
     base = presets[preset]
     values = {k: v for k, v in overrides.items() if v is not None}
     for name, value in values.items():

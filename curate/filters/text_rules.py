@@ -39,13 +39,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import pyarrow as pa
 
 from curate.filters.common import Drop, split_drops
-from curate.filters.presets import TEXT_PRESETS, TextThresholds, resolve
+from curate.filters.presets import TEXT_PRESETS, TextThresholds, preset_settings, thresholds_of
 from curate.base import BatchResult, Resources, Stage, register
 
 TAIL_LOOP_MAX_PERIOD = 64
@@ -104,6 +104,8 @@ def count_chars(text: str) -> CharCounts:
     """Letters (incl. combining marks), digits, symbols/punctuation among the non-space characters,
     after removing markdown table rules and pipes."""
     text = _TABLE_RULE_ROW.sub("", text).replace("|", " ")
+    if text.isascii():
+        return _count_ascii(text.encode("ascii"))
     letters = digits = symbols = nonspace = 0
     for ch in text:
         if ch.isspace():
@@ -117,6 +119,23 @@ def count_chars(text: str) -> CharCounts:
         elif cat in ("P", "S"):
             symbols += 1
     return CharCounts(letters, digits, symbols, nonspace)
+
+
+# ASCII classes by Unicode category, so that the fast path counts exactly what the loop above counts.
+_ASCII = [chr(c) for c in range(128)]
+_ASCII_SPACE = bytes(c for c in range(128) if _ASCII[c].isspace())
+_ASCII_LETTERS = bytes(c for c in range(128) if unicodedata.category(_ASCII[c])[0] in "LM")
+_ASCII_DIGITS = bytes(c for c in range(128) if unicodedata.category(_ASCII[c])[0] == "N")
+_ASCII_SYMBOLS = bytes(c for c in range(128) if unicodedata.category(_ASCII[c])[0] in "PS")
+
+
+def _count_ascii(data: bytes) -> CharCounts:
+    """``count_chars`` for ASCII text in C (bytes.translate deletes a class; the length drop counts it)."""
+    n = len(data)
+    return CharCounts(letters=n - len(data.translate(None, _ASCII_LETTERS)),
+                      digits=n - len(data.translate(None, _ASCII_DIGITS)),
+                      symbols=n - len(data.translate(None, _ASCII_SYMBOLS)),
+                      nonspace=len(data.translate(None, _ASCII_SPACE)))
 
 
 def boilerplate_match(text: str) -> str | None:
@@ -141,11 +160,11 @@ class TopNgram:
 def top_ngram(words: Sequence[str], n: int) -> TopNgram | None:
     if len(words) < n:
         return None
-    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    counts = Counter(zip(*(words[i:] for i in range(n))))  # the n-grams in order, built in C
     # most_common is stable for ties (first seen wins), which keeps the detail text deterministic
     gram, count = counts.most_common(1)[0]
-    total = sum(len(w) for w in words)
-    return TopNgram(n, gram, count, count * sum(len(w) for w in gram) / total if total else 0.0)
+    total = sum(map(len, words))
+    return TopNgram(n, gram, count, count * sum(map(len, gram)) / total if total else 0.0)
 
 
 def duplicate_line_ratio(text: str) -> tuple[float, int]:
@@ -268,12 +287,6 @@ def check_sample(text: str | None, conversations: Sequence[Mapping[str, Any]] | 
 
 
 # --- the stage ------------------------------------------------------------------------------------
-def _threshold_field(doc: str, gate: bool = False) -> Any:
-    """A preset-backed setting; `gate` marks settings that scope a rule rather than being its limit."""
-    tail = " None: the preset's value." if gate else " None: the preset's value; 0 turns the rule off."
-    return field(default=None, metadata={"doc": doc + tail})
-
-
 @register
 class TextFilter(Stage):
     name: ClassVar[str] = "text_filter"
@@ -282,31 +295,12 @@ class TextFilter(Stage):
     requires: ClassVar[tuple[str, ...]] = ("text", "conversations")
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=1024, kind="task")
 
-    @dataclass
-    class Config:
-        preset: str = field(default="default", metadata={
-            "doc": f"Named thresholds: {', '.join(sorted(TEXT_PRESETS))}. Single settings below override it."})
-        min_caption_words: int | None = _threshold_field("Fewest words in a caption (CJK characters count as words).")
-        min_caption_chars: int | None = _threshold_field("Fewest non-space characters in a caption.")
-        max_chars: int | None = _threshold_field("Most characters in a caption or answer.")
-        max_symbol_ratio: float | None = _threshold_field("Largest symbols / non-space characters.")
-        max_digit_ratio: float | None = _threshold_field("Largest digits / non-space characters.")
-        ratio_min_chars: int | None = _threshold_field(
-            "The ratio rules only judge texts with this many non-space characters.", gate=True)
-        boilerplate_max_words: int | None = _threshold_field("Boilerplate phrases condemn only texts this short.")
-        max_top_ngram_ratio: float | None = _threshold_field(
-            "Largest character coverage of the top 2-gram (3-gram: minus 0.02, 4-gram: minus 0.04).")
-        ngram_min_repeats: int | None = _threshold_field("The top n-gram must occur this often to count.", gate=True)
-        max_duplicate_line_ratio: float | None = _threshold_field("Largest fraction of repeated non-empty lines.")
-        duplicate_lines_min_lines: int | None = _threshold_field("The duplicate-line rule needs this many lines.", gate=True)
-        tail_loop_min_repeats: int | None = _threshold_field("Copies of the unit that make a tail loop.")
-        tail_loop_min_tokens: int | None = _threshold_field("Tokens the copies must cover to make a tail loop.")
-        boilerplate_in_answers: bool = field(default=False, metadata={
-            "doc": "Also apply the boilerplate rule to assistant turns (off: OCR/GUI answers quote page text)."})
+    Config = preset_settings("TextFilter", __name__, TextThresholds, TEXT_PRESETS, extra=[
+        ("boilerplate_in_answers", bool, field(default=False, metadata={
+            "doc": "Also apply the boilerplate rule to assistant turns (off: OCR/GUI answers quote page text)."}))])
 
     def validate_config(self) -> None:
-        overrides = {k: v for k, v in asdict(self.config).items() if k not in ("preset", "boilerplate_in_answers")}
-        self.thresholds: TextThresholds = resolve(TEXT_PRESETS, self.config.preset, overrides)
+        self.thresholds: TextThresholds = thresholds_of(self.config, TextThresholds, TEXT_PRESETS)
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
         texts = batch.column("text").to_pylist()
