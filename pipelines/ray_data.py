@@ -97,6 +97,10 @@ def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     return kept if columns is None else kept.select([c for c in columns if c in kept.column_names])
 
 
+def _suffix_decisions(batch: pa.Table) -> pa.Table:
+    return batch.rename_columns([c if c == R.ORDINAL else c + DECISION_SUFFIX for c in batch.column_names])
+
+
 def _merge_decisions(batch: pa.Table, decision_columns: list[str], schema: pa.Schema, stage_name: str) -> pa.Table:
     """Left rows with their decision (if any) written over status and added columns."""
     renamed = {c: (c + DECISION_SUFFIX if c + DECISION_SUFFIX in batch.column_names else c) for c in decision_columns}
@@ -106,12 +110,13 @@ def _merge_decisions(batch: pa.Table, decision_columns: list[str], schema: pa.Sc
         raise E.AccountingError(f"stage {stage_name!r}: the global step gave no decision for some kept rows")
     out = batch
     for c, src in renamed.items():
-        if src == c and c not in schema.names:
+        if c not in schema.names:
             continue
         typ = schema.field(c).type   # the join may hand columns back as large types: cast both sides
         new = batch.column(src).cast(typ)
-        merged = pc.if_else(has, new, batch.column(c).cast(typ)) if src != c else new
-        out = out.set_column(out.schema.get_field_index(c), schema.field(c), merged)
+        merged = pc.if_else(has, new, batch.column(c).cast(typ)) if src != c and c in batch.column_names else new
+        idx = out.schema.get_field_index(c)
+        out = out.set_column(idx, schema.field(c), merged) if idx >= 0 else out.append_column(schema.field(c), merged)
     out = out.drop_columns([s for c, s in renamed.items() if s != c])
     dropped_without_reason = pc.and_(pc.not_equal(out.column(R.STATUS), R.KEPT), pc.is_null(out.column(R.REASON)))
     if pc.any(dropped_without_reason).as_py():
@@ -201,6 +206,9 @@ class RayExecutor:
         if n_kept is not None and n_kept != n_decisions:
             raise E.AccountingError(f"stage {stage.name!r}: {n_decisions} decisions for {n_kept} kept rows")
         decision_columns = [c for c in right.schema().names if c != R.ORDINAL]
+        # Suffix the decision columns before the join: Ray's join re-attaches list-typed payload
+        # columns without applying right_suffix, so a list column in both sides came back twice.
+        right = right.map_batches(_suffix_decisions, batch_format="pyarrow")
         partitions = max(1, min(64, len(files)))
         joined = left.join(right, join_type="left_outer", num_partitions=partitions, on=(R.ORDINAL,),
                            right_suffix=DECISION_SUFFIX)
