@@ -57,7 +57,7 @@ def valid_mask(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
 
 def decisions(ordinals: np.ndarray, reasons: Sequence[str | None], details: Sequence[str | None],
               extra: dict[str, pa.Array] | None = None) -> pa.Table:
-    """The decide() answer: one row per input row; a reason means rejected."""
+    """Decision rows of a global step: one per input row; a reason means rejected."""
     status = [R.KEPT if r is None else R.REJECTED for r in reasons]
     cols: dict[str, pa.Array] = {R.ORDINAL: pa.array(ordinals, pa.int64()), R.STATUS: pa.array(status, pa.string()),
                                  R.REASON: pa.array(list(reasons), pa.string()),
