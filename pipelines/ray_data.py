@@ -227,6 +227,7 @@ class RayExecutor:
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
+        right = right.materialize()   # counted, split and joined below: compute the global step once
         left = self._read(files)
         names = right.schema().names
         repeats = None
