@@ -50,3 +50,9 @@ def caption_corpus(root: Path, n_files: int = 3, per_file: int = 20, seed: int =
                         (f"{key}.json", json.dumps({"key": key, "w": w, "h": h}).encode())]
         write_tar(root / f"part-{f:05d}.tar", members)
     return root
+
+
+def ingest_resumed(result) -> bool:
+    """Whether a run skipped ingest as complete (run.json; report.json holds only data-derived facts)."""
+    import json
+    return json.loads((result.out_dir / "run.json").read_text())["stages"][0]["resumed"]

@@ -1,6 +1,8 @@
 """Output safety with real user files in the way, and a lock tested with two real processes."""
 from __future__ import annotations
 
+from tests.corpus import ingest_resumed
+
 import os
 import signal
 import socket
@@ -60,7 +62,7 @@ def test_an_empty_dir_becomes_ours_and_a_rerun_resumes(tmp_path):
     run(recipe_for(data), out=out, executor="inline", progress=False)
     assert (out / MARKER).is_file()
     again = run(recipe_for(data), out=out, executor="inline", progress=False)
-    assert again.report["stages"][0].get("resumed") is True
+    assert ingest_resumed(again) is True
 
 
 def test_shards_output_dir_on_a_source_folder_is_refused_by_validate_and_run(tmp_path, capsys):
