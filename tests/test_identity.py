@@ -1,8 +1,6 @@
 """Content identities: a same-size rewrite is seen, referenced images are covered, remote stores hash."""
 from __future__ import annotations
 
-from tests.corpus import ingest_resumed
-
 import json
 import os
 
@@ -12,6 +10,7 @@ from curate import identity as ID
 from pipelines.recipe import parse
 from pipelines.runner import run
 from tests.corpus import jpeg, write_tar
+from tests.corpus import ingest_resumed
 
 
 def test_same_size_rewrite_with_restored_mtime_changes_the_identity(tmp_path):

@@ -1,8 +1,6 @@
 """Output safety with real user files in the way, and a lock tested with two real processes."""
 from __future__ import annotations
 
-from tests.corpus import ingest_resumed
-
 import os
 import signal
 import socket
@@ -19,6 +17,7 @@ from pipelines.outdir import (LOCK, MARKER, OutputRefused, check_disjoint, check
 from pipelines.recipe import RecipeError, parse
 from pipelines.runner import run
 from tests.corpus import caption_corpus
+from tests.corpus import ingest_resumed
 
 ROOT = Path(__file__).resolve().parents[1]
 
