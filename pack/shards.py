@@ -172,7 +172,10 @@ class ShardsStage(Stage):
         with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
             fh.write(F.dumps(manifest) + b"\n")
         replace_dir(tmp, final)
-        self.report = build_report(c, final, manifest, plan, costs)
+        # report.json holds only what the data determines: the folder relative to the run's output
+        shown = os.path.relpath(final, self.context.out_dir) if self.context.out_dir and \
+            os.path.abspath(final).startswith(os.path.abspath(self.context.out_dir) + os.sep) else final
+        self.report = build_report(c, shown, manifest, plan, costs)
         return decisions
 
 
