@@ -33,7 +33,7 @@ sample-data: install
 
 demo: install sample-data
 	$(VENV)/bin/mmcurate validate recipe $(RECIPE)
-	$(VENV)/bin/mmcurate run $(RECIPE) --out $(OUT)
+	$(VENV)/bin/mmcurate run $(RECIPE) --out $(OUT) --executor ray
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
