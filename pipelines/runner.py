@@ -8,10 +8,13 @@ Layout of a run directory::
     OUT/stages/00_ingest/_COMPLETE.json  written last: the stage's fingerprint and report entry
     OUT/shards/...                       written by the final `shards` stage
     OUT/rejects.parquet                  all stages' rejects in one file
-    OUT/report.json                      {"stages": [{"name", "in", "out", "rejected", "quarantined", "seconds"}]}
+    OUT/report.json                      {"stages": [{"name", "in", "repeated", "out", "rejected", "quarantined"}]}
+                                         — only what the data determines: byte-identical between runs
+    OUT/report.html                      the same with plots and thumbnails (pipelines.report_html)
+    OUT/run.json                         wall seconds, resumed stages, executor, output path
 
-Resume: a stage whose ``_COMPLETE.json`` carries the same fingerprint (recipe settings, seed, inputs,
-upstream fingerprint) is skipped. A stage is built in ``NN_name.tmp`` and renamed into place before
+Resume: a stage whose ``_COMPLETE.json`` carries the same fingerprint (settings, seed, the content of
+its inputs, its code, upstream fingerprint) and whose outputs are still on disk is skipped. A stage is built in ``NN_name.tmp`` and renamed into place before
 its marker is written, so a SIGKILL anywhere leaves either a complete stage or a tmp dir that the
 next run deletes. Stages are deterministic (ordered by ``_ordinal``, seeded by the recipe), so the
 re-run writes the same bytes as an uninterrupted run.
@@ -20,10 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
