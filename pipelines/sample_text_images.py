@@ -12,7 +12,6 @@ must give them (``EXPECTED_OCR`` lists every key; None: kept). In a recipe with 
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 import tarfile
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pipelines.sample_data import _tar_add, png_bytes  # one deterministic tar member and PNG encoder
 
 DEJAVU_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/TTF", "/usr/local/share/fonts")
 FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf")
@@ -103,19 +104,6 @@ DEMO_SPECS: dict[str, TextSpec] = {
 EXPECTED_OCR: dict[str, str | None] = {**{k: None for k in DEMO_SPECS}, "blobs": "ocr:no_text"}
 
 
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def build_text_images(root: str | Path) -> dict[str, tuple[str, str]]:
     """Write ``root/ocr/text-000000.tar``; return the planted drops as sample_data's ``EXPECTED`` has
     them: {"ocr/<key>": ("ocr", reason)}. Every other key must be kept with agreed text."""
@@ -123,11 +111,11 @@ def build_text_images(root: str | Path) -> dict[str, tuple[str, str]]:
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "text-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, spec in DEMO_SPECS.items():
-            _add(tar, f"{key}.png", png_bytes(render(spec)))
-            _add(tar, f"{key}.txt", "\n".join(spec.lines).encode())
-            _add(tar, f"{key}.json", json.dumps(asdict(spec), sort_keys=True).encode())
-        _add(tar, "blobs.png", png_bytes(text_free(7)))
-        _add(tar, "blobs.txt", b"")
+            _tar_add(tar, f"{key}.png", png_bytes(render(spec)))
+            _tar_add(tar, f"{key}.txt", "\n".join(spec.lines).encode())
+            _tar_add(tar, f"{key}.json", json.dumps(asdict(spec), sort_keys=True).encode())
+        _tar_add(tar, "blobs.png", png_bytes(text_free(7)))
+        _tar_add(tar, "blobs.txt", b"")
     return {f"{SOURCE}/{k}": ("ocr", v) for k, v in EXPECTED_OCR.items() if v is not None}
 
 
