@@ -97,6 +97,8 @@ def _write_atomically(out: Path, model: Any, processor: Any, tokenizer: Any, see
         (tmp / "TINY_MODEL.json").write_text(json.dumps(
             {"what": "random-weight model for code-path tests; scores are meaningless", "seed": seed}) + "\n")
         if out.exists():
+            if not (out / "TINY_MODEL.json").is_file():   # replace only a tiny model this module wrote
+                raise FileExistsError(f"{out} exists and is not a tiny model built here; choose another directory")
             shutil.rmtree(out)
         tmp.chmod(0o755)
         tmp.rename(out)
