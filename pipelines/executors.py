@@ -80,7 +80,8 @@ class InlineExecutor:
         size: memory is one part, whatever the dataset size and the chain length."""
         head = stages[0]
         for i, group in enumerate(_coalesced(files)):
-            table = pa.concat_tables([pq.read_table(f) for f in group], promote_options="default")
+            # upstream's _dropped_at (a fused chain's bookkeeping) is no input of this pass
+            table = E.without_dropped_at(pa.concat_tables([pq.read_table(f) for f in group], promote_options="default"))
             if head.reads_sources:
                 size = head.resources.batch_size
                 parts = [head.read_tasks(table.slice(j, size)) for j in range(0, table.num_rows, size)]

@@ -102,7 +102,7 @@ def stage_rows(stage_dir: Path, columns: list[str] | None, kept: bool | None = T
         return None
     index = info.get("stage_index", int(stage_dir.name.split("_", 1)[0]))
     ds, flt = rows_of(files, index, owner_dir == stage_dir, kept)
-    cols = None if columns is None else [c for c in columns if c in ds.schema.names]
+    cols = [c for c in (columns or ds.schema.names) if c in ds.schema.names and c != E.DROPPED_AT]
     if limit is not None:
         return ds.head(limit, columns=cols, filter=flt)
     return ds.to_table(columns=cols, filter=flt)

@@ -208,6 +208,8 @@ class RayExecutor:
             schema = R.BASE_SCHEMA
         else:
             schema = pq.read_schema(files[0])
+            if E.DROPPED_AT in schema.names:   # upstream's chain bookkeeping, dropped by every link
+                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
         for position, stage in enumerate(stages):
             link = None if len(stages) == 1 else (stage.context.stage_index, position > 0)
             ds = self._map(ds, stage, link)

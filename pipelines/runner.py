@@ -203,10 +203,11 @@ class Runner:
         stages = [m.stage for m in group]
         started_ns = time.time_ns()
         if head.stage.reads_sources:
-            write_table(head.stage.input_table(), head.tmp / "tasks.parquet")
+            tasks = head.stage.input_table()
+            write_table(tasks, head.tmp / "tasks.parquet")
             files = [str(head.tmp / "tasks.parquet")]
             upstream_kept = None
-            executor = self.executor_for(None if self.executor_name != "auto" else _source_rows_hint(head.stage))
+            executor = self.executor_for(None if self.executor_name != "auto" else _source_rows_hint(tasks))
         else:
             files = data_files(stage_dirs[-1] / "data")
             upstream_kept = _count(stage_dirs[-1] / "data", kept_only=True)
@@ -217,6 +218,8 @@ class Runner:
             executor.map_stages(stages, files, pass1)
         else:
             schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+            if E.DROPPED_AT in schema.names:
+                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
             schema = E.chain_schema(stages, schema) if len(group) > 1 else head.stage.output_schema(schema)
             write_table(schema.empty_table(), pass1 / "part-00000.parquet")
         n_in = _count(pass1) if upstream_kept is None else upstream_kept
@@ -335,10 +338,10 @@ def _media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:
     return bool(stale_media(refs, changed_after_ns=started_ns))
 
 
-def _source_rows_hint(stage: S.Stage) -> int:
+def _source_rows_hint(tasks: pa.Table) -> int:
     """A cheap size estimate for a source stage before reading it: total bytes / 1 KiB per row."""
     total = 0
-    for uri in stage.input_table().column("uri").to_pylist():
+    for uri in dict.fromkeys(tasks.column("uri").to_pylist()):
         try:
             total += os.stat(uri).st_size
         except OSError:
