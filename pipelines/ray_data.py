@@ -270,9 +270,8 @@ class RayExecutor:
         merged = joined.map_batches(_merge_decisions, batch_format="pyarrow",
                                     fn_kwargs={"decision_columns": [R.STATUS, *[c for c in decision_columns if c != R.STATUS]],
                                                "schema": schema, "stage_name": stage.name})
-        n_repeats = 0
-        if repeats is not None:
-            n_repeats = repeats.count()
+        n_repeats = repeats.count() if repeats is not None else 0
+        if n_repeats:   # (a join with an empty side fails in Ray's polars join: blocks without columns)
             copies = left.join(repeats.map_batches(_repeat_keys, batch_format="pyarrow"), join_type="inner",
                                num_partitions=partitions, on=(R.ORDINAL,), right_on=(E.REPEAT_SOURCE,),
                                right_suffix=DECISION_SUFFIX)
