@@ -34,6 +34,7 @@ from curate.base import Resources, Stage, register
 from pack import balance as B
 from pack import packformat as F
 from pack.dirswap import replace_dir, sibling_dir
+from pack.energon_meta import write_energon_metadata
 from pack.profile import resolve_profile
 from pack.shard_manifest import build_manifest, build_report
 from pack import shard_schedule as S
@@ -171,6 +172,7 @@ class ShardsStage(Stage):
                                   tok_spec, failures)
         with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
             fh.write(F.dumps(manifest) + b"\n")
+        write_energon_metadata(tmp, manifest)
         replace_dir(tmp, final)
         # report.json holds only what the data determines: the folder relative to the run's output
         shown = os.path.relpath(final, self.context.out_dir) if self.context.out_dir and \
