@@ -5,7 +5,8 @@ with different numbers of packs. Here the pack plan (stage `pack`) is turned int
 every rank gets the same number of packs in every global step, each step's attention and ViT work is
 balanced across ranks (pack.balance), and every pack is exactly ``context_length`` tokens, so an NPU
 graph never recompiles. The format is described in pack.packformat; pack.loader reads it back and
-pack.validate checks it in CI.
+pack.validate checks it in CI. Every rank folder is also a Megatron-Energon dataset (pack.energon_meta
+writes its metadata, pack.energon_cooker is the factory its dataset.yaml names).
 
 Writing is atomic and deterministic: everything goes to ``{out}/.shards.tmp`` and is renamed to
 ``{out}/shards`` at the end (replacing an older one), tar headers are fixed (pack.tario), and nothing

@@ -200,6 +200,19 @@ def test_energon_state_resumes_at_the_next_pack(shards, reference):
     assert nxt == reference[1][3]["pack_key"]
 
 
+def test_the_readme_snippet_runs_on_the_shards(shards, tmp_path, monkeypatch, capsys):
+    import re
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "get_train_dataset" in b]
+    (tmp_path / "out" / "demo").mkdir(parents=True)
+    (tmp_path / "out" / "demo" / "shards").symlink_to(shards)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(snippet, "README.md", "exec"), {})
+    assert "['r00000-s000000-m000'] torch.Size([1, 1024]) torch.Size([3, 1, 1024])" in capsys.readouterr().out
+
+
 def planned(packs: list[dict]) -> list[tuple[int, int]]:
     return [(p["step"], p["micro_batch"]) for p in packs]
 
