@@ -9,7 +9,8 @@ What Energon 7.x needs to load a WebDataset folder (read from megatron.energon.f
       .nv-meta/split.yaml     split_parts: {train: [the tars, in order]}
       .nv-meta/dataset.yaml   which factory turns a raw sample into a typed one: ours,
                               pack.energon_cooker.PackWebdataset, with the rank, context length and
-                              the model profile (the cooker needs the profile for M-RoPE positions)
+                              the model profile (the cooker needs it for M-RoPE positions and
+                              pixel values; without the tokenizer directory, a driver path)
       shard-000000.tar.idx    uint64 little-endian byte offsets of each sample's first tar header,
                               then the offset where the archive's members end (``energon prepare``'s
                               tar index; Energon reads sample i as bytes [idx[i], idx[i+1]))
@@ -88,8 +89,11 @@ def rank_metadata(manifest: Mapping[str, Any], rank_entry: Mapping[str, Any]) ->
     names = [_relative_to(s["path"], rank_entry["dir"]) for s in rank_entry["shards"]]
     info = {"shard_counts": {n: int(s["packs"]) for n, s in zip(names, rank_entry["shards"])}}
     split = {"split_parts": {SPLIT_PART: names}, "exclude": []}
+    # the profile without its tokenizer directory: the cooker does not tokenize, and a driver path has
+    # no place in a dataset that travels (manifest.json keeps it)
+    model = {k: v for k, v in (manifest.get("model") or {}).items() if k != "tokenizer"} or None
     dataset = {"__module__": COOKER_MODULE, "__class__": FACTORY_CLASS, "rank": int(rank_entry["rank"]),
-               "context_length": int(manifest["context_length"]), "model": manifest.get("model")}
+               "context_length": int(manifest["context_length"]), "model": model}
     dump = lambda obj: yaml.safe_dump(obj, sort_keys=True, allow_unicode=True,  # noqa: E731
                                       default_flow_style=False).encode()
     return {INFO_NAME: F.dumps(info) + b"\n", SPLIT_NAME: dump(split), DATASET_NAME: dump(dataset)}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 try:
     import megatron.energon as E
@@ -28,6 +29,7 @@ from pack import energon_meta as M
 from pack.collate import collate_packs
 from pack.energon_cooker import PackSample, PackTaskEncoder
 from pack.loader import PackedShards
+from pack import tario
 
 DP, MICRO = 2, 2
 RECIPE = """
@@ -131,6 +133,36 @@ def test_metadata_is_deterministic_relative_and_in_the_stage_outputs(run_out, sh
             assert meta[Path(entry["dir"]) / ".nv-meta" / name] == data
     done = json.loads(next((run_out / "stages").glob("*_shards/_COMPLETE.json")).read_text())
     assert {f"shards/{p}" for p in meta} <= set(done["outputs"])     # the resume inventory sees them
+
+
+def test_rank_metadata_carries_no_driver_path():
+    manifest = {"context_length": 1024, "model": {"preset": "qwen2-vl", "tokenizer": "/home/me/tokenizer"},
+                "ranks": [{"rank": 0, "dir": "rank-00000", "shards": [{"path": "rank-00000/shard-000000.tar",
+                                                                       "packs": 3}]}]}
+    meta = M.rank_metadata(manifest, manifest["ranks"][0])
+    assert all(b"/home/me" not in data for data in meta.values())
+    assert json.loads(meta[M.INFO_NAME]) == {"shard_counts": {"shard-000000.tar": 3}}
+
+
+MEMBER_SIZES = st.lists(st.lists(st.integers(0, 1500), min_size=1, max_size=4), min_size=1, max_size=6)
+
+
+@given(MEMBER_SIZES)
+def test_tar_index_is_each_sample_header_then_the_end(tmp_path_factory, samples):
+    """Against the USTAR layout (a 512-byte header, data padded to 512) and read by Energon's reader."""
+    from megatron.energon.flavors.webdataset.itar import TarIndexReader
+    path = str(tmp_path_factory.mktemp("itar") / "shard-000000.tar")
+    members, expected, pos = [], [], 0
+    for k, sizes in enumerate(samples):
+        expected.append(pos)
+        for j, size in enumerate(sizes):
+            members.append((f"p{k:04d}.part{j}.bin", bytes(size)))
+            pos += 512 + -(-size // 512) * 512
+    tario.write_tar(path, members)
+    M.write_tar_index(path)
+    reader = TarIndexReader(path)
+    assert list(reader) == M.tar_sample_offsets(path) == expected + [pos]
+    reader.close()
 
 
 def test_energon_yields_packedshards_packs_in_order_on_every_rank(shards, reference):
