@@ -27,9 +27,8 @@ Use (one Energon dataset per rank folder; see the README, "Training with Megatro
 Energon tracks epochs and resumption in its own loader state (``get_savable_loader``), not in the
 pack.
 """
-from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Type
 
 import numpy as np
 from megatron.energon import DefaultTaskEncoder, Sample, StandardWebdatasetFactory, edataclass
@@ -116,7 +115,10 @@ class PackWebdataset(StandardWebdatasetFactory[PackSample]):
     that file (the shards stage wrote them), the rest from Energon (``get_train_dataset`` ...)."""
 
     def __init__(self, path: EPath, *, rank: int, context_length: int, model: Optional[dict] = None,
-                 pixel_values: bool = False, decoder: Any = None, **kwargs: Any):
+                 sample_type: Type[PackSample] = PackSample, pixel_values: bool = False, decoder: Any = None,
+                 **kwargs: Any):
+        if not issubclass(sample_type, PackSample):
+            raise ValueError(f"sample_type: {sample_type.__qualname__} is not a PackSample")
         self.rank, self.context_length = int(rank), int(context_length)
         self.profile = profile_from_mapping(model)
         self._pixels = None
@@ -124,7 +126,7 @@ class PackWebdataset(StandardWebdatasetFactory[PackSample]):
             from pack.pixels import ImageInputs
             self._pixels = ImageInputs(model)
         # decoder: Energon passes its task encoder's image decoder; packs keep their original bytes.
-        super().__init__(path, sample_type=PackSample, sample_loader=self._fields, part_filter=_every_part,
+        super().__init__(path, sample_type=sample_type, sample_loader=self._fields, part_filter=_every_part,
                          decoder=None, **kwargs)
 
     def _fields(self, raw: dict) -> dict:

@@ -48,6 +48,7 @@ TAR_INDEX_SUFFIX = ".idx"             # shard-000000.tar -> shard-000000.tar.idx
 SPLIT_PART = "train"
 COOKER_MODULE = "pack.energon_cooker"
 FACTORY_CLASS = "PackWebdataset"
+SAMPLE_CLASS = "PackSample"
 
 
 def tar_index_path(tar_path: str) -> str:
@@ -88,12 +89,14 @@ def rank_metadata(manifest: Mapping[str, Any], rank_entry: Mapping[str, Any]) ->
     """The ``.nv-meta`` files of one rank folder: {file name: bytes}."""
     names = [_relative_to(s["path"], rank_entry["dir"]) for s in rank_entry["shards"]]
     info = {"shard_counts": {n: int(s["packs"]) for n, s in zip(names, rank_entry["shards"])}}
-    split = {"split_parts": {SPLIT_PART: names}, "exclude": []}
+    # val and test empty: `energon lint` checks all three parts and skips empty ones
+    split = {"split_parts": {SPLIT_PART: names, "val": [], "test": []}, "exclude": []}
     # the profile without its tokenizer directory: the cooker does not tokenize, and a driver path has
     # no place in a dataset that travels (manifest.json keeps it)
     model = {k: v for k, v in (manifest.get("model") or {}).items() if k != "tokenizer"} or None
-    dataset = {"__module__": COOKER_MODULE, "__class__": FACTORY_CLASS, "rank": int(rank_entry["rank"]),
-               "context_length": int(manifest["context_length"]), "model": model}
+    dataset = {"__module__": COOKER_MODULE, "__class__": FACTORY_CLASS,
+               "sample_type": {"__module__": COOKER_MODULE, "__class__": SAMPLE_CLASS},   # read by `energon info`
+               "rank": int(rank_entry["rank"]), "context_length": int(manifest["context_length"]), "model": model}
     dump = lambda obj: yaml.safe_dump(obj, sort_keys=True, allow_unicode=True,  # noqa: E731
                                       default_flow_style=False).encode()
     return {INFO_NAME: F.dumps(info) + b"\n", SPLIT_NAME: dump(split), DATASET_NAME: dump(dataset)}

@@ -122,6 +122,21 @@ def test_metadata_is_what_energon_prepare_writes(shards, tmp_path):
     assert ours == tars == [n for pattern in theirs for n in braceexpand(pattern)]
 
 
+def test_energon_info_and_lint_accept_a_rank_folder(shards):
+    """Energon's own CLI: ``info`` names our sample type, ``lint`` loads every pack (train; val and
+    test are empty and skipped)."""
+    from click.testing import CliRunner
+    from megatron.energon.cli.main import main
+    info = CliRunner().invoke(main, ["info", str(shards / "rank-00000")])
+    assert info.exit_code == 0, info.output
+    assert "PackSample <pack.energon_cooker.PackSample>" in info.output and "`train`: 100%" in info.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lint = CliRunner().invoke(main, ["lint", str(shards / "rank-00001")])
+    assert lint.exit_code == 0, lint.output
+    assert "Skipping empty split part val" in lint.output
+
+
 def test_metadata_is_deterministic_relative_and_in_the_stage_outputs(run_out, shards):
     meta = {p.relative_to(shards): p.read_bytes() for p in sorted(shards.rglob("*"))
             if p.is_file() and (".nv-meta" in p.parts or p.name.endswith(".idx"))}
