@@ -27,6 +27,8 @@ Use (one Energon dataset per rank folder; see the README, "Training with Megatro
 Energon tracks epochs and resumption in its own loader state (``get_savable_loader``), not in the
 pack.
 """
+# No `from __future__ import annotations` here: Energon's config parser reads PackWebdataset's
+# annotations at run time as types (``sample_type: Type[PackSample]`` from dataset.yaml).
 
 from typing import Any, Mapping, Optional, Type
 
