@@ -280,6 +280,11 @@ def test_what_energon_changes_otherwise(shards, reference, workers, settings):
     assert planned(runs[0]) != planned(reference[0])               # the order does not
     steps = [{s for s, _ in planned(runs[0])[i:i + MICRO]} for i in range(0, n, MICRO)]
     assert any(len(s) > 1 for s in steps)                          # training steps mix planned steps
+    if workers:   # each worker reads a contiguous slice, the loader takes from the workers in turn
+        position = [p["index"] for p in runs[0]]
+        assert sorted(position) == list(range(n)) and n % workers == 0
+        for w in range(workers):
+            assert position[w::workers] == list(range(position[w], position[w] + n // workers))
     by_key = {p["pack_key"]: p for p in reference[1]}
     for p in runs[1]:                                              # the packs themselves are intact
         assert_same_pack({**p, "index": 0}, {**by_key[p["pack_key"]], "index": 0, "epoch": 0})
