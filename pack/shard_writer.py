@@ -16,6 +16,7 @@ from curate.base import records as R
 from curate.images import UnreadableImage
 from pack import packformat as F
 from pack import tario
+from pack.energon_meta import write_tar_index
 from pack.profile import ModelProfile, profile_from_mapping
 from pack.shard_ids import SegmentTokenizer
 from pack.shard_media import MediaChanged, read_media, segment_doc
@@ -143,6 +144,7 @@ def write_shard(root: str, job: ShardJob, settings: WriterSettings, tok: Segment
             yield from mem
 
     tario.write_tar(path, members())
+    write_tar_index(path)   # Energon's tar index beside the tar (pack.energon_meta)
     return ShardResult(job.path, tario.sha256_file(path), os.path.getsize(path), len(job.packs),
                        stats["samples"], stats["tokens"], stats["images"], failures)
 

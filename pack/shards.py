@@ -5,7 +5,8 @@ with different numbers of packs. Here the pack plan (stage `pack`) is turned int
 every rank gets the same number of packs in every global step, each step's attention and ViT work is
 balanced across ranks (pack.balance), and every pack is exactly ``context_length`` tokens, so an NPU
 graph never recompiles. The format is described in pack.packformat; pack.loader reads it back and
-pack.validate checks it in CI.
+pack.validate checks it in CI. Every rank folder is also a Megatron-Energon dataset (pack.energon_meta
+writes its metadata, pack.energon_cooker is the factory its dataset.yaml names).
 
 Writing is atomic and deterministic: everything goes to ``{out}/.shards.tmp`` and is renamed to
 ``{out}/shards`` at the end (replacing an older one), tar headers are fixed (pack.tario), and nothing
@@ -34,6 +35,7 @@ from curate.base import Resources, Stage, register
 from pack import balance as B
 from pack import packformat as F
 from pack.dirswap import replace_dir, sibling_dir
+from pack.energon_meta import write_energon_metadata
 from pack.profile import resolve_profile
 from pack.shard_manifest import build_manifest, build_report
 from pack import shard_schedule as S
@@ -171,6 +173,7 @@ class ShardsStage(Stage):
                                   tok_spec, failures)
         with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
             fh.write(F.dumps(manifest) + b"\n")
+        write_energon_metadata(tmp, manifest)
         replace_dir(tmp, final)
         # report.json holds only what the data determines: the folder relative to the run's output
         shown = os.path.relpath(final, self.context.out_dir) if self.context.out_dir and \
