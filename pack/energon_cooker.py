@@ -36,9 +36,8 @@ import numpy as np
 from megatron.energon import DefaultTaskEncoder, Sample, StandardWebdatasetFactory, edataclass
 from megatron.energon.epathlib import EPath
 
-from pack import packformat as F
 from pack.collate import collate_packs
-from pack.positions import pack_model_inputs
+from pack.pack_item import assemble_pack
 from pack.profile import ModelProfile, profile_from_mapping
 
 
@@ -68,48 +67,16 @@ class PackSample(Sample):
         return self.pack["images"]
 
 
-def _part(raw: Mapping[str, Any], key: str, member: str, where: str) -> bytes:
-    """The bytes of tar member `member` of pack `key`: Energon keys parts by what follows the key."""
-    part = member[len(key) + 1:]
-    if not member.startswith(key + ".") or part not in raw:
-        raise F.PackFormatError(f"{where}: member {member!r} named in the JSON is missing")
-    return raw[part]
-
-
-def _array(raw: Mapping[str, Any], key: str, doc: Mapping[str, Any], name: str, L: int, where: str) -> Optional[np.ndarray]:
-    if doc.get(name) is None:
-        return None
-    arr = F.decode_input_ids(_part(raw, key, doc[name]["member"], where))
-    if arr.shape != (L,) or arr.dtype.kind not in "iu":
-        raise F.PackFormatError(f"{where}: {name} shape {arr.shape} dtype {arr.dtype}, expected ({L},) integers")
-    return arr
-
-
 def pack_from_parts(raw: Mapping[str, Any], key: str, position: int, rank: int, context_length: int,
                     profile: ModelProfile, where: str) -> dict[str, Any]:
-    """The PackedShards item of one pack from its raw tar members, checked as strictly."""
-    if "json" not in raw:
-        raise F.PackFormatError(f"{where}: no {F.json_member(key)} member")
-    doc = F.parse_pack(raw["json"], where, context_length)
-    if doc["pack_key"] != key:
-        raise F.PackFormatError(f"{where}: JSON pack_key {doc['pack_key']!r} differs from the member name")
-    if doc["rank"] != rank:
-        raise F.PackFormatError(f"{where}: pack belongs to rank {doc['rank']}, not {rank}")
-    media: dict[str, list] = {"images": [], "videos": []}
-    for seg in doc["segments"]:
-        for kind, out in media.items():
-            for m in seg[kind]:
-                out.append({"sample": seg["key"], "bytes": _part(raw, key, m["member"], where), **m})
-    input_ids = _array(raw, key, doc, "input_ids", context_length, where)
-    return {
-        "pack_key": key, "pack_id": doc["pack_id"], "rank": doc["rank"], "step": doc["step"],
-        "micro_batch": doc["micro_batch"], "repeat_of": doc["repeat_of"], "epoch": 0, "index": position,
-        "context_length": doc["context_length"], "length": doc["length"], "padding": doc["padding"],
-        "samples": list(doc["segments"]), "cu_seqlens": np.asarray(doc["cu_seqlens"], dtype=np.int32),
-        "images": media["images"], "videos": media["videos"], "input_ids": input_ids,
-        "labels": _array(raw, key, doc, "labels", context_length, where),
-        **pack_model_inputs(doc, input_ids, profile),
-    }
+    """The PackedShards item of one pack from its raw tar members (Energon keys parts by what follows
+    the key), through the loader's own pack.pack_item."""
+    def read(member: str) -> bytes:
+        return raw[member[len(key) + 1:]]
+
+    members = {f"{key}.{part}" for part in raw if isinstance(part, str)}
+    return assemble_pack(key, read, members, rank=rank, context_length=context_length, profile=profile,
+                         where=where, epoch=0, index=position)
 
 
 class PackWebdataset(StandardWebdatasetFactory[PackSample]):

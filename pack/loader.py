@@ -57,7 +57,7 @@ import numpy as np
 from pack import packformat as F
 from pack import tario
 from pack.collate import collate_packs, resolve_device, to_device
-from pack.positions import pack_model_inputs
+from pack.pack_item import assemble_pack
 from pack.profile import profile_from_mapping
 
 try:  # torch is a dependency, but keep `import pack.loader` usable for inspection without it
@@ -191,48 +191,13 @@ class PackedShards(_Base):  # type: ignore[misc]
         shard, k = self._locate(index)
         key, refs = self._packs_of(shard)[k]
         members = {r.name: r for r in refs}
-        where = f"{shard}:{key}"
-        if F.json_member(key) not in members:
-            raise F.PackFormatError(f"{where}: no {F.json_member(key)} member")
         fh = self._handle(shard)
-        doc = F.parse_pack(tario.read_member(fh, members[F.json_member(key)]), where, self.context_length)
-        if doc["pack_key"] != key:
-            raise F.PackFormatError(f"{where}: JSON pack_key {doc['pack_key']!r} differs from the member name")
-        if doc["rank"] != self.rank:
-            raise F.PackFormatError(f"{where}: pack belongs to rank {doc['rank']}, not {self.rank}")
-        missing = sorted(set(F.pack_members(doc)) - set(members))
-        if missing:
-            raise F.PackFormatError(f"{where}: member {missing[0]!r} named in the JSON is missing")
-        images, videos = [], []
-        for seg in doc["segments"]:
-            for kind, out in (("images", images), ("videos", videos)):
-                for m in seg[kind]:
-                    out.append({"sample": seg["key"], "bytes": tario.read_member(fh, members[m["member"]]), **m})
-        input_ids = self._read_array(fh, members, doc, "input_ids", where)
-        cu = np.asarray(doc["cu_seqlens"], dtype=np.int32)
-        pack = {
-            "pack_key": key, "pack_id": doc["pack_id"], "rank": doc["rank"], "step": doc["step"],
-            "micro_batch": doc["micro_batch"], "repeat_of": doc["repeat_of"], "epoch": epoch,
-            "index": index if position is None else position, "context_length": doc["context_length"],
-            "length": doc["length"], "padding": doc["padding"], "samples": list(doc["segments"]), "cu_seqlens": cu,
-            "images": images, "videos": videos, "input_ids": input_ids,
-            "labels": self._read_array(fh, members, doc, "labels", where),
-            **pack_model_inputs(doc, input_ids, self.profile),
-        }
+        pack = assemble_pack(key, lambda name: tario.read_member(fh, members[name]), members, rank=self.rank,
+                             context_length=self.context_length, profile=self.profile, where=f"{shard}:{key}",
+                             epoch=epoch, index=index if position is None else position)
         if self._pixels is not None:
-            pack["pixel_values"], pack["image_grid_thw"] = self._pixels(images, where)
+            pack["pixel_values"], pack["image_grid_thw"] = self._pixels(pack["images"], f"{shard}:{key}")
         return pack
-
-    def _read_array(self, fh: Any, members: Mapping[str, tario.MemberRef], doc: Mapping[str, Any], name: str,
-                    where: str) -> np.ndarray | None:
-        """input_ids or labels of a pack ([context_length] integers), None when not tokenized."""
-        if doc.get(name) is None:
-            return None
-        arr = F.decode_input_ids(tario.read_member(fh, members[doc[name]["member"]]))
-        if arr.shape != (self.context_length,) or arr.dtype.kind not in "iu":
-            raise F.PackFormatError(f"{where}: {name} shape {arr.shape} dtype {arr.dtype}, "
-                                    f"expected ({self.context_length},) integers")
-        return arr
 
     # --- consumed-data tracker -----------------------------------------------------------------------
     def mark_consumed(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
