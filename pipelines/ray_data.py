@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -28,7 +29,6 @@ from pipelines.executors import PARQUET_OPTIONS, data_files, global_columns, wri
 T = TypeVar("T")
 PART = "_part"
 MAX_SOURCE_BLOCKS = 256
-DECISION_SUFFIX = "__decision"
 
 
 class RayData:
@@ -106,55 +106,57 @@ def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     return kept if columns is None else kept.select([c for c in columns if c in kept.column_names])
 
 
-def _suffix_decisions(batch: pa.Table) -> pa.Table:
-    return batch.rename_columns([c if c == R.ORDINAL else c + DECISION_SUFFIX for c in batch.column_names])
+FILE = "_file"   # which input file of the global step a decision belongs to
 
 
-def _merge_decisions(batch: pa.Table, decision_columns: list[str], schema: pa.Schema, stage_name: str) -> pa.Table:
-    """Left rows with their decision (if any) written over status and added columns."""
-    renamed = {c: (c + DECISION_SUFFIX if c + DECISION_SUFFIX in batch.column_names else c) for c in decision_columns}
-    has = pc.is_valid(batch.column(renamed[R.STATUS]))
-    kept_without = pc.and_(pc.equal(batch.column(R.STATUS), R.KEPT), pc.invert(has))
-    if pc.any(kept_without).as_py():
-        raise E.AccountingError(f"stage {stage_name!r}: the global step gave no decision for some kept rows")
-    out = batch
-    for c, src in renamed.items():
-        if c not in schema.names:
+def file_starts(files: list[str]) -> tuple[list[int], list[int]]:
+    """(first _ordinal of each non-empty file, in ascending order; the index of that file), from the
+    parquet footers' statistics. Executors write every file over a disjoint range of ordinals (they
+    keep input order), which is what lets a decision be routed to its row's file by a binary search."""
+    ranges = []
+    for i, f in enumerate(files):
+        meta = pq.ParquetFile(f).metadata
+        col = meta.schema.to_arrow_schema().get_field_index(R.ORDINAL)
+        stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)
+                 if meta.row_group(g).num_rows]
+        if not stats:
             continue
-        typ = schema.field(c).type   # the join may hand columns back as large types: cast both sides
-        new = batch.column(src).cast(typ)
-        merged = pc.if_else(has, new, batch.column(c).cast(typ)) if src != c and c in batch.column_names else new
-        idx = out.schema.get_field_index(c)
-        out = out.set_column(idx, schema.field(c), merged) if idx >= 0 else out.append_column(schema.field(c), merged)
-    out = out.drop_columns([s for c, s in renamed.items() if s != c])
-    dropped_without_reason = pc.and_(pc.not_equal(out.column(R.STATUS), R.KEPT), pc.is_null(out.column(R.REASON)))
-    if pc.any(dropped_without_reason).as_py():
-        raise E.AccountingError(f"stage {stage_name!r}: the global step dropped rows without a reason")
-    return R.conform(out.select(schema.names), schema)
+        if any(st is None or not st.has_min_max for st in stats):
+            ords = pq.read_table(f, columns=[R.ORDINAL]).column(0)
+            ranges.append((pc.min(ords).as_py(), pc.max(ords).as_py(), i))
+        else:
+            ranges.append((min(st.min for st in stats), max(st.max for st in stats), i))
+    ranges.sort()
+    for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
+        if lo <= hi:
+            raise E.AccountingError(f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges")
+    return [r[0] for r in ranges], [r[2] for r in ranges]
 
 
-def _only_repeats(batch: pa.Table, want: bool) -> pa.Table:
-    is_rep = pc.is_valid(batch.column(E.REPEAT_SOURCE))
-    out = batch.filter(is_rep if want else pc.invert(is_rep))
-    return out if want else out.drop_columns([c for c in E.REPEAT_COLUMNS if c in out.column_names])
+def _tag_file(batch: pa.Table, starts: list[int], owners: list[int]) -> pa.Table:
+    """Each decision with the index of the file holding its row (a repeat: the row it copies)."""
+    target = batch.column(R.ORDINAL)
+    if E.REPEAT_SOURCE in batch.column_names:
+        target = pc.coalesce(batch.column(E.REPEAT_SOURCE), target)
+    pos = np.searchsorted(np.asarray(starts, dtype=np.int64),
+                          np.asarray(target.to_numpy(zero_copy_only=False), dtype=np.int64), side="right") - 1
+    if pos.size and pos.min() < 0:
+        raise E.AccountingError("a decision names an _ordinal before every row of the stage")
+    return batch.append_column(FILE, pa.array(np.asarray(owners, dtype=np.int64)[pos] if pos.size else
+                                              np.zeros(0, dtype=np.int64)))
 
 
-def _repeat_keys(batch: pa.Table) -> pa.Table:
-    """Repeat decisions keyed by the row they copy: their new ordinal and key travel as extra columns."""
-    return batch.rename_columns([{R.ORDINAL: "_repeat_ordinal", "key": "_repeat_key"}.get(c, c) for c in batch.column_names])
-
-
-def _as_repeat_rows(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A copied row with the repeat's own ordinal, key, status and added columns."""
-    out = batch
-    for c, src in ((R.ORDINAL, "_repeat_ordinal"), ("key", "_repeat_key")):
-        out = out.set_column(out.schema.get_field_index(c), schema.field(c), batch.column(src).cast(schema.field(c).type))
-    for c in list(out.column_names):
-        if c.endswith(DECISION_SUFFIX) and c[: -len(DECISION_SUFFIX)] in schema.names:
-            base = c[: -len(DECISION_SUFFIX)]
-            out = out.set_column(out.schema.get_field_index(base), schema.field(base),
-                                 out.column(c).cast(schema.field(base).type))
-    return R.conform(out.select([c for c in schema.names if c in out.column_names]), schema)
+def _apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, token: str,
+                stage_cls: type[Stage], config: Any, context: Any) -> pa.Table:
+    """One input file with its decisions applied, written under the same part number as the inline
+    executor's; returns (file, rows, repeats). Rows without a decision: validate_decisions raises."""
+    index = group.column(FILE)[0].as_py()
+    decisions = group.filter(pc.is_valid(group.column(R.ORDINAL))).drop_columns([FILE])   # not the sentinel
+    table = pq.read_table(files[index])
+    stage = _worker_stage(token, stage_cls, config, context)
+    E.validate_decisions(stage, E.global_input(stage, E.without_dropped_at(table)), decisions)
+    write_table(E.apply_decisions(table, decisions, schema), Path(out) / f"part-{index:05d}.parquet")
+    return pa.table({"file": [index], "repeats": [E.count_repeats(decisions)]})
 
 
 class RayExecutor:
@@ -193,7 +195,8 @@ class RayExecutor:
 
     def _read(self, files: list[str], columns: list[str] | None = None) -> Any:
         import ray.data
-        return ray.data.read_parquet([str(Path(f).resolve()) for f in files], columns=columns)
+        ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files])
+        return ds if columns is None else ds.select_columns(columns)
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
         """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
@@ -247,38 +250,28 @@ class RayExecutor:
         return RayData(ds)
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
+        """Route each decision to the file holding its row (a narrow shuffle of decisions only, by
+        file); one task per file then reads it, applies its decisions and writes it. The wide rows
+        are read once and written once, never shuffled or sorted."""
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
-        right = right.materialize()   # counted, split and joined below: compute the global step once
-        left = self._read(files)
-        names = right.schema().names
-        repeats = None
-        if E.REPEAT_SOURCE in names:   # the mixture's up-sampling: extra rows copying kept rows
-            repeats = right.map_batches(_only_repeats, batch_format="pyarrow", fn_kwargs={"want": True})
-            right = right.map_batches(_only_repeats, batch_format="pyarrow", fn_kwargs={"want": False})
-        n_kept = left.map_batches(_kept_columns, batch_format="pyarrow", fn_kwargs={"columns": [R.ORDINAL]}).count()
-        n_decisions = right.count()
-        if n_kept != n_decisions:
-            raise E.AccountingError(f"stage {stage.name!r}: {n_decisions} decisions for {n_kept} kept rows")
-        decision_columns = [c for c in right.schema().names if c not in (R.ORDINAL, *E.REPEAT_COLUMNS)]
-        # Suffix the decision columns before the join: Ray's join re-attaches list-typed payload columns
-        # without applying right_suffix, so a list column on both sides came back twice.
-        right = right.map_batches(_suffix_decisions, batch_format="pyarrow")
-        partitions = max(1, min(64, len(files)))
-        joined = left.join(right, join_type="left_outer", num_partitions=partitions, on=(R.ORDINAL,),
-                           right_suffix=DECISION_SUFFIX)
-        merged = joined.map_batches(_merge_decisions, batch_format="pyarrow",
-                                    fn_kwargs={"decision_columns": [R.STATUS, *[c for c in decision_columns if c != R.STATUS]],
-                                               "schema": schema, "stage_name": stage.name})
-        n_repeats = repeats.count() if repeats is not None else 0
-        if n_repeats:   # (a join with an empty side fails in Ray's polars join: blocks without columns)
-            copies = left.join(repeats.map_batches(_repeat_keys, batch_format="pyarrow"), join_type="inner",
-                               num_partitions=partitions, on=(R.ORDINAL,), right_on=(E.REPEAT_SOURCE,),
-                               right_suffix=DECISION_SUFFIX)
-            copies = copies.map_batches(_as_repeat_rows, batch_format="pyarrow", fn_kwargs={"schema": schema})
-            merged = merged.union(copies)
-        self._write(merged.sort(R.ORDINAL), out, schema)
-        return n_repeats
+        starts, owners = file_starts(files)
+        tagged = right.map_batches(_tag_file, batch_format="pyarrow",
+                                   fn_kwargs={"starts": starts, "owners": owners}).materialize()
+        # One sentinel row per file, so that a file without decisions (no kept rows) is written too.
+        right_schema = tagged.schema()
+        sentinels = pa.table({name: pa.nulls(len(files), typ) if name != FILE else pa.array(range(len(files)), pa.int64())
+                              for name, typ in zip(right_schema.names, right_schema.types)})
+        token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:decisions"
+        out.mkdir(parents=True, exist_ok=True)
+        done = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE).map_groups(
+            _apply_file, batch_format="pyarrow",
+            fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
+                       "token": token, "stage_cls": type(stage), "config": stage.config, "context": stage.context})
+        written = concat(self.ray.get(done.to_arrow_refs()))
+        if sorted(written.column("file").to_pylist()) != list(range(len(files))):
+            raise E.AccountingError(f"stage {stage.name!r}: not every file of the global step was written once")
+        return int(pc.sum(written.column("repeats")).as_py() or 0)
 
     def close(self) -> None:
         if self._started:
