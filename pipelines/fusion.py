@@ -83,9 +83,11 @@ def rows_filter(names: list[str], stage_index: int, owner: bool, kept: bool | No
     if E.DROPPED_AT not in names:
         return {True: status == R.KEPT, False: status != R.KEPT, None: None}[kept]
     at = pc.field(E.DROPPED_AT)
-    if owner:
-        mine = at.is_null() | (at == stage_index)
+    if owner:   # its rows: every row but the ones earlier stages dropped
+        mine = at.is_null() | (at == stage_index) | (at == E.REPEAT_ROW)
         return {True: status == R.KEPT, False: (status != R.KEPT) & mine, None: mine}[kept]
+    # an earlier stage of the chain: rows it let through were dropped later or not at all (repeat
+    # rows, REPEAT_ROW, appeared after it)
     return {True: at.is_null() | (at > stage_index), False: at == stage_index,
             None: at.is_null() | (at >= stage_index)}[kept]
 

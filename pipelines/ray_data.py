@@ -116,7 +116,7 @@ def file_starts(files: list[str]) -> tuple[list[int], list[int]]:
     ranges = []
     for i, f in enumerate(files):
         meta = pq.ParquetFile(f).metadata
-        col = meta.schema.to_arrow_schema().get_field_index(R.ORDINAL)
+        col = next(c for c in range(meta.num_columns) if meta.schema.column(c).path == R.ORDINAL)  # a leaf
         stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)
                  if meta.row_group(g).num_rows]
         if not stats:

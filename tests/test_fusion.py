@@ -18,9 +18,10 @@ from pipelines.runner import read_kept, run
 from tests.corpus import caption_corpus
 from tests.test_runner import final_digest, resumed
 
-# slow_caption_length, text_filter and image_filter each drop rows; count_tokens summarises;
-# pack is a global step, so the chain is slow_caption_length + text_filter + image_filter +
-# count_tokens + pack, written once, in pack's directory.
+# slow_caption_length, text_filter and image_filter each drop rows; count_tokens summarises; the
+# mixture (a global step, inserted before pack) up-samples to 60 rows. The chain is
+# slow_caption_length + text_filter + image_filter + count_tokens + mixture, written once, in the
+# mixture's directory; pack follows on its own.
 STAGES = [
     ("slow_caption_length", "{seconds_per_batch: 0, max_words: 30}"),
     ("text_filter", "{min_caption_words: 8}"),
@@ -42,6 +43,7 @@ name: fusion-test
 seed: 5
 plugins: [tests.plugins.slow_stage]
 model: {{preset: qwen2-vl, context_length: 4096}}
+mixture: {{by: category, unit: samples, total: 60, max_repeat: 3, ratios: {{caption: 1.0}}}}
 sources:
   - {{name: web, path: "{data}/*.tar", format: webdataset, category: caption}}
 stages:
@@ -62,12 +64,13 @@ def test_a_fused_chain_reports_and_rejects_exactly_like_stage_by_stage(tmp_path,
     every = {name for name, _ in STAGES}
     fused = _run(tmp_path, "fused", recipe_text(corpus))
     apart = _run(tmp_path, "apart", recipe_text(corpus, checkpoint=every))
-    # the chain was one pass: only its owner (pack) wrote rows
-    assert [d.name for d in fused.stage_dirs if (d / "data").is_dir()] == ["00_ingest", "05_pack"]
+    # the chain was one pass: only its owner (the mixture) wrote rows
+    assert [d.name for d in fused.stage_dirs if (d / "data").is_dir()] == ["00_ingest", "05_mixture", "06_pack"]
     assert all((d / "data").is_dir() for d in apart.stage_dirs)
     # ... yet every stage dropped something and is accounted for on its own, identically
     entries = fused.report["stages"]
     assert all(sum(e["rejected"].values()) for e in entries[1:4]), entries
+    assert entries[5]["repeated"] > 0
     assert (tmp_path / "fused/report.json").read_bytes() == (tmp_path / "apart/report.json").read_bytes()
     assert (tmp_path / "fused/rejects.parquet").read_bytes() == (tmp_path / "apart/rejects.parquet").read_bytes()
     for a, b in zip(fused.stage_dirs, apart.stage_dirs):
@@ -87,23 +90,30 @@ def test_resume_restarts_a_chain_at_its_last_checkpoint(tmp_path, corpus):
     text = recipe_text(corpus, checkpoint={"text_filter"})
     first = _run(tmp_path, "out", text)
     assert [json.loads((d / "_COMPLETE.json").read_text()).get("fused_into") for d in first.stage_dirs] == \
-        [None, "02_text_filter", None, "05_pack", "05_pack", None]
+        [None, "02_text_filter", None, "05_mixture", "05_mixture", None, None]
     _run(tmp_path, "out", text)
     assert all(resumed(tmp_path / "out"))
     # image_filter changed: the stages up to the checkpoint are kept, the rest of the chain re-runs
     changed = recipe_text(corpus, checkpoint={"text_filter"}, max_side=2)
     again = _run(tmp_path, "out", changed)
-    assert resumed(tmp_path / "out") == [True, True, True, False, False, False]
+    assert resumed(tmp_path / "out") == [True, True, True, False, False, False, False]
     fresh = _run(tmp_path, "fresh", changed)
     assert again.report == fresh.report
     assert final_digest(tmp_path / "out") == final_digest(tmp_path / "fresh")
     # the owner's rows deleted: the chain is incomplete and re-runs from the checkpoint
-    next((tmp_path / "out/stages/05_pack/data").glob("*.parquet")).unlink()
+    # (pack's fingerprint and files are unchanged: the re-run chain writes the same bytes, so it stays)
+    next((tmp_path / "out/stages/05_mixture/data").glob("*.parquet")).unlink()
     _run(tmp_path, "out", changed)
-    assert resumed(tmp_path / "out") == [True, True, True, False, False, False]
+    assert resumed(tmp_path / "out") == [True, True, True, False, False, False, True]
+    assert final_digest(tmp_path / "out") == final_digest(tmp_path / "fresh")
 
 
-def test_ray_runs_the_chain_in_one_pass_with_the_same_report_and_bytes(tmp_path, corpus):
+def test_ray_runs_the_chain_in_one_pass_with_the_same_report_and_bytes(tmp_path, corpus, monkeypatch):
+    from pipelines.ray_data import RayData
+
+    def refuse(self):
+        raise AssertionError("a global step gathered every row into the driver")
+    monkeypatch.setattr(RayData, "gather", refuse)   # ingest, mixture and pack work on aggregates only
     inline = _run(tmp_path, "inline", recipe_text(corpus))
     ray = _run(tmp_path, "ray", recipe_text(corpus), executor="ray")
     assert ray.report == inline.report
@@ -135,7 +145,7 @@ def load_text(tmp_path: Path, name: str, text: str):
 
 def test_fused_rows_carry_the_index_of_the_stage_that_dropped_them(tmp_path, corpus):
     fused = _run(tmp_path, "fused", recipe_text(corpus))
-    data = pq.read_table(sorted((fused.stage_dirs[-1] / "data").glob("*.parquet"))[0])
+    data = pq.read_table(sorted((fused.stage_dirs[5] / "data").glob("*.parquet"))[0])
     dropped = data.filter(pc.not_equal(data.column(R.STATUS), R.KEPT))
     by_stage = dict(zip(*dropped.group_by("_dropped_at").aggregate([([], "count_all")]).to_pydict().values()))
     assert {i: by_stage.get(i, 0) for i in (1, 2, 3)} == {

@@ -68,7 +68,7 @@ def test_count_tokens_matches_the_trainer_ids_and_rejects_with_reasons(tok):
         ids = T.sample_input_ids(row, tok, imgs, vids)
         assert row["num_tokens"] == len(ids), row["key"]
         assert row["text_tokens"] == len(ids) - sum(imgs) - sum(vids)
-    summary = stage.summarize(res.kept)
+    summary = stage.summarize(stage.summary_partial(res.kept))   # as the runner does, batch partials
     assert summary["tokens"]["samples"] == res.kept.num_rows
 
 

@@ -73,9 +73,11 @@ def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
 
 # Fused chains: consecutive per-row stages run as one streaming pass and write one manifest. A row
 # dropped inside the chain carries the index of the stage that dropped it, so the runner can still
-# report and write rejects per stage. Null on kept rows (and on rows a global step drops afterwards).
+# report and write rejects per stage. Null on kept rows (and on rows a global step drops afterwards);
+# REPEAT_ROW on the repeat rows the chain's closing global step adds (no earlier stage saw them).
 DROPPED_AT = "_dropped_at"
 DROPPED_AT_FIELD = pa.field(DROPPED_AT, pa.int32())
+REPEAT_ROW = -1
 
 
 def apply_link(stage: Stage, batch: pa.Table, stage_index: int, carries_dropped: bool) -> pa.Table:
@@ -257,6 +259,9 @@ def _append_repeats(table: pa.Table, repeats: pa.Table, out_schema: pa.Schema) -
     if here.num_rows == 0:
         return table
     copies = table.take(pc.drop_null(pos))
+    if DROPPED_AT in copies.column_names:
+        copies = copies.set_column(copies.schema.get_field_index(DROPPED_AT), DROPPED_AT_FIELD,
+                                   pa.array([REPEAT_ROW] * copies.num_rows, type=pa.int32()))
     for name in here.column_names:
         if name == REPEAT_SOURCE:
             continue
