@@ -101,10 +101,12 @@ class CountTokensStage(Stage):
                 ok &= np.isfinite(v) & (v > 0)
             for i in np.unique(parent[~ok]).tolist():
                 _reject(reasons, details, i, "unknown_video_metadata", "a video lacks duration, fps or size")
+            frames = np.asarray(pc.fill_null(pc.struct_field(flat, "frames"), 0).to_numpy(zero_copy_only=False),
+                                dtype=np.int64) if flat.type.get_field_index("frames") >= 0 else np.zeros(len(flat), np.int64)
             for j in np.flatnonzero(ok).tolist():
                 try:
                     values[j] = T.video_tokens(cols["duration_s"][j], cols["fps"][j], int(cols["width"][j]),
-                                               int(cols["height"][j]), self.video)
+                                               int(cols["height"][j]), self.video, int(frames[j]) or None)
                 except ValueError as exc:
                     reason = "video_too_short" if "short" in str(exc) else "extreme_aspect_ratio"
                     _reject(reasons, details, int(parent[j]), reason, str(exc))
