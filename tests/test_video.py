@@ -290,3 +290,44 @@ def test_packs_carry_the_counted_grids_tokens_and_bytes(run_out, clips):
     assert seen["videos/clip-bars"]["bytes"] == clips["clip-bars"]
     assert seen["videos/clip-ball"]["bytes"] == clips["clip-ball"]
     assert {v["member"].rsplit(".", 1)[1] for v in seen.values()} == {"mp4", "webm"}
+
+
+def test_video_positions_equal_get_rope_index_and_a_tiny_qwen2_vl_takes_the_pack(run_out):
+    """M-RoPE positions of every video segment against transformers' ``get_rope_index`` with the
+    stored ``video_grid_thw``; then a tiny random Qwen2-VL (from a config) runs forward on the pack
+    with pixel values of the grid's shape: its check that the video-pad run matches the features passes."""
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from pack.loader import PackedShards
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1,
+                         rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2], "rope_theta": 10000.0}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    checked = 0
+    for pack in PackedShards(run_out / "shards", rank=0, world_size=1):
+        cu = pack["cu_seqlens"].tolist()
+        grids = []
+        for j, seg in enumerate(pack["samples"]):
+            a, b = cu[j], cu[j + 1]
+            seg_grids = [v["grid_thw"] for v in seg["videos"]]
+            want, _ = model.model.get_rope_index(
+                torch.as_tensor(pack["input_ids"][a:b], dtype=torch.long)[None],
+                mm_token_type_ids=torch.as_tensor(pack["mm_token_type_ids"][a:b])[None],
+                video_grid_thw=torch.as_tensor(seg_grids, dtype=torch.long))
+            assert np.array_equal(pack["position_ids"][:, a:b], want[:, 0].numpy()), seg["key"]
+            grids += seg_grids
+            checked += 1
+        thw = torch.as_tensor(grids, dtype=torch.long)
+        with torch.no_grad():
+            out = model(input_ids=torch.as_tensor(pack["input_ids"], dtype=torch.long)[None],
+                        position_ids=torch.as_tensor(pack["position_ids"], dtype=torch.long)[:, None],
+                        mm_token_type_ids=torch.as_tensor(pack["mm_token_type_ids"])[None],
+                        pixel_values_videos=torch.randn(int(thw.prod(dim=1).sum()), 3 * 2 * 14 * 14),
+                        video_grid_thw=thw)
+        assert torch.isfinite(out.logits).all()
+    assert checked == 2
