@@ -108,6 +108,8 @@ def test_tar_members_become_video_refs_with_offset_size_and_hash(clips, tmp_path
         assert ref["sha256"] == hashlib.sha256(clips[clip]).hexdigest()
         assert (ref["width"], ref["height"], ref["frames"], ref["fps"], ref["duration_s"]) == (64, 48, 8, 4.0, 2.0)
     assert len(kept["v/b"]["images"]) == 1 and kept["v/b"]["videos"][0]["format"] == "webm"
+    from pack.packformat import media_ext   # the shard member's suffix: the container, whatever the path says
+    assert media_ext({**kept["v/b"]["videos"][0], "member": None, "uri": "clips/no-suffix"}) == "webm"
 
 
 def test_llava_video_paths_are_resolved_probed_and_placed(clips, tmp_path):
