@@ -4,9 +4,11 @@ read with PyAV, and the record's video reference built from it.
 Why the header only: counting a video's tokens needs its frame count, frame rate and frame size
 (``pack.tokens.vision.video_tokens``), all of which an MP4 ``moov`` box or a WebM/Matroska header
 carries. ``probe_video`` opens the container with libavformat (PyAV's ``av.open``) and reads stream
-parameters; it never asks for a frame, so the cost is independent of the video's length.
-(libavformat's stream probe may itself look at the first packets of a stream whose header lacks
-parameters; MP4 and WebM headers carry them.)
+parameters; it never asks for a frame. PyAV always runs libavformat's stream probe
+(``avformat_find_stream_info``), which for some codecs decodes the first few frames itself (H.264:
+to guess its decoding delay), so the cost does not grow with the video's length. Measured here on
+10 s 320x240 clips: ~6 ms CPU per H.264/MP4 clip and ~0.3 ms per VP8/WebM or MPEG-4/MP4 clip, against
+88, 39 and 20 ms to decode all frames.
 
 Bad bytes (not a container, no video stream, a header without size, duration or frame rate) raise
 ``UnreadableVideo`` with a short reason; readers turn it into a quarantined row named

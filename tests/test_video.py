@@ -53,6 +53,10 @@ def test_the_header_says_what_decoding_finds(clips, tmp_path):
         n, (h, w) = _decoded_frames(clips[key])
         assert (head.width, head.height, head.frames) == (w, h, n) == (64, 48, 8)
         assert head.fps == 4.0 and head.duration_s == 2.0 and head.format == container
+    from pipelines.sample_videos import DRAW, encode_video
+    h264 = encode_video([DRAW["clip-bars"](i) for i in range(8)], "mp4", "libx264")   # the common codec
+    head, (n, (h, w)) = probe_video(h264), _decoded_frames(h264)
+    assert (head.width, head.height, head.frames, head.fps, head.codec) == (w, h, n, 4.0, "h264") == (64, 48, 8, 4.0, "h264")
     # transformers' own PyAV reader (it takes the frame count from the MP4 sample table)
     from transformers.video_utils import read_video_pyav
     path = tmp_path / "bars.mp4"
