@@ -40,6 +40,12 @@ def clips() -> dict[str, bytes]:
     return {key: sample_clip(key) for key, *_ in CLIPS}
 
 
+@pytest.fixture(scope="module")
+def h264_clip() -> bytes:
+    from pipelines.sample_videos import DRAW, encode_video
+    return encode_video([DRAW["clip-bars"](i) for i in range(8)], "mp4", "libx264")   # the common codec
+
+
 # --- probe -------------------------------------------------------------------------------------------
 def _decoded_frames(data: bytes) -> tuple[int, tuple[int, int]]:
     with av.open(io.BytesIO(data)) as c:
@@ -47,15 +53,13 @@ def _decoded_frames(data: bytes) -> tuple[int, tuple[int, int]]:
     return len(frames), frames[0].shape[:2]
 
 
-def test_the_header_says_what_decoding_finds(clips, tmp_path):
+def test_the_header_says_what_decoding_finds(clips, h264_clip, tmp_path):
     for key, container, codec, _ in CLIPS:
         head = probe_video(clips[key])
         n, (h, w) = _decoded_frames(clips[key])
         assert (head.width, head.height, head.frames) == (w, h, n) == (64, 48, 8)
         assert head.fps == 4.0 and head.duration_s == 2.0 and head.format == container
-    from pipelines.sample_videos import DRAW, encode_video
-    h264 = encode_video([DRAW["clip-bars"](i) for i in range(8)], "mp4", "libx264")   # the common codec
-    head, (n, (h, w)) = probe_video(h264), _decoded_frames(h264)
+    head, (n, (h, w)) = probe_video(h264_clip), _decoded_frames(h264_clip)
     assert (head.width, head.height, head.frames, head.fps, head.codec) == (w, h, n, 4.0, "h264") == (64, 48, 8, 4.0, "h264")
     # transformers' own PyAV reader (it takes the frame count from the MP4 sample table)
     from transformers.video_utils import read_video_pyav
@@ -71,10 +75,10 @@ def test_sample_clips_are_deterministic(clips):
     assert sample_clip("clip-bars") == clips["clip-bars"] and sample_clip("clip-ball") == clips["clip-ball"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_bad_bytes_raise_a_named_reason_never_anything_else(clips, data):
-    clip = clips[data.draw(st.sampled_from(sorted(clips)))]
+def test_bad_bytes_raise_a_named_reason_never_anything_else(clips, h264_clip, data):
+    clip = data.draw(st.sampled_from([clips["clip-bars"], clips["clip-ball"], h264_clip]))
     kind = data.draw(st.sampled_from(["cut", "flip", "random"]))
     if kind == "cut":
         blob = clip[:data.draw(st.integers(0, len(clip) - 1))]
@@ -86,9 +90,11 @@ def test_bad_bytes_raise_a_named_reason_never_anything_else(clips, data):
     try:
         head = probe_video(blob)
     except UnreadableVideo as exc:
-        assert exc.reason in {"not_a_video", "no_video_stream", "no_frame_size", "no_frame_rate", "no_duration"}
+        assert exc.reason in {"not_a_video", "no_video_stream", "unknown_codec", "no_frame_size", "no_frame_rate",
+                              "no_duration", "implausible_frame_rate", "inconsistent_header"}
         return
-    assert head.width > 0 and head.height > 0 and head.fps > 0 and head.duration_s > 0 and head.frames > 0
+    assert head.width > 0 and head.height > 0 and 0 < head.fps <= 1000 and head.duration_s > 0
+    assert head.duration_s * head.fps / 2 - 2 <= head.frames <= head.duration_s * head.fps * 2 + 2
 
 
 # --- readers -----------------------------------------------------------------------------------------
