@@ -6,7 +6,7 @@ Members are grouped by key (the basename up to its first dot, as webdataset does
 extracted to disk, so a member named ``../x.jpg`` cannot escape; it is rejected by name. Members that
 are not regular files (symlinks, hard links, devices, FIFOs) are never followed: their sample is
 rejected as ``unsupported_member_type`` so it stays in the accounting. A member larger than the
-source's ``max_image_bytes`` is not read. A tar cut off mid-member keeps every complete sample before
+source's ``max_image_bytes`` is not read (videos included: a member is read whole, to hash it). A tar cut off mid-member keeps every complete sample before
 the cut and quarantines the rest.
 """
 from __future__ import annotations
