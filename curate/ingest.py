@@ -18,9 +18,11 @@ import pyarrow.compute as pc
 
 from curate.base import Resources, Stage, register
 from curate.base import records as R
-from curate.readers import SourceSpec, read_file, source_files
+from curate.readers import SourceSpec, plan_file_parts, read_file, source_files
 
-TASK_SCHEMA = pa.schema([("source_index", pa.int32()), ("file_index", pa.int32()), ("uri", pa.string())])
+# One task per file, or per part of a large file (curate.readers.plan_file_parts; -1: whole file).
+TASK_SCHEMA = pa.schema([("source_index", pa.int32()), ("file_index", pa.int32()), ("uri", pa.string()),
+                         ("part_start", pa.int64()), ("part_stop", pa.int64()), ("part_first_row", pa.int64())])
 
 # Keys per shuffle partition for the duplicate-key step: big enough to keep partitions few, small
 # enough that one partition's keys fit a worker comfortably.
@@ -45,28 +47,29 @@ class IngestStage(Stage):
         return [SourceSpec(**s) for s in self.config.sources]
 
     def input_table(self) -> pa.Table:
-        """One task per file, in a stable order (source order, then sorted file names)."""
-        rows = [(si, fi, uri) for si, spec in enumerate(self.specs())
-                for fi, uri in enumerate(source_files(spec, si))]
-        return pa.table({"source_index": pa.array([r[0] for r in rows], pa.int32()),
-                         "file_index": pa.array([r[1] for r in rows], pa.int32()),
-                         "uri": pa.array([r[2] for r in rows], pa.string())}, schema=TASK_SCHEMA)
+        """One task per file, or per part of a large parquet (row groups) or JSONL (byte ranges) file,
+        in a stable order (source order, sorted file names, part order)."""
+        rows = [(si, fi, uri, *(part or (-1, -1, -1))) for si, spec in enumerate(self.specs())
+                for fi, uri in enumerate(source_files(spec, si)) for part in plan_file_parts(spec, uri)]
+        columns = list(zip(*rows)) if rows else [[] for _ in TASK_SCHEMA]
+        return pa.table(list(columns), schema=TASK_SCHEMA)
 
     def input_identity(self) -> Any:
         """Content identities of the input files (sha256, or the store's ETag; see curate.identity),
         cached by file stat in the run directory so a re-run does not re-hash every file."""
         from curate.identity import IdentityCache, fingerprint_inputs
         cache = IdentityCache(os.path.join(self.context.out_dir, "identity-cache.json") if self.context.out_dir else None)
-        identities = fingerprint_inputs(self.input_table().column("uri").to_pylist(), cache)
+        uris = [uri for si, spec in enumerate(self.specs()) for uri in source_files(spec, si)]
+        identities = fingerprint_inputs(uris, cache)
         cache.save()
         return identities
 
     def read_tasks(self, tasks: pa.Table) -> pa.Table:
-        """The records of every file named in `tasks` (kept, rejected and quarantined)."""
+        """The records of every file or part named in `tasks` (kept, rejected and quarantined)."""
         specs = self.specs()
-        tables = [read_file(specs[si], uri, si, fi) for si, fi, uri in
-                  zip(tasks.column("source_index").to_pylist(), tasks.column("file_index").to_pylist(),
-                      tasks.column("uri").to_pylist())]
+        tables = []
+        for si, fi, uri, start, stop, first in zip(*(tasks.column(c).to_pylist() for c in TASK_SCHEMA.names)):
+            tables.append(read_file(specs[si], uri, si, fi, None if start < 0 else (start, stop, first)))
         return pa.concat_tables([R.empty_table(), *tables])
 
     def global_step(self, data: Any) -> Any:

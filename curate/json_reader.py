@@ -76,36 +76,71 @@ def strict_json(text: str | bytes) -> Any:
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
-def iter_json_records(uri: str) -> Iterator[tuple[int, Any]]:
+def iter_json_records(uri: str, part: tuple[int, int, int] | None = None) -> Iterator[tuple[int, Any]]:
     """(line or array index, record or BadSample) for every record of a JSON array or JSONL file.
 
     Both are streamed: memory holds one record (at most MAX_RECORD_BYTES), not the file, so a
-    multi-gigabyte LLaVA JSON array is readable.
+    multi-gigabyte LLaVA JSON array is readable. `part`: only the JSONL lines in the byte range
+    (start, stop, lines before start) planned by ``plan_line_parts``.
     """
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as fh:
-        head = fh.read(4096)
-        fh.seek(0)
-        if head.startswith(codecs.BOM_UTF8):
-            head = head[len(codecs.BOM_UTF8):]
-        if head.lstrip().startswith(b"["):
+        if part is not None:
+            fh.seek(part[0])
+            yield from _iter_lines(fh, first_line=part[2], stop=part[1])
+        elif _is_array(fh):
             yield from _iter_array(fh)
         else:
             yield from _iter_lines(fh)
 
 
-def _iter_lines(fh: Any) -> Iterator[tuple[int, Any]]:
-    lineno = 0
-    while True:
+def _is_array(fh: Any) -> bool:
+    head = fh.read(4096)
+    fh.seek(0)
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8):]
+    return head.lstrip().startswith(b"[")
+
+
+def plan_line_parts(uri: str, bytes_per_part: int) -> list[tuple[int, int, int]] | None:
+    """Byte ranges (start, stop, lines before start) of about `bytes_per_part` bytes, cut after a
+    newline, so that tasks read a large JSONL file in parallel; None for a file that is read whole
+    (an array, or small). The plan depends on the file alone, and carries each range's first line
+    number, so keys and ordinals are the ones a whole-file read gives. Planning reads the file once
+    in chunks to count newlines: driver memory is one chunk, whatever the file size."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    size = fs.size(path)
+    if size <= bytes_per_part:
+        return None
+    with fs.open(path, "rb") as fh:
+        if _is_array(fh):
+            return None
+        cuts, offset, lines, want = [(0, 0)], 0, 0, bytes_per_part
+        while chunk := fh.read(8 << 20):
+            nl = chunk.find(b"\n", max(0, want - offset))
+            while nl >= 0 and offset + nl + 1 < size:
+                cuts.append((offset + nl + 1, lines + chunk.count(b"\n", 0, nl + 1)))
+                want = offset + nl + 1 + bytes_per_part
+                nl = chunk.find(b"\n", want - offset) if want - offset < len(chunk) else -1
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    return [(a, b, before) for (a, before), (b, _) in zip(cuts, cuts[1:] + [(size, 0)])]
+
+
+def _iter_lines(fh: Any, first_line: int = 0, stop: int | None = None) -> Iterator[tuple[int, Any]]:
+    lineno, pos = first_line, fh.tell()
+    while stop is None or pos < stop:
         line = fh.readline(MAX_RECORD_BYTES + 1)
         if not line:
             return
+        pos += len(line)
         lineno += 1
         if lineno == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[len(codecs.BOM_UTF8):]
         if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
             while line and not line.endswith(b"\n"):   # skip the rest of the oversized line
                 line = fh.readline(1 << 20)
+                pos += len(line)
             yield lineno, BadSample("invalid_json_line", f"line longer than {MAX_RECORD_BYTES} bytes")
             continue
         if not line.strip():
@@ -216,11 +251,17 @@ def referenced_video(spec: SourceSpec, root: str, value: Any) -> dict:
     return video_ref_from_bytes(refs.read_reference(uri, spec), uri, None, 0)
 
 
-def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
+def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+               part: tuple[int, int, int] | None = None) -> Iterator[dict]:
+    """Records of the file, or of one JSONL byte range (`part`, see ``plan_line_parts``). A record's
+    row in its ordinal is its line number - 1 (JSONL) or its array index, whichever task reads it;
+    duplicate ids within one task are rejected here, across tasks by ingest's whole-run check."""
     root = spec.image_root or posixpath.dirname(uri)
     seen: set[str] = set()
-    for row_index, (line, rec) in enumerate(iter_json_records(uri)):
-        ordinal = R.make_ordinal(source_index, file_index, row_index)
+    records = iter_json_records(uri, part)
+    is_lines = part is not None or not _starts_array(uri)
+    for line, rec in records:
+        ordinal = R.make_ordinal(source_index, file_index, line - 1 if is_lines else line)
         prov = {"uri": uri, "line": line}
         rid = rec.get("id") if isinstance(rec, dict) else None
         key = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{file_index}-{line}"
@@ -235,6 +276,12 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int) -
             yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, root, rec))
         except BadSample as bad:
             yield bad_row(spec, key, ordinal, prov, bad)
+
+
+def _starts_array(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as fh:
+        return _is_array(fh)
 
 
 def _image_values(rec: dict, field: str = "image") -> list[Any]:

@@ -20,28 +20,56 @@ if TYPE_CHECKING:
     from curate.base import BatchResult
 
 from curate.base import records as R
-from curate.json_reader import normalize_conversations, read_llava, strict_json
-from curate.parquet_reader import read_parquet
+from curate.json_reader import normalize_conversations, plan_line_parts, read_llava, strict_json
+from curate.parquet_reader import plan_parts, read_parquet
 from curate.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, expand_braces, list_files,
                             source_files)
 from curate.wds_reader import read_webdataset
 
 __all__ = ["FORMATS", "BadSample", "NoSourceFiles", "SourceSpec", "expand_braces", "list_files", "source_files",
-           "normalize_conversations", "strict_json", "iter_file_tables", "read_file", "read_source", "READERS"]
+           "normalize_conversations", "strict_json", "iter_file_tables", "read_file", "read_source", "READERS",
+           "plan_file_parts", "BYTES_PER_PART"]
 
 READERS: dict[str, Callable[[SourceSpec, str, int, int], Iterator[dict]]] = {
     "webdataset": read_webdataset, "parquet": read_parquet, "llava": read_llava,
 }
 
 
+# A JSONL file larger than this is read by several tasks, in byte ranges cut after a newline; a
+# parquet file by several tasks of about this many rows (whole row groups).
+BYTES_PER_PART = 64 << 20
+PARQUET_ROWS_PER_PART = 200_000
+# One task: the whole file, or (start, stop, first row): parquet row groups [start, stop) or JSONL
+# bytes [start, stop) whose first line is line first_row + 1.
+Part = tuple[int, int, int]
+
+
+def plan_file_parts(spec: SourceSpec, uri: str) -> list[Part | None]:
+    """How ingest splits one file into tasks: a large parquet file by row groups, a large JSONL by
+    byte ranges, anything else whole (None). A function of the file alone, never of the workers."""
+    if spec.format == "parquet":
+        parts = plan_parts(uri, PARQUET_ROWS_PER_PART)
+        return [None] if len(parts) == 1 else [(a, b, -1) for a, b in parts]
+    if spec.format == "llava":
+        return plan_line_parts(uri, BYTES_PER_PART) or [None]
+    return [None]
+
+
 def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int,
-                     rows_per_table: int = 4096) -> Iterator[pa.Table]:
-    """The records of one file as conformed tables of at most `rows_per_table` rows, streamed: memory
-    is bounded by the batch, not by the file (every reader streams its file)."""
+                     rows_per_table: int = 4096, part: Part | None = None) -> Iterator[pa.Table]:
+    """The records of one file (or one part of it) as conformed tables of at most `rows_per_table`
+    rows, streamed: memory is bounded by the batch, not by the file (every reader streams its file)."""
     if spec.format not in READERS:
         raise ValueError(f"unknown source format {spec.format!r}; known: {', '.join(FORMATS)}")
+    reader = READERS[spec.format]
+    if part is None:
+        records = reader(spec, uri, source_index, file_index)
+    elif spec.format == "parquet":
+        records = read_parquet(spec, uri, source_index, file_index, row_groups=part[:2])
+    else:
+        records = read_llava(spec, uri, source_index, file_index, part=part)
     rows: list[dict] = []
-    for row in READERS[spec.format](spec, uri, source_index, file_index):
+    for row in records:
         rows.append(row)
         if len(rows) >= rows_per_table:
             yield R.rows_to_table(rows)
@@ -50,9 +78,9 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
         yield R.rows_to_table(rows)
 
 
-def read_file(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> pa.Table:
-    """All records of one file (kept, rejected and quarantined) as a conformed table."""
-    tables = list(iter_file_tables(spec, uri, source_index, file_index))
+def read_file(spec: SourceSpec, uri: str, source_index: int, file_index: int, part: Part | None = None) -> pa.Table:
+    """All records of one file or part (kept, rejected and quarantined) as a conformed table."""
+    tables = list(iter_file_tables(spec, uri, source_index, file_index, part=part))
     return pa.concat_tables(tables) if tables else R.empty_table()
 
 

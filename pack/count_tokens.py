@@ -140,15 +140,37 @@ class CountTokensStage(Stage):
             out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
         return BatchResult.split(out, reasons, details)
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        """Per batch, a histogram: (num_tokens, rows with that length, their text tokens). Lengths take
+        at most a few thousand values, so the driver's summary input stays small at any row count."""
+        return kept.select(["num_tokens", "text_tokens"]).group_by("num_tokens", use_threads=False).aggregate(
+            [([], "count_all"), ("text_tokens", "sum")])
+
     def summarize(self, kept: pa.Table) -> dict:
-        if kept.num_rows == 0:
+        hist = kept.group_by("num_tokens", use_threads=False).aggregate([("count_all", "sum"),
+                                                                         ("text_tokens_sum", "sum")])
+        if hist.num_rows == 0:
             return {"tokens": {"samples": 0}}
-        num = np.asarray(kept.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
-        text = np.asarray(kept.column("text_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
-        pct = np.percentile(num, [50, 90, 99]).round().astype(int).tolist()
-        return {"tokens": {"samples": int(num.size), "total": int(num.sum()), "text": int(text.sum()),
-                           "vision": int(num.sum() - text.sum()), "p50": pct[0], "p90": pct[1], "p99": pct[2],
-                           "max": int(num.max())}}
+        hist = hist.sort_by("num_tokens")
+        values = np.asarray(hist.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
+        counts = np.asarray(hist.column("count_all_sum").to_numpy(zero_copy_only=False), dtype=np.int64)
+        total = int((values * counts).sum())
+        text = int(pc.sum(hist.column("text_tokens_sum_sum")).as_py() or 0)
+        pct = [round(histogram_percentile(values, counts, q)) for q in (50, 90, 99)]
+        return {"tokens": {"samples": int(counts.sum()), "total": total, "text": text, "vision": total - text,
+                           "p50": pct[0], "p90": pct[1], "p99": pct[2], "max": int(values[-1])}}
+
+
+def histogram_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """numpy.percentile(q, linear interpolation) of the multiset {values[i] x counts[i]} (values
+    sorted ascending), without expanding it."""
+    n = int(counts.sum())
+    rank = q / 100.0 * (n - 1)
+    lo, hi = int(np.floor(rank)), int(np.ceil(rank))
+    ends = np.cumsum(counts)
+    at_lo = values[np.searchsorted(ends, lo, side="right")]
+    at_hi = values[np.searchsorted(ends, hi, side="right")]
+    return float(at_lo + (at_hi - at_lo) * (rank - lo))
 
 
 def _reject(reasons: list[str | None], details: list[str | None], i: int, reason: str, detail: str | None) -> None:

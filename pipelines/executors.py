@@ -1,7 +1,8 @@
 """Executors: who runs a stage. Ray Data on a laptop or a cluster (``pipelines.ray_data``), or inline.
 
 Every stage goes through the same three calls, whatever it is (ingest, a filter, the mixture, the
-shard writer): ``map_stage`` (the per-batch step, or reading files for a source stage),
+shard writer): ``map_stages`` (the per-batch step, or reading files for a source stage; several
+consecutive per-row stages as one fused pass — see ``curate.base.inline.apply_link``),
 ``global_data`` (a ``GlobalData`` handle on the kept rows for a whole-dataset step) and
 ``apply_decisions`` (the global step's answer joined back by ``_ordinal``). The runner does
 everything else (resume, accounting, reports), so the executors produce the same rows.
@@ -48,7 +49,9 @@ def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:
 class Executor(Protocol):
     name: str
 
-    def map_stage(self, stage: Stage, files: list[str], out: Path) -> None: ...
+    def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
+        """Write ``stages``' per-batch steps applied in turn to `files` (one pass; a fused chain when
+        there are several: rows dropped inside it carry ``_dropped_at``)."""
     def global_data(self, stage: Stage, files: list[str]) -> Any: ...
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
         """Write the rows with their decisions applied; return how many repeat rows were added."""
@@ -72,22 +75,37 @@ class InlineExecutor:
     """Everything in this process: notebooks, debugging, small runs."""
     name = "inline"
 
-    def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
-        size = stage.resources.batch_size
+    def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
+        """Part by part (>= MIN_ROWS_PER_PART rows), each stage in turn over the part in its own batch
+        size: memory is one part, whatever the dataset size and the chain length."""
+        head = stages[0]
         for i, group in enumerate(_coalesced(files)):
-            table = pa.concat_tables([pq.read_table(f) for f in group], promote_options="default")
-            if stage.reads_sources:
-                parts = [stage.read_tasks(table.slice(j, size)) for j in range(0, table.num_rows, size)]
-                schema = R.BASE_SCHEMA
+            # upstream's _dropped_at (a fused chain's bookkeeping) is no input of this pass
+            table = E.without_dropped_at(pa.concat_tables([pq.read_table(f) for f in group], promote_options="default"))
+            if head.reads_sources:
+                size = head.resources.batch_size
+                parts = [head.read_tasks(table.slice(j, size)) for j in range(0, table.num_rows, size)]
+                table = pa.concat_tables([R.BASE_SCHEMA.empty_table(), *parts])
+            elif len(stages) == 1:
+                size = head.resources.batch_size
+                parts = [E.apply_batch(head, table.slice(j, size)) for j in range(0, table.num_rows, size)]
+                table = pa.concat_tables([head.output_schema(table.schema).empty_table(), *parts])
             else:
-                parts = [E.apply_batch(stage, table.slice(j, size)) for j in range(0, table.num_rows, size)]
-                schema = stage.output_schema(table.schema)
-            write_table(pa.concat_tables([schema.empty_table(), *parts]), out / f"part-{i:05d}.parquet")
+                for position, stage in enumerate(stages):
+                    schema = E.chain_schema([stage], table.schema)
+                    size = stage.resources.batch_size
+                    parts = [E.apply_link(stage, table.slice(j, size), stage.context.stage_index, position > 0)
+                             for j in range(0, table.num_rows, size)]
+                    table = pa.concat_tables([schema.empty_table(), *parts])
+            write_table(table, out / f"part-{i:05d}.parquet")
+
+    def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
+        self.map_stages([stage], files, out)
 
     def global_data(self, stage: Stage, files: list[str]) -> InlineData:
         ds = pads.dataset(files, format="parquet")
         table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
-        return InlineData([E.global_input(stage, table)])
+        return InlineData([E.global_input(stage, E.without_dropped_at(table))])
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
         table = as_table(decisions)

@@ -77,24 +77,32 @@ def _worker_stage(token: str, stage_cls: type[Stage], config: Any, context: Any)
     return stage
 
 
-def _apply_task(batch: pa.Table, token: str, stage_cls: type[Stage], config: Any, context: Any) -> pa.Table:
-    stage = _worker_stage(token, stage_cls, config, context)
-    return stage.read_tasks(batch) if stage.reads_sources else E.apply_batch(stage, batch)
+def _apply(stage: Stage, batch: pa.Table, link: tuple[int, bool] | None) -> pa.Table:
+    """A stage alone (``link`` None), or one link of a fused chain: (stage index, carries dropped rows)."""
+    if stage.reads_sources:
+        return stage.read_tasks(batch)
+    return E.apply_batch(stage, batch) if link is None else E.apply_link(stage, batch, *link)
+
+
+def _apply_task(batch: pa.Table, token: str, stage_cls: type[Stage], config: Any, context: Any,
+                link: tuple[int, bool] | None = None) -> pa.Table:
+    return _apply(_worker_stage(token, stage_cls, config, context), batch, link)
 
 
 class _StageActor:
     """Actor-pool worker for model stages: the model is loaded once in the constructor (setup())."""
 
-    def __init__(self, stage_cls: type[Stage], config: Any, context: Any):
+    def __init__(self, stage_cls: type[Stage], config: Any, context: Any, link: tuple[int, bool] | None = None):
         self.stage = stage_cls(config=config, context=context)
         self.stage.ensure_setup()
+        self.link = link
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return E.apply_batch(self.stage, batch)
+        return _apply(self.stage, batch, self.link)
 
 
 def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
-    kept = E.only_kept(batch)
+    kept = E.without_dropped_at(E.only_kept(batch))
     return kept if columns is None else kept.select([c for c in columns if c in kept.column_names])
 
 
@@ -187,7 +195,32 @@ class RayExecutor:
         import ray.data
         return ray.data.read_parquet([str(Path(f).resolve()) for f in files], columns=columns)
 
+    def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
+        """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
+        each with its own batch size and resources), write. Nothing between the stages touches disk."""
+        head = stages[0]
+        ds = self._read(files)
+        if head.reads_sources:
+            tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            # A block per `batch_size` files, at most MAX_SOURCE_BLOCKS: enough to keep a cluster busy,
+            # few enough that 10,000 one-sample tars do not become 10,000 parquet files in every stage.
+            ds = ds.repartition(max(1, min(MAX_SOURCE_BLOCKS, -(-tasks // head.resources.batch_size))))
+            schema = R.BASE_SCHEMA
+        else:
+            schema = pq.read_schema(files[0])
+            if E.DROPPED_AT in schema.names:   # upstream's chain bookkeeping, dropped by every link
+                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+        for position, stage in enumerate(stages):
+            link = None if len(stages) == 1 else (stage.context.stage_index, position > 0)
+            ds = self._map(ds, stage, link)
+            if not stage.reads_sources:
+                schema = stage.output_schema(schema) if link is None else E.chain_schema([stage], schema)
+        self._write(ds, out, schema)
+
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
+        self.map_stages([stage], files, out)
+
+    def _map(self, ds: Any, stage: Stage, link: tuple[int, bool] | None) -> Any:
         import ray.data
         res = stage.resources
         common: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.cpus}
@@ -195,27 +228,16 @@ class RayExecutor:
             common["num_gpus"] = res.gpus
         if res.npus:
             common["resources"] = {"NPU": res.npus}
-        ds = self._read(files)
-        if stage.reads_sources:
-            tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            # A block per `batch_size` files, at most MAX_SOURCE_BLOCKS: enough to keep a cluster busy,
-            # few enough that 10,000 one-sample tars do not become 10,000 parquet files in every stage.
-            ds = ds.repartition(max(1, min(MAX_SOURCE_BLOCKS, -(-tasks // res.batch_size))))
-            schema = R.BASE_SCHEMA
-        else:
-            schema = stage.output_schema(pq.read_schema(files[0]))
         if res.kind == "actor":
             size = res.concurrency or max(1, int(self.ray.available_resources().get("GPU" if res.gpus else "CPU", 1)
                                                  // max(res.gpus or res.cpus, 1)))
-            ds = ds.map_batches(_StageActor, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
-                                fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
-                                                       "context": stage.context}, **common)
-        else:
-            token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}"
-            ds = ds.map_batches(_apply_task, fn_kwargs={"token": token, "stage_cls": type(stage),
-                                                        "config": stage.config, "context": stage.context},
-                                compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common)
-        self._write(ds, out, schema)
+            return ds.map_batches(_StageActor, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+                                  fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
+                                                         "context": stage.context, "link": link}, **common)
+        token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}"
+        return ds.map_batches(_apply_task, fn_kwargs={"token": token, "stage_cls": type(stage), "config": stage.config,
+                                                      "context": stage.context, "link": link},
+                              compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common)
 
     def global_data(self, stage: Stage, files: list[str]) -> RayData:
         columns = global_columns(stage, pq.read_schema(files[0]))

@@ -49,6 +49,9 @@ class RecipeError(ValueError):
 class StageSpec:
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
+    # Materialise this stage's output (a resume point) even where it would be fused with the next
+    # per-row stages into one streaming pass (pipelines.fusion).
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class Recipe:
         """Everything that changes the result (not the output dir, not the description)."""
         return {"name": self.name, "seed": self.seed,
                 "sources": [dataclasses.asdict(s) for s in self.sources],
-                "stages": [dataclasses.asdict(s) for s in self.stages],
+                # checkpoint only says where rows are written, not what they are
+                "stages": [{"name": s.name, "settings": s.settings} for s in self.stages],
                 "mixture": self.mixture, "max_error_fraction": self.max_error_fraction,
                 "model": self.model}
 
@@ -135,7 +139,9 @@ def recipe_json_schema() -> dict[str, Any]:
             "sources": {"type": "array", "minItems": 1, "items": SOURCE_SCHEMA},
             "stages": {"type": "array", "items": {
                 "type": "object", "required": ["name"], "additionalProperties": False,
-                "properties": {"name": {"enum": stage_names}, "settings": {"type": "object"}},
+                "properties": {"name": {"enum": stage_names}, "settings": {"type": "object"},
+                               "checkpoint": {"type": "boolean", "description": "write this stage's rows "
+                                              "(a resume point) instead of fusing it with the next stages"}},
                 "allOf": [{"if": {"properties": {"name": {"const": n}}},
                            "then": {"properties": {"settings": registry[n].settings_schema()}}}
                           for n in stage_names],
@@ -264,7 +270,8 @@ def parse(data: Any, where: str = "recipe", run_plugins: bool = True) -> Recipe:
     if dup:
         raise RecipeError(f"sources: duplicate source name(s) {sorted(dup)}")
     recipe = Recipe(name=data["name"], seed=int(data["seed"]), sources=sources,
-                    stages=[StageSpec(s["name"], dict(s.get("settings") or {})) for s in data["stages"]],
+                    stages=[StageSpec(s["name"], dict(s.get("settings") or {}), bool(s.get("checkpoint", False)))
+                            for s in data["stages"]],
                     mixture=dict(data["mixture"]) if data.get("mixture") else None,
                     output=dict(data.get("output") or {}), description=data.get("description", ""),
                     plugins=list(plugins), unchecked_stages=tuple(dict.fromkeys(unchecked)),

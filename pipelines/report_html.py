@@ -24,15 +24,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from curate import images as I
 from curate.base import records as R
 from pipelines import svg_plots as S
+from pipelines.fusion import stage_rows
 
 THUMB_PX = 96
 THUMBS_PER_REASON = 3
 MAX_REASONS_WITH_THUMBS = 24
+PLOT_ROWS = 200_000   # rows read per stage for plots: bounded driver memory at any dataset size
 _ENTRY_KEYS = {"name", "in", "out", "repeated", "rejected", "quarantined", "seconds", "rejects", "balanced",
                "resumed", "mixture", "packing", "shards", "tokens"}
 
@@ -75,13 +76,9 @@ def _stage_dirs(out: Path) -> list[Path]:
 
 
 def _read(stage_dir: Path, columns: list[str], kept: bool | None = True) -> pa.Table | None:
-    files = sorted(str(p) for p in (stage_dir / "data").glob("*.parquet"))
-    if not files:
-        return None
-    ds = pads.dataset(files, format="parquet")
-    cols = [c for c in columns if c in ds.schema.names]
-    flt = None if kept is None else (pc.field(R.STATUS) == R.KEPT if kept else pc.field(R.STATUS) != R.KEPT)
-    return ds.to_table(columns=cols, filter=flt)
+    """At most PLOT_ROWS of a stage's rows (the first ones, in _ordinal order): plots and thumbnails
+    need a sample, and the driver must not hold every row of a large run."""
+    return stage_rows(stage_dir, columns, kept, limit=PLOT_ROWS)
 
 
 # --- sections ------------------------------------------------------------------------------------------
@@ -129,7 +126,8 @@ def tokens_section(dirs: list[Path]) -> str:
     if table is None or table.num_rows == 0:
         return ""
     cats = table.column("category").to_pylist()
-    parts = [f"<h2>Lengths per category</h2><p class=muted>kept rows of {_e((src or dirs[-1]).name)}</p>"]
+    parts = [f"<h2>Lengths per category</h2><p class=muted>kept rows of {_e((src or dirs[-1]).name)}"
+             f"{f' (the first {PLOT_ROWS:,})' if table.num_rows >= PLOT_ROWS else ''}</p>"]
     columns = [c for c in ("num_tokens", "text_tokens") if c in table.column_names]
     for col in columns:
         vals = np.asarray(table.column(col).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)

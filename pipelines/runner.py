@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import PARQUET_OPTIONS, Executor, data_files, make_executor, write_table
+from pipelines.executors import Executor, data_files, make_executor, write_table
+from pipelines.fusion import FUSED_INTO, Member, fusion_groups, rows_of, stage_rows, write_rejects
 from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
 from pipelines.outdir import claim_output, remove_owned
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
@@ -48,8 +48,6 @@ from pipelines.report_html import render_fragment, write_report_html
 # Below this many rows (or source bytes / 1 KiB for ingest) `executor="auto"` runs a stage inline: on
 # 2 cores Ray's fixed cost per stage (~2-30 s) dwarfs the work of a few thousand rows.
 AUTO_INLINE_ROWS = 50_000
-
-REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
 
 
 @dataclass
@@ -68,10 +66,10 @@ class RunResult:
 
 
 def read_kept(stage_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    files = data_files(stage_dir / "data")
-    ds = pads.dataset(files, format="parquet")
-    cols = None if columns is None else [c for c in columns if c in ds.schema.names]
-    return ds.to_table(columns=cols, filter=pc.field(R.STATUS) == R.KEPT)
+    """The rows a stage kept, also for a stage fused into a later one (then with the later stages'
+    columns too)."""
+    table = stage_rows(stage_dir, columns, kept=True)
+    return table if table is not None else R.BASE_SCHEMA.empty_table()
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
@@ -123,49 +121,28 @@ class Runner:
         for flag, value in (("--until", self.until), ("--from", self.rerun_from)):
             if value and value not in names:
                 raise ValueError(f"{flag} {value!r}: no such stage in this recipe ({names})")
+        if self.until:
+            plan = plan[: names.index(self.until) + 1]
+        forced_from = names.index(self.rerun_from) if self.rerun_from else len(names)
         entries: list[dict[str, Any]] = []
         timings: list[dict[str, Any]] = []
         stage_dirs: list[Path] = []
-        upstream: dict[str, dict] = {}
-        forced = False
-        # Each stage's fingerprint chains its settings and code onto its upstream's: a changed setting or
-        # a changed stage module re-runs that stage and everything after it, and nothing before it.
-        prev_fp = fingerprint(package_version())
         try:
-            for index, spec in enumerate(plan):
-                context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
-                                         recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
-                                         upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction,
-                                         profile=recipe.model)
-                stage = S.build(spec.name, spec.settings, context)
-                final = self.out / "stages" / f"{index:02d}_{spec.name}"
-                settings = _settings_of(stage)
-                forced = forced or spec.name == self.rerun_from
-                fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
-                                 stage.input_identity())
-                marker = final / "_COMPLETE.json"
-                done = json.loads(marker.read_text()) if marker.exists() and not forced else None
-                t0 = time.perf_counter()
-                if (done and done.get("fingerprint") == fp and inventory_matches(done.get("outputs", {}), self.out)
-                        and not (stage.reads_sources and _media_changed(final, done))):
-                    entry = done["report"]
-                    resumed = True
-                    self.log(f"[{index:02d}] {spec.name:<16} complete, skipped (resume)")
-                else:
-                    remove_owned(final)
-                    started_ns = time.time_ns()
-                    entry = self._run_stage(stage, spec, index, final, stage_dirs)
-                    outputs = [final] + [Path(p) for p in stage.external_outputs()]
-                    _atomic_write_json(marker, {"fingerprint": fp, "report": entry, "started_ns": started_ns,
-                                                "outputs": file_inventory(outputs, self.out)})
-                    resumed = False
-                entries.append(entry)
-                timings.append({"name": spec.name, "seconds": round(time.perf_counter() - t0, 3), "resumed": resumed})
-                stage_dirs.append(final)
-                upstream[spec.name] = settings
-                prev_fp = fp
-                if self.until == spec.name:
-                    break
+            for group in fusion_groups(self._members(plan)):
+                start = self._resume_point(group, forced_from)
+                for m in group[:start]:
+                    entries.append(json.loads((m.final / "_COMPLETE.json").read_text())["report"])
+                    timings.append({"name": m.name, "seconds": 0.0, "resumed": True})
+                    stage_dirs.append(m.final)
+                    self.log(f"[{m.index:02d}] {m.name:<16} complete, skipped (resume)")
+                if start < len(group):
+                    t0 = time.perf_counter()
+                    ran = group[start:]
+                    entries += self._run_group(ran, stage_dirs)
+                    seconds = round(time.perf_counter() - t0, 3)
+                    timings += [{"name": m.name, "seconds": seconds if m is ran[-1] else None, "resumed": False,
+                                 **({FUSED_INTO: ran[-1].final.name} if m is not ran[-1] else {})} for m in ran]
+                    stage_dirs += [m.final for m in ran]
         finally:
             for ex in self._executors.values():
                 ex.close()
@@ -174,84 +151,145 @@ class Runner:
                                                    "stages": timings})
         return RunResult(self.out, report, stage_dirs)
 
-    def _run_stage(self, stage: S.Stage, spec: StageSpec, index: int, final: Path,
-                   stage_dirs: list[Path]) -> dict[str, Any]:
-        tmp = final.with_name(final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        pass1 = tmp / ("pass1" if stage.has_global_step() else "data")
-        pass1.mkdir(parents=True)
-        if stage.reads_sources:
-            write_table(stage.input_table(), tmp / "tasks.parquet")
-            files = [str(tmp / "tasks.parquet")]
-            executor = self.executor_for(None if self.executor_name != "auto" else _source_rows_hint(stage))
+    def _members(self, plan: list[StageSpec]) -> list[Member]:
+        """Every stage of the plan built, with its fingerprint. Each fingerprint chains its settings and
+        code onto its upstream's: a changed setting or a changed stage module re-runs that stage and
+        everything after it, and nothing before it."""
+        recipe = self.recipe
+        members: list[Member] = []
+        upstream: dict[str, dict] = {}
+        prev_fp = fingerprint(package_version())
+        for index, spec in enumerate(plan):
+            context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
+                                     recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
+                                     upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction,
+                                     profile=recipe.model)
+            stage = S.build(spec.name, spec.settings, context)
+            settings = _settings_of(stage)
+            prev_fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
+                                  stage.input_identity())
+            members.append(Member(index, stage, self.out / "stages" / f"{index:02d}_{spec.name}", prev_fp,
+                                  spec.checkpoint))
+            upstream[spec.name] = settings
+        return members
+
+    def _resume_point(self, group: list[Member], forced_from: int) -> int:
+        """How many leading stages of a chain are complete up to one that owns its rows (a resume point):
+        the chain re-runs from there."""
+        point = 0
+        for k, m in enumerate(group):
+            marker = m.final / "_COMPLETE.json"
+            if m.index >= forced_from or not marker.exists():
+                break
+            done = json.loads(marker.read_text())
+            if (done.get("fingerprint") != m.fingerprint or not inventory_matches(done.get("outputs", {}), self.out)
+                    or (m.stage.reads_sources and _media_changed(m.final, done))):
+                break
+            if not done.get(FUSED_INTO):
+                point = k + 1
+        return point
+
+    def _run_group(self, group: list[Member], stage_dirs: list[Path]) -> list[dict[str, Any]]:
+        """Run a chain (one stage, or per-row stages fused into one pass, ending with at most one global
+        step), then account for, write and mark each of its stages."""
+        for m in group:
+            remove_owned(m.final)
+            if m.tmp.exists():
+                shutil.rmtree(m.tmp)
+            m.tmp.mkdir(parents=True)
+        head, owner = group[0], group[-1]
+        pass1 = owner.tmp / ("pass1" if owner.stage.has_global_step() else "data")
+        pass1.mkdir()
+        stages = [m.stage for m in group]
+        started_ns = time.time_ns()
+        if head.stage.reads_sources:
+            tasks = head.stage.input_table()
+            write_table(tasks, head.tmp / "tasks.parquet")
+            files = [str(head.tmp / "tasks.parquet")]
+            upstream_kept = None
+            executor = self.executor_for(None if self.executor_name != "auto" else _source_rows_hint(tasks))
         else:
             files = data_files(stage_dirs[-1] / "data")
-            executor = self.executor_for(_count(stage_dirs[-1] / "data", kept_only=True))
-        self.log(f"[{index:02d}] {spec.name:<16} running ({executor.name})")
-        if stage.reads_sources or _count(stage_dirs[-1] / "data", kept_only=True):
-            executor.map_stage(stage, files, pass1)
+            upstream_kept = _count(stage_dirs[-1] / "data", kept_only=True)
+            executor = self.executor_for(upstream_kept)
+        chain = " + ".join(m.name for m in group)
+        self.log(f"[{head.index:02d}] {chain:<16} running ({executor.name}{', fused' if len(group) > 1 else ''})")
+        if head.stage.reads_sources or upstream_kept:
+            executor.map_stages(stages, files, pass1)
         else:
-            schema = stage.output_schema(pq.read_schema(files[0]) if files else R.BASE_SCHEMA)
+            schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+            if E.DROPPED_AT in schema.names:
+                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+            schema = E.chain_schema(stages, schema) if len(group) > 1 else head.stage.output_schema(schema)
             write_table(schema.empty_table(), pass1 / "part-00000.parquet")
-        n_in = _count(pass1) if stage.reads_sources else _count(stage_dirs[-1] / "data", kept_only=True)
-        repeated = 0  # rows a global step added as repeats of kept rows (mixture up-sampling)
-        if stage.has_global_step():
-            out_data = tmp / "data"
-            out_data.mkdir()
-            files = data_files(pass1)
-            if _count(pass1, kept_only=True):
-                stage.ensure_setup()
-                decisions = stage.global_step(executor.global_data(stage, files))
-                repeated = executor.apply_decisions(stage, files, decisions, pq.read_schema(files[0]), out_data)
-            else:
-                for f in files:
-                    os.replace(f, out_data / Path(f).name)
-            shutil.rmtree(pass1)
-        data = tmp / "data"
-        # One streaming pass over the dropped rows writes the rejects manifest and tallies the reasons;
-        # kept rows are only counted. Memory stays at one file's dropped rows, whatever the dataset size.
-        counts = self._write_rejects(data, tmp / "rejects.parquet")
-        counts["out"] = _count(data, kept_only=True)
-        dropped_total = sum(counts["rejected"].values()) + sum(counts["quarantined"].values())
-        if counts["out"] + dropped_total != n_in + repeated:
-            raise E.AccountingError(f"stage {spec.name}: in={n_in} repeated={repeated} but kept+rejected+quarantined="
-                                    f"{counts['out'] + dropped_total}")
-        _check_error_fraction(stage, counts, n_in)
-        summary = {}
-        if stage.summary_columns:
-            summary = stage.summarize(read_kept(tmp, list(stage.summary_columns) + ["key", R.ORDINAL]))
-        entry = {"name": spec.name, "in": n_in, "repeated": repeated, "out": counts["out"],
-                 "rejected": counts["rejected"],
-                 "quarantined": counts["quarantined"],
-                 "rejects": str((final / "rejects.parquet").relative_to(self.out)),
-                 **summary, **stage.report}
-        os.replace(tmp, final)
-        self.log(f"[{index:02d}] {spec.name:<16} in={n_in} out={counts['out']} "
-                 f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
-        return entry
+        n_in = _count(pass1) if upstream_kept is None else upstream_kept
+        summaries = {m.index: self._summary(m, data_files(pass1), owner=False) for m in group[:-1]}
+        repeated = self._global_step(owner.stage, executor, pass1, owner.tmp / "data")
+        data = owner.tmp / "data"
+        tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
+        if _count(data) != n_in + repeated:
+            raise E.AccountingError(f"chain {chain}: {_count(data)} rows written for in={n_in} repeated={repeated}")
+        summaries[owner.index] = self._summary(owner, data_files(data), owner=True)
+        entries = []
+        for m in group:
+            counts = tallies[m.index]
+            extra = repeated if m is owner else 0
+            counts["out"] = n_in + extra - sum(counts["rejected"].values()) - sum(counts["quarantined"].values())
+            if m is owner and counts["out"] != _count(data, kept_only=True):
+                raise E.AccountingError(f"stage {m.name}: in={n_in} repeated={extra} but kept+rejected+quarantined="
+                                        f"{_count(data, kept_only=True) + n_in + extra - counts['out']}")
+            _check_error_fraction(m.stage, counts, n_in)
+            entries.append({"name": m.name, "in": n_in, "repeated": extra, "out": counts["out"],
+                            "rejected": counts["rejected"], "quarantined": counts["quarantined"],
+                            "rejects": str((m.final / "rejects.parquet").relative_to(self.out)),
+                            **summaries[m.index], **m.stage.report})
+            self.log(f"[{m.index:02d}] {m.name:<16} in={n_in} out={counts['out']} "
+                     f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
+            n_in = counts["out"]
+        self._commit(group, entries, started_ns)
+        return entries
+
+    def _global_step(self, stage: S.Stage, executor: Executor, pass1: Path, out_data: Path) -> int:
+        """The owner's whole-dataset step over its per-batch output; returns how many repeat rows it added."""
+        if not stage.has_global_step():
+            return 0
+        out_data.mkdir()
+        files = data_files(pass1)
+        repeated = 0
+        if _count(pass1, kept_only=True):
+            stage.ensure_setup()
+            decisions = stage.global_step(executor.global_data(stage, files))
+            repeated = executor.apply_decisions(stage, files, decisions, pq.read_schema(files[0]), out_data)
+        else:
+            for f in files:
+                os.replace(f, out_data / Path(f).name)
+        shutil.rmtree(pass1)
+        return repeated
 
     @staticmethod
-    def _write_rejects(data: Path, path: Path) -> dict[str, Any]:
-        """Write the dropped rows (sorted by _ordinal) file by file and return their tally.
+    def _summary(m: Member, files: list[str], owner: bool) -> dict[str, Any]:
+        """The stage's report numbers from its kept rows, streamed batch by batch through
+        ``summary_partial`` so that the driver holds partials, not rows."""
+        if not m.stage.summary_columns or not files:
+            return {}
+        ds, flt = rows_of(files, m.index, owner, kept=True)
+        cols = [c for c in (*m.stage.summary_columns, "key", R.ORDINAL) if c in ds.schema.names]
+        partials = [m.stage.summary_partial(pa.Table.from_batches([b])) for b in ds.to_batches(columns=cols, filter=flt)]
+        empty = m.stage.summary_partial(pa.schema([ds.schema.field(c) for c in cols]).empty_table())
+        return m.stage.summarize(pa.concat_tables([empty, *partials]))
 
-        Every data file covers an increasing, disjoint range of ordinals (executors keep input order),
-        so sorting each file's dropped rows gives the global order without holding them all."""
-        files = data_files(data)
-        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
-        cols = [c for c in REJECT_COLUMNS if c in schema.names]
-        out_schema = pa.schema([schema.field(c) for c in cols])
-        counts: Counter[tuple[str, str | None]] = Counter()
-        with pq.ParquetWriter(str(path), out_schema, **PARQUET_OPTIONS) as writer:
-            for f in files:
-                t = pads.dataset(f, format="parquet").to_table(columns=cols, filter=pc.field(R.STATUS) != R.KEPT)
-                if t.num_rows:
-                    writer.write_table(t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")])).cast(out_schema))
-                    groups = t.group_by([R.STATUS, R.REASON], use_threads=False).aggregate([([], "count_all")])
-                    for st, why, n in zip(*(groups.column(c).to_pylist() for c in (R.STATUS, R.REASON, "count_all"))):
-                        counts[(st, why)] += n
-        keys = sorted(counts, key=lambda k: (k[0], k[1] or ""))
-        return E.tally([k[0] for k in keys], [k[1] for k in keys], [counts[k] for k in keys])
+    def _commit(self, group: list[Member], entries: list[dict[str, Any]], started_ns: int) -> None:
+        """Move the chain's directories into place, then write their markers, the owner's last: a crash
+        in between leaves stages without markers, which the next run rebuilds."""
+        owner = group[-1]
+        for m in group:
+            os.replace(m.tmp, m.final)
+        for m, entry in zip(group, entries):
+            outputs = [m.final] + ([Path(p) for p in m.stage.external_outputs()] if m is owner else [])
+            _atomic_write_json(m.final / "_COMPLETE.json", {
+                "fingerprint": m.fingerprint, "report": entry, "started_ns": started_ns, "stage_index": m.index,
+                **({FUSED_INTO: owner.final.name} if m is not owner else {}),
+                "outputs": file_inventory(outputs, self.out)})
 
     def _report(self, entries: list[dict[str, Any]], stage_dirs: list[Path]) -> dict[str, Any]:
         all_rejects = []
@@ -300,10 +338,10 @@ def _media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:
     return bool(stale_media(refs, changed_after_ns=started_ns))
 
 
-def _source_rows_hint(stage: S.Stage) -> int:
+def _source_rows_hint(tasks: pa.Table) -> int:
     """A cheap size estimate for a source stage before reading it: total bytes / 1 KiB per row."""
     total = 0
-    for uri in stage.input_table().column("uri").to_pylist():
+    for uri in dict.fromkeys(tasks.column("uri").to_pylist()):
         try:
             total += os.stat(uri).st_size
         except OSError:

@@ -52,6 +52,8 @@ def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
     failing rows are quarantined as ``error:<Type>`` and the runner fails the stage past that fraction.
     """
     batch = only_kept(batch)
+    if DROPPED_AT in batch.column_names:   # a fused chain's bookkeeping, not the stage's input
+        batch = batch.drop_columns([DROPPED_AT])
     out_schema = stage.output_schema(batch.schema)
     if batch.num_rows == 0:
         return out_schema.empty_table()
@@ -67,6 +69,44 @@ def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
                              f"{_first_key(batch)!r}: {error_detail(exc)}") from exc
     check_accounting(stage.name, batch, result)
     return pa.concat_tables([_conform_loose(result.kept, out_schema), _conform_loose(result.dropped, out_schema)])
+
+
+# Fused chains: consecutive per-row stages run as one streaming pass and write one manifest. A row
+# dropped inside the chain carries the index of the stage that dropped it, so the runner can still
+# report and write rejects per stage. Null on kept rows (and on rows a global step drops afterwards).
+DROPPED_AT = "_dropped_at"
+DROPPED_AT_FIELD = pa.field(DROPPED_AT, pa.int32())
+
+
+def apply_link(stage: Stage, batch: pa.Table, stage_index: int, carries_dropped: bool) -> pa.Table:
+    """One stage of a fused chain: ``apply_batch`` on the kept rows, its drops tagged with
+    ``stage_index``; rows an earlier link dropped pass through unchanged (``carries_dropped``; the
+    chain's first link gets its upstream's rows, whose dropped ones belong to no stage of the chain).
+    Output is ordered by ``_ordinal``, as a stage's own output is."""
+    out = apply_batch(stage, batch)
+    tags = pc.if_else(pc.equal(out.column(R.STATUS), R.KEPT), pa.scalar(None, pa.int32()),
+                      pa.scalar(stage_index, pa.int32()))
+    out = out.append_column(DROPPED_AT_FIELD, tags)
+    if not carries_dropped:
+        return out
+    earlier = batch.filter(pc.not_equal(batch.column(R.STATUS), R.KEPT))
+    if earlier.num_rows == 0:
+        return out
+    merged = pa.concat_tables([out, _conform_loose(earlier, out.schema)])
+    return merged.take(pc.sort_indices(merged, sort_keys=[(R.ORDINAL, "ascending")]))
+
+
+def chain_schema(stages: list[Stage], input_schema: pa.Schema) -> pa.Schema:
+    """The schema a fused chain writes: each stage's output schema in turn, plus ``_dropped_at``."""
+    if DROPPED_AT in input_schema.names:
+        input_schema = input_schema.remove(input_schema.get_field_index(DROPPED_AT))
+    for stage in stages:
+        input_schema = stage.output_schema(input_schema)
+    return input_schema.append(DROPPED_AT_FIELD)
+
+
+def without_dropped_at(table: pa.Table) -> pa.Table:
+    return table.drop_columns([DROPPED_AT]) if DROPPED_AT in table.column_names else table
 
 
 def _first_key(batch: pa.Table) -> str:

@@ -220,8 +220,16 @@ class Stage:
         """Small-data global step: gets the global columns of every kept row as one table."""
         raise NotImplementedError
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        """A small table standing for one batch of kept rows; the runner concatenates every batch's
+        partial and hands the result to ``summarize``. The default passes `summary_columns` (with key
+        and _ordinal) through, which grows with the dataset on the driver: stages whose summary is a
+        histogram or a sum return that instead (count_tokens does), so the driver stays flat."""
+        return kept
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        """Extra numbers for report.json (fill, percentiles...). Gets `summary_columns` of kept rows."""
+        """Extra numbers for report.json (fill, percentiles...). Gets the concatenated
+        ``summary_partial`` tables (by default `summary_columns` of the kept rows)."""
         return {}
 
     # --- running without Ray -----------------------------------------------------------------------
