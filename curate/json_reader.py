@@ -1,5 +1,9 @@
-"""LLaVA/ShareGPT JSON and JSONL (``{id, image(s), conversations: [{from, value}]}``), and the strict
-JSON parser every reader uses for metadata.
+"""LLaVA/ShareGPT JSON and JSONL (``{id, image(s), video(s), conversations: [{from, value}]}``), and
+the strict JSON parser every reader uses for metadata.
+
+``video`` (LLaVA-Video / ShareGPT4Video) is a path like ``image``, resolved and read with the same
+bounds (``curate.refs``); its header is probed (``curate.video``), never decoded. A video without a
+``<video>`` placeholder goes before the first user turn's text, as LLaVA does for images.
 
 Strict JSON: NaN/Infinity and numbers that overflow a double (``1e999999``) are refused (not JSON's
 meaning, and poison for every later statistic); nesting deeper than ``MAX_JSON_DEPTH`` is refused
@@ -19,6 +23,7 @@ import fsspec
 from curate.base import records as R
 from curate import refs
 from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
+from curate.video import video_ref_from_bytes
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
 MAX_JSON_DEPTH = 64
@@ -240,6 +245,12 @@ def referenced_image(spec: SourceSpec, root: str, value: Any) -> dict:
     return image_ref_from_bytes(refs.read_reference(uri, spec), uri, None, 0)
 
 
+def referenced_video(spec: SourceSpec, root: str, value: Any) -> dict:
+    """A video reference from a record field, under the same rules as images (root, bounds, hash)."""
+    uri = refs.resolve_reference(value, root, spec)
+    return video_ref_from_bytes(refs.read_reference(uri, spec), uri, None, 0)
+
+
 def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                part: tuple[int, int, int] | None = None) -> Iterator[dict]:
     """Records of the file, or of one JSONL byte range (`part`, see ``plan_line_parts``). A record's
@@ -273,8 +284,8 @@ def _starts_array(uri: str) -> bool:
         return _is_array(fh)
 
 
-def _image_values(rec: dict) -> list[Any]:
-    img = rec.get("image", rec.get("images"))
+def _image_values(rec: dict, field: str = "image") -> list[Any]:
+    img = rec.get(field, rec.get(field + "s"))
     if img is None:
         return []
     if isinstance(img, list):
@@ -282,17 +293,26 @@ def _image_values(rec: dict) -> list[Any]:
     return [img]   # a string, or anything else (rejected by resolve_reference with its type named)
 
 
+def _place(conv: list[dict], values: list[Any], kind: str) -> None:
+    """Check (or, when there are none, insert) one ``<image>`` / ``<video>`` placeholder per value."""
+    tag = f"<{kind}>"
+    placeholders = sum(t["content"].count(tag) for t in conv)
+    if values and placeholders == 0:
+        # LLaVA convention: media without placeholders go before the first user turn's text.
+        first_user = next((t for t in conv if t["role"] == "user"), conv[0])
+        first_user["content"] = f"{tag}\n" * len(values) + first_user["content"]
+    elif placeholders != len(values):
+        raise BadSample(f"{kind}_placeholder_mismatch", f"{placeholders} {tag} tags for {len(values)} {kind}s")
+
+
 def _llava_fields(spec: SourceSpec, root: str, rec: dict) -> dict:
     conv = normalize_conversations(rec.get("conversations"))
-    values = _image_values(rec)
-    placeholders = sum(t["content"].count("<image>") for t in conv)
-    if values and placeholders == 0:
-        # LLaVA convention: an image without placeholder goes before the first user turn's text.
-        first_user = next((t for t in conv if t["role"] == "user"), conv[0])
-        first_user["content"] = "<image>\n" * len(values) + first_user["content"]
-    elif placeholders != len(values):
-        raise BadSample("image_placeholder_mismatch", f"{placeholders} <image> tags for {len(values)} images")
+    values, video_values = _image_values(rec), _image_values(rec, "video")
+    _place(conv, video_values, "video")
+    _place(conv, values, "image")
     refs_ = [referenced_image(spec, root, v) for v in values]
-    meta = {k: v for k, v in rec.items() if k not in ("conversations", "image", "images", "id")}
+    videos = [referenced_video(spec, root, v) for v in video_values]
+    meta = {k: v for k, v in rec.items() if k not in ("conversations", "image", "images", "video", "videos", "id")}
     category = rec.get("category") if isinstance(rec.get("category"), str) else spec.category
-    return {"images": refs_, "conversations": conv, "meta": R.dumps_meta(meta or None), "category": category}
+    return {"images": refs_, "videos": videos, "conversations": conv, "meta": R.dumps_meta(meta or None),
+            "category": category}

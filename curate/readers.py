@@ -6,8 +6,9 @@ source spec, file listing, row builders — is in ``curate.sources``; where an i
 a record may point, and how it is read with bounds, is ``curate.refs``.
 
 Every reader yields plain dict rows in the record schema with ``_status`` set; image width/height
-come from the header only (``curate.images.probe``) and each image reference carries the sha256 of
-the bytes read. Paths and globs go through fsspec, so local paths and ``s3://``-style URLs both work.
+come from the header only (``curate.images.probe``), video size/duration/rate/frame count from the
+container header (``curate.video.probe_video``), and each image or video reference carries the
+sha256 of the bytes read. Paths and globs go through fsspec, so local paths and ``s3://``-style URLs both work.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """WebDataset tars as img2dataset writes them: ``{key}.jpg|png|webp`` + ``{key}.txt`` and/or
-``{key}.json``.
+``{key}.json``; video samples as video2dataset writes them: ``{key}.mp4|webm`` + the same text
+members (a sample may hold images, videos or both; the header of each is probed, never decoded).
 
 Members are grouped by key (the basename up to its first dot, as webdataset does). Nothing is
 extracted to disk, so a member named ``../x.jpg`` cannot escape; it is rejected by name. Members that
 are not regular files (symlinks, hard links, devices, FIFOs) are never followed: their sample is
 rejected as ``unsupported_member_type`` so it stays in the accounting. A member larger than the
-source's ``max_image_bytes`` is not read. A tar cut off mid-member keeps every complete sample before
+source's ``max_image_bytes`` is not read (videos included: a member is read whole, to hash it). A tar cut off mid-member keeps every complete sample before
 the cut and quarantines the rest.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from curate import images as I
 from curate.base import records as R
 from curate.json_reader import strict_json
 from curate.sources import BadSample, SourceSpec, bad_row, decode_text, image_ref_from_bytes, make_row
+from curate.video import VIDEO_EXTENSIONS, video_ref_from_bytes
 
 _NOT_A_FILE = "not-a-regular-file"
 
@@ -141,6 +143,7 @@ def _wds_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: s
         reason = "member_too_large" if "max_image_bytes" in unusable[0] else "unsupported_member_type"
         raise BadSample(reason, "; ".join(unusable))
     image_exts = [e for e in group if e.rsplit(".", 1)[-1] in I.IMAGE_EXTENSIONS]
+    video_exts = [e for e in group if e.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS]
     meta = None
     if "json" in group:
         try:
@@ -152,15 +155,19 @@ def _wds_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: s
         text = decode_text(group["txt"][0], "caption")
     elif isinstance(meta, dict) and isinstance(meta.get("caption"), str):
         text = meta["caption"]
-    if not image_exts:
-        raise BadSample("missing_image", f"members: {sorted(group)}")
+    if not image_exts and not video_exts:
+        raise BadSample("missing_image", f"no image or video member; members: {sorted(group)}")
     if text is None:
         raise BadSample("missing_text", "no .txt member and no caption in .json")
     refs = []
     for ext in sorted(image_exts):
         data, offset, member = group[ext]
         refs.append(image_ref_from_bytes(data, uri, member, offset))
+    videos = []
+    for ext in sorted(video_exts):
+        data, offset, member = group[ext]
+        videos.append(video_ref_from_bytes(data, uri, member, offset))
     category = spec.category
     if isinstance(meta, dict) and isinstance(meta.get("category"), str):
         category = meta["category"]
-    return {"images": refs, "text": text, "meta": R.dumps_meta(meta), "category": category}
+    return {"images": refs, "videos": videos, "text": text, "meta": R.dumps_meta(meta), "category": category}

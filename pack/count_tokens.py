@@ -101,10 +101,14 @@ class CountTokensStage(Stage):
                 ok &= np.isfinite(v) & (v > 0)
             for i in np.unique(parent[~ok]).tolist():
                 _reject(reasons, details, i, "unknown_video_metadata", "a video lacks duration, fps or size")
+            # the header's frame count when the reader recorded one (0: round(duration * fps))
+            frames = np.zeros(len(flat), dtype=np.int64)
+            if flat.type.get_field_index("frames") >= 0:
+                frames[:] = pc.fill_null(pc.struct_field(flat, "frames"), 0).to_numpy(zero_copy_only=False)
             for j in np.flatnonzero(ok).tolist():
                 try:
                     values[j] = T.video_tokens(cols["duration_s"][j], cols["fps"][j], int(cols["width"][j]),
-                                               int(cols["height"][j]), self.video)
+                                               int(cols["height"][j]), self.video, int(frames[j]) or None)
                 except ValueError as exc:
                     reason = "video_too_short" if "short" in str(exc) else "extreme_aspect_ratio"
                     _reject(reasons, details, int(parent[j]), reason, str(exc))

@@ -47,6 +47,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 IMAGE_EXT_BY_FORMAT = {"JPEG": "jpg", "JPG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
                        "TIFF": "tif", "TIF": "tif", "MPO": "jpg"}
+VIDEO_EXTS = ("mp4", "webm")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
 
 
@@ -95,6 +96,8 @@ def media_ext(ref: Mapping[str, Any], default: str = "bin") -> str:
     fmt = (ref.get("format") or "").upper()
     if fmt in IMAGE_EXT_BY_FORMAT:
         return IMAGE_EXT_BY_FORMAT[fmt]
+    if fmt.lower() in VIDEO_EXTS:
+        return fmt.lower()   # a video's container as curate.video names it
     for name in (ref.get("member"), ref.get("uri")):
         if name and "." in os.path.basename(str(name)):
             ext = os.path.basename(str(name)).rsplit(".", 1)[1].lower()

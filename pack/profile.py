@@ -17,6 +17,13 @@ Presets and the source of their numbers:
   video defaults; ChatML template; 3-D M-RoPE positions; ViT width 1280.
 * ``qwen2.5-vl`` — Qwen2.5-VL's ``preprocessor_config.json`` (same patching, max_pixels
   12845056); video positions advance ``tokens_per_second`` (2) per second of video.
+* ``openpangu-vl`` — openPangu-VL-7B's video rules on Qwen2-VL patching (the report's ViT is
+  not public; patch/merge numbers stay Qwen2-VL's): frames sampled at 2 fps (section 3.1 "we sample
+  2 frames per second"), per-frame resolution inversely proportional to the number of sampled frames
+  (section 2.4; ``video_pixel_budget: total``), the shared budget derived as qwen-vl-utils derives
+  its own (90 % of a context's worth of 28x28 tokens) from openPangu-VL's pre-training context of
+  24576 tokens (section 4): ``int(24576 * 28 * 28 * 0.9)`` pixels, so videos past ~29 s at 2 fps
+  (58 frames) get smaller frames.
 * ``open-qwen2vl`` — Open-Qwen2VL pre-training: SigLIP at 384 px, 729 patches average-pooled to a
   fixed 144 tokens per image, plain (image, caption, end-of-text) layout, 1-D positions.
 """
@@ -67,6 +74,9 @@ class ModelProfile:
     video_max_pixels: int = field(default=V.VIDEO_MAX_PIXELS, metadata={"doc": "per-frame pixel cap"})
     video_total_pixels: int = field(default=V.VIDEO_TOTAL_PIXELS, metadata={
         "doc": "pixel budget of all frames together: frames shrink as their number grows (openPangu-VL)"})
+    video_pixel_budget: Literal["total", "per_frame"] = field(default="total", metadata={
+        "doc": "total: frame resolution inversely proportional to the sampled frames (openPangu-VL 2.4, "
+               "transformers cap_pixels_per_frame=True); per_frame: each frame within video_max_pixels alone"})
     context_length: int | None = field(default=None, metadata={
         "doc": "the model's context length; packs may be shorter, never longer"})
     rope: Literal["mrope", "1d"] = field(default="mrope", metadata={
@@ -84,7 +94,7 @@ class ModelProfile:
                                max_frames=self.video_max_frames, min_pixels=self.video_min_pixels,
                                max_pixels=self.video_max_pixels, total_pixels=self.video_total_pixels,
                                patch_size=self.patch_size, merge_size=self.merge_size,
-                               temporal_patch_size=self.temporal_patch_size)
+                               temporal_patch_size=self.temporal_patch_size, pixel_budget=self.video_pixel_budget)
 
     def template_fields(self) -> dict[str, Any]:
         """The pack.tokens.Template fields of this profile."""
@@ -113,6 +123,8 @@ class ModelProfile:
 PRESETS: dict[str, dict[str, Any]] = {
     "qwen2-vl": {},
     "qwen2.5-vl": {"max_pixels": 12845056, "tokens_per_second": 2},
+    "openpangu-vl": {"video_sample_fps": 2.0, "video_pixel_budget": "total",
+                     "video_total_pixels": int(24576 * 28 * 28 * 0.9)},
     "open-qwen2vl": {"image_mode": "fixed", "fixed_tokens_per_image": 144, "image_size": 384, "template": "plain",
                      "rope": "1d", "image_mean": SIGLIP_MEAN, "image_std": SIGLIP_STD, "vit_hidden": 1152},
 }

@@ -49,6 +49,15 @@ def verify_media(ref: Mapping[str, Any], data: bytes, kind: str) -> None:
         got = hashlib.sha256(data).hexdigest()
         if got != want:
             raise MediaChanged(f"{ref.get('uri')}: sha256 {got[:16]}... != recorded {str(want)[:16]}...")
+    if kind == "videos" and ref.get("width") and ref.get("height"):
+        from curate.video import UnreadableVideo, probe_video
+        try:
+            head = probe_video(data)
+        except UnreadableVideo as exc:
+            raise MediaChanged(f"{ref.get('uri')}: {exc}") from None
+        if (head.width, head.height) != (ref["width"], ref["height"]):
+            raise MediaChanged(f"{ref.get('uri')}: header says {head.width}x{head.height}, "
+                               f"the record {ref['width']}x{ref['height']}")
     if kind == "images" and ref.get("width") and ref.get("height"):
         from curate.images import probe
         head = probe(data)
@@ -70,7 +79,7 @@ def media_grid(kind: str, ref: Mapping[str, Any], tokens: int, profile: ModelPro
         grid = [1, int(gh), int(gw)]
     else:
         grid = list(V.video_grid(ref["duration_s"], ref["fps"], ref["width"], ref["height"],
-                                 profile.video_settings()))
+                                 profile.video_settings(), ref.get("frames") or None))
     if grid[0] * grid[1] * grid[2] // profile.merge_size ** 2 != tokens:
         raise GridMismatch(f"{kind[:-1]} {ref.get('uri')}: grid {grid} gives "
                            f"{grid[0] * grid[1] * grid[2] // profile.merge_size ** 2} tokens, planned {tokens} "
@@ -105,6 +114,7 @@ def read_media(seg: Mapping[str, Any], key: str, counters: dict[str, int], profi
             if kind == "images":
                 entry["format"] = ref.get("format")
             else:
-                entry.update(duration_s=ref.get("duration_s"), fps=ref.get("fps"))
+                entry.update(duration_s=ref.get("duration_s"), fps=ref.get("fps"), frames=ref.get("frames"),
+                             format=ref.get("format"))
             docs[kind].append(entry)
     return docs, members

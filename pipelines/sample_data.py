@@ -11,7 +11,8 @@ generator plants every hard case the pipeline must survive, each with the reason
 * broken input (zero-byte, truncated and HTML-as-JPEG files, a decompression bomb, a non-UTF-8
   caption, an image without caption, a ``../x.jpg`` member, duplicated keys, NaN in JSON metadata,
   and a tar cut off mid-member) for ingest;
-* LLaVA-style conversations, grounding records (valid and planted invalid) and text-only samples.
+* LLaVA-style conversations, grounding records (valid and planted invalid) and text-only samples;
+* two tiny videos (MP4 and WebM, encoded here by ``pipelines.sample_videos``) and a broken one.
 
 Everything is deterministic: fixed seeds, fixed tar headers (mtime 0), so the same package
 versions give the same bytes. ``EXPECTED`` lists the planted keys and the reason each must get.
@@ -285,6 +286,8 @@ def build(root: str | Path) -> dict[str, tuple[str, str]]:
     text_only(root, rng)
     from pipelines.sample_text_images import build_text_images
     EXPECTED.update(build_text_images(root))   # rendered text images for the OCR source
+    from pipelines.sample_videos import build_videos
+    EXPECTED.update(build_videos(root))        # video clips for the video source
     (root / "EXPECTED.json").write_text(json.dumps(EXPECTED, indent=1, sort_keys=True) + "\n")
     return dict(EXPECTED)
 

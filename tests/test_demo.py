@@ -112,3 +112,25 @@ def test_ocr_samples_become_grounded_conversations_and_the_html_report_exists(de
     assert ocr_rows and all("<|quad_start|>" in r["conversations"][-1]["content"] for r in ocr_rows)
     html = (out / "report.html").read_text()
     assert "<svg" in html and "http://" not in html.split("<body", 1)[-1].split("xmlns")[0]
+
+
+def test_the_sample_videos_reach_the_shards_with_their_counted_grids(demo):
+    out, _, _ = demo
+    from pack import packformat as F
+    from pack import tokens as T
+    import tarfile
+    videos = {}
+    for tar in sorted((out / "shards").rglob("*.tar")):
+        with tarfile.open(tar) as tf:
+            names = set(tf.getnames())
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    doc = F.parse_pack(tf.extractfile(m).read(), m.name)
+                    for seg in doc["segments"]:
+                        for v in seg["videos"]:
+                            assert v["member"] in names
+                            videos[seg["key"].split("#")[0]] = v
+    assert set(videos) == {"videos/clip-bars", "videos/clip-ball"}
+    for v in videos.values():   # 8 frames of 64x48 at 4 fps: 4 sampled frames, each resized up to min_pixels
+        grid = T.video_grid(v["duration_s"], v["fps"], v["width"], v["height"], T.VideoSettings(), v["frames"])
+        assert v["grid_thw"] == list(grid) == [2, 20, 28] and v["tokens"] == 280

@@ -24,7 +24,7 @@ def test_presets_carry_the_processor_numbers():
     assert oq.image_mode == "fixed" and oq.fixed_tokens_per_image == 144 and oq.rope == "1d"
     assert oq.vit_patches_per_token() == pytest.approx(729 / 144)
     assert q2.vit_patches_per_token() == 4.0
-    assert set(PRESETS) == {"qwen2-vl", "qwen2.5-vl", "open-qwen2vl"}
+    assert set(PRESETS) == {"qwen2-vl", "qwen2.5-vl", "open-qwen2vl", "openpangu-vl"}
 
 
 def test_overrides_apply_on_top_of_the_preset_and_round_trip_through_json():

@@ -35,12 +35,17 @@ IMAGE_REF = pa.struct([
 ])
 
 VIDEO_REF = pa.struct([
-    ("uri", pa.string()),
+    ("uri", pa.string()),        # as IMAGE_REF: the container file (tar) or the video file itself
     ("member", pa.string()),
-    ("width", pa.int32()),
+    ("width", pa.int32()),       # from the container header, no decode (curate.video.probe_video)
     ("height", pa.int32()),
     ("duration_s", pa.float64()),
     ("fps", pa.float64()),
+    ("offset", pa.int64()),      # byte offset inside `uri` when known (tar), else -1
+    ("size", pa.int64()),        # byte length of the encoded video, -1 when unknown
+    ("frames", pa.int64()),      # the stream's frame count; null: round(duration_s * fps)
+    ("format", pa.string()),     # container: mp4 / webm
+    ("sha256", pa.string()),     # hex sha256 of the bytes read at ingest; readers of the bytes verify it
 ])
 
 TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -151,6 +156,14 @@ def image_ref(uri: str, member: str | None = None, offset: int = -1, size: int =
               sha256: str | None = None) -> dict:
     return {"uri": uri, "member": member, "offset": offset, "size": size,
             "width": width, "height": height, "format": format, "sha256": sha256}
+
+
+def video_ref(uri: str, member: str | None = None, offset: int = -1, size: int = -1,
+              width: int | None = None, height: int | None = None, duration_s: float | None = None,
+              fps: float | None = None, frames: int | None = None, format: str | None = None,
+              sha256: str | None = None) -> dict:
+    return {"uri": uri, "member": member, "offset": offset, "size": size, "width": width, "height": height,
+            "duration_s": duration_s, "fps": fps, "frames": frames, "format": format, "sha256": sha256}
 
 
 def dumps_meta(value: Any) -> str | None:

@@ -26,17 +26,17 @@ from pack.tokens.text_counter import TextCounter
 from pack.tokens.tokenizer import Tokenizer, load_tokenizer, shipped_tokenizer_dir
 from pack.tokens.vision import (IMAGE_FACTOR, MAX_ASPECT_RATIO, MAX_PIXELS, MERGE_SIZE, MIN_PIXELS, PATCH_SIZE,
                                 TEMPORAL_PATCH_SIZE, VIDEO_MAX_FRAMES, VIDEO_MAX_PIXELS, VIDEO_MIN_FRAMES,
-                                VIDEO_MIN_PIXELS, VIDEO_SAMPLE_FPS, VIDEO_TOTAL_PIXELS, VideoSettings,
-                                fixed_image_tokens, image_grid, image_tokens, smart_resize, video_frames,
+                                PIXEL_BUDGETS, VIDEO_MIN_PIXELS, VIDEO_SAMPLE_FPS, VIDEO_TOTAL_PIXELS,
+                                VideoSettings, fixed_image_tokens, frame_max_pixels, image_grid, image_tokens, smart_resize, video_frames,
                                 video_grid, video_tokens)
 
 __all__ = [
     "CONTROL_TOKEN_PATTERN", "DEFAULT_SYSTEM_PROMPT", "EOS", "IM_END", "IM_START", "IMAGE_FACTOR", "IMAGE_PAD", "IMAGE_PLACEHOLDER",
-    "MAX_ASPECT_RATIO", "MAX_PIXELS", "MERGE_SIZE", "MIN_PIXELS", "PATCH_SIZE", "QWEN2_VL_CHAT_TEMPLATE",
+    "MAX_ASPECT_RATIO", "MAX_PIXELS", "MERGE_SIZE", "MIN_PIXELS", "PATCH_SIZE", "PIXEL_BUDGETS", "QWEN2_VL_CHAT_TEMPLATE",
     "SPECIAL_TOKENS", "TEMPORAL_PATCH_SIZE", "VIDEO_MAX_FRAMES", "VIDEO_MAX_PIXELS", "VIDEO_MIN_FRAMES",
     "VIDEO_MIN_PIXELS", "VIDEO_PAD", "VIDEO_PLACEHOLDER", "VIDEO_SAMPLE_FPS", "VIDEO_TOTAL_PIXELS",
     "VISION_END", "VISION_START", "Piece", "PlaceholderMismatch", "RowCounts", "SpecialTokenInText", "Template",
-    "TextCounter", "Tokenizer", "VideoSettings", "control_token_in", "count_rows", "fixed_image_tokens", "image_grid", "image_tokens",
+    "TextCounter", "Tokenizer", "VideoSettings", "control_token_in", "count_rows", "fixed_image_tokens", "frame_max_pixels", "image_grid", "image_tokens",
     "load_tokenizer", "render", "render_labelled", "sample_ids_and_labels", "sample_input_ids",
     "shipped_tokenizer_dir", "smart_resize", "video_frames", "video_grid", "video_tokens",
 ]

@@ -1,12 +1,25 @@
 """Vision tokens from metadata: Qwen2-VL / Qwen2.5-VL image and video token counts from sizes alone.
 
 ``smart_resize`` / ``image_tokens`` reproduce Qwen2-VL's image processor from width and height
-(vectorised over numpy arrays). ``video_tokens`` follows the reference ``qwen-vl-utils`` video path:
-frames sampled at ``sample_fps`` between ``min_frames`` and ``max_frames`` (rounded down to the
-temporal patch 2), per-frame pixel budget ``max(min(max_pixels, total_pixels / nframes * 2),
-1.05 * min_pixels)`` so frames shrink as their number grows, then the same ``smart_resize``.
-Why: packing needs every sample's length without decoding a single image (openPangu-VL reports
-~4x faster offline packing from metadata alone).
+(vectorised over numpy arrays). Videos (``video_frames``, ``video_tokens``, ``video_grid``) follow
+Qwen2-VL's temporal patching as transformers' ``Qwen2VLVideoProcessor`` does it with
+``do_sample_frames=True``: frames sampled at ``sample_fps`` between ``min_frames`` and ``max_frames``
+(rounded down to the temporal patch 2), each frame ``smart_resize``-d, 2 frames x 14 x 14 pixels per
+patch, 2x2 patches merged per LLM token. The per-frame pixel cap is one of two rules
+(``VideoSettings.pixel_budget``):
+
+* ``"total"`` — openPangu-VL's frame-budget rule (openPangu-VL-7B report, section 2.4 "Visual
+  Preprocessing": "the spatial resolution of each frame is inversely proportional to the total number
+  of frames sampled"): frames share one pixel budget, ``max(min(max_pixels, total_pixels * 2 //
+  nframes), int(1.05 * min_pixels))``. The report states the rule, not its constants; this is the
+  form qwen-vl-utils' ``fetch_video`` and transformers' ``cap_pixels_per_frame=True`` compute, with
+  ``total_pixels`` their 90 % of a context's worth of tokens.
+* ``"per_frame"`` — Qwen2-VL's processor without a total bound (``cap_pixels_per_frame=False``, the
+  transformers 5.x default): every frame within ``[min_pixels, max_pixels]`` whatever their number.
+
+Tests hold these counts against grids that transformers' own ``Qwen2VLVideoProcessor`` reported.
+Why: packing needs every sample's length without decoding a single frame (openPangu-VL section 6.1
+reports ~4x faster offline packing from metadata alone).
 """
 from __future__ import annotations
 
@@ -124,17 +137,41 @@ class VideoSettings:
     patch_size: int = PATCH_SIZE
     merge_size: int = MERGE_SIZE
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE
+    pixel_budget: str = "total"       # "total": openPangu-VL frame budget; "per_frame": no total bound
+
+    def __post_init__(self) -> None:
+        if self.pixel_budget not in PIXEL_BUDGETS:
+            raise ValueError(f"pixel_budget: must be one of {list(PIXEL_BUDGETS)}, got {self.pixel_budget!r}")
 
 
-def video_frames(duration_s: Any, fps: Any, settings: VideoSettings = VideoSettings()) -> np.ndarray:
-    """Frames the trainer samples (``smart_nframes``). The decoder's frame count is taken as
-    round(duration * fps) since only metadata is available. Raises for videos under 2 frames."""
+PIXEL_BUDGETS = ("total", "per_frame")
+
+
+def frame_max_pixels(nframes: Any, settings: VideoSettings) -> Any:
+    """The per-frame ``max_pixels`` given the number of sampled frames (see the module docstring):
+    under ``"total"`` inversely proportional to ``nframes`` between ``int(1.05 * min_pixels)`` and
+    ``max_pixels``; under ``"per_frame"`` always ``max_pixels``."""
+    n = np.asarray(nframes, dtype=np.int64)
+    if settings.pixel_budget == "per_frame":
+        return np.full(n.shape, settings.max_pixels, dtype=np.int64)
+    share = settings.total_pixels * settings.temporal_patch_size // np.maximum(n, 1)
+    return np.maximum(np.minimum(settings.max_pixels, share), int(settings.min_pixels * 1.05)).astype(np.int64)
+
+
+def video_frames(duration_s: Any, fps: Any, settings: VideoSettings = VideoSettings(),
+                 total_frames: Any = None) -> np.ndarray:
+    """Frames the trainer samples (``Qwen2VLVideoProcessor.sample_frames`` / ``smart_nframes``) from
+    the stream's frame count `total_frames` (the container header's; where it is missing or 0,
+    round(duration * fps)). Raises for videos under 2 frames."""
     dur = np.asarray(duration_s, dtype=np.float64)
     rate = np.asarray(fps, dtype=np.float64)
     if np.any(~np.isfinite(dur)) or np.any(dur <= 0) or np.any(~np.isfinite(rate)) or np.any(rate <= 0):
         raise ValueError("video duration and fps must be positive numbers")
     ff = settings.temporal_patch_size
     total = np.maximum(np.round(dur * rate), 1.0)
+    if total_frames is not None:
+        known = np.nan_to_num(np.asarray(total_frames, dtype=np.float64), nan=0.0)
+        total = np.where(known > 0, known, total)
     min_frames = math.ceil(settings.min_frames / ff) * ff
     max_frames = np.floor(np.minimum(settings.max_frames, total) / ff) * ff
     n = total / rate * settings.sample_fps
@@ -146,19 +183,14 @@ def video_frames(duration_s: Any, fps: Any, settings: VideoSettings = VideoSetti
 
 
 def video_tokens(duration_s: Any, fps: Any, width: Any, height: Any,
-                 settings: VideoSettings = VideoSettings()) -> Any:
-    """LLM tokens of a video (number of ``<|video_pad|>``): (frames / 2) * grid_h * grid_w / 4.
-
-    The per-frame pixel budget shrinks as the frame count grows:
-    ``max(min(max_pixels, total_pixels * 2 // nframes), int(1.05 * min_pixels))`` — transformers'
-    Qwen2VLVideoProcessor with ``cap_pixels_per_frame=True`` (qwen-vl-utils ``fetch_video`` computes
-    the same budget in floating point).
-    """
+                 settings: VideoSettings = VideoSettings(), total_frames: Any = None) -> Any:
+    """LLM tokens of a video (number of ``<|video_pad|>``): (frames / 2) * grid_h * grid_w / 4, each
+    frame ``smart_resize``-d within ``frame_max_pixels`` (the settings' pixel-budget rule).
+    `total_frames`: the stream's frame count when the header has it (see ``video_frames``)."""
     scalar = all(np.ndim(x) == 0 for x in (duration_s, fps, width, height))
-    n = video_frames(duration_s, fps, settings)
+    n = video_frames(duration_s, fps, settings, total_frames)
     ff = settings.temporal_patch_size
-    budget = np.maximum(np.minimum(settings.max_pixels, settings.total_pixels * ff // n),
-                        int(settings.min_pixels * 1.05))
+    budget = frame_max_pixels(n, settings)
     h = np.broadcast_to(_as_int_array(height, "height"), n.shape)
     w = np.broadcast_to(_as_int_array(width, "width"), n.shape)
     budget = np.broadcast_to(budget, n.shape)
@@ -177,12 +209,12 @@ def video_tokens(duration_s: Any, fps: Any, width: Any, height: Any,
 
 
 def video_grid(duration_s: float, fps: float, width: int, height: int,
-               settings: VideoSettings = VideoSettings()) -> tuple[int, int, int]:
+               settings: VideoSettings = VideoSettings(), total_frames: int | None = None) -> tuple[int, int, int]:
     """``video_grid_thw`` of one video as the processor reports it: (frames / temporal patch, grid_h,
     grid_w) in patches, with the per-frame budget of ``video_tokens`` (tokens = t * h * w / merge**2)."""
-    n = int(video_frames(duration_s, fps, settings))
+    n = int(video_frames(duration_s, fps, settings, total_frames))
     ff = settings.temporal_patch_size
-    budget = max(min(settings.max_pixels, settings.total_pixels * ff // n), int(settings.min_pixels * 1.05))
+    budget = int(frame_max_pixels(n, settings))
     rh, rw = smart_resize(int(height), int(width), factor=settings.patch_size * settings.merge_size,
                           min_pixels=settings.min_pixels, max_pixels=int(budget))
     return n // ff, rh // settings.patch_size, rw // settings.patch_size
