@@ -16,10 +16,12 @@ import posixpath
 from typing import Any, Iterator
 
 import fsspec
+import pyarrow as pa
 
 from curate import images as I
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, referenced_image
+from curate.parquet_columns import column_tables, open_plain
 from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
 
 
@@ -53,7 +55,6 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                  row_groups: tuple[int, int] | None = None) -> Iterator[dict]:
     """Every row of the file, or of the row groups [first, stop) (numbered as in the whole file)."""
     import pyarrow.parquet as pq
-    root = spec.image_root or posixpath.dirname(uri)
     fs, path = fsspec.core.url_to_fs(uri)
     seen: set[str] = set()
     with fs.open(path, "rb") as fh:
@@ -66,19 +67,50 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
         first, stop = row_groups or (0, pf.metadata.num_row_groups)
         row_index = sum(pf.metadata.row_group(rg).num_rows for rg in range(first))
         for batch in pf.iter_batches(batch_size=1024, row_groups=list(range(first, stop))):
-            for rec in batch.to_pylist():
-                ordinal = R.make_ordinal(source_index, file_index, row_index)
-                raw_key = rec.get(spec.key_column) if spec.key_column else None
-                key = str(raw_key) if raw_key is not None else str(row_index)
-                prov = {"uri": uri, "row": row_index}
-                try:
-                    if key in seen:   # across parts, ingest's whole-run duplicate check finds it
-                        raise BadSample("duplicate_key", f"{key} appears twice in {uri}")
-                    seen.add(key)
-                    yield make_row(spec, key, ordinal, prov, **_parquet_fields(spec, uri, root, rec, row_index))
-                except BadSample as bad:
-                    yield bad_row(spec, key, ordinal, prov, bad)
-                row_index += 1
+            yield from _batch_rows(spec, uri, batch.to_pylist(), row_index, seen, source_index, file_index)
+            row_index += batch.num_rows
+
+
+def read_parquet_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                        row_groups: tuple[int, int] | None = None, rows_per_table: int = 4096) -> Iterator[pa.Table]:
+    """The records as conformed tables: column by column for a metadata-only file
+    (curate.parquet_columns), else from ``read_parquet``'s rows."""
+    opened = open_plain(spec, uri)
+    if opened is None:
+        rows: list[dict] = []
+        for row in read_parquet(spec, uri, source_index, file_index, row_groups):
+            rows.append(row)
+            if len(rows) >= rows_per_table:
+                yield R.rows_to_table(rows)
+                rows = []
+        if rows:
+            yield R.rows_to_table(rows)
+        return
+    fh, pf = opened
+    with fh:
+        def row_path(table: pa.Table, first_row: int, seen: set[str]) -> pa.Table:
+            return R.rows_to_table(list(_batch_rows(spec, uri, table.to_pylist(), first_row, seen,
+                                                    source_index, file_index)))
+        yield from column_tables(spec, uri, source_index, file_index, pf,
+                                 row_groups or (0, pf.metadata.num_row_groups), row_path, rows_per_table)
+
+
+def _batch_rows(spec: SourceSpec, uri: str, records: list[dict], row_index: int, seen: set[str],
+                source_index: int, file_index: int) -> Iterator[dict]:
+    root = spec.image_root or posixpath.dirname(uri)
+    for rec in records:
+        ordinal = R.make_ordinal(source_index, file_index, row_index)
+        raw_key = rec.get(spec.key_column) if spec.key_column else None
+        key = str(raw_key) if raw_key is not None else str(row_index)
+        prov = {"uri": uri, "row": row_index}
+        try:
+            if key in seen:   # across parts, ingest's whole-run duplicate check finds it
+                raise BadSample("duplicate_key", f"{key} appears twice in {uri}")
+            seen.add(key)
+            yield make_row(spec, key, ordinal, prov, **_parquet_fields(spec, uri, root, rec, row_index))
+        except BadSample as bad:
+            yield bad_row(spec, key, ordinal, prov, bad)
+        row_index += 1
 
 
 def json_safe(value: Any) -> Any:

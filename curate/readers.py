@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, plan_line_parts, read_llava, strict_json
-from curate.parquet_reader import plan_parts, read_parquet
+from curate.parquet_reader import plan_parts, read_parquet, read_parquet_tables
 from curate.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, expand_braces, list_files,
                             source_files)
 from curate.wds_reader import read_webdataset
@@ -61,11 +61,12 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
     rows, streamed: memory is bounded by the batch, not by the file (every reader streams its file)."""
     if spec.format not in READERS:
         raise ValueError(f"unknown source format {spec.format!r}; known: {', '.join(FORMATS)}")
-    reader = READERS[spec.format]
+    if spec.format == "parquet":
+        yield from read_parquet_tables(spec, uri, source_index, file_index, None if part is None else part[:2],
+                                       rows_per_table)
+        return
     if part is None:
-        records = reader(spec, uri, source_index, file_index)
-    elif spec.format == "parquet":
-        records = read_parquet(spec, uri, source_index, file_index, row_groups=part[:2])
+        records = READERS[spec.format](spec, uri, source_index, file_index)
     else:
         records = read_llava(spec, uri, source_index, file_index, part=part)
     rows: list[dict] = []
