@@ -53,8 +53,10 @@ class Executor(Protocol):
         """Write ``stages``' per-batch steps applied in turn to `files` (one pass; a fused chain when
         there are several: rows dropped inside it carry ``_dropped_at``)."""
     def global_data(self, stage: Stage, files: list[str]) -> Any: ...
-    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
-        """Write the rows with their decisions applied; return how many repeat rows were added."""
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
+                        only_kept: bool = False) -> int:
+        """Write the rows (`only_kept`: only the kept rows of `files`) with their decisions applied;
+        return how many repeat rows were added."""
     def close(self) -> None: ...
 
 
@@ -107,12 +109,14 @@ class InlineExecutor:
         table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
         return InlineData([E.global_input(stage, E.without_dropped_at(table))])
 
-    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
+                        only_kept: bool = False) -> int:
         table = as_table(decisions)
         inputs = self.global_data(stage, files).gather()
         E.validate_decisions(stage, inputs, table)
         for i, f in enumerate(files):
-            write_table(E.apply_decisions(pq.read_table(f), table, schema), out / f"part-{i:05d}.parquet")
+            rows = E.without_dropped_at(E.only_kept(pq.read_table(f))) if only_kept else pq.read_table(f)
+            write_table(E.apply_decisions(rows, table, schema), out / f"part-{i:05d}.parquet")
         return E.count_repeats(table)
 
     def close(self) -> None:

@@ -146,13 +146,15 @@ def _tag_file(batch: pa.Table, starts: list[int], owners: list[int]) -> pa.Table
                                               np.zeros(0, dtype=np.int64)))
 
 
-def _apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, token: str,
+def _apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, only_kept: bool, token: str,
                 stage_cls: type[Stage], config: Any, context: Any) -> pa.Table:
     """One input file with its decisions applied, written under the same part number as the inline
     executor's; returns (file, rows, repeats). Rows without a decision: validate_decisions raises."""
     index = group.column(FILE)[0].as_py()
     decisions = group.filter(pc.is_valid(group.column(R.ORDINAL))).drop_columns([FILE])   # not the sentinel
     table = pq.read_table(files[index])
+    if only_kept:   # the upstream's rows read in place: its dropped rows are no input of this stage
+        table = E.without_dropped_at(E.only_kept(table))
     stage = _worker_stage(token, stage_cls, config, context)
     E.validate_decisions(stage, E.global_input(stage, E.without_dropped_at(table)), decisions)
     write_table(E.apply_decisions(table, decisions, schema), Path(out) / f"part-{index:05d}.parquet")
@@ -249,7 +251,8 @@ class RayExecutor:
                                                                [c for c in columns if c != R.STATUS]})
         return RayData(ds)
 
-    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path) -> int:
+    def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
+                        only_kept: bool = False) -> int:
         """Route each decision to the file holding its row (a narrow shuffle of decisions only, by
         file); one task per file then reads it, applies its decisions and writes it. The wide rows
         are read once and written once, never shuffled or sorted."""
@@ -267,6 +270,7 @@ class RayExecutor:
         done = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE).map_groups(
             _apply_file, batch_format="pyarrow",
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
+                       "only_kept": only_kept,
                        "token": token, "stage_cls": type(stage), "config": stage.config, "context": stage.context})
         written = concat(self.ray.get(done.to_arrow_refs()))
         if sorted(written.column("file").to_pylist()) != list(range(len(files))):

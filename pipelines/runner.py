@@ -198,8 +198,6 @@ class Runner:
                 shutil.rmtree(m.tmp)
             m.tmp.mkdir(parents=True)
         head, owner = group[0], group[-1]
-        pass1 = owner.tmp / ("pass1" if owner.stage.has_global_step() else "data")
-        pass1.mkdir()
         stages = [m.stage for m in group]
         started_ns = time.time_ns()
         if head.stage.reads_sources:
@@ -214,17 +212,19 @@ class Runner:
             executor = self.executor_for(upstream_kept)
         chain = " + ".join(m.name for m in group)
         self.log(f"[{head.index:02d}] {chain:<16} running ({executor.name}{', fused' if len(group) > 1 else ''})")
-        if head.stage.reads_sources or upstream_kept:
-            executor.map_stages(stages, files, pass1)
-        else:
-            schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
-            if E.DROPPED_AT in schema.names:
-                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
-            schema = E.chain_schema(stages, schema) if len(group) > 1 else head.stage.output_schema(schema)
-            write_table(schema.empty_table(), pass1 / "part-00000.parquet")
+        # A whole-dataset stage without a per-batch step (pack, shards, mixture alone) reads its
+        # upstream's rows in place: a per-batch pass would only copy them.
+        direct = (upstream_kept is not None and len(group) == 1 and owner.stage.has_global_step()
+                  and not owner.stage.has_batch_step())
+        pass1 = owner.tmp / ("pass1" if owner.stage.has_global_step() else "data")
+        if not direct:
+            self._map_phase(stages, executor, files, pass1, upstream_kept)
+            files = data_files(pass1)
         n_in = _count(pass1) if upstream_kept is None else upstream_kept
-        summaries = {m.index: self._summary(m, data_files(pass1), owner=False) for m in group[:-1]}
-        repeated = self._global_step(owner.stage, executor, pass1, owner.tmp / "data")
+        summaries = {m.index: self._summary(m, files, owner=False) for m in group[:-1]}
+        repeated = self._global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
+        if pass1.name == "pass1" and pass1.exists():
+            shutil.rmtree(pass1)
         data = owner.tmp / "data"
         tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
         if _count(data) != n_in + repeated:
@@ -249,22 +249,45 @@ class Runner:
         self._commit(group, entries, started_ns)
         return entries
 
-    def _global_step(self, stage: S.Stage, executor: Executor, pass1: Path, out_data: Path) -> int:
-        """The owner's whole-dataset step over its per-batch output; returns how many repeat rows it added."""
+    @staticmethod
+    def _map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1: Path,
+                   upstream_kept: int | None) -> None:
+        """The chain's per-batch steps into `pass1` (an empty, typed part when nothing comes in)."""
+        pass1.mkdir()
+        if upstream_kept is None or upstream_kept:
+            executor.map_stages(stages, files, pass1)
+            return
+        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+        if E.DROPPED_AT in schema.names:
+            schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+        schema = E.chain_schema(stages, schema) if len(stages) > 1 else stages[0].output_schema(schema)
+        write_table(schema.empty_table(), pass1 / "part-00000.parquet")
+
+    @staticmethod
+    def _global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: Path, direct: bool,
+                     upstream_kept: int | None) -> int:
+        """The owner's whole-dataset step over `files` (its per-batch output, or with `direct` its
+        upstream's rows, of which only the kept ones are its input); returns how many repeat rows it
+        added."""
         if not stage.has_global_step():
             return 0
         out_data.mkdir()
-        files = data_files(pass1)
-        repeated = 0
-        if _count(pass1, kept_only=True):
+        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+        if direct:
+            if E.DROPPED_AT in schema.names:
+                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+            schema = stage.output_schema(schema)
+        kept = upstream_kept if direct else _count_files(files, kept_only=True)
+        if kept:
             stage.ensure_setup()
             decisions = stage.global_step(executor.global_data(stage, files))
-            repeated = executor.apply_decisions(stage, files, decisions, pq.read_schema(files[0]), out_data)
+            return executor.apply_decisions(stage, files, decisions, schema, out_data, only_kept=direct)
+        if direct:
+            write_table(schema.empty_table(), out_data / "part-00000.parquet")
         else:
             for f in files:
                 os.replace(f, out_data / Path(f).name)
-        shutil.rmtree(pass1)
-        return repeated
+        return 0
 
     @staticmethod
     def _summary(m: Member, files: list[str], owner: bool) -> dict[str, Any]:
@@ -318,7 +341,10 @@ def _settings_of(stage: S.Stage) -> dict[str, Any]:
 
 
 def _count(directory: Path, kept_only: bool = False) -> int:
-    files = data_files(directory)
+    return _count_files(data_files(directory), kept_only)
+
+
+def _count_files(files: list[str], kept_only: bool = False) -> int:
     if not files:
         return 0
     ds = pads.dataset(files, format="parquet")
