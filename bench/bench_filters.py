@@ -27,9 +27,15 @@ repeated 2/3/4-grams, tail loops   ``word_repetition_filter(rep_len=2, max_ratio
 mmcurate does more per image (decode budget, JPEG quality, a reduced decode for blank, corrupt and
 truncated) and per text (symbol/digit ratios, boilerplate, duplicate lines). Data-Juicer decodes
 every image in full (``load_image`` converts to RGB); with ``op_fusion`` its image ops share one
-decode per sample ("fused"). Data-Juicer runs from its own virtualenv (``.djvenv``, see
-``--dj-python``); without it that column says "skipped". Target (issue #10 item 6): mmcurate
-<= 0.5x Data-Juicer's best CPU per sample.
+decode per sample ("fused"). Data-Juicer runs from its own virtualenv, ``.djvenv``, that
+``make .djvenv`` builds (``make bench`` depends on it; ``--dj-python`` points elsewhere); without
+it those rows say "skipped". Target (issue #10 item 6): mmcurate inline <= 0.5x Data-Juicer's best
+single-process CPU per sample, taken per round. The Ray rows (mmcurate's RayExecutor, Data-Juicer's
+``executor_type: ray``) run once: they show what the engine adds, not the rules.
+
+Rounds: every contender runs once per round, interleaved (mmcurate, Data-Juicer, mmcurate, ...);
+the table gives the median and the [min-max] spread, since the machine is shared and its load
+drifts.
 """
 from __future__ import annotations
 
@@ -77,13 +83,13 @@ def child_mmcurate(root: Path, n: int, executor: str) -> dict:
         for stage in stages:
             table = stage.run(table).kept
         return {"in": n, "kept": table.num_rows}
-    from pipelines.executors import RayExecutor, data_files
+    from pipelines.executors import data_files, make_executor
     work = root / f"ray-{n}"
     import shutil
     shutil.rmtree(work, ignore_errors=True)
     (work / "in").mkdir(parents=True)
     pq.write_table(table, work / "in" / "part-0.parquet")
-    ex = RayExecutor()
+    ex = make_executor("ray")
     try:
         files = data_files(work / "in")
         for i, stage in enumerate(stages):
@@ -119,6 +125,33 @@ def child_data_juicer(root: Path, n: int, fused: bool) -> dict:
     ds = NestedDataset(datasets.Dataset.from_list(rows))
     out = ds.process(ops, open_monitor=False)
     return {"in": n, "kept": len(out)}
+
+
+def child_data_juicer_ray(root: Path, n: int) -> dict:
+    """Data-Juicer's own Ray executor (``executor_type: ray``, op fusion on) on the first `n` samples:
+    it reads the JSONL with Ray Data, runs the ops as map_batches/filter and exports JSONL."""
+    import shutil
+    import yaml
+    work = root / f"dj-ray-{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with open(root / "dj.jsonl") as src, open(work / "in.jsonl", "w") as dst:
+        dst.writelines(line for _, line in zip(range(n), src))
+    config = {"project_name": "bench_filters", "dataset_path": str(work / "in.jsonl"),
+              "export_path": str(work / "out.jsonl"), "work_dir": str(work), "executor_type": "ray",
+              "ray_address": "local", "np": 1, "op_fusion": True, "open_monitor": False,
+              "process": [{name: args} for name, args in DJ_PROCESS]}
+    (work / "recipe.yaml").write_text(yaml.safe_dump(config))
+    from data_juicer.config import init_configs
+    from data_juicer.core.executor.ray_executor import RayExecutor
+    from loguru import logger
+    logger.remove()
+    RayExecutor(init_configs(args=["--config", str(work / "recipe.yaml")])).run()
+    import ray
+    ray.shutdown()
+    out = work / "out.jsonl"
+    files = [out] if out.is_file() else sorted(out.glob("*.json*"))
+    return {"in": n, "kept": sum(1 for f in files for _ in open(f))}
 
 
 # --- the parent: CPU of the whole process tree --------------------------------------------------------
@@ -209,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=ROOT / "out" / "bench_filters")
     ap.add_argument("--dj-python", type=Path, default=DEFAULT_DJ_PYTHON)
     ap.add_argument("--no-ray", action="store_true", help="skip the (slow) Ray executor run")
-    ap.add_argument("--only", default="inline,dj,dj-fused,ray", help="contenders to run, comma-separated")
-    ap.add_argument("--child", choices=["inline", "ray", "dj", "dj-fused"])
+    ap.add_argument("--only", default="inline,dj,dj-fused,ray,dj-ray", help="contenders to run, comma-separated")
+    ap.add_argument("--child", choices=["inline", "ray", "dj", "dj-fused", "dj-ray"])
     args = ap.parse_args(argv)
     if args.child:
         if args.child in ("inline", "ray"):
             answer = child_mmcurate(args.root, args.n, args.child)
+        elif args.child == "dj-ray":
+            answer = child_data_juicer_ray(args.root, args.n)
         else:
             answer = child_data_juicer(args.root, args.n, args.child == "dj-fused")
         print(json.dumps(answer))
@@ -226,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     me = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root)]
     dj = [str(args.dj_python), str(Path(__file__).resolve()), "--root", str(args.root)]
     contenders = {"inline": ("mmcurate inline", me), "ray": ("mmcurate ray", me),
-                  "dj": ("data-juicer 1.6.1", dj), "dj-fused": ("data-juicer 1.6.1 fused", dj)}
-    chosen = [c for c in args.only.split(",") if not (args.no_ray and c == "ray")]
+                  "dj": ("data-juicer 1.6.1", dj), "dj-fused": ("data-juicer 1.6.1 fused", dj),
+                  "dj-ray": ("data-juicer 1.6.1 ray", dj)}
+    chosen = [c for c in args.only.split(",") if not (args.no_ray and c in ("ray", "dj-ray"))]
     if not args.dj_python.exists() and {"dj", "dj-fused"} & set(chosen):
         print(f"data-juicer: skipped ({args.dj_python} not found: `make .djvenv` builds it)")
         chosen = [c for c in chosen if not c.startswith("dj")]
@@ -235,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeat):
         rounds.append({})
         for key in chosen:   # Ray is slow and noisy: one round is enough for its row
-            if key == "ray" and r:
+            if key in ("ray", "dj-ray") and r:
                 continue
             name, cmd = contenders[key]
             rounds[-1][name] = measure(name, cmd + ["--child", key], args.n)
@@ -250,13 +286,18 @@ def _spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return fmt.format(med) if len(values) == 1 else f"{fmt.format(med)} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
+def _best_dj(rnd: dict[str, dict]) -> float | None:
+    """The round's best single-process Data-Juicer (plain or fused); its Ray mode is compared with ours."""
+    single = [v["ms"] for k, v in rnd.items() if k.startswith("data-juicer") and not k.endswith(" ray")]
+    return min(single) if single else None
+
+
 def print_table(rounds: list[dict[str, dict]], n: int) -> None:
     """One row per contender: the median over rounds and the spread. The target ratio is taken per round
     (mmcurate inline against that round's best Data-Juicer), so that load drifting between rounds cancels."""
     from run import format_table
     names = list(dict.fromkeys(name for rnd in rounds for name in rnd))
-    ratios = [rnd["mmcurate inline"]["ms"] / min(v["ms"] for k, v in rnd.items() if k.startswith("data-juicer"))
-              for rnd in rounds if "mmcurate inline" in rnd and any(k.startswith("data-juicer") for k in rnd)]
+    ratios = [rnd["mmcurate inline"]["ms"] / _best_dj(rnd) for rnd in rounds if "mmcurate inline" in rnd and _best_dj(rnd)]
     table = []
     for name in names:
         runs = [rnd[name] for rnd in rounds if name in rnd]
@@ -269,6 +310,11 @@ def print_table(rounds: list[dict[str, dict]], n: int) -> None:
         verdict = "met" if statistics.median(ratios) <= 0.5 else "NOT met"
         print(f"target mmcurate inline <= 0.5x Data-Juicer's best (per round): {_spread(ratios, '{:.2f}')}x "
               f"({verdict} on the median)")
+    first = rounds[0] if rounds else {}
+    if "mmcurate ray" in first and "data-juicer 1.6.1 ray" in first:
+        print(f"Ray modes (one round): mmcurate {first['mmcurate ray']['ms']:.3f} vs Data-Juicer "
+              f"{first['data-juicer 1.6.1 ray']['ms']:.3f} CPU ms/sample "
+              f"({first['mmcurate ray']['ms'] / first['data-juicer 1.6.1 ray']['ms']:.2f}x)")
 
 
 if __name__ == "__main__":
