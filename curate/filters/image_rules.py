@@ -14,7 +14,7 @@ reason                                 what is looked at                  cost
 ``image:low_jpeg_quality``             JPEG quantization tables           header parse, no decode
 ``image:truncated`` (progressive)      JPEG scan headers                  a byte search, no decode
 ``image:corrupt`` (decode failed)      a ~64 px copy                      JPEG 1/8-scale decode
-``image:blank``                        per-channel std of that copy       a 256-bin histogram
+``image:blank``                        per-channel std of that copy       one pass in C
 ``image:truncated`` (baseline)         decoder grey fill in that copy     a row check
 ``image:low_bits_per_pixel``           encoded size / pixels              none (lossy formats)
 =====================================  =================================  ==========================
@@ -24,8 +24,9 @@ bombs) cost nothing. Aspect ratio runs before the size rules so that a 1200x100 
 banner. JPEG quality needs only the quantization tables that ``Image.open`` parses without
 ``load()`` (the estimate is cached per table). The blank check decodes JPEGs at the 1/8 DCT scale
 (~1/64 of the IDCT work; libjpeg through OpenCV, ``jpeg.reduced_decode``) and also proves that the
-bytes decode at all — a payload that fails is ``image:corrupt``. A JPEG cut short with its end marker put back decodes *without* an
-error: ``curate.filters.jpeg`` explains the two signs it leaves (``image:truncated``). Blank is
+bytes decode at all — a payload that fails is ``image:corrupt``. A JPEG cut short with its end
+marker put back decodes *without* an error: ``curate.filters.jpeg`` explains the two signs it
+leaves (``image:truncated``). Blank is
 named before baseline truncation: a uniform mid-grey image is blank whatever made it. Bits per
 pixel runs last: a uniform image also compresses to almost nothing, and "blank" is the better name.
 
@@ -144,10 +145,10 @@ def pixel_drop(im: Image.Image, data: bytes, th: ImageThresholds) -> Drop | None
     """Decode a small copy once: it must decode (corrupt), not be flat (blank), not be decoder fill.
 
     JPEGs (one or three components) decode at the 1/8 DCT scale — one pixel per 8x8 block, the
-    block means; only the entropy decoding remains — converted to RGB by libjpeg itself
-    (``jpeg.reduced_decode``). Other formats (and CMYK JPEGs, whose fill value is not known: not
-    judged for truncation) decode in full through Pillow. Copies larger than ~64 px are reduced to
-    about that. The std of 8x8 block means is at most the std of a finer copy, so a borderline
+    block means; only the entropy decoding remains — converted to RGB (BGR order) by libjpeg itself
+    (``jpeg.reduced_decode``). CMYK JPEGs (no known fill value: not judged for truncation) go
+    through Pillow's draft mode, other formats decode in full. Copies larger than ~64 px are
+    reduced to about that. The std of 8x8 block means is at most the std of a finer copy, so a borderline
     image reads as blank sooner than on a full decode.
     """
     if im.format == "JPEG" and im.mode in ("RGB", "L"):

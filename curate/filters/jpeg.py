@@ -80,7 +80,9 @@ def reduced_decode(data: bytes, grey: bool) -> np.ndarray | None:
     H x W x 3 (BGR, converted by libjpeg, so a zero block is exactly 128,128,128); None when libjpeg
     fails on the data (a *warning*, such as data ending early, still returns the filled picture).
 
-    EXIF orientation is ignored on purpose: the fill check needs the rows in coded order.
+    EXIF orientation is ignored on purpose: the fill check needs the rows in coded order. libjpeg
+    prints its warnings ("Corrupt JPEG data: premature end of data segment") to stderr from C, one
+    line per damaged file: OpenCV's log level does not reach them.
     """
     cv2 = _cv2()
     flags = (cv2.IMREAD_REDUCED_GRAYSCALE_8 if grey else cv2.IMREAD_REDUCED_COLOR_8) | cv2.IMREAD_IGNORE_ORIENTATION
