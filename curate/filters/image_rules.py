@@ -53,8 +53,8 @@ from PIL import Image
 
 from curate import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
-from curate.filters.jpeg import (decoder_fill_rows, estimate_jpeg_quality, max_channel_std_of, progressive_scans_missing,
-                                 reduced_decode)
+from curate.filters.jpeg import (decoder_fill_rows, estimate_jpeg_quality, max_channel_std_of,
+                                 progressive_scans_missing, reduced_decode)
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.base import BatchResult, Resources, Stage, register
 
