@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 RECIPE ?= recipes/demo.yaml
 
-.PHONY: install demo test bench clean sample-data \
+.PHONY: install demo test bench clean sample-data .djvenv \
         ingest image-filter text-filter clip-score grounding-check count-tokens pack shards validate
 
 install: $(STAMP)
@@ -38,8 +38,19 @@ demo: install sample-data
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
-bench: install
+bench: install .djvenv
 	$(PY) bench/run.py
+
+# Data-Juicer 1.6.1, the peer bench/bench_filters.py measures the rule filters against, in its own
+# virtualenv (its pins clash with ours; never part of `make test`). aiohttp, ray and av: modules it
+# imports at start-up without declaring them.
+DJVENV := .djvenv
+.djvenv: $(DJVENV)/.installed
+$(DJVENV)/.installed:
+	$(PYTHON) -m venv $(DJVENV)
+	$(DJVENV)/bin/pip install -q --upgrade pip
+	$(DJVENV)/bin/pip install -q "py-data-juicer==1.6.1" aiohttp ray av
+	touch $@
 
 clean:
 	rm -rf out data/sample .pytest_cache

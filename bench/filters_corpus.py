@@ -24,7 +24,7 @@ from PIL import Image
 
 POOL = 600
 PER_TAR = 10_000
-VERSION = "1"
+VERSION = "2"
 
 _WORDS = ("dog cat house street car tree mountain river city people woman man child table chair window "
           "flower garden beach sky cloud road bridge building kitchen room book phone laptop coffee cup "
@@ -78,7 +78,9 @@ def caption(rng: np.random.Generator) -> str:
 
 
 def build(root: Path, n: int, seed: int = 0) -> dict[str, Path]:
-    """Write (or reuse) the corpus for `n` samples under `root`; returns the paths the runners need."""
+    """Write (or reuse) the corpus for `n` samples under `root`; returns the paths the runners need.
+    The JSONL names images by absolute path: Data-Juicer's Ray workers do not share our working directory."""
+    root = root.resolve()
     stamp = root / f"corpus-v{VERSION}-{n}-{seed}.ok"
     paths = {"shards": root / "shards", "files": root / "files", "jsonl": root / "dj.jsonl"}
     if stamp.exists():

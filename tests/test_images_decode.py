@@ -1,6 +1,7 @@
-"""curate.images and the JPEG checks: one guarded opener, batched reads, cut JPEGs, the histogram std."""
+"""curate.images and the JPEG checks: one guarded opener, batched reads, cut JPEGs, the reduced decode, the std."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 from pathlib import Path
@@ -157,6 +158,53 @@ def test_decoder_fill_rows_counts_whole_rows_from_the_bottom():
     assert J.decoder_fill_rows(Image.fromarray(np.full((4, 4), 128, np.uint8), "L")) == 4
 
 
+def test_decoder_fill_rows_reads_arrays_from_the_reduced_decode():
+    a = np.full((10, 6, 3), 128, np.uint8)
+    a[:7] = 50
+    assert J.decoder_fill_rows(a) == 3 and J.decoder_fill_rows(a[:7]) == 0
+    assert J.decoder_fill_rows(np.full((4, 5), 128, np.uint8)) == 4
+
+
+# --- the reduced decode ------------------------------------------------------------------------------------
+def test_reduced_decode_is_the_one_eighth_dct_scale_in_coded_orientation():
+    payload = encode(ASTRONAUT.resize((500, 300)), quality=90)
+    assert J.reduced_decode(payload, grey=False).shape == (38, 63, 3)        # ceil(300/8) x ceil(500/8)
+    grey = encode(ASTRONAUT.convert("L").resize((500, 300)), quality=90)
+    assert J.reduced_decode(grey, grey=True).shape == (38, 63)
+    rotated = ASTRONAUT.resize((500, 300))
+    exif = rotated.getexif()
+    exif[0x0112] = 6                                                          # "rotate 90 degrees to display"
+    assert J.reduced_decode(encode(rotated, quality=90, exif=exif), grey=False).shape == (38, 63, 3)
+
+
+def test_a_jpeg_whose_scan_libjpeg_refuses_is_corrupt():
+    whole = bytearray(encode(ASTRONAUT, quality=90))
+    sos = whole.find(b"\xff\xda")
+    whole[sos + 6] = 0x33                    # the first component's Huffman tables: 3, never defined
+    payload = bytes(whole)
+    assert I.open_image(payload).size == (512, 512)                          # the header is fine
+    drop = IR.check_image(sized_ref(payload), DEFAULT, read=lambda r: payload)
+    assert drop.reason == "image:corrupt" and drop.detail.startswith("decode failed")
+
+
+def test_cmyk_jpegs_are_judged_blank_through_pillow_and_never_as_truncated():
+    photo = encode(ASTRONAUT.convert("CMYK"), quality=90)
+    flat = encode(Image.new("CMYK", (300, 300), (10, 20, 30, 40)), quality=90)
+    assert IR.check_image(sized_ref(photo), DEFAULT, read=lambda r: photo) is None
+    assert IR.check_image(sized_ref(flat), DEFAULT, read=lambda r: flat).reason == "image:blank"
+
+
+def test_large_jpegs_are_measured_on_a_reduced_copy():
+    big = ASTRONAUT.resize((2048, 1536))                                     # 1/8 scale: 256 x 192, reduced 3x
+    payload = encode(big, quality=90)
+    pixels = J.reduced_decode(payload, grey=False)
+    reduced = np.asarray(Image.fromarray(pixels).reduce(3))
+    assert IR.check_image(sized_ref(payload), DEFAULT, read=lambda r: payload) is None
+    strict = dataclasses.replace(DEFAULT, blank_max_std=J.max_channel_std_of(reduced) + 1e-6)
+    assert IR.check_image(sized_ref(payload), strict, read=lambda r: payload).reason == "image:blank"
+    assert J.max_channel_std_of(reduced) < J.max_channel_std_of(pixels)
+
+
 # --- the blank measure ------------------------------------------------------------------------------------
 @settings(max_examples=50, deadline=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]))))
@@ -164,6 +212,7 @@ def test_histogram_std_equals_numpy_std_over_the_pixels(arr):
     im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     expected = float(arr.reshape(-1, arr.shape[-1]).astype(np.float64).std(axis=0).max())
     assert IR.max_channel_std(im) == pytest.approx(expected, abs=1e-6)
+    assert J.max_channel_std_of(arr[..., 0] if arr.shape[-1] == 1 else arr) == pytest.approx(expected, abs=1e-6)
 
 
 # --- the stage: batching does not change answers -----------------------------------------------------------

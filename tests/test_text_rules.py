@@ -189,6 +189,21 @@ def test_property_any_exact_tail_loop_is_found(unit, copies):
     assert loop is not None and len(toks) - loop.start >= len(unit) * copies
 
 
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(st.sampled_from("a dog cat on the mat big red".split()), max_size=30), times=st.integers(2, 5))
+def test_property_the_ngram_gate_skips_only_texts_no_ngram_rule_could_reject(words, times):
+    """Skipping the n-gram rule when no word occurs `times` times never changes a verdict."""
+    if not TR.some_word_occurs(words, times):
+        for n in (2, 3, 4):
+            top = TR.top_ngram(words, n)
+            assert top is None or top.count < times
+    text = " ".join(words)
+    ungated = dataclasses.replace(DEFAULT, ngram_min_repeats=times)
+    verdict = TR.check_text(text, ungated)
+    if verdict is not None and verdict.reason == "text:repeated_ngrams" and "whole text" not in (verdict.detail or ""):
+        assert TR.some_word_occurs(TR.words_of(TR.tokenize(text)), times)
+
+
 @settings(max_examples=150, deadline=None)
 @given(text=st.text(max_size=300))
 def test_property_rules_never_raise_and_are_deterministic(text):

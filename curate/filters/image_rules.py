@@ -13,8 +13,8 @@ reason                                 what is looked at                  cost
 ``image:corrupt``                      the header                         header parse
 ``image:low_jpeg_quality``             JPEG quantization tables           header parse, no decode
 ``image:truncated`` (progressive)      JPEG scan headers                  a byte search, no decode
-``image:corrupt`` (decode failed)      a ~64 px copy                      JPEG draft decode
-``image:blank``                        per-channel std of that copy       a 256-bin histogram
+``image:corrupt`` (decode failed)      a ~64 px copy                      JPEG 1/8-scale decode
+``image:blank``                        per-channel std of that copy       one pass in C
 ``image:truncated`` (baseline)         decoder grey fill in that copy     a row check
 ``image:low_bits_per_pixel``           encoded size / pixels              none (lossy formats)
 =====================================  =================================  ==========================
@@ -22,10 +22,11 @@ reason                                 what is looked at                  cost
 Why this order: header rules need no I/O at all, so the common rejections (small, banner-shaped,
 bombs) cost nothing. Aspect ratio runs before the size rules so that a 1200x100 banner is named a
 banner. JPEG quality needs only the quantization tables that ``Image.open`` parses without
-``load()`` (the estimate is cached per table). The blank check decodes with JPEG draft mode (DCT
-scaling, ~1/64 of the IDCT work) and also proves that the bytes decode at all — a payload that
-fails is ``image:corrupt``. A JPEG cut short with its end marker put back decodes *without* an
-error: ``curate.filters.jpeg`` explains the two signs it leaves (``image:truncated``). Blank is
+``load()`` (the estimate is cached per table). The blank check decodes JPEGs at the 1/8 DCT scale
+(~1/64 of the IDCT work; libjpeg through OpenCV, ``jpeg.reduced_decode``) and also proves that the
+bytes decode at all — a payload that fails is ``image:corrupt``. A JPEG cut short with its end
+marker put back decodes *without* an error: ``curate.filters.jpeg`` explains the two signs it
+leaves (``image:truncated``). Blank is
 named before baseline truncation: a uniform mid-grey image is blank whatever made it. Bits per
 pixel runs last: a uniform image also compresses to almost nothing, and "blank" is the better name.
 
@@ -52,7 +53,8 @@ from PIL import Image
 
 from curate import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
-from curate.filters.jpeg import decoder_fill_rows, estimate_jpeg_quality, progressive_scans_missing
+from curate.filters.jpeg import (decoder_fill_rows, estimate_jpeg_quality, max_channel_std_of,
+                                 progressive_scans_missing, reduced_decode)
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.base import BatchResult, Resources, Stage, register
 
@@ -60,7 +62,7 @@ __all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality"
 
 LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "MPO", "JPEG2000"})
 
-# Side (in pixels) the blank check looks at: JPEG draft mode gets close to it for free.
+# Side (in pixels) the blank check looks at: the 1/8 DCT scale gets close to it for free.
 BLANK_PROBE_SIDE = 64
 
 ReadBytes = Callable[[Mapping[str, Any]], bytes]
@@ -139,33 +141,49 @@ def _unreadable_drop(exc: I.UnreadableImage) -> Drop:
     return Drop("image:corrupt", f"{exc.reason}: {exc.detail}")
 
 
-def pixel_drop(im: Image.Image, th: ImageThresholds) -> Drop | None:
+def pixel_drop(im: Image.Image, data: bytes, th: ImageThresholds) -> Drop | None:
     """Decode a small copy once: it must decode (corrupt), not be flat (blank), not be decoder fill.
 
-    JPEGs decode at the 1/8 DCT scale (one pixel per 8x8 block: the block means; the IDCT work is
-    1/64), converted to RGB by libjpeg itself (Pillow's own YCbCr conversion cost a tenth of the
-    stage); other formats decode in full. Copies larger than ~64 px are reduced to about that.
-    (Before: JPEGs under 512 px decoded at 1/2 or 1/4 to keep >= 64 px; the std of 8x8 block means
-    is at most the std of a finer copy, so a borderline image may now read as blank.)
+    JPEGs (one or three components) decode at the 1/8 DCT scale — one pixel per 8x8 block, the
+    block means; only the entropy decoding remains — converted to RGB (BGR order) by libjpeg itself
+    (``jpeg.reduced_decode``). CMYK JPEGs (no known fill value: not judged for truncation) go
+    through Pillow's draft mode, other formats decode in full. Copies larger than ~64 px are
+    reduced to about that. The std of 8x8 block means is at most the std of a finer copy, so a borderline
+    image reads as blank sooner than on a full decode.
     """
-    jpeg = im.format == "JPEG" and im.mode in ("RGB", "L")   # CMYK: no known fill value, not judged
+    if im.format == "JPEG" and im.mode in ("RGB", "L"):
+        pixels = reduced_decode(data, grey=im.mode == "L")
+        if pixels is None:
+            return Drop("image:corrupt", "decode failed: libjpeg could not decode the scan data")
+        drop = blank_drop(pixels, th)
+        fill = decoder_fill_rows(pixels) if drop is None else 0
+        if fill:
+            return Drop("image:truncated", f"JPEG data ends early: the bottom {fill} of {pixels.shape[0]} rows of "
+                                           f"the 1/8-scale decode are the decoder's grey fill")
+        return drop
     try:
         small = I.load_small(im, 1 if im.format == "JPEG" else 0)
     except I.UnreadableImage as exc:
         return Drop("image:corrupt", f"decode failed: {exc.detail}")
-    rows = small.size[1]
-    fill = decoder_fill_rows(small) if jpeg else 0
     if small.mode.startswith("I;16"):
         small = small.convert("I")
     elif small.mode not in ("RGB", "L", "I", "F"):
         small = small.convert("RGB")
     factor = max(1, min(small.size) // BLANK_PROBE_SIDE)
-    std = max_channel_std(small.reduce(factor) if factor > 1 else small)
+    return _blank_verdict(max_channel_std(small.reduce(factor) if factor > 1 else small), th)
+
+
+def blank_drop(pixels: np.ndarray, th: ImageThresholds) -> Drop | None:
+    """The blank rule on an 8-bit H x W [x 3] copy, reduced (box means) to ~``BLANK_PROBE_SIDE`` px."""
+    factor = max(1, min(pixels.shape[:2]) // BLANK_PROBE_SIDE)
+    if factor > 1:
+        pixels = np.asarray(Image.fromarray(pixels).reduce(factor))
+    return _blank_verdict(max_channel_std_of(pixels), th)
+
+
+def _blank_verdict(std: float, th: ImageThresholds) -> Drop | None:
     if std < th.blank_max_std:
         return Drop("image:blank", f"max channel std {std:.2f} < {th.blank_max_std:g}")
-    if fill:
-        return Drop("image:truncated", f"JPEG data ends early: the bottom {fill} of {rows} rows of the "
-                                       f"1/8-scale decode are the decoder's grey fill")
     return None
 
 
@@ -190,7 +208,7 @@ def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> Dro
         if missing:
             return Drop("image:truncated", f"progressive JPEG ends before components {missing} are fully refined")
     if th.blank_max_std:
-        drop = pixel_drop(im, th)
+        drop = pixel_drop(im, data, th)
         if drop:
             return drop
     encoded = ref.get("size")

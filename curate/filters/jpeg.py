@@ -13,6 +13,12 @@ careless tool, or a hostile file) opens and decodes without an error in Pillow, 
   markers; 0xFF 0xDA cannot occur inside entropy-coded data, where 0xFF is always stuffed) and
   reports the components whose 64 coefficients were not all coded down to bit 0.
 
+``reduced_decode`` makes that reduced copy: libjpeg (through OpenCV, whose libjpeg-turbo build
+outputs straight into a numpy array) decodes at the 1/8 DCT scale — one pixel per 8x8 block, the
+block mean — so only the entropy decoding of the scan remains as real work. Measured on the
+bench corpus (35 KB photos): 0.45 ms per image, against 0.56 for Pillow's draft mode at the same
+scale plus ~0.1 ms to get its pixels into a measurable form (histogram list or ``tobytes``).
+
 Both are structural facts of the decoder, not thresholds. Known limits: a baseline picture whose
 bottom block row is exactly mid-grey on every 8x8 average (synthetic padding in RGB 128,128,128)
 reads as cut; a progressive file cut inside its last scan is complete in structure and not seen.
@@ -20,6 +26,7 @@ reads as cut; a progressive file cut inside its last scan is complete in structu
 from __future__ import annotations
 
 from functools import lru_cache
+from types import ModuleType
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -61,26 +68,54 @@ def _quality_of_table(table_values: tuple[int, ...]) -> float | None:
     return float(min(100.0, max(1.0, quality)))
 
 
-def decoder_fill_rows(small: Image.Image) -> int:
+@lru_cache(maxsize=1)
+def _cv2() -> ModuleType:
+    """OpenCV, imported on first use: importing it costs ~0.1 s that a run without JPEGs need not pay."""
+    import cv2
+    return cv2
+
+
+def reduced_decode(data: bytes, grey: bool) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg at the 1/8 DCT scale: H x W (`grey`: one-component files) or
+    H x W x 3 (BGR, converted by libjpeg, so a zero block is exactly 128,128,128); None when libjpeg
+    fails on the data (a *warning*, such as data ending early, still returns the filled picture).
+
+    EXIF orientation is ignored on purpose: the fill check needs the rows in coded order. libjpeg
+    prints its warnings ("Corrupt JPEG data: premature end of data segment") to stderr from C, one
+    line per damaged file: OpenCV's log level does not reach them.
+    """
+    cv2 = _cv2()
+    flags = (cv2.IMREAD_REDUCED_GRAYSCALE_8 if grey else cv2.IMREAD_REDUCED_COLOR_8) | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:   # OpenCV raises for some payloads instead of returning None: same meaning
+        return None
+    return pixels if pixels is not None and pixels.size else None
+
+
+def decoder_fill_rows(small: Image.Image | np.ndarray) -> int:
     """Rows at the bottom of a JPEG's reduced decode that are libjpeg's fill for missing data.
 
-    `small` must come straight from libjpeg in mode "YCbCr", "RGB" or "L": a zero block is
-    Y = Cb = Cr = 128, which libjpeg's own conversion maps to exactly RGB 128,128,128. Counts whole
-    rows, from the bottom, where every sample of every component is 128; 0 for other modes.
+    `small` must come straight from libjpeg (an array from ``reduced_decode``, or a Pillow image in
+    mode "YCbCr", "RGB" or "L"): a zero block is Y = Cb = Cr = 128, which libjpeg's own conversion
+    maps to exactly RGB 128,128,128. Counts whole rows, from the bottom, where every sample of every
+    component is 128; 0 for other Pillow modes.
     """
-    if small.mode not in ("YCbCr", "RGB", "L"):
+    if isinstance(small, Image.Image):
+        if small.mode not in ("YCbCr", "RGB", "L"):
+            return 0
+        small = np.asarray(small)
+    rows = small.reshape(small.shape[0], -1)
+    if not rows.size or not (rows[-1] == 128).all():   # the common case: one row looked at
         return 0
-    w, h = small.size
-    bottom = small.crop((0, h - 1, w, h)).getextrema()
-    if any(band != (128, 128) for band in (bottom if small.mode != "L" else (bottom,))):
-        return 0
-    arr = np.asarray(small)
-    flat = arr.reshape(arr.shape[0], -1) == 128
-    full_rows = flat.all(axis=1)
-    if not full_rows[-1]:
-        return 0
-    not_fill = np.flatnonzero(~full_rows)
-    return int(arr.shape[0] - (not_fill[-1] + 1 if not_fill.size else 0))
+    not_fill = np.flatnonzero(~(rows == 128).all(axis=1))
+    return int(rows.shape[0] - (not_fill[-1] + 1 if not_fill.size else 0))
+
+
+def max_channel_std_of(pixels: np.ndarray) -> float:
+    """Largest per-channel (population) standard deviation of an 8-bit H x W [x C] array, in C."""
+    _, std = _cv2().meanStdDev(pixels)
+    return float(std.max())
 
 
 def progressive_scans_missing(data: bytes) -> list[int]:

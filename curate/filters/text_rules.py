@@ -167,6 +167,15 @@ def top_ngram(words: Sequence[str], n: int) -> TopNgram | None:
     return TopNgram(n, gram, count, count * sum(map(len, gram)) / total if total else 0.0)
 
 
+def some_word_occurs(words: Sequence[str], times: int) -> bool:
+    """Whether a word occurs at least `times` (>= 2) times. An n-gram that occurs c times starts with a
+    word that occurs at least c times, so without one no n-gram can reach the repeat count: the
+    n-gram rule is skipped without changing any verdict (most captions repeat no word that often)."""
+    if len(set(words)) == len(words):
+        return False
+    return max(Counter(words).values()) >= times
+
+
 def duplicate_line_ratio(text: str) -> tuple[float, int]:
     """(fraction of non-empty lines that repeat an earlier line, number of non-empty lines)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -243,7 +252,7 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
         ratio, lines = duplicate_line_ratio(text)
         if lines >= th.duplicate_lines_min_lines and ratio > th.max_duplicate_line_ratio:
             return Drop("text:duplicate_lines", f"{ratio:.2f} of {lines} lines repeat > {th.max_duplicate_line_ratio:g}")
-    if th.max_top_ngram_ratio:
+    if th.max_top_ngram_ratio and some_word_occurs(words, max(2, th.ngram_min_repeats)):
         for n, limit in ((2, th.max_top_ngram_ratio), (3, th.max_top_ngram_ratio - 0.02),
                          (4, th.max_top_ngram_ratio - 0.04)):
             top = top_ngram(words, n)
