@@ -6,7 +6,7 @@ peak resident memory (that process alone, not its Ray workers) and its CPU secon
 the scale issue: driver peak memory at 5M within 1.3x of 1M (flat, not linear) and end-to-end rows/s
 at least 5x the earlier code's. Sizes are arguments; `--quick` (MMCURATE_BENCH_QUICK=1) runs 20k/100k.
 
-    python bench/bench_scale.py 1000000 5000000 --before adcf8ab
+    python bench/bench_scale.py 1000000 5000000 --before adcf8ab [--before-max 1000000]
 """
 from __future__ import annotations
 
@@ -91,10 +91,14 @@ def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    before = "adcf8ab"
+    before, before_max = "adcf8ab", None
     if "--before" in argv:
         i = argv.index("--before")
         before = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if "--before-max" in argv:   # the earlier code only up to this size (it is slow and linear in memory)
+        i = argv.index("--before-max")
+        before_max = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
     sizes = [int(a) for a in argv if a.isdigit()] or (
         [20_000, 100_000] if os.environ.get("MMCURATE_BENCH_QUICK") == "1" else [1_000_000, 5_000_000])
@@ -107,6 +111,9 @@ def main(argv: list[str]) -> None:
             data = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
             corpus(data, n)
             for label, code, new in (("now", ROOT, True), (f"before ({before})", old, False)):
+                if not new and before_max is not None and n > before_max:
+                    rows.append([n, label, "not run (--before-max)", "", "", "", ""])
+                    continue
                 r = run_once(code, data, n, new)
                 if "error" in r:
                     rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", ""])
