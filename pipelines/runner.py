@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -39,7 +38,8 @@ from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
 from pipelines.executors import Executor, data_files, make_executor, write_table
-from pipelines.fusion import FUSED_INTO, Member, fusion_groups, rows_of, stage_rows, write_rejects
+from pipelines.chain_steps import count_rows, global_step, map_phase, stage_summary
+from pipelines.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
 from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
 from pipelines.outdir import claim_output, remove_owned
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
@@ -218,18 +218,18 @@ class Runner:
                   and not owner.stage.has_batch_step())
         pass1 = owner.tmp / ("pass1" if owner.stage.has_global_step() else "data")
         if not direct:
-            self._map_phase(stages, executor, files, pass1, upstream_kept)
+            map_phase(stages, executor, files, pass1, upstream_kept)
             files = data_files(pass1)
         n_in = _count(pass1) if upstream_kept is None else upstream_kept
-        summaries = {m.index: self._summary(m, files, owner=False) for m in group[:-1]}
-        repeated = self._global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
+        summaries = {m.index: stage_summary(m, files, owner=False) for m in group[:-1]}
+        repeated = global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
         if pass1.name == "pass1" and pass1.exists():
             shutil.rmtree(pass1)
         data = owner.tmp / "data"
         tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
         if _count(data) != n_in + repeated:
             raise E.AccountingError(f"chain {chain}: {_count(data)} rows written for in={n_in} repeated={repeated}")
-        summaries[owner.index] = self._summary(owner, data_files(data), owner=True)
+        summaries[owner.index] = stage_summary(owner, data_files(data), owner=True)
         entries = []
         for m in group:
             counts = tallies[m.index]
@@ -248,58 +248,6 @@ class Runner:
             n_in = counts["out"]
         self._commit(group, entries, started_ns)
         return entries
-
-    @staticmethod
-    def _map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1: Path,
-                   upstream_kept: int | None) -> None:
-        """The chain's per-batch steps into `pass1` (an empty, typed part when nothing comes in)."""
-        pass1.mkdir()
-        if upstream_kept is None or upstream_kept:
-            executor.map_stages(stages, files, pass1)
-            return
-        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
-        if E.DROPPED_AT in schema.names:
-            schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
-        schema = E.chain_schema(stages, schema) if len(stages) > 1 else stages[0].output_schema(schema)
-        write_table(schema.empty_table(), pass1 / "part-00000.parquet")
-
-    @staticmethod
-    def _global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: Path, direct: bool,
-                     upstream_kept: int | None) -> int:
-        """The owner's whole-dataset step over `files` (its per-batch output, or with `direct` its
-        upstream's rows, of which only the kept ones are its input); returns how many repeat rows it
-        added."""
-        if not stage.has_global_step():
-            return 0
-        out_data.mkdir()
-        schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
-        if direct:
-            if E.DROPPED_AT in schema.names:
-                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
-            schema = stage.output_schema(schema)
-        kept = upstream_kept if direct else _count_files(files, kept_only=True)
-        if kept:
-            stage.ensure_setup()
-            decisions = stage.global_step(executor.global_data(stage, files))
-            return executor.apply_decisions(stage, files, decisions, schema, out_data, only_kept=direct)
-        if direct:
-            write_table(schema.empty_table(), out_data / "part-00000.parquet")
-        else:
-            for f in files:
-                os.replace(f, out_data / Path(f).name)
-        return 0
-
-    @staticmethod
-    def _summary(m: Member, files: list[str], owner: bool) -> dict[str, Any]:
-        """The stage's report numbers from its kept rows, streamed batch by batch through
-        ``summary_partial`` so that the driver holds partials, not rows."""
-        if not m.stage.summary_columns or not files:
-            return {}
-        ds, flt = rows_of(files, m.index, owner, kept=True)
-        cols = [c for c in (*m.stage.summary_columns, "key", R.ORDINAL) if c in ds.schema.names]
-        partials = [m.stage.summary_partial(pa.Table.from_batches([b])) for b in ds.to_batches(columns=cols, filter=flt)]
-        empty = m.stage.summary_partial(pa.schema([ds.schema.field(c) for c in cols]).empty_table())
-        return m.stage.summarize(pa.concat_tables([empty, *partials]))
 
     def _commit(self, group: list[Member], entries: list[dict[str, Any]], started_ns: int) -> None:
         """Move the chain's directories into place, then write their markers, the owner's last: a crash
@@ -341,14 +289,7 @@ def _settings_of(stage: S.Stage) -> dict[str, Any]:
 
 
 def _count(directory: Path, kept_only: bool = False) -> int:
-    return _count_files(data_files(directory), kept_only)
-
-
-def _count_files(files: list[str], kept_only: bool = False) -> int:
-    if not files:
-        return 0
-    ds = pads.dataset(files, format="parquet")
-    return ds.count_rows(filter=pc.field(R.STATUS) == R.KEPT) if kept_only else ds.count_rows()
+    return count_rows(data_files(directory), kept_only)
 
 
 def _media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:

@@ -1,0 +1,75 @@
+"""The steps of running one chain (pipelines.fusion): its per-batch pass, the closing whole-dataset
+step, and the per-stage summaries streamed from the written rows."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from curate import base as S
+from curate.base import inline as E
+from curate.base import records as R
+from pipelines.executors import Executor, write_table
+from pipelines.fusion import Member, rows_of
+
+
+def map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1: Path,
+               upstream_kept: int | None) -> None:
+    """The chain's per-batch steps into `pass1` (an empty, typed part when nothing comes in)."""
+    pass1.mkdir()
+    if upstream_kept is None or upstream_kept:
+        executor.map_stages(stages, files, pass1)
+        return
+    schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+    if E.DROPPED_AT in schema.names:
+        schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+    schema = E.chain_schema(stages, schema) if len(stages) > 1 else stages[0].output_schema(schema)
+    write_table(schema.empty_table(), pass1 / "part-00000.parquet")
+
+def global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: Path, direct: bool,
+                 upstream_kept: int | None) -> int:
+    """The owner's whole-dataset step over `files` (its per-batch output, or with `direct` its
+    upstream's rows, of which only the kept ones are its input); returns how many repeat rows it
+    added."""
+    if not stage.has_global_step():
+        return 0
+    out_data.mkdir()
+    schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
+    if direct:
+        if E.DROPPED_AT in schema.names:
+            schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+        schema = stage.output_schema(schema)
+    kept = upstream_kept if direct else count_rows(files, kept_only=True)
+    if kept:
+        stage.ensure_setup()
+        decisions = stage.global_step(executor.global_data(stage, files))
+        return executor.apply_decisions(stage, files, decisions, schema, out_data, only_kept=direct)
+    if direct:
+        write_table(schema.empty_table(), out_data / "part-00000.parquet")
+    else:
+        for f in files:
+            os.replace(f, out_data / Path(f).name)
+    return 0
+
+def stage_summary(m: Member, files: list[str], owner: bool) -> dict[str, Any]:
+    """The stage's report numbers from its kept rows, streamed batch by batch through
+    ``summary_partial`` so that the driver holds partials, not rows."""
+    if not m.stage.summary_columns or not files:
+        return {}
+    ds, flt = rows_of(files, m.index, owner, kept=True)
+    cols = [c for c in (*m.stage.summary_columns, "key", R.ORDINAL) if c in ds.schema.names]
+    partials = [m.stage.summary_partial(pa.Table.from_batches([b])) for b in ds.to_batches(columns=cols, filter=flt)]
+    empty = m.stage.summary_partial(pa.schema([ds.schema.field(c) for c in cols]).empty_table())
+    return m.stage.summarize(pa.concat_tables([empty, *partials]))
+
+
+def count_rows(files: list[str], kept_only: bool = False) -> int:
+    if not files:
+        return 0
+    ds = pads.dataset(files, format="parquet")
+    return ds.count_rows(filter=pc.field(R.STATUS) == R.KEPT) if kept_only else ds.count_rows()
