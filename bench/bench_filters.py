@@ -41,26 +41,22 @@ drifts.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
+from proctree import run_tree  # noqa: E402  (bench/ is on the path above)
 
 # 20k samples, two corpus sizes, three rounds of three contenders (Data-Juicer decodes every image in
 # full) plus two Ray rows on 2k: ~15-30 min here; bench/run.py reads this line and allows an hour and a half.
 BENCH_TIMEOUT_S = 5400
 
 DEFAULT_DJ_PYTHON = ROOT / ".djvenv" / "bin" / "python"
-PR_SET_CHILD_SUBREAPER = 36
 
 # Data-Juicer's process list (its recipe YAML, as Python): the rules equivalent to mmcurate's defaults.
 DJ_PROCESS = [
@@ -156,60 +152,11 @@ def child_data_juicer_ray(root: Path, n: int) -> dict:
 
 
 # --- the parent: CPU of the whole process tree --------------------------------------------------------
-def become_subreaper() -> None:
-    """Orphaned descendants (Ray's daemons) are re-parented to us, so their CPU reaches RUSAGE_CHILDREN."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def reap_descendants(timeout: float = 60.0) -> None:
-    """Wait for every re-parented descendant to exit (Ray's daemons stop shortly after shutdown);
-    past `timeout`, kill the ones still there (they are ours: re-parented to this subreaper)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            if time.monotonic() > deadline:
-                for child in _children():
-                    os.kill(child, 9)
-                deadline = float("inf")
-            time.sleep(0.05)
-
-
-def _children() -> list[int]:
-    """Direct children of this process (from /proc: orphans re-parented to us included)."""
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                found.append(int(entry))
-    return found
-
-
 def tree_cpu(cmd: list[str]) -> tuple[float, float, dict]:
-    """(CPU seconds of the process tree, wall seconds, the child's JSON answer).
-
-    ``RAY_ADDRESS=local``: the Ray child starts its own cluster as our descendant. Without it
-    ``ray.init()`` joins whatever cluster /tmp/ray/ray_current_cluster names (another user's run on
-    a shared machine), whose CPU no rusage of ours can see."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="local")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    reap_descendants()
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """(CPU seconds of the process tree, wall seconds, the child's JSON answer); see bench/proctree.py."""
+    proc, cpu, wall = run_tree(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return cpu, wall, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -260,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     import filters_corpus
     paths = filters_corpus.build(args.root, args.n)
     ingest(args.root, paths["shards"])
-    become_subreaper()
     me = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root)]
     dj = [str(args.dj_python), str(Path(__file__).resolve()), "--root", str(args.root)]
     contenders = {"inline": ("mmcurate inline", me), "ray": ("mmcurate ray", me),

@@ -77,14 +77,7 @@ def read_parquet_tables(spec: SourceSpec, uri: str, source_index: int, file_inde
     (curate.parquet_columns), else from ``read_parquet``'s rows."""
     opened = open_plain(spec, uri)
     if opened is None:
-        rows: list[dict] = []
-        for row in read_parquet(spec, uri, source_index, file_index, row_groups):
-            rows.append(row)
-            if len(rows) >= rows_per_table:
-                yield R.rows_to_table(rows)
-                rows = []
-        if rows:
-            yield R.rows_to_table(rows)
+        yield from R.row_tables(read_parquet(spec, uri, source_index, file_index, row_groups), rows_per_table)
         return
     fh, pf = opened
     with fh:

@@ -69,14 +69,7 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
         records = READERS[spec.format](spec, uri, source_index, file_index)
     else:
         records = read_llava(spec, uri, source_index, file_index, part=part)
-    rows: list[dict] = []
-    for row in records:
-        rows.append(row)
-        if len(rows) >= rows_per_table:
-            yield R.rows_to_table(rows)
-            rows = []
-    if rows:
-        yield R.rows_to_table(rows)
+    yield from R.row_tables(records, rows_per_table)
 
 
 def read_file(spec: SourceSpec, uri: str, source_index: int, file_index: int, part: Part | None = None) -> pa.Table:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -177,6 +177,19 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema = BASE_SC
     """Build a conformed table from row dicts (missing keys become null)."""
     cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
     return pa.Table.from_pydict(cols, schema=schema)
+
+
+def row_tables(rows: Iterable[Mapping[str, Any]], rows_per_table: int) -> Iterator[pa.Table]:
+    """Row dicts as conformed tables of at most `rows_per_table` rows, streamed (readers use it so
+    that memory is a table's worth, whatever the file size)."""
+    chunk: list[Mapping[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= rows_per_table:
+            yield rows_to_table(chunk)
+            chunk = []
+    if chunk:
+        yield rows_to_table(chunk)
 
 
 def make_ordinal(source_index: int, file_index: int, row_index: int) -> int:
