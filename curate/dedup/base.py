@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from curate.base import Stage, StageContext
+from curate.base import records as R
 from curate.dedup import global_step as G
+from curate.dedup import star_components as CC
 from curate.dedup import survivor as SV
 
 DUP_COLUMNS: dict[str, pa.DataType] = {"dup_group": pa.string(), "dup_group_size": pa.int32(),
@@ -102,34 +104,44 @@ class DedupStage(Stage):
 
     # --- the global step ----------------------------------------------------------------------------
     def global_step(self, data: Any) -> Any:
-        rows = data.count()
+        """Buckets -> verified edges -> components (rounds of shuffle_reduce) -> labels joined to the
+        rows by _ordinal -> one survivor per component. The driver holds counters, a schema and one
+        integer per components round; see ``global_step`` for the steps."""
+        records = data.map_batches(lambda b: G.row_records(b, self.no_signature))
+        rows, schema = records.aggregate(G.rows_and_schema_partial, G.rows_and_schema_combine)
         if rows == 0:
-            self.report = {"dedup": {"stage": self.name, **G.report_combine(pa.table({}))}}
+            self.report = {"dedup": {"stage": self.name, **G.report_combine(pa.table({})), "component_rounds": 0}}
             return G.DECISION_SCHEMA.empty_table()
         parts = max(1, -(-rows // ROWS_PER_PARTITION))
         hash_col, max_bucket = self.hash_column, self.config.max_bucket_size
         edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, self.carry))
                      .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
-                     .gather())
-        comps = G.ComponentMap.from_edges(edge_rows)
+                     .materialize())
+        near = edge_rows.aggregate(G.edge_counters_partial, G.edge_counters_combine)
         sign = 1.0 if self.config.prefer == "highest" else -1.0
         survivor_by = self.config.survivor_by
-
-        def tag(batch: pa.Table) -> pa.Table:
-            return comps.tag(batch).append_column(G.NO_SIGNATURE, pa.array(self.no_signature(batch)))
 
         def decide(group: pa.Table) -> pa.Table:
             return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col,
                                    self.reason, self.measure)
-        decided = data.map_batches(tag).shuffle_reduce(G.COMPONENT, decide, parts).materialize()
+        rounds = 0
+        if near["exact_edges"] + near["candidates"] - near["rejected"] == 0:     # no edge: every row alone
+            decided = records.map_batches(lambda b: decide(G.only_grouped(b, False))).materialize()
+        else:
+            labels, rounds = CC.star_components(edge_rows.map_batches(G.graph_edges), parts)
+            joined = (records.union(labels.map_batches(lambda t: G.label_records(t, schema)))
+                      .shuffle_reduce(R.ORDINAL, G.attach_components, parts).materialize())
+            alone = joined.map_batches(lambda b: decide(G.only_grouped(b, False)))
+            grouped = joined.map_batches(lambda b: G.only_grouped(b, True)).shuffle_reduce(G.COMPONENT, decide, parts)
+            decided = alone.union(grouped).materialize()
         summary = decided.aggregate(G.report_partial, G.report_combine)
         no_signature = summary.pop("no_signature")
         if self.no_signature_label:
             summary[self.no_signature_label] = no_signature
-        near = comps.counters
         self.report = {"dedup": {"stage": self.name, **summary,
                                  "exact_edges": near["exact_edges"], "candidates": near["candidates"],
                                  "verified_edges": near["candidates"] - near["rejected"],
                                  "rejected_candidates": near["rejected"], "capped_buckets": near["capped_buckets"],
-                                 "capped_members": near["capped_members"], **self.engine_report()}}
+                                 "capped_members": near["capped_members"], "component_rounds": rounds,
+                                 **self.engine_report()}}
         return decided.map_batches(G.project_decisions)
