@@ -3,8 +3,9 @@
 Whole-dataset step on the ``GlobalData`` operations (``curate/cluster/cluster_ops.py``): a seeded
 sample of ``fit_sample_size`` rows goes to the driver and is fitted (bottom-up levels, Vo et al.'s
 resampling, ``kmeans.py``); per-cluster statistics are an exact aggregate of per-batch integer sums
-(``stats.py``); assignment is a per-batch map that carries the centroids. Only the sample and the
-per-cluster sums ever reach the driver.
+(``stats.py``); assignment is a per-batch map that carries the centroids. Only the sample (bounded
+by ``fit_sample_size``, whatever the dataset's size: the k-means is fitted on it, not on every
+row) and the per-cluster sums (aggregates) ever reach the driver.
 
 Rows without an embedding (e.g. text-only samples under ``embed: {modality: image}``) pass with a
 null cluster path; the sampling and dedup stages leave them alone.
@@ -80,8 +81,7 @@ class Cluster(Stage):
         function) and exact per-cluster statistics (aggregate). The embeddings never meet in one place."""
         c = self.config
         s = self.fit_settings()
-        sample = data.aggregate(cluster_ops.fit_sample_partial(c.column, s.seed, c.fit_sample_size),
-                                cluster_ops.fit_sample_combine(c.column, c.fit_sample_size))
+        sample = cluster_ops.fit_sample(data, c.column, s.seed, c.fit_sample_size)
         if sample.shape[0] == 0:
             self.report["cluster"] = {"clustered": 0}
             return data.map_batches(_keep_all)
