@@ -184,3 +184,35 @@ def test_settings_are_checked():
         Cluster(levels=[4, 8])
     with pytest.raises(ValueError, match="quality_column"):
         SemanticDedup(survivor="quality")
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 120), chunk=st.integers(7, 400), shrink=st.sampled_from([1, 1000]))
+def test_fit_sample_is_the_smallest_hashes_for_any_batching(corpus, size, chunk, shrink):
+    """The bounded fit sample equals the `size` smallest seeded key hashes (ties: _ordinal) of all rows,
+    whatever the batches; with the first threshold shrunk 1000x, the retries still find it."""
+    from curate.base.global_data import InlineData
+    from curate.cluster import cluster_ops
+    from curate.cluster.kmeans import seeded_hash
+    table = table_of(corpus.embeddings[:600])
+    threshold = cluster_ops.sample_threshold
+    offered = []
+
+    def counted(partial, combine):
+        return InlineData.aggregate(data, partial, lambda parts: (offered.append(parts.num_rows), combine(parts))[1])
+    data = InlineData([table.slice(i, chunk) for i in range(0, table.num_rows, chunk)])
+    data.aggregate = counted
+    cluster_ops.sample_threshold = lambda s, n, attempt: threshold(s, n, attempt) // (shrink if attempt == 0 else 1)
+    try:
+        got = cluster_ops.fit_sample(data, C.EMBEDDING, 5, size)
+    finally:
+        cluster_ops.sample_threshold = threshold
+    hashes = seeded_hash(table.column("key").to_pylist(), 5)
+    want = np.lexsort((np.arange(table.num_rows), hashes))[:size]
+    assert np.array_equal(got, C.matrix(table.column(C.EMBEDDING).take(pa.array(want))))
+    offers = offered[1:]                     # offered[0]: the row count
+    wanted = size + 6 * size ** 0.5 + 64
+    if shrink == 1:                          # one offer, about `wanted` rows (binomial: 6 sigma), not all 600
+        assert len(offers) == 1 and offers[0] <= wanted + 6 * wanted ** 0.5
+    else:
+        assert len(offers) >= 2
