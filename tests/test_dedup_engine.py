@@ -175,4 +175,4 @@ def test_band_rows_and_equal_key_edges():
     b, m = band_rows(np.array([7, 9]), np.array([[1, 2], [3, 4]], dtype=np.uint64))
     assert b.tolist() == [1, 2, 3, 4] and m.tolist() == [7, 7, 9, 9]
     e = equal_key_edges(np.array(["x", "y", "x", "x", ""]), np.array([True, True, True, True, False]))
-    assert sorted(zip(e.src.tolist(), e.dst.tolist())) == [(0, 2), (2, 3)]
+    assert sorted(zip(e.src.tolist(), e.dst.tolist())) == [(0, 2), (0, 3)]

@@ -6,8 +6,8 @@
 1. ``map_batches(bucket_rows)``: per row, one bucket row for its exact content hash and one per
    LSH band (``_bucket``), carrying ``_ordinal`` and what verification needs (``DedupStage.carry``).
 2. ``shuffle_reduce("_bucket", reduce_buckets)``: all rows of a bucket meet; exact buckets are
-   chained (n-1 edges, never capped), LSH buckets go through ``lsh.bucket_edges`` (anchor-chained,
-   verified, capped). Output: edges as ordinal pairs plus one counter row per call.
+   stars on their first member (n-1 edges, never capped), LSH buckets go through
+   ``lsh.bucket_edges`` (anchor-chained, verified, capped). Output: edges as ordinal pairs plus one counter row per call.
 3. ``materialize`` the edge rows; their counters are summed by an ``aggregate``.
 4. ``star_components``: connected components as rounds of large-star / small-star
    ``shuffle_reduce`` by node, one integer per round to the driver (the convergence count). Labels
