@@ -42,19 +42,26 @@ def _ints(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) pairs sorted by a, then b (a lexsort: np.unique(axis=0) is ~10x slower)."""
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    new = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])] if a.shape[0] else np.zeros(0, dtype=bool)
+    return a[new], b[new]
+
+
 def edge_table(hi: np.ndarray, lo: np.ndarray, changed: int = 0) -> pa.Table:
     """Distinct (hi, lo) pairs, hi > lo, with the call's change count on the first row (the aggregate
     only sums it)."""
     keep = hi != lo
-    pairs = np.unique(np.stack([np.maximum(hi, lo)[keep], np.minimum(hi, lo)[keep]], axis=1), axis=0) \
-        if keep.any() else np.empty((0, 2), dtype=np.int64)
-    flags = np.zeros(pairs.shape[0], dtype=np.int64)
+    hi, lo = distinct_pairs(np.maximum(hi, lo)[keep], np.minimum(hi, lo)[keep])
+    flags = np.zeros(hi.shape[0], dtype=np.int64)
     if flags.shape[0]:
         flags[0] = changed
     elif changed:
         raise AssertionError("a star step changed edges but emitted none")   # impossible by construction
-    return pa.table([pa.array(pairs[:, 0], pa.int64()), pa.array(pairs[:, 1], pa.int64()),
-                     pa.array(flags, pa.int64())], schema=EDGE_SCHEMA)
+    return pa.table([pa.array(hi, pa.int64()), pa.array(lo, pa.int64()), pa.array(flags, pa.int64())],
+                    schema=EDGE_SCHEMA)
 
 
 def oriented(src: np.ndarray, dst: np.ndarray) -> pa.Table:
@@ -93,8 +100,7 @@ def small_star(group: pa.Table) -> pa.Table:
     carried = int(np.sum(_ints(group, CHANGED)))
     if hi.shape[0] == 0:
         return EDGE_SCHEMA.empty_table()
-    pairs = np.unique(np.stack([hi, lo], axis=1), axis=0)      # by hi, then lo: the first lo is the minimum
-    hi, lo = pairs[:, 0], pairs[:, 1]
+    hi, lo = distinct_pairs(hi, lo)          # by hi, then lo: a node's first lo is its minimum
     starts = _starts(hi)
     counts = np.diff(np.r_[starts, hi.shape[0]])
     m = np.repeat(lo[starts], counts)
