@@ -118,22 +118,8 @@ class DedupStage(Stage):
                      .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
                      .materialize())
         near = edge_rows.aggregate(G.edge_counters_partial, G.edge_counters_combine)
-        sign = 1.0 if self.config.prefer == "highest" else -1.0
-        survivor_by = self.config.survivor_by
-
-        def decide(group: pa.Table) -> pa.Table:
-            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col,
-                                   self.reason, self.measure)
-        rounds = 0
-        if near["exact_edges"] + near["candidates"] - near["rejected"] == 0:     # no edge: every row alone
-            decided = records.map_batches(lambda b: decide(G.only_grouped(b, False))).materialize()
-        else:
-            labels, rounds = CC.star_components(edge_rows.map_batches(G.graph_edges), parts)
-            joined = (records.union(labels.map_batches(lambda t: G.label_records(t, schema)))
-                      .shuffle_reduce(R.ORDINAL, G.attach_components, parts).materialize())
-            alone = joined.map_batches(lambda b: decide(G.only_grouped(b, False)))
-            grouped = joined.map_batches(lambda b: G.only_grouped(b, True)).shuffle_reduce(G.COMPONENT, decide, parts)
-            decided = alone.union(grouped).materialize()
+        has_edges = near["exact_edges"] + near["candidates"] - near["rejected"] > 0
+        decided, rounds = self._decide(records, edge_rows if has_edges else None, schema, parts)
         summary = decided.aggregate(G.report_partial, G.report_combine)
         no_signature = summary.pop("no_signature")
         if self.no_signature_label:
@@ -145,3 +131,21 @@ class DedupStage(Stage):
                                  "capped_members": near["capped_members"], "component_rounds": rounds,
                                  **self.engine_report()}}
         return decided.map_batches(G.project_decisions)
+
+    def _decide(self, records: Any, edge_rows: Any, schema: pa.Schema, parts: int) -> tuple[Any, int]:
+        """Decisions for every row record, and the components rounds run. Without edges every row is
+        its own group (a map); otherwise the component labels are joined to the rows by _ordinal,
+        unlabelled rows are decided by a map and only the labelled ones shuffled by component."""
+        sign = 1.0 if self.config.prefer == "highest" else -1.0
+        survivor_by, hash_col, reason, measure = self.config.survivor_by, self.hash_column, self.reason, self.measure
+
+        def decide(group: pa.Table) -> pa.Table:
+            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col, reason, measure)
+        if edge_rows is None:
+            return records.map_batches(lambda b: decide(G.only_grouped(b, False))).materialize(), 0
+        labels, rounds = CC.star_components(edge_rows.map_batches(G.graph_edges), parts)
+        joined = (records.union(labels.map_batches(lambda t: G.label_records(t, schema)))
+                  .shuffle_reduce(R.ORDINAL, G.attach_components, parts).materialize())
+        alone = joined.map_batches(lambda b: decide(G.only_grouped(b, False)))
+        grouped = joined.map_batches(lambda b: G.only_grouped(b, True)).shuffle_reduce(G.COMPONENT, decide, parts)
+        return alone.union(grouped).materialize(), rounds
