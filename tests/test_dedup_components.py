@@ -1,5 +1,6 @@
-"""Distributed connected components (large-star / small-star rounds on GlobalData): the same labels
-as scipy's connected_components, whatever the batching and the number of shuffle partitions."""
+"""Distributed connected components (large-star / small-star rounds on GlobalData, or scipy inside one
+reduce call for small graphs): the same labels as scipy's connected_components in one process,
+whatever the batching and the number of shuffle partitions."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,15 +11,18 @@ from hypothesis import strategies as st
 from curate.base import records as R
 from curate.base.global_data import InlineData
 from curate.dedup.components import components
-from curate.dedup.star_components import oriented, star_components
+from curate.dedup.star_components import component_labels, oriented, star_components
 
 
 def distributed_labels(n: int, src: np.ndarray, dst: np.ndarray, ids: np.ndarray, chunk: int,
-                       partitions: int) -> tuple[dict[int, int], int]:
-    """Node id -> label through star_components, on edges renamed by `ids` (sparse, like _ordinals)."""
+                       partitions: int, one_reduce: bool = False) -> tuple[dict[int, int], int]:
+    """Node id -> label through star_components (or the one-reduce tier), on edges renamed by `ids`
+    (sparse, like _ordinals)."""
     table = oriented(ids[src], ids[dst])
     batches = [table.slice(i, chunk) for i in range(0, table.num_rows, chunk)] or [table]
-    labels, rounds = star_components(InlineData(batches), partitions)
+    data = InlineData(batches)
+    labels, rounds = component_labels(data, table.num_rows, partitions) if one_reduce else \
+        star_components(data, partitions)
     out: dict[int, int] = {}
     for t in labels.tables:
         for node, comp in zip(t.column(R.ORDINAL).to_pylist(), t.column("_component").to_pylist()):
@@ -48,8 +52,9 @@ def test_star_components_equal_scipy_for_any_partitioning(graph, partitions, chu
     dst = np.array([b for _, b in edges], dtype=np.int64)
     # sparse ids in a random order, as _ordinals of a partitioned corpus look to the graph
     ids = np.random.default_rng(seed).permutation(np.cumsum(np.random.default_rng(seed).integers(1, 10**9, n)))
-    got, _ = distributed_labels(n, src, dst, ids, chunk, partitions)
-    assert got == scipy_labels(n, src, dst, ids)
+    want = scipy_labels(n, src, dst, ids)
+    assert distributed_labels(n, src, dst, ids, chunk, partitions)[0] == want
+    assert distributed_labels(n, src, dst, ids, chunk, partitions, one_reduce=True) == (want, 0)
 
 
 def test_chains_and_stars_converge_in_few_rounds():

@@ -13,6 +13,7 @@ from curate.base.inline import apply_batch, global_input, with_bookkeeping
 from curate.dedup import base as DB
 from curate.dedup import global_step as G
 from curate.dedup import planted as PL
+from curate.dedup import star_components as CC
 from tests.test_dedup import rows_table
 
 
@@ -47,6 +48,7 @@ def _ray_data_class():
 
 
 def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
+    """Both components tiers on Ray: scipy in one reduce call, and large/small-star rounds."""
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setattr(DB, "ROWS_PER_PARTITION", 97)        # several shuffle partitions on 360 rows
@@ -57,7 +59,7 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
     chunks = [inputs.slice(i, 41) for i in range(0, inputs.num_rows, 41)]
     inline = _ipc_bytes(stage.global_step(InlineData(chunks)).gather())
     inline_report = stage.report
-    assert inline_report["dedup"]["groups"] == 60 and inline_report["dedup"]["component_rounds"] >= 1
+    assert inline_report["dedup"]["groups"] == 60 and inline_report["dedup"]["component_rounds"] == 0
     started = not ray.is_initialized()
     if started:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -72,8 +74,10 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
         monkeypatch.setattr(ctx, "shuffle_strategy", "sort_shuffle_pull_based")
         data = _ray_data_class()(ray.data.from_arrow(chunks))
         on_ray = _ipc_bytes(stage.global_step(data).gather())   # gathered here, by the test, to compare
+        assert on_ray == inline and stage.report == inline_report
+        monkeypatch.setattr(CC, "ONE_REDUCE_EDGES", 0)
+        in_rounds = _ipc_bytes(stage.global_step(data).gather())
+        assert in_rounds == inline and stage.report["dedup"]["component_rounds"] >= 1
     finally:
         if started:
             ray.shutdown()
-    assert on_ray == inline
-    assert stage.report == inline_report

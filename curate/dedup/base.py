@@ -118,8 +118,8 @@ class DedupStage(Stage):
                      .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
                      .materialize())
         near = edge_rows.aggregate(G.edge_counters_partial, G.edge_counters_combine)
-        has_edges = near["exact_edges"] + near["candidates"] - near["rejected"] > 0
-        decided, rounds = self._decide(records, edge_rows if has_edges else None, schema, parts)
+        edges = near["exact_edges"] + near["candidates"] - near["rejected"]
+        decided, rounds = self._decide(records, edge_rows if edges else None, edges, schema, parts)
         summary = decided.aggregate(G.report_partial, G.report_combine)
         no_signature = summary.pop("no_signature")
         if self.no_signature_label:
@@ -132,7 +132,7 @@ class DedupStage(Stage):
                                  **self.engine_report()}}
         return decided.map_batches(G.project_decisions)
 
-    def _decide(self, records: Any, edge_rows: Any, schema: pa.Schema, parts: int) -> tuple[Any, int]:
+    def _decide(self, records: Any, edge_rows: Any, edges: int, schema: pa.Schema, parts: int) -> tuple[Any, int]:
         """Decisions for every row record, and the components rounds run. Without edges every row is
         its own group (a map); otherwise the component labels are joined to the rows by _ordinal,
         unlabelled rows are decided by a map and only the labelled ones shuffled by component."""
@@ -143,7 +143,7 @@ class DedupStage(Stage):
             return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col, reason, measure)
         if edge_rows is None:
             return records.map_batches(lambda b: decide(G.only_grouped(b, False))).materialize(), 0
-        labels, rounds = CC.star_components(edge_rows.map_batches(G.graph_edges), parts)
+        labels, rounds = CC.component_labels(edge_rows.map_batches(G.graph_edges), edges, parts)
         joined = (records.union(labels.map_batches(lambda t: G.label_records(t, schema)))
                   .shuffle_reduce(R.ORDINAL, G.attach_components, parts).materialize())
         alone = joined.map_batches(lambda b: decide(G.only_grouped(b, False)))

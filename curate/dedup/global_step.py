@@ -9,9 +9,10 @@
    stars on their first member (n-1 edges, never capped), LSH buckets go through
    ``lsh.bucket_edges`` (anchor-chained, verified, capped). Output: edges as ordinal pairs plus one counter row per call.
 3. ``materialize`` the edge rows; their counters are summed by an ``aggregate``.
-4. ``star_components``: connected components as rounds of large-star / small-star
-   ``shuffle_reduce`` by node, one integer per round to the driver (the convergence count). Labels
-   are canonical (smallest _ordinal of the component), so they do not depend on partitioning.
+4. ``star_components.component_labels``: connected components in one reduce call (scipy, up to
+   ``ONE_REDUCE_EDGES`` verified edges) or as rounds of large-star / small-star ``shuffle_reduce``
+   by node, one integer per round to the driver (the convergence count). Labels are canonical
+   (smallest _ordinal of the component), so they do not depend on partitioning.
 5. The join, as ``union`` + ``shuffle_reduce("_ordinal", attach_components)``: the input rows
    (``row_records``) and the label rows (``label_records``, the same schema: the driver learns it,
    with the row count, from an ``aggregate`` of one null row per batch) meet per _ordinal.
