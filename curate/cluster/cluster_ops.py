@@ -8,8 +8,9 @@
   fewer than ``size`` pass, the threshold doubles and the batches offer again (exact either way);
 * assignment: ``map_batches`` — the centroids travel with the function; each batch's rows get their
   cluster path and distances (the decision rows);
-* statistics: ``aggregate`` — integer per-cluster sums per batch (``stats.partial_stats``) plus the
-  few smallest-hash member keys of each leaf, summed / merged on the driver in any order.
+* statistics: integer per-cluster sums per batch (``stats.partial_stats``) plus the few
+  smallest-hash member keys of each leaf, summed per cluster by a shuffle (``cells.py``), then
+  merged on the driver (one row per cluster) in any order.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.cluster import columns as C
+from curate.cluster.cells import sum_cells
 from curate.cluster.kmeans import Hierarchy, assign, draw_fit_sample, seeded_hash
 from curate.cluster.stats import ClusterSums, partial_stats
 
@@ -142,6 +144,11 @@ def _stats_table(cols: dict[str, list[Any]]) -> pa.Table:
              "norm_sq": pa.int64(), "vec": pa.list_(pa.int64()), "key_hashes": pa.list_(pa.uint64()),
              "keys": pa.list_(pa.string())}
     return pa.table({k: pa.array(cols[k], t) for k, t in types.items()})
+
+
+def stats_cell_sum(report_keys: int) -> BatchFn:
+    """The per-cell reduce of ``stats_partial`` rows (see ``cells.py``)."""
+    return sum_cells(("count", "dist", "dist_sq", "norm_sq"), vector="vec", keys=("key_hashes", "keys", report_keys))
 
 
 def stats_combine(h: Hierarchy, dim: int, report_keys: int) -> Callable[[pa.Table], tuple[list[ClusterSums], dict]]:
