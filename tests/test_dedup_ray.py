@@ -48,10 +48,10 @@ def _ray_data_class():
 
 
 def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
-    """Both components tiers on Ray: scipy in one reduce call, and large/small-star rounds."""
+    """The whole step in one reduce call (the default at this size), and as distributed steps with
+    large/small-star rounds over several shuffle partitions."""
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setattr(DB, "ROWS_PER_PARTITION", 97)        # several shuffle partitions on 360 rows
     stage = S.build("text_dedup")
     table = with_bookkeeping(rows_table([{"key": r.key, "text": r.text} for r in PL.planted_captions()]))
     out = pa.concat_tables([apply_batch(stage, table.slice(i, 64)) for i in range(0, table.num_rows, 64)])
@@ -75,6 +75,7 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
         data = _ray_data_class()(ray.data.from_arrow(chunks))
         on_ray = _ipc_bytes(stage.global_step(data).gather())   # gathered here, by the test, to compare
         assert on_ray == inline and stage.report == inline_report
+        monkeypatch.setattr(DB, "ROWS_PER_PARTITION", 97)        # several shuffle partitions on 360 rows
         monkeypatch.setattr(CC, "ONE_REDUCE_EDGES", 0)
         in_rounds = _ipc_bytes(stage.global_step(data).gather())
         assert in_rounds == inline and stage.report["dedup"]["component_rounds"] >= 1

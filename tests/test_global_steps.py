@@ -220,18 +220,21 @@ BEFORE_DISTRIBUTED = {
 def test_dedup_and_cluster_global_steps_never_gather_every_row(tmp_path, monkeypatch):
     """exact/image/text dedup, semantic_dedup, cluster and cluster_sample on a driver that may not
     hold every row: the same decisions and reports as the single-process versions. The dedup stages
-    run twice: components in one reduce call (these graphs are small) and as star rounds."""
+    run three ways: whole in one reduce call (the default at this size), as distributed steps with
+    components in one reduce call, and as distributed steps with large/small-star rounds."""
+    from curate.dedup import base as DB
     from curate.dedup import star_components
     from curate.dedup.decontaminate import DecontaminateStage
     for name, (stage, table) in _dedup_cluster_cases(tmp_path).items():
         digest, rows = _bounded_global_step(stage, table, batches=6)
         assert rows == table.num_rows
         assert digest == BEFORE_DISTRIBUTED[name], name
-        if name.endswith("dedup") and name != "semantic_dedup":
-            assert stage.report["dedup"]["component_rounds"] == 0
-            with monkeypatch.context() as m:
-                m.setattr(star_components, "ONE_REDUCE_EDGES", 0)
-                assert _bounded_global_step(stage, table, batches=6)[0] == BEFORE_DISTRIBUTED[name], name
-            assert stage.report["dedup"]["component_rounds"] >= 1
+        if name in ("exact_dedup", "text_dedup", "image_dedup"):
+            for one_reduce_edges in (10**6, 0):
+                with monkeypatch.context() as m:
+                    m.setattr(DB, "ROWS_PER_PARTITION", 97)
+                    m.setattr(star_components, "ONE_REDUCE_EDGES", one_reduce_edges)
+                    assert _bounded_global_step(stage, table, batches=6)[0] == BEFORE_DISTRIBUTED[name], name
+                assert (stage.report["dedup"]["component_rounds"] >= 1) == (one_reduce_edges == 0)
     # decontaminate has no whole-dataset step: a per-row map against a reference index built in setup()
     assert DecontaminateStage.global_columns is None

@@ -14,8 +14,8 @@
    by node, one integer per round to the driver (the convergence count). Labels are canonical
    (smallest _ordinal of the component), so they do not depend on partitioning.
 5. The join, as ``union`` + ``shuffle_reduce("_ordinal", attach_components)``: the input rows
-   (``row_records``) and the label rows (``label_records``, the same schema: the driver learns it,
-   with the row count, from an ``aggregate`` of one null row per batch) meet per _ordinal.
+   (``row_records``) and the label rows (``label_records``, the same schema: the driver learns it
+   from an ``aggregate`` of one null row per batch) meet per _ordinal.
 6. Rows without a label are their own group and are decided by a ``map_batches``; the others are
    shuffled by ``_component`` (``decide_groups``): each component's rows meet; the survivor is
    chosen by quality, content hash, key; every row gets its decision, ``dup_group`` (the
@@ -23,7 +23,10 @@
 7. ``aggregate(report_partial, report_combine)`` for the report, then the decisions are projected
    to the declared columns.
 
-The driver never holds edges or per-row data: counters, a schema and one integer per round.
+An input of at most one shuffle partition runs all of this inside one reduce call
+(``with_one_key``, ``DedupStage._in_one_call``): one shuffle, the same decisions, counters carried
+on the first decision row (``with_counters``). The driver never holds edges or per-row data:
+counters, a schema and one integer per round.
 Every output depends on row content and ``_ordinal`` only, never on partitioning.
 """
 from __future__ import annotations
@@ -39,7 +42,8 @@ from curate.base.global_data import stable_hash64
 from curate.dedup import star_components as CC
 from curate.dedup.lsh import bucket_edges, equal_key_edges
 
-BUCKET, EXACT, COMPONENT, IS_LABEL, ROWS = "_bucket", "_exact", CC.COMPONENT, "_is_label", "_rows"
+BUCKET, EXACT, COMPONENT, IS_LABEL, ROWS, ONE = "_bucket", "_exact", CC.COMPONENT, "_is_label", "_rows", "_one"
+ROUNDS = "component_rounds"
 NO_SIGNATURE = "_no_signature"
 COUNTERS = ("candidates", "rejected", "capped_buckets", "capped_members", "exact_edges")
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())] + [(c, pa.int64()) for c in COUNTERS])
@@ -114,15 +118,44 @@ def row_records(batch: pa.Table, no_signature: Callable[[pa.Table], np.ndarray])
             .append_column(IS_LABEL, pa.array(np.zeros(batch.num_rows, dtype=bool))))
 
 
-def rows_and_schema_partial(records: pa.Table) -> pa.Table:
-    """One all-null row of the batch's schema with its row count: the schema and the total, no rows."""
-    return pa.table({**{f.name: pa.nulls(1, f.type) for f in records.schema}, ROWS: [records.num_rows]})
+def rows_partial(batch: pa.Table) -> pa.Table:
+    return pa.table({ROWS: [batch.num_rows]})
 
 
-def rows_and_schema_combine(parts: pa.Table) -> tuple[int, pa.Schema | None]:
-    if ROWS not in parts.column_names:
-        return 0, None
-    return int(np.sum(parts.column(ROWS).to_numpy())), parts.drop_columns([ROWS]).schema
+def rows_combine(parts: pa.Table) -> int:
+    return int(np.sum(parts.column(ROWS).to_numpy())) if ROWS in parts.column_names else 0
+
+
+def schema_partial(records: pa.Table) -> pa.Table:
+    """One all-null row of the batch's schema: the driver learns the schema, no row."""
+    return pa.table({f.name: pa.nulls(1, f.type) for f in records.schema})
+
+
+def schema_combine(parts: pa.Table) -> pa.Schema:
+    return parts.schema
+
+
+def with_one_key(batch: pa.Table) -> pa.Table:
+    """Every row under one shuffle key: the whole step in one reduce call."""
+    return batch.append_column(ONE, pa.array(np.zeros(batch.num_rows, dtype=np.int8)))
+
+
+def with_counters(decided: pa.Table, counters: dict[str, int]) -> pa.Table:
+    """The one call's decisions with its counters on the first row (zeros below): summed, they are
+    the counters of the step."""
+    for name in (*COUNTERS, ROUNDS):
+        col = np.zeros(decided.num_rows, dtype=np.int64)
+        col[:1] = counters[name]
+        decided = decided.append_column(name, pa.array(col))
+    return decided
+
+
+def counters_partial(decided: pa.Table) -> pa.Table:
+    return pa.table({c: [int(np.sum(decided.column(c).to_numpy()))] for c in (*COUNTERS, ROUNDS)})
+
+
+def counters_combine(parts: pa.Table) -> dict[str, int]:
+    return {c: int(np.sum(parts.column(c).to_numpy())) if c in parts.column_names else 0 for c in (*COUNTERS, ROUNDS)}
 
 
 def label_records(labels: pa.Table, schema: pa.Schema) -> pa.Table:
