@@ -247,8 +247,8 @@ def main() -> None:
     print(format_table(["rows", "groups", "edges", "rounds", "wall s", "edges/s per core", "scipy edges/s per core",
                         "CPU vs scipy"], components_rows()))
     print("\ntext_dedup global step, inline (bucket rows, shuffle by bucket, verified chained edges, "
-          "large/small-star components, join by _ordinal, shuffle by component, survivors); peak RSS is "
-          "the whole process's")
+          "components, join by _ordinal, shuffle by component, survivors; up to 200k rows all in one "
+          "reduce call); peak RSS is the whole process's")
     print(format_table(["rows", "wall s", "CPU s", "removed / planted", "peak RSS MB", "candidates"], global_rows()))
 
 

@@ -4,7 +4,6 @@ whatever the batching and the number of shuffle partitions."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
