@@ -184,3 +184,79 @@ def test_settings_are_checked():
         Cluster(levels=[4, 8])
     with pytest.raises(ValueError, match="quality_column"):
         SemanticDedup(survivor="quality")
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 120), chunk=st.integers(7, 400), shrink=st.sampled_from([1, 1000]))
+def test_fit_sample_is_the_smallest_hashes_for_any_batching(corpus, size, chunk, shrink):
+    """The bounded fit sample equals the `size` smallest seeded key hashes (ties: _ordinal) of all rows,
+    whatever the batches; with the first threshold shrunk 1000x, the retries still find it."""
+    from curate.base.global_data import InlineData
+    from curate.cluster import cluster_ops
+    from curate.cluster.kmeans import seeded_hash
+    table = table_of(corpus.embeddings[:600])
+    threshold = cluster_ops.sample_threshold
+    offered = []
+
+    def counted(partial, combine):
+        return InlineData.aggregate(data, partial, lambda parts: (offered.append(parts.num_rows), combine(parts))[1])
+    data = InlineData([table.slice(i, chunk) for i in range(0, table.num_rows, chunk)])
+    data.aggregate = counted
+    cluster_ops.sample_threshold = lambda s, n, attempt: threshold(s, n, attempt) // (shrink if attempt == 0 else 1)
+    try:
+        got = cluster_ops.fit_sample(data, C.EMBEDDING, 5, size)
+    finally:
+        cluster_ops.sample_threshold = threshold
+    hashes = seeded_hash(table.column("key").to_pylist(), 5)
+    want = np.lexsort((np.arange(table.num_rows), hashes))[:size]
+    assert np.array_equal(got, C.matrix(table.column(C.EMBEDDING).take(pa.array(want))))
+    offers = offered[1:]                     # offered[0]: the row count
+    wanted = size + 6 * size ** 0.5 + 64
+    if shrink == 1:                          # one offer, about `wanted` rows (binomial: 6 sigma), not all 600
+        assert len(offers) == 1 and offers[0] <= wanted + 6 * wanted ** 0.5
+    else:
+        assert len(offers) >= 2
+
+
+@pytest.fixture(scope="module")
+def hierarchy(clustered):
+    return fit_hierarchy(C.matrix(clustered.kept.column(C.EMBEDDING).slice(0, 400)), FitSettings(levels=(24, 4), niter=5))
+
+
+@settings(max_examples=8, deadline=None)
+@given(chunk=st.integers(50, 700), seed=st.integers(0, 3))
+def test_per_cluster_sums_reach_the_driver_as_one_row_per_cluster(clustered, hierarchy, chunk, seed):
+    """cluster statistics and cluster_sample totals pre-summed by a shuffle per (level, cluster): the
+    same result as summing every batch's partial on the driver, from at most one row per cluster."""
+    from curate.base.global_data import InlineData
+    from curate.cluster import cluster_ops
+    from curate.cluster.cells import sum_cells, summed_per_cell
+    from curate.cluster.sample_stage import _totals_combine
+    table, h = clustered.kept, hierarchy
+    seen = []
+
+    class Recording(InlineData):
+        def aggregate(self, partial, combine):
+            return InlineData.aggregate(self, partial, lambda parts: (seen.append(parts.num_rows), combine(parts))[1])
+
+        def map_batches(self, fn):
+            return Recording(InlineData.map_batches(self, fn).tables)
+
+        def shuffle_reduce(self, key, fn, partitions):
+            return Recording(InlineData.shuffle_reduce(self, key, fn, partitions).tables)
+    batches = [table.slice(i, chunk) for i in range(0, table.num_rows, chunk)]
+    stats_partial = cluster_ops.stats_partial(C.EMBEDDING, h, seed, 3)
+    stats_combine = cluster_ops.stats_combine(h, 16, 3)
+    sums, keys = summed_per_cell(Recording(batches), stats_partial, "level", "cluster",
+                                 cluster_ops.stats_cell_sum(3), stats_combine)
+    want_sums, want_keys = InlineData(batches).aggregate(stats_partial, stats_combine)
+    assert keys == want_keys and seen[-1] <= 24 + 4
+    for got, want in zip(sums, want_sums):
+        assert all(np.array_equal(getattr(got, f), getattr(want, f)) for f in ("count", "dist", "dist_sq", "norm_sq", "vec"))
+    sample = ClusterSample(context=CTX, fraction=0.3)
+    got = summed_per_cell(Recording(batches), sample._totals_partial, "level", "node",
+                          sum_cells(("rows", "units", "sq")), _totals_combine)
+    want = InlineData(batches).aggregate(sample._totals_partial, _totals_combine)
+    assert seen[-1] <= 24 + 4
+    for g, w in zip(got, want):
+        assert all(np.array_equal(getattr(g, f), getattr(w, f)) for f in ("units", "rows", "spread", "parent"))

@@ -118,3 +118,123 @@ def test_builtin_global_steps_never_gather_every_row():
                   MixtureStage(context=StageContext(seed=1), ratios={"caption": 1.0})):
         out = stage.global_step(NoGather(batches))
         assert sum(t.num_rows for t in out.tables) == table.num_rows
+
+
+class BoundedDriver(InlineData):
+    """GlobalData whose driver side is capped: gather() is forbidden and no aggregate may hand its
+    combine more than `limit` rows (set below the input's row count, so a step that brings every row
+    to the driver, even as "partials", fails)."""
+
+    def __init__(self, tables, limit: int):
+        super().__init__(tables)
+        self.limit = limit
+
+    def _wrap(self, data: InlineData) -> "BoundedDriver":
+        return BoundedDriver(data.tables, self.limit)
+
+    def gather(self):
+        raise AssertionError("a global step gathered every row into one process")
+
+    def aggregate(self, partial, combine):
+        def bounded(parts):
+            assert parts.num_rows <= self.limit, f"an aggregate handed {parts.num_rows} rows to the driver"
+            return combine(parts)
+        return InlineData.aggregate(self, partial, bounded)
+
+    def map_batches(self, fn):
+        return self._wrap(InlineData.map_batches(self, fn))
+
+    def shuffle_reduce(self, key, fn, partitions):
+        return self._wrap(InlineData.shuffle_reduce(self, key, fn, partitions))
+
+    def union(self, other):
+        return self._wrap(InlineData.union(self, other))
+
+
+def _dedup_cluster_cases(tmp_path):
+    """(stage, rows) for every dedup and cluster stage with a global step, on their planted corpora."""
+    from curate import base as S
+    from curate.base import StageContext
+    from curate.cluster.cluster_stage import Cluster
+    from curate.cluster.planted import planted_corpus
+    from curate.cluster.sample_stage import ClusterSample
+    from curate.cluster.semdedup_stage import SemanticDedup
+    from curate.dedup import planted as PL
+    from tests.test_cluster import table_of
+    from tests.test_dedup import rows_table
+    ctx = StageContext(seed=11)
+    planted = PL.planted_captions()
+    captions = rows_table([{"key": f"{r.key}#{i}", "text": r.text}                  # + exact copies for exact_dedup
+                           for i, r in enumerate(planted + planted[:40] + planted[:5])])
+    images = PL.planted_images()
+    refs = PL.write_images(images, tmp_path / "planted")
+    image_rows = rows_table([{"key": r.key, "images": [ref], "text": None} for r, ref in zip(images, refs)])
+    embedded = table_of(planted_corpus(n=1500, dim=16, dominant=2, rare=60, seed=3).embeddings)
+    clustered = Cluster(context=ctx, levels=[24, 4], niter=10).run(embedded, batch_size=500).kept
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(300, 32))
+    copies = base[:200] + rng.normal(size=(200, 32)) * 0.01
+    near = table_of(np.concatenate([base, copies]) / np.linalg.norm(np.concatenate([base, copies]), axis=1)[:, None])
+    near_clustered = Cluster(context=ctx, levels=[6, 2], niter=5).run(near).kept
+    return {"exact_dedup": (S.build("exact_dedup"), captions),
+            "text_dedup": (S.build("text_dedup"), captions),
+            "image_dedup": (S.build("image_dedup"), image_rows),
+            "cluster": (Cluster(context=ctx, levels=[24, 4], niter=10, fit_sample_size=200), embedded),
+            "cluster_sample": (ClusterSample(context=ctx, fraction=0.3), clustered),
+            "semantic_dedup": (SemanticDedup(context=ctx, report_groups=4), near_clustered)}
+
+
+def _bounded_global_step(stage, table: pa.Table, batches: int) -> tuple[str, int]:
+    """Run the stage's batches, then its global step on a BoundedDriver of `batches` batches (limit:
+    half the rows); a digest of the decisions and of the report (less run times and round counts)."""
+    import hashlib
+    import json
+    from curate.base.inline import apply_batch, global_input, with_bookkeeping
+    table = with_bookkeeping(table)
+    out = pa.concat_tables([apply_batch(stage, table.slice(i, 64)) for i in range(0, table.num_rows, 64)])
+    stage.ensure_setup()
+    inputs = global_input(stage, out)
+    chunk = -(-inputs.num_rows // batches)
+    data = BoundedDriver([inputs.slice(i, chunk) for i in range(0, inputs.num_rows, chunk)], inputs.num_rows // 2)
+    decisions = pa.concat_tables([t for t in stage.global_step(data).tables if t.num_rows]).sort_by(R.ORDINAL)
+    report = {name: {k: v for k, v in part.items() if not k.endswith("seconds") and k != "component_rounds"}
+              for name, part in stage.report.items()}
+    blob = json.dumps([decisions.to_pylist(), report], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest(), decisions.num_rows
+
+
+# Digests of each stage's decisions and report computed by the single-process versions (main at
+# 17a82a0, run without the cap: there exact/text/image_dedup gathered every row, cluster's fit sample
+# and semantic_dedup's report brought 1200 and 400 rows to the driver): the distributed steps decide
+# exactly the same. A deliberate change of a stage's decisions or report updates its digest here.
+BEFORE_DISTRIBUTED = {
+    "exact_dedup": "472be1add4a6bc1cc130de37e36f12e2bc9efba755905b09e7ba8dcf2cd1c9ce",
+    "text_dedup": "209e8f159360139f1b9ca11426cca5f21e3aca4e21e621fc3b922acc71a681b5",
+    "image_dedup": "8bc1349ca910d5a71ac5d913e5af5ed78e1da5e49aba780b157d64581c47a0c6",
+    "cluster": "1325ff47dac19b6601dbdcf51847c0dca86b79bf5dcf1184b52ee1f38e744dc2",
+    "cluster_sample": "7e3458aba8e420d366923f83235499c258e79499d86cf648046e70c7cb0300f4",
+    "semantic_dedup": "dfa0b7414efea7f7649c99e00f5e024047582b88139a67597f930476576d49a0",
+}
+
+
+def test_dedup_and_cluster_global_steps_never_gather_every_row(tmp_path, monkeypatch):
+    """exact/image/text dedup, semantic_dedup, cluster and cluster_sample on a driver that may not
+    hold every row: the same decisions and reports as the single-process versions. The dedup stages
+    run three ways: whole in one reduce call (the default at this size), as distributed steps with
+    components in one reduce call, and as distributed steps with large/small-star rounds."""
+    from curate.dedup import base as DB
+    from curate.dedup import star_components
+    from curate.dedup.decontaminate import DecontaminateStage
+    for name, (stage, table) in _dedup_cluster_cases(tmp_path).items():
+        digest, rows = _bounded_global_step(stage, table, batches=6)
+        assert rows == table.num_rows
+        assert digest == BEFORE_DISTRIBUTED[name], name
+        if name in ("exact_dedup", "text_dedup", "image_dedup"):
+            for one_reduce_edges in (10**6, 0):
+                with monkeypatch.context() as m:
+                    m.setattr(DB, "ROWS_PER_PARTITION", 97)
+                    m.setattr(star_components, "ONE_REDUCE_EDGES", one_reduce_edges)
+                    assert _bounded_global_step(stage, table, batches=6)[0] == BEFORE_DISTRIBUTED[name], name
+                assert (stage.report["dedup"]["component_rounds"] >= 1) == (one_reduce_edges == 0)
+    # decontaminate has no whole-dataset step: a per-row map against a reference index built in setup()
+    assert DecontaminateStage.global_columns is None

@@ -13,6 +13,8 @@ four operations on a ``GlobalData`` handle, which each executor implements — R
 * ``shuffle_reduce(key, fn, partitions)``: rows with equal ``key`` meet in one call of ``fn``. A call
   gets one or more whole key groups sorted by ``key`` then ``_ordinal``; what ``fn`` returns for a
   group must depend on that group alone, so results do not depend on how rows were partitioned.
+* ``union(other)``: the rows of both handles (same schema), e.g. per-row records and the small
+  per-key results computed from them, so that a following ``shuffle_reduce`` joins them by key.
 * ``gather()``: every row in one table, for steps whose input is known to be small (documented at
   each use; the default ``Stage.global_step`` uses it for ``decide()``).
 * ``materialize()``: run what is pending now (e.g. a step that writes files before the driver reads
@@ -40,6 +42,7 @@ class GlobalData(Protocol):
     def map_batches(self, fn: BatchFn) -> "GlobalData": ...
     def aggregate(self, partial: BatchFn, combine: Callable[[pa.Table], T]) -> T: ...
     def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int) -> "GlobalData": ...
+    def union(self, other: "GlobalData") -> "GlobalData": ...
     def count(self) -> int: ...
     def gather(self) -> pa.Table: ...
     def materialize(self) -> "GlobalData": ...
@@ -102,6 +105,9 @@ class InlineData:
             group = table.filter(pa.array(part == p))
             out.append(fn(sort_for_reduce(group, key)))
         return InlineData(out)
+
+    def union(self, other: "InlineData") -> "InlineData":
+        return InlineData(self.tables + other.tables)
 
     def count(self) -> int:
         return sum(t.num_rows for t in self.tables)

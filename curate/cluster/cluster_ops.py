@@ -1,15 +1,20 @@
 """The ``cluster`` stage's whole-dataset step as batch functions for ``GlobalData`` operations.
 
-* fit sample: ``aggregate`` — each batch offers its rows with the smallest seeded key hashes (with
-  their embeddings), the driver keeps the ``size`` smallest overall (ties: lower ``_ordinal``): the
-  same sample however the rows are partitioned;
+* fit sample: ``aggregate`` — the ``size`` rows with the smallest seeded key hashes overall (ties:
+  lower ``_ordinal``), the same sample however the rows are partitioned. The driver holds this
+  bounded sample (``fit_sample_size`` embeddings) and nothing else per row: a first aggregate counts
+  the rows, so each batch offers only rows whose hash is under a threshold that about
+  ``size + 6 sqrt(size) + 64`` rows of the whole dataset pass (the hashes are uniform); should
+  fewer than ``size`` pass, the threshold doubles and the batches offer again (exact either way);
 * assignment: ``map_batches`` — the centroids travel with the function; each batch's rows get their
   cluster path and distances (the decision rows);
-* statistics: ``aggregate`` — integer per-cluster sums per batch (``stats.partial_stats``) plus the
-  few smallest-hash member keys of each leaf, summed / merged on the driver in any order.
+* statistics: integer per-cluster sums per batch (``stats.partial_stats``) plus the few
+  smallest-hash member keys of each leaf, summed per cluster by a shuffle (``cells.py``), then
+  merged on the driver (one row per cluster) in any order.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +23,7 @@ import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.cluster import columns as C
+from curate.cluster.cells import sum_cells
 from curate.cluster.kmeans import Hierarchy, assign, draw_fit_sample, seeded_hash
 from curate.cluster.stats import ClusterSums, partial_stats
 
@@ -29,23 +35,56 @@ def _valid_rows(batch: pa.Table, column: str) -> pa.Table:
     return batch.filter(pa.array(C.valid_mask(batch, [column])))
 
 
-def fit_sample_partial(column: str, seed: int, size: int) -> BatchFn:
+ALL_HASHES = 1 << 64
+
+
+def valid_rows_partial(column: str) -> BatchFn:
+    return lambda batch: pa.table({"rows": [int(C.valid_mask(batch, [column]).sum())]})
+
+
+def total_rows(parts: pa.Table) -> int:
+    return int(pc.sum(parts.column("rows")).as_py() or 0) if parts.num_rows else 0
+
+
+def sample_threshold(size: int, rows: int, attempt: int) -> int:
+    """Hash bound under which ~size + 6 sqrt(size) + 64 of `rows` uniform uint64 hashes fall (times
+    2**attempt); ALL_HASHES when that is every row."""
+    wanted = (size + 6 * math.sqrt(size) + 64) * 2 ** attempt
+    return ALL_HASHES if wanted >= rows else int(wanted / rows * ALL_HASHES)
+
+
+def fit_sample_partial(column: str, seed: int, size: int, threshold: int = ALL_HASHES) -> BatchFn:
     def partial(batch: pa.Table) -> pa.Table:
         rows = _valid_rows(batch, column)
         hashes = seeded_hash(rows.column("key").to_pylist(), seed)
-        idx = pa.array(draw_fit_sample(hashes, size), pa.int64())
+        under = np.flatnonzero(hashes < np.uint64(threshold)) if threshold < ALL_HASHES else np.arange(len(hashes))
+        idx = pa.array(under[draw_fit_sample(hashes[under], size)], pa.int64())
         return pa.table({HASH: pa.array(hashes, pa.uint64()).take(idx), R.ORDINAL: rows.column(R.ORDINAL).take(idx),
                          column: rows.column(column).take(idx)})
     return partial
 
 
-def fit_sample_combine(column: str, size: int) -> Callable[[pa.Table], np.ndarray]:
-    def combine(parts: pa.Table) -> np.ndarray:
+def fit_sample_combine(column: str, size: int) -> Callable[[pa.Table], tuple[np.ndarray, int]]:
+    """The `size` smallest offered rows' embeddings, and how many rows were offered."""
+    def combine(parts: pa.Table) -> tuple[np.ndarray, int]:
         if parts.num_rows == 0 or column not in parts.column_names:
-            return np.zeros((0, 0), dtype=np.float32)
+            return np.zeros((0, 0), dtype=np.float32), 0
         order = pc.sort_indices(parts, sort_keys=[(HASH, "ascending"), (R.ORDINAL, "ascending")])
-        return C.matrix(parts.column(column).take(order[:size]))
+        return C.matrix(parts.column(column).take(order[:size])), parts.num_rows
     return combine
+
+
+def fit_sample(data: Any, column: str, seed: int, size: int) -> np.ndarray:
+    """The seeded fit sample (see the module docstring): a count, then offers under a hash threshold."""
+    rows = data.aggregate(valid_rows_partial(column), total_rows)
+    attempt = 0
+    while True:
+        threshold = sample_threshold(size, rows, attempt)
+        sample, offered = data.aggregate(fit_sample_partial(column, seed, size, threshold),
+                                         fit_sample_combine(column, size))
+        if offered >= min(size, rows) or threshold == ALL_HASHES:
+            return sample
+        attempt += 1
 
 
 def assign_batch(column: str, h: Hierarchy) -> BatchFn:
@@ -105,6 +144,11 @@ def _stats_table(cols: dict[str, list[Any]]) -> pa.Table:
              "norm_sq": pa.int64(), "vec": pa.list_(pa.int64()), "key_hashes": pa.list_(pa.uint64()),
              "keys": pa.list_(pa.string())}
     return pa.table({k: pa.array(cols[k], t) for k, t in types.items()})
+
+
+def stats_cell_sum(report_keys: int) -> BatchFn:
+    """The per-cell reduce of ``stats_partial`` rows (see ``cells.py``)."""
+    return sum_cells(("count", "dist", "dist_sq", "norm_sq"), vector="vec", keys=("key_hashes", "keys", report_keys))
 
 
 def stats_combine(h: Hierarchy, dim: int, report_keys: int) -> Callable[[pa.Table], tuple[list[ClusterSums], dict]]:

@@ -3,8 +3,10 @@
 Whole-dataset step on the ``GlobalData`` operations (``curate/cluster/cluster_ops.py``): a seeded
 sample of ``fit_sample_size`` rows goes to the driver and is fitted (bottom-up levels, Vo et al.'s
 resampling, ``kmeans.py``); per-cluster statistics are an exact aggregate of per-batch integer sums
-(``stats.py``); assignment is a per-batch map that carries the centroids. Only the sample and the
-per-cluster sums ever reach the driver.
+(``stats.py``); assignment is a per-batch map that carries the centroids. Only the sample (bounded
+by ``fit_sample_size``, whatever the dataset's size: the k-means is fitted on it, not on every
+row) and the per-cluster sums (one row per cluster, pre-summed by a shuffle: ``cells.py``) ever
+reach the driver.
 
 Rows without an embedding (e.g. text-only samples under ``embed: {modality: image}``) pass with a
 null cluster path; the sampling and dedup stages leave them alone.
@@ -20,6 +22,7 @@ import pyarrow as pa
 
 from curate.base import records as R
 from curate.cluster import cluster_ops
+from curate.cluster.cells import summed_per_cell
 from curate.cluster import columns as C
 from curate.cluster.kmeans import FitSettings, Hierarchy, fit_hierarchy
 from curate.cluster.stats import ClusterSums, finalize_stats
@@ -77,11 +80,11 @@ class Cluster(Stage):
 
     def global_step(self, data: Any) -> Any:
         """Seeded sample to the driver (aggregate) -> fit -> assignment (map_batches, centroids in the
-        function) and exact per-cluster statistics (aggregate). The embeddings never meet in one place."""
+        function) and exact per-cluster statistics (shuffle by cluster, then aggregate). The
+        embeddings never meet in one place."""
         c = self.config
         s = self.fit_settings()
-        sample = data.aggregate(cluster_ops.fit_sample_partial(c.column, s.seed, c.fit_sample_size),
-                                cluster_ops.fit_sample_combine(c.column, c.fit_sample_size))
+        sample = cluster_ops.fit_sample(data, c.column, s.seed, c.fit_sample_size)
         if sample.shape[0] == 0:
             self.report["cluster"] = {"clustered": 0}
             return data.map_batches(_keep_all)
@@ -89,8 +92,9 @@ class Cluster(Stage):
         h = fit_hierarchy(sample, s)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sums, leaf_keys = data.aggregate(cluster_ops.stats_partial(c.column, h, s.seed, c.report_keys),
-                                         cluster_ops.stats_combine(h, sample.shape[1], c.report_keys))
+        sums, leaf_keys = summed_per_cell(data, cluster_ops.stats_partial(c.column, h, s.seed, c.report_keys),
+                                          "level", "cluster", cluster_ops.stats_cell_sum(c.report_keys),
+                                          cluster_ops.stats_combine(h, sample.shape[1], c.report_keys))
         stats_s = time.perf_counter() - t0
         self.report["cluster"] = self._report(h, sums, leaf_keys, sample.shape[0], fit_s, stats_s)
         return data.map_batches(cluster_ops.assign_batch(c.column, h))

@@ -77,15 +77,18 @@ def list_column(values: np.ndarray, valid: np.ndarray, typ: pa.DataType) -> pa.A
     return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=mask).cast(typ)
 
 
-def size_histogram(sizes: np.ndarray) -> dict[str, int]:
-    """Cluster sizes in powers-of-two bins: {"1": 3, "2-3": 5, "4-7": ...}."""
+def size_histogram(sizes: np.ndarray, weights: np.ndarray | None = None) -> dict[str, int]:
+    """Cluster sizes in powers-of-two bins: {"1": 3, "2-3": 5, "4-7": ...}; ``weights``: how many
+    clusters each entry of ``sizes`` stands for (1 each by default)."""
     out: dict[str, int] = {}
-    for s in np.asarray(sizes, dtype=np.int64):
+    sizes = np.asarray(sizes, dtype=np.int64)
+    weights = np.ones(sizes.shape[0], dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    for s, w in zip(sizes, weights):
         if s <= 0:
             continue
         lo = 1 << (int(s).bit_length() - 1)
         label = str(lo) if lo == 1 else f"{lo}-{2 * lo - 1}"
-        out[label] = out.get(label, 0) + 1
+        out[label] = out.get(label, 0) + int(w)
     return dict(sorted(out.items(), key=lambda kv: int(kv[0].split("-")[0])))
 
 

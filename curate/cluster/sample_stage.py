@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.cluster import columns as C
+from curate.cluster.cells import sum_cells, summed_per_cell
 from curate.cluster.kmeans import seeded_hash
 from curate.cluster.sampling import (AllocationSettings, allocate_tree, choose_in_leaves, combine_totals,
                                      totals_partial)
@@ -93,10 +94,12 @@ class ClusterSample(Stage):
         return np.asarray(rows.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
 
     def global_step(self, data: Any) -> Any:
-        """Per-node totals (aggregate) -> allocation on the driver (small) -> the choice inside each
+        """Per-node totals (summed per node by a shuffle, then aggregated: one row per node, ``cells.py``)
+        -> allocation on the driver (small) -> the choice inside each
         leaf (shuffle_reduce by leaf: a leaf's rows meet in one call) -> the kept totals (aggregate)."""
         c = self.config
-        totals = data.aggregate(self._totals_partial, _totals_combine)
+        totals = summed_per_cell(data, self._totals_partial, "level", "node", sum_cells(("rows", "units", "sq")),
+                                 _totals_combine)
         if not totals:
             self.report["cluster_sample"] = {"clustered": 0}
             return data.map_batches(lambda b: self._decide_leaves(b, [], []))

@@ -81,12 +81,14 @@ class SemanticDedup(Stage):
 
     def global_step(self, data: Any) -> Any:
         """Key every row by its comparison group, shuffle so that each group meets in one call, decide
-        there (``_decide_groups``), then sum the report from the (few) duplicate rows."""
+        there (``_decide_groups``), then sum the report: per-batch counts and each batch's largest groups
+        (``report_groups`` of them), so the driver never holds the duplicate rows themselves."""
         keyed = data.map_batches(self._with_group_key)
         reduced = keyed.shuffle_reduce(GROUP_KEY, self._reduce, REDUCE_PARTITIONS).materialize()
         compared = reduced.aggregate(_compared_partial, _sum_counts)
-        dup_rows = reduced.aggregate(_duplicate_rows, lambda t: t)
-        self.report["semantic_dedup"] = self._report(dup_rows, compared)
+        top = self.config.report_groups
+        groups = reduced.aggregate(lambda b: _groups_partial(b, top), lambda t: _groups_combine(t, top))
+        self.report["semantic_dedup"] = self._report(groups, compared)
         return reduced.map_batches(_decisions_only)
 
     def _valid(self, table: pa.Table) -> np.ndarray:
@@ -171,23 +173,12 @@ class SemanticDedup(Stage):
         return np.array([ids.setdefault((int(lf), *(v[i] for v in values)), len(ids)) for i, lf in enumerate(leaf)],
                         dtype=np.int64)
 
-    def _report(self, dup: pa.Table, compared: dict[str, int]) -> dict[str, Any]:
-        """Groups, removals per source and the largest groups, from the rows that are in a group."""
-        status = dup.column(R.STATUS).to_pylist() if dup.num_rows else []
-        sources = dup.column("source").to_pylist() if dup.num_rows else []
-        survivors = [i for i, st in enumerate(status) if st == R.KEPT]
-        sizes = np.array([dup.column(GROUP_SIZE)[i].as_py() for i in survivors], dtype=np.int64)
-        keys = dup.column(GROUP).to_pylist() if dup.num_rows else []
-        members = dup.column(MEMBERS).to_pylist() if dup.num_rows else []
-        largest = sorted(survivors, key=lambda i: (-int(dup.column(GROUP_SIZE)[i].as_py()), keys[i]))
+    def _report(self, groups: dict[str, Any], compared: dict[str, int]) -> dict[str, Any]:
+        """Groups, removals per source and the largest groups, from the summed per-batch counts."""
         return {"eps": self.config.eps, "survivor": self.config.survivor, "rows": compared["compared"],
-                "not_compared": compared["rows"] - compared["compared"], "groups": len(survivors),
-                "removed": len(status) - len(survivors), "group_size_histogram": C.size_histogram(sizes),
-                "removed_per_source": dict(sorted(Counter(sources[i] for i, st in enumerate(status)
-                                                          if st != R.KEPT).items())),
-                "largest_groups": [{"survivor": keys[i], "members": members[i],
-                                    "size": int(dup.column(GROUP_SIZE)[i].as_py())}
-                                   for i in largest[:self.config.report_groups]]}
+                "not_compared": compared["rows"] - compared["compared"], "groups": groups["groups"],
+                "removed": groups["removed"], "group_size_histogram": C.size_histogram(*groups["sizes"]),
+                "removed_per_source": groups["removed_per_source"], "largest_groups": groups["largest"]}
 
 
 def _compared_partial(batch: pa.Table) -> pa.Table:
@@ -198,9 +189,42 @@ def _sum_counts(parts: pa.Table) -> dict[str, int]:
     return {name: int(pc.sum(parts.column(name)).as_py() or 0) if parts.num_rows else 0 for name in ("rows", "compared")}
 
 
-def _duplicate_rows(batch: pa.Table) -> pa.Table:
-    """The rows of groups of two or more (small: only duplicates and their survivors)."""
-    return batch.filter(pc.is_valid(batch.column(GROUP))).select([R.STATUS, "source", GROUP, GROUP_SIZE, MEMBERS])
+GROUP_PARTS = pa.schema([("what", pa.string()), ("name", pa.string()), ("count", pa.int64()),
+                         ("members", pa.list_(pa.string()))])
+
+
+def _groups_partial(batch: pa.Table, top: int) -> pa.Table:
+    """Per batch of decisions: survivors per group size, removals per source, and the batch's `top`
+    largest groups (size, then survivor key) with their listed members."""
+    dup = batch.filter(pc.is_valid(batch.column(GROUP)))
+    kept = np.asarray(pc.equal(dup.column(R.STATUS), R.KEPT).to_numpy(zero_copy_only=False), dtype=bool)
+    sizes = dup.column(GROUP_SIZE).to_pylist()
+    keys, members, sources = dup.column(GROUP).to_pylist(), dup.column(MEMBERS).to_pylist(), dup.column("source").to_pylist()
+    counts = Counter([("size", str(sizes[i])) for i in np.flatnonzero(kept)] +
+                     [("removed", sources[i]) for i in np.flatnonzero(~kept)])
+    rows = [(what, name, n, []) for (what, name), n in sorted(counts.items())]
+    largest = sorted(np.flatnonzero(kept), key=lambda i: (-sizes[i], keys[i]))[:top]
+    rows += [("largest", keys[i], sizes[i], members[i]) for i in largest]
+    return pa.table([pa.array([r[j] for r in rows], f.type) for j, f in enumerate(GROUP_PARTS)], schema=GROUP_PARTS)
+
+
+def _groups_combine(parts: pa.Table, top: int) -> dict[str, Any]:
+    """Sum the counts (any order) and keep the `top` largest groups overall."""
+    totals: Counter[tuple[str, str]] = Counter()
+    largest = []
+    if parts.num_rows:
+        for what, name, n, members in zip(*(parts.column(c).to_pylist() for c in GROUP_PARTS.names)):
+            if what == "largest":
+                largest.append((-n, name, members))
+            else:
+                totals[(what, name)] += n
+    sizes = {int(name): n for (what, name), n in totals.items() if what == "size"}
+    removed = {name: n for (what, name), n in totals.items() if what == "removed"}
+    return {"groups": sum(sizes.values()), "removed": sum(removed.values()),
+            "sizes": (np.array(list(sizes), dtype=np.int64), np.array(list(sizes.values()), dtype=np.int64)),
+            "removed_per_source": dict(sorted(removed.items())),
+            "largest": [{"survivor": key, "members": members, "size": -neg}
+                        for neg, key, members in sorted(largest)[:top]]}
 
 
 def _decisions_only(batch: pa.Table) -> pa.Table:

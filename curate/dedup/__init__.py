@@ -2,8 +2,9 @@
 
 Modules by job: ``normalize`` (text normal forms, content hashes), ``minhash`` (signatures, band
 choice), ``phash`` (perceptual hashes, bit-sampling LSH), ``lsh`` (buckets -> verified chained
-edges), ``components`` (connected components: scipy, or large/small-star), ``survivor`` (which copy
-survives, decisions, report), ``base`` (the shared global step), one module per stage.
+edges), ``star_components`` (connected components as large/small-star rounds of shuffle_reduce),
+``components`` (scipy, the one-process oracle), ``survivor`` (which copy survives), ``global_step``
+(the distributed steps as table functions), ``base`` (the shared global step), one module per stage.
 """
 from curate.dedup.decontaminate import DecontaminateStage
 from curate.dedup.exact_stage import ExactDedupStage

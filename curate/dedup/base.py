@@ -15,7 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from curate.base import Stage, StageContext
+from curate.base.global_data import InlineData, concat
+from curate.base import records as R
 from curate.dedup import global_step as G
+from curate.dedup import star_components as CC
 from curate.dedup import survivor as SV
 
 DUP_COLUMNS: dict[str, pa.DataType] = {"dup_group": pa.string(), "dup_group_size": pa.int32(),
@@ -102,34 +105,58 @@ class DedupStage(Stage):
 
     # --- the global step ----------------------------------------------------------------------------
     def global_step(self, data: Any) -> Any:
-        rows = data.count()
+        """Buckets -> verified edges -> components -> labels joined to the rows by _ordinal -> one
+        survivor per component (``global_step`` has the steps). An input of at most one shuffle
+        partition (``ROWS_PER_PARTITION``) runs those steps inside one reduce call — one shuffle
+        instead of four or more, the same decisions; a larger one runs them as distributed steps.
+        Either way the driver holds counters, a schema and one integer per components round."""
+        rows = data.aggregate(G.rows_partial, G.rows_combine)
         if rows == 0:
-            self.report = {"dedup": {"stage": self.name, **G.report_combine(pa.table({}))}}
-            return G.DECISION_SCHEMA.empty_table()
-        parts = max(1, -(-rows // ROWS_PER_PARTITION))
-        hash_col, max_bucket = self.hash_column, self.config.max_bucket_size
-        edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, self.carry))
-                     .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
-                     .gather())
-        comps = G.ComponentMap.from_edges(edge_rows)
-        sign = 1.0 if self.config.prefer == "highest" else -1.0
-        survivor_by = self.config.survivor_by
-
-        def tag(batch: pa.Table) -> pa.Table:
-            return comps.tag(batch).append_column(G.NO_SIGNATURE, pa.array(self.no_signature(batch)))
-
-        def decide(group: pa.Table) -> pa.Table:
-            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col,
-                                   self.reason, self.measure)
-        decided = data.map_batches(tag).shuffle_reduce(G.COMPONENT, decide, parts).materialize()
-        summary = decided.aggregate(G.report_partial, G.report_combine)
+            decided, near = None, {c: 0 for c in G.COUNTERS + (G.ROUNDS,)}
+        elif rows <= ROWS_PER_PARTITION:
+            decided = data.map_batches(G.with_one_key).shuffle_reduce(G.ONE, self._in_one_call, 1).materialize()
+            near = decided.aggregate(G.counters_partial, G.counters_combine)
+        else:
+            decided, near = self._decided(data, -(-rows // ROWS_PER_PARTITION))
+        summary = G.report_combine(pa.table({})) if decided is None else \
+            decided.aggregate(G.report_partial, G.report_combine)
         no_signature = summary.pop("no_signature")
         if self.no_signature_label:
             summary[self.no_signature_label] = no_signature
-        near = comps.counters
         self.report = {"dedup": {"stage": self.name, **summary,
                                  "exact_edges": near["exact_edges"], "candidates": near["candidates"],
                                  "verified_edges": near["candidates"] - near["rejected"],
                                  "rejected_candidates": near["rejected"], "capped_buckets": near["capped_buckets"],
-                                 "capped_members": near["capped_members"], **self.engine_report()}}
-        return decided.map_batches(G.project_decisions)
+                                 "capped_members": near["capped_members"], "component_rounds": near[G.ROUNDS],
+                                 **self.engine_report()}}
+        return G.DECISION_SCHEMA.empty_table() if decided is None else decided.map_batches(G.project_decisions)
+
+    def _in_one_call(self, group: pa.Table) -> pa.Table:
+        """The whole distributed step on one reduce call's rows (all of them), in this worker; the
+        counters ride on the first decision row (``counters_partial`` sums them)."""
+        decided, near = self._decided(InlineData([group.drop_columns([G.ONE])]), 1)
+        return G.with_counters(concat(decided.tables), near)
+
+    def _decided(self, data: Any, parts: int) -> tuple[Any, dict[str, int]]:
+        """Decisions for every row, and the counters of the edges and components."""
+        records = data.map_batches(lambda b: G.row_records(b, self.no_signature))
+        schema = records.aggregate(G.schema_partial, G.schema_combine)
+        hash_col, max_bucket = self.hash_column, self.config.max_bucket_size
+        edge_rows = (data.map_batches(lambda b: G.bucket_rows(b, hash_col, self.lsh_keys, self.carry))
+                     .shuffle_reduce(G.BUCKET, lambda g: G.reduce_buckets(g, self.verifier, max_bucket), parts)
+                     .materialize())
+        near = edge_rows.aggregate(G.edge_counters_partial, G.edge_counters_combine)
+        edges = near["exact_edges"] + near["candidates"] - near["rejected"]
+        sign = 1.0 if self.config.prefer == "highest" else -1.0
+        survivor_by, reason, measure = self.config.survivor_by, self.reason, self.measure
+
+        def decide(group: pa.Table) -> pa.Table:
+            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col, reason, measure)
+        if edges == 0:      # every row is a group of its own
+            return records.map_batches(lambda b: decide(G.only_grouped(b, False))).materialize(), {**near, G.ROUNDS: 0}
+        labels, rounds = CC.component_labels(edge_rows.map_batches(G.graph_edges), edges, parts)
+        joined = (records.union(labels.map_batches(lambda t: G.label_records(t, schema)))
+                  .shuffle_reduce(R.ORDINAL, G.attach_components, parts).materialize())
+        alone = joined.map_batches(lambda b: decide(G.only_grouped(b, False)))
+        grouped = joined.map_batches(lambda b: G.only_grouped(b, True)).shuffle_reduce(G.COMPONENT, decide, parts)
+        return alone.union(grouped).materialize(), {**near, G.ROUNDS: rounds}

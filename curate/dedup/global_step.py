@@ -6,24 +6,32 @@
 1. ``map_batches(bucket_rows)``: per row, one bucket row for its exact content hash and one per
    LSH band (``_bucket``), carrying ``_ordinal`` and what verification needs (``DedupStage.carry``).
 2. ``shuffle_reduce("_bucket", reduce_buckets)``: all rows of a bucket meet; exact buckets are
-   chained (n-1 edges, never capped), LSH buckets go through ``lsh.bucket_edges`` (anchor-chained,
-   verified, capped). Output: edges as ordinal pairs plus one counter row per call.
-3. ``gather`` of the edges + ``ComponentMap.from_edges`` (scipy connected components): the combine
-   step, on the driver because verified edges number about the duplicates, not the rows (8 bytes
-   per ordinal, ~100M edges per few GB). Past that, ``components.large_small_star`` is the same
-   computation as rounds of shuffle-reduce.
-4. ``map_batches(ComponentMap.tag)`` + ``shuffle_reduce("_component", decide_groups)``: each
-   component's rows meet; the survivor is chosen by quality, content hash, key; every row gets
-   its decision, ``dup_group`` (the survivor's key) and ``dup_group_size``.
-5. ``aggregate(report_partial, report_combine)`` for the report, then the decisions are projected
+   stars on their first member (n-1 edges, never capped), LSH buckets go through
+   ``lsh.bucket_edges`` (anchor-chained, verified, capped). Output: edges as ordinal pairs plus one counter row per call.
+3. ``materialize`` the edge rows; their counters are summed by an ``aggregate``.
+4. ``star_components.component_labels``: connected components in one reduce call (scipy, up to
+   ``ONE_REDUCE_EDGES`` verified edges) or as rounds of large-star / small-star ``shuffle_reduce``
+   by node, one integer per round to the driver (the convergence count). Labels are canonical
+   (smallest _ordinal of the component), so they do not depend on partitioning.
+5. The join, as ``union`` + ``shuffle_reduce("_ordinal", attach_components)``: the input rows
+   (``row_records``) and the label rows (``label_records``, the same schema: the driver learns it
+   from an ``aggregate`` of one null row per batch) meet per _ordinal.
+6. Rows without a label are their own group and are decided by a ``map_batches``; the others are
+   shuffled by ``_component`` (``decide_groups``): each component's rows meet; the survivor is
+   chosen by quality, content hash, key; every row gets its decision, ``dup_group`` (the
+   survivor's key) and ``dup_group_size`` (the rows of its component, counted in that call).
+7. ``aggregate(report_partial, report_combine)`` for the report, then the decisions are projected
    to the declared columns.
 
+An input of at most one shuffle partition runs all of this inside one reduce call
+(``with_one_key``, ``DedupStage._in_one_call``): one shuffle, the same decisions, counters carried
+on the first decision row (``with_counters``). The driver never holds edges or per-row data:
+counters, a schema and one integer per round.
 Every output depends on row content and ``_ordinal`` only, never on partitioning.
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -31,10 +39,11 @@ import pyarrow as pa
 
 from curate.base import records as R
 from curate.base.global_data import stable_hash64
-from curate.dedup.components import components
+from curate.dedup import star_components as CC
 from curate.dedup.lsh import bucket_edges, equal_key_edges
 
-BUCKET, EXACT, COMPONENT, GROUP_SIZE = "_bucket", "_exact", "_component", "_group_size"
+BUCKET, EXACT, COMPONENT, IS_LABEL, ROWS, ONE = "_bucket", "_exact", CC.COMPONENT, "_is_label", "_rows", "_one"
+ROUNDS = "component_rounds"
 NO_SIGNATURE = "_no_signature"
 COUNTERS = ("candidates", "rejected", "capped_buckets", "capped_members", "exact_edges")
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())] + [(c, pa.int64()) for c in COUNTERS])
@@ -85,39 +94,104 @@ def reduce_buckets(group: pa.Table, verifier: VerifierFactory, max_bucket_size: 
     return pa.table(cols, schema=EDGE_SCHEMA)
 
 
-@dataclass
-class ComponentMap:
-    """Component label (smallest _ordinal of the component) and size of every row that has an edge."""
-    ordinals: np.ndarray
-    labels: np.ndarray
-    sizes: np.ndarray
-    counters: dict[str, int]
+def edge_counters_partial(edge_rows: pa.Table) -> pa.Table:
+    """Per batch of reduce_buckets output: the summed counters (one row)."""
+    return pa.table({c: [int(np.sum(edge_rows.column(c).to_numpy()))] for c in COUNTERS})
 
-    @classmethod
-    def from_edges(cls, edge_rows: pa.Table) -> "ComponentMap":
-        if "src" not in edge_rows.column_names:     # no bucket rows at all
-            edge_rows = EDGE_SCHEMA.empty_table()
-        src = np.asarray(edge_rows.column("src").to_numpy(), dtype=np.int64)
-        dst = np.asarray(edge_rows.column("dst").to_numpy(), dtype=np.int64)
-        counters = {c: int(np.sum(edge_rows.column(c).to_numpy())) for c in COUNTERS}
-        real = src >= 0
-        nodes, inverse = np.unique(np.concatenate([src[real], dst[real]]), return_inverse=True)
-        m = int(real.sum())
-        comp = components(nodes.shape[0], inverse[:m], inverse[m:])      # smallest node index = smallest ordinal
-        sizes = np.bincount(comp, minlength=nodes.shape[0])[comp] if nodes.shape[0] else np.empty(0, np.int64)
-        return cls(nodes, nodes[comp] if nodes.shape[0] else nodes, sizes, counters)
 
-    def tag(self, batch: pa.Table) -> pa.Table:
-        """Per-row apply: add _component and _group_size (rows without an edge are their own group)."""
-        ords = np.asarray(batch.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
-        pos = np.searchsorted(self.ordinals, ords)
-        pos_c = np.minimum(pos, max(self.ordinals.shape[0] - 1, 0))
-        hit = (pos < self.ordinals.shape[0]) & (self.ordinals[pos_c] == ords) if self.ordinals.shape[0] else \
-            np.zeros(ords.shape[0], dtype=bool)
-        label = np.where(hit, self.labels[pos_c] if self.ordinals.shape[0] else ords, ords)
-        size = np.where(hit, self.sizes[pos_c] if self.ordinals.shape[0] else 1, 1)
-        return batch.append_column(COMPONENT, pa.array(label, pa.int64())).append_column(
-            GROUP_SIZE, pa.array(size.astype(np.int32)))
+def edge_counters_combine(parts: pa.Table) -> dict[str, int]:
+    return {c: int(np.sum(parts.column(c).to_numpy())) if c in parts.column_names else 0 for c in COUNTERS}
+
+
+def graph_edges(edge_rows: pa.Table) -> pa.Table:
+    """The verified edges of a batch of reduce_buckets output as distinct (hi, lo) ordinal pairs."""
+    src = np.asarray(edge_rows.column("src").to_numpy(), dtype=np.int64)
+    dst = np.asarray(edge_rows.column("dst").to_numpy(), dtype=np.int64)
+    real = src >= 0
+    return CC.oriented(src[real], dst[real])
+
+
+def row_records(batch: pa.Table, no_signature: Callable[[pa.Table], np.ndarray]) -> pa.Table:
+    """The dedup's input rows as join records: no component yet, not a label."""
+    return (batch.append_column(NO_SIGNATURE, pa.array(no_signature(batch), pa.bool_()))
+            .append_column(COMPONENT, pa.nulls(batch.num_rows, pa.int64()))
+            .append_column(IS_LABEL, pa.array(np.zeros(batch.num_rows, dtype=bool))))
+
+
+def rows_partial(batch: pa.Table) -> pa.Table:
+    return pa.table({ROWS: [batch.num_rows]})
+
+
+def rows_combine(parts: pa.Table) -> int:
+    return int(np.sum(parts.column(ROWS).to_numpy())) if ROWS in parts.column_names else 0
+
+
+def schema_partial(records: pa.Table) -> pa.Table:
+    """One all-null row of the batch's schema: the driver learns the schema, no row."""
+    return pa.table({f.name: pa.nulls(1, f.type) for f in records.schema})
+
+
+def schema_combine(parts: pa.Table) -> pa.Schema:
+    return parts.schema
+
+
+def with_one_key(batch: pa.Table) -> pa.Table:
+    """Every row under one shuffle key: the whole step in one reduce call."""
+    return batch.append_column(ONE, pa.array(np.zeros(batch.num_rows, dtype=np.int8)))
+
+
+def with_counters(decided: pa.Table, counters: dict[str, int]) -> pa.Table:
+    """The one call's decisions with its counters on the first row (zeros below): summed, they are
+    the counters of the step."""
+    for name in (*COUNTERS, ROUNDS):
+        col = np.zeros(decided.num_rows, dtype=np.int64)
+        col[:1] = counters[name]
+        decided = decided.append_column(name, pa.array(col))
+    return decided
+
+
+def counters_partial(decided: pa.Table) -> pa.Table:
+    return pa.table({c: [int(np.sum(decided.column(c).to_numpy()))] for c in (*COUNTERS, ROUNDS)})
+
+
+def counters_combine(parts: pa.Table) -> dict[str, int]:
+    return {c: int(np.sum(parts.column(c).to_numpy())) if c in parts.column_names else 0 for c in (*COUNTERS, ROUNDS)}
+
+
+def label_records(labels: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Component labels shaped as row records (every row column null), so the two can be unioned."""
+    n = labels.num_rows
+    given = {R.ORDINAL: labels.column(R.ORDINAL), COMPONENT: labels.column(COMPONENT),
+             IS_LABEL: pa.array(np.ones(n, dtype=bool))}
+    return pa.table([given[f.name].cast(f.type) if f.name in given else pa.nulls(n, f.type) for f in schema],
+                    schema=schema)
+
+
+def attach_components(group: pa.Table) -> pa.Table:
+    """Reduce by _ordinal over row and label records: each row gets the smallest label offered for it,
+    or stays without one (a row that has no verified edge is a group of its own)."""
+    is_label = np.asarray(group.column(IS_LABEL).to_numpy(zero_copy_only=False), dtype=bool)
+    rows = group.filter(pa.array(~is_label))
+    labels = group.filter(pa.array(is_label))
+    ords = np.asarray(rows.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+    label_ords = np.asarray(labels.column(R.ORDINAL).to_numpy(zero_copy_only=False), dtype=np.int64)
+    pos = np.searchsorted(ords, label_ords)
+    if label_ords.shape[0] and (pos.max() >= ords.shape[0] or np.any(ords[pos] != label_ords)):
+        raise AssertionError("a component label names a row that is not in the dedup input")
+    comp = np.full(ords.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(comp, pos, np.asarray(labels.column(COMPONENT).to_numpy(zero_copy_only=False), dtype=np.int64))
+    has = comp != np.iinfo(np.int64).max
+    return rows.set_column(rows.schema.get_field_index(COMPONENT), COMPONENT,
+                           pa.array(comp, pa.int64(), mask=~has))
+
+
+def only_grouped(joined: pa.Table, grouped: bool) -> pa.Table:
+    """Rows with a component label (grouped) or without (their own group: component = own _ordinal)."""
+    has = np.asarray(joined.column(COMPONENT).is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    part = joined.filter(pa.array(has if grouped else ~has))
+    if grouped:
+        return part
+    return part.set_column(part.schema.get_field_index(COMPONENT), COMPONENT, part.column(R.ORDINAL).cast(pa.int64()))
 
 
 def decide_groups(group: pa.Table, quality: Callable[[pa.Table], np.ndarray], hash_column: str, reason: str,
@@ -136,7 +210,8 @@ def decide_groups(group: pa.Table, quality: Callable[[pa.Table], np.ndarray], ha
     survivor = np.empty(order.shape[0], dtype=np.int64)
     survivor[order] = order[first][run]
     dropped = np.flatnonzero(survivor != np.arange(order.shape[0]))
-    sizes = np.asarray(group.column(GROUP_SIZE).to_numpy(zero_copy_only=False), dtype=np.int32)
+    sizes = np.empty(order.shape[0], dtype=np.int32)
+    sizes[order] = np.bincount(run)[run] if order.shape[0] else sizes
     details: list[str | None] = [None] * order.shape[0]
     for i, m in zip(dropped, measure(group, dropped, survivor[dropped]) if dropped.shape[0] else []):
         details[i] = f"duplicate of {keys[survivor[i]]}{'; ' + m if m else ''} (group of {sizes[i]})"

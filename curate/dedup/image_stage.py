@@ -5,8 +5,8 @@ gets ``image_phash`` (one uint64 per image, in order) and ``image_hash`` (digest
 bytes). A row with a flat (blank) image gets no pHash: blank hashes are noise, so it is matched on
 exact bytes only and counted as ``flat_images`` in the report.
 
-Globally: equal byte hashes are chained; the first image's pHash goes through bit-sampling LSH
-(``bits_per_band`` sampled bits per band, bands chosen so a pair at ``max_distance`` collides with
+Globally: equal byte hashes are linked (a star per hash); the first image's pHash goes through
+bit-sampling LSH (``bits_per_band`` sampled bits per band, bands chosen so a pair at ``max_distance`` collides with
 probability >= ``target_recall``); a candidate becomes an edge only if the two rows have the same
 number of images and every image pair is within ``max_distance`` bits. Default 12 of 64: measured
 on scikit-image photos, re-encoding (JPEG q30-q90) and 2x-4x downscaling move 0-2 bits, crops of

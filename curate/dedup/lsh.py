@@ -13,8 +13,9 @@ Pipeline shape (each function is pure, so the coordinator's GlobalData primitive
    which removes NeMo's ~1-2% false positives (NeMo#471). A bucket with more than ``max_bucket_size``
    members is cut to its first ``max_bucket_size`` (by ``_ordinal``, so the cut is deterministic): one degenerate bucket (blank images, boilerplate) cannot cost
    O(n^2) rounds, and the cut is reported.
-3. ``equal_key_edges``: rows with an equal exact key (content hash) chained, n-1 edges per key,
-   never cut (no verification cost).
+3. ``equal_key_edges``: rows with an equal exact key (content hash) linked to the key's first
+   member, n-1 edges per key, never cut (no verification cost). A star, not a path: the
+   distributed components (``star_components``) settle a star in one round, a path of n in ~log2 n.
 
 Member ids are row positions in (bucket, ``_ordinal``) order (``global_step.reduce_buckets``), so
 every choice here (anchor, cut, edge direction) depends on the bucket's rows alone, never on input
@@ -127,7 +128,8 @@ def _pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def equal_key_edges(keys: np.ndarray, valid: np.ndarray | None = None) -> Edges:
-    """Chain the members (ids 0..n-1) that share an exact key: n-1 edges per key, no verification."""
+    """Link the members (ids 0..n-1) that share an exact key to its first (smallest id) member: n-1
+    edges per key, no verification."""
     keys = np.asarray(keys)
     ids = np.arange(keys.shape[0], dtype=np.int64)
     if valid is not None:
@@ -137,5 +139,6 @@ def equal_key_edges(keys: np.ndarray, valid: np.ndarray | None = None) -> Edges:
     _, codes = np.unique(keys, return_inverse=True)
     order = np.lexsort((ids, codes))
     codes, ids = codes[order], ids[order]
-    same = codes[1:] == codes[:-1]
-    return Edges(ids[:-1][same], ids[1:][same])
+    first = np.r_[True, codes[1:] != codes[:-1]]
+    anchor = ids[np.maximum.accumulate(np.where(first, np.arange(first.shape[0]), 0))]
+    return Edges(anchor[~first], ids[~first])

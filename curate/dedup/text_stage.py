@@ -5,9 +5,10 @@ punctuation folded, see ``normalize``), its hash, and a MinHash signature of its
 ``ngram``-grams as a fixed-size list of ``num_perm`` uint32 (512 bytes at the default 128).
 Texts shorter than ``ngram`` get no signature and are matched on their exact hash only.
 
-Globally (``decide``): equal hashes are chained; signatures are cut into bands x rows chosen from
-``threshold`` (``minhash.choose_bands``); buckets become anchor-chained edges, each verified by the
-estimated Jaccard of the two signatures >= ``threshold`` before it counts; components; survivors.
+Globally (``global_step``): equal hashes are linked (a star per hash); signatures are cut into
+bands x rows chosen from ``threshold`` (``minhash.choose_bands``); buckets become anchor-chained
+edges, each verified by the estimated Jaccard of the two signatures >= ``threshold`` before it
+counts; components; survivors.
 Defaults: 5-grams (short captions, see ``minhash``), 128 permutations (estimate standard error
 <= 0.045), threshold 0.6: on a ~60-character caption one replaced word already costs ~w+4 of ~56
 n-grams (Jaccard 0.63-0.8 on the planted set), while the same sentence shape describing another
