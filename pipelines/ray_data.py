@@ -274,7 +274,8 @@ class RayExecutor:
                               for name, typ in zip(right_schema.names, right_schema.types)})
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:decisions"
         out.mkdir(parents=True, exist_ok=True)
-        done = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE, num_partitions=min(len(files), 256)).map_groups(
+        by_file = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE, num_partitions=min(len(files), 256))
+        done = by_file.map_groups(
             _apply_file, batch_format="pyarrow",
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
                        "only_kept": only_kept,
