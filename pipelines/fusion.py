@@ -21,7 +21,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,6 +96,27 @@ def stage_rows(stage_dir: Path, columns: list[str] | None, kept: bool | None = T
                limit: int | None = None) -> pa.Table | None:
     """A stage's rows (kept / dropped / all) from its directory or from its chain owner's; None when
     the stage wrote no rows. `limit`: at most that many rows (plots need a sample, not every row)."""
+    found = _stage_dataset(stage_dir, kept)
+    if found is None:
+        return None
+    ds, flt = found
+    cols = [c for c in (columns or ds.schema.names) if c in ds.schema.names and c != E.DROPPED_AT]
+    if limit is not None:
+        return ds.head(limit, columns=cols, filter=flt)
+    return ds.to_table(columns=cols, filter=flt)
+
+
+def stage_batches(stage_dir: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A stage's kept rows, batch by batch (for numbers that must see every row without holding them)."""
+    found = _stage_dataset(stage_dir, kept=True)
+    if found is not None:
+        ds, flt = found
+        yield from ds.to_batches(columns=[c for c in columns if c in ds.schema.names], filter=flt)
+
+
+def _stage_dataset(stage_dir: Path, kept: bool | None) -> tuple[pads.Dataset, Any] | None:
+    """(the dataset holding the stage's rows, the filter selecting them): its own data directory, or
+    the one of the chain owner its marker names; None when there are no rows."""
     marker = stage_dir / "_COMPLETE.json"
     info = json.loads(marker.read_text()) if marker.exists() else {}
     owner_dir = stage_dir.parent / info[FUSED_INTO] if info.get(FUSED_INTO) else stage_dir
@@ -103,11 +124,7 @@ def stage_rows(stage_dir: Path, columns: list[str] | None, kept: bool | None = T
     if not files:
         return None
     index = info.get("stage_index", int(stage_dir.name.split("_", 1)[0]))
-    ds, flt = rows_of(files, index, owner_dir == stage_dir, kept)
-    cols = [c for c in (columns or ds.schema.names) if c in ds.schema.names and c != E.DROPPED_AT]
-    if limit is not None:
-        return ds.head(limit, columns=cols, filter=flt)
-    return ds.to_table(columns=cols, filter=flt)
+    return rows_of(files, index, owner_dir == stage_dir, kept)
 
 
 def rows_of(files: list[str], stage_index: int, owner: bool, kept: bool | None) -> tuple[pads.Dataset, Any]:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from curate import images as I
 from curate.base import records as R
 from pipelines import svg_plots as S
-from pipelines.fusion import stage_rows
+from pipelines.fusion import stage_batches, stage_rows
 
 THUMB_PX = 96
 THUMBS_PER_REASON = 3
@@ -149,15 +149,29 @@ def packing_section(entries: list[dict], dirs: list[Path]) -> str:
     L = p.get("context_length") or p.get("capacity")
     parts = ["<h2>Packing</h2>", _table(["setting", "value"], [[k, v] for k, v in p.items()
                                                                  if not isinstance(v, (dict, list))])]
-    t = _read(pack_dir, ["pack_id", "num_tokens"], True) if pack_dir else None
-    if t is not None and t.num_rows and L:
-        pid = np.asarray(t.column("pack_id").to_numpy(zero_copy_only=False), dtype=np.int64)
-        num = np.asarray(t.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.float64)
-        fills = np.bincount(pid, weights=num)[np.unique(pid)] / float(L)
+    fills = _pack_fills(pack_dir, entry.get("out", 0), L) if pack_dir and L else None
+    if fills is not None and fills.size:
         lo = min(float(fills.min()), 0.9)
-        parts.append(S.histograms("pack-fill", f"pack fill (tokens / {L})", {"packs": fills}, bins=20, xlabel="fill",
-                                  value_range=(lo, 1.0)))
+        sampled = "" if entry.get("out", 0) <= PLOT_ROWS else " (a sample of whole packs)"
+        parts.append(S.histograms("pack-fill", f"pack fill (tokens / {L}){sampled}", {"packs": fills}, bins=20,
+                                  xlabel="fill", value_range=(lo, 1.0)))
     return "".join(parts)
+
+
+def _pack_fills(pack_dir: Path, kept_rows: int, L: int) -> np.ndarray | None:
+    """Fill of whole packs: every pack, or past PLOT_ROWS kept rows those whose id falls in a stride
+    (a pack's rows are spread over the manifest, so a row sample would cut packs). Streamed by batch."""
+    stride = max(1, -(-int(kept_rows) // PLOT_ROWS))
+    ids, tokens = [], []
+    for batch in stage_batches(pack_dir, ["pack_id", "num_tokens"]):
+        pid = np.asarray(batch.column("pack_id").to_numpy(zero_copy_only=False), dtype=np.int64)
+        mine = (pid % stride) == 0
+        ids.append(pid[mine])
+        tokens.append(np.asarray(batch.column("num_tokens").to_numpy(zero_copy_only=False), dtype=np.float64)[mine])
+    if not ids:
+        return None
+    packs, inverse = np.unique(np.concatenate(ids), return_inverse=True)   # ids reach part << 32: no bincount on them
+    return np.bincount(inverse, weights=np.concatenate(tokens), minlength=packs.size) / float(L)
 
 
 def shards_section(entries: list[dict]) -> str:

@@ -109,3 +109,20 @@ def test_chromium_renders_every_plot_without_errors(run_dir: Path, tmp_path: Pat
     assert im.size == (1100, 3000)
     lo, hi = im.getextrema()
     assert hi - lo > 100                                    # not a blank page
+
+
+def test_pack_fill_plot_reads_whole_packs_of_any_partition_without_holding_every_row(tmp_path, monkeypatch):
+    from curate.base import records as R
+    from pipelines import report_html as H
+    stage = tmp_path / "stages" / "05_pack"
+    (stage / "data").mkdir(parents=True)
+    # two partitions' packs (ids part << 32 | n), rows of a pack spread over the manifest
+    ids = [(part << 32) | n for part in (0, 3) for n in range(50) for _ in range(4)]
+    pq.write_table(pa.table({"pack_id": pa.array(ids[::-1], pa.int64()), "num_tokens": [25] * len(ids),
+                             R.STATUS: [R.KEPT] * len(ids), R.ORDINAL: list(range(len(ids)))}),
+                   stage / "data" / "part-00000.parquet")
+    fills = H._pack_fills(stage, kept_rows=len(ids), L=100)
+    assert sorted(fills.tolist()) == [1.0] * 100            # every pack whole: 4 x 25 tokens
+    monkeypatch.setattr(H, "PLOT_ROWS", 100)                 # past the plot budget: a stride of pack ids
+    sampled = H._pack_fills(stage, kept_rows=len(ids), L=100)
+    assert 0 < sampled.size < 100 and set(sampled.tolist()) == {1.0}   # fewer packs, still whole
