@@ -116,7 +116,8 @@ def main(argv: list[str]) -> None:
                     continue
                 r = run_once(code, data, n, new)
                 if "error" in r:
-                    rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", ""])
+                    print(f"{label} at {n:,} rows failed:\n{r['error']}", flush=True)
+                    rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "", ""])
                     continue
                 per_stage = ", ".join(f"{k} {n / v:,.0f}/s" for k, v in (r.get("stage_seconds") or {}).items() if v)
                 rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{n / r['tree_cpu']:,.0f}",
