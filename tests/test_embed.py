@@ -175,6 +175,7 @@ def test_demo_photos_through_the_runner_resume_and_recompute_identically(tmp_pat
     assert dedup["removed"] >= 1                     # the sample photos hold re-encoded copies
     stage_dir = first.stage_dirs[names.index("cluster_sample")]
     before = {p.name: p.read_bytes() for p in sorted((stage_dir / "data").glob("*.parquet"))}
+    assert before                                    # cluster_sample owns its rows (it ends a chain)
     marker = json.loads((stage_dir / "_COMPLETE.json").read_text())
     (stage_dir / "_COMPLETE.json").unlink()          # as if killed before the marker: recomputed on resume
     second = run(recipe, out=tmp_path / "out", executor="inline", progress=False)

@@ -168,7 +168,9 @@ def test_recipe_emits_grounding_samples_that_pass_validate_annotations(tmp_path,
     assert kept == {f"ocr/{k}" for k, v in EXPECTED_OCR.items() if v is None}
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
     assert {r["key"]: ("ocr", r["_reason"]) for r in rejects} == expected == {"ocr/blobs": ("ocr", "ocr:no_text")}
-    manifests = sorted((tmp_path / "out" / "stages").glob("*_ocr/data/*.parquet"))
+    ocr_dir = next((tmp_path / "out" / "stages").glob("*_ocr"))   # its rows: its own, or its chain owner's
+    owner = json.loads((ocr_dir / "_COMPLETE.json").read_text()).get("fused_into") or ocr_dir.name
+    manifests = sorted((tmp_path / "out" / "stages" / owner / "data").glob("*.parquet"))
     assert manifests and all(validate_file(m) == [] for m in manifests)
     ocr_report = next(s for s in res.report["stages"] if s["name"] == "ocr")
     per_source = ocr_report["ocr"]["per_source"]["ocr"]
