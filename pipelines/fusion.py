@@ -3,10 +3,13 @@
 Consecutive stages that only map batches (filters, OCR, scorers, token counting) run as one chain
 (``Executor.map_stages``): on Ray one streaming pass of chained ``map_batches``, inline one part at a
 time through every stage. Nothing is written between them. A chain ends at, and includes, the next
-stage with a whole-dataset step (its per-batch step is the chain's last link, its global step runs on
-the chain's output); it also ends at a source stage, at a stage the recipe marks ``checkpoint: true``,
-at ``--until``, and before a second actor-pool (model) stage, so that two model pools never wait on
-each other's CPUs.
+stage with a whole-dataset step that also has a per-batch step (dedup's signatures: the chain's last
+link; its global step runs on the chain's output). A whole-dataset stage without a per-batch step
+(mixture, pack, shards) runs alone, reading the chain's rows in place — the same reads and writes as
+fusing it, and the chain before it stays a resume point, so changing mixture ratios re-runs only the
+mixture. A chain also ends at a source stage, at a stage the recipe marks ``checkpoint: true``, at
+``--until``, and before a second actor-pool (model) stage, so that two model pools never wait on each
+other's CPUs.
 
 The chain's last stage ("the owner") writes ``data/``: every row that entered the chain's first stage,
 each dropped row with ``_dropped_at``, the index of the stage that dropped it (null: the owner's
@@ -61,7 +64,7 @@ def fusion_groups(members: list[Member]) -> list[list[Member]]:
     current: list[Member] = []
     for m in members:
         s = m.stage
-        starts_new = (s.reads_sources or
+        starts_new = (s.reads_sources or (s.has_global_step() and not s.has_batch_step()) or
                       (s.resources.kind == "actor" and any(x.stage.resources.kind == "actor" for x in current)))
         if current and starts_new:
             groups.append(current)

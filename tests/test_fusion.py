@@ -18,10 +18,10 @@ from pipelines.runner import read_kept, run
 from tests.corpus import caption_corpus
 from tests.test_runner import final_digest, resumed
 
-# slow_caption_length, text_filter and image_filter each drop rows; count_tokens summarises; the
-# mixture (a global step, inserted before pack) up-samples to 60 rows. The chain is
-# slow_caption_length + text_filter + image_filter + count_tokens + mixture, written once, in the
-# mixture's directory; pack follows on its own.
+# slow_caption_length, text_filter and image_filter each drop rows; count_tokens summarises. The chain
+# slow_caption_length + text_filter + image_filter + count_tokens is written once, in count_tokens'
+# directory. The mixture (inserted before pack; it up-samples to 60 rows) and pack are whole-dataset
+# steps without a per-batch step: each runs alone on its upstream's rows, read in place.
 STAGES = [
     ("slow_caption_length", "{seconds_per_batch: 0, max_words: 30}"),
     ("text_filter", "{min_caption_words: 8}"),
@@ -64,8 +64,9 @@ def test_a_fused_chain_reports_and_rejects_exactly_like_stage_by_stage(tmp_path,
     every = {name for name, _ in STAGES}
     fused = _run(tmp_path, "fused", recipe_text(corpus))
     apart = _run(tmp_path, "apart", recipe_text(corpus, checkpoint=every))
-    # the chain was one pass: only its owner (the mixture) wrote rows
-    assert [d.name for d in fused.stage_dirs if (d / "data").is_dir()] == ["00_ingest", "05_mixture", "06_pack"]
+    # the chain was one pass: only its owner (count_tokens) wrote rows
+    assert [d.name for d in fused.stage_dirs if (d / "data").is_dir()] == \
+        ["00_ingest", "04_count_tokens", "05_mixture", "06_pack"]
     assert all((d / "data").is_dir() for d in apart.stage_dirs)
     # ... yet every stage dropped something and is accounted for on its own, identically
     entries = fused.report["stages"]
@@ -90,7 +91,7 @@ def test_resume_restarts_a_chain_at_its_last_checkpoint(tmp_path, corpus):
     text = recipe_text(corpus, checkpoint={"text_filter"})
     first = _run(tmp_path, "out", text)
     assert [json.loads((d / "_COMPLETE.json").read_text()).get("fused_into") for d in first.stage_dirs] == \
-        [None, "02_text_filter", None, "05_mixture", "05_mixture", None, None]
+        [None, "02_text_filter", None, "04_count_tokens", None, None, None]
     _run(tmp_path, "out", text)
     assert all(resumed(tmp_path / "out"))
     # image_filter changed: the stages up to the checkpoint are kept, the rest of the chain re-runs
@@ -102,10 +103,13 @@ def test_resume_restarts_a_chain_at_its_last_checkpoint(tmp_path, corpus):
     assert final_digest(tmp_path / "out") == final_digest(tmp_path / "fresh")
     # the owner's rows deleted: the chain is incomplete and re-runs from the checkpoint
     # (pack's fingerprint and files are unchanged: the re-run chain writes the same bytes, so it stays)
-    next((tmp_path / "out/stages/05_mixture/data").glob("*.parquet")).unlink()
+    next((tmp_path / "out/stages/04_count_tokens/data").glob("*.parquet")).unlink()
     _run(tmp_path, "out", changed)
-    assert resumed(tmp_path / "out") == [True, True, True, False, False, False, True]
+    assert resumed(tmp_path / "out") == [True, True, True, False, False, True, True]
     assert final_digest(tmp_path / "out") == final_digest(tmp_path / "fresh")
+    # a new mixture total re-runs the mixture and pack only: the chain before it is a resume point
+    _run(tmp_path, "out", changed.replace("total: 60", "total: 50"))
+    assert resumed(tmp_path / "out") == [True, True, True, True, True, False, False]
 
 
 def test_ray_runs_the_chain_in_one_pass_with_the_same_report_and_bytes(tmp_path, corpus, monkeypatch):
@@ -145,7 +149,7 @@ def load_text(tmp_path: Path, name: str, text: str):
 
 def test_fused_rows_carry_the_index_of_the_stage_that_dropped_them(tmp_path, corpus):
     fused = _run(tmp_path, "fused", recipe_text(corpus))
-    data = pq.read_table(sorted((fused.stage_dirs[5] / "data").glob("*.parquet"))[0])
+    data = pq.read_table(sorted((fused.stage_dirs[4] / "data").glob("*.parquet"))[0])
     dropped = data.filter(pc.not_equal(data.column(R.STATUS), R.KEPT))
     by_stage = dict(zip(*dropped.group_by("_dropped_at").aggregate([([], "count_all")]).to_pydict().values()))
     assert {i: by_stage.get(i, 0) for i in (1, 2, 3)} == {
