@@ -112,6 +112,10 @@ def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
 FILE = "_file"   # which input file of the global step a decision belongs to
 
 
+class OverlappingFiles(ValueError):
+    """The files' _ordinal ranges interleave, so a decision cannot be routed by range."""
+
+
 def file_starts(files: list[str]) -> tuple[list[int], list[int]]:
     """(first _ordinal of each non-empty file, in ascending order; the index of that file), from the
     parquet footers' statistics. Executors write every file over a disjoint range of ordinals (they
@@ -132,7 +136,7 @@ def file_starts(files: list[str]) -> tuple[list[int], list[int]]:
     ranges.sort()
     for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
         if lo <= hi:
-            raise E.AccountingError(f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges")
+            raise OverlappingFiles(f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges")
     return [r[0] for r in ranges], [r[2] for r in ranges]
 
 
@@ -265,7 +269,15 @@ class RayExecutor:
         are read once and written once, never shuffled or sorted."""
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
-        starts, owners = file_starts(files)
+        try:
+            starts, owners = file_starts(files)
+        except OverlappingFiles as exc:
+            # Ray's writer put interleaved ordinal ranges in one file (or mixture repeats carry
+            # negative ordinals): apply the decisions file by file from here, correct but with the
+            # decisions held on the driver. Loud, so that a run at scale shows it.
+            logging.getLogger("mmcurate").warning("stage %s: %s; decisions applied from the driver", stage.name, exc)
+            return self._apply_from_driver(stage, files, concat(self.ray.get(right.to_arrow_refs())), schema, out,
+                                           only_kept)
         tagged = right.map_batches(_tag_file, batch_format="pyarrow",
                                    fn_kwargs={"starts": starts, "owners": owners}).materialize()
         # One sentinel row per file, so that a file without decisions (no kept rows) is written too.
@@ -284,6 +296,12 @@ class RayExecutor:
         if sorted(written.column("file").to_pylist()) != list(range(len(files))):
             raise E.AccountingError(f"stage {stage.name!r}: not every file of the global step was written once")
         return int(pc.sum(written.column("repeats")).as_py() or 0)
+
+    @staticmethod
+    def _apply_from_driver(stage: Stage, files: list[str], decisions: pa.Table, schema: pa.Schema, out: Path,
+                           only_kept: bool) -> int:
+        from pipelines.executors import InlineExecutor
+        return InlineExecutor().apply_decisions(stage, files, decisions, schema, out, only_kept=only_kept)
 
     def close(self) -> None:
         if self._started:
