@@ -3,8 +3,10 @@
 ``ray.init()`` starts a local Ray unless ``RAY_ADDRESS`` points at a cluster. Ray Data does the
 scheduling — there is no home-made scheduler: ``map_batches`` with tasks for cheap stages and an
 actor pool for model stages (``setup()`` once per actor); whole-dataset steps get a ``RayData``
-handle whose aggregate / shuffle-reduce run on the cluster, and their decisions are joined back by
-``_ordinal`` with a distributed join, so the driver never holds per-sample data.
+handle whose aggregate / shuffle-reduce run on the cluster, and their decisions are routed to the
+file holding each row (by ``_ordinal`` range) and applied there, one task per file, so the driver
+never holds per-sample data. Consecutive per-row stages are chained into one streaming pass
+(``map_stages``).
 
 Workers only see the configured source and output URIs: every path handed to them is absolute.
 """
@@ -266,7 +268,8 @@ class RayExecutor:
                         only_kept: bool = False) -> int:
         """Route each decision to the file holding its row (a narrow shuffle of decisions only, by
         file); one task per file then reads it, applies its decisions and writes it. The wide rows
-        are read once and written once, never shuffled or sorted."""
+        are read once and written once, never shuffled or sorted. Routing needs files over disjoint
+        _ordinal ranges; where they interleave, the decisions are applied from the driver instead."""
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
         try:
