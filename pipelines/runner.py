@@ -194,8 +194,7 @@ class Runner:
         step), then account for, write and mark each of its stages."""
         for m in group:
             remove_owned(m.final)
-            if m.tmp.exists():
-                shutil.rmtree(m.tmp)
+            remove_owned(m.tmp)   # a tmp dir a crashed run left (only ever one mmcurate created)
             m.tmp.mkdir(parents=True)
         head, owner = group[0], group[-1]
         stages = [m.stage for m in group]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -309,17 +308,9 @@ def test_video_positions_equal_get_rope_index_and_a_tiny_qwen2_vl_takes_the_pack
     stored ``video_grid_thw``; then a tiny random Qwen2-VL (from a config) runs forward on the pack
     with pixel values of the grid's shape: its check that the video-pad run matches the features passes."""
     torch = pytest.importorskip("torch")
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from pack.loader import PackedShards
-    cfg = Qwen2VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1,
-                         rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2], "rope_theta": 10000.0}),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    from tests.tiny_qwen import tiny_qwen2_vl
+    model = tiny_qwen2_vl()
     checked = 0
     for pack in PackedShards(run_out / "shards", rank=0, world_size=1):
         cu = pack["cu_seqlens"].tolist()
