@@ -226,17 +226,18 @@ class Runner:
             shutil.rmtree(pass1)
         data = owner.tmp / "data"
         tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
-        if _count(data) != n_in + repeated:
-            raise E.AccountingError(f"chain {chain}: {_count(data)} rows written for in={n_in} repeated={repeated}")
+        written, kept = _count(data), _count(data, kept_only=True)
+        if written != n_in + repeated:
+            raise E.AccountingError(f"chain {chain}: {written} rows written for in={n_in} repeated={repeated}")
         summaries[owner.index] = stage_summary(owner, data_files(data), owner=True)
         entries = []
         for m in group:
             counts = tallies[m.index]
             extra = repeated if m is owner else 0
             counts["out"] = n_in + extra - sum(counts["rejected"].values()) - sum(counts["quarantined"].values())
-            if m is owner and counts["out"] != _count(data, kept_only=True):
+            if m is owner and counts["out"] != kept:
                 raise E.AccountingError(f"stage {m.name}: in={n_in} repeated={extra} but kept+rejected+quarantined="
-                                        f"{_count(data, kept_only=True) + n_in + extra - counts['out']}")
+                                        f"{kept + n_in + extra - counts['out']}")
             _check_error_fraction(m.stage, counts, n_in)
             entries.append({"name": m.name, "in": n_in, "repeated": extra, "out": counts["out"],
                             "rejected": counts["rejected"], "quarantined": counts["quarantined"],
