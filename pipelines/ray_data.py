@@ -4,7 +4,7 @@
 scheduling — there is no home-made scheduler: ``map_batches`` with tasks for cheap stages and an
 actor pool for model stages (``setup()`` once per actor); whole-dataset steps get a ``RayData``
 handle whose aggregate / shuffle-reduce run on the cluster, and their decisions are routed to the
-file holding each row (by ``_ordinal`` range) and applied there, one task per file, so the driver
+file holding each row (``pipelines.ray_files``) and applied there, one task per file, so the driver
 never holds per-sample data. Consecutive per-row stages are chained into one streaming pass
 (``map_stages``).
 
@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,7 +25,8 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import concat, partition_of, sort_for_reduce
-from pipelines.executors import PARQUET_OPTIONS, data_files, global_columns, write_table
+from pipelines.executors import data_files, global_columns, write_table
+from pipelines.ray_files import FILE, apply_file, route, write_in_order
 
 T = TypeVar("T")
 PART = "_part"
@@ -111,65 +111,6 @@ def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     return kept if columns is None else kept.select([c for c in columns if c in kept.column_names])
 
 
-FILE = "_file"   # which input file of the global step a decision belongs to
-
-
-class OverlappingFiles(ValueError):
-    """The files' _ordinal ranges interleave, so a decision cannot be routed by range."""
-
-
-def file_starts(files: list[str]) -> tuple[list[int], list[int]]:
-    """(first _ordinal of each non-empty file, in ascending order; the index of that file), from the
-    parquet footers' statistics. Executors write every file over a disjoint range of ordinals (they
-    keep input order), which is what lets a decision be routed to its row's file by a binary search."""
-    ranges = []
-    for i, f in enumerate(files):
-        meta = pq.ParquetFile(f).metadata
-        col = next(c for c in range(meta.num_columns) if meta.schema.column(c).path == R.ORDINAL)  # a leaf
-        stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)
-                 if meta.row_group(g).num_rows]
-        if not stats:
-            continue
-        if any(st is None or not st.has_min_max for st in stats):
-            ords = pq.read_table(f, columns=[R.ORDINAL]).column(0)
-            ranges.append((pc.min(ords).as_py(), pc.max(ords).as_py(), i))
-        else:
-            ranges.append((min(st.min for st in stats), max(st.max for st in stats), i))
-    ranges.sort()
-    for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
-        if lo <= hi:
-            raise OverlappingFiles(f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges")
-    return [r[0] for r in ranges], [r[2] for r in ranges]
-
-
-def _tag_file(batch: pa.Table, starts: list[int], owners: list[int]) -> pa.Table:
-    """Each decision with the index of the file holding its row (a repeat: the row it copies)."""
-    target = batch.column(R.ORDINAL)
-    if E.REPEAT_SOURCE in batch.column_names:
-        target = pc.coalesce(batch.column(E.REPEAT_SOURCE), target)
-    pos = np.searchsorted(np.asarray(starts, dtype=np.int64),
-                          np.asarray(target.to_numpy(zero_copy_only=False), dtype=np.int64), side="right") - 1
-    if pos.size and pos.min() < 0:
-        raise E.AccountingError("a decision names an _ordinal before every row of the stage")
-    return batch.append_column(FILE, pa.array(np.asarray(owners, dtype=np.int64)[pos] if pos.size else
-                                              np.zeros(0, dtype=np.int64)))
-
-
-def _apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, only_kept: bool, token: str,
-                stage_cls: type[Stage], config: Any, context: Any) -> pa.Table:
-    """One input file with its decisions applied, written under the same part number as the inline
-    executor's; returns (file, rows, repeats). Rows without a decision: validate_decisions raises."""
-    index = group.column(FILE)[0].as_py()
-    decisions = group.filter(pc.is_valid(group.column(R.ORDINAL))).drop_columns([FILE])   # not the sentinel
-    table = pq.read_table(files[index])
-    if only_kept:   # the upstream's rows read in place: its dropped rows are no input of this stage
-        table = E.without_dropped_at(E.only_kept(table))
-    stage = _worker_stage(token, stage_cls, config, context)
-    E.validate_decisions(stage, E.global_input(stage, E.without_dropped_at(table)), decisions)
-    write_table(E.apply_decisions(table, decisions, schema), Path(out) / f"part-{index:05d}.parquet")
-    return pa.table({"file": [index], "repeats": [E.count_repeats(decisions)]})
-
-
 class RayExecutor:
     """Ray Data: local `ray.init()` by default, an existing cluster when RAY_ADDRESS is set."""
     name = "ray"
@@ -203,7 +144,7 @@ class RayExecutor:
         ctx.print_on_execution_start = verbose
 
     def _write(self, ds: Any, out: Path, schema: pa.Schema | None) -> None:
-        ds.write_parquet(str(out.resolve()), **PARQUET_OPTIONS)
+        write_in_order(self.ray, ds, out, schema)
         if not data_files(out) and schema is not None:
             out.mkdir(parents=True, exist_ok=True)
             write_table(schema.empty_table(), out / "part-empty.parquet")
@@ -268,43 +209,26 @@ class RayExecutor:
                         only_kept: bool = False) -> int:
         """Route each decision to the file holding its row (a narrow shuffle of decisions only, by
         file); one task per file then reads it, applies its decisions and writes it. The wide rows
-        are read once and written once, never shuffled or sorted. Routing needs files over disjoint
-        _ordinal ranges; where they interleave, the decisions are applied from the driver instead."""
+        are read once and written once, never shuffled or sorted (routing: pipelines.ray_files)."""
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
-        try:
-            starts, owners = file_starts(files)
-        except OverlappingFiles as exc:
-            # Ray's writer put interleaved ordinal ranges in one file (or mixture repeats carry
-            # negative ordinals): apply the decisions file by file from here, correct but with the
-            # decisions held on the driver. Loud, so that a run at scale shows it.
-            logging.getLogger("mmcurate").warning("stage %s: %s; decisions applied from the driver", stage.name, exc)
-            return self._apply_from_driver(stage, files, concat(self.ray.get(right.to_arrow_refs())), schema, out,
-                                           only_kept)
-        tagged = right.map_batches(_tag_file, batch_format="pyarrow",
-                                   fn_kwargs={"starts": starts, "owners": owners}).materialize()
+        tagged = route(self.ray, right, files).materialize()
         # One sentinel row per file, so that a file without decisions (no kept rows) is written too.
-        right_schema = tagged.schema()
+        right_schema = tagged.schema().base_schema
         sentinels = pa.table({name: pa.nulls(len(files), typ) if name != FILE else pa.array(range(len(files)), pa.int64())
                               for name, typ in zip(right_schema.names, right_schema.types)})
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:decisions"
         out.mkdir(parents=True, exist_ok=True)
         by_file = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE, num_partitions=min(len(files), 256))
         done = by_file.map_groups(
-            _apply_file, batch_format="pyarrow",
+            apply_file, batch_format="pyarrow",
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
-                       "only_kept": only_kept,
-                       "token": token, "stage_cls": type(stage), "config": stage.config, "context": stage.context})
+                       "only_kept": only_kept, "token": token, "stage_cls": type(stage), "config": stage.config,
+                       "context": stage.context, "worker_stage": _worker_stage})
         written = concat(self.ray.get(done.to_arrow_refs()))
         if sorted(written.column("file").to_pylist()) != list(range(len(files))):
             raise E.AccountingError(f"stage {stage.name!r}: not every file of the global step was written once")
         return int(pc.sum(written.column("repeats")).as_py() or 0)
-
-    @staticmethod
-    def _apply_from_driver(stage: Stage, files: list[str], decisions: pa.Table, schema: pa.Schema, out: Path,
-                           only_kept: bool) -> int:
-        from pipelines.executors import InlineExecutor
-        return InlineExecutor().apply_decisions(stage, files, decisions, schema, out, only_kept=only_kept)
 
     def close(self) -> None:
         if self._started:

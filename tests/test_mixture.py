@@ -247,16 +247,38 @@ def test_ray_executor_writes_the_same_repeats_as_inline(tmp_path: Path, monkeypa
         t = result.kept(columns=cols)
         rows[executor] = sorted(zip(*[t.column(c).to_pylist() for c in cols]), key=str)
     assert rows["inline"] == rows["ray"]
-    # files whose _ordinal ranges interleave (Ray's writer may bundle distant blocks; repeats carry
-    # negative ordinals): the decisions are applied from the driver instead, with the same rows
-    from pipelines import ray_data
 
-    def interleaved(files):
-        raise ray_data.OverlappingFiles("forced by the test")
-    monkeypatch.setattr(ray_data, "file_starts", interleaved)
-    result = run(recipe, out=tmp_path / "ray-fallback", executor="ray", progress=False)
-    t = result.kept(columns=cols)
-    assert sorted(zip(*[t.column(c).to_pylist() for c in cols]), key=str) == rows["inline"]
+
+def test_ray_routes_decisions_about_repeat_rows_to_their_files(tmp_path: Path, monkeypatch):
+    """Repeat rows carry negative, hash-derived ordinals that no file range locates: a global step
+    after the mixture (pack) must find them through the repeat lookup, many small files apart, and
+    give the inline executor's rows."""
+    from pipelines import ray_files
+    from pipelines.recipe import parse
+    from pipelines.runner import run
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.setattr(ray_files, "ROWS_PER_FILE", 7)   # repeats spread over many files
+    _repeat_recipe(tmp_path)   # writes the two sources
+    recipe = parse({"name": "rep-pack", "seed": 3,
+                    "sources": [{"name": s, "path": str(tmp_path / f"{s}.parquet"), "format": "parquet",
+                                 "category": s, "key_column": "uid"} for s in ("big", "small")],
+                    "stages": [{"name": "count_tokens"}, {"name": "pack", "settings": {"context_length": 64}}],
+                    "mixture": {"ratios": {"big": 0.5, "small": 0.5}, "total": 40, "max_repeat": 3}})
+    cols = ["key", REPEAT_OF, R.ORDINAL, "pack_id"]
+    rows = {}
+    for executor in ("inline", "ray"):
+        result = run(recipe, out=tmp_path / executor, executor=executor, progress=False)
+        stages = {e["name"]: e for e in result.report["stages"]}
+        assert stages["mixture"]["repeated"] == 12 and stages["pack"]["in"] == 40
+        t = result.kept(columns=cols)
+        rows[executor] = sorted(zip(*[t.column(c).to_pylist() for c in cols]), key=str)
+    assert rows["inline"] == rows["ray"] and len(rows["ray"]) == 40
+    assert sum(1 for r in rows["ray"] if r[1] is not None) == 12   # the repeats were packed too
+    mixture_files = sorted((tmp_path / "ray" / "stages").glob("*mixture*/data/*.parquet"))
+    assert len(mixture_files) > 3
+    # every file holds its original rows in _ordinal order, over ranges disjoint in file order
+    ords = [o for f in mixture_files for o in pq.read_table(f, columns=[R.ORDINAL]).column(0).to_pylist() if o >= 0]
+    assert ords == sorted(ords) and len(set(ords)) == len(ords)
 
 
 def test_output_rows_do_not_depend_on_batch_size():

@@ -1,0 +1,66 @@
+"""Routing a global step's decisions to the files holding their rows (pipelines.ray_files), without Ray."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curate.base import inline as E
+from curate.base import records as R
+from pipelines.ray_files import FILE, FileIndex, tag_file
+
+
+def _write(path: Path, ordinals: list[int], row_group_size: int | None = None) -> str:
+    pq.write_table(pa.table({R.ORDINAL: pa.array(ordinals, pa.int64())}), path, row_group_size=row_group_size)
+    return str(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6), gaps=st.lists(st.integers(0, 5), min_size=6,
+       max_size=6), repeats=st.lists(st.integers(0, 3), min_size=6, max_size=6), seed=st.integers(0, 2**16))
+def test_every_decision_goes_to_the_file_holding_its_row(tmp_path_factory, sizes, gaps, repeats, seed):
+    """Files over consecutive ordinal ranges (some empty, some with negative repeat ordinals at
+    their end): an original row's decision is tagged with its file; a repeat row's with -1 (lookup);
+    an added repeat's with the file of the row it copies."""
+    d = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(seed)
+    files, owner, nxt = [], {}, 0
+    for i, n in enumerate(sizes):
+        ords = list(range(nxt, nxt + n))
+        nxt += n + gaps[i]
+        reps = [-1 - int(x) for x in rng.integers(0, 2**62, repeats[i] if n else 0)]
+        files.append(_write(d / f"part-{i:05d}.parquet", ords + reps, row_group_size=4))
+        owner.update({o: i for o in ords})
+        owner.update({r: -1 for r in reps})
+    index = FileIndex(files)
+    assert index.with_repeats == [i for i, n in enumerate(sizes) if n and repeats[i]]
+    names = list(owner)
+    rng.shuffle(names)
+    sources = [o for o in owner if o >= 0]
+    decisions = pa.table({R.ORDINAL: pa.array(names, pa.int64()),
+                          E.REPEAT_SOURCE: pa.nulls(len(names), pa.int64())})
+    if sources:   # an added repeat (negative ordinal) copying an original row
+        added = pa.table({R.ORDINAL: pa.array([-7], pa.int64()), E.REPEAT_SOURCE: pa.array([sources[-1]], pa.int64())})
+        decisions = pa.concat_tables([decisions, added])
+    tagged = tag_file(decisions, index.starts, index.owners)
+    got = dict(zip(tagged.column(R.ORDINAL).to_pylist()[:len(names)], tagged.column(FILE).to_pylist()[:len(names)]))
+    assert got == owner
+    if sources:
+        assert tagged.column(FILE)[-1].as_py() == owner[sources[-1]]
+
+
+def test_files_over_interleaved_ranges_are_a_bug_not_a_fallback(tmp_path: Path):
+    files = [_write(tmp_path / "part-00000.parquet", [0, 5, 9]), _write(tmp_path / "part-00001.parquet", [3, 4])]
+    with pytest.raises(E.AccountingError, match="overlapping _ordinal ranges"):
+        FileIndex(files)
+
+
+def test_a_decision_before_every_row_is_refused(tmp_path: Path):
+    index = FileIndex([_write(tmp_path / "part-00000.parquet", [10, 11])])
+    with pytest.raises(E.AccountingError, match="before every row"):
+        tag_file(pa.table({R.ORDINAL: pa.array([3], pa.int64())}), index.starts, index.owners)
