@@ -324,3 +324,49 @@ def test_ascii_fast_path_counts_like_the_unicode_loop(text):
     slow = TR.count_chars(text + "\u00e9")           # one non-ASCII letter forces the per-character loop
     assert (fast.letters + 1, fast.digits, fast.symbols, fast.nonspace + 1) == (
         slow.letters, slow.digits, slow.symbols, slow.nonspace)
+
+
+# --- shortcuts that must not change a verdict ------------------------------------------------------
+_SPAMMY = ("click here", "Click HERE", "subscribe now", "sign up today", "lorem ipsum", "all rights reserved",
+           "copyright (c)", "Copyright 2024", "free download", "add to cart", "buy now", "no photo available",
+           "image not found", "we use cookies", "click_here", "1click here", "free", "no", "image", "we")
+
+
+@settings(max_examples=300)
+@given(parts=st.lists(st.one_of(st.sampled_from(_SPAMMY), st.sampled_from("a dog . , ! - _ ( ) 42 cat".split()),
+                                st.text(alphabet="abcdefghijklmnopqrstuvwxyz _-!.,()0123456789ſK", max_size=12)),
+                      max_size=8),
+       sep=st.sampled_from([" ", "", "-", "_", "\n"]))
+def test_property_the_spam_word_gate_never_changes_boilerplate_match(parts, sep):
+    """Skipping the phrase search when no token is a phrase's first word (ASCII only) finds the same."""
+    text = sep.join(parts)
+    assert TR.boilerplate_match(text, TR.tokenize(text)) == TR.boilerplate_match(text)
+
+
+def _tail_loop_without_gate(tokens, min_repeats, min_tokens, max_period=TR.TAIL_LOOP_MAX_PERIOD):
+    n, min_repeats = len(tokens), max(min_repeats, 2)
+    for p in range(1, min(max_period, n // min_repeats) + 1):
+        unit, r = list(tokens[n - p:]), 1
+        while n - (r + 1) * p >= 0 and list(tokens[n - (r + 1) * p:n - r * p]) == unit:
+            r += 1
+        if r >= min_repeats and r * p >= min_tokens:
+            start = n - r * p
+            while start > 0 and tokens[start - 1] == tokens[start - 1 + p]:
+                start -= 1
+            return TR.Loop(p, r, start)
+    return None
+
+
+@settings(max_examples=300)
+@given(tokens=st.lists(st.sampled_from("a b c d .".split()), max_size=40), min_repeats=st.integers(0, 5),
+       min_tokens=st.integers(0, 12))
+def test_property_the_tail_loop_gate_finds_what_the_full_scan_finds(tokens, min_repeats, min_tokens):
+    assert TR.find_tail_loop(tokens, min_repeats, min_tokens) == _tail_loop_without_gate(tokens, min_repeats, min_tokens)
+
+
+@given(words=st.lists(st.sampled_from("a dog cat on the mat".split()), max_size=40))
+def test_property_a_longer_ngram_never_occurs_more_often_than_the_top_shorter_one(words):
+    """Why the n-gram rule stops at the first n whose top n-gram is below the repeat count."""
+    for n in (2, 3):
+        short, longer = TR.top_ngram(words, n), TR.top_ngram(words, n + 1)
+        assert longer is None or (short is not None and longer.count <= short.count)

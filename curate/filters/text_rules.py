@@ -138,9 +138,17 @@ def _count_ascii(data: bytes) -> CharCounts:
                       nonspace=len(data.translate(None, _ASCII_SPACE)))
 
 
-def boilerplate_match(text: str) -> str | None:
-    """The boilerplate phrase in `text`, or a note that it holds only generic words; None otherwise."""
-    m = _SPAM_RE.search(text)
+# The first word of every _SPAM phrase. In ASCII text a phrase can only match where its first word is a
+# whole token, so a text without any of these tokens skips the (case-insensitive, slow) search.
+_SPAM_FIRST_WORDS = frozenset(phrase.split(" ")[0] for phrase in _SPAM)
+assert all(w.isascii() and w.isalpha() and w.islower() for w in _SPAM_FIRST_WORDS), "a _SPAM phrase starts with a plain word"
+
+
+def boilerplate_match(text: str, tokens: Sequence[str] | None = None) -> str | None:
+    """The boilerplate phrase in `text`, or a note that it holds only generic words; None otherwise.
+    `tokens`: ``tokenize(text)`` when the caller has it (lets ASCII text skip the phrase search)."""
+    skip = tokens is not None and text.isascii() and _SPAM_FIRST_WORDS.isdisjoint(tokens)
+    m = None if skip else _SPAM_RE.search(text)
     if m:
         return f"contains {m.group(0)!r}"
     words = re.findall(r"[^\W\d_]+", text.lower())
@@ -197,7 +205,10 @@ def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
     n = len(tokens)
     if min_repeats < 2:
         min_repeats = 2
+    last = tokens[n - 1] if n else None
     for p in range(1, min(max_period, n // min_repeats) + 1):
+        if tokens[n - 1 - p] != last:   # a second copy of the unit would end with `last`: no loop of period p
+            continue
         unit = list(tokens[n - p:])
         r = 1
         while n - (r + 1) * p >= 0 and list(tokens[n - (r + 1) * p:n - r * p]) == unit:
@@ -238,7 +249,7 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
     if th.max_chars and len(text) > th.max_chars:
         return Drop("text:too_long", f"{len(text)} characters > {th.max_chars}")
     if boilerplate and th.boilerplate_max_words and len(words) <= th.boilerplate_max_words:
-        hit = boilerplate_match(text)
+        hit = boilerplate_match(text, tokens)
         if hit:
             return Drop("text:boilerplate", hit)
     loop = None
@@ -256,7 +267,9 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
         for n, limit in ((2, th.max_top_ngram_ratio), (3, th.max_top_ngram_ratio - 0.02),
                          (4, th.max_top_ngram_ratio - 0.04)):
             top = top_ngram(words, n)
-            if top and top.count >= max(2, th.ngram_min_repeats) and top.coverage > limit:
+            if top is None or top.count < max(2, th.ngram_min_repeats):
+                break   # an n+1-gram occurs at most as often as its leading n-gram: none can reach the count
+            if top.coverage > limit:
                 return Drop("text:repeated_ngrams", f"{' '.join(top.ngram)!r} x{top.count} covers "
                                                     f"{top.coverage:.2f} of the characters > {limit:.2f}")
     if loop is not None:  # the whole text is one repeated unit

@@ -98,28 +98,53 @@ class MixtureStage(Stage):
         weights, tokens = self._weights(table)
         return labels, ranks, weights, tokens
 
+    def _derive(self, table: pa.Table) -> pa.Table:
+        """Per row, what every pass needs: label, seeded rank, weight, tokens (null: no num_tokens in
+        the batch). Hashing keys and labelling rows is the passes' main cost, so it is done once."""
+        labels, ranks, weights, tokens = self._columns(table)
+        return pa.table({R.ORDINAL: table.column(R.ORDINAL), "key": table.column("key"),
+                         "label": pa.array(labels.tolist(), pa.string()), "rank": pa.array(ranks, pa.uint64()),
+                         "weight": pa.array(weights, pa.float64()),
+                         "tokens": pa.array(tokens, pa.int64()) if tokens is not None else
+                         pa.nulls(table.num_rows, pa.int64())})
+
+    @staticmethod
+    def _derived(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(labels, ranks, weights, tokens or None) of a batch of ``_derive``'s rows."""
+        tokens = t.column("tokens")
+        return (np.asarray(t.column("label").to_pylist(), dtype=object), t.column("rank").to_numpy(),
+                t.column("weight").to_numpy(),
+                None if tokens.null_count == t.num_rows else
+                np.asarray(tokens.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64))
+
     def global_step(self, data: Any) -> Any:
         """Both passes as aggregates (per-group totals and rank histograms, then the boundary bins'
         rows), the plan on the driver, and a per-row map: no process holds the rows. The plan equals
-        decide()'s on the same rows, whatever the batching (hypothesis-tested)."""
+        decide()'s on the same rows, whatever the batching (hypothesis-tested). The per-row label,
+        rank and weight are derived once and kept (Ray's object store) for the passes."""
         c = self.config
-        stats = data.aggregate(lambda t: D.stats_table(P.partial_stats(*self._columns(t))), D.stats_from_table)
+        cols = self._derived
+        rows = data.map_batches(self._derive).materialize()
+        stats = rows.aggregate(lambda t: D.stats_table(P.partial_stats(*cols(t))), D.stats_from_table)
         b = P.budget(self.targets, stats, c.total)
         bins, before = P.boundary_bins(b, stats)
-        boundary = (data.aggregate(lambda t: D.boundary_table(P.partial_boundary(*self._columns(t)[:3], bins)),
+        boundary = (rows.aggregate(lambda t: D.boundary_table(P.partial_boundary(*cols(t)[:3], bins)),
                                    D.boundary_from_table) if bins else {})
         plans = P.finish_plan(b, self.targets, stats, bins, before, boundary)
         self._check_shortfall(plans)
 
         def copies_of(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-            labels, ranks, _, tokens = self._columns(t)
+            labels, ranks, _, tokens = cols(t)
             return labels, P.apply_plan(plans, labels, ranks), tokens
 
-        sums = data.aggregate(lambda t: D.sums_table(group_sums(*copies_of(t))), D.sums_from_table)
-        has_tokens = data.aggregate(lambda t: pa.table({"n": [int(self._weights(t)[1] is not None)]}),
-                                    lambda t: bool(t.num_rows and max(t.column("n").to_pylist())))
-        self.report = {"mixture": mixture_report(self.targets, c.unit, plans, b, sums, has_tokens)}
-        return data.map_batches(lambda t: decision_table(t.column(R.ORDINAL).to_numpy(), t.column("key").to_pylist(),
+        def sums(t: pa.Table) -> pa.Table:
+            part = D.sums_table(group_sums(*copies_of(t)))
+            return part.append_column("has_tokens", pa.array([t.column("tokens").null_count < t.num_rows] *
+                                                             part.num_rows, pa.bool_()))
+        totals = rows.aggregate(sums, lambda t: (D.sums_from_table(t.drop_columns(["has_tokens"])),
+                                                 bool(pc.any(t.column("has_tokens")).as_py())))
+        self.report = {"mixture": mixture_report(self.targets, c.unit, plans, b, *totals)}
+        return rows.map_batches(lambda t: decision_table(t.column(R.ORDINAL).to_numpy(), t.column("key").to_pylist(),
                                                          *copies_of(t)[:2]))
 
     def _check_shortfall(self, plans: dict[str, P.GroupPlan]) -> None:
