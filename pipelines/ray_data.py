@@ -33,6 +33,13 @@ PART = "_part"
 MAX_SOURCE_BLOCKS = 256
 
 
+def source_tasks_per_batch(tasks: int, batch_size: int, cpus: int) -> int:
+    """Source tasks (files or file parts) per map call: the stage's batch_size (small one-sample tars
+    are grouped so 10,000 of them do not become 10,000 Ray tasks and files), but never so many that
+    fewer than two batches per CPU remain — five 250k-row parquet files are five tasks, not one."""
+    return max(1, min(batch_size, tasks // (2 * max(1, cpus))))
+
+
 class RayData:
     """GlobalData on a Ray Dataset (see curate.base.global_data for the contract)."""
 
@@ -159,11 +166,12 @@ class RayExecutor:
         each with its own batch size and resources), write. Nothing between the stages touches disk."""
         head = stages[0]
         ds = self._read(files)
+        source_batch = None
         if head.reads_sources:
             tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            # A block per `batch_size` files, at most MAX_SOURCE_BLOCKS: enough to keep a cluster busy,
-            # few enough that 10,000 one-sample tars do not become 10,000 parquet files in every stage.
-            ds = ds.repartition(max(1, min(MAX_SOURCE_BLOCKS, -(-tasks // head.resources.batch_size))))
+            source_batch = source_tasks_per_batch(tasks, head.resources.batch_size,
+                                                  int(self.ray.cluster_resources().get("CPU", 1)))
+            ds = ds.repartition(max(1, min(MAX_SOURCE_BLOCKS, -(-tasks // source_batch))))
             schema = R.BASE_SCHEMA
         else:
             schema = pq.read_schema(files[0])
@@ -171,7 +179,7 @@ class RayExecutor:
                 schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
         for position, stage in enumerate(stages):
             link = None if len(stages) == 1 else (stage.context.stage_index, position > 0)
-            ds = self._map(ds, stage, link)
+            ds = self._map(ds, stage, link, source_batch if stage.reads_sources else None)
             if not stage.reads_sources:
                 schema = stage.output_schema(schema) if link is None else E.chain_schema([stage], schema)
         self._write(ds, out, schema)
@@ -179,10 +187,11 @@ class RayExecutor:
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
         self.map_stages([stage], files, out)
 
-    def _map(self, ds: Any, stage: Stage, link: tuple[int, bool] | None) -> Any:
+    def _map(self, ds: Any, stage: Stage, link: tuple[int, bool] | None, batch_size: int | None = None) -> Any:
         import ray.data
         res = stage.resources
-        common: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow", "num_cpus": res.cpus}
+        common: dict[str, Any] = {"batch_size": batch_size or res.batch_size, "batch_format": "pyarrow",
+                                  "num_cpus": res.cpus}
         if res.gpus:
             common["num_gpus"] = res.gpus
         if res.npus:

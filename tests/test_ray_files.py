@@ -64,3 +64,14 @@ def test_a_decision_before_every_row_is_refused(tmp_path: Path):
     index = FileIndex([_write(tmp_path / "part-00000.parquet", [10, 11])])
     with pytest.raises(E.AccountingError, match="before every row"):
         tag_file(pa.table({R.ORDINAL: pa.array([3], pa.int64())}), index.starts, index.owners)
+
+
+@given(tasks=st.integers(0, 5000), batch_size=st.integers(1, 64), cpus=st.integers(1, 512))
+def test_source_batches_keep_every_cpu_busy_and_group_small_tasks(tasks, batch_size, cpus):
+    from pipelines.ray_data import source_tasks_per_batch
+    per = source_tasks_per_batch(tasks, batch_size, cpus)
+    assert 1 <= per <= batch_size
+    batches = -(-tasks // per)
+    assert batches >= min(tasks, 2 * cpus)          # enough batches for every CPU, when there are tasks
+    if tasks >= 2 * cpus * batch_size:
+        assert per == batch_size                     # many small tasks: grouped as the stage asks
