@@ -150,8 +150,8 @@ class RayExecutor:
         ctx.enable_progress_bars = verbose
         ctx.print_on_execution_start = verbose
 
-    def _write(self, ds: Any, out: Path, schema: pa.Schema | None) -> None:
-        write_in_order(self.ray, ds, out, schema)
+    def _write(self, ds: Any, out: Path, schema: pa.Schema | None, per_block: bool = False) -> None:
+        write_in_order(self.ray, ds, out, schema, per_block)
         if not data_files(out) and schema is not None:
             out.mkdir(parents=True, exist_ok=True)
             write_table(schema.empty_table(), out / "part-empty.parquet")
@@ -182,7 +182,7 @@ class RayExecutor:
             ds = self._map(ds, stage, link, source_batch if stage.reads_sources else None)
             if not stage.reads_sources:
                 schema = stage.output_schema(schema) if link is None else E.chain_schema([stage], schema)
-        self._write(ds, out, schema)
+        self._write(ds, out, schema, per_block=head.reads_sources)
 
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
         self.map_stages([stage], files, out)

@@ -3,17 +3,21 @@
 Writing: Ray's own ``write_parquet`` hands its blocks to ``pyarrow.dataset.write_dataset`` with
 threads on, which does not keep row order inside a file (a 5M-row run had 4096-row chunks of one
 source file shuffled, and files over interleaving ``_ordinal`` ranges). ``write_in_order`` writes
-every bundle of ROWS_PER_FILE rows itself, in its order, and names the files in dataset order, so
-a stage's files hold its rows in input order — which is ``_ordinal`` order for original rows.
+every bundle of ROWS_PER_FILE rows itself, in its order, as part of the stage's own (fused) tasks,
+and names the files in dataset order, so a stage's files normally hold its rows in input order —
+``_ordinal`` order for original rows.
 
 Routing: a decision goes to the file holding its row by a binary search over the files' first
-non-negative ``_ordinal`` (from the parquet footers). Repeat rows that the mixture appended carry
-negative, hash-derived ordinals that no range can locate; decisions about them are matched to
-their file by a narrow shuffle on ``_ordinal`` against those rows' ordinals alone (only when some
-file holds repeats). Nothing here holds per-sample data on the driver.
+non-negative ``_ordinal`` (from the parquet footers). Two cases need a lookup instead — a narrow
+shuffle on the row's ``_ordinal`` of the decisions against (``_ordinal``, file) rows read from the
+files: repeat rows that the mixture appended carry negative, hash-derived ordinals that no range
+locates (only those are looked up), and when Ray handed blocks over out of order (an unfused
+writer did, in testing) the files' ranges interleave and every decision is looked up — correct
+either way, one shuffle slower in the second. Nothing here holds per-sample data on the driver.
 """
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import shutil
@@ -29,11 +33,13 @@ import pyarrow.parquet as pq
 from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
-from curate.base.global_data import concat
+from curate.base.global_data import concat, partition_of
 from pipelines.executors import write_table
 
 FILE = "_file"          # which input file of the global step a decision belongs to
-LOOKUP = "_lookup"      # marks the rows of the repeat lookup in the routing shuffle
+LOOKUP = "_lookup"      # marks the lookup rows (an _ordinal and its file) in the routing shuffle
+TARGET = "_target"      # the _ordinal a decision is about, the key of the routing shuffle
+PART = "_part"          # its hash partition
 ROWS_PER_FILE = 100_000  # a file is one task of the next global step's apply: its rows bound that task's memory
 STAGING = ".blocks"
 
@@ -52,15 +58,17 @@ def _write_bundle(batch: pa.Table, staging: str, schema: pa.Schema | None) -> pa
     return pa.table({"name": [name], "rows": pa.array([batch.num_rows], pa.int64())})
 
 
-def write_in_order(ray: Any, ds: Any, out: Path, schema: pa.Schema | None) -> int:
-    """Write `ds` under `out` as part-00000.parquet, ... in dataset order (preserve_order is on);
-    returns the number of rows. The driver sees one (name, rows) pair per file."""
+def write_in_order(ray: Any, ds: Any, out: Path, schema: pa.Schema | None, per_block: bool = False) -> int:
+    """Write `ds` under `out` as part-00000.parquet, ... in dataset order; returns the number of rows.
+    The driver sees one (name, rows) pair per file, of ROWS_PER_FILE rows. `per_block`: a file per
+    block instead (a source stage: a block is one batch of source parts, already bounded, and bundling
+    blocks would make Ray's fused operator hand several batches' worth of parts to one task)."""
     staging = out / STAGING
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    written = concat(ray.get(ds.map_batches(_write_bundle, batch_size=ROWS_PER_FILE, batch_format="pyarrow",
-                                            fn_kwargs={"staging": str(staging.resolve()), "schema": schema})
+    written = concat(ray.get(ds.map_batches(_write_bundle, batch_size=None if per_block else ROWS_PER_FILE,
+                                            batch_format="pyarrow", fn_kwargs={"staging": str(staging.resolve()), "schema": schema})
                              .to_arrow_refs()))
     names = written.column("name").to_pylist() if written.num_rows else []
     for i, name in enumerate(names):
@@ -88,7 +96,8 @@ def _non_negative_range(meta: pq.FileMetaData, path: str) -> tuple[int, int, boo
 
 
 class FileIndex:
-    """The files of a global step's input: first non-negative _ordinal of each, and which hold repeats."""
+    """The files of a global step's input: first non-negative _ordinal of each, and which hold repeats.
+    `by_range` is False when the files' ranges interleave: then every decision is routed by lookup."""
 
     def __init__(self, files: list[str]):
         ranges, self.with_repeats = [], []
@@ -102,61 +111,78 @@ class FileIndex:
             if lo >= 0:
                 ranges.append((lo, hi, i))
         ranges.sort()
-        for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]):
-            if lo <= hi:   # our writers keep input order: this is a bug, not bad input
-                raise E.AccountingError(f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges")
-        self.starts = [r[0] for r in ranges]
-        self.owners = [r[2] for r in ranges]
+        self.overlap = next((f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges"
+                             for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]) if lo <= hi), None)
+        self.by_range = self.overlap is None
+        self.starts = [r[0] for r in ranges] if self.by_range else []
+        self.owners = [r[2] for r in ranges] if self.by_range else []
 
 
-def tag_file(batch: pa.Table, starts: list[int], owners: list[int]) -> pa.Table:
-    """Each decision with the index of the file holding its row (a repeat being added: the row it
-    copies); -1 for a decision about an existing repeat row (negative _ordinal), found by lookup."""
+def _targets(batch: pa.Table) -> np.ndarray:
+    """The row each decision is about: its own _ordinal, or for a repeat being added the row it copies."""
     target = batch.column(R.ORDINAL)
     if E.REPEAT_SOURCE in batch.column_names:
         target = pc.coalesce(batch.column(E.REPEAT_SOURCE), target)
-    target = np.asarray(target.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.asarray(target.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def tag_file(batch: pa.Table, starts: list[int], owners: list[int]) -> pa.Table:
+    """Each decision with the index of the file holding its row; -1 where the ranges cannot tell (a
+    decision about an existing repeat row, negative _ordinal; or every row when there are no ranges)."""
+    target = _targets(batch)
+    if not starts:
+        return batch.append_column(FILE, pa.array(np.full(len(target), -1, dtype=np.int64)))
     pos = np.searchsorted(np.asarray(starts, dtype=np.int64), target, side="right") - 1
     if (pos[target >= 0] < 0).any():
         raise E.AccountingError("a decision names an _ordinal before every row of the stage")
-    owner = np.where(target >= 0, np.asarray(owners or [0], dtype=np.int64)[np.maximum(pos, 0)], -1)
+    owner = np.where(target >= 0, np.asarray(owners, dtype=np.int64)[np.maximum(pos, 0)], -1)
     return batch.append_column(FILE, pa.array(owner, pa.int64()))
 
 
 def _located(batch: pa.Table, known: bool) -> pa.Table:
-    """The decisions whose file the ordinal ranges gave (`known`), or the others."""
+    """The decisions whose file the ordinal ranges gave (`known`), or the others, marked for lookup."""
     found = pc.greater_equal(batch.column(FILE), 0)
-    return batch.filter(found if known else pc.invert(found))
+    if known:
+        return batch.filter(found)
+    batch = batch.filter(pc.invert(found))
+    return batch.append_column(TARGET, pa.array(_targets(batch), pa.int64())) \
+        .append_column(LOOKUP, pa.array(np.zeros(batch.num_rows, dtype=bool)))
 
 
-def _repeat_rows(batch: pa.Table, names: dict[str, int], decision_schema: pa.Schema) -> pa.Table:
-    """Lookup rows (_ordinal of a repeat row, its file), shaped like tagged decisions."""
-    ords = batch.column(R.ORDINAL)
-    here = pc.less(ords, 0)
-    ords, where = pc.filter(ords, here), pc.filter(batch.column("path"), here)
+def _lookup_rows(batch: pa.Table, names: dict[str, int], decision_schema: pa.Schema, only_repeats: bool) -> pa.Table:
+    """Lookup rows (an _ordinal held by a file, that file), shaped like the decisions marked for lookup."""
+    ords, where = batch.column(R.ORDINAL), batch.column("path")
+    if only_repeats:
+        here = pc.less(ords, 0)
+        ords, where = pc.filter(ords, here), pc.filter(where, here)
     n = len(ords)
     cols = {name: pa.nulls(n, typ) for name, typ in zip(decision_schema.names, decision_schema.types)}
-    cols[R.ORDINAL] = ords.cast(pa.int64())
     cols[FILE] = pa.array([names[posixpath.basename(p)] for p in where.to_pylist()], pa.int64())
-    cols[LOOKUP] = pa.array([True] * n, pa.bool_())
+    cols[TARGET] = ords.cast(pa.int64())
+    cols[LOOKUP] = pa.array(np.ones(n, dtype=bool))
     return pa.table(cols)
 
 
-def _mark_decision(batch: pa.Table) -> pa.Table:
-    return batch.append_column(LOOKUP, pa.array([False] * batch.num_rows, pa.bool_()))
+def _add_part(batch: pa.Table, partitions: int) -> pa.Table:
+    return batch.append_column(PART, pa.array(partition_of(batch.column(TARGET), partitions).astype(np.int64)))
 
 
-def _resolve_repeats(group: pa.Table) -> pa.Table:
-    """One _ordinal's lookup row and decision: the decision with the lookup's file."""
-    is_lookup = group.column(LOOKUP).to_numpy(zero_copy_only=False)
-    decisions = group.filter(pa.array(~is_lookup))
+def _resolve(group: pa.Table) -> pa.Table:
+    """One hash partition of lookup rows and decisions: each decision with the file its lookup row
+    names, matched in one vectorised step (a groupby per _ordinal would call Python per row)."""
+    is_lookup = group.column(LOOKUP)
+    lookups, decisions = group.filter(is_lookup), group.filter(pc.invert(is_lookup))
+    decisions = decisions.drop_columns([LOOKUP, PART])
     if decisions.num_rows == 0:
-        return decisions.drop_columns([LOOKUP])
-    files = group.filter(pa.array(is_lookup)).column(FILE).to_pylist()
-    if len(files) != 1:
-        raise E.AccountingError(f"a decision names repeat row {group.column(R.ORDINAL)[0]} held by {len(files)} files")
-    return decisions.set_column(decisions.schema.get_field_index(FILE), FILE,
-                                pa.array(files * decisions.num_rows, pa.int64())).drop_columns([LOOKUP])
+        return decisions.drop_columns([TARGET])
+    held = lookups.column(TARGET)
+    if len(pc.unique(held)) != len(held):
+        raise E.AccountingError("an _ordinal is held by more than one file of the stage")
+    pos = pc.index_in(decisions.column(TARGET), value_set=held)
+    if pos.null_count:
+        raise E.AccountingError("a decision names an _ordinal that no file of the stage holds")
+    files = lookups.column(FILE).take(pos)
+    return decisions.set_column(decisions.schema.get_field_index(FILE), FILE, files).drop_columns([TARGET])
 
 
 def route(ray: Any, decisions: Any, files: list[str]) -> Any:
@@ -164,20 +190,25 @@ def route(ray: Any, decisions: Any, files: list[str]) -> Any:
     index = FileIndex(files)
     tagged = decisions.map_batches(tag_file, batch_format="pyarrow",
                                    fn_kwargs={"starts": index.starts, "owners": index.owners})
-    if not index.with_repeats:
+    if index.by_range and not index.with_repeats:
         return tagged
     import ray.data
+    if not index.by_range:   # Ray handed the writer blocks out of order: correct, one more shuffle
+        logging.getLogger("mmcurate").warning("%s; decisions routed by lookup", index.overlap)
+    looked_up = index.with_repeats if index.by_range else list(range(len(files)))
     tagged = tagged.materialize()
     schema = tagged.schema().base_schema
     located = tagged.map_batches(_located, batch_format="pyarrow", fn_kwargs={"known": True})
-    unknown = tagged.map_batches(_located, batch_format="pyarrow", fn_kwargs={"known": False}) \
-        .map_batches(_mark_decision, batch_format="pyarrow")
-    names = {Path(files[i]).name: i for i in index.with_repeats}   # distinct: one stage directory
-    lookup = ray.data.read_parquet([str(Path(files[i]).resolve()) for i in index.with_repeats],
+    unknown = tagged.map_batches(_located, batch_format="pyarrow", fn_kwargs={"known": False})
+    names = {Path(files[i]).name: i for i in looked_up}   # distinct: one stage directory
+    lookup = ray.data.read_parquet([str(Path(files[i]).resolve()) for i in looked_up],
                                    include_paths=True).select_columns([R.ORDINAL, "path"]) \
-        .map_batches(_repeat_rows, batch_format="pyarrow", fn_kwargs={"names": names, "decision_schema": schema})
-    resolved = unknown.union(lookup).groupby(R.ORDINAL, num_partitions=min(256, max(1, len(names)))) \
-        .map_groups(_resolve_repeats, batch_format="pyarrow")
+        .map_batches(_lookup_rows, batch_format="pyarrow",
+                     fn_kwargs={"names": names, "decision_schema": schema, "only_repeats": index.by_range})
+    partitions = min(256, max(1, len(names)))
+    resolved = unknown.union(lookup) \
+        .map_batches(_add_part, batch_format="pyarrow", fn_kwargs={"partitions": partitions}) \
+        .groupby(PART, num_partitions=partitions).map_groups(_resolve, batch_format="pyarrow")
     return located.union(resolved)
 
 

@@ -54,10 +54,12 @@ def test_every_decision_goes_to_the_file_holding_its_row(tmp_path_factory, sizes
         assert tagged.column(FILE)[-1].as_py() == owner[sources[-1]]
 
 
-def test_files_over_interleaved_ranges_are_a_bug_not_a_fallback(tmp_path: Path):
+def test_files_over_interleaved_ranges_are_routed_by_lookup(tmp_path: Path):
     files = [_write(tmp_path / "part-00000.parquet", [0, 5, 9]), _write(tmp_path / "part-00001.parquet", [3, 4])]
-    with pytest.raises(E.AccountingError, match="overlapping _ordinal ranges"):
-        FileIndex(files)
+    index = FileIndex(files)
+    assert not index.by_range and "overlapping _ordinal ranges" in index.overlap
+    tagged = tag_file(pa.table({R.ORDINAL: pa.array([4, 9], pa.int64())}), index.starts, index.owners)
+    assert tagged.column(FILE).to_pylist() == [-1, -1]   # every decision goes through the lookup
 
 
 def test_a_decision_before_every_row_is_refused(tmp_path: Path):
@@ -75,3 +77,20 @@ def test_source_batches_keep_every_cpu_busy_and_group_small_tasks(tasks, batch_s
     assert batches >= min(tasks, 2 * cpus)          # enough batches for every CPU, when there are tasks
     if tasks >= 2 * cpus * batch_size:
         assert per == batch_size                     # many small tasks: grouped as the stage asks
+
+
+def test_lookup_gives_each_decision_its_rows_file_and_refuses_unknown_or_doubly_held_rows():
+    from pipelines.ray_files import LOOKUP, PART, TARGET, _resolve
+
+    def group(targets, files, lookup):
+        n = len(targets)
+        return pa.table({R.ORDINAL: pa.array([None if lk else t for t, lk in zip(targets, lookup)], pa.int64()),
+                         FILE: pa.array(files, pa.int64()), TARGET: pa.array(targets, pa.int64()),
+                         LOOKUP: pa.array(lookup), PART: pa.array([0] * n, pa.int64())})
+    # rows 5 (file 2), -9 (file 0, a repeat), 7 (file 1); decisions about 7, 5 and a repeat added from 5
+    got = _resolve(group([5, -9, 7, 7, 5, 5], [2, 0, 1, -1, -1, -1], [True, True, True, False, False, False]))
+    assert got.column(FILE).to_pylist() == [1, 2, 2] and got.column_names == [R.ORDINAL, FILE]
+    with pytest.raises(E.AccountingError, match="no file"):
+        _resolve(group([5, 6], [2, -1], [True, False]))
+    with pytest.raises(E.AccountingError, match="more than one file"):
+        _resolve(group([5, 5, 5], [2, 3, -1], [True, True, False]))
