@@ -72,6 +72,7 @@ png gif webp thumbnail thumb untitled placeholder file shutterstock getty gettyi
 dreamstime depositphotos bigstock adobe
 """.split())
 _STOPWORDS = frozenset("the a an of and with for in on by from".split())
+_GENERIC_OR_STOP = _GENERIC_WORDS | _STOPWORDS
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -147,10 +148,14 @@ assert all(w.isascii() and w.isalpha() and w.islower() for w in _SPAM_FIRST_WORD
 def boilerplate_match(text: str, tokens: Sequence[str] | None = None) -> str | None:
     """The boilerplate phrase in `text`, or a note that it holds only generic words; None otherwise.
     `tokens`: ``tokenize(text)`` when the caller has it (lets ASCII text skip the phrase search)."""
-    skip = tokens is not None and text.isascii() and _SPAM_FIRST_WORDS.isdisjoint(tokens)
-    m = None if skip else _SPAM_RE.search(text)
+    ascii_tokens = tokens is not None and text.isascii()
+    m = None if ascii_tokens and _SPAM_FIRST_WORDS.isdisjoint(tokens) else _SPAM_RE.search(text)
     if m:
         return f"contains {m.group(0)!r}"
+    # An all-letter ASCII token is a whole letter run of the text: one that is neither generic nor a
+    # stopword already means "not only generic words", without the second scan below.
+    if ascii_tokens and any(t.isalpha() and t not in _GENERIC_OR_STOP for t in tokens):
+        return None
     words = re.findall(r"[^\W\d_]+", text.lower())
     if any(w in _GENERIC_WORDS for w in words) and all(w in _GENERIC_WORDS or w in _STOPWORDS for w in words):
         return "only generic words"
