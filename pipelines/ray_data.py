@@ -156,16 +156,29 @@ class RayExecutor:
             out.mkdir(parents=True, exist_ok=True)
             write_table(schema.empty_table(), out / "part-empty.parquet")
 
-    def _read(self, files: list[str], columns: list[str] | None = None) -> Any:
+    def _read(self, files: list[str], columns: list[str] | None = None, ordered: bool = False) -> Any:
         import ray.data
-        ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files])
+        from ray.data import DataContext
+        ctx = DataContext.get_current()
+        v2 = getattr(ctx, "use_datasource_v2", None)
+        if ordered and v2:
+            # Ray's DataSourceV2 parquet reader hands blocks over out of file order even with
+            # preserve_order (its footer reader yields files as they complete); the V1 reader keeps
+            # the order, so a per-row pass writes its files over disjoint _ordinal ranges and the
+            # next global step routes decisions by range, not by the slower lookup (ray_files).
+            ctx.use_datasource_v2 = False
+        try:
+            ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files])
+        finally:
+            if ordered and v2:
+                ctx.use_datasource_v2 = v2
         return ds if columns is None else ds.select_columns(columns)
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
         """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
         each with its own batch size and resources), write. Nothing between the stages touches disk."""
         head = stages[0]
-        ds = self._read(files)
+        ds = self._read(files, ordered=True)
         source_batch = None
         if head.reads_sources:
             tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
