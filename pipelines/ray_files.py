@@ -11,9 +11,10 @@ Routing: a decision goes to the file holding its row by a binary search over the
 non-negative ``_ordinal`` (from the parquet footers). Two cases need a lookup instead — a narrow
 shuffle on the row's ``_ordinal`` of the decisions against (``_ordinal``, file) rows read from the
 files: repeat rows that the mixture appended carry negative, hash-derived ordinals that no range
-locates (only those are looked up), and when Ray handed blocks over out of order (an unfused
-writer did, in testing) the files' ranges interleave and every decision is looked up — correct
-either way, one shuffle slower in the second. Nothing here holds per-sample data on the driver.
+locates (only those are looked up), and when Ray handed blocks over out of order the files' ranges
+interleave and every decision is looked up — correct either way, one shuffle slower in the second.
+(Ray's DataSourceV2 parquet reader reorders blocks across files; map phases read with V1 for that,
+``RayExecutor._read``.) Nothing here holds per-sample data on the driver.
 """
 from __future__ import annotations
 
