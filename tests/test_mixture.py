@@ -299,3 +299,11 @@ def test_output_rows_do_not_depend_on_batch_size():
         kept = stage.run(t, batch_size=size).kept
         out.append(sorted(zip(kept.column("key").to_pylist(), kept.column(R.ORDINAL).to_pylist())))
     assert out[0] == out[1] and len(out[0]) == 300
+
+
+def test_global_step_on_no_rows_reports_an_empty_mixture():
+    """Every upstream row rejected: the mixture's passes see no batch at all, and still report."""
+    from curate.base.global_data import InlineData
+    stage = MixtureStage(ratios={"caption": 1.0}, context=StageContext(seed=1))
+    assert stage.global_step(InlineData([])).gather().num_rows == 0
+    assert stage.report["mixture"]["total_achieved"] == 0

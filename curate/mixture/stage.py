@@ -142,7 +142,8 @@ class MixtureStage(Stage):
             return part.append_column("has_tokens", pa.array([t.column("tokens").null_count < t.num_rows] *
                                                              part.num_rows, pa.bool_()))
         totals = rows.aggregate(sums, lambda t: (D.sums_from_table(t.drop_columns(["has_tokens"])),
-                                                 bool(pc.any(t.column("has_tokens")).as_py())))
+                                                 bool(pc.any(t.column("has_tokens")).as_py()))
+                                if t.num_rows else ({}, False))
         self.report = {"mixture": mixture_report(self.targets, c.unit, plans, b, *totals)}
         return rows.map_batches(lambda t: decision_table(t.column(R.ORDINAL).to_numpy(), t.column("key").to_pylist(),
                                                          *copies_of(t)[:2]))
