@@ -46,54 +46,51 @@ STAGING = ".blocks"
 
 
 def _write_bundle(batch: pa.Table, staging: str, schema: pa.Schema | None) -> pa.Table:
-    """One bundle as one file under a unique name; returns (name, rows). A retried task writes a
-    second file, which write_in_order never renames and removes with the staging directory."""
+    """One bundle as one file under a unique name; returns its name. A retried task writes a second
+    file, which write_in_order never renames and removes with the staging directory."""
     if batch.num_rows == 0:
-        return pa.table({"name": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+        return pa.table({"name": pa.array([], pa.string())})
     if schema is not None and not batch.schema.equals(schema):
         batch = batch.select(schema.names).cast(schema)   # Ray may type an all-null column as null
     name = f"{uuid.uuid4().hex}.parquet"
     tmp = Path(staging) / f".{name}.tmp"
     write_table(batch, tmp)
     os.replace(tmp, Path(staging) / name)
-    return pa.table({"name": [name], "rows": pa.array([batch.num_rows], pa.int64())})
+    return pa.table({"name": [name]})
 
 
-def write_in_order(ray: Any, ds: Any, out: Path, schema: pa.Schema | None, per_block: bool = False) -> int:
-    """Write `ds` under `out` as part-00000.parquet, ... in dataset order; returns the number of rows.
-    The driver sees one (name, rows) pair per file, of ROWS_PER_FILE rows. `per_block`: a file per
-    block instead (a source stage: a block is one batch of source parts, already bounded, and bundling
-    blocks would make Ray's fused operator hand several batches' worth of parts to one task)."""
+def write_in_order(ray: Any, ds: Any, out: Path, schema: pa.Schema | None, per_block: bool = False) -> None:
+    """Write `ds` under `out` as part-00000.parquet, ... in dataset order; the driver sees one file
+    name per ROWS_PER_FILE rows. `per_block`: a file per block instead (a source stage: a block is
+    one batch of source parts, already bounded, and bundling blocks would make Ray's fused operator
+    hand several batches' worth of parts to one task). `out` is inside the run's fresh temporary
+    stage directory, so the staging directory cannot exist yet (mkdir fails loudly if it does)."""
     staging = out / STAGING
-    if staging.exists():
-        shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    written = concat(ray.get(ds.map_batches(_write_bundle, batch_size=None if per_block else ROWS_PER_FILE,
-                                            batch_format="pyarrow", fn_kwargs={"staging": str(staging.resolve()), "schema": schema})
-                             .to_arrow_refs()))
-    names = written.column("name").to_pylist() if written.num_rows else []
-    for i, name in enumerate(names):
+    written = concat(ray.get(ds.map_batches(
+        _write_bundle, batch_size=None if per_block else ROWS_PER_FILE, batch_format="pyarrow",
+        fn_kwargs={"staging": str(staging.resolve()), "schema": schema}).to_arrow_refs()))
+    for i, name in enumerate(written.column("name").to_pylist() if written.num_rows else []):
         os.replace(staging / name, out / f"part-{i:05d}.parquet")
-    shutil.rmtree(staging)
-    return int(pc.sum(written.column("rows")).as_py() or 0) if written.num_rows else 0
+    shutil.rmtree(staging)   # only a retried task's orphaned file can be left in it
 
 
-def _non_negative_range(meta: pq.FileMetaData, path: str) -> tuple[int, int, bool] | None:
-    """(min, max) of the file's non-negative _ordinals and whether it holds negative ones (repeats);
-    None for a file without original rows. Footer statistics when they suffice, else the column."""
+def _non_negative_range(meta: pq.FileMetaData, path: str) -> tuple[tuple[int, int] | None, bool]:
+    """((min, max) of the file's non-negative _ordinals, or None without any), whether it holds
+    negative ones (repeats). Footer statistics when they suffice, else the column."""
     col = next(c for c in range(meta.num_columns) if meta.schema.column(c).path == R.ORDINAL)   # a leaf
     stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)
              if meta.row_group(g).num_rows]
     if not stats:
-        return None
+        return None, False
     if all(st is not None and st.has_min_max for st in stats) and min(st.min for st in stats) >= 0:
-        return min(st.min for st in stats), max(st.max for st in stats), False
+        return (min(st.min for st in stats), max(st.max for st in stats)), False
     ords = pq.read_table(path, columns=[R.ORDINAL]).column(0)
     originals = pc.filter(ords, pc.greater_equal(ords, 0))
     has_repeats = len(originals) < len(ords)
     if len(originals) == 0:
-        return None if not has_repeats else (-1, -1, True)
-    return pc.min(originals).as_py(), pc.max(originals).as_py(), has_repeats
+        return None, has_repeats
+    return (pc.min(originals).as_py(), pc.max(originals).as_py()), has_repeats
 
 
 class FileIndex:
@@ -103,14 +100,11 @@ class FileIndex:
     def __init__(self, files: list[str]):
         ranges, self.with_repeats = [], []
         for i, f in enumerate(files):
-            found = _non_negative_range(pq.ParquetFile(f).metadata, f)
-            if found is None:
-                continue
-            lo, hi, repeats = found
+            span, repeats = _non_negative_range(pq.ParquetFile(f).metadata, f)
             if repeats:
                 self.with_repeats.append(i)
-            if lo >= 0:
-                ranges.append((lo, hi, i))
+            if span is not None:
+                ranges.append((*span, i))
         ranges.sort()
         self.overlap = next((f"files {files[a]} and {files[b]} hold overlapping _ordinal ranges"
                              for (_, hi, a), (lo, _, b) in zip(ranges, ranges[1:]) if lo <= hi), None)

@@ -211,12 +211,12 @@ def test_runner_rejects_a_repeat_of_a_dropped_row():
         E.validate_decisions(stage, inputs, bad)
 
 
-def _repeat_recipe(tmp_path: Path):
+def _repeat_recipe(tmp_path: Path, stages: list | None = None):
     from pipelines.recipe import parse
     for name, n in (("big", 60), ("small", 8)):
         pq.write_table(pa.table({"uid": [f"{name}{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]}),
                        tmp_path / f"{name}.parquet")
-    return parse({"name": "rep", "seed": 3, "stages": [],
+    return parse({"name": "rep", "seed": 3, "stages": stages or [],
                   "sources": [{"name": s, "path": str(tmp_path / f"{s}.parquet"), "format": "parquet",
                                "category": s, "key_column": "uid"} for s in ("big", "small")],
                   "mixture": {"ratios": {"big": 0.5, "small": 0.5}, "total": 40, "max_repeat": 3}})
@@ -254,16 +254,11 @@ def test_ray_routes_decisions_about_repeat_rows_to_their_files(tmp_path: Path, m
     after the mixture (pack) must find them through the repeat lookup, many small files apart, and
     give the inline executor's rows."""
     from pipelines import ray_files
-    from pipelines.recipe import parse
     from pipelines.runner import run
     monkeypatch.setenv("RAY_ADDRESS", "local")
     monkeypatch.setattr(ray_files, "ROWS_PER_FILE", 7)   # repeats spread over many files
-    _repeat_recipe(tmp_path)   # writes the two sources
-    recipe = parse({"name": "rep-pack", "seed": 3,
-                    "sources": [{"name": s, "path": str(tmp_path / f"{s}.parquet"), "format": "parquet",
-                                 "category": s, "key_column": "uid"} for s in ("big", "small")],
-                    "stages": [{"name": "count_tokens"}, {"name": "pack", "settings": {"context_length": 64}}],
-                    "mixture": {"ratios": {"big": 0.5, "small": 0.5}, "total": 40, "max_repeat": 3}})
+    recipe = _repeat_recipe(tmp_path, [{"name": "count_tokens"},
+                                       {"name": "pack", "settings": {"context_length": 64}}])
     cols = ["key", REPEAT_OF, R.ORDINAL, "pack_id"]
     rows = {}
     for executor in ("inline", "ray"):

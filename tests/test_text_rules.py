@@ -346,15 +346,11 @@ def test_property_the_spam_word_gate_never_changes_boilerplate_match(parts, sep)
 
 
 def _tail_loop_without_gate(tokens, min_repeats, min_tokens, max_period=TR.TAIL_LOOP_MAX_PERIOD):
-    n, min_repeats = len(tokens), max(min_repeats, 2)
-    for p in range(1, min(max_period, n // min_repeats) + 1):
-        unit, r = list(tokens[n - p:]), 1
-        while n - (r + 1) * p >= 0 and list(tokens[n - (r + 1) * p:n - r * p]) == unit:
-            r += 1
+    """find_tail_loop scanning every period, without the last-token gate."""
+    min_repeats = max(min_repeats, 2)
+    for p in range(1, min(max_period, len(tokens) // min_repeats) + 1):
+        r, start = TR.loop_at_period(tokens, p)
         if r >= min_repeats and r * p >= min_tokens:
-            start = n - r * p
-            while start > 0 and tokens[start - 1] == tokens[start - 1 + p]:
-                start -= 1
             return TR.Loop(p, r, start)
     return None
 

@@ -142,7 +142,8 @@ def _count_ascii(data: bytes) -> CharCounts:
 # The first word of every _SPAM phrase. In ASCII text a phrase can only match where its first word is a
 # whole token, so a text without any of these tokens skips the (case-insensitive, slow) search.
 _SPAM_FIRST_WORDS = frozenset(phrase.split(" ")[0] for phrase in _SPAM)
-assert all(w.isascii() and w.isalpha() and w.islower() for w in _SPAM_FIRST_WORDS), "a _SPAM phrase starts with a plain word"
+assert all(w.isascii() and w.isalpha() and w.islower() for w in _SPAM_FIRST_WORDS), \
+    "every _SPAM phrase starts with a plain lower-case word"
 
 
 def boilerplate_match(text: str, tokens: Sequence[str] | None = None) -> str | None:
@@ -157,7 +158,7 @@ def boilerplate_match(text: str, tokens: Sequence[str] | None = None) -> str | N
     if ascii_tokens and any(t.isalpha() and t not in _GENERIC_OR_STOP for t in tokens):
         return None
     words = re.findall(r"[^\W\d_]+", text.lower())
-    if any(w in _GENERIC_WORDS for w in words) and all(w in _GENERIC_WORDS or w in _STOPWORDS for w in words):
+    if any(w in _GENERIC_WORDS for w in words) and all(w in _GENERIC_OR_STOP for w in words):
         return "only generic words"
     return None
 
@@ -204,6 +205,20 @@ class Loop:
     start: int     # token index where the repetition starts (partial copies included)
 
 
+def loop_at_period(tokens: Sequence[str], p: int) -> tuple[int, int]:
+    """(whole copies of the last `p` tokens that end the sequence, token index where the repetition
+    starts, partial copies included)."""
+    n = len(tokens)
+    unit = list(tokens[n - p:])
+    r = 1
+    while n - (r + 1) * p >= 0 and list(tokens[n - (r + 1) * p:n - r * p]) == unit:
+        r += 1
+    start = n - r * p
+    while start > 0 and tokens[start - 1] == tokens[start - 1 + p]:
+        start -= 1
+    return r, start
+
+
 def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
                    max_period: int = TAIL_LOOP_MAX_PERIOD) -> Loop | None:
     """Shortest unit whose exact copies end the token sequence, if there are enough of them."""
@@ -214,14 +229,8 @@ def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
     for p in range(1, min(max_period, n // min_repeats) + 1):
         if tokens[n - 1 - p] != last:   # a second copy of the unit would end with `last`: no loop of period p
             continue
-        unit = list(tokens[n - p:])
-        r = 1
-        while n - (r + 1) * p >= 0 and list(tokens[n - (r + 1) * p:n - r * p]) == unit:
-            r += 1
+        r, start = loop_at_period(tokens, p)
         if r >= min_repeats and r * p >= min_tokens:
-            start = n - r * p
-            while start > 0 and tokens[start - 1] == tokens[start - 1 + p]:
-                start -= 1
             return Loop(p, r, start)
     return None
 
