@@ -47,7 +47,7 @@ def global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: 
     kept = upstream_kept if direct else count_rows(files, kept_only=True)
     if kept:
         stage.ensure_setup()
-        decisions = stage.global_step(executor.global_data(stage, files))
+        decisions = stage.global_step(executor.global_data(stage, files, kept))
         return executor.apply_decisions(stage, files, decisions, schema, out_data, only_kept=direct)
     if direct:
         write_table(schema.empty_table(), out_data / "part-00000.parquet")

@@ -52,7 +52,8 @@ class Executor(Protocol):
     def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
         """Write ``stages``' per-batch steps applied in turn to `files` (one pass; a fused chain when
         there are several: rows dropped inside it carry ``_dropped_at``)."""
-    def global_data(self, stage: Stage, files: list[str]) -> Any: ...
+    def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> Any:
+        """The kept rows of `files` as a GlobalData; `rows`: their number when the caller knows it."""
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:
         """Write the rows (`only_kept`: only the kept rows of `files`) with their decisions applied;
@@ -104,7 +105,7 @@ class InlineExecutor:
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
         self.map_stages([stage], files, out)
 
-    def global_data(self, stage: Stage, files: list[str]) -> InlineData:
+    def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> InlineData:
         ds = pads.dataset(files, format="parquet")
         table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
         return InlineData([E.global_input(stage, E.without_dropped_at(table))])

@@ -26,7 +26,7 @@ from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import concat, partition_of, sort_for_reduce
 from pipelines.executors import data_files, global_columns, write_table
-from pipelines.ray_files import FILE, apply_file, route, write_in_order
+from pipelines.ray_files import FILE, apply_file, read_files, route, write_in_order
 
 T = TypeVar("T")
 PART = "_part"
@@ -43,8 +43,9 @@ def source_tasks_per_batch(tasks: int, batch_size: int, cpus: int) -> int:
 class RayData:
     """GlobalData on a Ray Dataset (see curate.base.global_data for the contract)."""
 
-    def __init__(self, ds: Any):
+    def __init__(self, ds: Any, rows: int | None = None):
         self.ds = ds
+        self.rows = rows   # known by the runner for a step's input: count() without a pass over it
 
     def map_batches(self, fn: Callable[[pa.Table], pa.Table]) -> "RayData":
         return RayData(self.ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True))
@@ -68,7 +69,7 @@ class RayData:
         return RayData(self.ds.union(other.ds))
 
     def count(self) -> int:
-        return self.ds.count()
+        return self.ds.count() if self.rows is None else self.rows
 
     def gather(self) -> pa.Table:
         import ray
@@ -156,29 +157,14 @@ class RayExecutor:
             out.mkdir(parents=True, exist_ok=True)
             write_table(schema.empty_table(), out / "part-empty.parquet")
 
-    def _read(self, files: list[str], columns: list[str] | None = None, ordered: bool = False) -> Any:
-        import ray.data
-        from ray.data import DataContext
-        ctx = DataContext.get_current()
-        v2 = getattr(ctx, "use_datasource_v2", None)
-        if ordered and v2:
-            # Ray's DataSourceV2 parquet reader hands blocks over out of file order even with
-            # preserve_order (its footer reader yields files as they complete); the V1 reader keeps
-            # the order, so a per-row pass writes its files over disjoint _ordinal ranges and the
-            # next global step routes decisions by range, not by the slower lookup (ray_files).
-            ctx.use_datasource_v2 = False
-        try:
-            ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files])
-        finally:
-            if ordered and v2:
-                ctx.use_datasource_v2 = v2
-        return ds if columns is None else ds.select_columns(columns)
+    def _read(self, files: list[str], columns: list[str] | None = None) -> Any:
+        return read_files(self.ray, files, columns)
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
         """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
         each with its own batch size and resources), write. Nothing between the stages touches disk."""
         head = stages[0]
-        ds = self._read(files, ordered=True)
+        ds = self._read(files)
         source_batch = None
         if head.reads_sources:
             tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -220,12 +206,12 @@ class RayExecutor:
                                                       "context": stage.context, "link": link},
                               compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common)
 
-    def global_data(self, stage: Stage, files: list[str]) -> RayData:
+    def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> RayData:
         columns = global_columns(stage, pq.read_schema(files[0]))
         ds = self._read(files, columns).map_batches(_kept_columns, batch_format="pyarrow",
                                                     fn_kwargs={"columns": None if columns is None else
                                                                [c for c in columns if c != R.STATUS]})
-        return RayData(ds)
+        return RayData(ds, rows)
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:

@@ -13,14 +13,18 @@ shuffle on the row's ``_ordinal`` of the decisions against (``_ordinal``, file) 
 files: repeat rows that the mixture appended carry negative, hash-derived ordinals that no range
 locates (only those are looked up), and when Ray handed blocks over out of order the files' ranges
 interleave and every decision is looked up — correct either way, one shuffle slower in the second.
-(Ray's DataSourceV2 parquet reader reorders blocks across files; map phases read with V1 for that,
-``RayExecutor._read``.) Nothing here holds per-sample data on the driver.
+
+Reading: ``read_files`` is one Ray Data task per file (pyarrow reads it whole: a file is at most
+ROWS_PER_FILE rows, or one bounded source batch), in file order. Ray's own ``read_parquet`` is not
+used: its DataSourceV2 reader hands blocks over as footers complete (out of file order even with
+preserve_order) and starts a pool of footer-reading actors for every read, each a fresh worker
+process that imports Ray Data — on 2 cores a quarter of a 1M-row run's CPU went to those imports.
+Nothing here holds per-sample data on the driver.
 """
 from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import shutil
 import uuid
 from pathlib import Path
@@ -43,6 +47,28 @@ TARGET = "_target"      # the _ordinal a decision is about, the key of the routi
 PART = "_part"          # its hash partition
 ROWS_PER_FILE = 100_000  # a file is one task of the next global step's apply: its rows bound that task's memory
 STAGING = ".blocks"
+
+
+def _read_file(batch: pa.Table, columns: list[str] | None, with_file: bool) -> pa.Table:
+    """The file(s) named in `batch` (one per call), in order; `with_file`: plus each row's file number."""
+    tables = []
+    for path, index in zip(batch.column("path").to_pylist(), batch.column(FILE).to_pylist()):
+        table = pq.read_table(path, columns=columns)
+        if with_file:
+            table = table.append_column(FILE, pa.array(np.full(table.num_rows, index, dtype=np.int64)))
+        tables.append(table)
+    return concat(tables)
+
+
+def read_files(ray: Any, files: list[str], columns: list[str] | None = None, numbers: list[int] | None = None) -> Any:
+    """A Ray Dataset of the rows of `files` in file order, one read task per file (module docstring);
+    `columns`: only those; `numbers`: plus FILE on every row, numbers[i] for the rows of files[i]."""
+    import ray.data
+    paths = pa.table({"path": [str(Path(f).resolve()) for f in files],
+                      FILE: pa.array(numbers if numbers is not None else range(len(files)), pa.int64())})
+    return ray.data.from_arrow([paths.slice(i, 1) for i in range(len(files))]).map_batches(
+        _read_file, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"columns": columns, "with_file": numbers is not None})
 
 
 def _write_bundle(batch: pa.Table, staging: str, schema: pa.Schema | None) -> pa.Table:
@@ -144,15 +170,15 @@ def _located(batch: pa.Table, known: bool) -> pa.Table:
         .append_column(LOOKUP, pa.array(np.zeros(batch.num_rows, dtype=bool)))
 
 
-def _lookup_rows(batch: pa.Table, names: dict[str, int], decision_schema: pa.Schema, only_repeats: bool) -> pa.Table:
+def _lookup_rows(batch: pa.Table, decision_schema: pa.Schema, only_repeats: bool) -> pa.Table:
     """Lookup rows (an _ordinal held by a file, that file), shaped like the decisions marked for lookup."""
-    ords, where = batch.column(R.ORDINAL), batch.column("path")
+    ords, where = batch.column(R.ORDINAL), batch.column(FILE)
     if only_repeats:
         here = pc.less(ords, 0)
         ords, where = pc.filter(ords, here), pc.filter(where, here)
     n = len(ords)
     cols = {name: pa.nulls(n, typ) for name, typ in zip(decision_schema.names, decision_schema.types)}
-    cols[FILE] = pa.array([names[posixpath.basename(p)] for p in where.to_pylist()], pa.int64())
+    cols[FILE] = where
     cols[TARGET] = ords.cast(pa.int64())
     cols[LOOKUP] = pa.array(np.ones(n, dtype=bool))
     return pa.table(cols)
@@ -187,7 +213,6 @@ def route(ray: Any, decisions: Any, files: list[str]) -> Any:
                                    fn_kwargs={"starts": index.starts, "owners": index.owners})
     if index.by_range and not index.with_repeats:
         return tagged
-    import ray.data
     if not index.by_range:   # Ray handed the writer blocks out of order: correct, one more shuffle
         logging.getLogger("mmcurate").warning("%s; decisions routed by lookup", index.overlap)
     looked_up = index.with_repeats if index.by_range else list(range(len(files)))
@@ -195,12 +220,10 @@ def route(ray: Any, decisions: Any, files: list[str]) -> Any:
     schema = tagged.schema().base_schema
     located = tagged.map_batches(_located, batch_format="pyarrow", fn_kwargs={"known": True})
     unknown = tagged.map_batches(_located, batch_format="pyarrow", fn_kwargs={"known": False})
-    names = {Path(files[i]).name: i for i in looked_up}   # distinct: one stage directory
-    lookup = ray.data.read_parquet([str(Path(files[i]).resolve()) for i in looked_up],
-                                   include_paths=True).select_columns([R.ORDINAL, "path"]) \
+    lookup = read_files(ray, [files[i] for i in looked_up], [R.ORDINAL], numbers=looked_up) \
         .map_batches(_lookup_rows, batch_format="pyarrow",
-                     fn_kwargs={"names": names, "decision_schema": schema, "only_repeats": index.by_range})
-    partitions = min(256, max(1, len(names)))
+                     fn_kwargs={"decision_schema": schema, "only_repeats": index.by_range})
+    partitions = min(256, max(1, len(looked_up)))
     resolved = unknown.union(lookup) \
         .map_batches(_add_part, batch_format="pyarrow", fn_kwargs={"partitions": partitions}) \
         .groupby(PART, num_partitions=partitions).map_groups(_resolve, batch_format="pyarrow")
