@@ -23,6 +23,9 @@ from curate.base import records as R
 from curate.base.global_data import InlineData, as_table
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+# Rows per row group of the files a stage writes. A row group is the unit a Ray read task takes
+# (pipelines.ray_files.read_files), so a 250k-row part is read by ~15 tasks, not one.
+ROW_GROUP_ROWS = 16_384
 
 # Inline runs coalesce small input files into parts of at least this many rows, so a glob over
 # thousands of one-sample tars does not become thousands of parquet files in every stage.
@@ -35,7 +38,7 @@ def data_files(directory: str | Path) -> list[str]:
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
-    pq.write_table(table, str(path), **PARQUET_OPTIONS)
+    pq.write_table(table, str(path), row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
 
 
 def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:

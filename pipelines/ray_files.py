@@ -14,9 +14,9 @@ files: repeat rows that the mixture appended carry negative, hash-derived ordina
 locates (only those are looked up), and when Ray handed blocks over out of order the files' ranges
 interleave and every decision is looked up — correct either way, one shuffle slower in the second.
 
-Reading: ``read_files`` is one Ray Data task per file (pyarrow reads it whole: a file is at most
-ROWS_PER_FILE rows, or one bounded source batch), in file order. Ray's own ``read_parquet`` is not
-used: its DataSourceV2 reader hands blocks over as footers complete (out of file order even with
+Reading: ``read_files`` is one Ray Data task per run of row groups of at most READ_ROWS rows (the
+writers' row groups are that size), in file order, planned from the footers. Ray's own
+``read_parquet`` is not used: its DataSourceV2 reader hands blocks over as footers complete (out of file order even with
 preserve_order) and starts a pool of footer-reading actors for every read, each a fresh worker
 process that imports Ray Data — on 2 cores a quarter of a 1M-row run's CPU went to those imports.
 Nothing here holds per-sample data on the driver.
@@ -45,29 +45,52 @@ FILE = "_file"          # which input file of the global step a decision belongs
 LOOKUP = "_lookup"      # marks the lookup rows (an _ordinal and its file) in the routing shuffle
 TARGET = "_target"      # the _ordinal a decision is about, the key of the routing shuffle
 PART = "_part"          # its hash partition
+READ_ROWS = 16_384      # at most this many rows per read task (whole row groups; see executors.ROW_GROUP_ROWS)
 ROWS_PER_FILE = 100_000  # a file is one task of the next global step's apply: its rows bound that task's memory
 STAGING = ".blocks"
 
 
-def _read_file(batch: pa.Table, columns: list[str] | None, with_file: bool) -> pa.Table:
-    """The file(s) named in `batch` (one per call), in order; `with_file`: plus each row's file number."""
+def _read_unit(batch: pa.Table, columns: list[str] | None, with_file: bool) -> pa.Table:
+    """The row groups named in `batch` (one read unit per call); `with_file`: plus each row's file number."""
     tables = []
-    for path, index in zip(batch.column("path").to_pylist(), batch.column(FILE).to_pylist()):
-        table = pq.read_table(path, columns=columns)
+    for path, number, first, count in zip(*(batch.column(c).to_pylist() for c in ("path", FILE, "first", "groups"))):
+        parquet = pq.ParquetFile(path)
+        table = parquet.read_row_groups(range(first, first + count), columns=columns) if count else \
+            parquet.schema_arrow.empty_table().select(columns or parquet.schema_arrow.names)
         if with_file:
-            table = table.append_column(FILE, pa.array(np.full(table.num_rows, index, dtype=np.int64)))
+            table = table.append_column(FILE, pa.array(np.full(table.num_rows, number, dtype=np.int64)))
         tables.append(table)
     return concat(tables)
 
 
+def read_units(files: list[str], numbers: list[int]) -> pa.Table:
+    """(path, file number, first row group, row groups): runs of consecutive row groups of one file
+    of at most READ_ROWS rows (a larger row group is a run alone), in file order; a file without
+    row groups is one empty run, so that its schema still reaches the reader."""
+    units: list[tuple[str, int, int, int]] = []
+    for path, number in zip(files, numbers):
+        meta, resolved = pq.ParquetFile(path).metadata, str(Path(path).resolve())
+        first, size = 0, 0
+        for g in range(meta.num_row_groups):
+            rows = meta.row_group(g).num_rows
+            if g > first and size + rows > READ_ROWS:
+                units.append((resolved, number, first, g - first))
+                first, size = g, 0
+            size += rows
+        units.append((resolved, number, first, meta.num_row_groups - first))
+    columns = list(zip(*units)) or [[], [], [], []]
+    return pa.table({"path": pa.array(columns[0], pa.string()), FILE: pa.array(columns[1], pa.int64()),
+                     "first": pa.array(columns[2], pa.int64()), "groups": pa.array(columns[3], pa.int64())})
+
+
 def read_files(ray: Any, files: list[str], columns: list[str] | None = None, numbers: list[int] | None = None) -> Any:
-    """A Ray Dataset of the rows of `files` in file order, one read task per file (module docstring);
-    `columns`: only those; `numbers`: plus FILE on every row, numbers[i] for the rows of files[i]."""
+    """A Ray Dataset of the rows of `files` in file order, one read task per unit of row groups
+    (module docstring); `columns`: only those; `numbers`: plus FILE on every row, numbers[i] for the
+    rows of files[i]."""
     import ray.data
-    paths = pa.table({"path": [str(Path(f).resolve()) for f in files],
-                      FILE: pa.array(numbers if numbers is not None else range(len(files)), pa.int64())})
-    return ray.data.from_arrow([paths.slice(i, 1) for i in range(len(files))]).map_batches(
-        _read_file, batch_size=1, batch_format="pyarrow",
+    units = read_units(files, list(range(len(files))) if numbers is None else numbers)
+    return ray.data.from_arrow([units.slice(i, 1) for i in range(units.num_rows)]).map_batches(
+        _read_unit, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"columns": columns, "with_file": numbers is not None})
 
 
