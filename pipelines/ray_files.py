@@ -23,6 +23,7 @@ Nothing here holds per-sample data on the driver.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -50,48 +51,57 @@ ROWS_PER_FILE = 100_000  # a file is one task of the next global step's apply: i
 STAGING = ".blocks"
 
 
-def _read_unit(batch: pa.Table, columns: list[str] | None, with_file: bool) -> pa.Table:
-    """The row groups named in `batch` (one read unit per call); `with_file`: plus each row's file number."""
-    tables = []
-    for path, number, first, count in zip(*(batch.column(c).to_pylist() for c in ("path", FILE, "first", "groups"))):
-        parquet = pq.ParquetFile(path)
-        table = parquet.read_row_groups(range(first, first + count), columns=columns) if count else \
-            parquet.schema_arrow.empty_table().select(columns or parquet.schema_arrow.names)
-        if with_file:
-            table = table.append_column(FILE, pa.array(np.full(table.num_rows, number, dtype=np.int64)))
-        tables.append(table)
-    return concat(tables)
+def _read_unit(path: str, number: int, first: int, count: int, columns: list[str] | None,
+               with_file: bool) -> list[pa.Table]:
+    """One read unit's rows; `with_file`: plus FILE (`number`) on every row."""
+    parquet = pq.ParquetFile(path)
+    table = parquet.read_row_groups(range(first, first + count), columns=columns) if count else \
+        parquet.schema_arrow.empty_table().select(columns or parquet.schema_arrow.names)
+    if with_file:
+        table = table.append_column(FILE, pa.array(np.full(table.num_rows, number, dtype=np.int64)))
+    return [table]
 
 
-def read_units(files: list[str], numbers: list[int]) -> pa.Table:
-    """(path, file number, first row group, row groups): runs of consecutive row groups of one file
-    of at most READ_ROWS rows (a larger row group is a run alone), in file order; a file without
-    row groups is one empty run, so that its schema still reaches the reader."""
-    units: list[tuple[str, int, int, int]] = []
+def read_units(files: list[str], numbers: list[int]) -> dict[str, list]:
+    """Columns path, file number, first row group, row groups, rows, bytes: runs of consecutive row
+    groups of one file of at most READ_ROWS rows (a larger row group is a run alone), in file order;
+    a file without row groups is one empty run, so that its schema still reaches the reader."""
+    units: list[tuple[str, int, int, int, int, int]] = []
     for path, number in zip(files, numbers):
         meta, resolved = pq.ParquetFile(path).metadata, str(Path(path).resolve())
-        first, size = 0, 0
+        first, rows, size = 0, 0, 0
         for g in range(meta.num_row_groups):
-            rows = meta.row_group(g).num_rows
-            if g > first and size + rows > READ_ROWS:
-                units.append((resolved, number, first, g - first))
-                first, size = g, 0
-            size += rows
-        units.append((resolved, number, first, meta.num_row_groups - first))
-    columns = list(zip(*units)) or [[], [], [], []]
-    return pa.table({"path": pa.array(columns[0], pa.string()), FILE: pa.array(columns[1], pa.int64()),
-                     "first": pa.array(columns[2], pa.int64()), "groups": pa.array(columns[3], pa.int64())})
+            group = meta.row_group(g)
+            if g > first and rows + group.num_rows > READ_ROWS:
+                units.append((resolved, number, first, g - first, rows, size))
+                first, rows, size = g, 0, 0
+            rows, size = rows + group.num_rows, size + group.total_byte_size
+        units.append((resolved, number, first, meta.num_row_groups - first, rows, size))
+    names = ("path", "number", "first", "groups", "rows", "bytes")
+    return {name: [u[i] for u in units] for i, name in enumerate(names)}
 
 
 def read_files(ray: Any, files: list[str], columns: list[str] | None = None, numbers: list[int] | None = None) -> Any:
-    """A Ray Dataset of the rows of `files` in file order, one read task per unit of row groups
+    """A Ray Dataset of the rows of `files` in file order, one read task per run of row groups
     (module docstring); `columns`: only those; `numbers`: plus FILE on every row, numbers[i] for the
     rows of files[i]."""
     import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
     units = read_units(files, list(range(len(files))) if numbers is None else numbers)
-    return ray.data.from_arrow([units.slice(i, 1) for i in range(units.num_rows)]).map_batches(
-        _read_unit, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"columns": columns, "with_file": numbers is not None})
+
+    class RowGroupRuns(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(units["bytes"])
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[Any]:
+            return [ReadTask(functools.partial(_read_unit, path, number, first, count, columns, numbers is not None),
+                             BlockMetadata(num_rows=rows, size_bytes=size, input_files=[path], exec_stats=None))
+                    for path, number, first, count, rows, size in zip(*units.values())]
+
+    return ray.data.read_datasource(RowGroupRuns())
 
 
 def _write_bundle(batch: pa.Table, staging: str, schema: pa.Schema | None) -> pa.Table:
