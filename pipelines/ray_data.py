@@ -26,7 +26,7 @@ from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import concat, partition_of, sort_for_reduce
 from pipelines.executors import data_files, global_columns, write_table
-from pipelines.ray_files import FILE, apply_file, read_files, route, write_in_order
+from pipelines.ray_files import FILE, MAP_TASK_ROWS, ROWS_PER_FILE, apply_file, read_files, route, write_in_order
 
 T = TypeVar("T")
 PART = "_part"
@@ -157,14 +157,16 @@ class RayExecutor:
             out.mkdir(parents=True, exist_ok=True)
             write_table(schema.empty_table(), out / "part-empty.parquet")
 
-    def _read(self, files: list[str], columns: list[str] | None = None) -> Any:
-        return read_files(self.ray, files, columns)
+    def _read(self, files: list[str], columns: list[str] | None = None, task_rows: int = ROWS_PER_FILE) -> Any:
+        """Per-row passes read in small tasks (balance); global steps per file: every block
+        more is one more map task of each shuffle (a sort shuffle's cost grows with blocks x partitions)."""
+        return read_files(self.ray, files, columns, task_rows=task_rows)
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
         """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
         each with its own batch size and resources), write. Nothing between the stages touches disk."""
         head = stages[0]
-        ds = self._read(files)
+        ds = self._read(files, task_rows=MAP_TASK_ROWS)
         source_batch = None
         if head.reads_sources:
             tasks = sum(pq.ParquetFile(f).metadata.num_rows for f in files)

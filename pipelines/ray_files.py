@@ -46,7 +46,7 @@ FILE = "_file"          # which input file of the global step a decision belongs
 LOOKUP = "_lookup"      # marks the lookup rows (an _ordinal and its file) in the routing shuffle
 TARGET = "_target"      # the _ordinal a decision is about, the key of the routing shuffle
 PART = "_part"          # its hash partition
-READ_ROWS = 16_384      # at most this many rows per read task (whole row groups; see executors.ROW_GROUP_ROWS)
+MAP_TASK_ROWS = 16_384   # rows per read task of a per-row pass: enough tasks to keep every core busy
 ROWS_PER_FILE = 100_000  # a file is one task of the next global step's apply: its rows bound that task's memory
 STAGING = ".blocks"
 
@@ -62,9 +62,9 @@ def _read_unit(path: str, number: int, first: int, count: int, columns: list[str
     return [table]
 
 
-def read_units(files: list[str], numbers: list[int]) -> dict[str, list]:
+def read_units(files: list[str], numbers: list[int], task_rows: int) -> dict[str, list]:
     """Columns path, file number, first row group, row groups, rows, bytes: runs of consecutive row
-    groups of one file of at most READ_ROWS rows (a larger row group is a run alone), in file order;
+    groups of one file of at most `task_rows` rows (a larger row group is a run alone), in file order;
     a file without row groups is one empty run, so that its schema still reaches the reader."""
     units: list[tuple[str, int, int, int, int, int]] = []
     for path, number in zip(files, numbers):
@@ -72,7 +72,7 @@ def read_units(files: list[str], numbers: list[int]) -> dict[str, list]:
         first, rows, size = 0, 0, 0
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
-            if g > first and rows + group.num_rows > READ_ROWS:
+            if g > first and rows + group.num_rows > task_rows:
                 units.append((resolved, number, first, g - first, rows, size))
                 first, rows, size = g, 0, 0
             rows, size = rows + group.num_rows, size + group.total_byte_size
@@ -81,15 +81,16 @@ def read_units(files: list[str], numbers: list[int]) -> dict[str, list]:
     return {name: [u[i] for u in units] for i, name in enumerate(names)}
 
 
-def read_files(ray: Any, files: list[str], columns: list[str] | None = None, numbers: list[int] | None = None) -> Any:
-    """A Ray Dataset of the rows of `files` in file order, one read task per run of row groups
-    (module docstring); `columns`: only those; `numbers`: plus FILE on every row, numbers[i] for the
-    rows of files[i]."""
+def read_files(ray: Any, files: list[str], columns: list[str] | None = None, numbers: list[int] | None = None,
+               task_rows: int = ROWS_PER_FILE) -> Any:
+    """A Ray Dataset of the rows of `files` in file order, one read task per run of row groups of at
+    most `task_rows` rows (module docstring); `columns`: only those; `numbers`: plus FILE on every
+    row, numbers[i] for the rows of files[i]."""
     import ray.data
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    units = read_units(files, list(range(len(files))) if numbers is None else numbers)
+    units = read_units(files, list(range(len(files))) if numbers is None else numbers, task_rows)
 
     class RowGroupRuns(Datasource):
         def estimate_inmemory_data_size(self) -> int:
