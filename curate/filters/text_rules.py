@@ -42,6 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from curate.filters.common import Drop, split_drops
@@ -339,7 +340,22 @@ class TextFilter(Stage):
         self.thresholds: TextThresholds = thresholds_of(self.config, TextThresholds, TEXT_PRESETS)
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
-        texts = batch.column("text").to_pylist()
-        convs = batch.column("conversations").to_pylist()
-        th, bia = self.thresholds, self.config.boilerplate_in_answers
-        return split_drops(batch, [check_sample(t, c, th, bia) for t, c in zip(texts, convs)])
+        return split_drops(batch, batch_verdicts(batch, self.thresholds, self.config.boilerplate_in_answers))
+
+
+def batch_verdicts(batch: pa.Table, th: TextThresholds, boilerplate_in_answers: bool = False,
+                   screen: bool = True) -> list[Drop | None]:
+    """``check_sample`` for every row; with `screen`, only for the rows the vectorised screen
+    (curate.filters.text_screen) cannot clear: the same verdicts, most rows never reach Python."""
+    from curate.filters.text_screen import cleared   # it reads this module's word lists
+    drops: list[Drop | None] = [None] * batch.num_rows
+    rows = np.arange(batch.num_rows)
+    if screen:
+        rows = np.flatnonzero(~cleared(batch.column("text"), batch.column("conversations"), th))
+    if len(rows) == 0:
+        return drops
+    at = pa.array(rows, pa.int64())
+    texts, convs = batch.column("text").take(at).to_pylist(), batch.column("conversations").take(at).to_pylist()
+    for i, text, conversations in zip(rows.tolist(), texts, convs):
+        drops[i] = check_sample(text, conversations, th, boilerplate_in_answers)
+    return drops
