@@ -14,11 +14,13 @@ files: repeat rows that the mixture appended carry negative, hash-derived ordina
 locates (only those are looked up), and when Ray handed blocks over out of order the files' ranges
 interleave and every decision is looked up — correct either way, one shuffle slower in the second.
 
-Reading: ``read_files`` is one Ray Data task per run of row groups of at most READ_ROWS rows (the
-writers' row groups are that size), in file order, planned from the footers. Ray's own
-``read_parquet`` is not used: its DataSourceV2 reader hands blocks over as footers complete (out of file order even with
-preserve_order) and starts a pool of footer-reading actors for every read, each a fresh worker
-process that imports Ray Data — on 2 cores a quarter of a 1M-row run's CPU went to those imports.
+Reading: ``read_files`` is a Ray Data datasource with one read task per run of whole row groups
+(the writers' row groups are executors.ROW_GROUP_ROWS rows): runs of at most MAP_TASK_ROWS rows for a
+per-row pass, so every core gets work, and a file per task for a global step, since every block
+is one more map task of each shuffle. Blocks come out in file order. Ray's own ``read_parquet`` is
+not used: its DataSourceV2 reader hands blocks over as footers complete (out of file order even
+with preserve_order) and starts a pool of footer-reading actors for every read, each a fresh
+worker process that imports Ray Data — on 2 cores a quarter of a 1M-row run's CPU went to those.
 Nothing here holds per-sample data on the driver.
 """
 from __future__ import annotations
@@ -93,6 +95,8 @@ def read_files(ray: Any, files: list[str], columns: list[str] | None = None, num
     units = read_units(files, list(range(len(files))) if numbers is None else numbers, task_rows)
 
     class RowGroupRuns(Datasource):
+        """The runs above as read tasks, with their row counts and sizes from the footers."""
+
         def estimate_inmemory_data_size(self) -> int:
             return sum(units["bytes"])
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.ray_files import FILE, FileIndex, tag_file
+from pipelines.ray_files import FILE, FileIndex, read_units, tag_file
 
 
 def _write(path: Path, ordinals: list[int], row_group_size: int | None = None) -> str:
@@ -94,3 +94,31 @@ def test_lookup_gives_each_decision_its_rows_file_and_refuses_unknown_or_doubly_
         _resolve(group([5, 6], [2, -1], [True, False]))
     with pytest.raises(E.AccountingError, match="more than one file"):
         _resolve(group([5, 5, 5], [2, 3, -1], [True, True, False]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(groups=st.lists(st.lists(st.integers(1, 40), max_size=6), min_size=1, max_size=4), task_rows=st.integers(1, 60))
+def test_read_units_cover_every_row_group_once_in_order(tmp_path_factory, groups, task_rows):
+    """Read tasks: consecutive row groups of one file, in file order, every group exactly once, at
+    most task_rows rows unless one group alone is larger; a file without rows is one empty task."""
+    d = tmp_path_factory.mktemp("units")
+    files = []
+    for i, sizes in enumerate(groups):
+        path = d / f"part-{i:05d}.parquet"
+        with pq.ParquetWriter(path, pa.schema([(R.ORDINAL, pa.int64())])) as writer:
+            for n in sizes:
+                writer.write_table(pa.table({R.ORDINAL: pa.array(range(n), pa.int64())}))
+        files.append(str(path))
+    units = read_units(files, [10 + i for i in range(len(files))], task_rows)
+    seen = []
+    for path, number, first, count, rows in zip(units["path"], units["number"], units["first"], units["groups"],
+                                                units["rows"]):
+        i = number - 10
+        assert Path(path).name == Path(files[i]).name
+        sizes = groups[i][first:first + count]
+        assert rows == sum(sizes) and (rows <= task_rows or count == 1 or not sizes)
+        seen.extend((i, g) for g in range(first, first + count))
+        if not groups[i]:
+            assert (first, count) == (0, 0)
+    assert seen == [(i, g) for i, sizes in enumerate(groups) for g in range(len(sizes))]
+    assert sorted(set(units["number"])) == [10 + i for i in range(len(files))]
