@@ -35,7 +35,9 @@ def with_bookkeeping(table: pa.Table) -> pa.Table:
 
 
 def only_kept(table: pa.Table) -> pa.Table:
-    return table.filter(pc.equal(table.column(R.STATUS), R.KEPT))
+    """The kept rows; `table` itself when all are (the usual batch: a filter would copy every column)."""
+    kept = pc.equal(table.column(R.STATUS), R.KEPT)
+    return table if pc.all(kept).as_py() is not False and not kept.null_count else table.filter(kept)
 
 
 def _conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:
