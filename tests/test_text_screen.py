@@ -137,3 +137,13 @@ def test_rules_turned_off_by_zero_stay_off_in_the_screen():
                               tail_loop_min_repeats=0, max_top_ngram_ratio=0.0, max_symbol_ratio=0.0)
     texts = ["dog", "Click here to buy now", "$$$ ### !!! %%% &&& ***", "and then " * 10]
     assert _same_verdicts(_batch(texts), off).all()
+
+
+def test_all_null_columns_typed_null_are_left_to_the_rules_or_read_as_no_turns():
+    """Ray may type an all-null column as null: no texts means no screen; no turns means captions."""
+    nothing = pa.table({"text": pa.nulls(2), "conversations": pa.nulls(2)})
+    assert not cleared(nothing.column("text"), nothing.column("conversations"), DEFAULT).any()
+    assert [d.reason for d in TR.batch_verdicts(nothing, DEFAULT)] == ["text:empty", "text:empty"]
+    captions_only = pa.table({"text": ["a dog on a sofa", "dog"], "conversations": pa.nulls(2)})
+    assert list(cleared(captions_only.column("text"), captions_only.column("conversations"), DEFAULT)) == [True, False]
+    assert TR.batch_verdicts(captions_only, DEFAULT) == TR.batch_verdicts(captions_only, DEFAULT, screen=False)

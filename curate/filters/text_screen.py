@@ -41,6 +41,10 @@ def cleared(texts: pa.Array, conversations: pa.Array | None, th: TextThresholds)
     out = np.zeros(n, dtype=bool)
     if n == 0 or th.max_duplicate_line_ratio < 0:   # a negative limit would drop one-line texts too
         return out
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        return out   # e.g. an all-null column typed null: every row is empty, for the rules to say
+    if conversations is not None and pa.types.is_null(conversations.type):
+        conversations = None   # no row has turns
     ok = pc.and_kleene(pc.is_valid(texts), pc.invert(pc.match_substring_regex(texts, _NOT_SCREENABLE)))
     if conversations is not None:
         turns = pc.list_value_length(conversations)
