@@ -24,9 +24,10 @@ from curate.readers import SourceSpec, plan_file_parts, read_file, source_files
 TASK_SCHEMA = pa.schema([("source_index", pa.int32()), ("file_index", pa.int32()), ("uri", pa.string()),
                          ("part_start", pa.int64()), ("part_stop", pa.int64()), ("part_first_row", pa.int64())])
 
-# Keys per shuffle partition for the duplicate-key step: big enough to keep partitions few, small
-# enough that one partition's keys fit a worker comfortably.
-KEYS_PER_PARTITION = 2_000_000
+# Keys per shuffle partition for the duplicate-key step: one partition is one reduce call (sort, then
+# compare neighbours), so 2M made a 1M-row check one task on one core; 500k keeps a few per run
+# (2,000 at 10^9 rows) and one partition's keys a few tens of MB.
+KEYS_PER_PARTITION = 500_000
 
 
 @register

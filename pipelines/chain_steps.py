@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import Executor, write_table
+from pipelines.executors import Executor, release_freed_memory, write_table
 from pipelines.fusion import Member, rows_of
 
 
@@ -63,7 +63,10 @@ def stage_summary(m: Member, files: list[str], owner: bool) -> dict[str, Any]:
         return {}
     ds, flt = rows_of(files, m.index, owner, kept=True)
     cols = [c for c in (*m.stage.summary_columns, "key", R.ORDINAL) if c in ds.schema.names]
-    partials = [m.stage.summary_partial(pa.Table.from_batches([b])) for b in ds.to_batches(columns=cols, filter=flt)]
+    partials = []
+    for batch in ds.to_batches(columns=cols, filter=flt):
+        partials.append(m.stage.summary_partial(pa.Table.from_batches([batch])))
+        release_freed_memory()
     empty = m.stage.summary_partial(pa.schema([ds.schema.field(c) for c in cols]).empty_table())
     return m.stage.summarize(pa.concat_tables([empty, *partials]))
 

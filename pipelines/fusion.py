@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import PARQUET_OPTIONS, data_files
+from pipelines.executors import PARQUET_OPTIONS, data_files, release_freed_memory
 
 FUSED_INTO = "fused_into"
 REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
@@ -104,9 +104,9 @@ def stage_rows(stage_dir: Path, columns: list[str] | None, kept: bool | None = T
         return None
     ds, flt = found
     cols = [c for c in (columns or ds.schema.names) if c in ds.schema.names and c != E.DROPPED_AT]
-    if limit is not None:
-        return ds.head(limit, columns=cols, filter=flt)
-    return ds.to_table(columns=cols, filter=flt)
+    rows = ds.head(limit, columns=cols, filter=flt) if limit is not None else ds.to_table(columns=cols, filter=flt)
+    release_freed_memory()
+    return rows
 
 
 def stage_batches(stage_dir: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -114,7 +114,9 @@ def stage_batches(stage_dir: Path, columns: list[str]) -> Iterator[pa.RecordBatc
     found = _stage_dataset(stage_dir, kept=True)
     if found is not None:
         ds, flt = found
-        yield from ds.to_batches(columns=[c for c in columns if c in ds.schema.names], filter=flt)
+        for batch in ds.to_batches(columns=[c for c in columns if c in ds.schema.names], filter=flt):
+            yield batch
+            release_freed_memory()
 
 
 def _stage_dataset(stage_dir: Path, kept: bool | None) -> tuple[pads.Dataset, Any] | None:
@@ -151,6 +153,7 @@ def write_rejects(data: Path, targets: dict[int, Path], owner_index: int) -> dic
     try:
         for f in files:
             t = pads.dataset(f, format="parquet").to_table(columns=read_cols, filter=pc.field(R.STATUS) != R.KEPT)
+            release_freed_memory()
             if t.num_rows == 0:
                 continue
             t = t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")]))
