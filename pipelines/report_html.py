@@ -122,7 +122,9 @@ def mixture_section(m: dict) -> str:
 def tokens_section(dirs: list[Path]) -> str:
     src = next((d for d in reversed(dirs) if (t := _read(d, ["num_tokens"], True)) is not None
                 and "num_tokens" in t.column_names), None)
-    table = _read(src or dirs[-1], ["category", "num_tokens", "text_tokens", "text"], True) if dirs else None
+    # The texts only when there are no token counts to plot (their lengths stand in for them).
+    wanted = ["category", "num_tokens", "text_tokens"] if src is not None else ["category", "text"]
+    table = _read(src or dirs[-1], wanted, True) if dirs else None
     if table is None or table.num_rows == 0:
         return ""
     cats = table.column("category").to_pylist()
@@ -133,8 +135,9 @@ def tokens_section(dirs: list[Path]) -> str:
         vals = np.asarray(table.column(col).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
         groups = {c: vals[np.array(cats) == c] for c in sorted(set(cats))}
         parts.append(S.histograms(f"hist-{col}", f"{col} per category", groups, xlabel="tokens"))
-    if not columns:
-        chars = np.array([len(t or "") for t in table.column("text").to_pylist()], dtype=np.float64)
+    if not columns and "text" in table.column_names:
+        chars = np.asarray(pc.utf8_length(pc.fill_null(table.column("text"), "")).to_numpy(zero_copy_only=False),
+                           dtype=np.float64)
         groups = {c: chars[np.array(cats) == c] for c in sorted(set(cats))}
         parts.append(S.histograms("hist-chars", "text length (characters) per category", groups, xlabel="chars"))
     return "".join(parts)

@@ -126,3 +126,23 @@ def test_pack_fill_plot_reads_whole_packs_of_any_partition_without_holding_every
     monkeypatch.setattr(H, "PLOT_ROWS", 100)                 # past the plot budget: a stride of pack ids
     sampled = H._pack_fills(stage, kept_rows=len(ids), L=100)
     assert 0 < sampled.size < 100 and set(sampled.tolist()) == {1.0}   # fewer packs, still whole
+
+
+def test_lengths_section_reads_texts_only_without_token_counts(tmp_path):
+    """With num_tokens the section plots tokens and never reads the texts; without, character
+    lengths per category."""
+    from curate.base import records as R
+    from pipelines import report_html as H
+    stage = tmp_path / "stages" / "01_text_filter"
+    (stage / "data").mkdir(parents=True)
+    texts = ["ab", "héllo", None, "xyz"]
+    pq.write_table(pa.table({"category": ["a", "a", "b", "b"], "text": texts, R.STATUS: [R.KEPT] * 4,
+                             R.ORDINAL: list(range(4))}), stage / "data" / "part-00000.parquet")
+    html = H.tokens_section([stage])
+    assert "text length (characters) per category" in html
+    counted = tmp_path / "stages" / "02_count_tokens"
+    (counted / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"category": ["a", "b"], "num_tokens": [3, 4], R.STATUS: [R.KEPT] * 2,
+                             R.ORDINAL: [0, 1]}), counted / "data" / "part-00000.parquet")
+    assert "num_tokens per category" in H.tokens_section([stage, counted])
+    assert "text length" not in H.tokens_section([stage, counted])
