@@ -37,7 +37,7 @@ def with_bookkeeping(table: pa.Table) -> pa.Table:
 def only_kept(table: pa.Table) -> pa.Table:
     """The kept rows; `table` itself when all are (the usual batch: a filter would copy every column)."""
     kept = pc.equal(table.column(R.STATUS), R.KEPT)
-    return table if pc.all(kept).as_py() is not False and not kept.null_count else table.filter(kept)
+    return table if kept.null_count == 0 and pc.all(kept).as_py() else table.filter(kept)
 
 
 def _conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -236,6 +236,13 @@ def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
     return None
 
 
+def ngram_limits(th: TextThresholds) -> tuple[tuple[int, float], ...]:
+    """(n, coverage limit) of the n-gram rule, Gopher's steps: 2-grams the base, 3- and 4-grams 0.02
+    and 0.04 below it. The rule and its vectorised screen (text_screen) both read them here."""
+    base = th.max_top_ngram_ratio
+    return (2, base), (3, base - 0.02), (4, base - 0.04)
+
+
 # --- rules ----------------------------------------------------------------------------------------
 def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boilerplate: bool | None = None) -> Drop | None:
     """All rules for one caption (kind="caption") or assistant answer (kind="answer").
@@ -279,8 +286,7 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
         if lines >= th.duplicate_lines_min_lines and ratio > th.max_duplicate_line_ratio:
             return Drop("text:duplicate_lines", f"{ratio:.2f} of {lines} lines repeat > {th.max_duplicate_line_ratio:g}")
     if th.max_top_ngram_ratio and some_word_occurs(words, max(2, th.ngram_min_repeats)):
-        for n, limit in ((2, th.max_top_ngram_ratio), (3, th.max_top_ngram_ratio - 0.02),
-                         (4, th.max_top_ngram_ratio - 0.04)):
+        for n, limit in ngram_limits(th):
             top = top_ngram(words, n)
             if top is None or top.count < max(2, th.ngram_min_repeats):
                 break   # an n+1-gram occurs at most as often as its leading n-gram: none can reach the count

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.filters.presets import TextThresholds
-from curate.filters.text_rules import _GENERIC_OR_STOP, _SPAM_FIRST_WORDS, TAIL_LOOP_MAX_PERIOD
+from curate.filters.text_rules import _GENERIC_OR_STOP, _SPAM_FIRST_WORDS, TAIL_LOOP_MAX_PERIOD, ngram_limits
 
 _NOT_SCREENABLE = r"[^\x20-\x3b\x3d-\x7b\x7d\x7e]"   # outside printable ASCII, or '<', or '|'
 _PUNCT = r"([^a-z0-9_ ])"                            # a token of its own (tokenize's [^\w\s])
@@ -179,8 +179,7 @@ def _ngram_possible(ids: np.ndarray, parent: np.ndarray, lengths: np.ndarray, ro
     width = int(ids.max(initial=0)) + 1
     pos = np.arange(len(ids))
     key, chars = ids, lengths
-    for n, limit in ((1, None), (2, th.max_top_ngram_ratio), (3, th.max_top_ngram_ratio - 0.02),
-                     (4, th.max_top_ngram_ratio - 0.04)):
+    for n, limit in ((1, None), *ngram_limits(th)):
         if n > 1:
             inside = pos + n - 1 < end[parent[pos]]
             pos, key, chars = pos[inside], key[inside], chars[inside]
@@ -188,12 +187,12 @@ def _ngram_possible(ids: np.ndarray, parent: np.ndarray, lengths: np.ndarray, ro
             chars = chars + lengths[pos + n - 1]
         groups, seen = np.unique(parent[pos] * (int(key.max(initial=0)) + 1) + key, return_inverse=True,
                                  return_counts=True)[1:]
-        often = seen[groups.reshape(-1)] >= need
-        pos, key, chars = pos[often], key[often], chars[often]
+        times = seen[groups.reshape(-1)]   # how often the gram at each position occurs in its row
+        often = times >= need
+        pos, key, chars, times = pos[often], key[often], chars[often], times[often]
         if len(pos) == 0:
             break
         if limit is not None:
             row = parent[pos]
-            coverage = seen[groups.reshape(-1)][often] * chars / total[row]
-            may[row[coverage > limit]] = True
+            may[row[times * chars / total[row] > limit]] = True
     return may
