@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import Executor, release_freed_memory, write_table
+from pipelines.executors import Executor, write_table
+from pipelines.heap import release_freed_memory
 from pipelines.fusion import Member, rows_of
 
 

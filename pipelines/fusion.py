@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import PARQUET_OPTIONS, data_files, release_freed_memory
+from pipelines.executors import PARQUET_OPTIONS, data_files
+from pipelines.heap import release_freed_memory
 
 FUSED_INTO = "fused_into"
 REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
