@@ -170,7 +170,9 @@ def _ngram_possible(ids: np.ndarray, parent: np.ndarray, lengths: np.ndarray, ro
 
     Only n-grams that can reach the count are followed: an n-gram occurs at most as often as the
     (n-1)-gram it starts with, so each level keeps the positions whose gram reached it (level 1:
-    the words), and counts exact grams there (dense numbers of (previous gram, next word))."""
+    the words). A gram's number is dense and of its row (level 1: row and word; level n: the
+    (n-1)-gram's number and the next word), so one sort per level both counts the grams and
+    numbers them for the next level."""
     need = max(2, th.ngram_min_repeats)
     start, count = _row_bounds(parent, rows)
     end = start + count
@@ -178,16 +180,16 @@ def _ngram_possible(ids: np.ndarray, parent: np.ndarray, lengths: np.ndarray, ro
     may = np.zeros(rows, dtype=bool)
     width = int(ids.max(initial=0)) + 1
     pos = np.arange(len(ids))
-    key, chars = ids, lengths
+    key, chars = parent * width + ids, lengths
     for n, limit in ((1, None), *ngram_limits(th)):
         if n > 1:
             inside = pos + n - 1 < end[parent[pos]]
             pos, key, chars = pos[inside], key[inside], chars[inside]
-            key = np.unique(key * width + ids[pos + n - 1], return_inverse=True)[1].reshape(-1)
+            key = key * width + ids[pos + n - 1]
             chars = chars + lengths[pos + n - 1]
-        groups, seen = np.unique(parent[pos] * (int(key.max(initial=0)) + 1) + key, return_inverse=True,
-                                 return_counts=True)[1:]
-        times = seen[groups.reshape(-1)]   # how often the gram at each position occurs in its row
+        key, seen = np.unique(key, return_inverse=True, return_counts=True)[1:]
+        key = key.reshape(-1)
+        times = seen[key]   # how often the gram at each position occurs in its row
         often = times >= need
         pos, key, chars, times = pos[often], key[often], chars[often], times[often]
         if len(pos) == 0:
