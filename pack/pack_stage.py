@@ -91,6 +91,8 @@ class PackStage(Stage):
         shutil.rmtree(partials, ignore_errors=True)
 
         def tag(batch: pa.Table) -> pa.Table:
+            if parts == 1:   # up to partition_rows rows: one partition, no key to hash (a µs a row)
+                return batch.append_column(PART, pa.array(np.zeros(batch.num_rows, dtype=np.int64)))
             part = (stable_hash64(batch.column("key"), salt) % np.uint64(parts)).astype(np.int64)
             return batch.append_column(PART, pa.array(part))
 

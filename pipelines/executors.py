@@ -40,8 +40,18 @@ def data_files(directory: str | Path) -> list[str]:
     return sorted(str(p) for p in d.glob("*.parquet")) if d.is_dir() else []
 
 
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns whose row groups carry min/max in the footer: what readers prune or route by (_ordinal
+    ranges, _status filters, numbers). Not texts, keys, paths or nested columns: min/max over every
+    caption was a third of a stage file's write time (0.145 -> 0.101 CPU-s per 100k rows)."""
+    return [f.name for f in schema if f.name == R.STATUS or not (
+        pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)
+        or pa.types.is_large_binary(f.type) or pa.types.is_nested(f.type))]
+
+
 def write_table(table: pa.Table, path: str | Path) -> None:
-    pq.write_table(table, str(path), row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+    pq.write_table(table, str(path), row_group_size=ROW_GROUP_ROWS, write_statistics=statistics_columns(table.schema),
+                   **PARQUET_OPTIONS)
 
 
 def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:
