@@ -86,8 +86,10 @@ class PackStage(Stage):
         """Pack each hash partition on its own worker; the report sums the partitions' numbers."""
         parts = max(1, -(-data.count() // self.config.partition_rows))
         salt = self.context.seed
-        partials = os.path.join(self.context.out_dir or tempfile.mkdtemp(prefix="mmcurate-pack-"), "stages",
-                                f".{self.context.stage_index:02d}_pack.partials")
+        # Without an output directory (a notebook's stage.run) the partials go to a scratch directory,
+        # removed with them; read_partials removes the partials directory itself either way.
+        scratch = None if self.context.out_dir else tempfile.mkdtemp(prefix="mmcurate-pack-")
+        partials = os.path.join(self.context.out_dir or scratch, "stages", f".{self.context.stage_index:02d}_pack.partials")
         shutil.rmtree(partials, ignore_errors=True)
 
         def tag(batch: pa.Table) -> pa.Table:
@@ -96,9 +98,13 @@ class PackStage(Stage):
             part = (stable_hash64(batch.column("key"), salt) % np.uint64(parts)).astype(np.int64)
             return batch.append_column(PART, pa.array(part))
 
-        decisions = data.map_batches(tag).shuffle_reduce(
-            PART, lambda group: self.pack_partitions(group, partials), partitions=parts).materialize()
-        self.report = {"packing": combine_reports(list(read_partials(partials).values()), self.config, parts)}
+        try:
+            decisions = data.map_batches(tag).shuffle_reduce(
+                PART, lambda group: self.pack_partitions(group, partials), partitions=parts).materialize()
+            self.report = {"packing": combine_reports(list(read_partials(partials).values()), self.config, parts)}
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         return decisions
 
     def pack_partitions(self, group: pa.Table, partials: str) -> pa.Table:

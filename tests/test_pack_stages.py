@@ -1,6 +1,8 @@
 """The count_tokens and pack stages on real record tables, run in-process (no Ray)."""
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -131,6 +133,13 @@ def test_pack_plans_every_sample_and_reports_fill():
     assert rep["packs"] <= rep["ffd_packs"] and rep["packs"] >= rep["lower_bound"]
     assert 0.9 < rep["fill_efficiency"] <= 1.0
     assert rep["padding"] == pytest.approx(1 - rep["fill"], abs=1e-6)
+
+
+def test_pack_without_an_output_directory_leaves_no_scratch_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # where mkdtemp puts the partials' scratch
+    res = PackStage(context_length=2048).run(_packable(200))
+    assert res.kept.num_rows == 200
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pack_is_independent_of_row_order():
