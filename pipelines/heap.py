@@ -1,18 +1,18 @@
 """Give the driver's freed memory back to the OS, so its resident size follows what it holds.
 
-The driver holds no per-sample data, yet its resident memory grew with the dataset (357 MB at 1M
-rows, 485 MB at 5M in one run). The memory was freed but kept by two allocators:
+The driver holds no per-sample data, yet its resident memory grew with the dataset (371 MB at 1M
+rows, 485 MB at 5M in one sampled run). The memory was freed but kept by two allocators:
 
 * Arrow's (mimalloc) keeps the pages of every driver-side scan (rejects, summaries, the report);
   ``release_unused`` returns them.
 * glibc's malloc keeps the holes left by Ray's driver-side bookkeeping: the streaming executor
   allocates and frees per task and per block, on several threads (one arena each), and only the
   top of an arena is ever returned by itself. ``malloc_trim(0)`` returns the free pages inside the
-  arenas too. Sampled over the same runs, trimming every 0.6 s gave 347 MB at 1M and 386 MB at 5M.
+  arenas too. In runs sampled the same way, trimming every 0.6 s gave 347 MB at 1M and 386 MB at 5M.
 
 The trim cannot run only between stages: one streaming Ray Data pass over 5M rows is 300 tasks and
 grows the heap by ~40 MB on its own, so ``HeapTrimmer`` trims on a timer while an executor lives.
-Off glibc (musl, macOS) there is no ``malloc_trim``, and both are Arrow-only.
+Off glibc (musl, macOS) there is no ``malloc_trim``: the releases are Arrow's alone and no timer runs.
 """
 from __future__ import annotations
 
