@@ -177,7 +177,8 @@ class RayExecutor:
         ds = self._read(files, task_rows=MAP_TASK_ROWS)
         if any(stage.resources.kind == "actor" for stage in stages):
             # An actor pool (a model stage) keeps its reserved share, so the tasks ahead of it cannot
-            # take every CPU while its actors wait to start; derived datasets copy this context.
+            # take every CPU while its actors wait to start. The read made its own copy of the global
+            # DataContext, which the datasets derived from it share: the setting stays with this pass.
             ds.context.op_resource_reservation_enabled = True
         source_batch = None
         if head.reads_sources:
