@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
     proc, tree_cpu, _ = run_tree([sys.executable, "-c", DRIVER, str(work / "r.yaml"), str(work / "out")],
                                  env=env, cwd=work, timeout=7200)
     if proc.returncode:
+        shutil.rmtree(work, ignore_errors=True)
         return {"error": proc.stderr[-1500:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["rows_per_s"] = rows / out["wall"]
@@ -97,6 +99,7 @@ def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
             out["stage_seconds"]["+".join(fused + [s["name"]])] = s["seconds"]
             fused = []
     out["total_wall"] = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)   # a 5M run's stage files are ~1 GB
     return out
 
 
@@ -119,22 +122,25 @@ def main(argv: list[str]) -> None:
         rows = []
         for n in sizes:
             data = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
-            corpus(data, n)
-            for label, code, new in (("now", ROOT, True), (f"before ({before})", old, False)):
-                if not new and before_max is not None and n > before_max:
-                    rows.append([n, label, "not run (--before-max)", "", "", "", ""])
-                    continue
-                r = run_once(code, data, n, new)
-                if "error" in r:
-                    print(f"{label} at {n:,} rows failed:\n{r['error']}", flush=True)
-                    rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "", ""])
-                    continue
-                cores = os.cpu_count() or 1   # Ray runs on every core (BENCH_CORES)
-                per_stage = ", ".join(f"{k} {n / v:,.0f}/s ({n / v / cores:,.0f}/s/core)"
-                                      for k, v in (r.get("stage_seconds") or {}).items() if v)
-                rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{n / r['tree_cpu']:,.0f}",
-                             f"{r['peak_rss_mb']:.0f}", f"{r['cpu']:.1f}", per_stage])
-                print(rows[-1], flush=True)
+            try:
+                corpus(data, n)
+                for label, code, new in (("now", ROOT, True), (f"before ({before})", old, False)):
+                    if not new and before_max is not None and n > before_max:
+                        rows.append([n, label, "not run (--before-max)", "", "", "", ""])
+                        continue
+                    r = run_once(code, data, n, new)
+                    if "error" in r:
+                        print(f"{label} at {n:,} rows failed:\n{r['error']}", flush=True)
+                        rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "", ""])
+                        continue
+                    cores = os.cpu_count() or 1   # Ray runs on every core (BENCH_CORES)
+                    per_stage = ", ".join(f"{k} {n / v:,.0f}/s ({n / v / cores:,.0f}/s/core)"
+                                          for k, v in (r.get("stage_seconds") or {}).items() if v)
+                    rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{n / r['tree_cpu']:,.0f}",
+                                 f"{r['peak_rss_mb']:.0f}", f"{r['cpu']:.1f}", per_stage])
+                    print(rows[-1], flush=True)
+            finally:   # the corpus: 391 MB at 5M rows
+                shutil.rmtree(data, ignore_errors=True)
         from run import format_table
         print(format_table(["rows", "code", "end-to-end rows/s (wall)", "rows per CPU-s (whole tree)",
                             "driver peak MB", "driver CPU s", "per stage or fused chain (rows in / wall s, and per core)"], rows))
