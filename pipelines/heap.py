@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Callable
 
 import pyarrow as pa
 
-TRIM_INTERVAL_S = 1.0   # a trim costs milliseconds; once a second keeps the growth within one second's churn
+TRIM_INTERVAL_S = 1.0   # at least; longer after a slow trim (HeapTrimmer._run)
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -63,9 +64,14 @@ class HeapTrimmer:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
+            started = time.perf_counter()
             release_freed_memory()
             self.trims += 1
+            # A trim walks every arena under its lock: a few ms on this driver, longer in a process
+            # holding gigabytes (a notebook). Waiting 100x the last trim's time keeps it under 1%.
+            wait = max(self.interval, 100 * (time.perf_counter() - started))
 
     def stop(self) -> None:
         self._stop.set()
