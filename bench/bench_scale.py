@@ -115,6 +115,7 @@ def main(argv: list[str]) -> None:
         argv = argv[:i] + argv[i + 2:]
     sizes = [int(a) for a in argv if a.isdigit()] or (
         [20_000, 100_000] if os.environ.get("MMCURATE_BENCH_QUICK") == "1" else [1_000_000, 5_000_000])
+    cores = os.cpu_count() or 1   # Ray runs on every core (BENCH_CORES): the per-core figures divide by this
     old = Path(tempfile.mkdtemp(prefix="mmcurate-before-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), before],
                    check=True, capture_output=True)
@@ -133,7 +134,6 @@ def main(argv: list[str]) -> None:
                         print(f"{label} at {n:,} rows failed:\n{r['error']}", flush=True)
                         rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "", ""])
                         continue
-                    cores = os.cpu_count() or 1   # Ray runs on every core (BENCH_CORES)
                     per_stage = ", ".join(f"{k} {n / v:,.0f}/s ({n / v / cores:,.0f}/s/core)"
                                           for k, v in (r.get("stage_seconds") or {}).items() if v)
                     rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{n / r['tree_cpu']:,.0f}",

@@ -15,8 +15,8 @@ from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
 from pipelines.executors import Executor, write_table
-from pipelines.heap import release_freed_memory
 from pipelines.fusion import Member, rows_of
+from pipelines.heap import release_freed_memory
 
 
 def map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1: Path,
