@@ -14,7 +14,11 @@ Layout of a run directory::
     OUT/run.json                         wall seconds, resumed stages, executor, output path
 
 Resume: a stage whose ``_COMPLETE.json`` carries the same fingerprint (settings, seed, the content of
-its inputs, its code, upstream fingerprint) and whose outputs are still on disk is skipped. A stage is built in ``NN_name.tmp`` and renamed into place before
+its inputs, its code, upstream fingerprint), that read the upstream content that is on disk now
+(``input_digest``, the sha256 content digest of the upstream stage's files: an upstream stage
+that re-ran and wrote other bytes, e.g. ingest after a referenced image changed, re-runs everything
+after it), and whose outputs are still on disk unchanged (size and sha256 recorded at commit,
+re-read only for a file whose stat changed) is skipped. A stage is built in ``NN_name.tmp`` and renamed into place before
 its marker is written, so a SIGKILL anywhere leaves either a complete stage or a tmp dir that the
 next run deletes. Stages are deterministic (ordered by ``_ordinal``, seeded by the recipe), so the
 re-run writes the same bytes as an uninterrupted run.
@@ -40,7 +44,7 @@ from curate.base import records as R
 from pipelines.executors import Executor, data_files, make_executor, write_table
 from pipelines.chain_steps import count_rows, global_step, map_phase, stage_summary
 from pipelines.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
-from pipelines.fingerprint import code_hash, file_inventory, fingerprint, inventory_matches, package_version
+from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, inventory_problem, package_version
 from pipelines.outdir import claim_output, remove_owned
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
 from pipelines.report_html import render_fragment, write_report_html
@@ -127,18 +131,22 @@ class Runner:
         entries: list[dict[str, Any]] = []
         timings: list[dict[str, Any]] = []
         stage_dirs: list[Path] = []
+        upstream_digest: str | None = None   # content digest of the stage whose rows the next chain reads
         try:
             for group in fusion_groups(self._members(plan)):
-                start = self._resume_point(group, forced_from)
+                start = self._resume_point(group, forced_from, upstream_digest)
                 for m in group[:start]:
-                    entries.append(json.loads((m.final / "_COMPLETE.json").read_text())["report"])
+                    done = _read_marker(m.final)
+                    entries.append(done["report"])
                     timings.append({"name": m.name, "seconds": 0.0, "resumed": True})
                     stage_dirs.append(m.final)
+                    upstream_digest = done.get("digest")
                     self.log(f"[{m.index:02d}] {m.name:<16} complete, skipped (resume)")
                 if start < len(group):
                     t0 = time.perf_counter()
                     ran = group[start:]
-                    entries += self._run_group(ran, stage_dirs)
+                    entries += self._run_group(ran, stage_dirs, upstream_digest)
+                    upstream_digest = _read_marker(ran[-1].final)["digest"]
                     seconds = round(time.perf_counter() - t0, 3)
                     timings += [{"name": m.name, "seconds": seconds if m is ran[-1] else None, "resumed": False,
                                  **({FUSED_INTO: ran[-1].final.name} if m is not ran[-1] else {})} for m in ran]
@@ -173,23 +181,38 @@ class Runner:
             upstream[spec.name] = settings
         return members
 
-    def _resume_point(self, group: list[Member], forced_from: int) -> int:
+    def _resume_point(self, group: list[Member], forced_from: int, upstream_digest: str | None) -> int:
         """How many leading stages of a chain are complete up to one that owns its rows (a resume point):
-        the chain re-runs from there."""
+        the chain re-runs from there. Complete means: same fingerprint, built from the upstream content
+        that is on disk now, and every file still as committed."""
         point = 0
         for k, m in enumerate(group):
-            marker = m.final / "_COMPLETE.json"
-            if m.index >= forced_from or not marker.exists():
+            done = _read_marker(m.final)
+            if m.index >= forced_from or done is None:
                 break
-            done = json.loads(marker.read_text())
-            if (done.get("fingerprint") != m.fingerprint or not inventory_matches(done.get("outputs", {}), self.out)
-                    or (m.stage.reads_sources and _media_changed(m.final, done))):
+            stale = self._stale(m, done, upstream_digest)
+            if stale:
+                self.log(f"[{m.index:02d}] {m.name:<16} not resumed: {stale}")
                 break
             if not done.get(FUSED_INTO):
                 point = k + 1
+                upstream_digest = done.get("digest")
         return point
 
-    def _run_group(self, group: list[Member], stage_dirs: list[Path]) -> list[dict[str, Any]]:
+    def _stale(self, m: Member, done: dict[str, Any], upstream_digest: str | None) -> str | None:
+        """Why a stage's committed output cannot be reused, or None."""
+        if done.get("fingerprint") != m.fingerprint:
+            return "its settings, code or inputs changed"
+        if done.get("input_digest") != upstream_digest:
+            return "the stage before it was re-run and wrote other bytes"
+        damaged = inventory_problem(done.get("outputs", {}), self.out)
+        if damaged:
+            return damaged
+        if m.stage.reads_sources and _media_changed(m.final, done):
+            return "a referenced image changed since it was read"
+        return None
+
+    def _run_group(self, group: list[Member], stage_dirs: list[Path], upstream_digest: str | None) -> list[dict[str, Any]]:
         """Run a chain (one stage, or per-row stages fused into one pass, ending with at most one global
         step), then account for, write and mark each of its stages."""
         for m in group:
@@ -246,21 +269,25 @@ class Runner:
             self.log(f"[{m.index:02d}] {m.name:<16} in={n_in} out={counts['out']} "
                      f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
             n_in = counts["out"]
-        self._commit(group, entries, started_ns)
+        self._commit(group, entries, started_ns, upstream_digest)
         return entries
 
-    def _commit(self, group: list[Member], entries: list[dict[str, Any]], started_ns: int) -> None:
+    def _commit(self, group: list[Member], entries: list[dict[str, Any]], started_ns: int,
+                upstream_digest: str | None) -> None:
         """Move the chain's directories into place, then write their markers, the owner's last: a crash
-        in between leaves stages without markers, which the next run rebuilds."""
+        in between leaves stages without markers, which the next run rebuilds. Each marker holds the
+        content digest of the upstream stage the chain read (``input_digest``) and its own
+        (``digest``), which the stages after it record in turn."""
         owner = group[-1]
         for m in group:
             os.replace(m.tmp, m.final)
         for m, entry in zip(group, entries):
             outputs = [m.final] + ([Path(p) for p in m.stage.external_outputs()] if m is owner else [])
+            inventory = file_inventory(outputs, self.out)
             _atomic_write_json(m.final / "_COMPLETE.json", {
                 "fingerprint": m.fingerprint, "report": entry, "started_ns": started_ns, "stage_index": m.index,
-                **({FUSED_INTO: owner.final.name} if m is not owner else {}),
-                "outputs": file_inventory(outputs, self.out)})
+                "input_digest": upstream_digest, "digest": content_digest(inventory),
+                **({FUSED_INTO: owner.final.name} if m is not owner else {}), "outputs": inventory})
 
     def _report(self, entries: list[dict[str, Any]], stage_dirs: list[Path]) -> dict[str, Any]:
         all_rejects = []
@@ -286,6 +313,15 @@ def _settings_of(stage: S.Stage) -> dict[str, Any]:
     """Every setting with its resolved value (defaults included), as later stages and fingerprints need."""
     cfg = stage.config
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+
+
+def _read_marker(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's ``_COMPLETE.json``, or None when it is missing or damaged (then the stage re-runs)."""
+    try:
+        done = json.loads((stage_dir / "_COMPLETE.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and isinstance(done.get("report"), dict) else None
 
 
 def _count(directory: Path, kept_only: bool = False) -> int:
