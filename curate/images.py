@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +18,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import fsspec
 from PIL import Image
+
+from curate.compression import open_decompressed
 
 # Refuse to *decode* more than this many pixels (Pillow's default is ~89M with a warning only).
 MAX_DECODE_PIXELS = 64_000_000
@@ -122,8 +125,11 @@ def _is_ranged(ref: Mapping[str, Any]) -> bool:
 
 
 def _read_range(fh: Any, uri: str, offset: int, size: int) -> bytes:
-    fh.seek(offset)
-    data = fh.read(size)
+    try:
+        fh.seek(offset)
+        data = fh.read(size)
+    except (EOFError, zlib.error) as exc:   # a compressed container cut short or corrupted since ingest
+        raise UnreadableImage("truncated_container", f"{uri}: {exc}") from None
     if len(data) != size:
         raise UnreadableImage("truncated_container", f"{uri}: wanted {size} bytes at {offset}, got {len(data)}")
     return data
@@ -135,7 +141,7 @@ def read_image_bytes(ref: Mapping[str, Any]) -> bytes:
     fs, path = _filesystem(uri)
     if _is_ranged(ref):
         with fs.open(path, "rb") as fh:
-            return _read_range(fh, uri, ref["offset"], ref["size"])
+            return _read_range(open_decompressed(fh), uri, ref["offset"], ref["size"])
     if member and member.startswith("row=") and path.endswith(".parquet"):
         return _parquet_cell(uri, member)
     if member:
@@ -176,8 +182,14 @@ def read_many(refs: Sequence[Mapping[str, Any]]) -> list[ReadResult]:
                 out[i] = exc
             continue
         with fh:
-            for i in sorted(idx, key=lambda j: refs[j]["offset"]):
-                out[i] = _read_or_error(lambda r: _read_range(fh, uri, r["offset"], r["size"]), refs[i])
+            try:
+                src = open_decompressed(fh)   # offsets into a .tar.gz are in its decompressed stream
+            except OSError as exc:
+                for i in idx:
+                    out[i] = exc
+                continue
+            for i in sorted(idx, key=lambda j: refs[j]["offset"]):   # increasing: one forward pass
+                out[i] = _read_or_error(lambda r: _read_range(src, uri, r["offset"], r["size"]), refs[i])
     return out  # type: ignore[return-value]
 
 

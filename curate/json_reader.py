@@ -9,6 +9,11 @@ Strict JSON: NaN/Infinity and numbers that overflow a double (``1e999999``) are 
 meaning, and poison for every later statistic); nesting deeper than ``MAX_JSON_DEPTH`` is refused
 per record instead of raising ``RecursionError`` out of the run. A file is an array when its first
 non-blank character (after a UTF-8 byte-order mark) is ``[``, else JSONL.
+
+A gzip-compressed file (``.jsonl.gz``, ``.json.gz``; recognised by content, ``curate.compression``)
+is read through a streaming decompressor, whole by one task. A file that ends or breaks part-way
+(a gzip stream cut short, an I/O error) keeps every record before the break, and the rest becomes
+one quarantined row (``truncated_file`` / ``unreadable_file``) instead of an exception.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import fsspec
 
 from curate.base import records as R
 from curate import refs
+from curate.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
 from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
 from curate.video import video_ref_from_bytes
 
@@ -84,14 +90,25 @@ def iter_json_records(uri: str, part: tuple[int, int, int] | None = None) -> Ite
     (start, stop, lines before start) planned by ``plan_line_parts``.
     """
     fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as fh:
-        if part is not None:
-            fh.seek(part[0])
-            yield from _iter_lines(fh, first_line=part[2], stop=part[1])
-        elif _is_array(fh):
-            yield from _iter_array(fh)
-        else:
-            yield from _iter_lines(fh)
+    with fs.open(path, "rb") as raw:
+        is_lines, after = True, (part[2] if part else 0)   # the number of the last record read
+        try:
+            fh = open_decompressed(raw)
+            if part is not None:
+                fh.seek(part[0])
+                records = _iter_lines(fh, first_line=part[2], stop=part[1])
+            elif _is_array(fh):
+                is_lines, after, records = False, -1, _iter_array(fh)
+            else:
+                records = _iter_lines(fh)
+            for number, record in records:
+                after = number
+                yield number, record
+        except DECOMPRESS_ERRORS as exc:
+            reason = "truncated_file" if isinstance(exc, EOFError) else "unreadable_file"
+            what = "line" if is_lines else "record"
+            yield after + 1, BadSample(reason, f"{uri}: from {what} {after + 1} on: {type(exc).__name__}: {exc}",
+                                       R.QUARANTINED)
 
 
 def _is_array(fh: Any) -> bool:
@@ -113,7 +130,7 @@ def plan_line_parts(uri: str, bytes_per_part: int) -> list[tuple[int, int, int]]
     if size <= bytes_per_part:
         return None
     with fs.open(path, "rb") as fh:
-        if _is_array(fh):
+        if is_gzip(fh) or _is_array(fh):   # a gzip stream has no byte ranges to start at
             return None
         cuts, offset, lines, want = [(0, 0)], 0, 0, bytes_per_part
         while chunk := fh.read(8 << 20):
@@ -281,7 +298,10 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
 def _starts_array(uri: str) -> bool:
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as fh:
-        return _is_array(fh)
+        try:
+            return _is_array(open_decompressed(fh))
+        except DECOMPRESS_ERRORS:
+            return False   # iter_json_records records the damage
 
 
 def _image_values(rec: dict, field: str = "image") -> list[Any]:

@@ -45,21 +45,44 @@ def plain_schema(spec: SourceSpec, schema: pa.Schema) -> bool:
 
 
 def column_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int, pf, row_groups: tuple[int, int],
-                  row_path, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+                  row_path, broken, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """Conformed record tables of row groups [first, stop) of an open, plain ParquetFile `pf`.
-    `row_path(batch, first_row, seen)` gives the row path's table for a batch this path declines."""
+    `row_path(batch, first_row, seen)` gives the row path's table for a batch this path declines;
+    `broken(first_row, error)` the table recording rows a damaged row group lost."""
     first, stop = row_groups
-    row_index = sum(pf.metadata.row_group(rg).num_rows for rg in range(first))
     seen: set[str] = set()
     prefix = f"{spec.name}/" + (f"{shard_label(spec.path, uri)}/" if spec.key_prefix == "shard" else "")
     uri_json = json.dumps(uri, ensure_ascii=False)
-    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(range(first, stop))):
+    for row_index, batch in guarded_batches(pf, batch_rows, range(first, stop)):
+        if isinstance(batch, BaseException):
+            yield broken(row_index, batch)
+            continue
         table = pa.Table.from_batches([batch])
         if _has_non_finite(spec, table):
             yield row_path(table, row_index, seen)
         else:
             yield _records(spec, table, row_index, seen, prefix, uri, uri_json, source_index, file_index)
-        row_index += table.num_rows
+
+
+class DamagedRowGroup(Exception):
+    """Rows of a row group that a damaged page (or cut data) made unreadable."""
+
+
+def guarded_batches(pf, batch_rows: int, row_groups: range) -> Iterator[tuple[int, pa.RecordBatch | DamagedRowGroup]]:
+    """(number of its first row in the file, batch) for the record batches of `row_groups`, read one
+    row group at a time so that a damaged one costs only its own rows: for it, (its first unread
+    row, DamagedRowGroup) comes instead of raising out of the read, and reading goes on."""
+    meta = pf.metadata
+    row = sum(meta.row_group(rg).num_rows for rg in range(row_groups.start))
+    for rg in row_groups:
+        end = row + meta.row_group(rg).num_rows
+        try:
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
+                yield row, batch
+                row += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            yield row, DamagedRowGroup(f"row group {rg}, rows {row} to {end - 1}: {type(exc).__name__}: {exc}")
+        row = end
 
 
 def _has_non_finite(spec: SourceSpec, table: pa.Table) -> bool:

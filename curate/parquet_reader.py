@@ -6,6 +6,10 @@ never silently read as a caption-only sample.
 The remaining columns become the sample's metadata JSON. Arrow types without a JSON form are
 converted faithfully: timestamps, dates and times to ISO 8601 text, decimals to their exact decimal
 text, durations to seconds, maps to objects; NaN/Infinity are a per-row rejection.
+
+A damaged file never ends the run: no readable footer (a 15-byte file, a truncated tail) makes one
+quarantined row ``unreadable_parquet`` for the file; a damaged page costs the rows of its row group
+from there on, as one quarantined ``unreadable_parquet`` row naming them; the other row groups are read.
 """
 from __future__ import annotations
 
@@ -21,9 +25,12 @@ import pyarrow as pa
 from curate import images as I
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, referenced_image
-from curate.parquet_columns import column_tables, open_plain
+from curate.parquet_columns import column_tables, guarded_batches, open_plain
 from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
 
+
+# What pyarrow raises for a damaged file (ArrowInvalid for a missing footer, OSError for a cut one).
+PARQUET_ERRORS: tuple[type[BaseException], ...] = (pa.ArrowException, OSError)
 
 # A task of about this many rows keeps a worker's memory at a batch's worth while amortising the
 # per-task cost; row groups are never split (they are parquet's unit of reading).
@@ -65,10 +72,19 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                           {"uri": uri}, BadSample("unreadable_parquet", str(exc), R.QUARANTINED))
             return
         first, stop = row_groups or (0, pf.metadata.num_row_groups)
-        row_index = sum(pf.metadata.row_group(rg).num_rows for rg in range(first))
-        for batch in pf.iter_batches(batch_size=1024, row_groups=list(range(first, stop))):
-            yield from _batch_rows(spec, uri, batch.to_pylist(), row_index, seen, source_index, file_index)
-            row_index += batch.num_rows
+        for row_index, batch in guarded_batches(pf, 1024, range(first, stop)):
+            if isinstance(batch, BaseException):
+                yield rest_unreadable(spec, uri, source_index, file_index, row_index, batch)
+            else:
+                yield from _batch_rows(spec, uri, batch.to_pylist(), row_index, seen, source_index, file_index)
+
+
+def rest_unreadable(spec: SourceSpec, uri: str, source_index: int, file_index: int, row_index: int,
+                    exc: BaseException) -> dict:
+    """The one quarantined row standing for the rows of a row group from `row_index` on, which a
+    damaged page made unreadable (named by file and row, so two damaged row groups never share a key)."""
+    return bad_row(spec, f"{posixpath.basename(uri)}@row{row_index}", R.make_ordinal(source_index, file_index, row_index),
+                   {"uri": uri, "row": row_index}, BadSample("unreadable_parquet", str(exc), R.QUARANTINED))
 
 
 def read_parquet_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int,
@@ -84,8 +100,10 @@ def read_parquet_tables(spec: SourceSpec, uri: str, source_index: int, file_inde
         def row_path(table: pa.Table, first_row: int, seen: set[str]) -> pa.Table:
             return R.rows_to_table(list(_batch_rows(spec, uri, table.to_pylist(), first_row, seen,
                                                     source_index, file_index)))
+        def broken(first_row: int, exc: BaseException) -> pa.Table:
+            return R.rows_to_table([rest_unreadable(spec, uri, source_index, file_index, first_row, exc)])
         yield from column_tables(spec, uri, source_index, file_index, pf,
-                                 row_groups or (0, pf.metadata.num_row_groups), row_path, rows_per_table)
+                                 row_groups or (0, pf.metadata.num_row_groups), row_path, broken, rows_per_table)
 
 
 def _batch_rows(spec: SourceSpec, uri: str, records: list[dict], row_index: int, seen: set[str],

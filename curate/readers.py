@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, plan_line_parts, read_llava, strict_json
-from curate.parquet_reader import plan_parts, read_parquet, read_parquet_tables
+from curate.parquet_reader import PARQUET_ERRORS, plan_parts, read_parquet, read_parquet_tables
 from curate.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, expand_braces, list_files,
                             source_files)
 from curate.wds_reader import read_webdataset
@@ -48,7 +48,10 @@ def plan_file_parts(spec: SourceSpec, uri: str) -> list[Part | None]:
     """How ingest splits one file into tasks: a large parquet file by row groups, a large JSONL by
     byte ranges, anything else whole (None). A function of the file alone, never of the workers."""
     if spec.format == "parquet":
-        parts = plan_parts(uri, PARQUET_ROWS_PER_PART)
+        try:
+            parts = plan_parts(uri, PARQUET_ROWS_PER_PART)
+        except PARQUET_ERRORS:   # no readable footer: one task, whose reader records the file as unreadable
+            return [None]
         return [None] if len(parts) == 1 else [(a, b, -1) for a, b in parts]
     if spec.format == "llava":
         return plan_line_parts(uri, BYTES_PER_PART) or [None]

@@ -8,6 +8,10 @@ are not regular files (symlinks, hard links, devices, FIFOs) are never followed:
 rejected as ``unsupported_member_type`` so it stays in the accounting. A member larger than the
 source's ``max_image_bytes`` is not read (videos included: a member is read whole, to hash it). A tar cut off mid-member keeps every complete sample before
 the cut and quarantines the rest.
+
+gzip-compressed shards (``.tar.gz``, ``.tgz``; recognised by content, see ``curate.compression``) are
+read as the ``webdataset`` library reads them; a member's recorded offset is then its offset in the
+decompressed tar. A compressed shard cut short keeps the samples before the cut, like a plain one.
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ from typing import Iterator
 import fsspec
 
 from curate import images as I
+from curate.compression import DECOMPRESS_ERRORS, open_decompressed
 from curate.base import records as R
 from curate.json_reader import strict_json
 from curate.sources import BadSample, SourceSpec, bad_row, decode_text, image_ref_from_bytes, make_row
 from curate.video import VIDEO_EXTENSIONS, video_ref_from_bytes
 
 _NOT_A_FILE = "not-a-regular-file"
+# What reading a damaged (or damaged and compressed) tar raises: a recorded quarantine, never a crash.
+TAR_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, *DECOMPRESS_ERRORS)
 
 
 def _wds_key(name: str) -> tuple[str, str]:
@@ -88,8 +95,8 @@ def read_webdataset(spec: SourceSpec, uri: str, source_index: int, file_index: i
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as fh:
         try:
-            tar = tarfile.open(fileobj=fh, mode="r:")
-        except (tarfile.TarError, OSError, EOFError) as exc:
+            tar = tarfile.open(fileobj=open_decompressed(fh), mode="r:")
+        except TAR_ERRORS as exc:
             yield walk.bad(posixpath.basename(uri), [], BadSample("unreadable_tar", str(exc), R.QUARANTINED))
             return
         yield from _walk_members(tar, walk)
@@ -99,7 +106,7 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
     while True:
         try:
             info = tar.next()
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except TAR_ERRORS as exc:
             if walk.key is not None:
                 key, walk.key, walk.group = walk.key, None, {}
                 yield walk.bad(key, [], BadSample("truncated_tar", str(exc), R.QUARANTINED))
@@ -127,7 +134,7 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
             data = f.read() if f is not None else b""
             if len(data) != info.size:
                 raise tarfile.ReadError(f"member {name}: {len(data)} of {info.size} bytes")
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except TAR_ERRORS as exc:
             walk.key, walk.group = None, {}
             yield walk.bad(key, [name], BadSample("truncated_tar", str(exc), R.QUARANTINED))
             return
