@@ -57,6 +57,7 @@ import numpy as np
 from pack import packformat as F
 from pack import tario
 from pack.collate import collate_packs, resolve_device, to_device
+from pack.loader_state import LoaderStateError, check_state
 from pack.pack_item import assemble_pack
 from pack.profile import profile_from_mapping
 
@@ -241,22 +242,19 @@ class PackedShards(_Base):  # type: ignore[misc]
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue where `state` stopped. The shards, rank, world size, shuffle and seed must match."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        """Continue where `state` stopped. Every field is checked first (types, ranges, consistency:
+        ``pack.loader_state``); the shards, rank, world size, shuffle and seed must match."""
+        checked = check_state(state, STATE_VERSION, self.num_packs)
         for name, mine in (("rank", self.rank), ("world_size", self.world_size), ("shards", self.identity),
                            ("shuffle", self.shuffle), ("seed", self.seed)):
-            if state.get(name) != mine:
+            if checked[name] != mine:
                 what = "the shards differ (other checksums)" if name == "shards" else f"{name} differs"
-                raise ValueError(f"cannot resume: {what}: state has {state.get(name)!r}, this loader {mine!r}")
-        position = int(state["position"])
-        if not 0 <= position < max(self.num_packs, 1):
-            raise ValueError(f"cannot resume: position {position} outside this rank's {self.num_packs} packs")
-        self.epoch, self.position = int(state["epoch"]), position
+                raise LoaderStateError(f"cannot resume: {what}: state has {checked[name]!r}, this loader {mine!r}")
+        self.epoch, self.position = checked["epoch"], checked["position"]
         self._yielded_in_process = 0
-        self.packs_consumed = int(state["packs_consumed"])
-        self.consumed_samples = Counter({k: int(v) for k, v in state["consumed_samples"].items()})
-        self.consumed_tokens = Counter({k: int(v) for k, v in state["consumed_tokens"].items()})
+        self.packs_consumed = checked["packs_consumed"]
+        self.consumed_samples = Counter(checked["consumed_samples"])
+        self.consumed_tokens = Counter(checked["consumed_tokens"])
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

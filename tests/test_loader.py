@@ -223,3 +223,79 @@ def test_direct_iteration_must_be_marked_before_state_dict(shards):
         ds.state_dict()
     ds.mark_consumed(second)
     assert ds.state_dict()["position"] == 2
+
+
+def _saved_state(shards: str) -> dict:
+    """A real state: one epoch and 3 packs into the next."""
+    ds = PackedShards(shards, rank=0, world_size=2)
+    for pack in ds:
+        ds.mark_consumed(pack)
+    for _, pack in zip(range(3), ds):     # epoch 1 now
+        ds.mark_consumed(pack)
+    return json.loads(json.dumps(ds.state_dict()))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epoch", -3, "epoch must be >= 0"),
+    ("epoch", "1", "epoch must be an integer"),
+    ("epoch", 1.5, "epoch must be an integer"),
+    ("position", -1, "position must be >= 0"),
+    ("position", 10**6, "outside this rank's"),
+    ("position", True, "position must be an integer"),
+    ("packs_consumed", 2, "packs_consumed=2 but epoch 1 and position 3"),
+    ("shuffle", "no", "shuffle must be true or false"),
+    ("seed", None, "seed must be an integer"),
+    ("consumed_samples", [], "consumed_samples must be a mapping"),
+    ("consumed_tokens", {"laion": -5}, "must be >= 0"),
+    ("consumed_tokens", {"laion": "many"}, "must be an integer"),
+    ("version", 2, "version 2, expected 1"),
+])
+def test_a_damaged_saved_state_is_refused_naming_the_field(shards, field, value, message):
+    from pack.loader_state import LoaderStateError
+    state = _saved_state(shards)
+    ds = PackedShards(shards, rank=0, world_size=2)
+    with pytest.raises(LoaderStateError, match=message):
+        ds.load_state_dict(dict(state, **{field: value}))
+    assert (ds.epoch, ds.position, ds.packs_consumed) == (0, 0, 0), "a refused state changed nothing"
+
+
+def test_a_state_with_missing_or_unknown_fields_is_refused(shards):
+    from pack.loader_state import LoaderStateError
+    state = _saved_state(shards)
+    ds = PackedShards(shards, rank=0, world_size=2)
+    with pytest.raises(LoaderStateError, match="missing epoch"):
+        ds.load_state_dict({k: v for k, v in state.items() if k != "epoch"})
+    with pytest.raises(LoaderStateError, match="unknown field"):
+        ds.load_state_dict(dict(state, epohc=0))
+    with pytest.raises(LoaderStateError, match="must be a mapping"):
+        ds.load_state_dict([state])
+    ds.load_state_dict(state)                                   # the real one resumes where it stopped
+    assert (ds.epoch, ds.position) == (1, 3)
+
+
+def test_any_one_field_replaced_resumes_as_saved_or_is_refused(shards):
+    """Property: whatever one field of a saved state is replaced by, the loader either refuses it or
+    holds exactly the state a valid checkpoint with that value would give — never a silent other resume."""
+    from hypothesis import given, settings, strategies as st
+
+    from pack.loader_state import FIELDS, LoaderStateError
+    state = _saved_state(shards)
+    values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                       st.text(max_size=5), st.lists(st.integers(), max_size=2),
+                       st.dictionaries(st.text(max_size=3), st.integers(-3, 3), max_size=2))
+
+    @settings(max_examples=300)
+    @given(st.sampled_from(FIELDS), values)
+    def check(field, value):
+        ds = PackedShards(shards, rank=0, world_size=2)
+        try:
+            ds.load_state_dict(dict(state, **{field: value}))
+        except LoaderStateError:
+            return
+        got = ds.state_dict()
+        assert got["epoch"] >= 0 and 0 <= got["position"] < ds.num_packs
+        assert got["packs_consumed"] == got["epoch"] * ds.num_packs + got["position"]
+        assert all(isinstance(v, int) and v >= 0 for c in ("consumed_samples", "consumed_tokens")
+                   for v in got[c].values())
+        assert got == dict(state, **{field: value})
+    check()
