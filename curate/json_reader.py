@@ -22,7 +22,7 @@ import fsspec
 
 from curate.base import records as R
 from curate import refs
-from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
+from curate.sources import BadSample, SourceSpec, bad_row, check_image_count, image_ref_from_bytes, make_row
 from curate.video import video_ref_from_bytes
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
@@ -308,6 +308,7 @@ def _place(conv: list[dict], values: list[Any], kind: str) -> None:
 def _llava_fields(spec: SourceSpec, root: str, rec: dict) -> dict:
     conv = normalize_conversations(rec.get("conversations"))
     values, video_values = _image_values(rec), _image_values(rec, "video")
+    check_image_count(spec, len(values))   # before reading any of them
     _place(conv, video_values, "video")
     _place(conv, values, "image")
     refs_ = [referenced_image(spec, root, v) for v in values]

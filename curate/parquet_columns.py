@@ -80,18 +80,21 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
     keys = [str(r) if k is None else k for k, r in zip(raw_keys, rows.tolist())]
     text = table.column(spec.text_column)
     missing = pc.is_null(text).to_numpy(zero_copy_only=False)
+    too_long = pc.fill_null(pc.greater(pc.binary_length(text), spec.max_text_bytes), False).to_numpy(zero_copy_only=False)
     duplicate = np.zeros(n, dtype=bool)
     for i, k in enumerate(keys):   # in-file duplicates: the row path's check, in its order
         if k in seen:
             duplicate[i] = True
         else:
             seen.add(k)
-    bad = duplicate | missing
+    bad = duplicate | missing | too_long
     status = np.where(bad, R.REJECTED, R.KEPT)
-    reason = np.where(duplicate, "duplicate_key", np.where(missing, "missing_text", None))
+    reason = np.where(duplicate, "duplicate_key", np.where(missing, "missing_text",
+                                                           np.where(too_long, "text_too_long", None)))
+    long_detail = f"over {spec.max_text_bytes} bytes of text (max_text_bytes)"
     detail = [f"{k} appears twice in {uri}"[:500] if d else
-              (f"no {spec.text_column!r} and no conversations"[:500] if m else None)
-              for k, d, m in zip(keys, duplicate, missing)]   # bad_row keeps 500 characters of a detail
+              (f"no {spec.text_column!r} and no conversations"[:500] if m else long_detail if t else None)
+              for k, d, m, t in zip(keys, duplicate, missing, too_long)]   # bad_row keeps 500 characters of a detail
     others = [c for c in table.column_names if c not in {spec.text_column, spec.key_column}]
     meta = [None] * n if not others else [R.dumps_meta(m) for m in table.select(others).to_pylist()]
     category = table.column("category") if "category" in table.column_names and \
