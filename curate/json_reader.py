@@ -22,7 +22,9 @@ import fsspec
 
 from curate.base import records as R
 from curate import refs
-from curate.sources import BadSample, SourceSpec, bad_row, check_image_count, image_ref_from_bytes, make_row
+from curate.sources import (DEFAULT_READ_TIMEOUT_S, BadSample, SourceSpec, bad_row, check_image_count,
+                            image_ref_from_bytes, make_row)
+from curate.timed_io import open_timed
 from curate.video import video_ref_from_bytes
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
@@ -76,15 +78,15 @@ def strict_json(text: str | bytes) -> Any:
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
-def iter_json_records(uri: str, part: tuple[int, int, int] | None = None) -> Iterator[tuple[int, Any]]:
+def iter_json_records(uri: str, part: tuple[int, int, int] | None = None,
+                      read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Iterator[tuple[int, Any]]:
     """(line or array index, record or BadSample) for every record of a JSON array or JSONL file.
 
     Both are streamed: memory holds one record (at most MAX_RECORD_BYTES), not the file, so a
     multi-gigabyte LLaVA JSON array is readable. `part`: only the JSONL lines in the byte range
     (start, stop, lines before start) planned by ``plan_line_parts``.
     """
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as fh:
+    with open_timed(uri, read_timeout_s) as fh:
         if part is not None:
             fh.seek(part[0])
             yield from _iter_lines(fh, first_line=part[2], stop=part[1])
@@ -258,8 +260,8 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
     duplicate ids within one task are rejected here, across tasks by ingest's whole-run check."""
     root = spec.image_root or posixpath.dirname(uri)
     seen: set[str] = set()
-    records = iter_json_records(uri, part)
-    is_lines = part is not None or not _starts_array(uri)
+    records = iter_json_records(uri, part, spec.read_timeout_s)
+    is_lines = part is not None or not _starts_array(uri, spec.read_timeout_s)
     for line, rec in records:
         ordinal = R.make_ordinal(source_index, file_index, line - 1 if is_lines else line)
         prov = {"uri": uri, "line": line}
@@ -278,9 +280,8 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
             yield bad_row(spec, key, ordinal, prov, bad)
 
 
-def _starts_array(uri: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as fh:
+def _starts_array(uri: str, read_timeout_s: float) -> bool:
+    with open_timed(uri, read_timeout_s) as fh:
         return _is_array(fh)
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.sources import SourceSpec, shard_label
+from curate.timed_io import open_timed
 
 BATCH_ROWS = 4096
 
@@ -124,10 +124,11 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
 def open_plain(spec: SourceSpec, uri: str):
     """(an open file handle, its ParquetFile) when the file opens and its schema is plain, else None."""
     import pyarrow.parquet as pq
-    fs, path = fsspec.core.url_to_fs(uri)
-    fh = fs.open(path, "rb")
+    fh = open_timed(uri, spec.read_timeout_s)
     try:
         pf = pq.ParquetFile(fh)
+    except TimeoutError:
+        raise   # stalled: recorded as read_timeout by the reader (curate.readers), not re-read by the row path
     except Exception:  # noqa: BLE001 — garbage: the row path names it (unreadable_parquet)
         fh.close()
         return None

@@ -73,6 +73,12 @@ class BadSample(Exception):
         self.reason, self.detail, self.status = reason, detail, status
 
 
+def unreadable(reason: str, exc: BaseException) -> BadSample:
+    """A quarantined BadSample for a file that could not be read: `reason`, or ``read_timeout`` when
+    the read ran past the source's read_timeout_s (curate.timed_io)."""
+    return BadSample("read_timeout" if isinstance(exc, TimeoutError) else reason, str(exc), R.QUARANTINED)
+
+
 class NoSourceFiles(ValueError):
     """A source whose path matches no regular file."""
 
