@@ -206,9 +206,14 @@ def list_files(pattern: str, format: str | None = None) -> list[str]:
     found: set[str] = set()
     for pat in expand_braces(pattern):
         fs, _ = fsspec.core.url_to_fs(pat)
+        prefix = _protocol_prefix(fs)
+        if prefix:
+            # fsspec shares one filesystem per process and caches its listings (sizes, ETags): a run in
+            # a long-lived process must see the bucket as it is now, not as an earlier run listed it
+            # (a stale ETag would hide a replaced object, and s3fs's If-Match reads of it would fail).
+            fs.invalidate_cache()
         is_glob = any(ch in pat for ch in "*?[")
         matches = fs.glob(pat) if is_glob else [fs._strip_protocol(pat)]
-        prefix = _protocol_prefix(fs)
         for m in matches:
             if format == "webdataset" and is_glob and m.endswith(WDS_SIDECARS):
                 continue
