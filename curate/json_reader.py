@@ -28,7 +28,9 @@ import fsspec
 from curate.base import records as R
 from curate import refs
 from curate.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
-from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
+from curate.sources import (DEFAULT_READ_TIMEOUT_S, BadSample, SourceSpec, bad_row, check_image_count,
+                            image_ref_from_bytes, make_row)
+from curate.timed_io import ReadTimeout, open_timed
 from curate.video import video_ref_from_bytes
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
@@ -82,15 +84,15 @@ def strict_json(text: str | bytes) -> Any:
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
-def iter_json_records(uri: str, part: tuple[int, int, int] | None = None) -> Iterator[tuple[int, Any]]:
+def iter_json_records(uri: str, part: tuple[int, int, int] | None = None,
+                      read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Iterator[tuple[int, Any]]:
     """(line or array index, record or BadSample) for every record of a JSON array or JSONL file.
 
     Both are streamed: memory holds one record (at most MAX_RECORD_BYTES), not the file, so a
     multi-gigabyte LLaVA JSON array is readable. `part`: only the JSONL lines in the byte range
     (start, stop, lines before start) planned by ``plan_line_parts``.
     """
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as raw:
+    with open_timed(uri, read_timeout_s) as raw:
         is_lines, after = True, (part[2] if part else 0)   # the number of the last record read
         try:
             fh = open_decompressed(raw)
@@ -104,6 +106,8 @@ def iter_json_records(uri: str, part: tuple[int, int, int] | None = None) -> Ite
             for number, record in records:
                 after = number
                 yield number, record
+        except ReadTimeout:
+            raise   # stalled: the rest of the file is recorded as read_timeout (curate.readers)
         except DECOMPRESS_ERRORS as exc:
             reason = "truncated_file" if isinstance(exc, EOFError) else "unreadable_file"
             what = "line" if is_lines else "record"
@@ -275,8 +279,8 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
     duplicate ids within one task are rejected here, across tasks by ingest's whole-run check."""
     root = spec.image_root or posixpath.dirname(uri)
     seen: set[str] = set()
-    records = iter_json_records(uri, part)
-    is_lines = part is not None or not _starts_array(uri)
+    records = iter_json_records(uri, part, spec.read_timeout_s)
+    is_lines = part is not None or not _starts_array(uri, spec.read_timeout_s)
     for line, rec in records:
         ordinal = R.make_ordinal(source_index, file_index, line - 1 if is_lines else line)
         prov = {"uri": uri, "line": line}
@@ -295,11 +299,12 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
             yield bad_row(spec, key, ordinal, prov, bad)
 
 
-def _starts_array(uri: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as fh:
+def _starts_array(uri: str, read_timeout_s: float) -> bool:
+    with open_timed(uri, read_timeout_s) as fh:
         try:
             return _is_array(open_decompressed(fh))
+        except ReadTimeout:
+            raise
         except DECOMPRESS_ERRORS:
             return False   # iter_json_records records the damage
 
@@ -328,6 +333,7 @@ def _place(conv: list[dict], values: list[Any], kind: str) -> None:
 def _llava_fields(spec: SourceSpec, root: str, rec: dict) -> dict:
     conv = normalize_conversations(rec.get("conversations"))
     values, video_values = _image_values(rec), _image_values(rec, "video")
+    check_image_count(spec, len(values))   # before reading any of them
     _place(conv, video_values, "video")
     _place(conv, values, "image")
     refs_ = [referenced_image(spec, root, v) for v in values]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.sources import SourceSpec, shard_label
+from curate.timed_io import open_timed
 
 BATCH_ROWS = 4096
 
@@ -81,6 +81,8 @@ def guarded_batches(pf, batch_rows: int, row_groups: range) -> Iterator[tuple[in
                 yield row, batch
                 row += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise   # stalled, not damaged: the rest of the file is recorded as read_timeout (curate.readers)
             yield row, DamagedRowGroup(f"row group {rg}, rows {row} to {end - 1}: {type(exc).__name__}: {exc}")
         row = end
 
@@ -103,18 +105,21 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
     keys = [str(r) if k is None else k for k, r in zip(raw_keys, rows.tolist())]
     text = table.column(spec.text_column)
     missing = pc.is_null(text).to_numpy(zero_copy_only=False)
+    too_long = pc.fill_null(pc.greater(pc.binary_length(text), spec.max_text_bytes), False).to_numpy(zero_copy_only=False)
     duplicate = np.zeros(n, dtype=bool)
     for i, k in enumerate(keys):   # in-file duplicates: the row path's check, in its order
         if k in seen:
             duplicate[i] = True
         else:
             seen.add(k)
-    bad = duplicate | missing
+    bad = duplicate | missing | too_long
     status = np.where(bad, R.REJECTED, R.KEPT)
-    reason = np.where(duplicate, "duplicate_key", np.where(missing, "missing_text", None))
+    reason = np.where(duplicate, "duplicate_key", np.where(missing, "missing_text",
+                                                           np.where(too_long, "text_too_long", None)))
+    long_detail = f"over {spec.max_text_bytes} bytes of text (max_text_bytes)"
     detail = [f"{k} appears twice in {uri}"[:500] if d else
-              (f"no {spec.text_column!r} and no conversations"[:500] if m else None)
-              for k, d, m in zip(keys, duplicate, missing)]   # bad_row keeps 500 characters of a detail
+              (f"no {spec.text_column!r} and no conversations"[:500] if m else long_detail if t else None)
+              for k, d, m, t in zip(keys, duplicate, missing, too_long)]   # bad_row keeps 500 characters of a detail
     others = [c for c in table.column_names if c not in {spec.text_column, spec.key_column}]
     meta = [None] * n if not others else [R.dumps_meta(m) for m in table.select(others).to_pylist()]
     category = table.column("category") if "category" in table.column_names and \
@@ -144,10 +149,11 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
 def open_plain(spec: SourceSpec, uri: str):
     """(an open file handle, its ParquetFile) when the file opens and its schema is plain, else None."""
     import pyarrow.parquet as pq
-    fs, path = fsspec.core.url_to_fs(uri)
-    fh = fs.open(path, "rb")
+    fh = open_timed(uri, spec.read_timeout_s)
     try:
         pf = pq.ParquetFile(fh)
+    except TimeoutError:
+        raise   # stalled: recorded as read_timeout by the reader (curate.readers), not re-read by the row path
     except Exception:  # noqa: BLE001 — garbage: the row path names it (unreadable_parquet)
         fh.close()
         return None

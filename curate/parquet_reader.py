@@ -26,7 +26,8 @@ from curate import images as I
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, referenced_image
 from curate.parquet_columns import column_tables, guarded_batches, open_plain
-from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
+from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row, unreadable
+from curate.timed_io import open_timed
 
 
 # What pyarrow raises for a damaged file (ArrowInvalid for a missing footer, OSError for a cut one).
@@ -62,14 +63,13 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                  row_groups: tuple[int, int] | None = None) -> Iterator[dict]:
     """Every row of the file, or of the row groups [first, stop) (numbered as in the whole file)."""
     import pyarrow.parquet as pq
-    fs, path = fsspec.core.url_to_fs(uri)
     seen: set[str] = set()
-    with fs.open(path, "rb") as fh:
+    with open_timed(uri, spec.read_timeout_s) as fh:
         try:
             pf = pq.ParquetFile(fh)
         except Exception as exc:  # noqa: BLE001 — arrow raises ArrowInvalid/OSError for garbage
             yield bad_row(spec, posixpath.basename(uri), R.make_ordinal(source_index, file_index, 0),
-                          {"uri": uri}, BadSample("unreadable_parquet", str(exc), R.QUARANTINED))
+                          {"uri": uri}, unreadable("unreadable_parquet", exc))
             return
         first, stop = row_groups or (0, pf.metadata.num_row_groups)
         for row_index, batch in guarded_batches(pf, 1024, range(first, stop)):

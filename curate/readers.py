@@ -12,9 +12,11 @@ sha256 of the bytes read. Paths and globs go through fsspec, so local paths and 
 """
 from __future__ import annotations
 
+import posixpath
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from curate.base import BatchResult
@@ -22,8 +24,9 @@ if TYPE_CHECKING:
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, plan_line_parts, read_llava, strict_json
 from curate.parquet_reader import PARQUET_ERRORS, plan_parts, read_parquet, read_parquet_tables
-from curate.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, expand_braces, list_files,
-                            source_files)
+from curate.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, bad_row, expand_braces, list_files,
+                            source_files, unreadable)
+from curate.timed_io import ReadTimeout
 from curate.wds_reader import read_webdataset
 
 __all__ = ["FORMATS", "BadSample", "NoSourceFiles", "SourceSpec", "expand_braces", "list_files", "source_files",
@@ -65,14 +68,50 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
     if spec.format not in READERS:
         raise ValueError(f"unknown source format {spec.format!r}; known: {', '.join(FORMATS)}")
     if spec.format == "parquet":
-        yield from read_parquet_tables(spec, uri, source_index, file_index, None if part is None else part[:2],
-                                       rows_per_table)
+        last = None   # the last ordinal read: a read that stalls quarantines the rest of the file after it
+        try:
+            for table in read_parquet_tables(spec, uri, source_index, file_index, None if part is None else part[:2],
+                                             rows_per_table):
+                if table.num_rows:
+                    last = pc.max(table.column(R.ORDINAL)).as_py()
+                yield table
+        except ReadTimeout as exc:
+            yield R.rows_to_table([_stalled_row(spec, uri, source_index, file_index, part, last, exc)])
         return
     if part is None:
         records = READERS[spec.format](spec, uri, source_index, file_index)
     else:
         records = read_llava(spec, uri, source_index, file_index, part=part)
-    yield from R.row_tables(records, rows_per_table)
+    yield from R.row_tables(_until_stalled(records, spec, uri, source_index, file_index, part), rows_per_table)
+
+
+def _until_stalled(records: Iterator[dict], spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                   part: Part | None) -> Iterator[dict]:
+    """`records`, then, if a read stalled (curate.timed_io), one row standing for the rest of the file."""
+    last = None
+    try:
+        for row in records:
+            last = row[R.ORDINAL]
+            yield row
+    except ReadTimeout as exc:
+        yield _stalled_row(spec, uri, source_index, file_index, part, last, exc)
+
+
+def _stalled_row(spec: SourceSpec, uri: str, source_index: int, file_index: int, part: Part | None,
+                 last: int | None, exc: ReadTimeout) -> dict:
+    """One quarantined row (``read_timeout``) standing for the unread rest of a file or part. Its
+    ordinal follows the last row read; with none read, the part's first row (a JSONL part's first line;
+    for a parquet part, whose rows are unknown without its footer, a row number counted down from the
+    top of the file's row space by its first row group, which no real file reaches)."""
+    if last is not None:
+        ordinal = last + 1
+    elif part is None:
+        ordinal = R.make_ordinal(source_index, file_index, 0)
+    else:
+        start, _, first_row = part
+        ordinal = R.make_ordinal(source_index, file_index, first_row if first_row >= 0 else (1 << 31) - 1 - start)
+    where = "" if part is None else f"@{part[0]}"
+    return bad_row(spec, f"{posixpath.basename(uri)}{where}", ordinal, {"uri": uri}, unreadable("read_timeout", exc))
 
 
 def read_file(spec: SourceSpec, uri: str, source_index: int, file_index: int, part: Part | None = None) -> pa.Table:

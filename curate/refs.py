@@ -12,13 +12,16 @@ private bytes into training shards (or make the curation machine fetch internal 
   unless the root itself lives on that store;
 * a non-string image field is ``image:invalid_reference``, never a crash;
 * only regular files are opened (``O_NONBLOCK`` so a FIFO cannot block the open, then ``fstat``);
-  every read stops at ``max_image_bytes`` and every fetch at ``fetch_timeout_s``.
+  every read stops at ``max_image_bytes``; a file read (local or object store) that does not answer
+  within ``read_timeout_s`` is ``image:read_timeout`` (a stalled mount, ``curate.timed_io``), and a
+  fetch past ``fetch_timeout_s`` (a host that accepts and never answers included) is ``image:fetch_timeout``.
 """
 from __future__ import annotations
 
 import os
 import posixpath
 import re
+import socket
 import stat
 import time
 import urllib.error
@@ -29,6 +32,7 @@ import fsspec
 
 from curate.base import records as R
 from curate.sources import BadSample, SourceSpec
+from curate.timed_io import ReadTimeout, call_with_deadline
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 REMOTE_SCHEMES = ("http", "https")
@@ -81,6 +85,13 @@ def read_reference(uri: str, spec: SourceSpec) -> bytes:
     scheme = _scheme(uri)
     if scheme in REMOTE_SCHEMES:
         return _fetch(uri, spec)
+    try:
+        return call_with_deadline(lambda: _read_file(uri, scheme, spec), spec.read_timeout_s, f"reading {uri[:200]}")
+    except ReadTimeout as exc:
+        raise BadSample("image:read_timeout", str(exc), R.QUARANTINED) from None
+
+
+def _read_file(uri: str, scheme: str | None, spec: SourceSpec) -> bytes:
     if scheme is None:
         return _read_local(uri, spec.max_image_bytes)
     fs, path = fsspec.core.url_to_fs(uri)
@@ -164,5 +175,8 @@ def _fetch(url: str, spec: SourceSpec) -> bytes:
             return _read_with_deadline(resp, url, spec)
     except urllib.error.HTTPError as exc:
         raise BadSample("image:fetch_failed", f"{url[:200]}: HTTP {exc.code}", R.QUARANTINED) from None
-    except (urllib.error.URLError, OSError) as exc:   # includes socket timeouts
+    except (urllib.error.URLError, OSError) as exc:
+        if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(getattr(exc, "reason", None), socket.timeout):
+            raise BadSample("image:fetch_timeout", f"{url[:200]}: no answer within fetch_timeout_s={spec.fetch_timeout_s}",
+                            R.QUARANTINED) from None
         raise BadSample("image:fetch_failed", f"{url[:200]}: {exc}", R.QUARANTINED) from None

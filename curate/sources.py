@@ -27,6 +27,14 @@ WDS_SIDECARS = (".parquet", "_stats.json")
 MAX_BRACE_EXPANSION = 1_000_000
 DEFAULT_MAX_IMAGE_BYTES = 64 << 20   # larger than any training image we know of; /dev/zero-style reads stop here
 DEFAULT_FETCH_TIMEOUT_S = 30.0
+# Hostile sizes (a record is data, not a promise): past these a record is rejected before any later stage
+# holds it. 8 MiB of text is ~2M tokens, beyond any context a packer fills; 1,024 images per record is
+# beyond any interleaved corpus we know (OBELICS / MINT documents hold tens), and each reference is a
+# read of up to max_image_bytes.
+DEFAULT_MAX_TEXT_BYTES = 8 << 20
+DEFAULT_MAX_IMAGES_PER_RECORD = 1024
+# A source or image read that blocks (a stalled mount, a peer that accepts and never answers) ends here.
+DEFAULT_READ_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,9 @@ class SourceSpec:
     allowed_hosts: tuple[str, ...] = ()    # http(s) image references are fetched only from these hosts
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES          # caption + conversation turns, UTF-8 bytes
+    max_images_per_record: int = DEFAULT_MAX_IMAGES_PER_RECORD
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S        # one read of a source file or a local image
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +71,12 @@ class BadSample(Exception):
     def __init__(self, reason: str, detail: str = "", status: str = R.REJECTED):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.status = reason, detail, status
+
+
+def unreadable(reason: str, exc: BaseException) -> BadSample:
+    """A quarantined BadSample for a file that could not be read: `reason`, or ``read_timeout`` when
+    the read ran past the source's read_timeout_s (curate.timed_io)."""
+    return BadSample("read_timeout" if isinstance(exc, TimeoutError) else reason, str(exc), R.QUARANTINED)
 
 
 class NoSourceFiles(ValueError):
@@ -86,7 +103,35 @@ def shard_label(pattern: str, uri: str) -> str:
     return posixpath.join(directory, stem) if directory else stem
 
 
+def check_image_count(spec: SourceSpec, count: int) -> None:
+    """Refuse a record with more image references than max_images_per_record, before any is read."""
+    if count > spec.max_images_per_record:
+        raise BadSample("too_many_images", f"{count} image references > max_images_per_record={spec.max_images_per_record}")
+
+
+def _utf8_length(text: str, limit: int) -> int:
+    """UTF-8 length of `text`, encoding only when it could exceed `limit` (at most 4 bytes a character)."""
+    return len(text) if 4 * len(text) <= limit else len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_text_size(spec: SourceSpec, text: str | None, conversations: list[dict] | None) -> None:
+    """Refuse a record whose caption and turns together are over max_text_bytes (a 50 MB caption must
+    not reach tokenization, where it would cost gigabytes)."""
+    limit, total = spec.max_text_bytes, 0
+    for part in [text, *(t.get("content") for t in conversations or () if isinstance(t, dict))]:
+        if isinstance(part, str):
+            total += _utf8_length(part, limit)
+            if total > limit:
+                raise BadSample("text_too_long", f"over {limit} bytes of text (max_text_bytes)")
+
+
 def make_row(spec: SourceSpec, key: str, ordinal: int, provenance: dict, **fields: Any) -> dict[str, Any]:
+    """A record row. A row with content (text, conversations, images) is checked against the source's
+    size limits here, the one place every reader's rows pass: BadSample for the caller to record."""
+    if fields.get("text") is not None or fields.get("conversations") is not None:
+        check_text_size(spec, fields.get("text"), fields.get("conversations"))
+    if fields.get("images"):
+        check_image_count(spec, len(fields["images"]))
     if spec.key_prefix == "shard":
         key = f"{shard_label(spec.path, provenance['uri'])}/{key}"
     row = {"key": f"{spec.name}/{key}", "source": spec.name, "category": spec.category,
@@ -161,9 +206,14 @@ def list_files(pattern: str, format: str | None = None) -> list[str]:
     found: set[str] = set()
     for pat in expand_braces(pattern):
         fs, _ = fsspec.core.url_to_fs(pat)
+        prefix = _protocol_prefix(fs)
+        if prefix:
+            # fsspec shares one filesystem per process and caches its listings (sizes, ETags): a run in
+            # a long-lived process must see the bucket as it is now, not as an earlier run listed it
+            # (a stale ETag would hide a replaced object, and s3fs's If-Match reads of it would fail).
+            fs.invalidate_cache()
         is_glob = any(ch in pat for ch in "*?[")
         matches = fs.glob(pat) if is_glob else [fs._strip_protocol(pat)]
-        prefix = _protocol_prefix(fs)
         for m in matches:
             if format == "webdataset" and is_glob and m.endswith(WDS_SIDECARS):
                 continue

@@ -19,13 +19,12 @@ import posixpath
 import tarfile
 from typing import Iterator
 
-import fsspec
-
 from curate import images as I
 from curate.compression import DECOMPRESS_ERRORS, open_decompressed
 from curate.base import records as R
 from curate.json_reader import strict_json
-from curate.sources import BadSample, SourceSpec, bad_row, decode_text, image_ref_from_bytes, make_row
+from curate.sources import BadSample, SourceSpec, bad_row, decode_text, image_ref_from_bytes, make_row, unreadable
+from curate.timed_io import open_timed
 from curate.video import VIDEO_EXTENSIONS, video_ref_from_bytes
 
 _NOT_A_FILE = "not-a-regular-file"
@@ -92,12 +91,11 @@ class _TarWalk:
 
 def read_webdataset(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
     walk = _TarWalk(spec, uri, source_index, file_index)
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as fh:
+    with open_timed(uri, spec.read_timeout_s) as fh:
         try:
             tar = tarfile.open(fileobj=open_decompressed(fh), mode="r:")
         except TAR_ERRORS as exc:
-            yield walk.bad(posixpath.basename(uri), [], BadSample("unreadable_tar", str(exc), R.QUARANTINED))
+            yield walk.bad(posixpath.basename(uri), [], unreadable("unreadable_tar", exc))
             return
         yield from _walk_members(tar, walk)
 
@@ -107,6 +105,8 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
         try:
             info = tar.next()
         except TAR_ERRORS as exc:
+            if isinstance(exc, TimeoutError):
+                raise   # stalled: the rest of the file is recorded as read_timeout (curate.readers)
             if walk.key is not None:
                 key, walk.key, walk.group = walk.key, None, {}
                 yield walk.bad(key, [], BadSample("truncated_tar", str(exc), R.QUARANTINED))
@@ -135,6 +135,8 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
             if len(data) != info.size:
                 raise tarfile.ReadError(f"member {name}: {len(data)} of {info.size} bytes")
         except TAR_ERRORS as exc:
+            if isinstance(exc, TimeoutError):
+                raise
             walk.key, walk.group = None, {}
             yield walk.bad(key, [name], BadSample("truncated_tar", str(exc), R.QUARANTINED))
             return

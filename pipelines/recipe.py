@@ -115,6 +115,12 @@ SOURCE_SCHEMA = {
                           "description": "hosts http(s) image references may be fetched from; empty: no fetching"},
         "max_image_bytes": {"type": "integer", "minimum": 1, "description": "largest image or member read"},
         "fetch_timeout_s": {"type": "number", "exclusiveMinimum": 0, "description": "total time per fetch"},
+        "max_text_bytes": {"type": "integer", "minimum": 1,
+                           "description": "a record with more caption + turn text (UTF-8 bytes) is rejected: text_too_long"},
+        "max_images_per_record": {"type": "integer", "minimum": 1,
+                                  "description": "a record with more image references is rejected: too_many_images"},
+        "read_timeout_s": {"type": "number", "exclusiveMinimum": 0,
+                           "description": "one blocking read of a source file or image ends here: read_timeout"},
         "options": {"type": "object"},
     },
 }

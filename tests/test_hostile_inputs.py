@@ -227,3 +227,116 @@ def test_special_source_files_are_never_opened(tmp_path):
             run(parse({"name": "z", "seed": 0, "stages": [], "sources": [
                 {"name": "z", "path": "/dev/zero", "format": "llava"}]}),
                 out=tmp_path / "out2", executor="inline", progress=False)
+
+
+# --- hostile sizes (issue 26, item 6) ------------------------------------------------------------
+GIANT_CLAIM = 2 << 30        # what the forged tar header says the member holds
+HUGE_CAPTION = 50 << 20      # one caption of 50 MB
+MANY_IMAGES = 5_000          # image references in one record
+# The bound: ingest holds one record (a JSONL line <= json_reader.MAX_RECORD_BYTES) or one tar member
+# (<= max_image_bytes) per reader at a time, plus its decoded copy; a rejected record carries no text
+# on, so count_tokens never sees the 50 MB. Peak RSS over a run of the same recipe on the good samples
+# alone stays under 6x the largest record.
+RSS_BOUND_OVER_BASELINE = 6 * HUGE_CAPTION
+
+
+def sparse_tar_with_giant_member(path: Path, good: bytes) -> None:
+    """A tar whose first member's header claims GIANT_CLAIM bytes, held as a sparse hole (nothing on
+    disk), then one good sample: the reader must skip the claim without reading it."""
+    giant = tarfile.TarInfo("giant.txt")
+    giant.size, giant.mtime = GIANT_CLAIM, 0
+    with open(path, "wb") as fh:
+        fh.write(giant.tobuf(format=tarfile.USTAR_FORMAT))
+        fh.seek(GIANT_CLAIM, os.SEEK_CUR)          # a hole: the claimed bytes are zeros, never written
+        for name, data in [("giant.jpg", good), ("after.jpg", good), ("after.txt", b"after the giant")]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            fh.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+            fh.write(data + b"\0" * (-len(data) % 512))
+        fh.write(b"\0" * 1024)
+
+
+def hostile_sizes_corpus(src: Path, hostile: bool) -> None:
+    good = jpeg(64, 48, seed=5)
+    (src / "img").mkdir(parents=True)
+    (src / "img" / "ok.jpg").write_bytes(good)
+    many = conv("many", ["img/ok.jpg"] * MANY_IMAGES)
+    many["conversations"][0]["value"] = "<image>" * MANY_IMAGES + " what are these?"
+    huge = conv("huge")
+    huge["conversations"][1]["value"] = "word " * (HUGE_CAPTION // 5)
+    lines = [conv("fine", "img/ok.jpg")] + ([many, huge] if hostile else [])
+    (src / "conv.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    (src / "wds").mkdir()
+    if hostile:
+        sparse_tar_with_giant_member(src / "wds" / "00000.tar", good)
+    else:
+        write_tar(src / "wds" / "00000.tar", [("after.jpg", good), ("after.txt", b"after the giant")])
+    pq.write_table(pa.table({"key": ["short"] + (["long"] if hostile else []),
+                             "text": ["a short caption"] + (["x" * HUGE_CAPTION] if hostile else [])}),
+                   src / "captions.parquet")
+
+
+HOSTILE_SIZES_RUN = """
+import json, resource, sys
+from pipelines.recipe import parse
+from pipelines.runner import run
+src, out = sys.argv[1], sys.argv[2]
+recipe = parse({"name": "sizes", "seed": 1, "sources": [
+    {"name": "ll", "path": src + "/conv.jsonl", "format": "llava"},
+    {"name": "wds", "path": src + "/wds/*.tar", "format": "webdataset"},
+    {"name": "pq", "path": src + "/captions.parquet", "format": "parquet"}],
+    "stages": [{"name": "count_tokens"}]})
+result = run(recipe, out=out, executor="inline", progress=False)
+print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "stages": result.report["stages"]}))
+"""
+
+
+def _sizes_run(tmp_path: Path, hostile: bool) -> dict:
+    import subprocess
+    import sys
+    src, out = tmp_path / f"src-{hostile}", tmp_path / f"out-{hostile}"
+    hostile_sizes_corpus(src, hostile)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", HOSTILE_SIZES_RUN, str(src), str(out)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["rejects"] = {r["key"]: (r[R.REASON], r[R.DETAIL]) for r in
+                         pq.read_table(out / "stages" / "00_ingest" / "rejects.parquet").to_pylist()}
+    return report
+
+
+def test_hostile_sizes_each_get_a_reason_and_memory_stays_bounded(tmp_path):
+    """5,000 image references in one record, a 50 MB caption (LLaVA and parquet), a tar member whose
+    header claims 2 GB (a sparse hole): each is rejected with its reason, the good samples around
+    them are kept, and the run's peak RSS stays within RSS_BOUND_OVER_BASELINE of the same run
+    without them."""
+    baseline = _sizes_run(tmp_path, hostile=False)
+    hostile = _sizes_run(tmp_path, hostile=True)
+    rejects = hostile["rejects"]
+    assert rejects["ll/many"][0] == "too_many_images" and "5000" in rejects["ll/many"][1]
+    assert rejects["ll/huge"][0] == "text_too_long"
+    assert rejects["pq/long"][0] == "text_too_long"
+    assert rejects["wds/giant"][0] == "member_too_large" and str(GIANT_CLAIM) in rejects["wds/giant"][1]
+    assert set(rejects) == {"ll/many", "ll/huge", "pq/long", "wds/giant"}
+    ingest, tokens = hostile["stages"][0], hostile["stages"][1]
+    assert ingest["in"] == 3 + 2 + 2 and ingest["out"] == 3      # fine, after, short
+    assert tokens["in"] == tokens["out"] == 3
+    grown = hostile["peak_rss"] - baseline["peak_rss"]
+    print(f"peak RSS: {baseline['peak_rss'] >> 20} MiB without the hostile inputs, "
+          f"{hostile['peak_rss'] >> 20} MiB with them (+{grown >> 20} MiB; bound +{RSS_BOUND_OVER_BASELINE >> 20} MiB)")
+    assert grown < RSS_BOUND_OVER_BASELINE
+
+
+def test_size_limits_are_settings():
+    spec = SourceSpec(name="s", path="x", format="llava", max_text_bytes=10, max_images_per_record=2)
+    from curate.sources import BadSample, make_row
+    with pytest.raises(BadSample, match="text_too_long"):
+        make_row(spec, "k", 0, {"uri": "x"}, text="é" * 6)            # 12 UTF-8 bytes > 10
+    with pytest.raises(BadSample, match="too_many_images"):
+        make_row(spec, "k", 0, {"uri": "x"}, text="ok", images=[{}, {}, {}])
+    assert make_row(spec, "k", 0, {"uri": "x"}, text="é" * 5, images=[{}, {}])["text"] == "é" * 5
+    with pytest.raises(Exception, match="max_text_bytes"):
+        parse({"name": "n", "seed": 0, "stages": [], "sources": [
+            {"name": "s", "path": "x", "format": "llava", "max_text_bytes": 0}]})
