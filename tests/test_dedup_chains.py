@@ -21,9 +21,11 @@ from curate.dedup import chained as CH
 from curate.dedup import minhash as M
 from curate.dedup import phash as P
 from curate.dedup.components import components
+from curate.dedup import greedy_stars as GS
 from curate.dedup.greedy_stars import greedy_stars
 from tests.test_dedup import rows_table
 
+BRUTE = GS.BRUTE_FORCE_ROWS
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # a corpus: chains (each item `step` from the previous one) and planted groups (copies close to a base)
@@ -81,7 +83,10 @@ def test_greedy_stars_remove_only_what_is_close_to_a_kept_row(corpus, t, max_pai
 
 # --- the real global steps ---------------------------------------------------------------------------
 def _global(stage, table: pa.Table, chunk: int = 23) -> dict[str, dict]:
-    got = stage.global_step(InlineData([table.slice(i, chunk) for i in range(0, table.num_rows, chunk)])).gather()
+    try:
+        got = stage.global_step(InlineData([table.slice(i, chunk) for i in range(0, table.num_rows, chunk)])).gather()
+    finally:
+        GS.BRUTE_FORCE_ROWS = BRUTE          # hypothesis runs examples in one test call: no monkeypatch
     return {r[R.ORDINAL]: r for r in got.to_pylist()}
 
 
@@ -106,11 +111,12 @@ def _check(decided: dict[str, dict], keys: list[str], planted: list[tuple[int, i
     return values
 
 
-@given(corpora)
+@given(corpora, st.booleans())
 @SETTINGS
-def test_image_dedup_global_step_on_random_pHash_chains_and_planted_groups(corpus):
+def test_image_dedup_global_step_on_random_pHash_chains_and_planted_groups(corpus, by_keys):
     """pHash chains flip 1-8 bits per step (a long chain drifts far past 12 bits); planted copies are
-    within 4 bits of their base."""
+    within 4 bits of their base. ``by_keys``: later centres compare only rows sharing a band key."""
+    GS.BRUTE_FORCE_ROWS = 0 if by_keys else BRUTE
     rng = np.random.default_rng(corpus["seed"])
     hashes, planted = [], []
     for length, _ in corpus["chains"]:
@@ -149,11 +155,13 @@ def test_image_dedup_global_step_on_random_pHash_chains_and_planted_groups(corpu
     assert report["farthest_removed"]["hamming_bits"] == (max(values) if values else None)
 
 
-@given(corpora)
+@given(corpora, st.booleans())
 @SETTINGS
-def test_text_dedup_global_step_on_random_signature_chains_and_planted_groups(corpus):
+def test_text_dedup_global_step_on_random_signature_chains_and_planted_groups(corpus, by_keys):
     """MinHash chains replace 10-35 of 128 signature values per step (estimated Jaccard 0.73-0.92 to
-    the previous one); planted copies replace up to 20 (>= 0.84 to their base)."""
+    the previous one); planted copies replace up to 20 (>= 0.84 to their base). ``by_keys``: later
+    centres compare only rows sharing a band key."""
+    GS.BRUTE_FORCE_ROWS = 0 if by_keys else BRUTE
     rng = np.random.default_rng(corpus["seed"])
     sigs, planted = [], []
 

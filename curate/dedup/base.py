@@ -171,7 +171,8 @@ class DedupStage(Stage):
         edges = near["exact_edges"] + near["candidates"] - near["rejected"]
         sign = 1.0 if self.config.prefer == "highest" else -1.0
         survivor_by, reason = self.config.survivor_by, self.reason
-        matcher = G.Matcher(self.signature_closeness, self.describe, self.farther_sign, self.config.max_component_pairs)
+        matcher = G.Matcher(self.signature_closeness, self.describe, self.farther_sign, self.config.max_component_pairs,
+                            self.lsh_keys)
 
         def decide(group: pa.Table) -> pa.Table:
             return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col, reason, matcher)

@@ -62,11 +62,13 @@ class Matcher:
     rows (within the threshold, verified value; rows without a signature are never close),
     ``describe`` words values for ``_detail`` (NaN: equal content hash only), ``farther_sign`` makes
     larger mean farther (+1 for distances, -1 for similarities), ``max_pairs`` bounds the comparisons
-    per component beyond its best row's (``greedy_stars``)."""
+    per component beyond its best row's, ``lsh_keys`` are the stage's band keys (``greedy_stars``
+    narrows a large component's comparisons to rows that share one)."""
     on_signatures: Callable[[pa.Table], Closeness]
     describe: Callable[[np.ndarray], list[str]]
     farther_sign: float
     max_pairs: int
+    lsh_keys: KeysFn
 
 
 def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn,
@@ -225,6 +227,25 @@ def closeness(group: pa.Table, hash_column: str, on_signatures: Callable[[pa.Tab
     return close
 
 
+def candidate_keys(group: pa.Table, hash_column: str, lsh_keys: KeysFn) -> Callable[[np.ndarray], np.ndarray]:
+    """keys(rows) for ``greedy_stars``: the stage's band keys of those rows plus one key for the content
+    hash; a row without a signature gets keys of its own in the band columns (it shares only its hash)."""
+    def keys(rows: np.ndarray) -> np.ndarray:
+        part = group.take(pa.array(rows, pa.int64()))
+        with_sig, band = lsh_keys(part)
+        width = band.shape[1] if band.ndim == 2 and band.shape[0] else 0
+        own = (np.asarray(rows, dtype=np.uint64) | np.uint64(1 << 63))[:, None]
+        out = np.repeat(own, width + 1, axis=1)
+        if width:
+            out[with_sig, :width] = band
+        hashes = part.column(hash_column)
+        valid = np.asarray(hashes.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if valid.any():
+            out[valid, width] = stable_hash64(hashes.filter(pa.array(valid)), EXACT_SALT)
+        return out
+    return keys
+
+
 def decide_groups(group: pa.Table, quality: Callable[[pa.Table], np.ndarray], hash_column: str, reason: str,
                   matcher: Matcher) -> pa.Table:
     """Reduce step for whole components: kept rows and what each removed row is close to, by greedy
@@ -238,7 +259,8 @@ def decide_groups(group: pa.Table, quality: Callable[[pa.Table], np.ndarray], ha
     keys = np.array(group.column("key").to_pylist(), dtype=str)
     hashes = np.array(group.column(hash_column).fill_null("").to_pylist(), dtype=str)
     order = np.lexsort((keys, hashes, -score, comp))
-    stars = greedy_stars(comp, order, closeness(group, hash_column, matcher.on_signatures), matcher.max_pairs)
+    stars = greedy_stars(comp, order, closeness(group, hash_column, matcher.on_signatures), matcher.max_pairs,
+                         candidate_keys(group, hash_column, matcher.lsh_keys))
     centre = stars.centre
     dropped = np.flatnonzero(centre != np.arange(n))
     sizes = np.bincount(centre, minlength=n)[centre].astype(np.int32) if n else np.empty(0, np.int32)

@@ -20,10 +20,13 @@ names the best centre that covers it.
 
 Cost. The first centre of every component is compared with all of its members at once, for all
 components together (linear, as choosing one survivor per component was). Only components that
-leave rows undecided loop over further centres; each further centre costs the undecided rows it is
-compared with, and a component stops once ``max_pairs`` comparisons would be exceeded: its rows
-still undecided are KEPT (``unverified``), never removed unverified — the guarantee holds, recall
-drops on that component only, and the report counts both.
+leave rows undecided loop over further centres. With at most ``BRUTE_FORCE_ROWS`` rows undecided a
+centre is compared with all of them; beyond that (a long chain, a giant component) only with the
+undecided rows that share an LSH band key or the content hash with it (``keys``: the same buckets
+that built the graph), so a chain of n rows costs about n x bucket size, not n^2. A component stops
+once ``max_pairs`` comparisons would be exceeded: its rows still undecided are KEPT
+(``unverified``), never removed unverified — the guarantee holds, recall drops on that component
+only, and the report counts both.
 """
 from __future__ import annotations
 
@@ -34,7 +37,10 @@ import numpy as np
 
 # close(a, b): for index pairs (a[i], b[i]): within the threshold, and the verified value
 Closeness = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# keys(rows) -> (len(rows) x k) uint64: rows sharing any key are candidates for each other
+Keys = Callable[[np.ndarray], np.ndarray]
 CHUNK = 16_384     # pairs per call of a Closeness (a text pair gathers 2 x 512 bytes of signature)
+BRUTE_FORCE_ROWS = 512   # undecided rows up to which a centre is compared with all of them
 
 
 @dataclass
@@ -47,9 +53,10 @@ class Stars:
     capped_components: int      # components that hit the budget
 
 
-def greedy_stars(component: np.ndarray, order: np.ndarray, close: Closeness, max_pairs: int) -> Stars:
+def greedy_stars(component: np.ndarray, order: np.ndarray, close: Closeness, max_pairs: int,
+                 keys: Keys | None = None) -> Stars:
     """Star clustering of every component at once; ``order`` sorts the rows by (component, survivor
-    rule), best first within a component."""
+    rule), best first within a component; ``keys`` (optional) narrows large undecided sets to candidates."""
     n = component.shape[0]
     centre = np.arange(n, dtype=np.int64)
     value = np.full(n, np.nan)
@@ -77,7 +84,7 @@ def greedy_stars(component: np.ndarray, order: np.ndarray, close: Closeness, max
         ends = np.r_[starts[1:], n]
         for r in np.unique(run[left]):
             pending = order[starts[r]:ends[r]][left[starts[r]:ends[r]]]
-            capped += _cover(pending, centre, value, unverified, close, max_pairs - int(counts[r] - 1))
+            capped += _cover(pending, centre, value, unverified, close, max_pairs - int(counts[r] - 1), keys)
     return Stars(centre, value, unverified, size, capped)
 
 
@@ -90,8 +97,10 @@ def _chunked(close: Closeness, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray
 
 
 def _cover(pending: np.ndarray, centre: np.ndarray, value: np.ndarray, unverified: np.ndarray,
-           close: Closeness, budget: int) -> int:
+           close: Closeness, budget: int, keys: Keys | None) -> int:
     """Greedy centres over one component's undecided rows (in survivor order); 1 if the budget ran out."""
+    if keys is not None and pending.shape[0] > BRUTE_FORCE_ROWS:
+        return _cover_by_keys(pending, centre, value, unverified, close, budget, keys)
     while pending.shape[0]:
         head, others = pending[0], pending[1:]
         if others.shape[0] == 0:
@@ -104,4 +113,39 @@ def _cover(pending: np.ndarray, centre: np.ndarray, value: np.ndarray, unverifie
         centre[others[ok]] = head
         value[others[ok]] = val[ok]
         pending = others[~ok]
+    return 0
+
+
+def _cover_by_keys(pending: np.ndarray, centre: np.ndarray, value: np.ndarray, unverified: np.ndarray,
+                   close: Closeness, budget: int, keys: Keys) -> int:
+    """``_cover`` comparing each centre only with the undecided rows that share a key with it."""
+    m = pending.shape[0]
+    key_matrix = keys(pending)
+    width = key_matrix.shape[1]
+    flat = key_matrix.ravel()
+    by_key = np.argsort(flat, kind="stable")
+    sorted_keys, owner = flat[by_key], by_key // width          # owner: position in `pending`
+    undecided = np.ones(m, dtype=bool)
+    for p in range(m):
+        if not undecided[p]:
+            continue
+        undecided[p] = False                # a centre: kept
+        lo = np.searchsorted(sorted_keys, key_matrix[p], side="left")
+        hi = np.searchsorted(sorted_keys, key_matrix[p], side="right")
+        lengths = hi - lo
+        if not lengths.any():
+            continue
+        at = np.repeat(lo - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+        cand = np.unique(owner[at])
+        cand = cand[undecided[cand]]
+        if cand.shape[0] == 0:
+            continue
+        if cand.shape[0] > budget:
+            unverified[pending[undecided]] = True
+            return 1
+        budget -= cand.shape[0]
+        ok, val = _chunked(close, np.full(cand.shape[0], pending[p]), pending[cand])
+        centre[pending[cand[ok]]] = pending[p]
+        value[pending[cand[ok]]] = val[ok]
+        undecided[cand[ok]] = False
     return 0
