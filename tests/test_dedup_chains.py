@@ -37,9 +37,11 @@ corpora = st.fixed_dictionaries({
 
 
 # --- the core: greedy stars on points of a line (distance |x - y|, threshold t) ------------------------
-@given(corpora, st.integers(2, 8), st.sampled_from([0, 1, 3, 10**9]))
+@given(corpora, st.integers(2, 8), st.sampled_from([0, 1, 3, 10**9]), st.booleans())
 @SETTINGS
-def test_greedy_stars_remove_only_what_is_close_to_a_kept_row(corpus, t, max_pairs):
+def test_greedy_stars_remove_only_what_is_close_to_a_kept_row(corpus, t, max_pairs, by_keys):
+    """``by_keys``: later centres see only rows sharing a key (two grids of cell t offset by t/2: rows
+    within t/2 always share one, as planted copies do)."""
     rng = np.random.default_rng(corpus["seed"])
     points, planted = [], []                       # planted: (base index, copy index)
     for c, (length, _) in enumerate(corpus["chains"]):
@@ -64,14 +66,20 @@ def test_greedy_stars_remove_only_what_is_close_to_a_kept_row(corpus, t, max_pai
     def close(i, j):
         d = np.abs(x[i] - x[j]).astype(np.float64)
         return d <= t, d
-    stars = greedy_stars(comp, order, close, max_pairs)
+    keys = (lambda idx: np.stack([x[idx] // t, (x[idx] + t // 2) // t + (1 << 40)], axis=1).astype(np.uint64)) \
+        if by_keys else None
+    GS.BRUTE_FORCE_ROWS = 0 if by_keys else BRUTE
+    try:
+        stars = greedy_stars(comp, order, close, max_pairs, keys)
+    finally:
+        GS.BRUTE_FORCE_ROWS = BRUTE
     kept = stars.centre == np.arange(n)
     removed = np.flatnonzero(~kept)
     assert kept[stars.centre[removed]].all()                                  # each names a KEPT row
     assert (np.abs(x[removed] - x[stars.centre[removed]]) <= t).all()         # within the threshold of it
     assert np.array_equal(stars.value[removed], np.abs(x[removed] - x[stars.centre[removed]]))
     verified = np.flatnonzero(kept & ~stars.unverified)
-    for i in verified:                                                        # no kept pair within t ...
+    for i in verified if not by_keys else []:                                 # no kept pair within t ...
         others = verified[(comp[verified] == comp[i]) & (verified != i)]
         assert (np.abs(x[others] - x[i]) > t).all()
     for base, copy in planted:                                                # ... so copies of a kept base go
