@@ -13,13 +13,26 @@ Peers, re-implemented from their source where they do not install here (labelled
 * datasketch ``MinHash`` (installed): the signature speed baseline, per text and ``bulk``.
 
 The planted set is ``curate.dedup.planted``: captions with small edits vs look-alike captions,
-images re-encoded / resized / cropped vs mirrored look-alikes.
+images re-encoded / resized / cropped vs mirrored look-alikes. The chained set is
+``curate.dedup.chained``: chains of images (one translucent shape added per step) and of captions
+(one word replaced per step), where single-linkage groups remove rows far from every survivor.
+
+Before / after (issue #28): ``MMCURATE_DEDUP_BASELINE=/path/to/an/older/checkout`` runs the chained
+and planted measurements and the signature / global-step speeds once more with that checkout's
+``curate`` (in a subprocess, same pinning) and prints both side by side.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +51,7 @@ from curate.dedup.lsh import band_rows, bucket_edges
 from run import format_table, quick
 
 SIG_TEXTS = 4_000 if quick() else 20_000
+HERE = Path(__file__).resolve().parent
 GLOBAL_ROWS = (20_000, 80_000) if quick() else (100_000, 400_000)
 GRAPH_ROWS = (200_000,) if quick() else (200_000, 2_000_000)
 
@@ -168,28 +182,37 @@ def phash_rows() -> list[list[object]]:
 
 def global_rows() -> list[list[object]]:
     """global_step of text_dedup (inline) on synthetic signatures: 10% of rows are near copies of another row."""
-    out = []
-    for n in GLOBAL_ROWS:
-        rng = np.random.default_rng(n)
-        sigs = rng.integers(0, 2**32, (n, 128), dtype=np.uint32)
-        src = 2 * rng.choice(n // 2, n // 10, replace=False)   # even rows are copied into the next (odd) row
-        dst = src + 1
-        sigs[dst] = sigs[src]
-        sigs[dst, :20] = rng.integers(0, 2**32, (dst.shape[0], 20), dtype=np.uint32)   # J ~ 0.84
-        col = pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), 128)
-        keys = [f"s/{i:08d}" for i in range(n)]
-        table = pa.table({"key": keys, R.ORDINAL: np.arange(n), "source": ["s"] * n,
-                          "text_hash": [f"{i:032x}" for i in range(n)], "text_minhash": col,
-                          "dup_quality": np.ones(n)})
-        stage = S.build("text_dedup")
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        chunks = [table.slice(i, 65_536) for i in range(0, n, 65_536)]
-        dec, c, w = cpu_wall(lambda: stage.global_step(InlineData(chunks)).gather())
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        removed = int((np.asarray(dec.column(R.STATUS).to_pylist()) != R.KEPT).sum())
-        out.append([f"{n:,}", f"{w:.2f}", f"{c:.2f}", f"{removed:,} / {n // 10:,}",
-                    f"{max(rss, rss0) / 1024:,.0f}", f"{stage.report['dedup']['candidates']:,}"])
-    return out
+    return [global_rows_for(n) for n in GLOBAL_ROWS]
+
+
+def global_rows_for(n: int) -> list[object]:
+    """One row of the global-step table."""
+    run = global_step_run(n)
+    return [f"{n:,}", f"{run['wall']:.2f}", f"{run['cpu']:.2f}", f"{run['removed']:,} / {n // 10:,}",
+            f"{run['rss_mb']:,.0f}", f"{run['candidates']:,}"]
+
+
+def global_step_run(n: int) -> dict[str, float]:
+    """text_dedup's global step on n rows, 10% near copies (est. Jaccard ~0.84) of another row."""
+    rng = np.random.default_rng(n)
+    sigs = rng.integers(0, 2**32, (n, 128), dtype=np.uint32)
+    src = 2 * rng.choice(n // 2, n // 10, replace=False)   # even rows are copied into the next (odd) row
+    dst = src + 1
+    sigs[dst] = sigs[src]
+    sigs[dst, :20] = rng.integers(0, 2**32, (dst.shape[0], 20), dtype=np.uint32)   # J ~ 0.84
+    col = pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), 128)
+    keys = [f"s/{i:08d}" for i in range(n)]
+    table = pa.table({"key": keys, R.ORDINAL: np.arange(n), "source": ["s"] * n,
+                      "text_hash": [f"{i:032x}" for i in range(n)], "text_minhash": col,
+                      "dup_quality": np.ones(n)})
+    stage = S.build("text_dedup")
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    chunks = [table.slice(i, 65_536) for i in range(0, n, 65_536)]
+    dec, c, w = cpu_wall(lambda: stage.global_step(InlineData(chunks)).gather())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    removed = int((np.asarray(dec.column(R.STATUS).to_pylist()) != R.KEPT).sum())
+    return {"wall": w, "cpu": c, "removed": removed, "rss_mb": max(rss, rss0) / 1024,
+            "candidates": stage.report["dedup"]["candidates"]}
 
 
 def duplicate_graph(n: int, paths: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +256,131 @@ def components_rows() -> list[list[object]]:
     return out
 
 
+def _chained_module():
+    """curate/dedup/chained.py of this checkout, loaded by path: an older checkout's curate lacks it."""
+    spec = importlib.util.spec_from_file_location("_chained", HERE.parent / "curate" / "dedup" / "chained.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_chained"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image_table(items: list[tuple[str, bytes]], directory: Path) -> pa.Table:
+    from PIL import Image
+    import io
+    rows = []
+    for i, (key, data) in enumerate(items):
+        path = directory / (key.replace("/", "__") + ".jpg")
+        path.write_bytes(data)
+        w, h = Image.open(io.BytesIO(data)).size
+        rows.append({"key": key, "source": "s", "category": "caption", R.ORDINAL: i, R.STATUS: R.KEPT,
+                     "images": [R.image_ref(str(path), size=len(data), width=w, height=h, format="JPEG")]})
+    return R.rows_to_table(rows)
+
+
+def _near_kept(stage: str, result) -> dict[str, object]:
+    """Removed rows, the share of them within the threshold of SOME kept row (verified here on their
+    signatures: pHash Hamming <= 12 with the same image count, or est. Jaccard >= 0.6 of the full
+    MinHash, or an equal content hash), and the farthest removal from the row its dup_group names."""
+    every = pa.concat_tables([result.kept, result.dropped])
+    image = stage == "image_dedup"
+    sig_col, hash_col = ("image_phash", "image_hash") if image else ("text_minhash", "text_hash")
+    rows = {r["key"]: r for r in every.select(["key", sig_col, hash_col]).to_pylist()}
+    kept = result.kept.column("key").to_pylist()
+    kept_hashes = {rows[k][hash_col] for k in kept}
+
+    def value(a, b):
+        sa, sb = rows[a][sig_col], rows[b][sig_col]
+        if sa is None or sb is None or (image and len(sa) != len(sb)):
+            return None
+        if image:
+            return int(P.hamming(np.array(sa, np.uint64), np.array(sb, np.uint64)).max())
+        return float(M.estimated_jaccard(np.array(sa, np.uint32), np.array(sb, np.uint32)))
+    within = lambda v: v is not None and (v <= 12 if image else v >= 0.6)
+    removed = result.dropped.select(["key", "dup_group"]).to_pylist()
+    ok, named = 0, []
+    for r in removed:
+        ok += rows[r["key"]][hash_col] in kept_hashes or any(within(value(r["key"], k)) for k in kept)
+        v = value(r["key"], r["dup_group"])
+        if v is not None:
+            named.append(v)
+    far = (max(named) if image else min(named)) if named else None
+    return {"rows": every.num_rows, "kept": len(kept), "removed": len(removed),
+            "precision": ok / len(removed) if removed else 1.0,
+            "beyond": sum(not within(v) for v in named), "farthest": far}
+
+
+def chain_measures() -> dict[str, object]:
+    """Chained and planted corpora through image_dedup and text_dedup (whatever ``curate`` is on the
+    path), signatures/s per core and the text global step's rows/s per core."""
+    CH = _chained_module()
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as d:
+        links = CH.image_chains(chains=4, length=24, seed=0)
+        res = S.build("image_dedup").run(_image_table([(x.key, x.image) for x in links], Path(d)), batch_size=64)
+        out["image chained"] = _near_kept("image_dedup", res)
+        planted = PL.planted_images()
+        res = S.build("image_dedup").run(_image_table([(x.key, x.image) for x in planted], Path(d)), batch_size=64)
+        got = {x["key"]: x["dup_group"] for x in pa.concat_tables([res.kept, res.dropped]).to_pylist()}
+        out["image planted"] = {**_near_kept("image_dedup", res), **dict(zip(
+            ("pair_precision", "pair_recall"), PL.pair_scores([x.truth for x in planted], [got[x.key] for x in planted])))}
+    for name, links in (("text chained", CH.caption_chains(chains=2, length=20, seed=0)),
+                        ("text chained long", CH.caption_chains(chains=20, length=40, seed=5))):
+        table = R.rows_to_table([{"key": x.key, "source": "s", "category": "caption", "text": x.text,
+                                  R.ORDINAL: i, R.STATUS: R.KEPT} for i, x in enumerate(links)])
+        out[name] = _near_kept("text_dedup", S.build("text_dedup").run(table))
+    planted = PL.planted_captions()
+    table = R.rows_to_table([{"key": x.key, "source": "s", "category": "caption", "text": x.text,
+                              R.ORDINAL: i, R.STATUS: R.KEPT} for i, x in enumerate(planted)])
+    res = S.build("text_dedup").run(table)
+    got = {x["key"]: x["dup_group"] for x in pa.concat_tables([res.kept, res.dropped]).to_pylist()}
+    out["text planted"] = {**_near_kept("text_dedup", res), **dict(zip(
+        ("pair_precision", "pair_recall"), PL.pair_scores([x.truth for x in planted], [got[x.key] for x in planted])))}
+    fuzzy = [N.fuzzy_text(t) for t in caption_corpus(SIG_TEXTS)]
+    perms = M.Permutations.make(128, 42)
+    _, c, _ = cpu_wall(lambda: [M.signatures(fuzzy[i:i + 1024], 5, perms) for i in range(0, len(fuzzy), 1024)])
+    out["signatures/s per core"] = len(fuzzy) / c
+    n = GLOBAL_ROWS[-1]
+    out["global step rows/s per core"] = n / global_step_run(n)["cpu"]
+    return out
+
+
+def chain_table() -> str:
+    ours = chain_measures()
+    baseline = os.environ.get("MMCURATE_DEDUP_BASELINE")
+    before = None
+    if baseline:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([baseline, str(HERE)]))
+        env.pop("MMCURATE_DEDUP_BASELINE")
+        proc = subprocess.run([sys.executable, __file__, "--chain-json"], env=env, cwd=baseline, capture_output=True,
+                              text=True, check=True)
+        before = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = []
+    for corpus in ("image chained", "image planted", "text chained", "text chained long", "text planted"):
+        for label, part in (("before", before), ("after", ours)):
+            if part is None:
+                continue
+            m = part[corpus]
+            far = m["farthest"]
+            rows.append([corpus, label, m["rows"], m["kept"], m["removed"], f"{m['precision']:.3f}", m["beyond"],
+                         "-" if far is None else (far if isinstance(far, int) else f"{far:.2f}"),
+                         f"{m['pair_recall']:.3f}" if "pair_recall" in m else "-"])
+    speed = [[what, *([f"{before[what]:,.0f}"] if before else []), f"{ours[what]:,.0f}",
+              f"{ours[what] / before[what]:.2f}" if before else "-"]
+             for what in ("signatures/s per core", "global step rows/s per core")]
+    return (format_table(["corpus", "code", "rows", "kept", "removed", "precision (near a kept row)",
+                          "removed beyond threshold of named", "farthest from named", "planted pair recall"], rows)
+            + "\n\n" + format_table(["speed", *(["before"] if before else []), "after", "after / before"], speed))
+
+
 def main() -> None:
+    if "--chain-json" in sys.argv:
+        print(json.dumps(chain_measures()))
+        return
+    print("chained and planted near-duplicates: removed rows within the threshold of a kept row "
+          "(issue #28; image <= 12 bits, text est. Jaccard >= 0.6)")
+    print(chain_table())
+    print()
     print("planted captions: precision / recall of duplicate pairs")
     print(format_table(["method", "precision", "recall"], text_rows()))
     rows, kinds = image_rows()

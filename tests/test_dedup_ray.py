@@ -1,6 +1,6 @@
 """text_dedup's global step on Ray Data (a local Ray, 2 CPUs) decides byte for byte as in one process:
-the distributed components, the union + shuffle join and the per-component survivors hold on a real
-shuffle, with Ray's own partitioning of blocks."""
+the distributed components, the union + shuffle join and the per-component kept rows (greedy stars,
+on planted groups and on chains of captions) hold on a real shuffle, with Ray's own partitioning of blocks."""
 from __future__ import annotations
 
 import pyarrow as pa
@@ -11,6 +11,7 @@ from curate.base import records as R
 from curate.base.global_data import InlineData
 from curate.base.inline import apply_batch, global_input, with_bookkeeping
 from curate.dedup import base as DB
+from curate.dedup import chained as CH
 from curate.dedup import global_step as G
 from curate.dedup import planted as PL
 from curate.dedup import star_components as CC
@@ -53,13 +54,16 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     stage = S.build("text_dedup")
-    table = with_bookkeeping(rows_table([{"key": r.key, "text": r.text} for r in PL.planted_captions()]))
+    chains = [{"key": link.key, "text": link.text} for link in CH.caption_chains(chains=2, length=20, seed=1)]
+    table = with_bookkeeping(rows_table([{"key": r.key, "text": r.text} for r in PL.planted_captions()] + chains))
     out = pa.concat_tables([apply_batch(stage, table.slice(i, 64)) for i in range(0, table.num_rows, 64)])
     inputs = global_input(stage, out)
     chunks = [inputs.slice(i, 41) for i in range(0, inputs.num_rows, 41)]
     inline = _ipc_bytes(stage.global_step(InlineData(chunks)).gather())
     inline_report = stage.report
-    assert inline_report["dedup"]["groups"] == 60 and inline_report["dedup"]["component_rounds"] == 0
+    report = inline_report["dedup"]
+    assert report["component_rounds"] == 0 and report["farthest_removed"]["estimated_jaccard"] >= 0.6
+    assert report["largest_component"] > max(int(s) for s in report["group_sizes"])   # the chains: several kept
     started = not ray.is_initialized()
     if started:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -70,12 +74,12 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         # Sort-based shuffle (tasks): Ray's default hash shuffle starts aggregator actors for 200
-        # partitions per shuffle, minutes on 2 busy CPUs for this 360-row corpus.
+        # partitions per shuffle, minutes on 2 busy CPUs for this 400-row corpus.
         monkeypatch.setattr(ctx, "shuffle_strategy", "sort_shuffle_pull_based")
         data = _ray_data_class()(ray.data.from_arrow(chunks))
         on_ray = _ipc_bytes(stage.global_step(data).gather())   # gathered here, by the test, to compare
         assert on_ray == inline and stage.report == inline_report
-        monkeypatch.setattr(DB, "ROWS_PER_PARTITION", 97)        # several shuffle partitions on 360 rows
+        monkeypatch.setattr(DB, "ROWS_PER_PARTITION", 97)        # several shuffle partitions on 400 rows
         monkeypatch.setattr(CC, "ONE_REDUCE_EDGES", 0)
         in_rounds = _ipc_bytes(stage.global_step(data).gather())
         assert in_rounds == inline and stage.report["dedup"]["component_rounds"] >= 1

@@ -9,11 +9,16 @@ inside a leaf cluster: the cost is sum(n_c^2) instead of n^2. Within a leaf (one
    (closest first); ties by a seeded hash of the key, never by arrival order;
 2. cosine similarities of the unit embeddings are computed block by block; every pair above
    ``1 - eps`` is an edge (NeMo's default eps 0.01);
-3. connected components of those edges are the groups (as the dedup stages report them); the first
-   row of a group in preference order survives, the others are removed naming it.
+3. kept rows by the leader algorithm in preference order: the first row not yet decided is kept,
+   every undecided row with cosine above ``1 - eps`` to it is removed naming it and that cosine;
+   repeat on what is left. Every removed row is within the threshold of a row that is KEPT, so
+   near-duplicate chains (a~b~c~..., the ends far apart) cannot remove rows far from any survivor.
+   The connected components of the pairs are still computed, for the report (largest component).
 
-NeMo removes an item when *any* earlier-ranked item is similar, even one that was itself removed;
-components give the same removals for eps this small and let every removed row name a survivor.
+NeMo removes an item when *any* earlier-ranked item is similar, even one that was itself removed:
+on a chain that removes rows that are nowhere near a kept one; here only a kept row removes. The
+work is the pair computation (already all pairs of the leaf, in blocks) plus one pass over the
+pairs, so a giant component costs no more than its pairs.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ BLOCK_ROWS = 2048
 @dataclass
 class LeafGroups:
     """Per row of the leaf (in the order given to dedup_leaf)."""
-    survivor: np.ndarray     # index (into the leaf's rows) of the row that represents its group
-    group_size: np.ndarray   # rows in the group (1: no duplicate)
-    best_similarity: np.ndarray  # highest cosine to another row of its group (NaN for singletons)
+    survivor: np.ndarray        # index (into the leaf's rows) of the kept row it is close to (itself if kept)
+    group_size: np.ndarray      # rows naming that kept row, itself included (1: no duplicate)
+    similarity: np.ndarray      # cosine to its kept row (NaN for kept rows)
+    component_size: np.ndarray  # rows in its connected component of similar pairs
 
 
 def unit_rows(embeddings: np.ndarray) -> np.ndarray:
@@ -76,23 +82,39 @@ def dedup_leaf(embeddings: np.ndarray, order: np.ndarray, eps: float) -> LeafGro
     from scipy.sparse.csgraph import connected_components
     n = len(embeddings)
     unit = unit_rows(embeddings)[order]              # position p = p-th preferred row
-    i, j, sim = similar_pairs(unit, 1.0 - eps)
+    i, j, sim = similar_pairs(unit, 1.0 - eps)       # i < j: i is the preferred one
     if len(i) == 0:
-        return LeafGroups(np.arange(n), np.ones(n, dtype=np.int64), np.full(n, np.nan))
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    # the first position of each component in preference order is its survivor
-    first = np.full(label.max() + 1, n, dtype=np.int64)
-    np.minimum.at(first, label, np.arange(n))
-    size = np.bincount(label)
-    best = np.full(n, np.nan)
-    np.fmax.at(best, i, sim.astype(np.float64))
-    np.fmax.at(best, j, sim.astype(np.float64))
-    survivor_pos = first[label]
+        return LeafGroups(np.arange(n), np.ones(n, dtype=np.int64), np.full(n, np.nan), np.ones(n, dtype=np.int64))
+    _, label = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)), directed=False)
+    centre, similarity = leader_cover(n, i, j, sim.astype(np.float64))
     out_survivor = np.empty(n, dtype=np.int64)
     out_size = np.empty(n, dtype=np.int64)
-    out_best = np.empty(n)
-    out_survivor[order] = order[survivor_pos]
-    out_size[order] = size[label]
-    out_best[order] = best
-    return LeafGroups(out_survivor, out_size, out_best)
+    out_sim = np.empty(n)
+    out_comp = np.empty(n, dtype=np.int64)
+    out_survivor[order] = order[centre]
+    out_size[order] = np.bincount(centre, minlength=n)[centre]
+    out_sim[order] = similarity
+    out_comp[order] = np.bincount(label)[label]
+    return LeafGroups(out_survivor, out_size, out_sim, out_comp)
+
+
+def leader_cover(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The leader algorithm over positions 0..n-1 (preference order) and similar pairs (i < j): per
+    position, the kept position it is close to (itself when kept) and that similarity (NaN if kept)."""
+    centre = np.arange(n, dtype=np.int64)
+    similarity = np.full(n, np.nan)
+    removed = np.zeros(n, dtype=bool)
+    by_i = np.lexsort((j, i))
+    i, j, sim = i[by_i], j[by_i], sim[by_i]
+    starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+    ends = np.r_[starts[1:], i.shape[0]]
+    for lo, hi in zip(starts, ends):
+        p = i[lo]
+        if removed[p]:                      # a removed row removes nothing
+            continue
+        near, s = j[lo:hi], sim[lo:hi]
+        take = ~removed[near]
+        removed[near[take]] = True
+        centre[near[take]] = p
+        similarity[near[take]] = s[take]
+    return centre, similarity

@@ -3,9 +3,11 @@
 Needs ``embed`` and ``cluster`` before it. Rows are compared only with rows of the same leaf and the
 same ``partition_by`` values (default: category — with image embeddings, a question about a photo
 must not remove the caption sample of that photo). Each such group is one per-cluster reduce
-(``curate/cluster/semdedup.py``): groups are the connected components of pairs with cosine above
-``1 - eps``; the preferred row of a group survives (``survivor``: quality column, hard or easy),
-the others are rejected naming it. Rows get ``semdedup_group`` (the survivor's key, for rows in a
+(``curate/cluster/semdedup.py``): in preference order (``survivor``: quality column, hard or easy)
+the first undecided row is kept and every undecided row with cosine above ``1 - eps`` to it is
+rejected naming it (the leader algorithm), so every removed row is close to a KEPT row even where
+pairs chain; the report gives the components of the pairs, their largest, and the lowest cosine of
+a removed row to its kept row. Rows get ``semdedup_group`` (the survivor's key, for rows in a
 group of two or more) and ``semdedup_group_size``, as the exact/near dedup stages report theirs.
 Rows without an embedding or a cluster path pass untouched.
 """
@@ -30,6 +32,8 @@ GROUP_SIZE = "semdedup_group_size"
 NEAR_DUPLICATE = "semantic_dedup:near_duplicate"
 GROUP_KEY = "_semdedup_key"
 MEMBERS = "_semdedup_members"
+COMPONENT_SIZE = "_semdedup_component_size"
+SIMILARITY = "_semdedup_cosine"
 REDUCE_PARTITIONS = 16
 
 
@@ -123,24 +127,28 @@ class SemanticDedup(Stage):
         survivor = np.arange(n)
         size = np.ones(n, dtype=np.int64)
         best = np.full(n, np.nan)
+        comp = np.ones(n, dtype=np.int64)
         if len(idx):
-            s_local, size_local, best_local = self._groups(table.take(pa.array(idx, pa.int64())))
-            survivor[idx], size[idx], best[idx] = idx[s_local], size_local, best_local
+            s_local, size_local, best_local, comp_local = self._groups(table.take(pa.array(idx, pa.int64())))
+            survivor[idx], size[idx], best[idx], comp[idx] = idx[s_local], size_local, best_local, comp_local
         reasons: list[str | None] = [None] * n
         details: list[str | None] = [None] * n
         members: list[list[str]] = [[] for _ in range(n)]
         for i in np.flatnonzero(survivor != np.arange(n)):
             reasons[i] = NEAR_DUPLICATE
-            details[i] = f"cosine {best[i]:.4f} > {1 - c.eps:.4f} in group of {size[i]}; kept {keys_all[survivor[i]]}"
+            details[i] = (f"cosine {best[i]:.4f} > {1 - c.eps:.4f} to kept {keys_all[survivor[i]]} "
+                          f"(group of {size[i]}, component of {comp[i]})")
             members[survivor[i]].append(keys_all[i])
         group = pa.array([keys_all[survivor[i]] if size[i] > 1 else None for i in range(n)], pa.string())
         group_size = pa.array([int(size[i]) if valid[i] else None for i in range(n)], pa.int32())
         return C.decisions(ordinals, reasons, details, {GROUP: group, GROUP_SIZE: group_size,
                                                         "source": table.column("source"),
-                                                        MEMBERS: pa.array([m[:5] for m in members], pa.list_(pa.string()))})
+                                                        MEMBERS: pa.array([m[:5] for m in members], pa.list_(pa.string())),
+                                                        COMPONENT_SIZE: pa.array(comp, pa.int64()),
+                                                        SIMILARITY: pa.array(best, pa.float64(), mask=np.isnan(best))})
 
-    def _groups(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-leaf reduce over the valid rows: (survivor index, group size, best cosine) per row."""
+    def _groups(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-leaf reduce over the valid rows: (kept row index, group size, cosine to it, component size) per row."""
         c = self.config
         emb = C.matrix(rows.column(c.column))
         paths = C.matrix(rows.column(C.CLUSTER_PATH), np.int64)
@@ -155,14 +163,16 @@ class SemanticDedup(Stage):
         survivor = np.arange(len(leaf))
         size = np.ones(len(leaf), dtype=np.int64)
         best = np.full(len(leaf), np.nan)
+        comp = np.ones(len(leaf), dtype=np.int64)
         for members in np.split(order, bounds):
             if len(members) < 2:
                 continue
             pref = preference_order(None if quality is None else quality[members], dists[members, -1],
                                     hashes[members], c.survivor)
             g = dedup_leaf(emb[members], pref, c.eps)
-            survivor[members], size[members], best[members] = members[g.survivor], g.group_size, g.best_similarity
-        return survivor, size, best
+            survivor[members], size[members], best[members] = members[g.survivor], g.group_size, g.similarity
+            comp[members] = g.component_size
+        return survivor, size, best, comp
 
     def _compare_groups(self, rows: pa.Table, leaf: np.ndarray) -> np.ndarray:
         """One id per (leaf, partition_by values): the rows that are compared with each other."""
@@ -178,6 +188,11 @@ class SemanticDedup(Stage):
         return {"eps": self.config.eps, "survivor": self.config.survivor, "rows": compared["compared"],
                 "not_compared": compared["rows"] - compared["compared"], "groups": groups["groups"],
                 "removed": groups["removed"], "group_size_histogram": C.size_histogram(*groups["sizes"]),
+                "components": sum(groups["components"].values()),
+                "largest_component": max(groups["components"], default=0),
+                "component_size_histogram": C.size_histogram(np.array(list(groups["components"]), dtype=np.int64),
+                                                             np.array(list(groups["components"].values()), dtype=np.int64)),
+                "lowest_cosine_to_kept": groups["lowest_cosine"],
                 "removed_per_source": groups["removed_per_source"], "largest_groups": groups["largest"]}
 
 
@@ -190,7 +205,7 @@ def _sum_counts(parts: pa.Table) -> dict[str, int]:
 
 
 GROUP_PARTS = pa.schema([("what", pa.string()), ("name", pa.string()), ("count", pa.int64()),
-                         ("members", pa.list_(pa.string()))])
+                         ("members", pa.list_(pa.string())), ("value", pa.float64())])
 
 
 def _groups_partial(batch: pa.Table, top: int) -> pa.Table:
@@ -200,11 +215,18 @@ def _groups_partial(batch: pa.Table, top: int) -> pa.Table:
     kept = np.asarray(pc.equal(dup.column(R.STATUS), R.KEPT).to_numpy(zero_copy_only=False), dtype=bool)
     sizes = dup.column(GROUP_SIZE).to_pylist()
     keys, members, sources = dup.column(GROUP).to_pylist(), dup.column(MEMBERS).to_pylist(), dup.column("source").to_pylist()
+    # rows per component size, every row of a component (a kept row may head a group of one in it)
+    # counted once: the combine divides by the size
+    comps = [c for c in batch.column(COMPONENT_SIZE).to_pylist() if c > 1]
     counts = Counter([("size", str(sizes[i])) for i in np.flatnonzero(kept)] +
-                     [("removed", sources[i]) for i in np.flatnonzero(~kept)])
-    rows = [(what, name, n, []) for (what, name), n in sorted(counts.items())]
+                     [("removed", sources[i]) for i in np.flatnonzero(~kept)] +
+                     [("component_rows", str(c)) for c in comps])
+    rows = [(what, name, n, [], None) for (what, name), n in sorted(counts.items())]
     largest = sorted(np.flatnonzero(kept), key=lambda i: (-sizes[i], keys[i]))[:top]
-    rows += [("largest", keys[i], sizes[i], members[i]) for i in largest]
+    rows += [("largest", keys[i], sizes[i], members[i], None) for i in largest]
+    cosines = dup.column(SIMILARITY).drop_null()
+    if len(cosines):
+        rows.append(("lowest_cosine", "", 0, [], float(np.min(cosines.to_numpy()))))
     return pa.table([pa.array([r[j] for r in rows], f.type) for j, f in enumerate(GROUP_PARTS)], schema=GROUP_PARTS)
 
 
@@ -212,15 +234,23 @@ def _groups_combine(parts: pa.Table, top: int) -> dict[str, Any]:
     """Sum the counts (any order) and keep the `top` largest groups overall."""
     totals: Counter[tuple[str, str]] = Counter()
     largest = []
+    lowest = None
     if parts.num_rows:
-        for what, name, n, members in zip(*(parts.column(c).to_pylist() for c in GROUP_PARTS.names)):
+        for what, name, n, members, value in zip(*(parts.column(c).to_pylist() for c in GROUP_PARTS.names)):
             if what == "largest":
                 largest.append((-n, name, members))
+            elif what == "lowest_cosine":
+                lowest = value if lowest is None else min(lowest, value)
             else:
                 totals[(what, name)] += n
     sizes = {int(name): n for (what, name), n in totals.items() if what == "size"}
     removed = {name: n for (what, name), n in totals.items() if what == "removed"}
+    # rows per component size / size = components of that size (every row of a component counted once)
+    components = {int(name): n // int(name) for (what, name), n in totals.items()
+                  if what == "component_rows" and int(name) > 1}
     return {"groups": sum(sizes.values()), "removed": sum(removed.values()),
+            "components": dict(sorted(components.items())),
+            "lowest_cosine": None if lowest is None else round(lowest, 6),
             "sizes": (np.array(list(sizes), dtype=np.int64), np.array(list(sizes.values()), dtype=np.int64)),
             "removed_per_source": dict(sorted(removed.items())),
             "largest": [{"survivor": key, "members": members, "size": -neg}
@@ -228,4 +258,4 @@ def _groups_combine(parts: pa.Table, top: int) -> dict[str, Any]:
 
 
 def _decisions_only(batch: pa.Table) -> pa.Table:
-    return batch.drop_columns(["source", MEMBERS])
+    return batch.drop_columns(["source", MEMBERS, COMPONENT_SIZE, SIMILARITY])

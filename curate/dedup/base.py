@@ -40,6 +40,10 @@ class SurvivorConfig:
     max_bucket_size: int = field(default=1000, metadata={
         "doc": "LSH buckets with more members are cut to this many (by _ordinal) and counted in the report: "
                "bounds the cost of degenerate buckets such as blank images"})
+    max_component_pairs: int = field(default=10_000_000, metadata={
+        "doc": "comparisons per connected component beyond its best row's (which is compared with every member): "
+               "choosing further kept rows stops there and the rows still undecided are KEPT, never removed "
+               "unverified (reported as kept_unverified / capped_components)"})
 
 
 def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -65,6 +69,8 @@ class DedupStage(Stage):
     def validate_config(self) -> None:
         if self.config.max_bucket_size < 2:
             raise ValueError("max_bucket_size must be >= 2")
+        if self.config.max_component_pairs < 0:
+            raise ValueError("max_component_pairs must be >= 0")
 
     def with_quality(self, batch: pa.Table) -> pa.Table:
         """Add the survivor_by value when it is derived (resolution, text_length) from this row's columns."""
@@ -92,9 +98,20 @@ class DedupStage(Stage):
         """Verification of candidate pairs (indices into `rows`, which hold the ``carry`` columns)."""
         return lambda a, b: np.ones(a.shape[0], dtype=bool)
 
-    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        """How close each dropped row is to its survivor, for the rejects detail."""
-        return ["same content hash"] * rows.shape[0]
+    # how a removed row is said to be close to its kept row: rows with an equal content hash always are
+    same_label: ClassVar[str] = "same content hash"
+    farthest_label: ClassVar[str | None] = None   # the report's name of the verified value (None: exact only)
+    farther_sign: ClassVar[float] = 1.0           # +1: the value is a distance; -1: a similarity
+    integer_values: ClassVar[bool] = False        # the value counts something (bits)
+
+    def signature_closeness(self, rows: pa.Table) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Index pairs of ``rows`` (a component's, with the global columns) -> (within the threshold on the
+        full signatures, the verified value; NaN where a row has no signature). Default: never."""
+        return lambda a, b: (np.zeros(a.shape[0], dtype=bool), np.full(a.shape[0], np.nan))
+
+    def describe(self, values: np.ndarray) -> list[str]:
+        """The verified value of each removed row, for ``_detail`` (NaN: matched on the content hash)."""
+        return [self.same_label] * values.shape[0]
 
     def no_signature(self, batch: pa.Table) -> np.ndarray:
         """Rows with a content hash but no signature (short texts, blank images): exact path only."""
@@ -123,6 +140,11 @@ class DedupStage(Stage):
         no_signature = summary.pop("no_signature")
         if self.no_signature_label:
             summary[self.no_signature_label] = no_signature
+        farthest = summary.pop("farthest")
+        if self.farthest_label:
+            value = None if farthest is None else round(self.farther_sign * farthest, 4)
+            summary["farthest_removed"] = {self.farthest_label: int(value) if self.integer_values and value is not None
+                                           else value}
         self.report = {"dedup": {"stage": self.name, **summary,
                                  "exact_edges": near["exact_edges"], "candidates": near["candidates"],
                                  "verified_edges": near["candidates"] - near["rejected"],
@@ -148,10 +170,12 @@ class DedupStage(Stage):
         near = edge_rows.aggregate(G.edge_counters_partial, G.edge_counters_combine)
         edges = near["exact_edges"] + near["candidates"] - near["rejected"]
         sign = 1.0 if self.config.prefer == "highest" else -1.0
-        survivor_by, reason, measure = self.config.survivor_by, self.reason, self.measure
+        survivor_by, reason = self.config.survivor_by, self.reason
+        matcher = G.Matcher(self.signature_closeness, self.describe, self.farther_sign, self.config.max_component_pairs,
+                            self.lsh_keys)
 
         def decide(group: pa.Table) -> pa.Table:
-            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col, reason, measure)
+            return G.decide_groups(group, lambda g: sign * SV.quality_values(g, survivor_by), hash_col, reason, matcher)
         if edges == 0:      # every row is a group of its own
             return records.map_batches(lambda b: decide(G.only_grouped(b, False))).materialize(), {**near, G.ROUNDS: 0}
         labels, rounds = CC.component_labels(edge_rows.map_batches(G.graph_edges), edges, parts)

@@ -32,6 +32,7 @@ Every output depends on row content and ``_ordinal`` only, never on partitioning
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -40,17 +41,34 @@ import pyarrow as pa
 from curate.base import records as R
 from curate.base.global_data import stable_hash64
 from curate.dedup import star_components as CC
+from curate.dedup.greedy_stars import Closeness, greedy_stars
 from curate.dedup.lsh import bucket_edges, equal_key_edges
 
 BUCKET, EXACT, COMPONENT, IS_LABEL, ROWS, ONE = "_bucket", "_exact", CC.COMPONENT, "_is_label", "_rows", "_one"
 ROUNDS = "component_rounds"
 NO_SIGNATURE = "_no_signature"
+# decision columns the report reads (projected away before the stage's output)
+TOP, COMPONENT_SIZE, UNVERIFIED, FARTHER, CAPPED = "_top", "_component_size", "_unverified", "_farther", "_capped"
 COUNTERS = ("candidates", "rejected", "capped_buckets", "capped_members", "exact_edges")
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())] + [(c, pa.int64()) for c in COUNTERS])
 EXACT_SALT = 0x5EED_E4AC7
 KeysFn = Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]
 VerifierFactory = Callable[[pa.Table], Callable[[np.ndarray, np.ndarray], np.ndarray]]
-MeasureFn = Callable[[pa.Table, np.ndarray, np.ndarray], list[str]]
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """How a stage decides inside a component: ``on_signatures(rows)`` verifies index pairs of those
+    rows (within the threshold, verified value; rows without a signature are never close),
+    ``describe`` words values for ``_detail`` (NaN: equal content hash only), ``farther_sign`` makes
+    larger mean farther (+1 for distances, -1 for similarities), ``max_pairs`` bounds the comparisons
+    per component beyond its best row's, ``lsh_keys`` are the stage's band keys (``greedy_stars``
+    narrows a large component's comparisons to rows that share one)."""
+    on_signatures: Callable[[pa.Table], Closeness]
+    describe: Callable[[np.ndarray], list[str]]
+    farther_sign: float
+    max_pairs: int
+    lsh_keys: KeysFn
 
 
 def bucket_rows(batch: pa.Table, hash_column: str, lsh_keys: KeysFn,
@@ -194,46 +212,95 @@ def only_grouped(joined: pa.Table, grouped: bool) -> pa.Table:
     return part.set_column(part.schema.get_field_index(COMPONENT), COMPONENT, part.column(R.ORDINAL).cast(pa.int64()))
 
 
+def closeness(group: pa.Table, hash_column: str, on_signatures: Callable[[pa.Table], Closeness]) -> Closeness:
+    """Rows with the same content hash are close (value from the signatures when both have one, else
+    NaN); others are close when ``on_signatures`` (the stage's own verification) says so."""
+    hashes = group.column(hash_column)
+    codes = np.asarray(hashes.dictionary_encode().combine_chunks().indices.fill_null(-1)
+                       .to_numpy(zero_copy_only=False), dtype=np.int64) if group.num_rows else np.empty(0, np.int64)
+    verified = on_signatures(group)
+
+    def close(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok, value = verified(a, b)
+        same = (codes[a] == codes[b]) & (codes[a] >= 0)
+        return ok | same, value
+    return close
+
+
+def candidate_keys(group: pa.Table, hash_column: str, lsh_keys: KeysFn) -> Callable[[np.ndarray], np.ndarray]:
+    """keys(rows) for ``greedy_stars``: the stage's band keys of those rows plus one key for the content
+    hash; a row without a signature gets keys of its own in the band columns (it shares only its hash)."""
+    def keys(rows: np.ndarray) -> np.ndarray:
+        part = group.take(pa.array(rows, pa.int64()))
+        with_sig, band = lsh_keys(part)
+        width = band.shape[1] if band.ndim == 2 and band.shape[0] else 0
+        own = (np.asarray(rows, dtype=np.uint64) | np.uint64(1 << 63))[:, None]
+        out = np.repeat(own, width + 1, axis=1)
+        if width:
+            out[with_sig, :width] = band
+        hashes = part.column(hash_column)
+        valid = np.asarray(hashes.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if valid.any():
+            out[valid, width] = stable_hash64(hashes.filter(pa.array(valid)), EXACT_SALT)
+        return out
+    return keys
+
+
 def decide_groups(group: pa.Table, quality: Callable[[pa.Table], np.ndarray], hash_column: str, reason: str,
-                  measure: MeasureFn) -> pa.Table:
-    """Reduce step for whole components: survivor = best quality (higher is better: callers negate for
-    "lowest"), then smallest content hash, then key."""
+                  matcher: Matcher) -> pa.Table:
+    """Reduce step for whole components: kept rows and what each removed row is close to, by greedy
+    stars in survivor order (``greedy_stars``): best quality (higher is better: callers negate for
+    "lowest"), then smallest content hash, then key. ``dup_group`` is the kept row a row is close to,
+    ``dup_group_size`` the rows that name it (itself included)."""
+    n = group.num_rows
     score = quality(group)
     score = np.where(np.isnan(score), -np.inf, score)
     comp = np.asarray(group.column(COMPONENT).to_numpy(zero_copy_only=False), dtype=np.int64)
     keys = np.array(group.column("key").to_pylist(), dtype=str)
     hashes = np.array(group.column(hash_column).fill_null("").to_pylist(), dtype=str)
     order = np.lexsort((keys, hashes, -score, comp))
-    first = np.ones(order.shape[0], dtype=bool)
-    first[1:] = comp[order][1:] != comp[order][:-1]
-    run = np.cumsum(first) - 1
-    survivor = np.empty(order.shape[0], dtype=np.int64)
-    survivor[order] = order[first][run]
-    dropped = np.flatnonzero(survivor != np.arange(order.shape[0]))
-    sizes = np.empty(order.shape[0], dtype=np.int32)
-    sizes[order] = np.bincount(run)[run] if order.shape[0] else sizes
-    details: list[str | None] = [None] * order.shape[0]
-    for i, m in zip(dropped, measure(group, dropped, survivor[dropped]) if dropped.shape[0] else []):
-        details[i] = f"duplicate of {keys[survivor[i]]}{'; ' + m if m else ''} (group of {sizes[i]})"
-    is_dropped = np.zeros(order.shape[0], dtype=bool)
+    stars = greedy_stars(comp, order, closeness(group, hash_column, matcher.on_signatures), matcher.max_pairs,
+                         candidate_keys(group, hash_column, matcher.lsh_keys))
+    centre = stars.centre
+    dropped = np.flatnonzero(centre != np.arange(n))
+    sizes = np.bincount(centre, minlength=n)[centre].astype(np.int32) if n else np.empty(0, np.int32)
+    details: list[str | None] = [None] * n
+    for i, m in zip(dropped, matcher.describe(stars.value[dropped])):
+        details[i] = (f"duplicate of {keys[centre[i]]}; {m} (group of {sizes[i]}, "
+                      f"component of {stars.component_size[i]})")
+    is_dropped = np.zeros(n, dtype=bool)
     is_dropped[dropped] = True
+    top = np.zeros(n, dtype=bool)
+    if n:
+        top[order[np.r_[True, comp[order][1:] != comp[order][:-1]]]] = True
+    far = np.full(n, np.nan)
+    far[dropped] = matcher.farther_sign * stars.value[dropped]
+    capped = np.zeros(n, dtype=np.int64)
+    capped[:1] = stars.capped_components
     return pa.table({
         R.ORDINAL: group.column(R.ORDINAL),
         R.STATUS: pa.array(np.where(is_dropped, R.REJECTED, R.KEPT).tolist(), type=pa.string()),
         R.REASON: pa.array([reason if d else None for d in is_dropped], type=pa.string()),
         R.DETAIL: pa.array(details, type=pa.string()),
-        "dup_group": pa.array(keys[survivor].tolist(), type=pa.string()),
+        "dup_group": pa.array(keys[centre].tolist(), type=pa.string()),
         "dup_group_size": pa.array(sizes, type=pa.int32()),
         "source": group.column("source"),
         NO_SIGNATURE: group.column(NO_SIGNATURE) if NO_SIGNATURE in group.column_names else
-        pa.array(np.zeros(order.shape[0], dtype=bool)),
+        pa.array(np.zeros(n, dtype=bool)),
+        TOP: pa.array(top), COMPONENT_SIZE: pa.array(stars.component_size, pa.int64()),
+        UNVERIFIED: pa.array(stars.unverified), FARTHER: pa.array(far, pa.float64(), mask=np.isnan(far)),
+        CAPPED: pa.array(capped, pa.int64()),
     })
 
 
 def report_partial(decided: pa.Table) -> pa.Table:
-    """Per batch of decisions: (what, name, count) rows for sizes of kept groups and removals by source."""
+    """Per batch of decisions: (what, name, count) rows for sizes of kept groups and components,
+    removals by source, rows kept unverified, capped components; (farthest, value) for the farthest
+    removal (``farther_sign`` times the verified value: larger is farther)."""
     status = np.array(decided.column(R.STATUS).to_pylist(), dtype=object)
     sizes = np.asarray(decided.column("dup_group_size").to_numpy(zero_copy_only=False))
+    comp_sizes = np.asarray(decided.column(COMPONENT_SIZE).to_numpy(zero_copy_only=False))
+    top = np.asarray(decided.column(TOP).to_numpy(zero_copy_only=False), dtype=bool)
     sources = decided.column("source").to_pylist()
     counts: Counter[tuple[str, str]] = Counter()
     for s, size, src in zip(status, sizes, sources):
@@ -241,27 +308,52 @@ def report_partial(decided: pa.Table) -> pa.Table:
             counts[("size", str(int(size)))] += 1
         elif s != R.KEPT:
             counts[("removed", src)] += 1
+    for size in comp_sizes[top & (comp_sizes > 1)]:
+        counts[("component", str(int(size)))] += 1
     counts[("rows", "")] += decided.num_rows
     counts[("no_signature", "")] += int(np.sum(decided.column(NO_SIGNATURE).to_numpy(zero_copy_only=False)))
+    counts[("unverified", "")] += int(np.sum(decided.column(UNVERIFIED).to_numpy(zero_copy_only=False)))
+    counts[("capped_components", "")] += int(np.sum(decided.column(CAPPED).to_numpy(zero_copy_only=False)))
     items = sorted(counts.items())
-    return pa.table({"what": [k[0] for k, _ in items], "name": [k[1] for k, _ in items],
-                     "count": pa.array([v for _, v in items], type=pa.int64())})
+    far = decided.column(FARTHER).drop_null()
+    farthest = [float(np.max(far.to_numpy()))] if len(far) else []
+    return pa.table({"what": [k[0] for k, _ in items] + ["farthest"] * len(farthest),
+                     "name": [k[1] for k, _ in items] + [""] * len(farthest),
+                     "count": pa.array([v for _, v in items] + [0] * len(farthest), type=pa.int64()),
+                     "value": pa.array([None] * len(items) + farthest, type=pa.float64())})
 
 
 def report_combine(partials: pa.Table) -> dict[str, Any]:
     total: Counter[tuple[str, str]] = Counter()
     if "what" not in partials.column_names:
         partials = pa.table({"what": pa.array([], pa.string()), "name": pa.array([], pa.string()),
-                             "count": pa.array([], pa.int64())})
-    for what, name, count in zip(partials.column("what").to_pylist(), partials.column("name").to_pylist(),
-                                 partials.column("count").to_pylist()):
-        total[(what, name)] += count
+                             "count": pa.array([], pa.int64()), "value": pa.array([], pa.float64())})
+    farthest = None
+    for what, name, count, value in zip(*(partials.column(c).to_pylist() for c in ("what", "name", "count", "value"))):
+        if what == "farthest":
+            farthest = value if farthest is None else max(farthest, value)
+        else:
+            total[(what, name)] += count
     sizes = {k[1]: v for k, v in total.items() if k[0] == "size"}
+    comps = {k[1]: v for k, v in total.items() if k[0] == "component"}
     removed = {k[1]: v for k, v in total.items() if k[0] == "removed"}
     return {"rows": total[("rows", "")], "groups": sum(sizes.values()),
             "rows_in_groups": sum(int(s) * c for s, c in sizes.items()), "removed": sum(removed.values()),
             "group_sizes": {s: sizes[s] for s in sorted(sizes, key=int)},
+            "components": sum(comps.values()),
+            "largest_component": max((int(s) for s in comps), default=0),
+            "component_sizes": size_bins(comps),
+            "kept_unverified": total[("unverified", "")], "capped_components": total[("capped_components", "")],
+            "farthest": farthest,
             "removed_by_source": dict(sorted(removed.items())), "no_signature": total[("no_signature", "")]}
+
+
+def size_bins(sizes: dict[str, int]) -> dict[str, int]:
+    """Component sizes in powers-of-two bins ({"2-3": 5, "4-7": 1, ...}): a histogram that stays small."""
+    out: Counter[int] = Counter()
+    for s, c in sizes.items():
+        out[1 << (int(s).bit_length() - 1)] += c
+    return {(f"{lo}-{2 * lo - 1}" if lo > 1 else "1"): out[lo] for lo in sorted(out)}
 
 
 DECISION_COLUMNS = (R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "dup_group", "dup_group_size")

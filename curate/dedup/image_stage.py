@@ -118,11 +118,24 @@ class ImageDedupStage(DedupStage):
             return close & (counts[a] == counts[b])
         return verify
 
-    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        mat, _, valid = phash_matrix(group.column("image_phash"))
-        same = ~valid[rows] | ~valid[survivors]     # blank images: matched on exact bytes
-        dist = P.hamming(mat[rows], mat[survivors]).max(axis=1)
-        return ["same bytes" if s else f"Hamming {d}/64" for s, d in zip(same, dist)]
+    same_label = "same bytes"
+    farthest_label = "hamming_bits"
+    integer_values = True
+
+    def signature_closeness(self, rows: pa.Table):
+        """Same number of images and every image pair within ``max_distance`` bits; the value is the
+        largest of those distances (blank images have no pHash: never close here)."""
+        mat, counts, valid = phash_matrix(rows.column("image_phash"))
+        limit = self.config.max_distance
+
+        def close(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            both = valid[a] & valid[b] & (counts[a] == counts[b])
+            dist = P.hamming(mat[a], mat[b]).max(axis=1).astype(np.float64)
+            return both & (dist <= limit), np.where(both, dist, np.nan)
+        return close
+
+    def describe(self, values: np.ndarray) -> list[str]:
+        return [self.same_label if np.isnan(d) else f"Hamming {int(d)}/64" for d in values]
 
     def no_signature(self, batch: pa.Table) -> np.ndarray:
         return np.asarray(batch.column("image_hash").is_valid()) & np.asarray(batch.column("image_phash").is_null())

@@ -51,7 +51,9 @@ def signature_matrix(column: pa.ChunkedArray | pa.Array, num_perm: int) -> tuple
     n = len(arr)
     if n == 0:
         return np.empty((0, num_perm), dtype=np.uint32), valid
-    flat = arr.values.to_numpy(zero_copy_only=False)
+    values = arr.values
+    # null rows that came through a union with all-null records may carry null children: zeros, not NaN casts
+    flat = (values.fill_null(0) if values.null_count else values).to_numpy(zero_copy_only=False)
     flat = flat[arr.offset * num_perm:(arr.offset + n) * num_perm]
     return np.asarray(flat, dtype=np.uint32).reshape(n, num_perm), valid
 
@@ -124,11 +126,24 @@ class TextDedupStage(DedupStage):
         threshold = self.config.threshold
         return lambda a, b: M.bbit_jaccard(sketch[a], sketch[b], bits=8) >= threshold
 
-    def measure(self, group: pa.Table, rows: np.ndarray, survivors: np.ndarray) -> list[str]:
-        sigs, valid = signature_matrix(group.column("text_minhash"), self.config.num_perm)
-        same = ~valid[rows] | ~valid[survivors]     # short texts: matched on the exact hash
-        jac = M.estimated_jaccard(sigs[rows], sigs[survivors])
-        return ["same text" if s else f"est. Jaccard {j:.2f}" for s, j in zip(same, jac)]
+    same_label = "same text"
+    farthest_label = "estimated_jaccard"
+    farther_sign = -1.0
+
+    def signature_closeness(self, rows: pa.Table):
+        """Estimated Jaccard of the full signatures >= ``threshold`` (the bucket step verified the one-byte
+        sketch; this is the value ``_detail`` reports and the guarantee is stated on)."""
+        sigs, valid = signature_matrix(rows.column("text_minhash"), self.config.num_perm)
+        threshold = self.config.threshold
+
+        def close(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            both = valid[a] & valid[b]
+            jac = M.estimated_jaccard(sigs[a], sigs[b])
+            return both & (jac >= threshold), np.where(both, jac, np.nan)
+        return close
+
+    def describe(self, values: np.ndarray) -> list[str]:
+        return [self.same_label if np.isnan(j) else f"est. Jaccard {j:.2f}" for j in values]
 
     def no_signature(self, batch: pa.Table) -> np.ndarray:
         return np.asarray(batch.column("text_hash").is_valid()) & np.asarray(batch.column("text_minhash").is_null())
