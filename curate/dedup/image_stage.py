@@ -1,7 +1,8 @@
 """``image_dedup``: near-duplicate images by 64-bit pHash with a Hamming tolerance.
 
-Per batch: each image's bytes are read, decoded at reduced size and hashed (``phash``); the row
-gets ``image_phash`` (one uint64 per image, in order) and ``image_hash`` (digest of the exact
+Per batch: each image's bytes are read, decoded at reduced size and hashed (``phash``) — unless
+``image_filter`` ran before and carried the digest, pHash and thumbnail std (``image_facts``): then
+nothing is read or decoded here (``sample_bytes.hashed_rows``). The row gets ``image_phash`` (one uint64 per image, in order) and ``image_hash`` (digest of the exact
 bytes). A row with a flat (blank) image gets no pHash: blank hashes are noise, so it is matched on
 exact bytes only and counted as ``flat_images`` in the report.
 
@@ -19,25 +20,32 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
-from curate.dedup.sample_bytes import read_rows, thumbnails
-from curate.filters.common import Drop, split_drops
+from curate.dedup.sample_bytes import hashed_rows
+from curate.filters.common import split_drops
 from curate.base import BatchResult, Resources, register
 
 
-def phash_matrix(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n x max_images) uint64 hashes padded with 0, image counts, and validity of each row."""
-    rows = column.to_pylist()
-    valid = np.array([r is not None and len(r) > 0 for r in rows], dtype=bool)
-    counts = np.array([len(r) if r else 0 for r in rows], dtype=np.int64)
-    width = max(1, int(counts.max()) if counts.shape[0] else 1)
-    mat = np.zeros((len(rows), width), dtype=np.uint64)
-    for i, r in enumerate(rows):
-        if r:
-            mat[i, :len(r)] = r
+def phash_matrix(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n x max_images) uint64 hashes padded with 0, image counts, and validity of each row.
+
+    Vectorised (Arrow list lengths + flattened values): the verifier builds it over every bucket row
+    of a reduce call (~bands rows per image), where a Python loop over the rows was most of the stage."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(lists)
+    counts = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    valid = counts > 0
+    width = max(1, int(counts.max()) if n else 1)
+    mat = np.zeros((n, width), dtype=np.uint64)
+    flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.uint64)
+    if flat.shape[0]:
+        rows = np.repeat(np.arange(n), counts)
+        starts = np.cumsum(counts) - counts
+        mat[rows, np.arange(flat.shape[0]) - np.repeat(starts, counts)] = flat
     return mat, counts, valid
 
 
@@ -83,23 +91,17 @@ class ImageDedupStage(DedupStage):
             raise ValueError(f"bits_per_band must be in [1, {P.HASH_BITS - c.max_distance}]")
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
-        rows = read_rows(batch, self.in_scope(batch))
-        thumbs, drops = thumbnails(rows)
-        flat_thumbs = [t for row in thumbs if not isinstance(row, Drop) for t in row]
-        stack = np.stack(flat_thumbs) if flat_thumbs else np.empty((0, P.THUMB, P.THUMB), np.float32)
-        hashes, flat = P.phash_batch(stack), P.is_flat(stack, self.config.flat_max_std)
+        rows, drops = hashed_rows(batch, self.in_scope(batch))
         phashes: list[list[int] | None] = []
         digests: list[str | None] = []
-        at = 0
-        for row, raw in zip(thumbs, rows):
-            if isinstance(row, Drop) or not row:
+        for row in rows:
+            if row is None:
                 phashes.append(None)
                 digests.append(None)
                 continue
-            k = len(row)
-            phashes.append(None if flat[at:at + k].any() else [int(h) for h in hashes[at:at + k]])
-            digests.append(N.digest([N.bytes_digest(b) for b in raw]).hex())
-            at += k
+            flat = row.stds < self.config.flat_max_std
+            phashes.append(None if flat.any() else [int(h) for h in row.phashes])
+            digests.append(N.digest(row.digests).hex())
         out = with_column(self.with_quality(batch), "image_hash", pa.array(digests, type=pa.string()))
         out = with_column(out, "image_phash", pa.array(phashes, type=pa.list_(pa.uint64())))
         return split_drops(out, drops)

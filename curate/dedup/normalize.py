@@ -18,6 +18,7 @@ import re
 import unicodedata
 from typing import Iterable, Sequence
 
+from curate.image_facts import bytes_digest as image_bytes_digest
 
 _SPACE = re.compile(r"\s+")
 # Unicode categories dropped by the fuzzy form: punctuation (P*) and symbols (S*).
@@ -71,5 +72,6 @@ def sample_hash(normalised_text: str, image_digests: Sequence[bytes]) -> str:
 
 
 def bytes_digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """BLAKE2b-128 of an image's bytes: ``image_facts.bytes_digest``, which image_filter carries."""
+    return image_bytes_digest(data)
 

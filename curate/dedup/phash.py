@@ -6,7 +6,10 @@ and a crop of a few percent move few of these bits; different photos differ in ~
 
 Decoding is the cost, so it is reduced: for JPEG, Pillow's ``draft`` lets libjpeg decode at 1/2,
 1/4 or 1/8 scale straight from the DCT coefficients (a 4000x3000 photo decodes as 500x375), which
-is all a 32x32 thumbnail needs. The DCT runs on the whole batch at once (``scipy.fft.dctn``).
+is all a 32x32 thumbnail needs. The DCT runs on the whole batch at once (``scipy.fft.dctn``). The
+thumbnail and the hash live in ``curate.image_facts``: ``image_filter`` computes them from its own
+reduced decode and carries them (the ``image_facts`` column), so this decode runs only for images the
+filter did not decode.
 
 Blank and near-blank images have no structure: their 64 low-frequency coefficients are rounding
 noise, so their hashes collide with each other at random. ``flat`` marks images whose thumbnail
@@ -20,54 +23,20 @@ with probability >= ``target_recall``; candidates are then confirmed by their ex
 """
 from __future__ import annotations
 
-import io
 import math
-import warnings
 
 import numpy as np
-from PIL import Image
 
-from curate import images as I
 from curate.dedup.minhash import mix64
+from curate.image_facts import HASH_BITS, LOW, THUMB, phash_batch, thumb_std, thumbnail
 
-HASH_BITS = 64
-THUMB = 32
-LOW = 8
-
-
-def thumbnail(data: bytes, max_pixels: int = I.MAX_DECODE_PIXELS) -> np.ndarray:
-    """32x32 float32 grey thumbnail from a reduced decode. Raises UnreadableImage on bad bytes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            im = Image.open(io.BytesIO(data))
-            if im.size[0] * im.size[1] > max_pixels:
-                raise I.UnreadableImage("too_large_to_decode", f"{im.size[0]}x{im.size[1]} > {max_pixels} pixels")
-            im.draft("L", (THUMB * 4, THUMB * 4))   # JPEG only: decode at the smallest scale >= 128 px
-            grey = im.convert("L").resize((THUMB, THUMB), Image.Resampling.LANCZOS)
-        except Image.DecompressionBombError as exc:
-            raise I.UnreadableImage("decompression_bomb", str(exc)) from None
-        except (OSError, SyntaxError, ValueError) as exc:   # Pillow's errors for undecodable bytes
-            raise I.UnreadableImage("corrupt_image", f"{type(exc).__name__}: {exc}") from None
-    return np.asarray(grey, dtype=np.float32)
-
-
-def phash_batch(thumbs: np.ndarray) -> np.ndarray:
-    """64-bit pHash per (32x32) thumbnail, as uint64 (bit i = low-frequency coefficient i, row-major)."""
-    from scipy.fft import dctn
-    thumbs = np.asarray(thumbs, dtype=np.float64).reshape(-1, THUMB, THUMB)
-    if thumbs.shape[0] == 0:
-        return np.empty(0, dtype=np.uint64)
-    low = dctn(thumbs, type=2, axes=(1, 2))[:, :LOW, :LOW].reshape(-1, LOW * LOW)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    weights = np.uint64(1) << np.arange(HASH_BITS, dtype=np.uint64)
-    return (bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+__all__ = ["HASH_BITS", "LOW", "THUMB", "band_keys", "choose_image_bands", "hamming", "is_flat", "phash_batch",
+           "sampled_positions", "thumbnail"]
 
 
 def is_flat(thumbs: np.ndarray, max_std: float) -> np.ndarray:
     """True for thumbnails with (almost) no structure: their pHash is noise."""
-    thumbs = np.asarray(thumbs, dtype=np.float32).reshape(-1, THUMB * THUMB)
-    return thumbs.std(axis=1) < max_std
+    return thumb_std(thumbs) < max_std
 
 
 _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

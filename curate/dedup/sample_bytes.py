@@ -1,4 +1,5 @@
-"""Reading a batch's image bytes for the dedup stages, with bad input turned into named drops.
+"""Reading a batch's image bytes for the dedup stages, with bad input turned into named drops — or not
+reading them at all, where ``image_filter`` already did and carried what they need (``image_facts``).
 
 Storage failures (missing file, short read) quarantine the row, as everywhere in curate
 (``read_or_drop``); bytes that do not decode are rejected as ``image:corrupt`` with the decoder's
@@ -6,13 +7,14 @@ message, like the image filter does.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Any
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
 
+from curate import image_facts as F
 from curate import images as I
-from curate.dedup import phash as P
 from curate.filters.common import Drop, read_or_drop
 
 Reader = Callable[[Mapping[str, Any]], bytes]
@@ -46,7 +48,7 @@ def thumbnails(rows: list[list[bytes] | Drop]) -> tuple[list[list[np.ndarray] | 
             drops.append(row)
             continue
         try:
-            thumbs.append([P.thumbnail(data) for data in row])
+            thumbs.append([F.thumbnail(data) for data in row])
             drops.append(None)
         except I.UnreadableImage as exc:
             drop = Drop("image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt",
@@ -54,3 +56,55 @@ def thumbnails(rows: list[list[bytes] | Drop]) -> tuple[list[list[np.ndarray] | 
             thumbs.append(drop)
             drops.append(drop)
     return thumbs, drops
+
+
+@dataclass
+class HashedRow:
+    """One row's images as image_dedup sees them: byte digests, pHashes and thumbnail stds, in order."""
+    digests: list[bytes]
+    phashes: np.ndarray      # uint64, one per image
+    stds: np.ndarray         # float32, one per image
+
+
+def image_digests(batch: pa.Table, wanted: np.ndarray, read: Reader = I.read_image_bytes) -> list[list[bytes] | Drop]:
+    """Per row: the byte digest of each image — carried by ``image_facts`` where image_filter read the
+    row, else read here — or why the bytes could not be read. Rows not `wanted` get an empty list."""
+    facts = F.row_facts(batch)
+    rows = read_rows(batch, np.asarray(wanted, dtype=bool) & np.array([f is None for f in facts], dtype=bool), read)
+    out: list[list[bytes] | Drop] = []
+    for want, fact, row in zip(wanted, facts, rows):
+        if not want:
+            out.append([])
+        elif fact is not None:
+            out.append([f["digest"] for f in fact])
+        else:
+            out.append(row if isinstance(row, Drop) else [F.bytes_digest(b) for b in row])
+    return out
+
+
+def hashed_rows(batch: pa.Table, wanted: np.ndarray, read: Reader = I.read_image_bytes
+                ) -> tuple[list[HashedRow | None], list[Drop | None]]:
+    """Per row: its images' digests, pHashes and thumbnail stds (None for rows out of scope or
+    without images), and the Drop of a row whose images could not be read or decoded. Rows whose
+    facts image_filter carried are not read; the others are read and decoded here, by the same
+    functions, so both give the same values."""
+    facts = F.row_facts(batch, need_phash=True)
+    todo = np.asarray(wanted, dtype=bool) & np.array([f is None for f in facts], dtype=bool)
+    raw = read_rows(batch, todo, read)
+    thumbs, drops = thumbnails(raw)
+    decoded = [t for row in thumbs if not isinstance(row, Drop) for t in row]
+    stack = np.stack(decoded) if decoded else np.empty((0, F.THUMB, F.THUMB), np.float32)
+    hashes, stds = F.phash_batch(stack), F.thumb_std(stack)
+    out: list[HashedRow | None] = []
+    at = 0
+    for i, (want, fact) in enumerate(zip(wanted, facts)):
+        if not want or isinstance(thumbs[i], Drop):
+            out.append(None)
+        elif fact is not None:
+            out.append(HashedRow([f["digest"] for f in fact], np.array([f["phash"] for f in fact], dtype=np.uint64),
+                                 np.array([f["thumb_std"] for f in fact], dtype=np.float32)) if fact else None)
+        else:
+            k = len(thumbs[i])
+            out.append(HashedRow([F.bytes_digest(b) for b in raw[i]], hashes[at:at + k], stds[at:at + k]) if k else None)
+            at += k
+    return out, drops

@@ -49,48 +49,24 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from curate import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
-from curate.filters.jpeg import (decoder_fill_rows, estimate_jpeg_quality, max_channel_std_of,
-                                 progressive_scans_missing, reduced_decode)
+from curate.filters.image_pixels import decode_checks, max_channel_std
+from curate.filters.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
+from curate.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
 from curate.base import BatchResult, Resources, Stage, register
 
-__all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "max_channel_std"]
+__all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "judge_sample",
+           "max_channel_std"]
 
 LOSSY_FORMATS = frozenset({"JPEG", "WEBP", "MPO", "JPEG2000"})
-
-# Side (in pixels) the blank check looks at: the 1/8 DCT scale gets close to it for free.
-BLANK_PROBE_SIDE = 64
 
 ReadBytes = Callable[[Mapping[str, Any]], bytes]
 
 
-# --- measurements ---------------------------------------------------------------------------------
-def max_channel_std(im: Image.Image) -> float:
-    """Largest per-channel standard deviation on a 0..255 scale (16-bit and float images rescaled).
-
-    8-bit images go through Pillow's C histogram (256 bins per band) and two dot products: the
-    same number as numpy's std over the pixels, at a tenth of the cost on a 64 px copy.
-    """
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        arr = np.asarray(im, dtype=np.float64).reshape(-1, 1)
-        arr = arr * (255.0 / 65535.0) if im.mode != "F" else arr * (255.0 if arr.size and arr.max() <= 1.0 else 1.0)
-        return float(arr.std(axis=0).max()) if arr.size else 0.0
-    if im.mode not in ("L", "RGB"):
-        im = im.convert("RGB")
-    hist = np.asarray(im.histogram(), dtype=np.float64).reshape(-1, 256)
-    count = hist.sum(axis=1)
-    if not count.all():
-        return 0.0
-    levels = np.arange(256, dtype=np.float64)
-    mean = hist @ levels / count
-    var = hist @ (levels * levels) / count - mean * mean
-    return float(np.sqrt(np.maximum(var, 0.0)).max())
-
-
+# --- the rules ------------------------------------------------------------------------------------
 def header_drop(width: int, height: int, th: ImageThresholds) -> Drop | None:
     """The rules that need only the size: bombs, banners, thumbnails."""
     pixels = width * height
@@ -141,102 +117,78 @@ def _unreadable_drop(exc: I.UnreadableImage) -> Drop:
     return Drop("image:corrupt", f"{exc.reason}: {exc.detail}")
 
 
-def pixel_drop(im: Image.Image, data: bytes, th: ImageThresholds) -> Drop | None:
-    """Decode a small copy once: it must decode (corrupt), not be flat (blank), not be decoder fill.
-
-    JPEGs (one or three components) decode at the 1/8 DCT scale — one pixel per 8x8 block, the
-    block means; only the entropy decoding remains — converted to RGB (BGR order) by libjpeg itself
-    (``jpeg.reduced_decode``). CMYK JPEGs (no known fill value: not judged for truncation) go
-    through Pillow's draft mode, other formats decode in full. Copies larger than ~64 px are
-    reduced to about that. The std of 8x8 block means is at most the std of a finer copy, so a borderline
-    image reads as blank sooner than on a full decode.
-    """
-    if im.format == "JPEG" and im.mode in ("RGB", "L"):
-        pixels = reduced_decode(data, grey=im.mode == "L")
-        if pixels is None:
-            return Drop("image:corrupt", "decode failed: libjpeg could not decode the scan data")
-        drop = blank_drop(pixels, th)
-        fill = decoder_fill_rows(pixels) if drop is None else 0
-        if fill:
-            return Drop("image:truncated", f"JPEG data ends early: the bottom {fill} of {pixels.shape[0]} rows of "
-                                           f"the 1/8-scale decode are the decoder's grey fill")
-        return drop
-    try:
-        small = I.load_small(im, 1 if im.format == "JPEG" else 0)
-    except I.UnreadableImage as exc:
-        return Drop("image:corrupt", f"decode failed: {exc.detail}")
-    if small.mode.startswith("I;16"):
-        small = small.convert("I")
-    elif small.mode not in ("RGB", "L", "I", "F"):
-        small = small.convert("RGB")
-    factor = max(1, min(small.size) // BLANK_PROBE_SIDE)
-    return _blank_verdict(max_channel_std(small.reduce(factor) if factor > 1 else small), th)
-
-
-def blank_drop(pixels: np.ndarray, th: ImageThresholds) -> Drop | None:
-    """The blank rule on an 8-bit H x W [x 3] copy, reduced (box means) to ~``BLANK_PROBE_SIDE`` px."""
-    factor = max(1, min(pixels.shape[:2]) // BLANK_PROBE_SIDE)
-    if factor > 1:
-        pixels = np.asarray(Image.fromarray(pixels).reduce(factor))
-    return _blank_verdict(max_channel_std_of(pixels), th)
-
-
-def _blank_verdict(std: float, th: ImageThresholds) -> Drop | None:
-    if std < th.blank_max_std:
-        return Drop("image:blank", f"max channel std {std:.2f} < {th.blank_max_std:g}")
-    return None
-
-
-def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> Drop | None:
-    """The rules that look at the encoded bytes (and, for blank/truncated/corrupt, a reduced decode)."""
+def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> tuple[Drop | None, np.ndarray | None]:
+    """The rules that look at the encoded bytes (and, for blank/truncated/corrupt, one reduced decode);
+    with the verdict, that decode's 32x32 thumbnail when it gives pHash's (``image_pixels``)."""
     try:
         im = I.open_image(data, th.max_pixels)
     except I.UnreadableImage as exc:
-        return _unreadable_drop(exc)
+        return _unreadable_drop(exc), None
     size = _known_size(ref)
     if size is None:
         size = im.size
         drop = header_drop(*size, th)
         if drop:
-            return drop
+            return drop, None
     if im.format == "JPEG":
         if th.min_jpeg_quality:
             quality = estimate_jpeg_quality(getattr(im, "quantization", None))
             if quality is not None and quality < th.min_jpeg_quality:
-                return Drop("image:low_jpeg_quality", f"estimated JPEG quality {quality:.0f} < {th.min_jpeg_quality}")
+                return Drop("image:low_jpeg_quality", f"estimated JPEG quality {quality:.0f} < {th.min_jpeg_quality}"), None
         missing = progressive_scans_missing(data) if im.info.get("progressive") else []
         if missing:
-            return Drop("image:truncated", f"progressive JPEG ends before components {missing} are fully refined")
+            return Drop("image:truncated", f"progressive JPEG ends before components {missing} are fully refined"), None
+    thumb = None
     if th.blank_max_std:
-        drop = pixel_drop(im, data, th)
+        drop, thumb = decode_checks(im, data, th)
         if drop:
-            return drop
+            return drop, None
     encoded = ref.get("size")
-    return bits_per_pixel_drop(ref, size, len(data) if encoded is None or encoded < 0 else encoded, th)
+    drop = bits_per_pixel_drop(ref, size, len(data) if encoded is None or encoded < 0 else encoded, th)
+    return drop, (thumb if drop is None else None)
+
+
+def judge_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes
+                ) -> tuple[Drop | None, ImageFact | None]:
+    """Every rule for one image reference, and what its read established (``image_facts``) when it
+    was read and passed; (None, None) for an image that passes on its header alone."""
+    drop = reference_drop(ref, th)
+    if drop is not None:
+        return drop, None
+    if not needs_bytes(ref, th):
+        encoded = ref.get("size")
+        return bits_per_pixel_drop(ref, _known_size(ref), -1 if encoded is None else encoded, th), None
+    got = read_or_drop(ref, read)
+    if isinstance(got, Drop):
+        return got, None
+    drop, thumb = check_bytes(ref, got, th)
+    return (drop, None) if drop is not None else (None, ImageFact(ref_id(ref), bytes_digest(got), thumb))
 
 
 def check_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes) -> Drop | None:
     """Every rule for one image reference; None when the image passes."""
-    drop = reference_drop(ref, th)
-    if drop is not None:
-        return drop
-    if not needs_bytes(ref, th):
-        encoded = ref.get("size")
-        return bits_per_pixel_drop(ref, _known_size(ref), -1 if encoded is None else encoded, th)
-    got = read_or_drop(ref, read)
-    return got if isinstance(got, Drop) else check_bytes(ref, got, th)
+    return judge_image(ref, th, read)[0]
+
+
+def judge_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, read: ReadBytes = I.read_image_bytes
+                 ) -> tuple[Drop | None, list[ImageFact] | None]:
+    """A sample fails with its first failing image (samples without images pass); a passing sample's
+    facts, one per image, or None when some image passed without being read."""
+    refs = refs or []
+    facts: list[ImageFact] | None = []
+    for i, ref in enumerate(refs):
+        drop, fact = judge_image(ref, th, read)
+        if drop is not None:
+            where = f"image {i + 1}/{len(refs)}: " if len(refs) > 1 else ""
+            return Drop(drop.reason, where + (drop.detail or ""), drop.status), None
+        facts = None if fact is None or facts is None else facts + [fact]
+    return None, facts
 
 
 def check_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds,
                  read: ReadBytes = I.read_image_bytes) -> Drop | None:
     """A sample fails with its first failing image; samples without images pass."""
-    refs = refs or []
-    for i, ref in enumerate(refs):
-        drop = check_image(ref, th, read)
-        if drop is not None:
-            where = f"image {i + 1}/{len(refs)}: " if len(refs) > 1 else ""
-            return Drop(drop.reason, where + (drop.detail or ""), drop.status)
-    return None
+    return judge_sample(refs, th, read)[0]
 
 
 def prefetch(rows: Sequence[Sequence[Mapping[str, Any]] | None], th: ImageThresholds) -> ReadBytes:
@@ -260,6 +212,7 @@ class ImageFilter(Stage):
     description: ClassVar[str] = ("Rule-based image filtering: decode budget, aspect ratio, min side/pixels, corrupt, "
                                   "JPEG quality, truncated, blank, bits per pixel. Header rules need no I/O.")
     requires: ClassVar[tuple[str, ...]] = ("images",)
+    adds: ClassVar[dict[str, pa.DataType]] = {FACTS_COLUMN: FACTS_TYPE}
     resources: ClassVar[Resources] = Resources(cpus=1, batch_size=128, kind="task")
 
     Config = preset_settings("ImageFilter", __name__, ImageThresholds, IMAGE_PRESETS, extra=[
@@ -276,7 +229,10 @@ class ImageFilter(Stage):
         read = prefetch(rows, th)
         if self.config.io_threads > 1 and len(rows) > 1:
             with ThreadPoolExecutor(self.config.io_threads) as pool:
-                drops = list(pool.map(lambda refs: check_sample(refs, th, read), rows))
+                judged = list(pool.map(lambda refs: judge_sample(refs, th, read), rows))
         else:
-            drops = [check_sample(refs, th, read) for refs in rows]
-        return split_drops(batch, drops)
+            judged = [judge_sample(refs, th, read) for refs in rows]
+        facts = facts_column([f for _, f in judged])
+        idx = batch.schema.get_field_index(FACTS_COLUMN)
+        out = batch.set_column(idx, FACTS_COLUMN, facts) if idx >= 0 else batch.append_column(FACTS_COLUMN, facts)
+        return split_drops(out, [d for d, _ in judged])
