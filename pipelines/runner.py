@@ -92,6 +92,7 @@ class Runner:
         self.verbose = verbose
         self._executors: dict[str, Executor] = {}
         self._progress = Progress(enabled=progress)   # rows/s and ETA of every pass (pipelines.progress)
+        self._ran_on = executor
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -144,14 +145,16 @@ class Runner:
                     entries += self._run_group(ran, stage_dirs)
                     seconds = round(time.perf_counter() - t0, 3)
                     timings += [{"name": m.name, "seconds": seconds if m is ran[-1] else None, "resumed": False,
+                                 "executor": self._ran_on,
                                  **({FUSED_INTO: ran[-1].final.name} if m is not ran[-1] else {})} for m in ran]
                     stage_dirs += [m.final for m in ran]
         finally:
             for ex in self._executors.values():
                 ex.close()
-        report = self._report(entries, stage_dirs)
+        # run.json first: report.html shows its executor and stage times
         _atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
                                                    "stages": timings})
+        report = self._report(entries, stage_dirs)
         return RunResult(self.out, report, stage_dirs)
 
     def _members(self, plan: list[StageSpec]) -> list[Member]:
@@ -215,6 +218,7 @@ class Runner:
         chain = " + ".join(m.name for m in group)
         self.log(f"[{head.index:02d}] {chain:<16} running ({executor.name}{', fused' if len(group) > 1 else ''})")
         self._progress.stage(f"[{head.index:02d}] {chain}")
+        self._ran_on = executor.name   # run.json's executor per stage
         # A whole-dataset stage without a per-batch step (pack, shards, mixture alone) reads its
         # upstream's rows in place: a per-batch pass would only copy them.
         direct = (upstream_kept is not None and len(group) == 1 and owner.stage.has_global_step()
