@@ -260,10 +260,17 @@ def normalize_conversations(turns: Any) -> list[dict]:
     return out
 
 
-def referenced_image(spec: SourceSpec, root: str, value: Any) -> dict:
-    """An image reference from a record field: resolved inside the root, read with bounds, hashed."""
+def referenced_image(spec: SourceSpec, root: str, value: Any, memo: refs.ReferenceMemo | None = None) -> dict:
+    """An image reference from a record field: resolved inside the root, read with bounds, hashed;
+    with `memo`, each distinct reference of the task once."""
+    if memo is not None:
+        return memo.image(spec, root, value, _ref_of_bytes)
     uri = refs.resolve_reference(value, root, spec)
     return image_ref_from_bytes(refs.read_reference(uri, spec), uri, None, 0)
+
+
+def _ref_of_bytes(data: bytes, uri: str) -> dict:
+    return image_ref_from_bytes(data, uri, None, 0)
 
 
 def referenced_video(spec: SourceSpec, root: str, value: Any) -> dict:
@@ -279,6 +286,7 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
     duplicate ids within one task are rejected here, across tasks by ingest's whole-run check."""
     root = spec.image_root or posixpath.dirname(uri)
     seen: set[str] = set()
+    memo = refs.ReferenceMemo()   # each distinct image path of this read once
     records = iter_json_records(uri, part, spec.read_timeout_s)
     is_lines = part is not None or not _starts_array(uri, spec.read_timeout_s)
     for line, rec in records:
@@ -294,7 +302,7 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
             if key in seen:
                 raise BadSample("duplicate_key", f"id {key} appears twice in {uri}")
             seen.add(key)
-            yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, root, rec))
+            yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, root, rec, memo))
         except BadSample as bad:
             yield bad_row(spec, key, ordinal, prov, bad)
 
@@ -330,13 +338,13 @@ def _place(conv: list[dict], values: list[Any], kind: str) -> None:
         raise BadSample(f"{kind}_placeholder_mismatch", f"{placeholders} {tag} tags for {len(values)} {kind}s")
 
 
-def _llava_fields(spec: SourceSpec, root: str, rec: dict) -> dict:
+def _llava_fields(spec: SourceSpec, root: str, rec: dict, memo: refs.ReferenceMemo | None = None) -> dict:
     conv = normalize_conversations(rec.get("conversations"))
     values, video_values = _image_values(rec), _image_values(rec, "video")
     check_image_count(spec, len(values))   # before reading any of them
     _place(conv, video_values, "video")
     _place(conv, values, "image")
-    refs_ = [referenced_image(spec, root, v) for v in values]
+    refs_ = [referenced_image(spec, root, v, memo) for v in values]
     videos = [referenced_video(spec, root, v) for v in video_values]
     meta = {k: v for k, v in rec.items() if k not in ("conversations", "image", "images", "video", "videos", "id")}
     category = rec.get("category") if isinstance(rec.get("category"), str) else spec.category

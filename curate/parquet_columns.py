@@ -1,7 +1,9 @@
-"""Metadata-only parquet (key, caption, scalar columns; no image or conversation column) read column
-by column instead of row by row: the same records as ``curate.parquet_reader.read_parquet``, byte for
-byte, at a fraction of the CPU, because a billion-row metadata corpus (the scale issue's case) spends
-most of ingest building Python dicts.
+"""Metadata-only parquet (key, caption, scalar columns, at most an image *path* column; no image bytes
+or conversation column) read column by column instead of row by row: the same records as
+``curate.parquet_reader.read_parquet``, byte for byte, at a fraction of the CPU, because a
+billion-row metadata corpus (the scale issue's case) spends most of ingest building Python dicts.
+Image paths are resolved by the reader's ``image_cells`` (each distinct path of a task read once,
+``curate.refs.ReferenceMemo``), the same function the row path calls per row.
 
 A file qualifies by its schema alone (``plain_schema``); anything else, or a batch holding a value
 the row path would reject in a way this path does not model (a non-finite float), goes through the
@@ -28,11 +30,14 @@ def plain_schema(spec: SourceSpec, schema: pa.Schema) -> bool:
     """Whether every column is one the column path reproduces exactly: no image or conversation
     column, a string caption, a string or integer key, and string / integer / bool / float metadata."""
     names = set(schema.names)
-    if spec.image_column in names or "conversations" in names or spec.text_column not in names:
+    if "conversations" in names or spec.text_column not in names:
         return False
     for field in schema:
         t = field.type
-        if field.name == spec.text_column:
+        if field.name == spec.image_column:
+            if not pa.types.is_string(t):   # bytes or {bytes, path} structs: the row path
+                return False
+        elif field.name == spec.text_column:
             if not pa.types.is_string(t):
                 return False
         elif field.name == spec.key_column:
@@ -45,10 +50,12 @@ def plain_schema(spec: SourceSpec, schema: pa.Schema) -> bool:
 
 
 def column_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int, pf, row_groups: tuple[int, int],
-                  row_path, broken, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+                  row_path, broken, batch_rows: int = BATCH_ROWS, image_cells=None) -> Iterator[pa.Table]:
     """Conformed record tables of row groups [first, stop) of an open, plain ParquetFile `pf`.
     `row_path(batch, first_row, seen)` gives the row path's table for a batch this path declines;
-    `broken(first_row, error)` the table recording rows a damaged row group lost."""
+    `broken(first_row, error)` the table recording rows a damaged row group lost;
+    `image_cells(values)` the image field of each image-column cell: None (null), the row's image
+    references, or the BadSample the row path raises for it."""
     first, stop = row_groups
     seen: set[str] = set()
     prefix = f"{spec.name}/" + (f"{shard_label(spec.path, uri)}/" if spec.key_prefix == "shard" else "")
@@ -61,7 +68,7 @@ def column_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int
         if _has_non_finite(spec, table):
             yield row_path(table, row_index, seen)
         else:
-            yield _records(spec, table, row_index, seen, prefix, uri, uri_json, source_index, file_index)
+            yield _records(spec, table, row_index, seen, prefix, uri, uri_json, source_index, file_index, image_cells)
 
 
 class DamagedRowGroup(Exception):
@@ -97,7 +104,7 @@ def _has_non_finite(spec: SourceSpec, table: pa.Table) -> bool:
 
 
 def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefix: str, uri: str, uri_json: str,
-             source_index: int, file_index: int) -> pa.Table:
+             source_index: int, file_index: int, image_cells=None) -> pa.Table:
     n = table.num_rows
     rows = np.arange(row0, row0 + n, dtype=np.int64)
     raw_keys = table.column(spec.key_column).cast(pa.string()).to_pylist() if spec.key_column in table.column_names \
@@ -112,15 +119,21 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
             duplicate[i] = True
         else:
             seen.add(k)
-    bad = duplicate | missing | too_long
-    status = np.where(bad, R.REJECTED, R.KEPT)
+    cells = image_cells(table.column(spec.image_column).to_pylist()) \
+        if spec.image_column in table.column_names else [None] * n
+    refused = np.array([isinstance(c, Exception) for c in cells], dtype=bool)   # a BadSample for the image
+    bad = duplicate | refused | missing | too_long
+    status = np.where(bad, R.REJECTED, R.KEPT).tolist()
     reason = np.where(duplicate, "duplicate_key", np.where(missing, "missing_text",
-                                                           np.where(too_long, "text_too_long", None)))
+                                                           np.where(too_long, "text_too_long", None))).tolist()
     long_detail = f"over {spec.max_text_bytes} bytes of text (max_text_bytes)"
     detail = [f"{k} appears twice in {uri}"[:500] if d else
               (f"no {spec.text_column!r} and no conversations"[:500] if m else long_detail if t else None)
               for k, d, m, t in zip(keys, duplicate, missing, too_long)]   # bad_row keeps 500 characters of a detail
-    others = [c for c in table.column_names if c not in {spec.text_column, spec.key_column}]
+    for i in np.flatnonzero(refused & ~duplicate):   # the row path: the key check, then the image, then the text
+        status[i], reason[i], detail[i] = cells[i].status, cells[i].reason, cells[i].detail[:500] or None
+    images = [c if isinstance(c, list) and not b else [] for c, b in zip(cells, bad)]
+    others = [c for c in table.column_names if c not in {spec.text_column, spec.key_column, spec.image_column}]
     meta = [None] * n if not others else [R.dumps_meta(m) for m in table.select(others).to_pylist()]
     category = table.column("category") if "category" in table.column_names and \
         pa.types.is_string(table.schema.field("category").type) else None
@@ -131,14 +144,14 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
         "key": pa.array([prefix + k for k in keys], pa.string()),
         "source": pa.array([spec.name] * n, pa.string()),
         "category": pc.if_else(keep, cats, pa.scalar(spec.category)),
-        "images": pa.array([[]] * n, R.BASE_SCHEMA.field("images").type),
+        "images": pa.array(images, R.BASE_SCHEMA.field("images").type),
         "videos": pa.array([[]] * n, R.BASE_SCHEMA.field("videos").type),
         "text": pc.if_else(keep, text, pa.scalar(None, pa.string())),
         "meta": pc.if_else(keep, pa.array(meta, pa.string()), pa.scalar(None, pa.string())),
         "provenance": pa.array([f'{{"row":{r},"uri":{uri_json}}}' for r in rows.tolist()], pa.string()),
         R.ORDINAL: pa.array((source_index << 55) | (file_index << 31) | rows, pa.int64()),
-        R.STATUS: pa.array(status.tolist(), pa.string()),
-        R.REASON: pa.array(reason.tolist(), pa.string()),
+        R.STATUS: pa.array(status, pa.string()),
+        R.REASON: pa.array(reason, pa.string()),
         R.DETAIL: pa.array(detail, pa.string()),
     }
     if (rows >= 1 << 31).any() or file_index >= 1 << 24 or source_index >= 1 << 8:

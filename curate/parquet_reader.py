@@ -26,6 +26,7 @@ from curate import images as I
 from curate.base import records as R
 from curate.json_reader import normalize_conversations, referenced_image
 from curate.parquet_columns import column_tables, guarded_batches, open_plain
+from curate.refs import ReferenceMemo
 from curate.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row, unreadable
 from curate.timed_io import open_timed
 
@@ -64,6 +65,7 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
     """Every row of the file, or of the row groups [first, stop) (numbered as in the whole file)."""
     import pyarrow.parquet as pq
     seen: set[str] = set()
+    memo = ReferenceMemo()   # each distinct image path of this read once
     with open_timed(uri, spec.read_timeout_s) as fh:
         try:
             pf = pq.ParquetFile(fh)
@@ -76,7 +78,8 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
             if isinstance(batch, BaseException):
                 yield rest_unreadable(spec, uri, source_index, file_index, row_index, batch)
             else:
-                yield from _batch_rows(spec, uri, batch.to_pylist(), row_index, seen, source_index, file_index)
+                yield from _batch_rows(spec, uri, batch.to_pylist(), row_index, seen, source_index, file_index,
+                                       memo)
 
 
 def rest_unreadable(spec: SourceSpec, uri: str, source_index: int, file_index: int, row_index: int,
@@ -96,18 +99,31 @@ def read_parquet_tables(spec: SourceSpec, uri: str, source_index: int, file_inde
         yield from R.row_tables(read_parquet(spec, uri, source_index, file_index, row_groups), rows_per_table)
         return
     fh, pf = opened
+    memo, root = ReferenceMemo(), spec.image_root or posixpath.dirname(uri)
     with fh:
         def row_path(table: pa.Table, first_row: int, seen: set[str]) -> pa.Table:
             return R.rows_to_table(list(_batch_rows(spec, uri, table.to_pylist(), first_row, seen,
-                                                    source_index, file_index)))
+                                                    source_index, file_index, memo)))
+
         def broken(first_row: int, exc: BaseException) -> pa.Table:
             return R.rows_to_table([rest_unreadable(spec, uri, source_index, file_index, first_row, exc)])
-        yield from column_tables(spec, uri, source_index, file_index, pf,
-                                 row_groups or (0, pf.metadata.num_row_groups), row_path, broken, rows_per_table)
+
+        def image_cells(values: list[Any]) -> list[Any]:
+            return [_image_cell(spec, uri, root, v, memo) for v in values]
+        yield from column_tables(spec, uri, source_index, file_index, pf, row_groups or (0, pf.metadata.num_row_groups),
+                                 row_path, broken, rows_per_table, image_cells)
+
+
+def _image_cell(spec: SourceSpec, uri: str, root: str, value: Any, memo: ReferenceMemo) -> Any:
+    """One image-path cell as the row path sees it: None, the image references, or its BadSample."""
+    try:
+        return _image_field(spec, uri, root, value, -1, memo)   # a path: the row number is not used
+    except BadSample as bad:
+        return bad
 
 
 def _batch_rows(spec: SourceSpec, uri: str, records: list[dict], row_index: int, seen: set[str],
-                source_index: int, file_index: int) -> Iterator[dict]:
+                source_index: int, file_index: int, memo: ReferenceMemo | None = None) -> Iterator[dict]:
     root = spec.image_root or posixpath.dirname(uri)
     for rec in records:
         ordinal = R.make_ordinal(source_index, file_index, row_index)
@@ -118,7 +134,7 @@ def _batch_rows(spec: SourceSpec, uri: str, records: list[dict], row_index: int,
             if key in seen:   # across parts, ingest's whole-run duplicate check finds it
                 raise BadSample("duplicate_key", f"{key} appears twice in {uri}")
             seen.add(key)
-            yield make_row(spec, key, ordinal, prov, **_parquet_fields(spec, uri, root, rec, row_index))
+            yield make_row(spec, key, ordinal, prov, **_parquet_fields(spec, uri, root, rec, row_index, memo))
         except BadSample as bad:
             yield bad_row(spec, key, ordinal, prov, bad)
         row_index += 1
@@ -149,7 +165,8 @@ def json_safe(value: Any) -> Any:
     raise BadSample("invalid_metadata", f"value of type {type(value).__name__} has no JSON form")
 
 
-def _image_field(spec: SourceSpec, uri: str, root: str, image: Any, row_index: int) -> list[dict] | None:
+def _image_field(spec: SourceSpec, uri: str, root: str, image: Any, row_index: int,
+                 memo: ReferenceMemo | None = None) -> list[dict] | None:
     if isinstance(image, dict) and ("bytes" in image or "path" in image):
         image = image.get("bytes") or image.get("path")
     if image is None:
@@ -157,15 +174,16 @@ def _image_field(spec: SourceSpec, uri: str, root: str, image: Any, row_index: i
     if isinstance(image, (bytes, bytearray)):
         return [image_ref_from_bytes(bytes(image), uri, I.parquet_member(row_index, spec.image_column), -1)]
     if isinstance(image, str) and image:
-        return [referenced_image(spec, root, image)]
+        return [referenced_image(spec, root, image, memo)]
     raise BadSample("image:unsupported_value",
                     f"column {spec.image_column!r} holds {type(image).__name__}; expected bytes, a path or "
                     f"{{bytes, path}}")
 
 
-def _parquet_fields(spec: SourceSpec, uri: str, root: str, rec: dict, row_index: int) -> dict:
+def _parquet_fields(spec: SourceSpec, uri: str, root: str, rec: dict, row_index: int,
+                    memo: ReferenceMemo | None = None) -> dict:
     fields: dict[str, Any] = {}
-    images = _image_field(spec, uri, root, rec.get(spec.image_column), row_index)
+    images = _image_field(spec, uri, root, rec.get(spec.image_column), row_index, memo)
     if images is not None:
         fields["images"] = images
     if rec.get("conversations") is not None:

@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 import fsspec
 
@@ -117,22 +118,97 @@ def _bounded(data: bytes, uri: str, limit: int) -> bytes:
     return data
 
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
 def _read_local(path: str, limit: int) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError as exc:
         raise BadSample("image:missing_file", f"{path}: {exc}", R.QUARANTINED) from None
     except OSError as exc:
         raise BadSample("image:unreadable_file", f"{path}: {exc}", R.QUARANTINED) from None
+    return _read_open(fd, path, limit)
+
+
+def _read_open(fd: int, path: str, limit: int) -> bytes:
+    """The bytes of an open descriptor (closed here): a regular file of at most `limit` bytes."""
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise BadSample("image:not_regular_file", f"{path} is not a regular file (mode {oct(st.st_mode)})")
         _check_size(path, st.st_size, limit)
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return _bounded(fh.read(limit + 1), path, limit)
+        chunks, total = [], 0
+        while total <= limit:   # the size plus one byte: one read for a file that did not grow
+            chunk = os.read(fd, min(limit + 1 - total, max(st.st_size + 1 - total, 1 << 16)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return _bounded(chunks[0] if len(chunks) == 1 else b"".join(chunks), path, limit)
     finally:
         os.close(fd)
+
+
+def resolve_and_read(value: object, root: str, spec: SourceSpec, real_dirs: dict[str, str]) -> tuple[str, bytes]:
+    """``resolve_reference`` then ``read_reference``, the same URI, bytes and errors, with the
+    realpath of each directory computed once (`real_dirs`, the caller's per-task cache): a local
+    reference costs one open (``O_NOFOLLOW``: a symlinked file takes the full path below) instead of
+    an lstat per path component. Anything but a plain local reference under a local root, and any
+    open error but a missing file, takes the full path."""
+    if isinstance(value, str) and value and "\x00" not in value and _scheme(value) is None and _scheme(root) is None:
+        head, base = os.path.split(os.path.join(root, value))
+        if base not in ("", ".", ".."):
+            real_root = real_dirs.get(root) or real_dirs.setdefault(root, os.path.realpath(root))
+            real_dir = real_dirs.get(head) or real_dirs.setdefault(head, os.path.realpath(head))
+            path = os.path.join(real_dir, base)   # realpath(root/value) unless `base` is a symlink
+            if _inside(path, real_root):
+                if len(real_dirs) > 65_536:
+                    real_dirs.clear()
+                try:
+                    fd = os.open(path, _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0))
+                except FileNotFoundError as exc:
+                    raise BadSample("image:missing_file", f"{path}: {exc}", R.QUARANTINED) from None
+                except OSError:
+                    fd = -1
+                if fd >= 0:
+                    return path, _read_open(fd, path, spec.max_image_bytes)
+    uri = resolve_reference(value, root, spec)
+    return uri, read_reference(uri, spec)
+
+
+class ReferenceMemo:
+    """One task's image references, each distinct (root, value) resolved, read and probed once:
+    rows of a metadata file that point at the same few files cost a dictionary lookup each. The
+    result (a reference, or why it was refused) is what the first read gave; bounded in entries."""
+
+    MAX_ENTRIES = 65_536
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], dict | tuple[str, str, str]] = {}
+        self.real_dirs: dict[str, str] = {}
+
+    def image(self, spec: SourceSpec, root: str, value: object, make_ref: Any) -> dict:
+        """`make_ref(bytes, uri)`: the reference record of the bytes (probe and hash)."""
+        if not isinstance(value, str):
+            return make_ref(*_swap(resolve_and_read(value, root, spec, self.real_dirs)))
+        key = (root, value)
+        hit = self.found.get(key)
+        if hit is None:
+            try:
+                hit = make_ref(*_swap(resolve_and_read(value, root, spec, self.real_dirs)))
+            except BadSample as bad:
+                hit = (bad.reason, bad.detail, bad.status)
+            if len(self.found) >= self.MAX_ENTRIES:
+                self.found.clear()
+            self.found[key] = hit
+        if isinstance(hit, tuple):
+            raise BadSample(*hit)
+        return dict(hit)
+
+
+def _swap(uri_data: tuple[str, bytes]) -> tuple[bytes, str]:
+    return uri_data[1], uri_data[0]
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):

@@ -14,23 +14,40 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.executors import Executor, write_table
+from pipelines.executors import Executor, data_files, write_table
 from pipelines.fusion import Member, rows_of
 from pipelines.heap import release_freed_memory
+from pipelines.progress import BYTES
 
 
 def map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1: Path,
                upstream_kept: int | None) -> None:
-    """The chain's per-batch steps into `pass1` (an empty, typed part when nothing comes in)."""
+    """The chain's per-batch steps into `pass1` (an empty, typed part when nothing comes in), shown
+    as a progress phase: rows done of `upstream_kept`, or for a source stage of an estimate from the
+    source bytes read so far."""
     pass1.mkdir()
     if upstream_kept is None or upstream_kept:
-        executor.map_stages(stages, files, pass1)
+        head, progress = stages[0], executor.progress
+        counter = executor.new_counter() if progress.enabled else None
+        source_bytes = _source_bytes(files) if head.reads_sources and progress.enabled else None
+        name = "read" if head.reads_sources else stages[-1].batch_phase
+        with progress.phase(name, upstream_kept, counter, source_bytes) as phase:
+            executor.map_stages(stages, files, pass1, counter)
+            phase.finish(count_rows(data_files(pass1)) if upstream_kept is None else upstream_kept)
         return
     schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
     if E.DROPPED_AT in schema.names:
         schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
     schema = E.chain_schema(stages, schema) if len(stages) > 1 else stages[0].output_schema(schema)
     write_table(schema.empty_table(), pass1 / "part-00000.parquet")
+
+def _source_bytes(task_files: list[str]) -> int | None:
+    """The bytes a source stage's tasks read in all (pipelines.progress.with_task_bytes)."""
+    ds = pads.dataset(task_files, format="parquet")
+    if BYTES not in ds.schema.names:
+        return None
+    return int(pc.sum(ds.to_table(columns=[BYTES]).column(0)).as_py() or 0) or None
+
 
 def global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: Path, direct: bool,
                  upstream_kept: int | None) -> int:

@@ -1,6 +1,6 @@
 """`mmcurate` — run recipes, validate recipes/shards/annotations in CI, list stages.
 
-    mmcurate run RECIPE [--out DIR] [--executor auto|ray|inline] [--until STAGE] [--from STAGE] [--verbose]
+    mmcurate run RECIPE [--out DIR] [--executor auto|ray|inline] [--until STAGE] [--from STAGE] [--quiet] [--verbose]
     mmcurate validate recipe FILE
     mmcurate validate shards DIR
     mmcurate validate annotations FILE
@@ -28,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"invalid recipe: {exc}", file=sys.stderr)
         return 2
     result = run(recipe, out=args.out, executor=args.executor, until=args.until, rerun_from=args.rerun_from,
-                 verbose=args.verbose)
+                 verbose=args.verbose, progress=not args.quiet)
     print(f"report: {result.out_dir / 'report.json'}")
     for e in result.report["stages"]:
         rej = sum(e["rejected"].values())
@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until", default=None, help="stop after this stage")
     r.add_argument("--from", dest="rerun_from", default=None,
                    help="re-run this stage and every later one even if complete")
+    r.add_argument("--quiet", action="store_true",
+                   help="no per-stage lines and no progress (a live bar on a terminal, a line every ~10 s "
+                        "elsewhere; MMCURATE_PROGRESS_INTERVAL sets the seconds); the summary still prints")
     r.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
     r.set_defaults(func=_cmd_run)
     v = sub.add_parser("validate", help="validate a recipe, a shard directory or an annotations file")

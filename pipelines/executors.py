@@ -21,6 +21,7 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import InlineData, as_table
+from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, task_bytes
 
 # No dictionary pages: most columns (keys, texts, paths, JSON) are nearly all distinct, where pyarrow's
 # dictionary attempt is wasted work; zstd on plain pages writes a 100k-row stage part 2.6x faster and
@@ -64,10 +65,14 @@ def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:
 
 class Executor(Protocol):
     name: str
+    progress: Progress   # where global steps show their phases (the runner sets it)
 
-    def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
+    def new_counter(self) -> RowCounter:
+        """A counter the workers of one pass add their batches' rows to (pipelines.progress)."""
+    def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """Write ``stages``' per-batch steps applied in turn to `files` (one pass; a fused chain when
-        there are several: rows dropped inside it carry ``_dropped_at``)."""
+        there are several: rows dropped inside it carry ``_dropped_at``). `counter`: gets the rows
+        that entered the pass (a source stage: the rows read and the source bytes), per batch."""
     def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> Any:
         """The kept rows of `files` as a GlobalData; `rows`: their number when the caller knows it."""
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
@@ -90,31 +95,59 @@ def _coalesced(files: list[str]) -> list[list[str]]:
     return groups
 
 
+class PhasedInlineData(InlineData):
+    """InlineData whose shuffles show as progress phases (inline, a shuffle runs when it is called)."""
+
+    def __init__(self, tables: list[pa.Table], progress: Progress = DISABLED):
+        super().__init__(tables)
+        self.progress = progress
+
+    def _same(self, data: InlineData) -> "PhasedInlineData":
+        return PhasedInlineData(data.tables, self.progress)
+
+    def map_batches(self, fn: Any) -> "PhasedInlineData":
+        return self._same(super().map_batches(fn))
+
+    def shuffle_reduce(self, key: str, fn: Any, partitions: int) -> "PhasedInlineData":
+        with self.progress.phase(f"shuffle by {key}"):
+            return self._same(super().shuffle_reduce(key, fn, partitions))
+
+    def union(self, other: InlineData) -> "PhasedInlineData":
+        return self._same(super().union(other))
+
+
 class InlineExecutor:
     """Everything in this process: notebooks, debugging, small runs."""
     name = "inline"
+    progress: Progress = DISABLED
 
-    def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
+    def new_counter(self) -> LocalCounter:
+        return LocalCounter()
+
+    def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """Part by part (>= MIN_ROWS_PER_PART rows), each stage in turn over the part in its own batch
         size: memory is one part, whatever the dataset size and the chain length."""
+        counter = counter or LocalCounter()
         head = stages[0]
         for i, group in enumerate(_coalesced(files)):
             # upstream's _dropped_at (a fused chain's bookkeeping) is no input of this pass
             table = E.without_dropped_at(pa.concat_tables([pq.read_table(f) for f in group], promote_options="default"))
             if head.reads_sources:
                 size = head.resources.batch_size
-                parts = [head.read_tasks(table.slice(j, size)) for j in range(0, table.num_rows, size)]
+                parts = [_counted_read(head, table.slice(j, size), counter) for j in range(0, table.num_rows, size)]
                 table = pa.concat_tables([R.BASE_SCHEMA.empty_table(), *parts])
             elif len(stages) == 1:
                 size = head.resources.batch_size
-                parts = [E.apply_batch(head, table.slice(j, size)) for j in range(0, table.num_rows, size)]
+                parts = [_counted(E.apply_batch, head, table.slice(j, size), counter)
+                         for j in range(0, table.num_rows, size)]
                 table = pa.concat_tables([head.output_schema(table.schema).empty_table(), *parts])
             else:
                 for position, stage in enumerate(stages):
                     schema = E.chain_schema([stage], table.schema)
                     size = stage.resources.batch_size
-                    parts = [E.apply_link(stage, table.slice(j, size), stage.context.stage_index, position > 0)
-                             for j in range(0, table.num_rows, size)]
+                    last = counter if position == len(stages) - 1 else None
+                    parts = [_counted(E.apply_link, stage, table.slice(j, size), last, stage.context.stage_index,
+                                      position > 0) for j in range(0, table.num_rows, size)]
                     table = pa.concat_tables([schema.empty_table(), *parts])
             write_table(table, out / f"part-{i:05d}.parquet")
 
@@ -124,20 +157,45 @@ class InlineExecutor:
     def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> InlineData:
         ds = pads.dataset(files, format="parquet")
         table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
-        return InlineData([E.global_input(stage, E.without_dropped_at(table))])
+        return PhasedInlineData([E.global_input(stage, E.without_dropped_at(table))], self.progress)
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:
         table = as_table(decisions)
         inputs = self.global_data(stage, files).gather()
         E.validate_decisions(stage, inputs, table)
-        for i, f in enumerate(files):
-            rows = E.without_dropped_at(E.only_kept(pq.read_table(f))) if only_kept else pq.read_table(f)
-            write_table(E.apply_decisions(rows, table, schema), out / f"part-{i:05d}.parquet")
+        counter = LocalCounter()
+        with self.progress.phase("apply", inputs.num_rows if only_kept else rows_in(files), counter) as phase:
+            for i, f in enumerate(files):
+                rows = E.without_dropped_at(E.only_kept(pq.read_table(f))) if only_kept else pq.read_table(f)
+                write_table(E.apply_decisions(rows, table, schema), out / f"part-{i:05d}.parquet")
+                counter.add(rows.num_rows)
+            phase.finish(counter.rows)
         return E.count_repeats(table)
 
     def close(self) -> None:
         pass
+
+
+def _counted_read(stage: Stage, tasks: pa.Table, counter: RowCounter) -> pa.Table:
+    rows = stage.read_tasks(tasks)
+    counter.add(rows.num_rows, task_bytes(tasks))
+    return rows
+
+
+def _counted(apply: Any, stage: Stage, batch: pa.Table, counter: RowCounter | None, *link: Any) -> pa.Table:
+    """`apply` on a batch; then the batch's rows that entered the pass, to `counter` (the last stage's)."""
+    out = apply(stage, batch, *link)
+    if counter is not None:
+        counter.add(entered_rows(batch, carries_dropped=bool(link and link[1])))
+    return out
+
+
+def rows_in(files: list[str], kept_only: bool = False) -> int:
+    """Rows of `files` (`kept_only`: their kept rows), from the footers or the status column."""
+    if kept_only:
+        return pads.dataset(files, format="parquet").count_rows(filter=pc.field(R.STATUS) == R.KEPT) if files else 0
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def make_executor(name: str) -> Executor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -25,8 +26,9 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import concat, partition_of, sort_for_reduce
-from pipelines.executors import data_files, global_columns, write_table
+from pipelines.executors import data_files, global_columns, rows_in, write_table
 from pipelines.heap import HeapTrimmer
+from pipelines.progress import DISABLED, Progress, RowCounter, entered_rows, task_bytes
 from pipelines.ray_files import FILE, MAP_TASK_ROWS, ROWS_PER_FILE, apply_file, read_files, route, write_in_order
 
 T = TypeVar("T")
@@ -42,19 +44,30 @@ def source_tasks_per_batch(tasks: int, batch_size: int, cpus: int) -> int:
 
 
 class RayData:
-    """GlobalData on a Ray Dataset (see curate.base.global_data for the contract)."""
+    """GlobalData on a Ray Dataset (see curate.base.global_data for the contract). Operations are lazy:
+    the shuffles a handle has pending show as one progress phase when an operation runs them."""
 
-    def __init__(self, ds: Any, rows: int | None = None):
+    def __init__(self, ds: Any, rows: int | None = None, progress: Progress = DISABLED,
+                 pending: tuple[str, ...] = ()):
         self.ds = ds
         self.rows = rows   # known by the runner for a step's input: count() without a pass over it
+        self.progress = progress
+        self.pending = pending
+
+    def _next(self, ds: Any, pending: tuple[str, ...] = ()) -> "RayData":
+        return RayData(ds, None, self.progress, tuple(dict.fromkeys(self.pending + pending)))
+
+    def _phase(self, what: str) -> Any:
+        return self.progress.phase(", ".join(self.pending) or what)
 
     def map_batches(self, fn: Callable[[pa.Table], pa.Table]) -> "RayData":
-        return RayData(self.ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True))
+        return self._next(self.ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True))
 
     def aggregate(self, partial: Callable[[pa.Table], pa.Table], combine: Callable[[pa.Table], T]) -> T:
         import ray
         parts = self.ds.map_batches(partial, batch_format="pyarrow")
-        return combine(concat(ray.get(parts.to_arrow_refs())))
+        with self._phase("aggregate"):
+            return combine(concat(ray.get(parts.to_arrow_refs())))
 
     def shuffle_reduce(self, key: str, fn: Callable[[pa.Table], pa.Table], partitions: int) -> "RayData":
         def add_part(batch: pa.Table) -> pa.Table:
@@ -64,20 +77,58 @@ class RayData:
             return fn(sort_for_reduce(group.drop_columns([PART]), key))
 
         ds = self.ds.map_batches(add_part, batch_format="pyarrow")
-        return RayData(ds.groupby(PART, num_partitions=partitions).map_groups(reduce, batch_format="pyarrow"))
+        return self._next(ds.groupby(PART, num_partitions=partitions).map_groups(reduce, batch_format="pyarrow"),
+                          (f"shuffle by {key}",))
 
     def union(self, other: "RayData") -> "RayData":
-        return RayData(self.ds.union(other.ds))
+        return self._next(self.ds.union(other.ds), other.pending)
 
     def count(self) -> int:
-        return self.ds.count() if self.rows is None else self.rows
+        if self.rows is not None:
+            return self.rows
+        with self._phase("count"):
+            return self.ds.count()
 
     def gather(self) -> pa.Table:
         import ray
-        return concat(ray.get(self.ds.to_arrow_refs()))
+        with self._phase("gather"):
+            return concat(ray.get(self.ds.to_arrow_refs()))
 
     def materialize(self) -> "RayData":
-        return RayData(self.ds.materialize())
+        with self._phase("materialize"):
+            return RayData(self.ds.materialize(), None, self.progress)
+
+
+class _Tallies:
+    """A Ray actor holding the rows and bytes done of each pass, added per batch by its tasks."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}
+
+    def add(self, key: str, rows: int, nbytes: int) -> None:
+        done = self.counts.setdefault(key, [0, 0])
+        done[0] += rows
+        done[1] += nbytes
+
+    def read(self, key: str) -> tuple[int, int]:
+        rows, nbytes = self.counts.get(key, (0, 0))
+        return rows, nbytes
+
+
+class RayCounter:
+    """A pass's counter on the _Tallies actor: workers add without waiting (one call per batch), the
+    driver's progress thread reads it."""
+
+    def __init__(self, actor: Any, key: str):
+        self.actor, self.key = actor, key
+
+    def add(self, rows: int, nbytes: int = 0) -> None:
+        if rows or nbytes:
+            self.actor.add.remote(self.key, rows, nbytes)
+
+    def read(self) -> tuple[int, int]:
+        import ray
+        return tuple(ray.get(self.actor.read.remote(self.key), timeout=10))   # type: ignore[return-value]
 
 
 _WORKER_STAGES: dict[str, Stage] = {}
@@ -91,28 +142,37 @@ def _worker_stage(token: str, stage_cls: type[Stage], config: Any, context: Any)
     return stage
 
 
-def _apply(stage: Stage, batch: pa.Table, link: tuple[int, bool] | None) -> pa.Table:
-    """A stage alone (``link`` None), or one link of a fused chain: (stage index, carries dropped rows)."""
+def _apply(stage: Stage, batch: pa.Table, link: tuple[int, bool] | None, counter: RowCounter | None) -> pa.Table:
+    """A stage alone (``link`` None), or one link of a fused chain: (stage index, carries dropped rows).
+    `counter` (the pass's last stage only): gets the batch's rows that entered the pass."""
     if stage.reads_sources:
-        return stage.read_tasks(batch)
-    return E.apply_batch(stage, batch) if link is None else E.apply_link(stage, batch, *link)
+        out = stage.read_tasks(batch)
+        if counter is not None:
+            counter.add(out.num_rows, task_bytes(batch))
+        return out
+    out = E.apply_batch(stage, batch) if link is None else E.apply_link(stage, batch, *link)
+    if counter is not None:
+        counter.add(entered_rows(batch, carries_dropped=bool(link and link[1])))
+    return out
 
 
 def _apply_task(batch: pa.Table, token: str, stage_cls: type[Stage], config: Any, context: Any,
-                link: tuple[int, bool] | None = None) -> pa.Table:
-    return _apply(_worker_stage(token, stage_cls, config, context), batch, link)
+                link: tuple[int, bool] | None = None, counter: RowCounter | None = None) -> pa.Table:
+    return _apply(_worker_stage(token, stage_cls, config, context), batch, link, counter)
 
 
 class _StageActor:
     """Actor-pool worker for model stages: the model is loaded once in the constructor (setup())."""
 
-    def __init__(self, stage_cls: type[Stage], config: Any, context: Any, link: tuple[int, bool] | None = None):
+    def __init__(self, stage_cls: type[Stage], config: Any, context: Any, link: tuple[int, bool] | None = None,
+                 counter: RowCounter | None = None):
         self.stage = stage_cls(config=config, context=context)
         self.stage.ensure_setup()
         self.link = link
+        self.counter = counter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _apply(self.stage, batch, self.link)
+        return _apply(self.stage, batch, self.link, self.counter)
 
 
 def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
@@ -123,6 +183,7 @@ def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
 class RayExecutor:
     """Ray Data: local `ray.init()` by default, an existing cluster when RAY_ADDRESS is set."""
     name = "ray"
+    progress: Progress = DISABLED
 
     def __init__(self, num_cpus: int | None = None, verbose: bool = False):
         import ray
@@ -130,6 +191,14 @@ class RayExecutor:
         from ray.data.context import ShuffleStrategy
         self.ray = ray
         self._started = False
+        self._tallies: Any = None
+        self._passes = 0
+        # Model actors are restarted after a crash only on a cluster, where a lost node is what a
+        # restart recovers from. Ray Data hands every actor its constructor arguments through the
+        # object store, and Ray's core worker logs an error line for each actor started that way
+        # with restarts on; on one machine a crashed actor fails the pass instead, and the run
+        # resumes at that stage.
+        self._restart_actors = bool(os.environ.get("RAY_ADDRESS"))
         if not verbose:
             for name in ("ray", "ray.data", "ray.data._internal"):
                 logging.getLogger(name).setLevel(logging.ERROR)
@@ -170,7 +239,14 @@ class RayExecutor:
         more is one more map task of each shuffle (a sort shuffle's cost grows with blocks x partitions)."""
         return read_files(self.ray, files, columns, task_rows=task_rows)
 
-    def map_stages(self, stages: list[Stage], files: list[str], out: Path) -> None:
+    def new_counter(self) -> RayCounter:
+        """A counter for one pass on the run's _Tallies actor (started on first use; no CPU reserved)."""
+        if self._tallies is None:
+            self._tallies = self.ray.remote(num_cpus=0, max_restarts=0)(_Tallies).remote()
+        self._passes += 1
+        return RayCounter(self._tallies, f"pass-{self._passes}")
+
+    def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
         each with its own batch size and resources), write. Nothing between the stages touches disk."""
         head = stages[0]
@@ -193,7 +269,8 @@ class RayExecutor:
                 schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
         for position, stage in enumerate(stages):
             link = None if len(stages) == 1 else (stage.context.stage_index, position > 0)
-            ds = self._map(ds, stage, link, source_batch if stage.reads_sources else None)
+            last = counter if position == len(stages) - 1 else None
+            ds = self._map(ds, stage, link, source_batch if stage.reads_sources else None, last)
             if not stage.reads_sources:
                 schema = stage.output_schema(schema) if link is None else E.chain_schema([stage], schema)
         self._write(ds, out, schema, per_block=head.reads_sources)
@@ -201,7 +278,8 @@ class RayExecutor:
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
         self.map_stages([stage], files, out)
 
-    def _map(self, ds: Any, stage: Stage, link: tuple[int, bool] | None, batch_size: int | None = None) -> Any:
+    def _map(self, ds: Any, stage: Stage, link: tuple[int, bool] | None, batch_size: int | None = None,
+             counter: RowCounter | None = None) -> Any:
         import ray.data
         res = stage.resources
         common: dict[str, Any] = {"batch_size": batch_size or res.batch_size, "batch_format": "pyarrow",
@@ -213,12 +291,18 @@ class RayExecutor:
         if res.kind == "actor":
             size = res.concurrency or max(1, int(self.ray.available_resources().get("GPU" if res.gpus else "CPU", 1)
                                                  // max(res.gpus or res.cpus, 1)))
-            return ds.map_batches(_StageActor, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
-                                  fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
-                                                         "context": stage.context, "link": link}, **common)
+            restarts = {} if self._restart_actors else {"max_restarts": 0}
+            with warnings.catch_warnings():
+                # Ray 2.60 has no named parameter for max_restarts yet and flags every extra remote
+                # argument as deprecated (to be removed in 2.64); this one is deliberate (see __init__).
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                return ds.map_batches(_StageActor, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+                                      fn_constructor_kwargs={"stage_cls": type(stage), "config": stage.config,
+                                                             "context": stage.context, "link": link, "counter": counter},
+                                      **restarts, **common)
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}"
         return ds.map_batches(_apply_task, fn_kwargs={"token": token, "stage_cls": type(stage), "config": stage.config,
-                                                      "context": stage.context, "link": link},
+                                                      "context": stage.context, "link": link, "counter": counter},
                               compute=ray.data.TaskPoolStrategy(size=res.concurrency), **common)
 
     def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> RayData:
@@ -226,7 +310,7 @@ class RayExecutor:
         ds = self._read(files, columns).map_batches(_kept_columns, batch_format="pyarrow",
                                                     fn_kwargs={"columns": None if columns is None else
                                                                [c for c in columns if c != R.STATUS]})
-        return RayData(ds, rows)
+        return RayData(ds, rows, self.progress)
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:
@@ -235,7 +319,9 @@ class RayExecutor:
         are read once and written once, never shuffled or sorted (routing: pipelines.ray_files)."""
         import ray.data
         right = decisions.ds if isinstance(decisions, RayData) else ray.data.from_arrow(decisions)
-        tagged = route(self.ray, right, files).materialize()
+        pending = decisions.pending if isinstance(decisions, RayData) else ()
+        with self.progress.phase(", ".join(pending + ("route decisions",))):   # runs the step's pending shuffles
+            tagged = route(self.ray, right, files).materialize()
         # One sentinel row per file, so that a file without decisions (no kept rows) is written too.
         right_schema = tagged.schema().base_schema
         sentinels = pa.table({name: pa.nulls(len(files), typ) if name != FILE else pa.array(range(len(files)), pa.int64())
@@ -243,12 +329,15 @@ class RayExecutor:
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:decisions"
         out.mkdir(parents=True, exist_ok=True)
         by_file = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE, num_partitions=min(len(files), 256))
+        counter = self.new_counter() if self.progress.enabled else None
         done = by_file.map_groups(
             apply_file, batch_format="pyarrow",
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
                        "only_kept": only_kept, "token": token, "stage_cls": type(stage), "config": stage.config,
-                       "context": stage.context, "worker_stage": _worker_stage})
-        written = concat(self.ray.get(done.to_arrow_refs()))
+                       "context": stage.context, "worker_stage": _worker_stage, "counter": counter})
+        with self.progress.phase("apply", rows_in(files, kept_only=only_kept), counter) as phase:
+            written = concat(self.ray.get(done.to_arrow_refs()))
+            phase.finish(int(pc.sum(written.column("rows")).as_py() or 0))
         if sorted(written.column("file").to_pylist()) != list(range(len(files))):
             raise E.AccountingError(f"stage {stage.name!r}: not every file of the global step was written once")
         return int(pc.sum(written.column("repeats")).as_py() or 0)

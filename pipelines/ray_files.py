@@ -271,9 +271,10 @@ def route(ray: Any, decisions: Any, files: list[str]) -> Any:
 
 
 def apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, only_kept: bool, token: str,
-               stage_cls: type[Stage], config: Any, context: Any, worker_stage: Any) -> pa.Table:
+               stage_cls: type[Stage], config: Any, context: Any, worker_stage: Any, counter: Any = None) -> pa.Table:
     """One input file with its decisions applied, written under the same part number as the inline
-    executor's; returns (file, repeats). Rows without a decision: validate_decisions raises."""
+    executor's; returns (file, repeats, rows). Rows without a decision: validate_decisions raises.
+    `counter` (progress): gets the file's rows once written."""
     index = group.column(FILE)[0].as_py()
     decisions = group.filter(pc.is_valid(group.column(R.ORDINAL))).drop_columns([FILE])   # not the sentinel
     table = pq.read_table(files[index])
@@ -282,4 +283,6 @@ def apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, o
     stage = worker_stage(token, stage_cls, config, context)
     E.validate_decisions(stage, E.global_input(stage, E.without_dropped_at(table)), decisions)
     write_table(E.apply_decisions(table, decisions, schema), Path(out) / f"part-{index:05d}.parquet")
-    return pa.table({"file": [index], "repeats": [E.count_repeats(decisions)]})
+    if counter is not None:
+        counter.add(table.num_rows)
+    return pa.table({"file": [index], "repeats": [E.count_repeats(decisions)], "rows": [table.num_rows]})

@@ -9,8 +9,10 @@ thumbnails of rejected samples per reason, so a user can judge a filter by eye.
 
 Self-contained: inline CSS and SVG (``svg_plots``), thumbnails as base64 JPEG data URIs (at most
 ``THUMBS_PER_REASON`` per reason, ``THUMB_PX`` on the long side), no script or font from the network.
-A small inline script only checks the page itself (every plot laid out, no error) and records the
-result on ``<body data-plots=... data-errors=...>`` for the headless-browser test.
+A small inline script only checks the page itself (every plot laid out, no error, no raw value such
+as None/null/a JSON brace in the text, no empty table cell) and records the result on
+``<body data-plots=... data-errors=... data-raw-text=... data-empty-cells=...>`` for the
+headless-browser test.
 """
 from __future__ import annotations
 
@@ -57,7 +59,12 @@ for(var i=0;i<p.length;i++){var b=p[i].getBoundingClientRect();if(b.width>0&&b.h
 var im=document.querySelectorAll('img'),bad=0;
 for(var j=0;j<im.length;j++){if(!im[j].complete||im[j].naturalWidth===0)bad++;}
 document.body.setAttribute('data-plots',p.length);document.body.setAttribute('data-plots-rendered',ok);
-document.body.setAttribute('data-broken-images',bad);document.body.setAttribute('data-errors',errs.join('|'));});})();
+document.body.setAttribute('data-broken-images',bad);document.body.setAttribute('data-errors',errs.join('|'));
+var c=document.body.cloneNode(true),s=c.querySelectorAll('script,style');for(var k=0;k<s.length;k++)s[k].remove();
+var t=c.textContent,m=/\bNone\b|\bnull\b|\bNaN\b|\bundefined\b|[{}]/.exec(t);
+document.body.setAttribute('data-raw-text',m?t.slice(Math.max(0,m.index-40),m.index+40):'');
+var cells=document.querySelectorAll('td,th'),empty=0;for(var q=0;q<cells.length;q++)if(!cells[q].textContent.trim())empty++;
+document.body.setAttribute('data-cells',cells.length);document.body.setAttribute('data-empty-cells',empty);});})();
 </script>"""
 
 
@@ -65,10 +72,60 @@ def _e(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
+MISSING = "—"   # a cell whose value the run did not produce (never an empty cell)
+
+
+def _cell(v: Any) -> str:
+    """A value as a person reads it: numbers with a sensible precision, lists joined, no None/null."""
+    if v is None or v == "" or v == [] or v == {}:
+        return MISSING
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, list):
+        return ", ".join(_cell(x) for x in v[:12]) + (f" ... ({len(v)} in all)" if len(v) > 12 else "")
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_cell(x)}" for k, x in v.items())
+    return str(v)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{'' if v is None else _e(v)}</td>" for v in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_cell(v))}</td>" for v in r) + "</tr>" for r in rows)
     return f"<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _without_empty_columns(header: list[str], rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Drop the columns no row has a value in (e.g. token shares of a run without token counts)."""
+    keep = [i for i in range(len(header)) if any(r[i] is not None for r in rows)]
+    return [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested report numbers as (dotted name, scalar or list) rows; empty dicts and None are left out."""
+    if isinstance(value, dict):
+        return [row for k, v in value.items() for row in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    if value is None or value == {} or value == []:
+        return []
+    if isinstance(value, list) and any(isinstance(x, (dict, list)) for x in value):
+        return [row for i, x in enumerate(value[:12]) for row in _flatten(x, f"{prefix}[{i}]")]
+    return [(prefix, value)]
+
+
+def _stage_label(stage_dir: Path | None) -> str:
+    """'shards' for '06_shards': the stage's name, as the recipe spells it."""
+    return stage_dir.name.split("_", 1)[-1] if stage_dir is not None else ""
+
+
+def _timing_cell(t: dict[str, Any] | None) -> str:
+    if t is None:
+        return MISSING
+    if t.get("resumed"):
+        return "resumed"
+    if t.get("seconds") is None and t.get("fused_into"):
+        return f"fused into {t['fused_into'].split('_', 1)[-1]}"
+    return f"{t['seconds']:,.1f}" if t.get("seconds") is not None else MISSING
 
 
 def _stage_dirs(out: Path) -> list[Path]:
@@ -82,7 +139,7 @@ def _read(stage_dir: Path, columns: list[str], kept: bool | None = True) -> pa.T
 
 
 # --- sections ------------------------------------------------------------------------------------------
-def funnel_section(entries: list[dict]) -> str:
+def funnel_section(entries: list[dict], timings: dict[str, dict]) -> str:
     rows = [(e["name"], e["in"], e["out"], e.get("repeated", 0)) for e in entries]
     reasons = []
     for e in entries:
@@ -92,7 +149,8 @@ def funnel_section(entries: list[dict]) -> str:
     table = _table(["stage", "in", "repeated", "out", "dropped", "balanced", "seconds"],
                    [[e["name"], e["in"], e.get("repeated", 0), e["out"],
                      sum(e.get("rejected", {}).values()) + sum(e.get("quarantined", {}).values()),
-                     "yes" if e.get("balanced", True) else "NO", e.get("seconds")] for e in entries])
+                     "yes" if e.get("balanced", True) else "NO", _timing_cell(timings.get(e["name"]))]
+                    for e in entries])
     return ("<h2>Funnel</h2>" + S.funnel("funnel", "rows in -> kept per stage", rows) + table
             + "<h3>Reasons</h3>" + (_table(["stage", "status", "reason", "rows"], reasons) if reasons
                                     else "<p class=muted>nothing dropped</p>"))
@@ -115,7 +173,7 @@ def mixture_section(m: dict) -> str:
                                     labels, series, percent=True))
         cols = ["group", "target", "achieved_samples", "achieved_tokens", "error_pp", "available_samples",
                 "kept_samples", "repeated_samples", "available_tokens", "kept_tokens", "repeated_tokens"]
-        parts.append(_table(cols, [[g.get(c) for c in cols] for g in groups]))
+        parts.append(_table(*_without_empty_columns(cols, [[g.get(c) for c in cols] for g in groups])))
     return "".join(parts)
 
 
@@ -128,13 +186,14 @@ def tokens_section(dirs: list[Path]) -> str:
     if table is None or table.num_rows == 0:
         return ""
     cats = table.column("category").to_pylist()
-    parts = [f"<h2>Lengths per category</h2><p class=muted>kept rows of {_e((src or dirs[-1]).name)}"
+    parts = [f"<h2>Lengths per category</h2><p class=muted>the rows kept after stage {_e(_stage_label(src or dirs[-1]))}"
              f"{f' (the first {PLOT_ROWS:,})' if table.num_rows >= PLOT_ROWS else ''}</p>"]
     columns = [c for c in ("num_tokens", "text_tokens") if c in table.column_names]
     for col in columns:
         vals = np.asarray(table.column(col).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
         groups = {c: vals[np.array(cats) == c] for c in sorted(set(cats))}
-        parts.append(S.histograms(f"hist-{col}", f"{col} per category", groups, xlabel="tokens"))
+        title = {"num_tokens": "tokens per sample (text and images)", "text_tokens": "text tokens per sample"}[col]
+        parts.append(S.histograms(f"hist-{col}", f"{title}, per category", groups, xlabel="tokens"))
     if not columns and "text" in table.column_names:
         chars = np.asarray(pc.utf8_length(pc.fill_null(table.column("text"), "")).to_numpy(zero_copy_only=False),
                            dtype=np.float64)
@@ -151,7 +210,7 @@ def packing_section(entries: list[dict], dirs: list[Path]) -> str:
     p = entry["packing"]
     L = p.get("context_length") or p.get("capacity")
     parts = ["<h2>Packing</h2>", _table(["setting", "value"], [[k, v] for k, v in p.items()
-                                                                 if not isinstance(v, (dict, list))])]
+                                                                 if v is not None and not isinstance(v, (dict, list))])]
     fills = _pack_fills(pack_dir, entry.get("out", 0), L) if pack_dir and L else None
     if fills is not None and fills.size:
         lo = min(float(fills.min()), 0.9)
@@ -196,18 +255,36 @@ def shards_section(entries: list[dict]) -> str:
                                      "vit": [st["vit_max_over_mean"] for st in steps][:32]}))
     bal = s.get("balance")
     if isinstance(bal, dict):
-        parts.append("<h3>Balance summary</h3>"
-                     + _table(["measure", "value"], [[k, json.dumps(v)] for k, v in bal.items()]))
-    left = s.get("leftover") or {}
-    parts.append("<h3>Leftover</h3>" + _table(["", "value"], [[k, v] for k, v in left.items()]))
+        parts.append("<h3>Balance summary</h3>" + balance_table(bal))
+    left = {k: v for k, v in (s.get("leftover") or {}).items() if v is not None}
+    if left:
+        parts.append("<h3>Leftover</h3>" + _table(["leftover", "value"], [[k, v] for k, v in left.items()]))
     return "".join(parts)
 
 
+BALANCE_NAMES = {"attention": "attention cost", "vit": "vision encoder cost", "vit_patches": "vision patches",
+                 "vit_patches_sq": "vision patches squared", "tokens": "tokens"}
+
+
+def balance_table(bal: dict[str, Any]) -> str:
+    """The balance summary: one row per measure (the max/mean of each cost across ranks), one column
+    per statistic over the steps; scalars (the number of steps) as a sentence above it."""
+    measures = {k: v for k, v in bal.items() if isinstance(v, dict)}
+    scalars = [f"{_e(k.replace('_', ' '))}: {_e(_cell(v))}" for k, v in bal.items() if not isinstance(v, dict)]
+    stats = list(dict.fromkeys(stat for v in measures.values() for stat in v))
+    note = ("<p class=muted>max/mean cost across ranks per global step (1.0: perfectly balanced); "
+            + "; ".join(scalars) + "</p>")
+    return note + (_table(["measure", *[st.replace("_", " ") for st in stats]],
+                          [[BALANCE_NAMES.get(m, m.replace("_", " ")), *[v.get(st) for st in stats]]
+                           for m, v in measures.items()]) if measures else "")
+
+
 def other_section(entries: list[dict]) -> str:
-    """Numbers of stages this page has no plot for yet (dedup groups, clusters, OCR agreement ...)."""
-    rows = [[e["name"], k, json.dumps(v, default=str)[:400]] for e in entries for k, v in e.items()
-            if k not in _ENTRY_KEYS]
-    return "<h2>Other stage numbers</h2>" + _table(["stage", "key", "value"], rows) if rows else ""
+    """Numbers of stages this page has no plot for yet (dedup groups, clusters, OCR agreement ...),
+    nested values flattened to dotted names."""
+    rows = [[e["name"], name, v] for e in entries for k, value in e.items() if k not in _ENTRY_KEYS
+            for name, v in _flatten(value, k)]
+    return "<h2>Other stage numbers</h2>" + _table(["stage", "number", "value"], rows) if rows else ""
 
 
 def _thumb(ref: dict) -> str | None:
@@ -255,10 +332,20 @@ def render_fragment(out_dir: str | Path) -> str:
     entries = report["stages"]
     dirs = _stage_dirs(out)
     mixture = next((e["mixture"] for e in entries if "mixture" in e), None)
-    head = (f"<h1>mmcurate report: {_e(report.get('recipe'))}</h1><p class=muted>seed {_e(report.get('seed'))}, "
-            f"executor {_e(report.get('executor'))}, recipe {_e(str(report.get('recipe_hash'))[:12])}, "
-            f"{_e(report.get('final_samples'))} samples out</p>")
-    sections = [head, funnel_section(entries), mixture_section(mixture) if mixture else "",
+    run_info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    timings = {t["name"]: t for t in run_info.get("stages", [])}
+    used = list(dict.fromkeys(t["executor"] for t in timings.values() if t.get("executor"))) or \
+        [e for e in [run_info.get("executor")] if e and e != "auto"]   # a run.json from before per-stage executors
+    facts = [f"seed {_e(report.get('seed'))}", f"recipe hash {_e(str(report.get('recipe_hash'))[:12])}",
+             f"{_e(report.get('final_samples'))} samples out"]
+    if used:
+        facts.insert(1, f"executor {_e(' + '.join(used))}"
+                     + (f" ({_e(run_info['executor'])})" if run_info.get("executor") == "auto" else ""))
+    ran = [t["seconds"] for t in timings.values() if t.get("seconds") is not None and not t.get("resumed")]
+    if ran:
+        facts.append(f"{sum(ran):,.1f} s of stage time")
+    head = f"<h1>mmcurate report: {_e(report.get('recipe'))}</h1><p class=muted>{', '.join(facts)}</p>"
+    sections = [head, funnel_section(entries, timings), mixture_section(mixture) if mixture else "",
                 tokens_section(dirs), packing_section(entries, dirs), shards_section(entries),
                 other_section(entries), thumbnails_section(dirs)]
     return f'<div class="mmc-report"><style>{CSS}</style>{"".join(sections)}</div>'

@@ -46,6 +46,7 @@ from pipelines.chain_steps import count_rows, global_step, map_phase, stage_summ
 from pipelines.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
 from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, inventory_problem, package_version
 from pipelines.outdir import claim_output, remove_owned
+from pipelines.progress import Progress, with_task_bytes
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
 from pipelines.report_html import render_fragment, write_report_html
 
@@ -94,6 +95,8 @@ class Runner:
         self.progress = progress
         self.verbose = verbose
         self._executors: dict[str, Executor] = {}
+        self._progress = Progress(enabled=progress)   # rows/s and ETA of every pass (pipelines.progress)
+        self._ran_on = executor
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -107,6 +110,7 @@ class Runner:
             name = "inline" if rows is not None and rows < AUTO_INLINE_ROWS else "ray"
         if name not in self._executors:
             self._executors[name] = make_executor(name) if name != "ray" else make_ray(self.verbose)
+            self._executors[name].progress = self._progress
         return self._executors[name]
 
     def run(self) -> RunResult:
@@ -149,14 +153,16 @@ class Runner:
                     upstream_digest = _read_marker(ran[-1].final)["digest"]
                     seconds = round(time.perf_counter() - t0, 3)
                     timings += [{"name": m.name, "seconds": seconds if m is ran[-1] else None, "resumed": False,
+                                 "executor": self._ran_on,
                                  **({FUSED_INTO: ran[-1].final.name} if m is not ran[-1] else {})} for m in ran]
                     stage_dirs += [m.final for m in ran]
         finally:
             for ex in self._executors.values():
                 ex.close()
-        report = self._report(entries, stage_dirs)
+        # run.json first: report.html shows its executor and stage times
         _atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
                                                    "stages": timings})
+        report = self._report(entries, stage_dirs)
         return RunResult(self.out, report, stage_dirs)
 
     def _members(self, plan: list[StageSpec]) -> list[Member]:
@@ -223,7 +229,7 @@ class Runner:
         stages = [m.stage for m in group]
         started_ns = time.time_ns()
         if head.stage.reads_sources:
-            tasks = head.stage.input_table()
+            tasks = with_task_bytes(head.stage.input_table())   # bytes per task: ingest's progress estimate
             write_table(tasks, head.tmp / "tasks.parquet")
             files = [str(head.tmp / "tasks.parquet")]
             upstream_kept = None
@@ -234,6 +240,8 @@ class Runner:
             executor = self.executor_for(upstream_kept)
         chain = " + ".join(m.name for m in group)
         self.log(f"[{head.index:02d}] {chain:<16} running ({executor.name}{', fused' if len(group) > 1 else ''})")
+        self._progress.stage(f"[{head.index:02d}] {chain}")
+        self._ran_on = executor.name   # run.json's executor per stage
         # A whole-dataset stage without a per-batch step (pack, shards, mixture alone) reads its
         # upstream's rows in place: a per-batch pass would only copy them.
         direct = (upstream_kept is not None and len(group) == 1 and owner.stage.has_global_step()

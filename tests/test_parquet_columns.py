@@ -1,14 +1,40 @@
 """The column path for metadata-only parquet gives the row path's records, byte for byte."""
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from curate import refs
 from curate.base import records as R
 from curate.parquet_columns import open_plain, plain_schema
 from curate.parquet_reader import read_parquet, read_parquet_tables
 from curate.sources import SourceSpec
+from tests.corpus import jpeg, png
+
+# Image-path cells: good files, repeated ones, a missing file, a truncated JPEG, paths outside the
+# root (``..``, absolute, through a symlink), a symlink inside, a directory, an empty string.
+IMAGE_PATHS = ["img/a.jpg", "img/b.png", "img/a.jpg", "img/./a.jpg", "img/../img/b.png", "img/missing.jpg",
+               "img/cut.jpg", "../outside.jpg", "/etc/hostname", "img/link-in.jpg", "img/link-out.jpg", "img",
+               "", "img/sub/c.jpg", "ABS"]
+
+
+def image_files(sub):
+    """The files IMAGE_PATHS point at, below the parquet file's folder (the source root)."""
+    img = sub / "img"
+    if img.exists():
+        return
+    (img / "sub").mkdir(parents=True)
+    (img / "a.jpg").write_bytes(jpeg(40, 30, seed=1))
+    (img / "b.png").write_bytes(png(20, 10, seed=2))
+    (img / "cut.jpg").write_bytes(jpeg(40, 30, seed=3)[:-2])   # no end-of-image marker
+    (img / "sub" / "c.jpg").write_bytes(jpeg(16, 16, seed=4))
+    (sub.parent / "outside.jpg").write_bytes(jpeg(8, 8, seed=5))
+    os.symlink(img / "a.jpg", img / "link-in.jpg")
+    os.symlink(sub.parent / "outside.jpg", img / "link-out.jpg")
 
 texts = st.one_of(st.none(), st.text(max_size=12))
 keys = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "é/1"]))   # duplicates likely
@@ -35,7 +61,15 @@ def corpus(draw):
     if draw(st.booleans()):
         cols["category"] = pa.array(draw(st.lists(st.one_of(st.none(), st.sampled_from(["ocr", "chart"])),
                                                   min_size=n, max_size=n)), pa.string())
+    if draw(st.booleans()):
+        cols["image"] = draw(st.lists(st.one_of(st.none(), st.sampled_from(IMAGE_PATHS)), min_size=n, max_size=n))
     return pa.table(cols), draw(st.integers(1, 8)), draw(st.sampled_from([None, "shard"]))
+
+
+def _uncached_image(self, spec, root, value, make_ref):
+    """The reference reader as it was before ReferenceMemo: resolve, then read, every row."""
+    uri = refs.resolve_reference(value, root, spec)
+    return make_ref(refs.read_reference(uri, spec), uri)
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -44,6 +78,10 @@ def test_column_path_equals_row_path(tmp_path, case):
     table, group_rows, key_prefix = case
     path = tmp_path / "sub" / "part-0.parquet"
     path.parent.mkdir(exist_ok=True)
+    image_files(path.parent)
+    if "image" in table.column_names:
+        cells = [str(path.parent / "img" / "a.jpg") if v == "ABS" else v for v in table.column("image").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(cells, pa.string()))
     pq.write_table(table, path, row_group_size=group_rows)
     spec = SourceSpec(name="s", path=str(tmp_path / "*" / "*.parquet"), format="parquet", category="caption",
                       key_prefix=key_prefix)
@@ -55,6 +93,9 @@ def test_column_path_equals_row_path(tmp_path, case):
     columns = pa.concat_tables([R.BASE_SCHEMA.empty_table(), *read_parquet_tables(spec, str(path), 2, 5,
                                                                                 rows_per_table=3)])
     assert columns.equals(rows), (columns.to_pylist(), rows.to_pylist())
+    with pytest.MonkeyPatch.context() as mp:   # each distinct path read once == every row read
+        mp.setattr(refs.ReferenceMemo, "image", _uncached_image)
+        assert R.rows_to_table(list(read_parquet(spec, str(path), 2, 5))).equals(rows)
     # a part of the file (row groups) too
     groups = pq.ParquetFile(path).metadata.num_row_groups
     if groups > 1:
@@ -67,7 +108,35 @@ def test_column_path_equals_row_path(tmp_path, case):
 def test_files_with_images_or_conversations_take_the_row_path(tmp_path):
     spec = SourceSpec(name="s", path=str(tmp_path / "*.parquet"), format="parquet", category="caption")
     assert not plain_schema(spec, pa.schema([("text", pa.string()), ("image", pa.binary())]))
+    assert plain_schema(spec, pa.schema([("text", pa.string()), ("image", pa.string())]))   # paths: columns
     assert not plain_schema(spec, pa.schema([("text", pa.string()), ("conversations", pa.string())]))
     assert not plain_schema(spec, pa.schema([("text", pa.string()), ("when", pa.timestamp("s"))]))
     assert not plain_schema(spec, pa.schema([("text", pa.large_string())]))
     assert plain_schema(spec, pa.schema([("key", pa.int32()), ("text", pa.string()), ("w", pa.int16())]))
+
+
+def test_image_path_cells_through_the_column_path(tmp_path):
+    """Every kind of image-path cell once, through the column path: the same rows as the row path
+    reading each row's file again, and each refusal named."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    image_files(sub)
+    cells = [str(sub / "img" / "a.jpg") if v == "ABS" else v for v in IMAGE_PATHS] + [None]
+    path = sub / "part-0.parquet"
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(len(cells))], "text": ["a caption"] * len(cells),
+                             "image": pa.array(cells, pa.string())}), path, row_group_size=4)
+    spec = SourceSpec(name="s", path=str(path), format="parquet", category="caption")
+    columns = pa.concat_tables([R.BASE_SCHEMA.empty_table(), *read_parquet_tables(spec, str(path), 0, 0)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(refs.ReferenceMemo, "image", _uncached_image)
+        assert columns.equals(R.rows_to_table(list(read_parquet(spec, str(path), 0, 0))))
+    got = dict(zip(cells, zip(columns.column(R.STATUS).to_pylist(), columns.column(R.REASON).to_pylist())))
+    assert got["img/a.jpg"] == got["img/./a.jpg"] == got["img/link-in.jpg"] == got["img/b.png"] == (R.KEPT, None)
+    assert got["img/missing.jpg"] == (R.QUARANTINED, "image:missing_file")
+    assert got["img/cut.jpg"] == (R.QUARANTINED, "image:truncated_image")
+    assert got["../outside.jpg"][1] == got["img/link-out.jpg"][1] == got["/etc/hostname"][1] == "image:outside_root"
+    assert got["img"][1] == "image:not_regular_file" and got[""][1] == "image:unsupported_value"
+    refs_of = dict(zip(cells, columns.column("images").to_pylist()))
+    assert refs_of["img/./a.jpg"] == refs_of["img/a.jpg"] and refs_of["img/a.jpg"][0]["width"] == 40
+    assert refs_of["img/link-in.jpg"][0]["uri"] == str((sub / "img" / "a.jpg").resolve())
+    assert refs_of[None] == []

@@ -38,6 +38,7 @@ def run_dir(tmp_path_factory) -> Path:
                     {"name": "text", "path": str(root / "text.parquet"), "format": "parquet", "category": "text",
                      "key_column": "uid"}],
         "stages": [{"name": "image_filter", "settings": {"preset": "default"}},
+                   {"name": "exact_dedup"},   # nested report numbers (the "other stage numbers" table)
                    {"name": "count_tokens"},
                    {"name": "pack", "settings": {"context_length": 1024}},
                    {"name": "shards", "settings": {"dp_size": 2, "micro_batches": 1}}],
@@ -58,6 +59,16 @@ def test_page_is_self_contained_and_small(run_dir: Path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page and "url(http" not in page
     assert set(re.findall(r'data-plot="([^"]+)"', page)) >= EXPECTED_PLOTS
+
+
+def test_header_and_times_come_from_run_json(run_dir: Path):
+    text = re.sub(r"<[^>]+>", " ", _page(run_dir))
+    assert "executor inline" in text and "executor None" not in text
+    seconds = re.findall(r"<td>count_tokens</td>(?:<td>[^<]*</td>){5}<td>([^<]*)</td>", _page(run_dir))
+    assert seconds and float(seconds[0]) >= 0
+    assert "fused into exact_dedup" in text                 # image_filter ran inside exact_dedup's pass
+    assert "06_shards" not in text and "07_shards" not in text and "kept after stage shards" in text
+    assert "attention cost" in text and '"max"' not in _page(run_dir)
 
 
 def test_mixture_and_funnel_numbers_come_from_the_run(run_dir: Path):
@@ -102,6 +113,9 @@ def test_chromium_renders_every_plot_without_errors(run_dir: Path, tmp_path: Pat
     assert n >= len(EXPECTED_PLOTS)
     assert int(attrs["data-plots-rendered"]) == n          # every SVG laid out with a non-empty box
     assert attrs["data-errors"] == "" and attrs["data-broken-images"] == "0"
+    # every field filled or gone: no None / null / NaN / raw JSON in the text a person reads, no empty cell
+    assert attrs["data-raw-text"] == "", attrs["data-raw-text"]
+    assert int(attrs["data-cells"]) > 50 and attrs["data-empty-cells"] == "0"
     shot = tmp_path / "report.png"
     subprocess.run([_chromium(), *CHROME_FLAGS, "--window-size=1100,3000", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)
@@ -144,5 +158,5 @@ def test_lengths_section_reads_texts_only_without_token_counts(tmp_path):
     (counted / "data").mkdir(parents=True)
     pq.write_table(pa.table({"category": ["a", "b"], "num_tokens": [3, 4], R.STATUS: [R.KEPT] * 2,
                              R.ORDINAL: [0, 1]}), counted / "data" / "part-00000.parquet")
-    assert "num_tokens per category" in H.tokens_section([stage, counted])
+    assert "tokens per sample (text and images), per category" in H.tokens_section([stage, counted])
     assert "text length" not in H.tokens_section([stage, counted])

@@ -148,6 +148,8 @@ class Stage:
     # A source stage (ingest) reads files instead of rows: its input is ``input_table()`` (one row per
     # task) and each batch of tasks expands into records through ``read_tasks()``.
     reads_sources: ClassVar[bool] = False
+    # What the progress lines call this stage's per-batch pass (dedup: "signatures").
+    batch_phase: ClassVar[str] = "map"
 
     @dataclass
     class Config:

@@ -60,6 +60,7 @@ class DedupStage(Stage):
     signature_columns: ClassVar[tuple[str, ...]] = ()
     no_signature_label: ClassVar[str | None] = None    # report name of rows on the exact path only
     requires = ("key", "source", "category")
+    batch_phase = "signatures"
 
     def __init__(self, config: Any = None, context: StageContext | None = None, **settings: Any):
         super().__init__(config, context, **settings)

@@ -27,3 +27,18 @@ class SlowCaptionLength(Stage):
         words = [len((t or "").split()) for t in batch.column("text").to_pylist()]
         batch = batch.append_column("text_tokens", pa.array(words, type=pa.int64()))
         return BatchResult.split(batch, [None if w <= self.config.max_words else "too_many_words" for w in words])
+
+
+@register
+class ActorCaptionLength(SlowCaptionLength):
+    """The same, as an actor-pool stage (a model stage's shape, without a model)."""
+    name = "actor_caption_length"
+    description = "Test-only: slow_caption_length run by an actor pool (adds caption_words)."
+    adds = {"caption_words": pa.int64()}
+    resources = Resources(cpus=1, batch_size=4, kind="actor", concurrency=1)
+
+    def process_batch(self, batch: pa.Table) -> BatchResult:
+        time.sleep(self.config.seconds_per_batch)
+        words = [len((t or "").split()) for t in batch.column("text").to_pylist()]
+        batch = batch.append_column("caption_words", pa.array(words, type=pa.int64()))
+        return BatchResult.split(batch, [None if w <= self.config.max_words else "too_many_words" for w in words])
