@@ -24,6 +24,8 @@ from typing import Any, Iterable
 
 import fsspec
 
+from curate.base.diskspace import writing
+
 CHUNK = 1 << 20
 ETAG_KEYS = ("ETag", "etag", "e_tag", "md5Hash")
 
@@ -63,7 +65,8 @@ class IdentityCache:
     def save(self) -> None:
         if self.path:
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries, sort_keys=True))
+            with writing(self.path):
+                tmp.write_text(json.dumps(self.entries, sort_keys=True))
             os.replace(tmp, self.path)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from curate.base import records as R
+from curate.base.diskspace import writing
 from curate.images import UnreadableImage
 from pack import packformat as F
 from pack import tario
@@ -143,8 +144,9 @@ def write_shard(root: str, job: ShardJob, settings: WriterSettings, tok: Segment
             stats["images"] += sum(len(s["images"]) for s in doc["segments"])
             yield from mem
 
-    tario.write_tar(path, members())
-    write_tar_index(path)   # Energon's tar index beside the tar (pack.energon_meta)
+    with writing(path):   # a full disk: OutOfSpace naming the shard, never a bad sample
+        tario.write_tar(path, members())
+        write_tar_index(path)   # Energon's tar index beside the tar (pack.energon_meta)
     return ShardResult(job.path, tario.sha256_file(path), os.path.getsize(path), len(job.packs),
                        stats["samples"], stats["tokens"], stats["images"], failures)
 

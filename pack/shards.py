@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping
 import pyarrow as pa
 
 from curate.base import records as R
+from curate.base.diskspace import writing
 from curate.base import Resources, Stage, register
 from pack import balance as B
 from pack import packformat as F
@@ -160,20 +161,21 @@ class ShardsStage(Stage):
                                          partitions=max(1, len(paths)))
                          .materialize())
             results = S.read_results(tmp, len(paths))
+            rank_results: list[list[ShardResult]] = [[] for _ in range(c.dp_size)]
+            for rank, res in zip(shard_ranks, results):
+                if rank >= 0:
+                    rank_results[rank].append(res)
+            failures = {o: (r, d) for res in results for o, r, d in res.failures}
+            manifest = build_manifest(c, self.context, self.profile, L, plan, costs, rank_results,
+                                      [res for rank, res in zip(shard_ranks, results) if rank < 0], stats.segments,
+                                      tok_spec, failures)
+            with writing(os.path.join(tmp, F.MANIFEST_NAME)):
+                with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
+                    fh.write(F.dumps(manifest) + b"\n")
+                write_energon_metadata(tmp, manifest)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)   # never a partial shards folder, full disk included
             raise
-        rank_results: list[list[ShardResult]] = [[] for _ in range(c.dp_size)]
-        for rank, res in zip(shard_ranks, results):
-            if rank >= 0:
-                rank_results[rank].append(res)
-        failures = {o: (r, d) for res in results for o, r, d in res.failures}
-        manifest = build_manifest(c, self.context, self.profile, L, plan, costs, rank_results,
-                                  [res for rank, res in zip(shard_ranks, results) if rank < 0], stats.segments,
-                                  tok_spec, failures)
-        with open(os.path.join(tmp, F.MANIFEST_NAME), "wb") as fh:
-            fh.write(F.dumps(manifest) + b"\n")
-        write_energon_metadata(tmp, manifest)
         replace_dir(tmp, final)
         # report.json holds only what the data determines: the folder relative to the run's output
         shown = os.path.relpath(final, self.context.out_dir) if self.context.out_dir and \

@@ -27,8 +27,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         print(f"invalid recipe: {exc}", file=sys.stderr)
         return 2
-    result = run(recipe, out=args.out, executor=args.executor, until=args.until, rerun_from=args.rerun_from,
-                 verbose=args.verbose, progress=not args.quiet)
+    from curate.base.diskspace import OutOfSpace
+    try:
+        result = run(recipe, out=args.out, executor=args.executor, until=args.until, rerun_from=args.rerun_from,
+                     verbose=args.verbose, progress=not args.quiet)
+    except OutOfSpace as exc:   # a clear line, not a writer's traceback; the re-run resumes
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"report: {result.out_dir / 'report.json'}")
     for e in result.report["stages"]:
         rej = sum(e["rejected"].values())

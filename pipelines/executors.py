@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
+from curate.base.diskspace import writing
 from curate.base.global_data import InlineData, as_table
 from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, task_bytes
 
@@ -51,8 +52,9 @@ def statistics_columns(schema: pa.Schema) -> list[str]:
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
-    pq.write_table(table, str(path), row_group_size=ROW_GROUP_ROWS, write_statistics=statistics_columns(table.schema),
-                   **PARQUET_OPTIONS)
+    with writing(path):   # a full disk: OutOfSpace naming the file
+        pq.write_table(table, str(path), row_group_size=ROW_GROUP_ROWS,
+                       write_statistics=statistics_columns(table.schema), **PARQUET_OPTIONS)
 
 
 def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
+from curate.base.diskspace import writing
 from pipelines.executors import PARQUET_OPTIONS, data_files
 from pipelines.heap import release_freed_memory
 
@@ -148,7 +149,13 @@ def write_rejects(data: Path, targets: dict[int, Path], owner_index: int) -> dic
     schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
     cols = [c for c in REJECT_COLUMNS if c in schema.names]
     out_schema = pa.schema([schema.field(c) for c in cols])
-    read_cols = cols + ([E.DROPPED_AT] if E.DROPPED_AT in schema.names else [])
+    with writing(data.parent):   # a full disk: OutOfSpace naming the stage being built
+        return _write_rejects(files, targets, owner_index, cols, out_schema)
+
+
+def _write_rejects(files: list[str], targets: dict[int, Path], owner_index: int, cols: list[str],
+                   out_schema: pa.Schema) -> dict[int, dict[str, Any]]:
+    read_cols = cols + ([E.DROPPED_AT] if files and E.DROPPED_AT in pq.read_schema(files[0]).names else [])
     counts: dict[int, Counter[tuple[str, str | None]]] = {i: Counter() for i in targets}
     writers = {i: pq.ParquetWriter(str(p), out_schema, **PARQUET_OPTIONS) for i, p in targets.items()}
     try:

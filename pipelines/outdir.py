@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from curate.base.diskspace import writing
 from curate.base.ownership import MARKER, is_owned, mark_owned  # noqa: F401  (re-exported for callers)
 
 LOCK = ".mmcurate.lock"
@@ -156,8 +157,13 @@ def _acquire(out: Path) -> tuple[int, dict, dict | None]:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3)}
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, (json.dumps(me, sort_keys=True) + "\n").encode())
-    os.fsync(fd)
+    try:
+        with writing(out / LOCK):
+            os.write(fd, (json.dumps(me, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd, me, previous
 
 

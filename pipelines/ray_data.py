@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
+from curate.base.diskspace import find_out_of_space
 from curate.base.global_data import concat, partition_of, sort_for_reduce
 from pipelines.executors import data_files, global_columns, rows_in, write_table
 from pipelines.heap import HeapTrimmer
@@ -180,6 +182,23 @@ def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     return kept if columns is None else kept.select([c for c in columns if c in kept.column_names])
 
 
+def _not_out_of_space(record: logging.LogRecord) -> bool:
+    """Drop Ray's own log of a task that failed for a full disk: the runner reports it in one line
+    (curate.base.diskspace), and a worker traceback would only bury that line. Ray logs some of
+    these lines without the exception, from inside its ``except`` block: sys.exc_info() has it."""
+    exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    return not ((exc is not None and find_out_of_space(exc, "") is not None) or "OutOfSpace" in record.getMessage())
+
+
+def _quiet_out_of_space() -> None:
+    """The filter on the handlers Ray Data logs through (a logger's own filter misses records its
+    children propagate to it)."""
+    for name in ("", "ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if _not_out_of_space not in handler.filters:
+                handler.addFilter(_not_out_of_space)
+
+
 class RayExecutor:
     """Ray Data: local `ray.init()` by default, an existing cluster when RAY_ADDRESS is set."""
     name = "ray"
@@ -227,6 +246,8 @@ class RayExecutor:
         ctx.enable_progress_bars = verbose
         ctx.print_on_execution_start = verbose
         self._trimmer = HeapTrimmer().start()
+        if not verbose:
+            _quiet_out_of_space()
 
     def _write(self, ds: Any, out: Path, schema: pa.Schema | None, per_block: bool = False) -> None:
         write_in_order(self.ray, ds, out, schema, per_block)

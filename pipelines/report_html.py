@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from curate import images as I
 from curate.base import records as R
+from curate.base.diskspace import writing
 from pipelines import svg_plots as S
 from pipelines.fusion import stage_batches, stage_rows
 
@@ -361,6 +362,12 @@ def write_report_html(out_dir: str | Path) -> Path:
     """Write OUT/report.html next to report.json; returns its path."""
     path = Path(out_dir) / "report.html"
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_page(out_dir), encoding="utf-8")
+    page = render_page(out_dir)
+    with writing(path):
+        try:
+            tmp.write_text(page, encoding="utf-8")
+        except OSError:
+            tmp.unlink(missing_ok=True)   # a full disk leaves the last complete report.html, nothing half-written
+            raise
     tmp.replace(path)
     return path

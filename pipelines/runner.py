@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
+from curate.base.diskspace import find_out_of_space, writing
 from pipelines.executors import Executor, data_files, make_executor, write_table
 from pipelines.chain_steps import count_rows, global_step, map_phase, stage_summary
 from pipelines.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
@@ -79,7 +80,12 @@ def read_kept(stage_dir: Path, columns: list[str] | None = None) -> pa.Table:
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    with writing(path):
+        try:
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        except OSError:
+            tmp.unlink(missing_ok=True)   # a full disk leaves no half-written file behind
+            raise
     os.replace(tmp, path)
 
 
@@ -114,9 +120,31 @@ class Runner:
         return self._executors[name]
 
     def run(self) -> RunResult:
+        """Run the recipe. A full disk anywhere (a stage's files, shards, the report; in this process
+        or a Ray worker) ends it with OutOfSpace naming the path, after deleting what was being built."""
         check_environment(self.recipe, self.out)
-        with claim_output(self.out, source_roots(self.recipe)):
-            return self._run_claimed()
+        try:
+            with claim_output(self.out, source_roots(self.recipe)):
+                try:
+                    return self._run_claimed()
+                except Exception as exc:
+                    if find_out_of_space(exc, str(self.out)) is not None:
+                        self._drop_unfinished()
+                    raise
+        except Exception as exc:
+            full = find_out_of_space(exc, str(self.out))
+            if full is None:
+                raise
+            raise full from None
+
+    def _drop_unfinished(self) -> None:
+        """After a full disk: delete the stages being built (never committed, so nothing complete is
+        lost), giving their space back; the next run rebuilds them."""
+        for unfinished in (self.out / "stages").glob("*.tmp"):
+            try:
+                remove_owned(unfinished)
+            except OSError:
+                pass   # the next run's start removes it
 
     def _run_claimed(self) -> RunResult:
         recipe = self.recipe

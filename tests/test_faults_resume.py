@@ -28,12 +28,16 @@ def llava_corpus(root: Path, n: int = 6) -> Path:
     return root
 
 
+def recipe_dict(src: Path) -> dict:
+    return {"name": "faults", "seed": 5,
+            "sources": [{"name": "c", "path": str(src / "c.jsonl"), "format": "llava"}],
+            "stages": [{"name": "image_filter", "settings": {"preset": "lenient", "min_side": 50, "min_pixels": 0}},
+                       {"name": "count_tokens"}, {"name": "pack", "settings": {"context_length": 4096}},
+                       {"name": "shards", "settings": {"dp_size": 1, "micro_batches": 1}}]}
+
+
 def recipe(src: Path):
-    return parse({"name": "faults", "seed": 5,
-                  "sources": [{"name": "c", "path": str(src / "c.jsonl"), "format": "llava"}],
-                  "stages": [{"name": "image_filter", "settings": {"preset": "lenient", "min_side": 50, "min_pixels": 0}},
-                             {"name": "count_tokens"}, {"name": "pack", "settings": {"context_length": 4096}},
-                             {"name": "shards", "settings": {"dp_size": 1, "micro_batches": 1}}]})
+    return parse(recipe_dict(src))
 
 
 def outputs(out: Path) -> dict[str, str]:

@@ -128,6 +128,7 @@ def test_damaged_files_are_quarantined_with_reasons_and_the_run_completes(tmp_pa
     assert shards["quarantined"] == {} and shards["out"] == result.report["stages"][-2]["out"]
 
 
+@pytest.mark.slow
 def test_the_ray_executor_records_the_same_faults(tmp_path, damaged, monkeypatch):
     inline = _run(damaged, tmp_path / "inline", "inline", monkeypatch)
     ray = _run(damaged, tmp_path / "ray", "ray", monkeypatch)
