@@ -23,6 +23,8 @@ import fsspec
 
 T = TypeVar("T")
 BUFFER_BYTES = 1 << 20
+# A source or image read that blocks (a stalled mount, a peer that accepts and never answers) ends here.
+DEFAULT_READ_TIMEOUT_S = 60.0
 READ_TIMEOUT_REASON = "read_timeout"
 
 
