@@ -22,9 +22,8 @@ import fsspec
 
 from curate.base import records as R
 from curate import refs
-from curate.sources import (DEFAULT_READ_TIMEOUT_S, BadSample, SourceSpec, bad_row, check_image_count,
-                            image_ref_from_bytes, make_row)
-from curate.timed_io import open_timed
+from curate.sources import BadSample, SourceSpec, bad_row, check_image_count, image_ref_from_bytes, make_row
+from curate.timed_io import DEFAULT_READ_TIMEOUT_S, open_timed
 from curate.video import video_ref_from_bytes
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.
