@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import fsspec
 
 from curate.base.diskspace import writing
+from curate.timed_io import DEFAULT_READ_TIMEOUT_S, ReadTimeout, open_timed
 
 CHUNK = 1 << 20
 ETAG_KEYS = ("ETag", "etag", "e_tag", "md5Hash")
@@ -80,8 +81,11 @@ def _hash_stream(fh: Any) -> tuple[int, str]:
         h.update(chunk)
 
 
-def file_identity(uri: str, cache: IdentityCache | None = None) -> dict[str, Any]:
-    """The content identity of one file: ETag when a store gives it, else size + sha256 of the bytes."""
+def file_identity(uri: str, cache: IdentityCache | None = None,
+                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> dict[str, Any]:
+    """The content identity of one file: ETag when a store gives it, else size + sha256 of the bytes.
+    A file whose bytes do not come within `read_timeout_s` (a stalled mount) is ``{"read_timeout": true}``:
+    the run goes on, and its reader records the file's samples as ``read_timeout``."""
     fs, path = fsspec.core.url_to_fs(uri)
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
     if protocol in ("file", "local"):
@@ -91,8 +95,11 @@ def file_identity(uri: str, cache: IdentityCache | None = None) -> dict[str, Any
         cached = cache.get(path, key) if cache else None
         if cached:
             return {"size": key[0], "sha256": cached}
-        with open(path, "rb") as fh:
-            size, digest = _hash_stream(fh)
+        try:
+            with open_timed(path, read_timeout_s) as fh:
+                size, digest = _hash_stream(fh)
+        except ReadTimeout:
+            return {"size": key[0], "read_timeout": True}
         if cache and _stat_key(path) == key:   # unchanged while we read it
             cache.put(path, key, digest)
         return {"size": size, "sha256": digest}
@@ -100,8 +107,11 @@ def file_identity(uri: str, cache: IdentityCache | None = None) -> dict[str, Any
     etag = next((info[k] for k in ETAG_KEYS if info.get(k)), None)
     if etag:
         return {"size": info.get("size"), "etag": str(etag).strip('"')}
-    with fs.open(path, "rb") as fh:
-        size, digest = _hash_stream(fh)
+    try:
+        with open_timed(uri, read_timeout_s) as fh:
+            size, digest = _hash_stream(fh)
+    except ReadTimeout:
+        return {"size": info.get("size"), "read_timeout": True}
     return {"size": size, "sha256": digest}
 
 

@@ -28,9 +28,8 @@ import fsspec
 from curate.base import records as R
 from curate import refs
 from curate.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
-from curate.sources import (DEFAULT_READ_TIMEOUT_S, BadSample, SourceSpec, bad_row, check_image_count,
-                            image_ref_from_bytes, make_row)
-from curate.timed_io import ReadTimeout, open_timed
+from curate.sources import BadSample, SourceSpec, bad_row, check_image_count, image_ref_from_bytes, make_row
+from curate.timed_io import DEFAULT_READ_TIMEOUT_S, ReadTimeout, open_timed
 from curate.video import video_ref_from_bytes
 
 # Real metadata nests a handful of levels; 64 leaves room while staying far from Python's recursion limit.

@@ -20,6 +20,7 @@ import fsspec
 from curate import identity
 from curate import images as I
 from curate.base import records as R
+from curate.timed_io import DEFAULT_READ_TIMEOUT_S
 
 FORMATS = ("webdataset", "parquet", "llava")
 KEY_PREFIXES = (None, "shard")
@@ -33,8 +34,6 @@ DEFAULT_FETCH_TIMEOUT_S = 30.0
 # read of up to max_image_bytes.
 DEFAULT_MAX_TEXT_BYTES = 8 << 20
 DEFAULT_MAX_IMAGES_PER_RECORD = 1024
-# A source or image read that blocks (a stalled mount, a peer that accepts and never answers) ends here.
-DEFAULT_READ_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)

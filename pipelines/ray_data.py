@@ -9,6 +9,13 @@ never holds per-sample data. Consecutive per-row stages are chained into one str
 (``map_stages``).
 
 Workers only see the configured source and output URIs: every path handed to them is absolute.
+
+A worker process or node that dies is Ray's to survive, and nothing here turns that off: Ray Data's
+defaults retry its tasks (``max_retries=-1``) and restart pool actors (``max_restarts=-1``,
+``max_task_retries=-1``), lost blocks are rebuilt from their lineage, and every file a task writes
+lands under a fresh staging name (``ray_files.write_in_order``) or under its own fixed name, which a
+retry rewrites whole (``ray_files.apply_file``). A run that loses a worker mid-stage, or a node
+mid-run, writes the same bytes (tests/test_ray_faults.py, tests/test_ray_cluster.py).
 """
 from __future__ import annotations
 

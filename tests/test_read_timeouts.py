@@ -180,3 +180,17 @@ def test_the_read_timeout_is_a_source_setting():
     with pytest.raises(Exception, match="read_timeout_s"):
         parse({"name": "t", "seed": 0, "stages": [], "sources": [
             {"name": "r", "path": "x.jsonl", "format": "llava", "read_timeout_s": 0}]})
+
+
+def test_hashing_a_stalled_source_for_the_resume_fingerprint_ends_at_the_limit(tmp_path):
+    """The driver hashes every source file before ingest (curate.identity): a stalled one must not hang
+    the run there; its identity says so, and its reader then records the file as read_timeout."""
+    from curate.identity import file_identity
+    with stalled_fifo(tmp_path / "s.tar", b"x" * 1000), deadline(30):
+        start = time.monotonic()
+        identity = file_identity(str(tmp_path / "s.tar"), read_timeout_s=LIMIT)
+        took = time.monotonic() - start
+    assert identity == {"size": 0, "read_timeout": True}
+    assert took < LIMIT + 10
+    (tmp_path / "ok.tar").write_bytes(b"y" * 3000)
+    assert file_identity(str(tmp_path / "ok.tar"))["size"] == 3000

@@ -100,11 +100,14 @@ def leaks(out, *texts: str) -> list[str]:
     return found + [t[:80] for t in texts if SECRET in t or KEY_ID in t]
 
 
-def test_webdataset_and_parquet_on_s3_run_to_shards_with_no_credential_in_any_output(bucket, tmp_path, capfd, caplog):
+@pytest.mark.parametrize("executor", ["inline", "ray"])
+def test_webdataset_and_parquet_on_s3_run_to_shards_with_no_credential_in_any_output(bucket, tmp_path, capfd, caplog,
+                                                                                      executor):
+    """Under Ray the workers read the bucket with the credentials they inherit from the driver's environment."""
     upload(bucket, tmp_path)
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):   # (botocore's own DEBUG log prints request headers: never on by default)
-        result = run(s3_recipe(), out=out, executor="inline", progress=True)
+        result = run(s3_recipe(), out=out, executor=executor, progress=True)
     ingest = result.report["stages"][0]
     assert ingest["in"] == 12 + 4 and ingest["out"] == 12 + 2
     rejects = {r["key"]: r[R.REASON] for r in pq.read_table(out / "stages" / "00_ingest" / "rejects.parquet").to_pylist()}
