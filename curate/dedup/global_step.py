@@ -218,7 +218,7 @@ def closeness(group: pa.Table, hash_column: str, on_signatures: Callable[[pa.Tab
     """Rows with the same content hash are close (value from the signatures when both have one, else
     NaN); others are close when ``on_signatures`` (the stage's own verification) says so."""
     hashes = group.column(hash_column)
-    codes = np.asarray(hashes.dictionary_encode().combine_chunks().indices.fill_null(-1)
+    codes = np.asarray(hashes.combine_chunks().dictionary_encode().indices.fill_null(-1)
                        .to_numpy(zero_copy_only=False), dtype=np.int64) if group.num_rows else np.empty(0, np.int64)
     verified = on_signatures(group)
 
