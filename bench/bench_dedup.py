@@ -23,7 +23,6 @@ and planted measurements and the signature / global-step speeds once more with t
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -48,6 +47,7 @@ from curate.dedup.base import ROWS_PER_PARTITION
 from curate.dedup.components import components
 from curate.dedup.star_components import oriented, star_components
 from curate.dedup.lsh import band_rows, bucket_edges
+from chain_measures import chained_module, image_table, near_kept
 from run import format_table, quick
 
 SIG_TEXTS = 4_000 if quick() else 20_000
@@ -256,85 +256,31 @@ def components_rows() -> list[list[object]]:
     return out
 
 
-def _chained_module():
-    """curate/dedup/chained.py of this checkout, loaded by path: an older checkout's curate lacks it."""
-    spec = importlib.util.spec_from_file_location("_chained", HERE.parent / "curate" / "dedup" / "chained.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_chained"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _image_table(items: list[tuple[str, bytes]], directory: Path) -> pa.Table:
-    from PIL import Image
-    import io
-    rows = []
-    for i, (key, data) in enumerate(items):
-        path = directory / (key.replace("/", "__") + ".jpg")
-        path.write_bytes(data)
-        w, h = Image.open(io.BytesIO(data)).size
-        rows.append({"key": key, "source": "s", "category": "caption", R.ORDINAL: i, R.STATUS: R.KEPT,
-                     "images": [R.image_ref(str(path), size=len(data), width=w, height=h, format="JPEG")]})
-    return R.rows_to_table(rows)
-
-
-def _near_kept(stage: str, result) -> dict[str, object]:
-    """Removed rows, the share of them within the threshold of SOME kept row (verified here on their
-    signatures: pHash Hamming <= 12 with the same image count, or est. Jaccard >= 0.6 of the full
-    MinHash, or an equal content hash), and the farthest removal from the row its dup_group names."""
-    every = pa.concat_tables([result.kept, result.dropped])
-    image = stage == "image_dedup"
-    sig_col, hash_col = ("image_phash", "image_hash") if image else ("text_minhash", "text_hash")
-    rows = {r["key"]: r for r in every.select(["key", sig_col, hash_col]).to_pylist()}
-    kept = result.kept.column("key").to_pylist()
-    kept_hashes = {rows[k][hash_col] for k in kept}
-
-    def value(a, b):
-        sa, sb = rows[a][sig_col], rows[b][sig_col]
-        if sa is None or sb is None or (image and len(sa) != len(sb)):
-            return None
-        if image:
-            return int(P.hamming(np.array(sa, np.uint64), np.array(sb, np.uint64)).max())
-        return float(M.estimated_jaccard(np.array(sa, np.uint32), np.array(sb, np.uint32)))
-    within = lambda v: v is not None and (v <= 12 if image else v >= 0.6)
-    removed = result.dropped.select(["key", "dup_group"]).to_pylist()
-    ok, named = 0, []
-    for r in removed:
-        ok += rows[r["key"]][hash_col] in kept_hashes or any(within(value(r["key"], k)) for k in kept)
-        v = value(r["key"], r["dup_group"])
-        if v is not None:
-            named.append(v)
-    far = (max(named) if image else min(named)) if named else None
-    return {"rows": every.num_rows, "kept": len(kept), "removed": len(removed),
-            "precision": ok / len(removed) if removed else 1.0,
-            "beyond": sum(not within(v) for v in named), "farthest": far}
-
-
 def chain_measures() -> dict[str, object]:
     """Chained and planted corpora through image_dedup and text_dedup (whatever ``curate`` is on the
     path), signatures/s per core and the text global step's rows/s per core."""
-    CH = _chained_module()
+    CH = chained_module()
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as d:
         links = CH.image_chains(chains=4, length=24, seed=0)
-        res = S.build("image_dedup").run(_image_table([(x.key, x.image) for x in links], Path(d)), batch_size=64)
-        out["image chained"] = _near_kept("image_dedup", res)
+        res = S.build("image_dedup").run(image_table([(x.key, x.image) for x in links], Path(d)), batch_size=64)
+        out["image chained"] = near_kept("image_dedup", res)
         planted = PL.planted_images()
-        res = S.build("image_dedup").run(_image_table([(x.key, x.image) for x in planted], Path(d)), batch_size=64)
+        res = S.build("image_dedup").run(image_table([(x.key, x.image) for x in planted], Path(d)), batch_size=64)
         got = {x["key"]: x["dup_group"] for x in pa.concat_tables([res.kept, res.dropped]).to_pylist()}
-        out["image planted"] = {**_near_kept("image_dedup", res), **dict(zip(
+        out["image planted"] = {**near_kept("image_dedup", res), **dict(zip(
             ("pair_precision", "pair_recall"), PL.pair_scores([x.truth for x in planted], [got[x.key] for x in planted])))}
     for name, links in (("text chained", CH.caption_chains(chains=2, length=20, seed=0)),
                         ("text chained long", CH.caption_chains(chains=20, length=40, seed=5))):
         table = R.rows_to_table([{"key": x.key, "source": "s", "category": "caption", "text": x.text,
                                   R.ORDINAL: i, R.STATUS: R.KEPT} for i, x in enumerate(links)])
-        out[name] = _near_kept("text_dedup", S.build("text_dedup").run(table))
+        out[name] = near_kept("text_dedup", S.build("text_dedup").run(table))
     planted = PL.planted_captions()
     table = R.rows_to_table([{"key": x.key, "source": "s", "category": "caption", "text": x.text,
                               R.ORDINAL: i, R.STATUS: R.KEPT} for i, x in enumerate(planted)])
     res = S.build("text_dedup").run(table)
     got = {x["key"]: x["dup_group"] for x in pa.concat_tables([res.kept, res.dropped]).to_pylist()}
-    out["text planted"] = {**_near_kept("text_dedup", res), **dict(zip(
+    out["text planted"] = {**near_kept("text_dedup", res), **dict(zip(
         ("pair_precision", "pair_recall"), PL.pair_scores([x.truth for x in planted], [got[x.key] for x in planted])))}
     fuzzy = [N.fuzzy_text(t) for t in caption_corpus(SIG_TEXTS)]
     perms = M.Permutations.make(128, 42)

@@ -277,3 +277,33 @@ def test_caption_chains_and_the_comparison_budget():
     assert report["capped_components"] >= 1 and report["kept_unverified"] >= 1
     assert report["farthest_removed"]["estimated_jaccard"] >= 0.6
     assert result.kept.num_rows + result.dropped.num_rows == len(links)
+
+
+def test_semantic_dedup_on_an_embedding_chain_reports_components_and_the_lowest_cosine():
+    """A chain of 40 embeddings (each ~0.995 cosine to the previous, the ends far apart) in one leaf:
+    several rows are kept, each removal names a kept row above 1 - eps, and the report says how large
+    the component got."""
+    from curate.base import StageContext
+    from curate.cluster import columns as C
+    from curate.cluster.semdedup_stage import SemanticDedup
+    from tests.test_cluster import table_of
+    rng = np.random.default_rng(4)
+    walk = [rng.normal(size=32)]
+    for _ in range(39):
+        walk.append(walk[-1] / np.linalg.norm(walk[-1]) + rng.normal(size=32) * 0.013)
+    emb = np.stack([w / np.linalg.norm(w) for w in walk])
+    table = table_of(emb)
+    table = table.append_column(C.CLUSTER_PATH, pa.array([[0]] * 40, pa.list_(pa.int32())))
+    table = table.append_column(C.CLUSTER_DISTANCES, pa.array([[float(i)] for i in range(40)], pa.list_(pa.float32())))
+    stage = SemanticDedup(context=StageContext(seed=1), eps=0.01, partition_by=[])
+    res = stage.run(table)
+    report = stage.report["semantic_dedup"]
+    unit = emb.astype(np.float16).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    index = {k: i for i, k in enumerate(table.column("key").to_pylist())}
+    kept = set(res.kept.column("key").to_pylist())
+    assert 1 < len(kept) < 40 and report["largest_component"] == 40 and report["components"] == 1
+    for key, group in zip(res.dropped.column("key").to_pylist(), res.dropped.column("semdedup_group").to_pylist()):
+        assert group in kept and unit[index[key]] @ unit[index[group]] > 0.99 - 1e-4
+    assert report["lowest_cosine_to_kept"] > 0.99 and report["removed"] == 40 - len(kept)
+    assert report["component_size_histogram"] == {"32-63": 1}

@@ -134,3 +134,24 @@ def test_the_sample_videos_reach_the_shards_with_their_counted_grids(demo):
     for v in videos.values():   # 8 frames of 64x48 at 4 fps: 4 sampled frames, each resized up to min_pixels
         grid = T.video_grid(v["duration_s"], v["fps"], v["width"], v["height"], T.VideoSettings(), v["frames"])
         assert v["grid_thw"] == list(grid) == [2, 20, 28] and v["tokens"] == 280
+
+
+def test_no_dedup_removal_is_beyond_its_threshold(demo):
+    """Issue #28: every near-duplicate removal is within the stage's threshold of a KEPT row (the demo
+    once removed text/text-006 at est. Jaccard 0.59 with threshold 0.6, through a chain)."""
+    import re
+    out, _, _ = demo
+    by_stage = {e["name"]: e for e in json.loads((out / "report.json").read_text())["stages"]}
+    image, text = by_stage["image_dedup"]["dedup"], by_stage["text_dedup"]["dedup"]
+    assert image["farthest_removed"]["hamming_bits"] <= image["max_distance"]
+    assert text["farthest_removed"]["estimated_jaccard"] >= text["threshold"]
+    assert image["kept_unverified"] == text["kept_unverified"] == 0
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    near_text = {r["key"]: r["_detail"] for r in rejects if r["_reason"] == "dedup:near_text"}
+    assert near_text and "text/text-006" not in near_text
+    for detail in near_text.values():
+        assert float(re.search(r"est\. Jaccard ([0-9.]+)", detail).group(1)) >= text["threshold"], detail
+    for r in rejects:
+        if r["_reason"] == "dedup:near_image":
+            bits = re.search(r"Hamming (\d+)/64", r["_detail"])
+            assert bits is None or int(bits.group(1)) <= image["max_distance"], r["_detail"]

@@ -3,8 +3,10 @@
 Per batch (``process_batch``) a stage writes its content hash, its signatures and, for derived
 survivor measures, ``dup_quality``; the global step gets only those columns plus ``key``,
 ``source`` and ``_ordinal`` — never image bytes, references or texts. Subclasses supply the
-engine: LSH bucket keys per row, the verification of a candidate pair, and how to describe the
-distance of a dropped row to its survivor.
+engine: LSH bucket keys per row, the verification of a candidate pair, and the verification of a
+row against a kept row on the full signatures (``signature_closeness``, with the value ``_detail``
+reports): inside a component a row is removed only when verified close to a KEPT row
+(``greedy_stars``), so near-duplicate chains do not collapse.
 """
 from __future__ import annotations
 

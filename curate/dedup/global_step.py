@@ -17,9 +17,11 @@
    (``row_records``) and the label rows (``label_records``, the same schema: the driver learns it
    from an ``aggregate`` of one null row per batch) meet per _ordinal.
 6. Rows without a label are their own group and are decided by a ``map_batches``; the others are
-   shuffled by ``_component`` (``decide_groups``): each component's rows meet; the survivor is
-   chosen by quality, content hash, key; every row gets its decision, ``dup_group`` (the
-   survivor's key) and ``dup_group_size`` (the rows of its component, counted in that call).
+   shuffled by ``_component`` (``decide_groups``): each component's rows meet and the kept rows are
+   chosen by greedy stars in survivor order (``greedy_stars``: quality, content hash, key; a row is
+   removed only when verified within the threshold of a KEPT row, so chains do not collapse); every
+   row gets its decision, ``dup_group`` (the key of the kept row it is close to) and
+   ``dup_group_size`` (the rows naming that kept row).
 7. ``aggregate(report_partial, report_combine)`` for the report, then the decisions are projected
    to the declared columns.
 
@@ -216,7 +218,7 @@ def closeness(group: pa.Table, hash_column: str, on_signatures: Callable[[pa.Tab
     """Rows with the same content hash are close (value from the signatures when both have one, else
     NaN); others are close when ``on_signatures`` (the stage's own verification) says so."""
     hashes = group.column(hash_column)
-    codes = np.asarray(hashes.dictionary_encode().combine_chunks().indices.fill_null(-1)
+    codes = np.asarray(hashes.combine_chunks().dictionary_encode().indices.fill_null(-1)
                        .to_numpy(zero_copy_only=False), dtype=np.int64) if group.num_rows else np.empty(0, np.int64)
     verified = on_signatures(group)
 

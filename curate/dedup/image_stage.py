@@ -9,7 +9,9 @@ exact bytes only and counted as ``flat_images`` in the report.
 Globally: equal byte hashes are linked (a star per hash); the first image's pHash goes through
 bit-sampling LSH (``bits_per_band`` sampled bits per band, bands chosen so a pair at ``max_distance`` collides with
 probability >= ``target_recall``); a candidate becomes an edge only if the two rows have the same
-number of images and every image pair is within ``max_distance`` bits. Default 12 of 64: measured
+number of images and every image pair is within ``max_distance`` bits. Inside a component an image
+is removed only when within ``max_distance`` bits of a KEPT image (``greedy_stars``), so chains of
+edits do not collapse to one survivor. Default 12 of 64: measured
 on scikit-image photos, re-encoding (JPEG q30-q90) and 2x-4x downscaling move 0-2 bits, crops of
 3-5% up to 12, different photos differ in >= 20 (bench/bench_dedup.py has the table).
 """

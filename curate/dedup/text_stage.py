@@ -8,7 +8,8 @@ Texts shorter than ``ngram`` get no signature and are matched on their exact has
 Globally (``global_step``): equal hashes are linked (a star per hash); signatures are cut into
 bands x rows chosen from ``threshold`` (``minhash.choose_bands``); buckets become anchor-chained
 edges, each verified by the estimated Jaccard of the two signatures >= ``threshold`` before it
-counts; components; survivors.
+counts; components; inside each, kept rows by greedy stars in survivor order (``greedy_stars``): a
+text is removed only when the estimated Jaccard of its full signature to a KEPT text is >= ``threshold``.
 Defaults: 5-grams (short captions, see ``minhash``), 128 permutations (estimate standard error
 <= 0.045), threshold 0.6: on a ~60-character caption one replaced word already costs ~w+4 of ~56
 n-grams (Jaccard 0.63-0.8 on the planted set), while the same sentence shape describing another
