@@ -97,10 +97,10 @@ def _add_segment(out: _Segments, seg: Mapping[str, Any], key: str, counters: dic
 
 
 def _pack_members(job: PackJob, settings: WriterSettings, tok: SegmentTokenizer | None,
-                  failures: list[tuple[int, str, str]]) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+                  failures: list[tuple[int, str, str]], profile: ModelProfile
+                  ) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
     """All tar members of one pack (sorted by name) and its JSON document."""
     L = settings.context_length
-    profile = profile_from_mapping(dict(settings.profile) or None)
     counters = {"images": 0, "videos": 0}
     parts = _Segments()
     for seg in job.segments:
@@ -135,10 +135,11 @@ def write_shard(root: str, job: ShardJob, settings: WriterSettings, tok: Segment
     os.makedirs(os.path.dirname(path), exist_ok=True)
     failures: list[tuple[int, str, str]] = []
     stats = {"samples": 0, "tokens": 0, "images": 0}
+    profile = profile_from_mapping(dict(settings.profile) or None)   # once a shard: building one checks it (~1 ms)
 
     def members() -> Iterator[tuple[str, bytes]]:
         for pj in job.packs:
-            mem, doc = _pack_members(pj, settings, tok, failures)
+            mem, doc = _pack_members(pj, settings, tok, failures, profile)
             stats["samples"] += len(doc["segments"])
             stats["tokens"] += doc["length"]
             stats["images"] += sum(len(s["images"]) for s in doc["segments"])

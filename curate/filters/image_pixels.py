@@ -6,8 +6,8 @@ The decode (``decode_checks``):
 * **JPEG, one or three components** (Pillow modes ``L`` / ``RGB``): libjpeg decodes at the DCT scale
   pHash has always used (the smallest of 1/8, 1/4, 1/2, 1 that keeps both sides >= 128 px), in
   ``YCbCr`` — no colour conversion, the Y plane is exactly the grey decode. From it:
-  the thumbnail (Y, Lanczos to 32x32); *blank* on an RGB copy box-reduced to the 1/8 grid and on to
-  ~``BLANK_PROBE_SIDE`` px (the same grid the filter always judged); *decoder fill* on the Y plane —
+  the thumbnail (Y, Lanczos to 32x32); *blank* on that decode box-reduced to the 1/8 grid and on to
+  ~``BLANK_PROBE_SIDE`` px (the grid the filter always judged), then converted to RGB; *decoder fill* on the Y plane —
   a zero block decodes to exactly 128 at any scale, and libjpeg fills every block after the data
   ends with zeros, so the bottom rows of 128 are the missing data (counted in 1/8-scale rows).
   When Pillow refuses the data (it raises on data that ends early, where libjpeg itself only
@@ -96,14 +96,13 @@ def legacy_pixel_drop(im: Image.Image, data: bytes, th: ImageThresholds) -> Drop
     return _blank_of_decoded(small, th)
 
 
-def _blank_of_decoded(small: Image.Image, th: ImageThresholds, extra_factor: int = 1,
-                      grid: tuple[int, int] | None = None) -> Drop | None:
-    """Blank on a decoded copy, box-reduced by `extra_factor` (to the 1/8 grid) and on to ~64 px."""
+def _blank_of_decoded(small: Image.Image, th: ImageThresholds) -> Drop | None:
+    """Blank on a decoded copy, box-reduced to ~``BLANK_PROBE_SIDE`` px."""
     if small.mode.startswith("I;16"):
         small = small.convert("I")
     elif small.mode not in ("RGB", "L", "I", "F"):
         small = small.convert("RGB")
-    factor = extra_factor * max(1, min(grid or small.size) // BLANK_PROBE_SIDE)
+    factor = max(1, min(small.size) // BLANK_PROBE_SIDE)
     return blank_verdict(max_channel_std(small.reduce(factor) if factor > 1 else small), th)
 
 
@@ -129,7 +128,9 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
         if not _load(im):
             return legacy_pixel_drop(I.open_image(data), data, th), None
         grid = (-(-width // 8), -(-height // 8))     # the 1/8-scale decode the rules are defined on
-        drop = _blank_of_decoded(im.convert("RGB") if im.mode == "YCbCr" else im, th, 8 // scale, grid)
+        factor = (8 // scale) * max(1, min(grid) // BLANK_PROBE_SIDE)
+        small = im.reduce(factor) if factor > 1 else im    # box means first: the colour conversion is then ~64 px
+        drop = blank_verdict(max_channel_std(small.convert("RGB") if small.mode == "YCbCr" else small), th)
         if drop is None:
             fill = decoder_fill_rows(np.asarray(im.getchannel(0) if im.mode == "YCbCr" else im))
             if fill:

@@ -13,8 +13,8 @@ reason                                 what is looked at                  cost
 ``image:corrupt``                      the header                         header parse
 ``image:low_jpeg_quality``             JPEG quantization tables           header parse, no decode
 ``image:truncated`` (progressive)      JPEG scan headers                  a byte search, no decode
-``image:corrupt`` (decode failed)      a ~64 px copy                      JPEG 1/8-scale decode
-``image:blank``                        per-channel std of that copy       one pass in C
+``image:corrupt`` (decode failed)      a reduced copy                     JPEG DCT-scaled decode
+``image:blank``                        per-channel std of a ~64 px copy   one pass in C
 ``image:truncated`` (baseline)         decoder grey fill in that copy     a row check
 ``image:low_bits_per_pixel``           encoded size / pixels              none (lossy formats)
 =====================================  =================================  ==========================
@@ -22,17 +22,22 @@ reason                                 what is looked at                  cost
 Why this order: header rules need no I/O at all, so the common rejections (small, banner-shaped,
 bombs) cost nothing. Aspect ratio runs before the size rules so that a 1200x100 banner is named a
 banner. JPEG quality needs only the quantization tables that ``Image.open`` parses without
-``load()`` (the estimate is cached per table). The blank check decodes JPEGs at the 1/8 DCT scale
-(~1/64 of the IDCT work; libjpeg through OpenCV, ``jpeg.reduced_decode``) and also proves that the
-bytes decode at all — a payload that fails is ``image:corrupt``. A JPEG cut short with its end
-marker put back decodes *without* an error: ``curate.filters.jpeg`` explains the two signs it
-leaves (``image:truncated``). Blank is
+``load()`` (the estimate is cached per table). The blank check decodes JPEGs at a reduced DCT scale
+(``image_pixels``: the scale of pHash's thumbnail, so that this one decode also gives
+``image_dedup`` its thumbnail) and also proves that the bytes decode at all — a payload that fails
+is ``image:corrupt``. A JPEG cut short with its end marker put back decodes *without* an error in
+libjpeg: ``curate.filters.jpeg`` explains the two signs it leaves (``image:truncated``). Blank is
 named before baseline truncation: a uniform mid-grey image is blank whatever made it. Bits per
 pixel runs last: a uniform image also compresses to almost nothing, and "blank" is the better name.
 
 Bytes are read for a whole batch at once (``prefetch``: each container opened once, members read
-in offset order), and only for images that passed the header rules. The pixel checks (corrupt,
+in offset order), and only for images that passed the header rules: every rule above the decode
+row needs no decode, and an image those rules reject is never decoded. The pixel checks (corrupt,
 blank, baseline truncation) share one reduced decode and run when ``blank_max_std`` is on.
+
+What a passing image's read and decode established — its byte digest, pHash and thumbnail std —
+is carried to later stages in the ``image_facts`` column (``curate.image_facts``): ``exact_dedup``
+and ``image_dedup`` then neither read nor decode it again.
 
 Unreadable *bytes* (a missing file, a short read from a container) are *quarantined*, not rejected:
 the sample may be fine and the storage broken, so a rerun can recover it. Bytes that are there but
