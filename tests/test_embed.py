@@ -140,6 +140,50 @@ def test_hf_clip_and_siglip_embeddings_are_the_scorers_vectors(photo_table, tiny
         assert txt.run(table).kept.column(C.EMBEDDING).null_count == 0
 
 
+def _open_clip_ok() -> bool:
+    from curate.scoring.clip_openclip import available
+    return available()[0]
+
+
+@pytest.mark.skipif(not _open_clip_ok(), reason="open_clip does not import here (needs torchvision): "
+                    "`make test-extras` runs this in .extras-venv")
+def test_open_clip_embeddings_are_the_models_own_vectors(photo_table, tmp_path):
+    """embed's open_clip backend on a tiny model built from a config (no weights): its image and
+    text vectors are the model's own normalised encode_image / encode_text."""
+    import open_clip
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    (tmp_path / "mmcurate-tiny-embed.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "mmcurate-tiny-embed.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("mmcurate-tiny-embed", pretrained=None)
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    model.eval()
+    _, _, preprocess = open_clip.create_model_and_transforms("mmcurate-tiny-embed", pretrained=None)
+    settings = {"backend": "open_clip", "model_name": "mmcurate-tiny-embed", "model_path": str(tmp_path / "tiny.pt"),
+                "dim": 16, "store_dtype": "float32", "device": "cpu"}
+    table = photo_table.slice(0, 4)
+    images = vectors(S.build("embed", {**settings, "modality": "image"}).run(table))
+    texts = vectors(S.build("embed", {**settings, "modality": "text"}).run(table))
+    assert set(images) == set(texts) == set(PHOTOS)
+    tokenizer = open_clip.get_tokenizer("mmcurate-tiny-embed")
+    from curate.images import read_image_bytes
+    from curate.scoring.base import decode_rgb
+    from curate.scoring.clip_openclip import OpenClipScorer
+    # the pixels the stage feeds: a JPEG decoded at the smallest DCT scale covering the model input
+    draft_to = OpenClipScorer("mmcurate-tiny-embed", tmp_path / "tiny.pt", "cpu").transform
+    with torch.no_grad():
+        for name in PHOTOS:
+            ref = table.filter(pc.equal(table.column("key"), name)).column("images")[0].as_py()[0]
+            pixels = decode_rgb(read_image_bytes(ref), draft_to)
+            want_image = model.encode_image(preprocess(pixels)[None], normalize=True)
+            want_text = model.encode_text(tokenizer([f"a photo of {name}"]), normalize=True)
+            np.testing.assert_allclose(images[name], want_image[0].numpy(), atol=1e-5)
+            np.testing.assert_allclose(texts[name], want_text[0].numpy(), atol=1e-5)
+            # and their cosine is clip_score's open_clip score for the pair
+            assert abs(float(images[name] @ texts[name]) - float((want_image * want_text).sum())) < 1e-5
+
+
 def test_open_clip_needs_a_model_name_and_reports_why_it_cannot_load():
     from curate.scoring.clip_openclip import available
     with pytest.raises(ValueError, match="model_name"):
