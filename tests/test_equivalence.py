@@ -247,3 +247,113 @@ def test_every_segment_of_every_demo_pack_computes_what_the_sample_alone_compute
     assert {k for k, _ in kinds} == {"image", "video", "text"}
     assert {c for _, c in kinds} >= {"caption", "vqa", "grounding", "ocr", "text", "video"}
     assert len(diffs) == sum(len(p["samples"]) for packs in batches for p in packs)
+
+
+# --- the test of the test: one deliberate off-by-one at a time, and the same check fails ---------------
+def _image_then_text(batch):
+    """(row, segment index in the batch, first token after the segment's first image block, segment
+    end, key) of the first segment with text after an image, that is not the first of its pack."""
+    j = 0
+    for b, samples in enumerate(batch["samples"]):
+        lo = 0
+        types = batch["mm_token_type_ids"][b]
+        for i, seg in enumerate(samples):
+            hi = lo + seg["length"]
+            image = torch.nonzero(types[lo:hi] == IMAGE).flatten()
+            if i > 0 and len(image) and int(image[-1]) + 1 < seg["length"] - 1:
+                return b, j, lo, lo + int(image[-1]) + 1, hi, seg["key"]
+            lo, j = hi, j + 1
+    raise AssertionError("no pack has an image sample after another sample")
+
+
+def _perturbed(batch, what: str):
+    out = dict(batch)
+    b, j, lo, after_image, hi, key = _image_then_text(batch)
+    if what == "positions":          # text after the image one position late (the gap rule off by one)
+        out["position_ids"] = batch["position_ids"].clone()
+        out["position_ids"][:, b, after_image:hi] += 1
+    elif what == "mask":             # the segment's boundary one token late: its first token joins the previous one
+        sid = batch["segment_ids"].clone()
+        sid[b, lo] = sid[b, lo - 1]
+        out["attention_mask"] = A.block_causal_mask(sid, A.SDPA)
+    elif what == "labels":           # the labels one token late inside the segment
+        out["labels"] = batch["labels"].clone()
+        out["labels"][b, lo + 1:hi] = batch["labels"][b, lo:hi - 1]
+    return out, key
+
+
+@pytest.mark.parametrize("what", ["positions", "mask", "labels"])
+def test_the_check_fails_on_an_off_by_one(what, batches, references, model):
+    _use(model, A.SDPA)
+    batch = next(collate_packs(p, attn_implementation=A.SDPA) for p in batches
+                 if any(i > 0 and s["images"] for pk in p for i, s in enumerate(pk["samples"])))
+    # intact, this batch passes (test_every_segment_..._computes above)
+    bad, key = _perturbed(batch, what)
+    diffs = compare(model, bad, references)
+    assert key in _violations(diffs), diffs[key]
+    bound, exact, loss = diffs[key]
+    if what == "labels":
+        assert loss > 10 * LOSS_RTOL and exact <= LOGIT_ATOL              # same logits, wrong targets
+    else:
+        assert exact > 10 * LOGIT_ATOL and bound >= exact
+
+
+# --- varlen: cu_seqlens instead of a mask -------------------------------------------------------------
+def test_varlen_inputs_compute_what_each_sample_alone_computes(batches, references, model):
+    """``collate_packs(attn_implementation=...)`` for flash attention, run through
+    ``pack.attention.varlen_reference_attention`` (what ``flash_attn_varlen_func`` computes, in
+    PyTorch): no mask at all, only cu_seq_lens_q/k and max_length_q/k reach the attention layers."""
+    _use(model, A.register_varlen_reference())
+    try:
+        diffs: dict[str, tuple[float, float, float]] = {}
+        for packs in batches:
+            batch = collate_packs(packs, attn_implementation=A.VARLEN_REFERENCE)
+            assert batch["attention_mask"] is None and batch["cu_seq_lens_q"].dtype == torch.int32
+            diffs.update(compare(model, batch, references))
+    finally:
+        _use(model, A.SDPA)
+    worst = [max(d[i] for d in diffs.values()) for i in range(3)]
+    print(f"\nvarlen (reference kernel): |logit diff| <= {worst[0]:.2e}, exact {worst[1]:.2e}, loss {worst[2]:.2e}")
+    assert not _violations(diffs), _violations(diffs)
+
+
+def _flash_skip_reason() -> str | None:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "flash-attn is not installed (it needs a CUDA GPU); the varlen path is checked with its PyTorch stand-in"
+    if not torch.cuda.is_available():
+        return "no CUDA device: flash_attn_varlen_func runs on GPUs only"
+    return None
+
+
+@pytest.mark.skipif(_flash_skip_reason() is not None, reason=str(_flash_skip_reason()))
+def test_flash_attention_varlen_computes_what_each_sample_alone_computes(batches, references, model):
+    """The same packs through transformers' flash_attention_2 (``flash_attn_varlen_func`` with the
+    batch's cu_seqlens) in bf16 on a GPU, against each sample alone with the same kernel and dtype."""
+    import copy
+    gpu = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    gpu.set_attn_implementation("flash_attention_2")
+    row_norm = float(gpu.lm_head.weight.float().norm(dim=1).max())
+    worst = 0.0
+    for packs in batches:
+        batch = collate_packs(packs, device="cuda", attn_implementation="flash_attention_2")
+        for key in ("pixel_values", "pixel_values_videos"):
+            if batch.get(key) is not None:
+                batch[key] = batch[key].to(torch.bfloat16)
+        with torch.no_grad():
+            hidden = gpu.model(**model_inputs(batch)).last_hidden_state.float()
+            for b, samples in enumerate(batch["samples"]):
+                lo = 0
+                for seg in samples:
+                    ref = {k: (v.to("cuda") if torch.is_tensor(v) else v) for k, v in references[seg["key"]].items()
+                           if k not in ("labels", "alone") and v is not None}
+                    for key in ("pixel_values", "pixel_values_videos"):
+                        if key in ref:
+                            ref[key] = ref[key].to(torch.bfloat16)
+                    alone = gpu.model(**ref).last_hidden_state[0].float()
+                    n = alone.shape[0]
+                    worst = max(worst, row_norm * float((hidden[b, lo:lo + n] - alone).norm(dim=1).max()))
+                    lo += n
+    print(f"\nflash_attention_2 (bf16): |logit diff| <= {worst:.2e}")
+    assert worst <= 5e-2          # bf16: 8 bits of mantissa; summation order differs between the two runs
