@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 RECIPE ?= recipes/demo.yaml
 
-.PHONY: install demo test test-extras bench clean sample-data .djvenv \
+.PHONY: install demo test test-extras bench clean sample-data .djvenv train-demo \
         ingest image-filter text-filter clip-score grounding-check count-tokens pack shards validate
 
 install: $(STAMP)
@@ -34,6 +34,11 @@ sample-data: install
 demo: install sample-data
 	$(VENV)/bin/mmcurate validate recipe $(RECIPE)
 	$(VENV)/bin/mmcurate run $(RECIPE) --out $(OUT) --executor ray
+
+# The tiny Qwen2-VL trained on the demo's shards (run `make demo` first): an uninterrupted run, the same
+# run killed (SIGKILL) after its mid-way checkpoint, the resume; the two loss curves must be equal.
+train-demo: install
+	$(PY) -m pack.train_demo --shards $(OUT)/shards --out out/train-demo --check-resume
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests

@@ -1,6 +1,8 @@
 """Batches from packs: ``collate_packs`` stacks what ``PackedShards`` returns into the tensors a
 trainer passes to the model (ids, labels, positions, modality and segment ids, varlen boundaries,
-pixel values and grids), and ``to_device`` moves them (the NPU when the torch_npu extra works)."""
+pixel values and grids, and with ``attn_implementation`` the segment-confined attention that
+implementation takes), ``model_inputs`` picks what goes into a Hugging Face model's forward, and
+``to_device`` moves them (the NPU when the torch_npu extra works)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -8,6 +10,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from curate.base.devices import npu_available
+from pack import attention as A
+
+# What a Hugging Face Qwen2-VL-family forward takes from a batch (labels left out on purpose: the
+# model's own loss averages over the whole row; pack.loss averages per segment as unpacked training).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids", "pixel_values",
+                    "image_grid_thw", "pixel_values_videos", "video_grid_thw", "cu_seq_lens_q",
+                    "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def resolve_device(device: str | None) -> str | None:
@@ -79,14 +88,30 @@ def _vision(packs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "images_per_pack": torch.tensor([len(p["images"]) for p in packs], dtype=torch.int32),
         "image_bytes": [im["bytes"] for p in packs for im in p["images"]],
     }
-    if all(p.get("pixel_values") is not None for p in packs):
-        out["pixel_values"] = torch.cat([torch.as_tensor(p["pixel_values"]) for p in packs])
-        out["image_grid_thw"] = torch.cat([torch.as_tensor(p["image_grid_thw"], dtype=torch.int64).reshape(-1, 3)
-                                           for p in packs])
+    for pixels, grids in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+        if all(p.get(pixels) is not None for p in packs):
+            rows = torch.cat([torch.as_tensor(p[pixels]) for p in packs])
+            thw = torch.cat([torch.as_tensor(p[grids], dtype=torch.int64).reshape(-1, 3) for p in packs])
+            out[pixels], out[grids] = (rows, thw) if len(thw) else (None, None)   # none: the model takes None
     return out
 
 
-def collate_packs(packs: Sequence[Mapping[str, Any]], device: str | None = None) -> dict[str, Any]:
+def _attention(out: dict[str, Any], implementation: str) -> dict[str, Any]:
+    """The attention inputs `implementation` takes (pack.attention); the [B, L] padding mask moves to
+    ``padding_mask``."""
+    if implementation not in A.IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {list(A.IMPLEMENTATIONS)}, got {implementation!r}")
+    extra: dict[str, Any] = {"padding_mask": out["attention_mask"]}
+    if implementation in (A.SDPA, A.EAGER):
+        extra["attention_mask"] = A.block_causal_mask(out["segment_ids"], implementation)
+    else:
+        extra["attention_mask"] = None
+        extra.update(A.varlen_kwargs(out["cu_seqlens"], out["max_seqlen"]))
+    return extra
+
+
+def collate_packs(packs: Sequence[Mapping[str, Any]], device: str | None = None,
+                  attn_implementation: str | None = None) -> dict[str, Any]:
     """Batch tensors from packs of equal context_length ``L`` (batch size ``B``):
 
     * ``input_ids``, ``labels`` (-100 where no loss), ``mm_token_type_ids`` (0 text, 1 image,
@@ -100,16 +125,33 @@ def collate_packs(packs: Sequence[Mapping[str, Any]], device: str | None = None)
     * ``segment_ids`` int64 [B, L] — per token, the index of its sample in the batch (the order of
       ``samples`` flattened), -1 on padding: the input of per-sample loss weighting;
     * ``image_token_counts`` int32 [I], ``images_per_pack`` int32 [B], ``image_bytes`` (I encoded
-      images); ``pixel_values`` / ``image_grid_thw`` when the loader was asked for them;
-    * ``attention_mask`` int64 [B, L] — 1 for sample tokens, 0 for padding;
+      images); ``pixel_values`` / ``image_grid_thw`` and ``pixel_values_videos`` /
+      ``video_grid_thw`` when the loader was asked for them (None when the batch has no image / video);
+    * ``attention_mask`` int64 [B, L] — 1 for sample tokens, 0 for padding — without
+      `attn_implementation`. With it, what that implementation needs so that every segment attends to
+      itself only (pack.attention), and the [B, L] mask as ``padding_mask``:
+      ``"sdpa"``: ``attention_mask`` bool [B, 1, L, L], block-diagonal and causal;
+      ``"eager"``: the same as an additive float32 mask (0 / float32 minimum);
+      ``"flash_attention_2"`` / ``"flash_attention_3"`` (and the CPU stand-in
+      ``pack.attention.VARLEN_REFERENCE``): ``attention_mask`` None, ``cu_seq_lens_q`` /
+      ``cu_seq_lens_k`` (= ``cu_seqlens``) and ``max_length_q`` / ``max_length_k`` (= ``max_seqlen``),
+      which transformers passes to ``flash_attn_varlen_func``;
     * ``samples``, ``pack_keys``, ``pack_index`` (int64 [B]), ``epoch`` — for the consumed-data tracker.
     """
     import torch
     L, epoch = _check_batch(packs)
     out: dict[str, Any] = {**_varlen(packs, L), **_token_arrays(packs), **_vision(packs)}
+    if attn_implementation is not None:
+        out.update(_attention(out, attn_implementation))
     out.update(samples=[list(p["samples"]) for p in packs], pack_keys=[p["pack_key"] for p in packs],
                pack_index=torch.tensor([int(p["index"]) for p in packs], dtype=torch.int64), epoch=epoch)
     return to_device(out, resolve_device(device))
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a ``collate_packs`` batch that a Hugging Face Qwen2-VL-family ``forward`` takes
+    (``MODEL_INPUT_KEYS``; not the labels: compute the loss with pack.loss)."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
 
 
 def to_device(batch: dict[str, Any], device: str | None) -> dict[str, Any]:

@@ -9,7 +9,8 @@ a ``PackSample`` whose ``pack`` is the same dict ``PackedShards.read_pack`` retu
 ``segment_ids``, ``images`` with their bytes, grids and token counts ...), parsed by the same
 pack.packformat / pack.positions code. Energon's own image decoding is switched off: the images
 stay in their original encoding, as the shards stage wrote them (``pixel_values=True`` adds
-transformers' processor output, as PackedShards does).
+``pixel_values`` / ``image_grid_thw`` and ``pixel_values_videos`` / ``video_grid_thw``, as
+PackedShards does).
 
 Use (one Energon dataset per rank folder; see the README, "Training with Megatron-Energon")::
 
@@ -90,10 +91,11 @@ class PackWebdataset(StandardWebdatasetFactory[PackSample]):
             raise ValueError(f"sample_type: {sample_type.__qualname__} is not a PackSample")
         self.rank, self.context_length = int(rank), int(context_length)
         self.profile = profile_from_mapping(model)
-        self._pixels = None
+        self._pixels = self._video_pixels = None
         if pixel_values:
             from pack.pixels import ImageInputs
-            self._pixels = ImageInputs(model)
+            from pack.video_pixels import VideoInputs
+            self._pixels, self._video_pixels = ImageInputs(model), VideoInputs(model)
         # decoder: Energon passes its task encoder's image decoder; packs keep their original bytes.
         super().__init__(path, sample_type=sample_type, sample_loader=self._fields, part_filter=_every_part,
                          decoder=None, **kwargs)
@@ -105,6 +107,7 @@ class PackWebdataset(StandardWebdatasetFactory[PackSample]):
         pack = pack_from_parts(raw, key, position, self.rank, self.context_length, self.profile, where)
         if self._pixels is not None:
             pack["pixel_values"], pack["image_grid_thw"] = self._pixels(pack["images"], where)
+            pack["pixel_values_videos"], pack["video_grid_thw"] = self._video_pixels(pack["videos"], where)
         return {"pack": pack}
 
 

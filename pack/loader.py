@@ -41,8 +41,8 @@ meta, images), ``cu_seqlens`` (int32, padding as a final segment, ends at contex
 ``segment_ids`` (sample index per token, -1 on padding), ``position_ids`` ((3, L) M-RoPE for
 tokenized Qwen2-VL-family shards, else (L,)), ``images`` (bytes in their original encoding with each
 image's token count and grid), and when the shards were tokenized ``input_ids``, ``labels`` (-100
-where no loss) and ``mm_token_type_ids``; with ``pixel_values=True`` also ``pixel_values`` and
-``image_grid_thw``. Each shard's sha256 is checked against the manifest when first opened. ``shuffle=True`` reshuffles the order of whole
+where no loss) and ``mm_token_type_ids``; with ``pixel_values=True`` also ``pixel_values`` /
+``image_grid_thw`` and ``pixel_values_videos`` / ``video_grid_thw``. Each shard's sha256 is checked against the manifest when first opened. ``shuffle=True`` reshuffles the order of whole
 global steps per epoch with the same permutation on every rank, so per-step balance is kept.
 """
 from __future__ import annotations
@@ -75,16 +75,19 @@ class PackedShards(_Base):  # type: ignore[misc]
     def __init__(self, path: str, rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0,
                  batch_size: int = 1, pixel_values: bool = False, verify: bool = True):
         """`pixel_values`: also return ``pixel_values`` / ``image_grid_thw`` (transformers' image
-        processor configured from the manifest); `verify`: check each shard's sha256 against the
+        processor configured from the manifest) and ``pixel_values_videos`` / ``video_grid_thw``
+        (pack.video_pixels: the video processor's steps without torchvision); `verify`: check each shard's sha256 against the
         manifest when it is first opened (one sequential read per shard and worker)."""
         self.path = os.path.abspath(path)
         self.manifest = F.load_manifest(self.path)
         self.profile = profile_from_mapping(self.manifest.get("model"))
         self.verify = bool(verify)
-        self._pixels = None
+        self._pixels = self._video_pixels = None
         if pixel_values:
             from pack.pixels import ImageInputs
+            from pack.video_pixels import VideoInputs
             self._pixels = ImageInputs(self.manifest.get("model"))
+            self._video_pixels = VideoInputs(self.manifest.get("model"))
         dp = self.manifest["dp_size"]
         if world_size != dp:
             raise ValueError(f"world_size={world_size} but the shards were balanced for dp_size={dp}; "
@@ -198,6 +201,7 @@ class PackedShards(_Base):  # type: ignore[misc]
                              epoch=epoch, index=index if position is None else position)
         if self._pixels is not None:
             pack["pixel_values"], pack["image_grid_thw"] = self._pixels(pack["images"], f"{shard}:{key}")
+            pack["pixel_values_videos"], pack["video_grid_thw"] = self._video_pixels(pack["videos"], f"{shard}:{key}")
         return pack
 
     # --- consumed-data tracker -----------------------------------------------------------------------

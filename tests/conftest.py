@@ -13,3 +13,28 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile("mmcurate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("mmcurate")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`make demo` once per test session, on a local Ray, from a fresh copy of the sample corpus:
+    (output folder, RunResult, planted cases). Shared by tests/test_demo.py (the run as a user reads
+    it) and tests/test_equivalence.py (the model on every demo pack), so the suite runs the demo once."""
+    from pathlib import Path
+    from pipelines import sample_data
+    from pipelines.recipe import load
+    from pipelines.runner import run
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("demo")
+    expected = sample_data.build(work / "data" / "sample")
+    recipe = load(root / "recipes" / "demo.yaml")
+    cwd = os.getcwd()
+    os.chdir(work)  # the recipe's source paths are relative, as they are for `make demo`
+    try:
+        result = run(recipe, out=work / "out", executor="ray", progress=False)
+    finally:
+        os.chdir(cwd)
+    return work / "out", result, expected

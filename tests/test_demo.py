@@ -2,31 +2,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import sample_data
-from pipelines.recipe import load
-from pipelines.runner import read_kept, run
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipelines.runner import read_kept
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo")
-    expected = sample_data.build(work / "data" / "sample")
-    recipe = load(ROOT / "recipes" / "demo.yaml")
-    import os
-    cwd = os.getcwd()
-    os.chdir(work)  # the recipe's source paths are relative, as they are for `make demo`
-    try:
-        result = run(recipe, out=work / "out", executor="ray", progress=False)
-    finally:
-        os.chdir(cwd)
-    return work / "out", result, expected
+def demo(demo_run):
+    """The session's demo run (tests/conftest.py): (output folder, RunResult, planted cases)."""
+    return demo_run
 
 
 def test_every_stage_balances(demo):

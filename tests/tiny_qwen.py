@@ -1,9 +1,10 @@
 """A random Qwen2-VL small enough for CPU tests (built from a config with a fixed seed; the vocabulary
-and special-token ids are the real tokenizer's), shared by the trainer and video tests."""
+and special-token ids are the real tokenizer's), shared by the trainer, video and equivalence tests;
+`attn_implementation`: the text and vision attention (sdpa, eager, flash_attention_2 ...)."""
 from __future__ import annotations
 
 
-def tiny_qwen2_vl():
+def tiny_qwen2_vl(attn_implementation: str = "sdpa"):
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     cfg = Qwen2VLConfig(
@@ -14,4 +15,6 @@ def tiny_qwen2_vl():
                            spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
     torch.manual_seed(0)
-    return Qwen2VLForConditionalGeneration(cfg).eval()
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.set_attn_implementation(attn_implementation)
+    return model
