@@ -365,15 +365,17 @@ def _count(directory: Path, kept_only: bool = False) -> int:
 
 
 def _media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:
-    """Whether an image file referenced by a record changed since the source stage hashed it (then the
-    stage re-runs). Refs are streamed batch by batch, never all in memory."""
+    """Whether an image or video file referenced by a record changed since the source stage hashed it
+    (then the stage re-runs). Refs are streamed batch by batch, never all in memory."""
     from curate.identity import stale_media
     files = data_files(stage_dir / "data")
     if not files or "started_ns" not in marker:
         return bool(files)
     started_ns = int(marker["started_ns"]) - 2_000_000_000   # 2 s slack for timestamp granularity
-    batches = pads.dataset(files, format="parquet").to_batches(columns=["images"])
-    refs = (ref for b in batches for refs in b.column(0).to_pylist() for ref in (refs or []))
+    dataset = pads.dataset(files, format="parquet")
+    columns = [c for c in ("images", "videos") if c in dataset.schema.names]
+    batches = dataset.to_batches(columns=columns)
+    refs = (ref for b in batches for col in b.columns for refs in col.to_pylist() for ref in (refs or []))
     return bool(stale_media(refs, changed_after_ns=started_ns))
 
 

@@ -138,3 +138,24 @@ def test_resume_rehashes_nothing_that_was_not_touched(tmp_path, monkeypatch):
     os.utime(touched)     # stat changed, bytes did not: re-hashed once, and still complete
     run(recipe(src), out=out, executor="inline", progress=False)
     assert resumed(out) == [True] * 5 and hashed == [str(touched)]
+
+
+def test_a_replaced_referenced_video_re_runs_ingest_and_what_follows(tmp_path):
+    pytest.importorskip("av")
+    from pipelines.sample_videos import encode_video, sample_clip
+    import numpy as np
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "v.mp4").write_bytes(sample_clip("clip-bars"))
+    (src / "c.jsonl").write_text(json.dumps({"id": "v", "video": "v.mp4", "conversations": [
+        {"from": "human", "value": "<video>what moves?"}, {"from": "gpt", "value": "a bar"}]}) + "\n")
+    r = parse({"name": "v", "seed": 1, "sources": [{"name": "c", "path": str(src / "c.jsonl"), "format": "llava"}],
+               "stages": [{"name": "count_tokens"}]})
+    out = tmp_path / "out"
+    run(r, out=out, executor="inline", progress=False)
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(6)]
+    (src / "v.mp4").write_bytes(encode_video(frames, "mp4", "mpeg4"))
+    again = run(r, out=out, executor="inline", progress=False)
+    assert resumed(out) == [False, False]
+    ref = again.kept(columns=["videos"]).to_pylist()[0]["videos"][0]
+    assert (ref["width"], ref["height"]) == (64, 48)
