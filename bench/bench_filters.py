@@ -1,7 +1,7 @@
 """CPU per sample of the rule filters (``image_filter`` + ``text_filter``) against Data-Juicer 1.6.1.
 
     python bench/bench_filters.py [--n 20000] [--repeat 3] [--no-ray] [--ray-n 2000]
-                                  [--only inline,dj,dj-fused,ray,dj-ray]
+                                  [--only inline,dj,dj-fused,ray,dj-ray] [--corpus small|photos]
     python bench/run.py filters [--quick]                     # via make bench (2,000 samples quick)
 
 The corpus is img2dataset-style (bench/filters_corpus.py): webdataset tars for mmcurate, the same
@@ -168,17 +168,24 @@ def measure(name: str, cmd: list[str], n: int) -> dict:
     return {"name": name, "ms": per, "total": cpu, "wall": wall, "kept": answer["kept"], "in": answer["in"]}
 
 
-def ingest(root: Path, shards: Path) -> None:
-    """Ingest once (not timed): the filters read references with offsets, as in a real run."""
+def ingest(root: Path, shards: Path, keys: set[str] | None = None) -> None:
+    """Ingest once (not timed): the filters read references with offsets, as in a real run. With
+    `keys`, only those samples (the ones Data-Juicer is given too) are kept."""
     target = root / "ingested.parquet"
     if target.exists():
         return
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from curate.readers import read_source
     read = read_source(str(shards / "*.tar"), "webdataset", source="bench")
-    if read.dropped.num_rows:
+    kept = read.kept
+    if keys is not None:
+        kept = kept.filter(pa.array([k.split("/")[-1] in keys for k in kept.column("key").to_pylist()]))
+        if kept.num_rows != len(keys):
+            raise RuntimeError(f"ingest kept {kept.num_rows} of the {len(keys)} samples Data-Juicer reads")
+    elif read.dropped.num_rows:
         raise RuntimeError(f"ingest dropped {read.dropped.num_rows} bench samples")
-    pq.write_table(read.kept, target)
+    pq.write_table(kept, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-n", type=int, default=2_000,
                     help="samples for the Ray rows (the first ones of the corpus; Ray's start-up dominates wall time)")
     ap.add_argument("--only", default="inline,dj,dj-fused,ray,dj-ray", help="contenders to run, comma-separated")
+    ap.add_argument("--corpus", choices=["small", "photos"], default="small",
+                    help="small: 600 small JPEGs cycled (filters_corpus); photos: realistic photos, each sample "
+                         "its own bytes (photos_corpus; the default root becomes out/bench_filters_photos)")
     ap.add_argument("--child", choices=["inline", "ray", "dj", "dj-fused", "dj-ray"])
     args = ap.parse_args(argv)
+    if args.corpus == "photos" and args.root == ROOT / "out" / "bench_filters":
+        args.root = ROOT / "out" / "bench_filters_photos"
     if args.child:
         if args.child in ("inline", "ray"):
             answer = child_mmcurate(args.root, args.n, args.child)
@@ -205,8 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(answer))
         return 0
     import filters_corpus
-    paths = filters_corpus.build(args.root, args.n)
-    ingest(args.root, paths["shards"])
+    if args.corpus == "photos":   # realistic photos (bench/photos_corpus.py), the samples Pillow decodes
+        import photos_corpus
+        shards = photos_corpus.build(args.root, args.n)
+        if not (args.root / "ingested.parquet").exists():
+            _, keys = photos_corpus.dj_inputs(shards, args.root)
+            ingest(args.root, shards, keys)
+    else:
+        paths = filters_corpus.build(args.root, args.n)
+        ingest(args.root, paths["shards"])
     me = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root)]
     dj = [str(args.dj_python), str(Path(__file__).resolve()), "--root", str(args.root)]
     contenders = {"inline": ("mmcurate inline", me), "ray": ("mmcurate ray", me),

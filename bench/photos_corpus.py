@@ -156,3 +156,32 @@ def build(root: Path, n: int, seed: int = 0, workers: int = 2) -> Path:
         total = sum(pool.map(_write_tar, jobs))
     stamp.write_text(json.dumps({"samples": n, "image_bytes": total}) + "\n")
     return shards
+
+
+def dj_inputs(shards: Path, root: Path) -> tuple[Path, set[str]]:
+    """For Data-Juicer, which reads images by path: every sample whose image Pillow decodes in full
+    (Data-Juicer's ``load_image`` fails a whole run on a broken file) as a JSONL line pointing at the
+    image written to ``root/files``; returns the JSONL and the keys in it, so the mmcurate side can
+    run on the same samples."""
+    root = root.resolve()
+    jsonl, files = root / "dj.jsonl", root / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    keys: set[str] = set()
+    with open(jsonl.with_suffix(".tmp"), "w") as out:
+        for path in sorted(shards.glob("*.tar")):
+            members: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(path) as tar:
+                for info in tar:
+                    key, ext = info.name.split(".", 1)
+                    members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+            for key, parts in members.items():
+                ext = next(e for e in parts if e in ("jpg", "png", "webp"))
+                try:
+                    Image.open(io.BytesIO(parts[ext])).load()
+                except Exception:  # noqa: BLE001 — any failure: Data-Juicer would fail too
+                    continue
+                (files / f"{key}.{ext}").write_bytes(parts[ext])
+                out.write(json.dumps({"text": parts["txt"].decode(), "images": [str(files / f"{key}.{ext}")]}) + "\n")
+                keys.add(key)
+    jsonl.with_suffix(".tmp").rename(jsonl)
+    return jsonl, keys
