@@ -168,7 +168,8 @@ class Runner:
                     entries.append(done["report"])
                     timings.append({"name": m.name, "seconds": 0.0, "resumed": True})
                     stage_dirs.append(m.final)
-                    upstream_digest = done.get("digest")
+                    if not done.get(FUSED_INTO):   # a stage that owns its rows: the next chain reads them
+                        upstream_digest = done.get("digest")
                     self.log(f"[{m.index:02d}] {m.name:<16} complete, skipped (resume)")
                 if start < len(group):
                     t0 = time.perf_counter()
@@ -237,7 +238,7 @@ class Runner:
         if damaged:
             return damaged
         if m.stage.reads_sources and _media_changed(m.final, done):
-            return "a referenced image changed since it was read"
+            return "a referenced image or video changed since it was read"
         return None
 
     def _run_group(self, group: list[Member], stage_dirs: list[Path], upstream_digest: str | None) -> list[dict[str, Any]]:
