@@ -13,8 +13,11 @@ reader turns that into a recorded quarantine of the rest of the file, never a cr
 from __future__ import annotations
 
 import gzip
+import threading
 import zlib
-from typing import BinaryIO
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Callable, Hashable, Iterator
 
 GZIP_MAGIC = b"\x1f\x8b"
 # EOFError: the stream ends before gzip's end marker (a file cut short); zlib.error: corrupt deflate
@@ -33,3 +36,51 @@ def is_gzip(fh: BinaryIO) -> bool:
 def open_decompressed(fh: BinaryIO) -> BinaryIO:
     """`fh` itself, or a streaming gzip reader over it when it is gzip-compressed."""
     return gzip.GzipFile(fileobj=fh, mode="rb") if is_gzip(fh) else fh  # type: ignore[return-value]
+
+
+class OpenStreams:
+    """Decompressed streams kept open between reads in this process, at most `capacity` of them.
+
+    Why: a per-row stage (image filter, scorers) reads a compressed shard's members batch after
+    batch in offset order; without this each batch would decompress the shard from its start again
+    (quadratic in the shard's size). A stream is checked out for one caller at a time (threads
+    reading the same shard get their own), and one past the wanted offset is replaced by a new one."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._open: OrderedDict[Hashable, tuple[Any, gzip.GzipFile]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def at_or_before(self, key: Hashable, offset: int, open_raw: Callable[[], Any]) -> Iterator[gzip.GzipFile]:
+        with self._lock:
+            entry = self._open.pop(key, None)
+        if entry is not None and entry[1].tell() > offset:
+            _close(entry)
+            entry = None
+        if entry is None:
+            raw = open_raw()
+            entry = (raw, gzip.GzipFile(fileobj=raw, mode="rb"))
+        try:
+            yield entry[1]
+        except BaseException:
+            _close(entry)
+            raise
+        with self._lock:
+            evicted = [self._open.pop(key)] if key in self._open else []
+            self._open[key] = entry
+            while len(self._open) > self.capacity:
+                evicted.append(self._open.popitem(last=False)[1])
+        for e in evicted:
+            _close(e)
+
+
+def _close(entry: tuple[Any, gzip.GzipFile]) -> None:
+    for f in (entry[1], entry[0]):
+        try:
+            f.close()
+        except (OSError, EOFError, zlib.error):
+            pass
+
+
+STREAMS = OpenStreams()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import fsspec
 from PIL import Image
 
-from curate.compression import open_decompressed
+from curate.compression import STREAMS, is_gzip
 
 # Refuse to *decode* more than this many pixels (Pillow's default is ~89M with a warning only).
 MAX_DECODE_PIXELS = 64_000_000
@@ -247,7 +247,10 @@ def read_image_bytes(ref: Mapping[str, Any]) -> bytes:
     fs, path = _filesystem(uri)
     if _is_ranged(ref):
         with fs.open(path, "rb") as fh:
-            return _read_range(open_decompressed(fh), uri, ref["offset"], ref["size"])
+            if not is_gzip(fh):
+                return _read_range(fh, uri, ref["offset"], ref["size"])
+        with _gzip_stream(fs, path, uri, ref["offset"]) as src:
+            return _read_range(src, uri, ref["offset"], ref["size"])
     if member and member.startswith("row=") and path.endswith(".parquet"):
         return _parquet_cell(uri, member)
     if member:
@@ -287,16 +290,30 @@ def read_many(refs: Sequence[Mapping[str, Any]]) -> list[ReadResult]:
             for i in idx:
                 out[i] = exc
             continue
+        order = sorted(idx, key=lambda j: refs[j]["offset"])   # increasing: one forward pass
         with fh:
+            compressed = is_gzip(fh)
+            if not compressed:
+                for i in order:
+                    out[i] = _read_or_error(lambda r: _read_range(fh, uri, r["offset"], r["size"]), refs[i])
+        if compressed:   # offsets into a .tar.gz are in its decompressed stream
             try:
-                src = open_decompressed(fh)   # offsets into a .tar.gz are in its decompressed stream
+                with _gzip_stream(fs, path, uri, refs[order[0]]["offset"]) as src:
+                    for i in order:
+                        out[i] = _read_or_error(lambda r: _read_range(src, uri, r["offset"], r["size"]), refs[i])
             except OSError as exc:
-                for i in idx:
-                    out[i] = exc
-                continue
-            for i in sorted(idx, key=lambda j: refs[j]["offset"]):   # increasing: one forward pass
-                out[i] = _read_or_error(lambda r: _read_range(src, uri, r["offset"], r["size"]), refs[i])
+                for i in order:
+                    out[i] = out[i] if out[i] is not None else exc
     return out  # type: ignore[return-value]
+
+
+def _gzip_stream(fs: Any, path: str, uri: str, offset: int):
+    """A decompressed stream of a gzip container at or before `offset`, continuing where the last
+    read of it in this process stopped (curate.compression.OpenStreams). Keyed by the file's size
+    and mtime too, so a replaced file is never read through an old stream."""
+    info = fs.info(path)
+    key = (uri, info.get("size"), info.get("mtime"), info.get("ETag") or info.get("etag"))
+    return STREAMS.at_or_before(key, offset, lambda: fs.open(path, "rb"))
 
 
 def _read_or_error(read: Callable[[Mapping[str, Any]], bytes], ref: Mapping[str, Any]) -> ReadResult:

@@ -26,7 +26,6 @@ re-run writes the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -35,17 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
-from curate.base.diskspace import find_out_of_space, writing
+from curate.base.diskspace import find_out_of_space
 from pipelines.executors import Executor, data_files, make_executor, write_table
 from pipelines.chain_steps import count_rows, global_step, map_phase, stage_summary
 from pipelines.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
-from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, inventory_problem, package_version
+from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, package_version
+from pipelines.markers import atomic_write_json, read_marker, stale_reason
 from pipelines.outdir import claim_output, remove_owned
 from pipelines.progress import Progress, with_task_bytes
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
@@ -76,17 +75,6 @@ def read_kept(stage_dir: Path, columns: list[str] | None = None) -> pa.Table:
     columns too)."""
     table = stage_rows(stage_dir, columns, kept=True)
     return table if table is not None else R.BASE_SCHEMA.empty_table()
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with writing(path):
-        try:
-            tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-        except OSError:
-            tmp.unlink(missing_ok=True)   # a full disk leaves no half-written file behind
-            raise
-    os.replace(tmp, path)
 
 
 class Runner:
@@ -151,7 +139,7 @@ class Runner:
         (self.out / "stages").mkdir(exist_ok=True)
         for leftover in (self.out / "stages").glob("*.tmp"):
             remove_owned(leftover)  # a stage that was being built when the last run died
-        _atomic_write_json(self.out / "recipe.json", {"hash": recipe.hash(), **recipe.canonical()})
+        atomic_write_json(self.out / "recipe.json", {"hash": recipe.hash(), **recipe.canonical()})
         plan = recipe.plan()
         names = [s.name for s in plan]
         for flag, value in (("--until", self.until), ("--from", self.rerun_from)):
@@ -168,17 +156,18 @@ class Runner:
             for group in fusion_groups(self._members(plan)):
                 start = self._resume_point(group, forced_from, upstream_digest)
                 for m in group[:start]:
-                    done = _read_marker(m.final)
+                    done = read_marker(m.final)
                     entries.append(done["report"])
                     timings.append({"name": m.name, "seconds": 0.0, "resumed": True})
                     stage_dirs.append(m.final)
-                    upstream_digest = done.get("digest")
+                    if not done.get(FUSED_INTO):   # a stage that owns its rows: the next chain reads them
+                        upstream_digest = done.get("digest")
                     self.log(f"[{m.index:02d}] {m.name:<16} complete, skipped (resume)")
                 if start < len(group):
                     t0 = time.perf_counter()
                     ran = group[start:]
                     entries += self._run_group(ran, stage_dirs, upstream_digest)
-                    upstream_digest = _read_marker(ran[-1].final)["digest"]
+                    upstream_digest = read_marker(ran[-1].final)["digest"]
                     seconds = round(time.perf_counter() - t0, 3)
                     timings += [{"name": m.name, "seconds": seconds if m is ran[-1] else None, "resumed": False,
                                  "executor": self._ran_on,
@@ -188,8 +177,8 @@ class Runner:
             for ex in self._executors.values():
                 ex.close()
         # run.json first: report.html shows its executor and stage times
-        _atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
-                                                   "stages": timings})
+        atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
+                                                  "stages": timings})
         report = self._report(entries, stage_dirs)
         return RunResult(self.out, report, stage_dirs)
 
@@ -221,10 +210,10 @@ class Runner:
         that is on disk now, and every file still as committed."""
         point = 0
         for k, m in enumerate(group):
-            done = _read_marker(m.final)
+            done = read_marker(m.final)
             if m.index >= forced_from or done is None:
                 break
-            stale = self._stale(m, done, upstream_digest)
+            stale = stale_reason(m, done, upstream_digest, self.out)
             if stale:
                 self.log(f"[{m.index:02d}] {m.name:<16} not resumed: {stale}")
                 break
@@ -232,19 +221,6 @@ class Runner:
                 point = k + 1
                 upstream_digest = done.get("digest")
         return point
-
-    def _stale(self, m: Member, done: dict[str, Any], upstream_digest: str | None) -> str | None:
-        """Why a stage's committed output cannot be reused, or None."""
-        if done.get("fingerprint") != m.fingerprint:
-            return "its settings, code or inputs changed"
-        if done.get("input_digest") != upstream_digest:
-            return "the stage before it was re-run and wrote other bytes"
-        damaged = inventory_problem(done.get("outputs", {}), self.out)
-        if damaged:
-            return damaged
-        if m.stage.reads_sources and _media_changed(m.final, done):
-            return "a referenced image changed since it was read"
-        return None
 
     def _run_group(self, group: list[Member], stage_dirs: list[Path], upstream_digest: str | None) -> list[dict[str, Any]]:
         """Run a chain (one stage, or per-row stages fused into one pass, ending with at most one global
@@ -320,7 +296,7 @@ class Runner:
         for m, entry in zip(group, entries):
             outputs = [m.final] + ([Path(p) for p in m.stage.external_outputs()] if m is owner else [])
             inventory = file_inventory(outputs, self.out)
-            _atomic_write_json(m.final / "_COMPLETE.json", {
+            atomic_write_json(m.final / "_COMPLETE.json", {
                 "fingerprint": m.fingerprint, "report": entry, "started_ns": started_ns, "stage_index": m.index,
                 "input_digest": upstream_digest, "digest": content_digest(inventory),
                 **({FUSED_INTO: owner.final.name} if m is not owner else {}), "outputs": inventory})
@@ -340,7 +316,7 @@ class Runner:
         report = {"recipe": self.recipe.name, "recipe_hash": self.recipe.hash(), "seed": self.recipe.seed,
                   "version": package_version(), "stages": entries,
                   "final_samples": entries[-1]["out"] if entries else 0}
-        _atomic_write_json(self.out / "report.json", report)
+        atomic_write_json(self.out / "report.json", report)
         write_report_html(self.out)
         return report
 
@@ -351,32 +327,8 @@ def _settings_of(stage: S.Stage) -> dict[str, Any]:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
 
 
-def _read_marker(stage_dir: Path) -> dict[str, Any] | None:
-    """A stage's ``_COMPLETE.json``, or None when it is missing or damaged (then the stage re-runs)."""
-    try:
-        done = json.loads((stage_dir / "_COMPLETE.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return done if isinstance(done, dict) and isinstance(done.get("report"), dict) else None
-
-
 def _count(directory: Path, kept_only: bool = False) -> int:
     return count_rows(data_files(directory), kept_only)
-
-
-def _media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:
-    """Whether an image or video file referenced by a record changed since the source stage hashed it
-    (then the stage re-runs). Refs are streamed batch by batch, never all in memory."""
-    from curate.identity import stale_media
-    files = data_files(stage_dir / "data")
-    if not files or "started_ns" not in marker:
-        return bool(files)
-    started_ns = int(marker["started_ns"]) - 2_000_000_000   # 2 s slack for timestamp granularity
-    dataset = pads.dataset(files, format="parquet")
-    columns = [c for c in ("images", "videos") if c in dataset.schema.names]
-    batches = dataset.to_batches(columns=columns)
-    refs = (ref for b in batches for col in b.columns for refs in col.to_pylist() for ref in (refs or []))
-    return bool(stale_media(refs, changed_after_ns=started_ns))
 
 
 def _source_rows_hint(tasks: pa.Table) -> int:

@@ -147,3 +147,30 @@ def test_gzip_shards_give_the_samples_webdataset_gives(damaged):
         assert ours == theirs and set(table.column(R.STATUS).to_pylist()) == {R.KEPT}
         texts = [s["txt"].decode() for s in wds.WebDataset(uri, shardshuffle=False, empty_check=False)]
         assert table.column("text").to_pylist() == texts
+
+
+def test_batches_of_a_gzip_shard_continue_one_stream_instead_of_restarting_it(damaged, monkeypatch):
+    """Reading a .tar.gz's members batch after batch (as per-row stages do) decompresses it once,
+    not once per batch; the bytes are the members' bytes."""
+    import curate.compression as C
+    from curate import images as I
+    from curate.identity import sha256_bytes
+    from curate.sources import SourceSpec
+    opened = []
+
+    class Counting(C.gzip.GzipFile):
+        def __init__(self, *a, **kw):
+            opened.append(1)
+            super().__init__(*a, **kw)
+    monkeypatch.setattr(C.gzip, "GzipFile", Counting)
+    monkeypatch.setattr(C, "STREAMS", C.OpenStreams())
+    monkeypatch.setattr(I, "STREAMS", C.STREAMS)
+    uri = str(damaged / "wds" / "00000.tar.gz")
+    table = RD.read_file(SourceSpec(name="w", path=uri, format="webdataset"), uri, 0, 0)
+    refs = [r for refs in table.column("images").to_pylist() for r in refs]
+    opened.clear()
+    got = I.read_many(refs[:2]) + I.read_many(refs[2:])
+    assert [sha256_bytes(b) if isinstance(b, bytes) else b for b in got] == [r["sha256"] for r in refs]
+    assert len(opened) == 1
+    I.read_many(refs[:1])                       # going back restarts the stream, once
+    assert len(opened) == 2
