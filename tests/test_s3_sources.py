@@ -100,7 +100,7 @@ def leaks(out, *texts: str) -> list[str]:
     return found + [t[:80] for t in texts if SECRET in t or KEY_ID in t]
 
 
-@pytest.mark.parametrize("executor", ["inline", "ray"])
+@pytest.mark.parametrize("executor", ["inline", pytest.param("ray", marks=pytest.mark.slow)])
 def test_webdataset_and_parquet_on_s3_run_to_shards_with_no_credential_in_any_output(bucket, tmp_path, capfd, caplog,
                                                                                       executor):
     """Under Ray the workers read the bucket with the credentials they inherit from the driver's environment."""
