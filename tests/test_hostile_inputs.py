@@ -23,6 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curate.base import records as R
 from curate.readers import SourceSpec, read_file
@@ -352,9 +354,6 @@ def test_the_text_limit_counts_utf8_bytes_across_every_turn():
     with pytest.raises(BadSample, match="text_too_long"):
         check_text_size(spec, "a" * 50, [{"role": "user", "content": "b" * 51}])
     check_text_size(spec, "a" * 50, [{"role": "user", "content": "b" * 50}, {"role": "user", "content": None}])
-
-
-from hypothesis import given, strategies as st  # noqa: E402
 
 
 @given(st.one_of(st.none(), st.text(max_size=40)), st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=5),
