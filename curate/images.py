@@ -2,7 +2,9 @@
 
 Ingest stores a reference (container URI + member + byte offset) and the width/height from the
 header. Stages that need pixels (image rules, CLIP) and the shard writer call ``read_image_bytes``
-(or ``read_many`` for a batch); nothing else touches image bytes. Every decoder starts from
+(or ``read_many`` for a batch); nothing else touches image bytes. Every read is bounded in time
+(``curate.timed_io``, ``DEFAULT_READ_TIMEOUT_S``): a stalled mount costs the sample (a ``ReadTimeout``,
+an OSError whose ``reason`` is ``read_timeout``), not the run. Every decoder starts from
 ``open_image``, the one place with the decode budget (decompression bombs) and the truncation checks;
 Pillow's ``Image.open`` reads only the header until ``load()``.
 """
@@ -20,6 +22,7 @@ import fsspec
 from PIL import Image
 
 from curate.compression import STREAMS, is_gzip
+from curate.timed_io import DEFAULT_READ_TIMEOUT_S, ReadTimeout, call_with_deadline
 
 # Refuse to *decode* more than this many pixels (Pillow's default is ~89M with a warning only).
 MAX_DECODE_PIXELS = 64_000_000
@@ -242,7 +245,12 @@ def _read_range(fh: Any, uri: str, offset: int, size: int) -> bytes:
 
 
 def read_image_bytes(ref: Mapping[str, Any]) -> bytes:
-    """The encoded bytes an image reference points at (tar member, parquet cell, or plain file)."""
+    """The encoded bytes an image reference points at (tar member, parquet cell, or plain file);
+    ReadTimeout past DEFAULT_READ_TIMEOUT_S."""
+    return call_with_deadline(lambda: _read_image_bytes(ref), DEFAULT_READ_TIMEOUT_S, f"reading {ref['uri']}")
+
+
+def _read_image_bytes(ref: Mapping[str, Any]) -> bytes:
     uri, member = ref["uri"], ref.get("member")
     fs, path = _filesystem(uri)
     if _is_ranged(ref):
@@ -273,7 +281,9 @@ def read_many(refs: Sequence[Mapping[str, Any]]) -> list[ReadResult]:
     img2dataset shards hold 10,000 samples per tar: opening the tar per image cost a sixth of the
     image filter's time. Ranged references are grouped by file and read in offset order; the others
     go through ``read_image_bytes``. A failed read is returned in place of the bytes (never raised),
-    so that one missing member costs only its own sample.
+    so that one missing member costs only its own sample. Each open and each image's read is bounded
+    in time; after one times out, the file's other images get the same error at once (the file is
+    stalled: each would wait its own limit on a handle that a blocked read holds).
     """
     out: list[ReadResult | None] = [None] * len(refs)
     by_file: dict[str, list[int]] = defaultdict(list)
@@ -284,18 +294,31 @@ def read_many(refs: Sequence[Mapping[str, Any]]) -> list[ReadResult]:
             out[i] = _read_or_error(read_image_bytes, ref)
     for uri, idx in by_file.items():
         fs, path = _filesystem(uri)
+        what = f"reading {uri}"
         try:
-            fh = fs.open(path, "rb")
+            fh = call_with_deadline(lambda: fs.open(path, "rb"), DEFAULT_READ_TIMEOUT_S, what)
         except OSError as exc:
             for i in idx:
                 out[i] = exc
             continue
         order = sorted(idx, key=lambda j: refs[j]["offset"])   # increasing: one forward pass
-        with fh:
-            compressed = is_gzip(fh)
+        stalled: OSError | None = None
+        try:
+            try:
+                compressed = call_with_deadline(lambda: is_gzip(fh), DEFAULT_READ_TIMEOUT_S, what)
+            except OSError as exc:
+                stalled = exc if isinstance(exc, ReadTimeout) else None
+                for i in order:
+                    out[i] = exc
+                continue
             if not compressed:
                 for i in order:
-                    out[i] = _read_or_error(lambda r: _read_range(fh, uri, r["offset"], r["size"]), refs[i])
+                    out[i] = stalled or _read_or_error(lambda r: call_with_deadline(
+                        lambda: _read_range(fh, uri, r["offset"], r["size"]), DEFAULT_READ_TIMEOUT_S, what), refs[i])
+                    stalled = stalled or (out[i] if isinstance(out[i], ReadTimeout) else None)
+        finally:
+            if stalled is None:   # a handle a blocked read holds is left to it
+                fh.close()
         if compressed:   # offsets into a .tar.gz are in its decompressed stream
             try:
                 with _gzip_stream(fs, path, uri, refs[order[0]]["offset"]) as src:

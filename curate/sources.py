@@ -108,20 +108,18 @@ def check_image_count(spec: SourceSpec, count: int) -> None:
         raise BadSample("too_many_images", f"{count} image references > max_images_per_record={spec.max_images_per_record}")
 
 
-def _utf8_length(text: str, limit: int) -> int:
-    """UTF-8 length of `text`, encoding only when it could exceed `limit` (at most 4 bytes a character)."""
-    return len(text) if 4 * len(text) <= limit else len(text.encode("utf-8", "surrogatepass"))
-
-
 def check_text_size(spec: SourceSpec, text: str | None, conversations: list[dict] | None) -> None:
-    """Refuse a record whose caption and turns together are over max_text_bytes (a 50 MB caption must
-    not reach tokenization, where it would cost gigabytes)."""
-    limit, total = spec.max_text_bytes, 0
-    for part in [text, *(t.get("content") for t in conversations or () if isinstance(t, dict))]:
-        if isinstance(part, str):
-            total += _utf8_length(part, limit)
-            if total > limit:
-                raise BadSample("text_too_long", f"over {limit} bytes of text (max_text_bytes)")
+    """Refuse a record whose caption and turns together are over max_text_bytes of UTF-8 (a 50 MB
+    caption must not reach tokenization, where it would cost gigabytes). Characters bound the bytes
+    from both sides (1 to 4 each): only a record near the limit is encoded to count them."""
+    limit = spec.max_text_bytes
+    parts = [p for p in [text, *(t.get("content") for t in conversations or () if isinstance(t, dict))]
+             if isinstance(p, str)]
+    chars = sum(len(p) for p in parts)
+    if 4 * chars <= limit:
+        return
+    if chars > limit or sum(len(p.encode("utf-8", "surrogatepass")) for p in parts) > limit:
+        raise BadSample("text_too_long", f"over {limit} bytes of text (max_text_bytes)")
 
 
 def make_row(spec: SourceSpec, key: str, ordinal: int, provenance: dict, **fields: Any) -> dict[str, Any]:

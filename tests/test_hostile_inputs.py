@@ -23,6 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curate.base import records as R
 from curate.readers import SourceSpec, read_file
@@ -340,3 +342,30 @@ def test_size_limits_are_settings():
     with pytest.raises(Exception, match="max_text_bytes"):
         parse({"name": "n", "seed": 0, "stages": [], "sources": [
             {"name": "s", "path": "x", "format": "llava", "max_text_bytes": 0}]})
+
+
+def test_the_text_limit_counts_utf8_bytes_across_every_turn():
+    from curate.sources import BadSample, check_text_size
+    spec = SourceSpec(name="s", path="x", format="llava", max_text_bytes=100)
+    turns = [{"role": "user", "content": "€" * 10} for _ in range(4)]        # 40 characters, 120 bytes
+    with pytest.raises(BadSample, match="text_too_long"):
+        check_text_size(spec, None, turns)
+    check_text_size(spec, "€" * 33, None)                                     # 99 bytes
+    with pytest.raises(BadSample, match="text_too_long"):
+        check_text_size(spec, "a" * 50, [{"role": "user", "content": "b" * 51}])
+    check_text_size(spec, "a" * 50, [{"role": "user", "content": "b" * 50}, {"role": "user", "content": None}])
+
+
+@given(st.one_of(st.none(), st.text(max_size=40)), st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=5),
+       st.integers(1, 200))
+def test_the_text_limit_is_exactly_the_utf8_byte_count(text, contents, limit):
+    from curate.sources import BadSample, check_text_size
+    spec = SourceSpec(name="s", path="x", format="llava", max_text_bytes=limit)
+    turns = [{"role": "user", "content": c} for c in contents]
+    size = sum(len(p.encode("utf-8", "surrogatepass")) for p in [text, *contents] if p is not None)
+    try:
+        check_text_size(spec, text, turns)
+        refused = False
+    except BadSample as bad:
+        refused = bad.reason == "text_too_long"
+    assert refused == (size > limit)

@@ -88,6 +88,7 @@ def _busy_workers(raylet_pid: int) -> list[int]:
     return busy
 
 
+@pytest.mark.slow
 def test_the_second_nodes_raylet_killed_mid_stage_changes_no_byte(tmp_path):
     """SIGKILL of the second node's raylet while it runs slow_caption_length tasks: the run completes
     on the head alone with the same shards, report and rejects as the inline run."""

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipelines.recipe import load
 from pipelines.runner import run
 from tests.corpus import caption_corpus
@@ -48,6 +50,7 @@ def same_outputs(a: Path, b: Path) -> None:
     assert (a / "rejects.parquet").read_bytes() == (b / "rejects.parquet").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_worker_killed_in_an_actor_stage_and_in_a_shuffle_reduce_changes_no_byte(tmp_path):
     data = caption_corpus(tmp_path / "data", n_files=2, per_file=12)
     recipe = tmp_path / "r.yaml"

@@ -194,3 +194,25 @@ def test_hashing_a_stalled_source_for_the_resume_fingerprint_ends_at_the_limit(t
     assert took < LIMIT + 10
     (tmp_path / "ok.tar").write_bytes(b"y" * 3000)
     assert file_identity(str(tmp_path / "ok.tar"))["size"] == 3000
+
+
+def test_image_reads_after_ingest_are_bounded_and_a_stalled_container_fails_its_images_at_once(tmp_path, monkeypatch):
+    """The image filters and the shard writer read image bytes again (curate.images): a container on a
+    stalled mount costs its samples a ReadTimeout (reason read_timeout), once per file, not the run."""
+    from curate import images as I
+    monkeypatch.setattr(I, "DEFAULT_READ_TIMEOUT_S", LIMIT)
+    refs = [{"uri": str(tmp_path / "s.tar"), "member": f"{k}.jpg", "offset": 512 * (1 + 3 * k), "size": 100}
+            for k in range(3)]
+    good = tmp_path / "ok.jpg"
+    good.write_bytes(jpeg(32, 32, seed=3))
+    plain = {"uri": str(good), "member": None, "offset": 0, "size": good.stat().st_size}
+    with stalled_fifo(tmp_path / "s.tar", None), deadline(30):
+        start = time.monotonic()
+        got = I.read_many(refs + [plain])
+        took = time.monotonic() - start
+        with pytest.raises(ReadTimeout) as err:
+            I.read_image_bytes({"uri": str(tmp_path / "s.tar"), "member": None, "offset": -1, "size": -1})
+    assert all(isinstance(g, ReadTimeout) and g.reason == "read_timeout" for g in got[:3])
+    assert got[3] == good.read_bytes()
+    assert took < 3 * LIMIT + 5          # one wait for the stalled file, not one per image
+    assert "s.tar" in str(err.value)

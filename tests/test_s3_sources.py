@@ -24,6 +24,7 @@ from curate.base import records as R  # noqa: E402
 from pipelines.recipe import parse  # noqa: E402
 from pipelines.runner import run  # noqa: E402
 from tests.corpus import caption_corpus, ingest_resumed, jpeg  # noqa: E402
+from tests.test_hostile_inputs import image_server  # noqa: E402
 
 KEY_ID = "AKIAMMCURATETESTKEY1"
 SECRET = "mmcurate-test-secret-4f1e9d0c7b2a"   # grepped for in every output
@@ -65,9 +66,10 @@ def bucket(monkeypatch, tmp_path):
         server.stop()
 
 
-def upload(client, tmp_path) -> dict[str, bytes]:
+def upload(client, tmp_path, image_port: int | None = None) -> dict[str, bytes]:
     """Two webdataset tars, a parquet file (image bytes, a path below the bucket root, an http URL of a
-    host no source allows, a path outside the root) and the image the path names."""
+    host no source allows, a path outside the root) and the image the path names; with `image_port`, a
+    second parquet file whose two http images name the allowed host and another one (localhost)."""
     local = caption_corpus(tmp_path / "wds", n_files=2, per_file=6)
     objects = {f"wds/{p.name}": p.read_bytes() for p in sorted(local.glob("*.tar"))}
     objects["img/a.jpg"] = jpeg(120, 90, seed=7)
@@ -77,9 +79,16 @@ def upload(client, tmp_path) -> dict[str, bytes]:
         "key": ["bytes", "path", "remote", "other-bucket"],
         "text": ["inline image bytes", "an image next to the table", "a url", "another bucket"],
         "image": pa.array([{"bytes": jpeg(100, 80, seed=8), "path": None}, {"bytes": None, "path": "img/a.jpg"},
-                           {"bytes": None, "path": "http://127.0.0.1:9/x.jpg"},
+                           {"bytes": None, "path": "http://localhost:9/x.jpg"},
                            {"bytes": None, "path": "s3://elsewhere/x.jpg"}], image)}), buf)
     objects["pq/part-0.parquet"] = buf.getvalue()
+    if image_port is not None:
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"key": ["fetched", "not-allowed"], "text": ["from the allowed host", "from another"],
+                                 "image": pa.array([{"bytes": None, "path": f"http://127.0.0.1:{image_port}/a.jpg"},
+                                                    {"bytes": None, "path": f"http://localhost:{image_port}/b.jpg"}],
+                                                   image)}), buf)
+        objects["pq/part-1.parquet"] = buf.getvalue()
     for key, body in objects.items():
         client.put_object(Bucket="corpus", Key=key, Body=body)
     return objects
@@ -88,7 +97,8 @@ def upload(client, tmp_path) -> dict[str, bytes]:
 def s3_recipe() -> object:
     return parse({"name": "s3", "seed": 5, "sources": [
         {"name": "wds", "path": "s3://corpus/wds/*.tar", "format": "webdataset"},
-        {"name": "pq", "path": "s3://corpus/pq/*.parquet", "format": "parquet", "image_root": "s3://corpus"}],
+        {"name": "pq", "path": "s3://corpus/pq/*.parquet", "format": "parquet", "image_root": "s3://corpus",
+         "allowed_hosts": ["127.0.0.1"]}],
         "stages": [{"name": "count_tokens"}, {"name": "pack", "settings": {"context_length": 1024}},
                    {"name": "shards", "settings": {"dp_size": 1, "micro_batches": 1}}]})
 
@@ -100,23 +110,27 @@ def leaks(out, *texts: str) -> list[str]:
     return found + [t[:80] for t in texts if SECRET in t or KEY_ID in t]
 
 
-@pytest.mark.parametrize("executor", ["inline", "ray"])
+@pytest.mark.parametrize("executor", ["inline", pytest.param("ray", marks=pytest.mark.slow)])
 def test_webdataset_and_parquet_on_s3_run_to_shards_with_no_credential_in_any_output(bucket, tmp_path, capfd, caplog,
                                                                                       executor):
     """Under Ray the workers read the bucket with the credentials they inherit from the driver's environment."""
-    upload(bucket, tmp_path)
     out = tmp_path / "out"
-    with caplog.at_level(logging.INFO):   # (botocore's own DEBUG log prints request headers: never on by default)
-        result = run(s3_recipe(), out=out, executor=executor, progress=True)
+    with image_server(jpeg(90, 60, seed=9)) as (port, hits):
+        upload(bucket, tmp_path, image_port=port)
+        with caplog.at_level(logging.INFO):   # (botocore's own DEBUG log prints request headers: never on by default)
+            result = run(s3_recipe(), out=out, executor=executor, progress=True)
+    assert set(hits) == {"/a.jpg"}, "only the allowed host may be fetched (by ingest, and again by the shard writer)"
     ingest = result.report["stages"][0]
-    assert ingest["in"] == 12 + 4 and ingest["out"] == 12 + 2
+    assert ingest["in"] == 12 + 4 + 2 and ingest["out"] == 12 + 2 + 1
     rejects = {r["key"]: r[R.REASON] for r in pq.read_table(out / "stages" / "00_ingest" / "rejects.parquet").to_pylist()}
-    assert rejects == {"pq/remote": "image:remote_not_allowed", "pq/other-bucket": "image:outside_root"}
+    assert rejects == {"pq/remote": "image:remote_not_allowed", "pq/other-bucket": "image:outside_root",
+                       "pq/not-allowed": "image:remote_not_allowed"}
     kept = result.kept(0, ["key", "images"]).to_pylist()
     uris = {r["key"]: r["images"][0]["uri"] for r in kept}
     assert uris["pq/path"] == "s3://corpus/img/a.jpg" and uris["wds/s00-0000"] == "s3://corpus/wds/part-00000.tar"
     shards = list((out / "shards").rglob("*.tar"))
-    assert shards and result.report["stages"][-1]["out"] == 14   # the shard writer read every image back from S3
+    assert uris["pq/fetched"] == f"http://127.0.0.1:{port}/a.jpg"
+    assert shards and result.report["stages"][-1]["out"] == 15   # the shard writer read every image back
     printed = capfd.readouterr()
     assert leaks(out, printed.out, printed.err, caplog.text) == []
 
