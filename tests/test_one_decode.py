@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, strategies as st
 from PIL import Image
 
 from curate import base as S
@@ -209,3 +210,27 @@ def test_phash_and_std_do_not_depend_on_the_batch_they_are_computed_in():
     for i in range(50):
         assert F.phash_batch(thumbs[i:i + 1])[0] == whole_h[i]
         assert F.thumb_std(thumbs[i:i + 1])[0] == whole_s[i]
+
+
+# --- image_dedup's hash matrix ------------------------------------------------------------------------
+_ROWS = st.lists(st.one_of(st.none(), st.lists(st.integers(0, 2**64 - 1), max_size=4)), max_size=30)
+
+
+@given(chunks=st.lists(_ROWS, min_size=1, max_size=3), offset=st.integers(0, 3))
+def test_phash_matrix_equals_the_row_by_row_layout(chunks, offset):
+    """The vectorised matrix (list lengths + flattened values) against the obvious loop, on chunked and
+    sliced Arrow columns with null and empty rows."""
+    from curate.dedup.image_stage import phash_matrix
+    typ = pa.list_(pa.uint64())
+    arrays = [pa.array(rows, typ) for rows in chunks]
+    arrays[0] = arrays[0].slice(min(offset, len(arrays[0])))
+    column = pa.chunked_array(arrays, typ)
+    rows = column.to_pylist()
+    mat, counts, valid = phash_matrix(column)
+    width = max([len(r) for r in rows if r] + [1])
+    expected = np.zeros((len(rows), width), dtype=np.uint64)
+    for i, r in enumerate(rows):
+        expected[i, :len(r or [])] = r or []
+    np.testing.assert_array_equal(mat, expected)
+    np.testing.assert_array_equal(counts, [len(r or []) for r in rows])
+    np.testing.assert_array_equal(valid, [bool(r) for r in rows])
