@@ -21,7 +21,7 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import InlineData, as_table
-from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, task_bytes
+from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
 
 # No dictionary pages: most columns (keys, texts, paths, JSON) are nearly all distinct, where pyarrow's
 # dictionary attempt is wasted work; zstd on plain pages writes a 100k-row stage part 2.6x faster and
@@ -109,7 +109,7 @@ class PhasedInlineData(InlineData):
         return self._same(super().map_batches(fn))
 
     def shuffle_reduce(self, key: str, fn: Any, partitions: int) -> "PhasedInlineData":
-        with self.progress.phase(f"shuffle by {key}"):
+        with self.progress.phase(shuffle_phase(key)):
             return self._same(super().shuffle_reduce(key, fn, partitions))
 
     def union(self, other: InlineData) -> "PhasedInlineData":

@@ -11,7 +11,7 @@ A plain line reads::
     [01] text_filter + clip_score  map  12,288/60,000 rows  20%  4,096 rows/s  ETA 0:00:11
     [01] text_filter + clip_score  map  60,000/60,000 rows  100%  4,210 rows/s  done in 0:00:14
     [00] ingest  read  40,960/~1,000,000 rows  4%  20,480 rows/s  ETA 0:00:46
-    [05] image_dedup  shuffle by _bucket  running 0:00:10
+    [05] image_dedup  buckets  running 0:00:10
 
 The expected rows are known for every pass after ingest (the upstream's kept rows); ingest's are
 estimated from the bytes of the source files read so far (``~``). A pass's last line carries its
@@ -42,6 +42,19 @@ LIVE_TICK_S = 0.5
 QUIET_PHASE_S = 1.0
 BAR_WIDTH = 24
 BYTES = "_bytes"   # a source task's share of the source bytes (ingest's estimate of its rows)
+
+
+# A shuffle's phase is named after what its key groups (the stages' internal key columns), so that a
+# dedup reads as buckets -> component rounds -> join -> survivors rather than a list of column names.
+SHUFFLE_PHASES = {"key": "duplicate keys", "_one": "one reduce", "_all": "components in one reduce",
+                  "_bucket": "buckets", "_node": "components large star", "_hi": "components small star",
+                  "_ordinal": "join components back", "_component": "survivors per component",
+                  "_cell": "cluster cells", "_cluster_leaf": "cluster leaves", "_semdedup_key": "semantic groups",
+                  "source": "cutoffs per source"}
+
+
+def shuffle_phase(key: str) -> str:
+    return SHUFFLE_PHASES.get(key, f"shuffle by {key.lstrip('_')}")
 
 
 class RowCounter(Protocol):
@@ -166,11 +179,14 @@ class Phase:
 
     def _loop(self) -> None:
         progress = self.progress
-        while not self._stop.wait(progress.tick):
-            if not progress.live and time.monotonic() - progress.last_plain < progress.interval:
-                continue
-            self.progress.emit(self.current(), final=False)
-            self.lines += 1
+        try:
+            while not self._stop.wait(progress.tick):
+                if not progress.live and time.monotonic() - progress.last_plain < progress.interval:
+                    continue
+                self.progress.emit(self.current(), final=False)
+                self.lines += 1
+        finally:
+            progress.cost["poll_cpu_s"] += time.thread_time()   # this thread's CPU, for run.json
 
     def current(self) -> str:
         """The line for now, with monotonic counts."""
@@ -202,6 +218,9 @@ class Progress:
         self.tick = LIVE_TICK_S if self.live else min(self.interval, LIVE_TICK_S)
         self.label = ""
         self.last_plain = time.monotonic()
+        # What showing progress cost (run.json): the driver's polling threads, and per executor what
+        # counting cost (a Ray executor adds its counter actor's CPU and the number of adds).
+        self.cost: dict[str, float] = {"poll_cpu_s": 0.0}
         self._live_width = 0
         self._lock = threading.Lock()
 

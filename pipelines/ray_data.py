@@ -28,7 +28,7 @@ from curate.base import records as R
 from curate.base.global_data import concat, partition_of, sort_for_reduce
 from pipelines.executors import data_files, global_columns, rows_in, write_table
 from pipelines.heap import HeapTrimmer
-from pipelines.progress import DISABLED, Progress, RowCounter, entered_rows, task_bytes
+from pipelines.progress import DISABLED, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
 from pipelines.ray_files import FILE, MAP_TASK_ROWS, ROWS_PER_FILE, apply_file, read_files, route, write_in_order
 
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class RayData:
 
         ds = self.ds.map_batches(add_part, batch_format="pyarrow")
         return self._next(ds.groupby(PART, num_partitions=partitions).map_groups(reduce, batch_format="pyarrow"),
-                          (f"shuffle by {key}",))
+                          (shuffle_phase(key),))
 
     def union(self, other: "RayData") -> "RayData":
         return self._next(self.ds.union(other.ds), other.pending)
@@ -104,15 +104,22 @@ class _Tallies:
 
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = {}
+        self.adds = 0
 
     def add(self, key: str, rows: int, nbytes: int) -> None:
         done = self.counts.setdefault(key, [0, 0])
         done[0] += rows
         done[1] += nbytes
+        self.adds += 1
 
     def read(self, key: str) -> tuple[int, int]:
         rows, nbytes = self.counts.get(key, (0, 0))
         return rows, nbytes
+
+    def cost(self) -> dict[str, float]:
+        """How many adds this actor took and the CPU seconds of its process (it does nothing else)."""
+        import time
+        return {"adds": self.adds, "actor_cpu_s": time.process_time()}
 
 
 class RayCounter:
@@ -344,5 +351,11 @@ class RayExecutor:
 
     def close(self) -> None:
         self._trimmer.stop()
+        if self._tallies is not None:
+            try:
+                for name, value in self.ray.get(self._tallies.cost.remote(), timeout=10).items():
+                    self.progress.cost[name] = self.progress.cost.get(name, 0) + value
+            except Exception:   # noqa: BLE001 — only a number for run.json; never fail a finished run on it
+                pass
         if self._started:
             self.ray.shutdown()

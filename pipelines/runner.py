@@ -153,7 +153,7 @@ class Runner:
                 ex.close()
         # run.json first: report.html shows its executor and stage times
         _atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
-                                                   "stages": timings})
+                                                   "stages": timings, "progress_cost": self._progress.cost})
         report = self._report(entries, stage_dirs)
         return RunResult(self.out, report, stage_dirs)
 
