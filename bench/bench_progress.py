@@ -5,10 +5,11 @@ count_tokens -> mixture -> pack on Ray, with progress on and its lines going to 
 lines a log gets every ~10 s). An A/B of two runs cannot resolve 1% on a shared machine, so the cost
 is counted, not guessed from a difference:
 
-* the driver's polling threads' own CPU (``time.thread_time`` in each, summed into run.json),
-* the counter actor's process CPU and its number of adds (one per batch of a pass's last stage),
-* each add's cost on the worker that makes it — the ``entered_rows`` count of the batch and the
-  actor call's submission — measured here on this machine, times the number of adds;
+* the driver's polling threads' own CPU (``time.thread_time`` in each, summed into run.json), which
+  includes reading the counter files;
+* each add's cost on the worker that makes it (one per batch of a pass's last stage: the
+  ``entered_rows`` count of the batch and the rewrite of that worker's counter file), measured here
+  on this machine, times the number of adds run.json records;
 
 against the CPU seconds of the whole process tree (driver, Ray daemons, workers).
 
@@ -31,25 +32,19 @@ from bench_scale import corpus, recipe  # noqa: E402
 from proctree import run_tree  # noqa: E402
 
 DRIVER = r'''
-import json, sys, time
+import json, sys, tempfile, time
 import pyarrow as pa
-import ray
-from pipelines.progress import entered_rows
-from pipelines.ray_data import RayCounter, _Tallies
+from pipelines.progress import FileCounter, entered_rows
 
-# the per-add cost a worker pays: count the batch's entering rows, submit the actor call
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-actor = ray.remote(num_cpus=0)(_Tallies).remote()
-counter = RayCounter(actor, "probe")
-ray.get(actor.read.remote("probe"))
+# the per-add cost a worker pays: count the batch's entering rows, rewrite its counter file
 batch = pa.table({"_status": ["kept"] * 4000 + ["rejected"] * 96, "_dropped_at": pa.nulls(4096, pa.int32())})
+counter = FileCounter(tempfile.mkdtemp(prefix="probe-", dir=sys.argv[2] + "-probe"))
 n = 3000
 c0 = time.process_time()
 for _ in range(n):
     counter.add(entered_rows(batch, True))
-ray.get(actor.read.remote("probe"))
 per_add = (time.process_time() - c0) / n
-ray.shutdown()
+counter.close()
 
 from pipelines import run
 t0 = time.perf_counter()
@@ -65,6 +60,7 @@ def main(argv: list[str]) -> None:
     try:
         corpus(data, rows)
         (data / "r.yaml").write_text(recipe(data, new=True))
+        (data / "out-probe").mkdir()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("MMCURATE_PROGRESS_INTERVAL", None)
         proc, tree_cpu, wall = run_tree([sys.executable, "-c", DRIVER, str(data / "r.yaml"), str(data / "out")],
@@ -79,14 +75,12 @@ def main(argv: list[str]) -> None:
     cost = result["cost"]
     adds = int(cost.get("adds", 0))
     workers = adds * result["per_add_s"]
-    total = cost["poll_cpu_s"] + cost.get("actor_cpu_s", 0.0) + workers
+    total = cost["poll_cpu_s"] + workers
     from run import format_table
     print(format_table(["rows", "run wall s", "process-tree CPU s", "progress lines", "driver poll CPU s",
-                        "counter actor CPU s", "adds (batches)", "per add (worker) ms", "progress CPU s",
-                        "share of the run's CPU"],
+                        "adds (batches)", "per add (worker) ms", "progress CPU s", "share of the run's CPU"],
                        [[f"{rows:,}", f"{wall:.1f}", f"{tree_cpu:.1f}", len(lines), f"{cost['poll_cpu_s']:.3f}",
-                         f"{cost.get('actor_cpu_s', 0.0):.3f}", adds, f"{result['per_add_s'] * 1e3:.3f}",
-                         f"{total:.3f}", f"{total / tree_cpu:.3%}"]]))
+                         adds, f"{result['per_add_s'] * 1e3:.3f}", f"{total:.3f}", f"{total / tree_cpu:.3%}"]]))
     print("\n".join(lines[:12]))
 
 

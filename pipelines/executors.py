@@ -67,8 +67,9 @@ class Executor(Protocol):
     name: str
     progress: Progress   # where global steps show their phases (the runner sets it)
 
-    def new_counter(self) -> RowCounter:
-        """A counter the workers of one pass add their batches' rows to (pipelines.progress)."""
+    def new_counter(self, directory: Path) -> RowCounter:
+        """A counter the workers of one pass add their batches' rows to (pipelines.progress); it may
+        keep files under `directory` (a fresh path inside the stage's temporary directory)."""
     def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """Write ``stages``' per-batch steps applied in turn to `files` (one pass; a fused chain when
         there are several: rows dropped inside it carry ``_dropped_at``). `counter`: gets the rows
@@ -121,8 +122,8 @@ class InlineExecutor:
     name = "inline"
     progress: Progress = DISABLED
 
-    def new_counter(self) -> LocalCounter:
-        return LocalCounter()
+    def new_counter(self, directory: Path | None = None) -> LocalCounter:
+        return LocalCounter()   # in this process: nothing on disk
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """Part by part (>= MIN_ROWS_PER_PART rows), each stage in turn over the part in its own batch
