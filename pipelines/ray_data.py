@@ -302,7 +302,8 @@ class RayExecutor:
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
                        "only_kept": only_kept, "token": token, "stage_cls": type(stage), "config": stage.config,
                        "context": stage.context, "worker_stage": _worker_stage, "counter": counter})
-        with self.progress.phase("apply", rows_in(files, kept_only=only_kept), counter) as phase:
+        expected = rows_in(files, kept_only=only_kept) if self.progress.enabled else None
+        with self.progress.phase("apply", expected, counter) as phase:
             written = concat(self.ray.get(done.to_arrow_refs()))
             phase.finish(int(pc.sum(written.column("rows")).as_py() or 0))
         if sorted(written.column("file").to_pylist()) != list(range(len(files))):
