@@ -214,22 +214,22 @@ class Phase:
             return
         self._stop.set()
         self._thread.join()
-        self._close_counter()
         elapsed = time.monotonic() - self.started
+        counted = None if self.counter is None else max(self._read()[0], self.shown)
+        self._close_counter()
         if exc_type is not None:
             self.progress.end_live()
             return
         if self.counter is None and elapsed < QUIET_PHASE_S and not self.lines:
             self.progress.end_live(clear=True)
             return
-        rows = self.final_rows if self.final_rows is not None else (None if self.counter is None else self._read()[0])
+        rows = self.final_rows if self.final_rows is not None else counted
         self.progress.emit(progress_line(self.label, rows, rows, False, elapsed, final=True), final=True)
 
     def _close_counter(self) -> None:
         """Count the counter's adds into the run's progress cost and remove what it left on disk."""
         if self.counter is None:
             return
-        self._read()
         self.progress.cost["adds"] = self.progress.cost.get("adds", 0) + getattr(self.counter, "adds", 0)
         close = getattr(self.counter, "close", None)
         if close is not None:
@@ -238,7 +238,7 @@ class Phase:
     def _read(self) -> tuple[int, int]:
         try:
             return self.counter.read() if self.counter is not None else (0, 0)
-        except Exception:   # a counter that cannot answer now (a busy Ray): the next tick asks again
+        except Exception:   # noqa: BLE001 — a counter that cannot answer now: the next tick asks again
             return self.shown, 0
 
     def _loop(self) -> None:
