@@ -28,9 +28,9 @@ def map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1
     pass1.mkdir()
     if upstream_kept is None or upstream_kept:
         head, progress = stages[0], executor.progress
-        counter = executor.new_counter() if progress.enabled else None
-        source_bytes = _source_bytes(files) if head.reads_sources and progress.enabled else None
         name = "read" if head.reads_sources else stages[-1].batch_phase
+        counter = executor.new_counter(pass1.parent / f".progress-{name}") if progress.enabled else None
+        source_bytes = _source_bytes(files) if head.reads_sources and progress.enabled else None
         with progress.phase(name, upstream_kept, counter, source_bytes) as phase:
             executor.map_stages(stages, files, pass1, counter)
             phase.finish(count_rows(data_files(pass1)) if upstream_kept is None else upstream_kept)

@@ -22,7 +22,7 @@ from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import writing
 from curate.base.global_data import InlineData, as_table
-from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, task_bytes
+from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
 
 # No dictionary pages: most columns (keys, texts, paths, JSON) are nearly all distinct, where pyarrow's
 # dictionary attempt is wasted work; zstd on plain pages writes a 100k-row stage part 2.6x faster and
@@ -69,8 +69,9 @@ class Executor(Protocol):
     name: str
     progress: Progress   # where global steps show their phases (the runner sets it)
 
-    def new_counter(self) -> RowCounter:
-        """A counter the workers of one pass add their batches' rows to (pipelines.progress)."""
+    def new_counter(self, directory: Path) -> RowCounter:
+        """A counter the workers of one pass add their batches' rows to (pipelines.progress); it may
+        keep files under `directory` (a fresh path inside the stage's temporary directory)."""
     def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """Write ``stages``' per-batch steps applied in turn to `files` (one pass; a fused chain when
         there are several: rows dropped inside it carry ``_dropped_at``). `counter`: gets the rows
@@ -111,7 +112,7 @@ class PhasedInlineData(InlineData):
         return self._same(super().map_batches(fn))
 
     def shuffle_reduce(self, key: str, fn: Any, partitions: int) -> "PhasedInlineData":
-        with self.progress.phase(f"shuffle by {key}"):
+        with self.progress.phase(shuffle_phase(key)):
             return self._same(super().shuffle_reduce(key, fn, partitions))
 
     def union(self, other: InlineData) -> "PhasedInlineData":
@@ -123,8 +124,8 @@ class InlineExecutor:
     name = "inline"
     progress: Progress = DISABLED
 
-    def new_counter(self) -> LocalCounter:
-        return LocalCounter()
+    def new_counter(self, directory: Path | None = None) -> LocalCounter:
+        return LocalCounter()   # in this process: nothing on disk
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """Part by part (>= MIN_ROWS_PER_PART rows), each stage in turn over the part in its own batch

@@ -1,9 +1,11 @@
 """Progress of a run: rows done of the rows expected, rows per second and an ETA for every pass.
 
-Workers count per batch (never per row) into a counter — in this process for the inline executor,
-a small Ray actor for the Ray executor (``pipelines.ray_data``) — and a thread of the driver reads
-the counter: every LIVE_TICK_S as a live bar on a terminal, every PLAIN_INTERVAL_S as a plain line
-when the output is a file, a pipe or a notebook (CI logs, ``nohup``), never with ``--quiet``.
+Workers count per batch (never per row) into a counter — in this process for the inline executor;
+for the Ray executor a small file per worker process in the pass's own (temporary) stage directory,
+on the output filesystem every worker already writes the stage's rows to (``FileCounter``: no
+extra process, no call to the driver) — and a thread of the driver reads the counter: every
+LIVE_TICK_S as a live bar on a terminal, every PLAIN_INTERVAL_S as a plain line when the output is
+a file, a pipe or a notebook (CI logs, ``nohup``), never with ``--quiet``.
 ``MMCURATE_PROGRESS_INTERVAL`` (seconds) overrides the interval of the plain lines.
 
 A plain line reads::
@@ -11,7 +13,7 @@ A plain line reads::
     [01] text_filter + clip_score  map  12,288/60,000 rows  20%  4,096 rows/s  ETA 0:00:11
     [01] text_filter + clip_score  map  60,000/60,000 rows  100%  4,210 rows/s  done in 0:00:14
     [00] ingest  read  40,960/~1,000,000 rows  4%  20,480 rows/s  ETA 0:00:46
-    [05] image_dedup  shuffle by _bucket  running 0:00:10
+    [05] image_dedup  buckets  running 0:00:10
 
 The expected rows are known for every pass after ingest (the upstream's kept rows); ingest's are
 estimated from the bytes of the source files read so far (``~``). A pass's last line carries its
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -44,6 +47,19 @@ BAR_WIDTH = 24
 BYTES = "_bytes"   # a source task's share of the source bytes (ingest's estimate of its rows)
 
 
+# A shuffle's phase is named after what its key groups (the stages' internal key columns), so that a
+# dedup reads as buckets -> component rounds -> join -> survivors rather than a list of column names.
+SHUFFLE_PHASES = {"key": "duplicate keys", "_one": "one reduce", "_all": "components in one reduce",
+                  "_bucket": "buckets", "_node": "components large star", "_hi": "components small star",
+                  "_ordinal": "join components back", "_component": "survivors per component",
+                  "_cell": "cluster cells", "_cluster_leaf": "cluster leaves", "_semdedup_key": "semantic groups",
+                  "source": "cutoffs per source"}
+
+
+def shuffle_phase(key: str) -> str:
+    return SHUFFLE_PHASES.get(key, f"shuffle by {key.lstrip('_')}")
+
+
 class RowCounter(Protocol):
     def add(self, rows: int, nbytes: int = 0) -> None: ...
     def read(self) -> tuple[int, int]: ...
@@ -55,13 +71,63 @@ class LocalCounter:
     def __init__(self) -> None:
         self.rows = 0
         self.bytes = 0
+        self.adds = 0
 
     def add(self, rows: int, nbytes: int = 0) -> None:
         self.rows += rows
         self.bytes += nbytes
+        self.adds += 1
 
     def read(self) -> tuple[int, int]:
         return self.rows, self.bytes
+
+
+_DONE: dict[str, list[int]] = {}   # per worker process: each FileCounter's rows, bytes and adds so far
+
+
+class FileCounter:
+    """Rows and bytes done by a pass's tasks: each worker process keeps its own running totals and
+    rewrites them (one 64-byte pwrite per batch) into its own file under `directory`; the driver sums
+    the files. Progress never fails a task: a write that cannot happen is skipped."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = str(directory)
+        self.adds = 0
+
+    def add(self, rows: int, nbytes: int = 0) -> None:
+        done = _DONE.setdefault(self.directory, [0, 0, 0])
+        done[0] += rows
+        done[1] += nbytes
+        done[2] += 1
+        record = f"{done[0]:>20} {done[1]:>20} {done[2]:>20}\n".encode()
+        try:
+            fd = os.open(os.path.join(self.directory, f"{socket.gethostname()}-{os.getpid()}"),
+                         os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                os.pwrite(fd, record, 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def read(self) -> tuple[int, int]:
+        rows = nbytes = adds = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return 0, 0
+        for entry in entries:
+            try:
+                with open(entry.path, "rb") as fh:
+                    r, b, a = (int(x) for x in fh.read(64).split())
+            except (OSError, ValueError):   # a file being written for the first time: the next tick reads it
+                continue
+            rows, nbytes, adds = rows + r, nbytes + b, adds + a
+        self.adds = adds
+        return rows, nbytes
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def entered_rows(batch: pa.Table, carries_dropped: bool) -> int:
@@ -149,28 +215,42 @@ class Phase:
         self._stop.set()
         self._thread.join()
         elapsed = time.monotonic() - self.started
+        counted = None if self.counter is None else max(self._read()[0], self.shown)
+        self._close_counter()
         if exc_type is not None:
             self.progress.end_live()
             return
         if self.counter is None and elapsed < QUIET_PHASE_S and not self.lines:
             self.progress.end_live(clear=True)
             return
-        rows = self.final_rows if self.final_rows is not None else (None if self.counter is None else self._read()[0])
+        rows = self.final_rows if self.final_rows is not None else counted
         self.progress.emit(progress_line(self.label, rows, rows, False, elapsed, final=True), final=True)
+
+    def _close_counter(self) -> None:
+        """Count the counter's adds into the run's progress cost and remove what it left on disk."""
+        if self.counter is None:
+            return
+        self.progress.cost["adds"] = self.progress.cost.get("adds", 0) + getattr(self.counter, "adds", 0)
+        close = getattr(self.counter, "close", None)
+        if close is not None:
+            close()
 
     def _read(self) -> tuple[int, int]:
         try:
             return self.counter.read() if self.counter is not None else (0, 0)
-        except Exception:   # a counter that cannot answer now (a busy Ray): the next tick asks again
+        except Exception:   # noqa: BLE001 — a counter that cannot answer now: the next tick asks again
             return self.shown, 0
 
     def _loop(self) -> None:
         progress = self.progress
-        while not self._stop.wait(progress.tick):
-            if not progress.live and time.monotonic() - progress.last_plain < progress.interval:
-                continue
-            self.progress.emit(self.current(), final=False)
-            self.lines += 1
+        try:
+            while not self._stop.wait(progress.tick):
+                if not progress.live and time.monotonic() - progress.last_plain < progress.interval:
+                    continue
+                self.progress.emit(self.current(), final=False)
+                self.lines += 1
+        finally:
+            progress.cost["poll_cpu_s"] += time.thread_time()   # this thread's CPU, for run.json
 
     def current(self) -> str:
         """The line for now, with monotonic counts."""
@@ -202,6 +282,9 @@ class Progress:
         self.tick = LIVE_TICK_S if self.live else min(self.interval, LIVE_TICK_S)
         self.label = ""
         self.last_plain = time.monotonic()
+        # What showing progress cost (run.json): the driver's polling threads' CPU, and how many
+        # per-batch adds the workers made (bench/bench_progress.py prices one).
+        self.cost: dict[str, float] = {"poll_cpu_s": 0.0, "adds": 0}
         self._live_width = 0
         self._lock = threading.Lock()
 

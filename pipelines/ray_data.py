@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -37,7 +38,7 @@ from curate.base.diskspace import find_out_of_space
 from curate.base.global_data import concat, partition_of, sort_for_reduce
 from pipelines.executors import data_files, global_columns, rows_in, write_table
 from pipelines.heap import HeapTrimmer
-from pipelines.progress import DISABLED, Progress, RowCounter, entered_rows, task_bytes
+from pipelines.progress import DISABLED, FileCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
 from pipelines.ray_files import FILE, MAP_TASK_ROWS, ROWS_PER_FILE, apply_file, read_files, route, write_in_order
 
 T = TypeVar("T")
@@ -87,7 +88,7 @@ class RayData:
 
         ds = self.ds.map_batches(add_part, batch_format="pyarrow")
         return self._next(ds.groupby(PART, num_partitions=partitions).map_groups(reduce, batch_format="pyarrow"),
-                          (f"shuffle by {key}",))
+                          (shuffle_phase(key),))
 
     def union(self, other: "RayData") -> "RayData":
         return self._next(self.ds.union(other.ds), other.pending)
@@ -106,38 +107,6 @@ class RayData:
     def materialize(self) -> "RayData":
         with self._phase("materialize"):
             return RayData(self.ds.materialize(), None, self.progress)
-
-
-class _Tallies:
-    """A Ray actor holding the rows and bytes done of each pass, added per batch by its tasks."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, list[int]] = {}
-
-    def add(self, key: str, rows: int, nbytes: int) -> None:
-        done = self.counts.setdefault(key, [0, 0])
-        done[0] += rows
-        done[1] += nbytes
-
-    def read(self, key: str) -> tuple[int, int]:
-        rows, nbytes = self.counts.get(key, (0, 0))
-        return rows, nbytes
-
-
-class RayCounter:
-    """A pass's counter on the _Tallies actor: workers add without waiting (one call per batch), the
-    driver's progress thread reads it."""
-
-    def __init__(self, actor: Any, key: str):
-        self.actor, self.key = actor, key
-
-    def add(self, rows: int, nbytes: int = 0) -> None:
-        if rows or nbytes:
-            self.actor.add.remote(self.key, rows, nbytes)
-
-    def read(self) -> tuple[int, int]:
-        import ray
-        return tuple(ray.get(self.actor.read.remote(self.key), timeout=10))   # type: ignore[return-value]
 
 
 _WORKER_STAGES: dict[str, Stage] = {}
@@ -217,8 +186,6 @@ class RayExecutor:
         from ray.data.context import ShuffleStrategy
         self.ray = ray
         self._started = False
-        self._tallies: Any = None
-        self._passes = 0
         # Model actors are restarted after a crash only on a cluster, where a lost node is what a
         # restart recovers from. Ray Data hands every actor its constructor arguments through the
         # object store, and Ray's core worker logs an error line for each actor started that way
@@ -267,12 +234,12 @@ class RayExecutor:
         more is one more map task of each shuffle (a sort shuffle's cost grows with blocks x partitions)."""
         return read_files(self.ray, files, columns, task_rows=task_rows)
 
-    def new_counter(self) -> RayCounter:
-        """A counter for one pass on the run's _Tallies actor (started on first use; no CPU reserved)."""
-        if self._tallies is None:
-            self._tallies = self.ray.remote(num_cpus=0, max_restarts=0)(_Tallies).remote()
-        self._passes += 1
-        return RayCounter(self._tallies, f"pass-{self._passes}")
+    def new_counter(self, directory: Path) -> FileCounter:
+        """A counter for one pass: files its workers write under `directory` (in the stage's
+        temporary directory, on the filesystem the workers write the stage's rows to)."""
+        path = directory.with_name(f"{directory.name}-{uuid.uuid4().hex[:12]}").resolve()
+        path.mkdir(parents=True)
+        return FileCounter(path)
 
     def map_stages(self, stages: list[Stage], files: list[str], out: Path, counter: RowCounter | None = None) -> None:
         """One streaming Ray Data pass: read, each stage's map_batches in turn (tasks or an actor pool,
@@ -357,13 +324,14 @@ class RayExecutor:
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:decisions"
         out.mkdir(parents=True, exist_ok=True)
         by_file = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE, num_partitions=min(len(files), 256))
-        counter = self.new_counter() if self.progress.enabled else None
+        counter = self.new_counter(out.parent / ".progress-apply") if self.progress.enabled else None
         done = by_file.map_groups(
             apply_file, batch_format="pyarrow",
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
                        "only_kept": only_kept, "token": token, "stage_cls": type(stage), "config": stage.config,
                        "context": stage.context, "worker_stage": _worker_stage, "counter": counter})
-        with self.progress.phase("apply", rows_in(files, kept_only=only_kept), counter) as phase:
+        expected = rows_in(files, kept_only=only_kept) if self.progress.enabled else None
+        with self.progress.phase("apply", expected, counter) as phase:
             written = concat(self.ray.get(done.to_arrow_refs()))
             phase.finish(int(pc.sum(written.column("rows")).as_py() or 0))
         if sorted(written.column("file").to_pylist()) != list(range(len(files))):

@@ -178,7 +178,7 @@ class Runner:
                 ex.close()
         # run.json first: report.html shows its executor and stage times
         atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
-                                                  "stages": timings})
+                                                  "stages": timings, "progress_cost": self._progress.cost})
         report = self._report(entries, stage_dirs)
         return RunResult(self.out, report, stage_dirs)
 
@@ -233,7 +233,9 @@ class Runner:
         stages = [m.stage for m in group]
         started_ns = time.time_ns()
         if head.stage.reads_sources:
-            tasks = with_task_bytes(head.stage.input_table())   # bytes per task: ingest's progress estimate
+            tasks = head.stage.input_table()
+            if self._progress.enabled:   # a stat per source file: ingest's progress estimates its rows from bytes
+                tasks = with_task_bytes(tasks)
             write_table(tasks, head.tmp / "tasks.parquet")
             files = [str(head.tmp / "tasks.parquet")]
             upstream_kept = None

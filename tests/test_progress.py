@@ -161,3 +161,30 @@ def test_entered_rows_counts_what_entered_the_pass():
                       "_dropped_at": pa.array([None, 3, None, None], pa.int32())})
     assert entered_rows(batch, carries_dropped=True) == 3    # the rejected row without _dropped_at came rejected
     assert entered_rows(batch, carries_dropped=False) == 2
+
+
+def _add_in_another_process(directory: str, batches: int) -> None:
+    from pipelines.progress import FileCounter
+    counter = FileCounter(directory)
+    for _ in range(batches):
+        counter.add(100, 10)
+
+
+def test_file_counter_sums_what_each_worker_process_wrote(tmp_path):
+    """Ray's counter: each worker process rewrites its own running totals; the driver sums the files."""
+    import multiprocessing
+    from pipelines.progress import FileCounter
+    directory = tmp_path / ".progress-map-x"
+    directory.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_add_in_another_process, args=(str(directory), n)) for n in (3, 5)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    counter = FileCounter(directory)
+    assert counter.read() == (800, 80) and counter.adds == 8 and len(list(directory.iterdir())) == 2
+    counter.close()
+    assert not directory.exists()
+    counter.add(1)   # after the pass: never raises, writes nothing
+    assert not directory.exists()
