@@ -377,3 +377,15 @@ def test_the_readme_training_snippet_runs_on_the_demo_shards(demo_run, tmp_path)
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^loss \d+\.\d+", proc.stdout, flags=re.M), proc.stdout
+
+
+def test_resumable_loader_batches_carry_the_attention_inputs(demo_run):
+    from pack.loader import PackedShards, ResumableLoader
+    out, _, _ = demo_run
+    loader = ResumableLoader(PackedShards(str(out / "shards"), rank=1, world_size=2), batch_size=2, device=None,
+                             attn_implementation=A.EAGER)
+    batch = next(iter(loader))
+    L = batch["input_ids"].shape[1]
+    assert batch["attention_mask"].shape == (2, 1, L, L) and batch["attention_mask"].dtype == torch.float32
+    assert torch.equal(batch["attention_mask"], A.block_causal_mask(batch["segment_ids"], A.EAGER))
+    assert loader.state_dict()["position"] == 2
