@@ -68,7 +68,7 @@ class PackSample(Sample):
         return self.pack["images"]
 
 
-def pack_from_parts(raw: Mapping[str, Any], key: str, position: int, rank: int, context_length: int,
+def pack_from_parts(raw: Mapping[str, Any], key: str, position: int, rank: Optional[int], context_length: int,
                     profile: ModelProfile, where: str) -> dict[str, Any]:
     """The PackedShards item of one pack from its raw tar members (Energon keys parts by what follows
     the key), through the loader's own pack.pack_item."""
@@ -84,12 +84,13 @@ class PackWebdataset(StandardWebdatasetFactory[PackSample]):
     """The factory ``.nv-meta/dataset.yaml`` names; ``rank``, ``context_length`` and ``model`` come from
     that file (the shards stage wrote them), the rest from Energon (``get_train_dataset`` ...)."""
 
-    def __init__(self, path: EPath, *, rank: int, context_length: int, model: Optional[dict] = None,
+    def __init__(self, path: EPath, *, rank: Optional[int], context_length: int, model: Optional[dict] = None,
                  sample_type: Type[PackSample] = PackSample, pixel_values: bool = False, decoder: Any = None,
                  **kwargs: Any):
         if not issubclass(sample_type, PackSample):
             raise ValueError(f"sample_type: {sample_type.__qualname__} is not a PackSample")
-        self.rank, self.context_length = int(rank), int(context_length)
+        # rank None: the leftover/ folder (carried-over packs belong to no rank)
+        self.rank, self.context_length = (None if rank is None else int(rank)), int(context_length)
         self.profile = profile_from_mapping(model)
         self._pixels = self._video_pixels = None
         if pixel_values:

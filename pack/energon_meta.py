@@ -15,10 +15,19 @@ What Energon 7.x needs to load a WebDataset folder (read from megatron.energon.f
                               then the offset where the archive's members end (``energon prepare``'s
                               tar index; Energon reads sample i as bytes [idx[i], idx[i+1]))
 
-Not written: ``index.sqlite`` / ``index.uuid`` (random access by sample key, joins and auxiliary
-file stores of metadatasets; sequential loading does not read them — ``energon prepare`` on a rank
-folder adds them if wanted) and ``.info.json``'s optional ``energon_version`` (Energon did not
-prepare these shards).
+The ``leftover/`` folder (packs carried over for a later run, ``leftover: carry_over``) gets the same
+files with ``rank: null``: Energon loads it like a rank folder.
+
+Not written by the stage: ``index.sqlite`` (Energon's key index: sample key -> tar, byte range and
+parts). Energon reads it only to look samples up by key — a metadataset ``join`` of datasets by key,
+a dataset used as an auxiliary file store, ``SqliteITarEntryReader`` — never for sequential loading or
+for resuming (restore keys are (shard, index), served by the ``.tar.idx``). It is a SQLite file,
+whose bytes depend on the SQLite library, so writing it would break "same recipe and seed, same
+bytes" for everyone to serve a lookup few need. Where a lookup needs it, ``python -m
+pack.energon_index SHARDS`` writes it into every folder with Energon's own writer (so the schema is
+the installed Energon's), from the tar headers; ``energon prepare`` would write the same rows.
+``.info.json``'s optional ``energon_version`` is not written either (Energon did not prepare these
+shards).
 
 Why one Energon dataset per rank folder and not one over all shards: the shards stage balanced every
 global step across ranks (pack.balance); Energon would otherwise split the samples over
@@ -85,10 +94,11 @@ def _relative_to(path: str, folder: str) -> str:
     return path[len(prefix):]
 
 
-def rank_metadata(manifest: Mapping[str, Any], rank_entry: Mapping[str, Any]) -> dict[str, bytes]:
-    """The ``.nv-meta`` files of one rank folder: {file name: bytes}."""
-    names = [_relative_to(s["path"], rank_entry["dir"]) for s in rank_entry["shards"]]
-    info = {"shard_counts": {n: int(s["packs"]) for n, s in zip(names, rank_entry["shards"])}}
+def folder_metadata(manifest: Mapping[str, Any], folder: str, shards: list, rank: int | None) -> dict[str, bytes]:
+    """The ``.nv-meta`` files of one folder of shards: {file name: bytes}. `rank` None: the
+    ``leftover/`` folder (carried-over packs belong to no rank; their JSON says ``rank: null``)."""
+    names = [_relative_to(s["path"], folder) for s in shards]
+    info = {"shard_counts": {n: int(s["packs"]) for n, s in zip(names, shards)}}
     # val and test empty: `energon lint` checks all three parts and skips empty ones
     split = {"split_parts": {SPLIT_PART: names, "val": [], "test": []}, "exclude": []}
     # the profile without its tokenizer directory: the cooker does not tokenize, and a driver path has
@@ -96,20 +106,29 @@ def rank_metadata(manifest: Mapping[str, Any], rank_entry: Mapping[str, Any]) ->
     model = {k: v for k, v in (manifest.get("model") or {}).items() if k != "tokenizer"} or None
     dataset = {"__module__": COOKER_MODULE, "__class__": FACTORY_CLASS,
                "sample_type": {"__module__": COOKER_MODULE, "__class__": SAMPLE_CLASS},   # read by `energon info`
-               "rank": int(rank_entry["rank"]), "context_length": int(manifest["context_length"]), "model": model}
+               "rank": None if rank is None else int(rank), "context_length": int(manifest["context_length"]),
+               "model": model}
     dump = lambda obj: yaml.safe_dump(obj, sort_keys=True, allow_unicode=True,  # noqa: E731
                                       default_flow_style=False).encode()
     return {INFO_NAME: F.dumps(info) + b"\n", SPLIT_NAME: dump(split), DATASET_NAME: dump(dataset)}
 
 
+def rank_metadata(manifest: Mapping[str, Any], rank_entry: Mapping[str, Any]) -> dict[str, bytes]:
+    """The ``.nv-meta`` files of one rank folder: {file name: bytes}."""
+    return folder_metadata(manifest, rank_entry["dir"], rank_entry["shards"], int(rank_entry["rank"]))
+
+
 def write_energon_metadata(shards_dir: str, manifest: Mapping[str, Any]) -> None:
-    """Write ``.nv-meta`` into every rank folder of `shards_dir` (the tar indexes are written with the
-    tars, by pack.shard_writer). A rank without packs gets none: Energon refuses an empty split."""
-    for entry in manifest["ranks"]:
-        if not entry["shards"]:
+    """Write ``.nv-meta`` into every rank folder of `shards_dir`, and into ``leftover/`` when packs were
+    carried over (the tar indexes are written with the tars, by pack.shard_writer). A folder without
+    packs gets none: Energon refuses an empty split."""
+    folders = [(e["dir"], e["shards"], int(e["rank"])) for e in manifest["ranks"]]
+    folders.append((F.LEFTOVER_DIR, manifest["leftover"].get("shards", []), None))
+    for folder, shards, rank in folders:
+        if not shards:
             continue
-        meta = os.path.join(shards_dir, entry["dir"], META_DIR)
+        meta = os.path.join(shards_dir, folder, META_DIR)
         os.makedirs(meta, exist_ok=True)
-        for name, data in rank_metadata(manifest, entry).items():
+        for name, data in folder_metadata(manifest, folder, shards, rank).items():
             with open(os.path.join(meta, name), "wb") as fh:
                 fh.write(data)

@@ -8,15 +8,15 @@ Recommended training loop::
     from pack.loader import PackedShards, ResumableLoader
 
     ds = PackedShards("out/run/shards", rank=dp_rank, world_size=dp_size)
-    loader = ResumableLoader(ds, batch_size=1, num_workers=4)      # collate_packs; NPU when torch_npu works
+    loader = ResumableLoader(ds, batch_size=1, num_workers=4,      # collate_packs; NPU when torch_npu works
+                             attn_implementation="sdpa")            # each segment attends to itself only
     if resuming:
         loader.load_state_dict(checkpoint["data"])                  # before iterating
     for batch in loader:                                            # counted as consumed when yielded
-        out = model(input_ids=batch["input_ids"], labels=batch["labels"],          # -100: no loss
-                    position_ids=batch["position_ids"],                            # [3, B, L] for M-RoPE
-                    mm_token_type_ids=batch["mm_token_type_ids"],
-                    pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
-        # (PackedShards(..., pixel_values=True)); varlen kernels take batch["cu_seqlens"]
+        hidden = model.model(**model_inputs(batch)).last_hidden_state   # ids, 4-D mask, [3, B, L] positions, pixels
+        loss = packed_loss_from_hidden(hidden, model.lm_head, batch["labels"], batch["segment_ids"])
+        # (PackedShards(..., pixel_values=True); pack.collate.model_inputs, pack.loss; README
+        # "Training on the packs" for sdpa / eager / flash-attention varlen and the loss averages)
         ...
         if step % save_every == 0:
             checkpoint["data"] = loader.state_dict()                # JSON-serializable
@@ -288,7 +288,10 @@ class ResumableLoader:
     """
 
     def __init__(self, dataset: PackedShards, batch_size: int = 1, num_workers: int = 0,
-                 device: str | None = "auto", **dataloader_kwargs: Any):
+                 device: str | None = "auto", attn_implementation: str | None = None, **dataloader_kwargs: Any):
+        """`attn_implementation`: passed to ``collate_packs`` (the attention inputs of sdpa, eager or
+        flash attention); ignored when `collate_fn` is given."""
+        import functools
         from torch.utils.data import DataLoader
         if dataloader_kwargs.get("persistent_workers"):
             raise ValueError("persistent_workers=True would keep a stale position in the workers; leave it off")
@@ -298,7 +301,7 @@ class ResumableLoader:
         dataset.batch_size = batch_size
         self.dataset = dataset
         self.device = device
-        dataloader_kwargs.setdefault("collate_fn", collate_packs)
+        dataloader_kwargs.setdefault("collate_fn", functools.partial(collate_packs, attn_implementation=attn_implementation))
         self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **dataloader_kwargs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

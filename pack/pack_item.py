@@ -18,7 +18,7 @@ from pack.profile import ModelProfile
 ReadMember = Callable[[str], bytes]
 
 
-def assemble_pack(key: str, read: ReadMember, members: Collection[str], *, rank: int, context_length: int,
+def assemble_pack(key: str, read: ReadMember, members: Collection[str], *, rank: int | None, context_length: int,
                   profile: ModelProfile, where: str, epoch: int, index: int) -> dict[str, Any]:
     """The item of pack `key` whose tar members are named `members` and read by `read(name)`."""
     json_name = F.json_member(key)

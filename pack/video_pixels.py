@@ -92,11 +92,18 @@ class VideoInputs:
         size = (gw * self.patch, gh * self.patch)
         stack = np.stack([np.asarray(f.resize(size, Image.BICUBIC), dtype=np.float32).transpose(2, 0, 1)
                           for f in frames])                                        # (T, C, H, W)
-        stack = (stack / 255.0 - self.mean) / self.std
-        m, p = self.merge, self.patch
-        x = stack.reshape(t, self.tp, 3, gh // m, m, p, gw // m, m, p)
-        x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)       # t, h/m, w/m, m, m, C, tp, p, p (processor order)
-        return np.ascontiguousarray(x.reshape(t * gh * gw, self.row_width), dtype=np.float32), grid
+        return self.patchify((stack / 255.0 - self.mean) / self.std), grid
+
+    def patchify(self, frames: np.ndarray) -> np.ndarray:
+        """(T, C, H, W) normalized frames -> (T/tp * H/p * W/p, C*tp*p*p) rows in the processor's order:
+        rows (t, h/merge, w/merge, merge, merge), each row (C, tp, p, p)."""
+        T_, C, H, W = frames.shape
+        m, p, tp = self.merge, self.patch, self.tp
+        if T_ % tp or H % (p * m) or W % (p * m):
+            raise ValueError(f"frames of shape {frames.shape} do not tile into {tp} x {p * m} x {p * m} patches")
+        x = frames.reshape(T_ // tp, tp, C, H // p // m, m, p, W // p // m, m, p)
+        x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)       # t, h/m, w/m, m, m, C, tp, p, p
+        return np.ascontiguousarray(x.reshape(-1, C * tp * p * p), dtype=np.float32)
 
     def __call__(self, videos: Sequence[Mapping[str, Any]], where: str) -> tuple[np.ndarray, np.ndarray]:
         if not videos:

@@ -288,3 +288,85 @@ def test_what_energon_changes_otherwise(shards, reference, workers, settings):
     by_key = {p["pack_key"]: p for p in reference[1]}
     for p in runs[1]:                                              # the packs themselves are intact
         assert_same_pack({**p, "index": 0}, {**by_key[p["pack_key"]], "index": 0, "epoch": 0})
+
+
+# --- index.sqlite where a key lookup needs it; the leftover folder -------------------------------------
+def _index_rows(sqlite_path: Path) -> dict[str, list[tuple]]:
+    import sqlite3
+    with sqlite3.connect(sqlite_path) as db:
+        return {"samples": sorted(db.execute("SELECT tar_file_id, sample_key, sample_index, byte_offset, byte_size "
+                                             "FROM samples")),
+                "parts": sorted(db.execute("SELECT tar_file_id, sample_index, part_name, content_byte_offset, "
+                                           "content_byte_size FROM sample_parts"))}
+
+
+def test_index_sqlite_has_energon_prepares_rows_and_serves_its_key_lookup(shards, tmp_path):
+    """``python -m pack.energon_index`` writes the rows ``energon prepare`` writes; Energon's own
+    SqliteIndexReader then finds a pack's bytes and a member's bytes by key."""
+    from megatron.energon.epathlib import EPath
+    from megatron.energon.flavors.webdataset.indexing import SqliteIndexReader
+    from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
+    from pack.energon_index import main as write_indexes
+    ours = tmp_path / "shards"
+    shutil.copytree(shards, ours)
+    write_indexes([str(ours)])
+    rank_dir = ours / "rank-00001"
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    tars = sorted(p.name for p in rank_dir.glob("*.tar"))
+    for t in tars:
+        shutil.copy(rank_dir / t, prepared / t)
+    WebdatasetPreparator.prepare_dataset(prepared, tars, split_parts_patterns=[("train", ".*")], workers=1)
+    assert _index_rows(rank_dir / ".nv-meta" / "index.sqlite") == _index_rows(prepared / ".nv-meta" / "index.sqlite")
+    assert (ours / "rank-00000" / ".nv-meta" / "index.sqlite").is_file()
+    refs = tario.index_tar(str(rank_dir / tars[1]))
+    member = next(r for r in refs if r.name.endswith(".json"))
+    key = member.name.split(".", 1)[0]
+    reader = SqliteIndexReader(EPath(rank_dir / ".nv-meta" / "index.sqlite"))
+    try:
+        pointer = reader.get_sample_pointer_by_key(key)
+        part = reader.get_sample_part(key, "json")
+    finally:
+        reader.close()
+    assert pointer.tar_file_id == 1 and part.raw_byte_offset == member.offset and part.raw_byte_size == member.size
+
+
+CARRY_OVER = """
+name: energon-leftover
+seed: 3
+sources:
+  - {{name: text, path: "{d}/text.parquet", format: parquet, category: text}}
+stages:
+  - {{name: count_tokens, settings: {{profile: {{preset: qwen2-vl}}}}}}
+  - {{name: pack, settings: {{context_length: 256}}}}
+  - {{name: shards, settings: {{dp_size: 2, micro_batches: 2, leftover: carry_over, input_ids: true}}}}
+"""
+
+
+def test_carried_over_packs_are_an_energon_dataset_too(tmp_path):
+    """``leftover: carry_over`` writes shards/leftover/ with its own .nv-meta (rank: null); Energon
+    loads it and yields the packs PackedShards' reader parses, every one marked rank None."""
+    from pipelines import sample_data
+    from pipelines.recipe import load
+    from pipelines.runner import run
+    sample_data.build(tmp_path / "sample")
+    (tmp_path / "recipe.yaml").write_text(CARRY_OVER.format(d=tmp_path / "sample"))
+    run(load(tmp_path / "recipe.yaml"), out=tmp_path / "out", executor="inline", progress=False)
+    shards = tmp_path / "out" / "shards"
+    manifest = json.loads((shards / "manifest.json").read_text())
+    left = manifest["leftover"]
+    assert left["packs"] > 0 and left["shards"]
+    meta = shards / "leftover" / ".nv-meta"
+    assert sorted(p.name for p in meta.iterdir()) == [".info.json", "dataset.yaml", "split.yaml"]
+    import yaml
+    assert yaml.safe_load((meta / "dataset.yaml").read_text())["rank"] is None
+    wc = E.WorkerConfig(rank=0, world_size=1, num_workers=0)
+    ds = E.get_train_dataset(str(shards / "leftover"), worker_config=wc, **IN_ORDER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        it = iter(E.get_loader(ds))
+        packs = [next(it).pack for _ in range(left["packs"])]
+    assert [p["pack_key"] for p in packs] == [m.name.split(".", 1)[0] for s in left["shards"]
+                                              for m in tario.index_tar(str(shards / s["path"])) if m.name.endswith(".json")]
+    assert all(p["rank"] is None and p["input_ids"].shape == (256,) for p in packs)
+    assert sum(len(p["samples"]) for p in packs) == left["samples"]

@@ -357,3 +357,35 @@ def test_flash_attention_varlen_computes_what_each_sample_alone_computes(batches
                     lo += n
     print(f"\nflash_attention_2 (bf16): |logit diff| <= {worst:.2e}")
     assert worst <= 5e-2          # bf16: 8 bits of mantissa; summation order differs between the two runs
+
+
+def test_the_readme_training_snippet_runs_on_the_demo_shards(demo_run, tmp_path):
+    """README, "Training on the packs": its ten-line example, run as written against the demo output."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), flags=re.S)
+                  if "collate_packs(" in b and "attn_implementation" in b]
+    out, _, _ = demo_run
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "demo").symlink_to(out)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", snippet + "\nprint('loss', float(loss))"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^loss \d+\.\d+", proc.stdout, flags=re.M), proc.stdout
+
+
+def test_resumable_loader_batches_carry_the_attention_inputs(demo_run):
+    from pack.loader import PackedShards, ResumableLoader
+    out, _, _ = demo_run
+    loader = ResumableLoader(PackedShards(str(out / "shards"), rank=1, world_size=2), batch_size=2, device=None,
+                             attn_implementation=A.EAGER)
+    batch = next(iter(loader))
+    L = batch["input_ids"].shape[1]
+    assert batch["attention_mask"].shape == (2, 1, L, L) and batch["attention_mask"].dtype == torch.float32
+    assert torch.equal(batch["attention_mask"], A.block_causal_mask(batch["segment_ids"], A.EAGER))
+    assert loader.state_dict()["position"] == 2
