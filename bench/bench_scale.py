@@ -7,6 +7,10 @@ the scale issue: driver peak memory at 5M within 1.3x of 1M (flat, not linear) a
 at least 5x the earlier code's. Sizes are arguments; `--quick` (MMCURATE_BENCH_QUICK=1) runs 20k/100k.
 
     python bench/bench_scale.py 1000000 5000000 --before adcf8ab [--before-max 1000000]
+    python bench/bench_scale.py 200000 1000000 --conversations --before 93596a9   # driver memory, issue 31
+
+`--conversations`: text-only grounding conversations in parquet through grounding_check ->
+text_filter -> count_tokens -> pack -> shards (8 ranks x 4 micro-batches) instead.
 """
 from __future__ import annotations
 
@@ -67,6 +71,31 @@ def corpus(root: Path, rows: int, seed: int = 0) -> None:
                            root / name / f"part-{f:04d}.parquet")
 
 
+def conversation_corpus(root: Path, rows: int, seed: int = 0) -> None:
+    """Text-only grounding conversations (LLaVA from/value, two turns, a box label in the answer), one
+    parquet source, 250k rows per file: the issue's driver-memory corpus."""
+    rng = np.random.default_rng(seed)
+    (root / "grounding").mkdir(parents=True, exist_ok=True)
+    for f, start in enumerate(range(0, rows, 250_000)):
+        m = min(250_000, rows - start)
+        obj = rng.integers(0, len(WORDS), m)
+        box = np.sort(rng.integers(0, 1000, (m, 2, 2)), axis=1)
+        convs = [[{"from": "human", "value": f"Where is the {WORDS[o]} in the picture?"},
+                  {"from": "gpt", "value": f"<|object_ref_start|>{WORDS[o]}<|object_ref_end|><|box_start|>"
+                                           f"({b[0, 0]:03d},{b[0, 1]:03d}),({b[1, 0]:03d},{b[1, 1]:03d})<|box_end|>"}]
+                 for o, b in zip(obj, box)]
+        pq.write_table(pa.table({"key": [f"g-{start + i}" for i in range(m)], "conversations": convs}),
+                       root / "grounding" / f"part-{f:04d}.parquet")
+
+
+def conversation_recipe(root: Path, new: bool) -> str:
+    model = "model: {preset: qwen2-vl, context_length: 4096}\n" if new else ""
+    return (f"name: scale-conv\nseed: 1\nsources:\n  - {{name: grounding, path: \"{root}/grounding/*.parquet\", "
+            f"format: parquet, category: grounding}}\nstages:\n  - {{name: grounding_check}}\n"
+            f"  - {{name: text_filter}}\n  - {{name: count_tokens}}\n  - {{name: pack, settings: {{context_length: 4096}}}}\n"
+            f"  - {{name: shards, settings: {{dp_size: 8, micro_batches: 4}}}}\n{model}")
+
+
 def recipe(root: Path, new: bool) -> str:
     sources = "\n".join(f"  - {{name: {n}, path: \"{root}/{n}/*.parquet\", format: parquet, category: {c}}}"
                         for n, c in (("captions", "caption"), ("texts", "text")))
@@ -76,9 +105,9 @@ def recipe(root: Path, new: bool) -> str:
             f"mixture: {{by: category, unit: samples, ratios: {{caption: 0.8, text: 0.2}}}}\n{model}")
 
 
-def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
+def run_once(code: Path, root: Path, rows: int, new: bool, conversations: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="scale-run-"))
-    (work / "r.yaml").write_text(recipe(root, new))
+    (work / "r.yaml").write_text((conversation_recipe if conversations else recipe)(root, new))
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
     t0 = time.perf_counter()
     proc, tree_cpu, _ = run_tree([sys.executable, "-c", DRIVER, str(work / "r.yaml"), str(work / "out")],
@@ -105,6 +134,8 @@ def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
 
 def main(argv: list[str]) -> None:
     before, before_max = "adcf8ab", None
+    conversations = "--conversations" in argv   # the conversation corpus through ... pack -> shards
+    argv = [a for a in argv if a != "--conversations"]
     if "--before" in argv:
         i = argv.index("--before")
         before = argv[i + 1]
@@ -124,12 +155,12 @@ def main(argv: list[str]) -> None:
         for n in sizes:
             data = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
             try:
-                corpus(data, n)
+                (conversation_corpus if conversations else corpus)(data, n)
                 for label, code, new in (("now", ROOT, True), (f"before ({before})", old, False)):
                     if not new and before_max is not None and n > before_max:
                         rows.append([n, label, "not run (--before-max)", "", "", "", ""])
                         continue
-                    r = run_once(code, data, n, new)
+                    r = run_once(code, data, n, new, conversations)
                     if "error" in r:
                         print(f"{label} at {n:,} rows failed:\n{r['error']}", flush=True)
                         rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "", ""])
