@@ -23,7 +23,7 @@ partitioning and merge order.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -93,6 +93,14 @@ def round_values(values: np.ndarray) -> np.ndarray:
     scale = float(2 ** (MANTISSA_BITS + 1))
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(values), np.ldexp(np.round(mant * scale) / scale, exp), values)
+
+
+def as_partials(table: pa.Table, partial: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """`table` when it is summary rows already, else ``partial(table)``: ``Stage.summarize`` gets merged
+    partials from the runner, and kept rows when called directly (notebooks, ``stage.run(...).kept``)."""
+    if table.num_columns == 0 or ("metric" in table.column_names and "count" in table.column_names):
+        return table if table.num_columns else empty()   # no columns: no partial came (no kept rows)
+    return partial(table)
 
 
 def _sum(parts: pa.Table) -> pa.Table:

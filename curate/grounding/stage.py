@@ -141,7 +141,7 @@ class GroundingCheck(Stage):
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         """Codes tolerated on kept rows (only non-empty when reject_on is a list)."""
-        counts = K.Summary(kept).counts("", PROBLEM)
+        counts = K.Summary(K.as_partials(kept, self.summary_partial)).counts("", PROBLEM)
         return {"kept_with_problems": counts} if counts else {}
 
 
@@ -228,6 +228,6 @@ class GroundingNegatives(Stage):
         return K.merge(parts)
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        summary = K.Summary(kept)
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
         return {"negative_turns_added": summary.count("", "negative_turns_added"),
                 "samples_with_negatives": summary.count("", "samples_with_negatives")}

@@ -217,7 +217,7 @@ class MllmScore(Stage):
         """Mean and median score per source: exact up to summary_sketch.EXACT_LIMIT scores a source,
         within 1.2e-4 relative beyond."""
         out: dict[str, Any] = {}
-        summary = K.Summary(kept)
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
         for src in summary.groups(SCORE):
             v = summary.distribution(src, SCORE)
             if v.size:

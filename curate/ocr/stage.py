@@ -193,4 +193,4 @@ class OcrIntersection(Stage):
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         c = self.config
-        return {"ocr": C.coverage_summary(kept, c.low_coverage, c.engines)}
+        return {"ocr": C.coverage_summary(K.as_partials(kept, self.summary_partial), c.low_coverage, c.engines)}

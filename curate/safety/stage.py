@@ -150,7 +150,7 @@ class NsfwFilter(Stage):
         """Percentiles of the kept samples' scores per source (to tune the threshold); exact up to
         summary_sketch.EXACT_LIMIT scores a source, within 1.2e-4 relative beyond."""
         out: dict[str, Any] = {}
-        summary = K.Summary(kept)
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
         for src in summary.groups(SCORE):
             v = summary.distribution(src, SCORE)
             out[src] = {"scored": v.size, **({f"p{p}": round(v.percentile(p), 4) for p in PERCENTILES}

@@ -332,7 +332,7 @@ class ClipScore(Stage):
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         """Score percentiles of the kept rows, per source and overall, for report.json: exact up to
         summary_sketch.EXACT_LIMIT scores a group, within 1.2e-4 relative beyond."""
-        summary = K.Summary(kept)
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
 
         def entry(group: str) -> dict[str, Any]:
             valid = summary.distribution(group, SCORE)
