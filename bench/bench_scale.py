@@ -38,6 +38,41 @@ WORDS = ("a photo of the red bus parked near an old stone bridge at sunset with 
 # Linux carries it across exec, so a driver started by a large parent (this script, after building a
 # 5M-row corpus) reported the parent's size at fork (786 MB for a driver that peaked at ~600).
 DRIVER = r'''
+import glob, json, os, resource, sys, threading, time
+from pipelines import run
+
+def peak_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+samples, done = [], threading.Event()
+
+def sample():   # the driver's resident memory every 50 ms, to tell which stage it grew in
+    while not done.is_set():
+        with open("/proc/self/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+        samples.append((time.time_ns(), rss))
+        done.wait(0.05)
+
+threading.Thread(target=sample, daemon=True).start()
+t0, c0 = time.perf_counter(), time.process_time()
+res = run(sys.argv[1], out=sys.argv[2], executor="ray", progress=False)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+done.set()
+per_stage = {}
+for marker in sorted(glob.glob(os.path.join(sys.argv[2], "stages", "*", "_COMPLETE.json"))):
+    doc = json.load(open(marker))
+    if doc.get("fused_into"):
+        continue
+    start, end = doc["started_ns"], os.stat(marker).st_mtime_ns
+    inside = [rss for t, rss in samples if start <= t <= end]
+    per_stage[os.path.basename(os.path.dirname(marker))] = round(max(inside), 1) if inside else None
+print(json.dumps({"wall": wall, "cpu": cpu, "peak_rss_mb": peak_mb(), "stage_rss_mb": per_stage,
+                  "stages": [[e["name"], e["in"]] for e in res.report["stages"]]}))
+'''
 import json, resource, sys, time
 from pipelines import run
 
@@ -169,7 +204,7 @@ def main(argv: list[str]) -> None:
                                           for k, v in (r.get("stage_seconds") or {}).items() if v)
                     rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{n / r['tree_cpu']:,.0f}",
                                  f"{r['peak_rss_mb']:.0f}", f"{r['cpu']:.1f}", per_stage])
-                    print(rows[-1], flush=True)
+                    print(rows[-1], "driver peak RSS MB while each chain ran:", r.get("stage_rss_mb"), flush=True)
             finally:   # the corpus: 391 MB at 5M rows
                 shutil.rmtree(data, ignore_errors=True)
         from run import format_table
