@@ -18,11 +18,9 @@ Samples without an image or text, or outside ``categories``, pass unscored (null
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping
 
-import numpy as np
 import pyarrow as pa
 
 from curate.base import records as R
