@@ -233,3 +233,34 @@ def test_the_inline_tree_hands_the_driver_at_most_fan_in_partials():
                                         lambda t: pa.table({"v": [sum(t.column("v").to_pylist())]}))
     assert len(seen) == 1 and seen[0] <= COMBINE_FAN_IN
     assert sum(total.column("v").to_pylist()) == sum(range(300))
+
+
+def test_ray_merges_the_summary_partials_on_the_workers_in_a_tree(tmp_path):
+    """20 files (20 blocks): the workers merge the partials down to at most COMBINE_FAN_IN, and the
+    stage's summary on Ray equals the inline one, for kept rows selected by the runner's filter."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from curate.base import records as R
+    from pipelines.executors import InlineExecutor
+    from pipelines.ray_data import RayData, RayExecutor
+    rng = np.random.default_rng(9)
+    files = []
+    for i in range(20):
+        t = scores_table(rng, 300, "clip_score", levels=50)
+        t = t.append_column(R.STATUS, pa.array(rng.choice([R.KEPT, R.REJECTED], t.num_rows).tolist()))
+        t = t.append_column(R.ORDINAL, pa.array(np.arange(i * 300, i * 300 + 300)))
+        files.append(str(tmp_path / f"part-{i:03d}.parquet"))
+        pq.write_table(t, files[-1])
+    stage = make("clip_score", backend="label_text_similarity")
+    cols, kept = ["source", "clip_score", "key", R.ORDINAL], pc.field(R.STATUS) == R.KEPT
+    want = stage.summarize(InlineExecutor().summary_parts(stage, files, cols, kept))
+    executor = RayExecutor(num_cpus=2)
+    try:
+        assert stage.summarize(executor.summary_parts(stage, files, cols, kept)) == want
+        seen = []
+        data = RayData(executor._read(files, ["clip_score"]))
+        total = data.aggregate(lambda b: pa.table({"rows": [b.num_rows]}), lambda t: (seen.append(t.num_rows), t)[1],
+                               lambda t: pa.table({"rows": [sum(t.column("rows").to_pylist())]}))
+        assert seen[0] <= COMBINE_FAN_IN and sum(total.column("rows").to_pylist()) == 20 * 300
+    finally:
+        executor.close()
