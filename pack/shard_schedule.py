@@ -84,6 +84,16 @@ def pack_partial(batch: pa.Table) -> pa.Table:
                      "image_tokens_sq": np.bincount(inv, img_sq + vid_sq, minlength=m)})
 
 
+def merge_pack_stats(parts: pa.Table) -> pa.Table:
+    """Partials of ``pack_partial`` as one, one row per pack: the workers' tree-combine step (sums of
+    integers, exact in float64 below 2**53, so any grouping gives the same numbers)."""
+    sums = [(c, "sum") for c in ("segments", "tokens", "attention", "image_tokens", "image_tokens_sq")]
+    merged = parts.group_by("pack_id", use_threads=False).aggregate(sums + [("min_segment", "min")])
+    return merged.rename_columns([n.rsplit("_sum", 1)[0] if n.endswith("_sum") else n.rsplit("_min", 1)[0]
+                                  if n.endswith("_min") else n for n in merged.column_names]) \
+        .select(parts.column_names).sort_by("pack_id")
+
+
 def combine_pack_stats(parts: pa.Table) -> PackStats:
     """Sum the partials per pack (any order, any batching) into one row per pack, by pack_id."""
     if parts.num_rows == 0:

@@ -141,7 +141,7 @@ class ShardsStage(Stage):
     def global_step(self, data: Any) -> Any:
         c = self.config
         L = self.capacity()
-        stats = data.aggregate(S.pack_partial, S.combine_pack_stats)
+        stats = data.aggregate(S.pack_partial, S.combine_pack_stats, S.merge_pack_stats)
         S.check_stats(stats, L)
         costs = stats.costs(B.CostModel(self.profile.vit_patches_per_token(), self.profile.vit_hidden))
         plan = B.plan_balanced(costs, c.dp_size, c.micro_batches, c.leftover, seed=self.context.seed,

@@ -88,3 +88,22 @@ def test_slots_and_the_rows_they_give_equal_the_driver_side_table(tmp_path_facto
     batch = pa.table({"_ordinal": np.arange(samples.size), "pack_id": pack_ids[samples]})
     for part in (batch, batch.slice(0, samples.size // 2)):
         assert T.assign_slots(part, directory).equals(old_assign_slots(part, pack_ids, want))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 1000), n=st.integers(1, 400), size=st.integers(1, 60), fan_in=st.integers(2, 5))
+def test_pack_statistics_merged_in_a_tree_equal_the_flat_combine(seed, n, size, fan_in):
+    """The workers' tree-combine of the shards step's per-pack statistics (merge_pack_stats) gives
+    the numbers the flat combine gives."""
+    from pack import shard_schedule as S
+    rng = np.random.default_rng(seed)
+    rows = pa.table({"num_tokens": rng.integers(1, 500, n), "pack_id": rng.integers(0, 30, n),
+                     "pack_position": np.zeros(n, np.int32),
+                     "image_tokens": [[int(x)] * int(k) for x, k in zip(rng.integers(0, 900, n), rng.integers(0, 3, n))]})
+    parts = [S.pack_partial(rows.slice(i, size)) for i in range(0, n, size)]
+    flat = S.combine_pack_stats(pa.concat_tables(parts))
+    while len(parts) > 1:
+        parts = [S.merge_pack_stats(pa.concat_tables(parts[i:i + fan_in])) for i in range(0, len(parts), fan_in)]
+    tree = S.combine_pack_stats(parts[0])
+    for name in flat.__dataclass_fields__:
+        assert np.array_equal(getattr(flat, name), getattr(tree, name)), name
