@@ -73,21 +73,6 @@ for marker in sorted(glob.glob(os.path.join(sys.argv[2], "stages", "*", "_COMPLE
 print(json.dumps({"wall": wall, "cpu": cpu, "peak_rss_mb": peak_mb(), "stage_rss_mb": per_stage,
                   "stages": [[e["name"], e["in"]] for e in res.report["stages"]]}))
 '''
-import json, resource, sys, time
-from pipelines import run
-
-def peak_mb():
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-t0, c0 = time.perf_counter(), time.process_time()
-res = run(sys.argv[1], out=sys.argv[2], executor="ray", progress=False)
-print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                  "peak_rss_mb": peak_mb(), "stages": [[e["name"], e["in"]] for e in res.report["stages"]]}))
-'''
 
 
 def corpus(root: Path, rows: int, seed: int = 0) -> None:
