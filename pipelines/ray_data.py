@@ -39,6 +39,7 @@ from curate.base.global_data import COMBINE_FAN_IN, concat, partition_of, sort_f
 from pipelines.executors import data_files, global_columns, rows_in, write_table
 from pipelines.heap import HeapTrimmer
 from pipelines.progress import DISABLED, Progress, RowCounter, entered_rows, task_bytes
+from pipelines.ray_progress import RayCounter, _Tallies
 from pipelines.ray_files import FILE, MAP_TASK_ROWS, ROWS_PER_FILE, apply_file, read_files, route, write_in_order
 
 T = TypeVar("T")
@@ -117,38 +118,6 @@ class RayData:
     def materialize(self) -> "RayData":
         with self._phase("materialize"):
             return RayData(self.ds.materialize(), None, self.progress)
-
-
-class _Tallies:
-    """A Ray actor holding the rows and bytes done of each pass, added per batch by its tasks."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, list[int]] = {}
-
-    def add(self, key: str, rows: int, nbytes: int) -> None:
-        done = self.counts.setdefault(key, [0, 0])
-        done[0] += rows
-        done[1] += nbytes
-
-    def read(self, key: str) -> tuple[int, int]:
-        rows, nbytes = self.counts.get(key, (0, 0))
-        return rows, nbytes
-
-
-class RayCounter:
-    """A pass's counter on the _Tallies actor: workers add without waiting (one call per batch), the
-    driver's progress thread reads it."""
-
-    def __init__(self, actor: Any, key: str):
-        self.actor, self.key = actor, key
-
-    def add(self, rows: int, nbytes: int = 0) -> None:
-        if rows or nbytes:
-            self.actor.add.remote(self.key, rows, nbytes)
-
-    def read(self) -> tuple[int, int]:
-        import ray
-        return tuple(ray.get(self.actor.read.remote(self.key), timeout=10))   # type: ignore[return-value]
 
 
 _WORKER_STAGES: dict[str, Stage] = {}
