@@ -7,6 +7,10 @@ the scale issue: driver peak memory at 5M within 1.3x of 1M (flat, not linear) a
 at least 5x the earlier code's. Sizes are arguments; `--quick` (MMCURATE_BENCH_QUICK=1) runs 20k/100k.
 
     python bench/bench_scale.py 1000000 5000000 --before adcf8ab [--before-max 1000000]
+    python bench/bench_scale.py 200000 1000000 --conversations --before 93596a9   # driver memory, issue 31
+
+`--conversations`: text-only grounding conversations in parquet through grounding_check ->
+text_filter -> count_tokens -> pack -> shards (8 ranks x 4 micro-batches) instead.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ WORDS = ("a photo of the red bus parked near an old stone bridge at sunset with 
 # Linux carries it across exec, so a driver started by a large parent (this script, after building a
 # 5M-row corpus) reported the parent's size at fork (786 MB for a driver that peaked at ~600).
 DRIVER = r'''
-import json, resource, sys, time
+import glob, json, os, resource, sys, threading, time
 from pipelines import run
 
 def peak_mb():
@@ -44,10 +48,30 @@ def peak_mb():
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+samples, done = [], threading.Event()
+
+def sample():   # the driver's resident memory every 50 ms, to tell which stage it grew in
+    while not done.is_set():
+        with open("/proc/self/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+        samples.append((time.time_ns(), rss))
+        done.wait(0.05)
+
+threading.Thread(target=sample, daemon=True).start()
 t0, c0 = time.perf_counter(), time.process_time()
 res = run(sys.argv[1], out=sys.argv[2], executor="ray", progress=False)
-print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                  "peak_rss_mb": peak_mb(), "stages": [[e["name"], e["in"]] for e in res.report["stages"]]}))
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+done.set()
+per_stage = {}
+for marker in sorted(glob.glob(os.path.join(sys.argv[2], "stages", "*", "_COMPLETE.json"))):
+    doc = json.load(open(marker))
+    if doc.get("fused_into"):
+        continue
+    start, end = doc["started_ns"], os.stat(marker).st_mtime_ns
+    inside = [rss for t, rss in samples if start <= t <= end]
+    per_stage[os.path.basename(os.path.dirname(marker))] = round(max(inside), 1) if inside else None
+print(json.dumps({"wall": wall, "cpu": cpu, "peak_rss_mb": peak_mb(), "stage_rss_mb": per_stage,
+                  "stages": [[e["name"], e["in"]] for e in res.report["stages"]]}))
 '''
 
 
@@ -67,6 +91,31 @@ def corpus(root: Path, rows: int, seed: int = 0) -> None:
                            root / name / f"part-{f:04d}.parquet")
 
 
+def conversation_corpus(root: Path, rows: int, seed: int = 0) -> None:
+    """Text-only grounding conversations (LLaVA from/value, two turns, a box label in the answer), one
+    parquet source, 250k rows per file: the issue's driver-memory corpus."""
+    rng = np.random.default_rng(seed)
+    (root / "grounding").mkdir(parents=True, exist_ok=True)
+    for f, start in enumerate(range(0, rows, 250_000)):
+        m = min(250_000, rows - start)
+        obj = rng.integers(0, len(WORDS), m)
+        box = np.sort(rng.integers(0, 1000, (m, 2, 2)), axis=1)
+        convs = [[{"from": "human", "value": f"Where is the {WORDS[o]} in the picture?"},
+                  {"from": "gpt", "value": f"<|object_ref_start|>{WORDS[o]}<|object_ref_end|><|box_start|>"
+                                           f"({b[0, 0]:03d},{b[0, 1]:03d}),({b[1, 0]:03d},{b[1, 1]:03d})<|box_end|>"}]
+                 for o, b in zip(obj, box)]
+        pq.write_table(pa.table({"key": [f"g-{start + i}" for i in range(m)], "conversations": convs}),
+                       root / "grounding" / f"part-{f:04d}.parquet")
+
+
+def conversation_recipe(root: Path, new: bool) -> str:
+    model = "model: {preset: qwen2-vl, context_length: 4096}\n" if new else ""
+    return (f"name: scale-conv\nseed: 1\nsources:\n  - {{name: grounding, path: \"{root}/grounding/*.parquet\", "
+            f"format: parquet, category: grounding}}\nstages:\n  - {{name: grounding_check}}\n"
+            f"  - {{name: text_filter}}\n  - {{name: count_tokens}}\n  - {{name: pack, settings: {{context_length: 4096}}}}\n"
+            f"  - {{name: shards, settings: {{dp_size: 8, micro_batches: 4}}}}\n{model}")
+
+
 def recipe(root: Path, new: bool) -> str:
     sources = "\n".join(f"  - {{name: {n}, path: \"{root}/{n}/*.parquet\", format: parquet, category: {c}}}"
                         for n, c in (("captions", "caption"), ("texts", "text")))
@@ -76,9 +125,9 @@ def recipe(root: Path, new: bool) -> str:
             f"mixture: {{by: category, unit: samples, ratios: {{caption: 0.8, text: 0.2}}}}\n{model}")
 
 
-def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
+def run_once(code: Path, root: Path, rows: int, new: bool, conversations: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="scale-run-"))
-    (work / "r.yaml").write_text(recipe(root, new))
+    (work / "r.yaml").write_text((conversation_recipe if conversations else recipe)(root, new))
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
     t0 = time.perf_counter()
     proc, tree_cpu, _ = run_tree([sys.executable, "-c", DRIVER, str(work / "r.yaml"), str(work / "out")],
@@ -105,6 +154,8 @@ def run_once(code: Path, root: Path, rows: int, new: bool) -> dict:
 
 def main(argv: list[str]) -> None:
     before, before_max = "adcf8ab", None
+    conversations = "--conversations" in argv   # the conversation corpus through ... pack -> shards
+    argv = [a for a in argv if a != "--conversations"]
     if "--before" in argv:
         i = argv.index("--before")
         before = argv[i + 1]
@@ -124,12 +175,12 @@ def main(argv: list[str]) -> None:
         for n in sizes:
             data = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
             try:
-                corpus(data, n)
+                (conversation_corpus if conversations else corpus)(data, n)
                 for label, code, new in (("now", ROOT, True), (f"before ({before})", old, False)):
                     if not new and before_max is not None and n > before_max:
                         rows.append([n, label, "not run (--before-max)", "", "", "", ""])
                         continue
-                    r = run_once(code, data, n, new)
+                    r = run_once(code, data, n, new, conversations)
                     if "error" in r:
                         print(f"{label} at {n:,} rows failed:\n{r['error']}", flush=True)
                         rows.append([n, label, "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "", ""])
@@ -138,7 +189,7 @@ def main(argv: list[str]) -> None:
                                           for k, v in (r.get("stage_seconds") or {}).items() if v)
                     rows.append([n, label, f"{r['rows_per_s']:,.0f}", f"{n / r['tree_cpu']:,.0f}",
                                  f"{r['peak_rss_mb']:.0f}", f"{r['cpu']:.1f}", per_stage])
-                    print(rows[-1], flush=True)
+                    print(rows[-1], "driver peak RSS MB while each chain ran:", r.get("stage_rss_mb"), flush=True)
             finally:   # the corpus: 391 MB at 5M rows
                 shutil.rmtree(data, ignore_errors=True)
         from run import format_table

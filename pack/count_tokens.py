@@ -146,6 +146,13 @@ class CountTokensStage(Stage):
         return kept.select(["num_tokens", "text_tokens"]).group_by("num_tokens", use_threads=False).aggregate(
             [([], "count_all"), ("text_tokens", "sum")])
 
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        """Partials of the histogram above as one (counts and text tokens summed per length)."""
+        merged = parts.group_by("num_tokens", use_threads=False).aggregate([("count_all", "sum"),
+                                                                           ("text_tokens_sum", "sum")])
+        return merged.rename_columns({"count_all_sum": "count_all", "text_tokens_sum_sum": "text_tokens_sum"}) \
+            .select(["num_tokens", "count_all", "text_tokens_sum"]).sort_by("num_tokens")
+
     def summarize(self, kept: pa.Table) -> dict:
         hist = kept.group_by("num_tokens", use_threads=False).aggregate([("count_all", "sum"),
                                                                          ("text_tokens_sum", "sum")])

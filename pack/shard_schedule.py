@@ -4,9 +4,10 @@
    attention cost (sum of squared segment lengths), image tokens and their squares. Costs are sums
    over segments, so partial sums from any batching combine exactly.
 2. The balanced plan (pack.balance) runs on the driver over those per-pack numbers only, and
-   ``slot_table`` lays its slots out as shards: rank by rank in training order, ``packs_per_shard``
-   per tar, carried-over packs after them, dropped leftover packs in no shard (-1).
-3. ``assign_slots`` (a map) gives every row the slots of its pack — one copy per slot, so a pack
+   ``pack.shard_slots`` lays its slots out as shards (integers, written to disk, not kept): rank by
+   rank in training order, ``packs_per_shard`` per tar, carried-over packs after them, dropped
+   leftover packs in no shard (-1).
+3. ``shard_slots.assign_slots`` (a map, reading that file) gives every row the slots of its pack — one copy per slot, so a pack
    repeated by ``pad_with_repeats`` travels to both shards — and ``write_shard_groups`` (a
    shuffle-reduce by shard) writes each tar where its rows meet, leaves a small result file beside it
    for the manifest, and returns one decision per sample (from the sample's first slot).
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,11 +26,11 @@ from curate.base import records as R
 from curate.base.partials import read_partials, write_partial
 from pack import balance as B
 from pack import packformat as F
+from pack.shard_slots import SLOT_COLUMNS
 from pack.shard_writer import PackJob, ShardJob, ShardResult, WriterSettings, write_shard
 from pack.shard_ids import SegmentTokenizer
 
 RESULTS_DIR = ".results"
-SLOT_COLUMNS = ("_shard", "_shard_path", "_order", "_pack_key", "_rank", "_step", "_micro", "_repeat_of", "_primary")
 
 
 @dataclass
@@ -84,6 +84,16 @@ def pack_partial(batch: pa.Table) -> pa.Table:
                      "image_tokens_sq": np.bincount(inv, img_sq + vid_sq, minlength=m)})
 
 
+def merge_pack_stats(parts: pa.Table) -> pa.Table:
+    """Partials of ``pack_partial`` as one, one row per pack: the workers' tree-combine step (sums of
+    integers, exact in float64 below 2**53, so any grouping gives the same numbers)."""
+    sums = [(c, "sum") for c in ("segments", "tokens", "attention", "image_tokens", "image_tokens_sq")]
+    merged = parts.group_by("pack_id", use_threads=False).aggregate(sums + [("min_segment", "min")])
+    return merged.rename_columns([n.rsplit("_sum", 1)[0] if n.endswith("_sum") else n.rsplit("_min", 1)[0]
+                                  if n.endswith("_min") else n for n in merged.column_names]) \
+        .select(parts.column_names).sort_by("pack_id")
+
+
 def combine_pack_stats(parts: pa.Table) -> PackStats:
     """Sum the partials per pack (any order, any batching) into one row per pack, by pack_id."""
     if parts.num_rows == 0:
@@ -110,64 +120,6 @@ def check_stats(stats: PackStats, L: int) -> None:
     if stats.min_segment.size and stats.min_segment.min() <= 0:
         p = int(stats.pack_ids[int(np.argmin(stats.min_segment))])
         raise ValueError(f"shards: pack {p} has a sample with num_tokens <= 0")
-
-
-def slot_table(plan: B.Plan, pack_ids: np.ndarray, packs_per_shard: int, carry_over: bool
-               ) -> tuple[pa.Table, list[str], list[int]]:
-    """One row per (pack, slot): the shard it is written to and its place there; the shard paths and
-    the rank of each shard (-1: carried-over leftover)."""
-    rows: dict[str, list[Any]] = {c: [] for c in ("pack_index", *SLOT_COLUMNS)}
-    paths: list[str] = []
-    ranks: list[int] = []
-    first_key: dict[int, str] = {}
-
-    def add(p: int, shard: int, order: int, key: str, rank: int, step: int, micro: int, repeat_of: str) -> None:
-        for c, v in zip(("pack_index", *SLOT_COLUMNS),
-                        (p, shard, paths[shard] if shard >= 0 else "", order, key, rank, step, micro, repeat_of,
-                         key == first_key.get(p, key))):
-            rows[c].append(v)
-
-    # training order of a rank's packs is (step, micro-batch); repeats are second occurrences in that order
-    for s in range(plan.steps):
-        for r in range(plan.dp_size):
-            for m in range(plan.micro_batches):
-                first_key.setdefault(int(plan.slots[s, r, m]), F.pack_key(r, s, m))
-    for r in range(plan.dp_size):
-        seq = [(s, m) for s in range(plan.steps) for m in range(plan.micro_batches)]
-        for i, (s, m) in enumerate(seq):
-            if i % packs_per_shard == 0:
-                paths.append(f"{F.rank_dir(r)}/{F.shard_name(i // packs_per_shard)}")
-                ranks.append(r)
-            p = int(plan.slots[s, r, m])
-            key = F.pack_key(r, s, m)
-            add(p, len(paths) - 1, i % packs_per_shard, key, r, s, m, first_key[p] if key != first_key[p] else "")
-    for i, p in enumerate(plan.leftover.tolist()):
-        key = F.leftover_key(int(pack_ids[p]))
-        if carry_over:
-            if i % packs_per_shard == 0:
-                paths.append(f"{F.LEFTOVER_DIR}/{F.shard_name(i // packs_per_shard)}")
-                ranks.append(-1)
-            add(p, len(paths) - 1, i % packs_per_shard, key, -1, -1, -1, "")
-        else:
-            add(p, -1, i, key, -1, -1, -1, "")
-    table = pa.table(rows)
-    order = pc.sort_indices(table, sort_keys=[("pack_index", "ascending"), ("_shard", "ascending")])
-    return table.take(order), paths, ranks
-
-
-def assign_slots(batch: pa.Table, pack_ids: np.ndarray, slots: pa.Table) -> pa.Table:
-    """Every row once per slot of its pack, with the slot's columns."""
-    idx = np.searchsorted(pack_ids, batch.column("pack_id").to_numpy())
-    slot_pack = slots.column("pack_index").to_numpy()
-    start = np.searchsorted(slot_pack, idx, side="left")
-    count = np.searchsorted(slot_pack, idx, side="right") - start
-    rows = np.repeat(np.arange(batch.num_rows), count)
-    offsets = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)
-    take = np.repeat(start, count) + offsets
-    out = batch.take(pa.array(rows, type=pa.int64()))
-    for c in SLOT_COLUMNS:
-        out = out.append_column(c, slots.column(c).take(pa.array(take, type=pa.int64())))
-    return out
 
 
 _TOKENIZERS: dict[tuple, SegmentTokenizer] = {}

@@ -40,8 +40,10 @@ from pack.energon_meta import write_energon_metadata
 from pack.profile import resolve_profile
 from pack.shard_manifest import build_manifest, build_report
 from pack import shard_schedule as S
+from pack import shard_slots as T
 from pack.shard_writer import ShardResult, WriterSettings
 
+SLOTS_DIR = ".slots"   # the plan's slot table while the shards are written (pack.shard_slots)
 SEGMENT_COLUMNS = ("key", "source", "category", "images", "videos", "text", "conversations", "meta",
                    "num_tokens", "text_tokens", "image_tokens", "video_tokens", "truncated_from", "pack_id",
                    R.ORDINAL)
@@ -139,12 +141,13 @@ class ShardsStage(Stage):
     def global_step(self, data: Any) -> Any:
         c = self.config
         L = self.capacity()
-        stats = data.aggregate(S.pack_partial, S.combine_pack_stats)
+        stats = data.aggregate(S.pack_partial, S.combine_pack_stats, S.merge_pack_stats)
         S.check_stats(stats, L)
         costs = stats.costs(B.CostModel(self.profile.vit_patches_per_token(), self.profile.vit_hidden))
         plan = B.plan_balanced(costs, c.dp_size, c.micro_batches, c.leftover, seed=self.context.seed,
                                shuffle_steps=c.shuffle_steps)
-        slots, paths, shard_ranks = S.slot_table(plan, stats.pack_ids, c.packs_per_shard, c.leftover == "carry_over")
+        carry = c.leftover == "carry_over"
+        paths, shard_ranks = T.shard_layout(plan, len(plan.leftover), c.packs_per_shard, carry)
         tok_spec, template = self._tokenizer_settings()
         settings = WriterSettings(L, tok_spec, template, self.profile.to_dict())
         final = self.output_root()
@@ -154,12 +157,15 @@ class ShardsStage(Stage):
         for r in range(c.dp_size):
             os.makedirs(os.path.join(tmp, F.rank_dir(r)), exist_ok=True)
         left_reason = "leftover_carried_over" if c.leftover == "carry_over" else ""
-        pack_ids = stats.pack_ids
+        slots_dir = os.path.join(tmp, SLOTS_DIR)
         try:
-            decisions = (data.map_batches(lambda b: S.assign_slots(b, pack_ids, slots))
+            T.write_slots(slots_dir, plan, T.slot_table(plan, c.packs_per_shard, carry), stats.pack_ids,
+                          c.packs_per_shard)   # on disk, not held: the map tasks read it
+            decisions = (data.map_batches(lambda b: T.assign_slots(b, slots_dir))
                          .shuffle_reduce("_shard", lambda g: S.write_shard_groups(g, tmp, settings, left_reason),
                                          partitions=max(1, len(paths)))
                          .materialize())
+            shutil.rmtree(slots_dir)
             results = S.read_results(tmp, len(paths))
             rank_results: list[list[ShardResult]] = [[] for _ in range(c.dp_size)]
             for rank, res in zip(shard_ranks, results):

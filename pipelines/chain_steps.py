@@ -16,7 +16,6 @@ from curate.base import inline as E
 from curate.base import records as R
 from pipelines.executors import Executor, data_files, write_table
 from pipelines.fusion import Member, rows_of
-from pipelines.heap import release_freed_memory
 from pipelines.progress import BYTES
 
 
@@ -74,19 +73,17 @@ def global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: 
             os.replace(f, out_data / Path(f).name)
     return 0
 
-def stage_summary(m: Member, files: list[str], owner: bool) -> dict[str, Any]:
-    """The stage's report numbers from its kept rows, streamed batch by batch through
-    ``summary_partial`` so that the driver holds partials, not rows."""
+def stage_summary(m: Member, files: list[str], owner: bool, executor: Executor) -> dict[str, Any]:
+    """The stage's report numbers from its kept rows: ``summary_partial`` per batch where the rows
+    are (Ray: on the workers), merged there by ``summary_merge`` (Executor.summary_parts), so that
+    the driver holds a few merged partials, never a row per sample."""
     if not m.stage.summary_columns or not files:
         return {}
     ds, flt = rows_of(files, m.index, owner, kept=True)
     cols = [c for c in (*m.stage.summary_columns, "key", R.ORDINAL) if c in ds.schema.names]
-    partials = []
-    for batch in ds.to_batches(columns=cols, filter=flt):
-        partials.append(m.stage.summary_partial(pa.Table.from_batches([batch])))
-        release_freed_memory()
     empty = m.stage.summary_partial(pa.schema([ds.schema.field(c) for c in cols]).empty_table())
-    return m.stage.summarize(pa.concat_tables([empty, *partials]))
+    parts = executor.summary_parts(m.stage, files, cols, flt)
+    return m.stage.summarize(pa.concat_tables([empty, parts], promote_options="default") if parts.num_rows else empty)
 
 
 def count_rows(files: list[str], kept_only: bool = False) -> int:

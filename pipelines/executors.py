@@ -21,7 +21,8 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import writing
-from curate.base.global_data import InlineData, as_table
+from curate.base.global_data import COMBINE_FAN_IN, InlineData, as_table, concat
+from pipelines.heap import release_freed_memory
 from pipelines.progress import DISABLED, LocalCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
 
 # No dictionary pages: most columns (keys, texts, paths, JSON) are nearly all distinct, where pyarrow's
@@ -78,6 +79,10 @@ class Executor(Protocol):
         that entered the pass (a source stage: the rows read and the source bytes), per batch."""
     def global_data(self, stage: Stage, files: list[str], rows: int | None = None) -> Any:
         """The kept rows of `files` as a GlobalData; `rows`: their number when the caller knows it."""
+    def summary_parts(self, stage: Stage, files: list[str], columns: list[str], rows: Any) -> pa.Table:
+        """``stage.summary_partial`` of the rows of `files` selected by the filter expression `rows`
+        (only `columns`), per batch where the rows are, merged there by ``summary_merge``
+        (GlobalData.aggregate's tree): what ``stage.summarize`` reads."""
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:
         """Write the rows (`only_kept`: only the kept rows of `files`) with their decisions applied;
@@ -161,6 +166,17 @@ class InlineExecutor:
         ds = pads.dataset(files, format="parquet")
         table = ds.to_table(columns=global_columns(stage, ds.schema), filter=pc.field(R.STATUS) == R.KEPT)
         return PhasedInlineData([E.global_input(stage, E.without_dropped_at(table))], self.progress)
+
+    def summary_parts(self, stage: Stage, files: list[str], columns: list[str], rows: Any) -> pa.Table:
+        """Streamed batch by batch in this process; every COMBINE_FAN_IN partials are merged into
+        one as they come, so only O(COMBINE_FAN_IN) partials are held at a time."""
+        parts: list[pa.Table] = []
+        for batch in pads.dataset(files, format="parquet").to_batches(columns=columns, filter=rows):
+            parts.append(stage.summary_partial(pa.Table.from_batches([batch])))
+            if len(parts) >= COMBINE_FAN_IN:
+                parts = [stage.summary_merge(concat(parts))]
+            release_freed_memory()
+        return concat(parts)
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:

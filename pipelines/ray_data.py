@@ -19,6 +19,7 @@ mid-run, writes the same bytes (tests/test_ray_faults.py, tests/test_ray_cluster
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -35,7 +36,7 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import find_out_of_space
-from curate.base.global_data import concat, partition_of, sort_for_reduce
+from curate.base.global_data import COMBINE_FAN_IN, concat, partition_of, sort_for_reduce
 from pipelines.executors import data_files, global_columns, rows_in, write_table
 from pipelines.heap import HeapTrimmer
 from pipelines.progress import DISABLED, FileCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
@@ -73,10 +74,20 @@ class RayData:
     def map_batches(self, fn: Callable[[pa.Table], pa.Table]) -> "RayData":
         return self._next(self.ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True))
 
-    def aggregate(self, partial: Callable[[pa.Table], pa.Table], combine: Callable[[pa.Table], T]) -> T:
+    def aggregate(self, partial: Callable[[pa.Table], pa.Table], combine: Callable[[pa.Table], T],
+                  merge: Callable[[pa.Table], pa.Table] | None = None) -> T:
+        """One partial per block (map_batches' default batch is the whole block); with `merge`, the
+        partials are combined on the workers in a tree — runs of COMBINE_FAN_IN adjacent blocks
+        joined by Ray Data's repartition (no shuffle) and merged, level by level — until at most
+        COMBINE_FAN_IN reach the driver, whatever the number of blocks."""
         import ray
         parts = self.ds.map_batches(partial, batch_format="pyarrow")
         with self._phase("aggregate"):
+            if merge is not None:
+                parts = parts.materialize()
+                while parts.num_blocks() > COMBINE_FAN_IN:
+                    parts = parts.repartition(-(-parts.num_blocks() // COMBINE_FAN_IN)) \
+                        .map_batches(merge, batch_format="pyarrow").materialize()
             return combine(concat(ray.get(parts.to_arrow_refs())))
 
     def shuffle_reduce(self, key: str, fn: Callable[[pa.Table], pa.Table], partitions: int) -> "RayData":
@@ -151,6 +162,16 @@ class _StageActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return _apply(self.stage, batch, self.link, self.counter)
+
+
+def _summary_partial(batch: pa.Table, rows: Any, columns: list[str], token: str, stage_cls: type[Stage], config: Any,
+                     context: Any) -> pa.Table:
+    stage = _worker_stage(token, stage_cls, config, context)
+    return stage.summary_partial((batch.filter(rows) if rows is not None else batch).select(columns))
+
+
+def _summary_merge(parts: pa.Table, token: str, stage_cls: type[Stage], config: Any, context: Any) -> pa.Table:
+    return _worker_stage(token, stage_cls, config, context).summary_merge(parts)
 
 
 def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
@@ -306,6 +327,18 @@ class RayExecutor:
                                                     fn_kwargs={"columns": None if columns is None else
                                                                [c for c in columns if c != R.STATUS]})
         return RayData(ds, rows, self.progress)
+
+    def summary_parts(self, stage: Stage, files: list[str], columns: list[str], rows: Any) -> pa.Table:
+        """The stage's ``summary_partial`` of the rows of `files` that the filter expression `rows`
+        selects (only `columns`), per block on the workers, merged there in a tree (RayData.aggregate)
+        by ``summary_merge``. The workers build their own instance of the stage (no setup: summaries
+        need no model), so no loaded model travels with the task."""
+        wanted = list(dict.fromkeys(columns + [c for c in (R.STATUS, E.DROPPED_AT) if c in pq.read_schema(files[0]).names]))
+        token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:summary"
+        made = {"token": token, "stage_cls": type(stage), "config": stage.config, "context": stage.context}
+        return RayData(self._read(files, wanted)).aggregate(
+            functools.partial(_summary_partial, rows=rows, columns=columns, **made), lambda parts: parts,
+            functools.partial(_summary_merge, **made))
 
     def apply_decisions(self, stage: Stage, files: list[str], decisions: Any, schema: pa.Schema, out: Path,
                         only_kept: bool = False) -> int:

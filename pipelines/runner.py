@@ -257,7 +257,7 @@ class Runner:
             map_phase(stages, executor, files, pass1, upstream_kept)
             files = data_files(pass1)
         n_in = _count(pass1) if upstream_kept is None else upstream_kept
-        summaries = {m.index: stage_summary(m, files, owner=False) for m in group[:-1]}
+        summaries = {m.index: stage_summary(m, files, owner=False, executor=executor) for m in group[:-1]}
         repeated = global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
         if pass1.name == "pass1" and pass1.exists():
             shutil.rmtree(pass1)
@@ -266,7 +266,7 @@ class Runner:
         written, kept = _count(data), _count(data, kept_only=True)
         if written != n_in + repeated:
             raise E.AccountingError(f"chain {chain}: {written} rows written for in={n_in} repeated={repeated}")
-        summaries[owner.index] = stage_summary(owner, data_files(data), owner=True)
+        summaries[owner.index] = stage_summary(owner, data_files(data), owner=True, executor=executor)
         entries = []
         for m in group:
             counts = tallies[m.index]

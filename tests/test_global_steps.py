@@ -135,11 +135,11 @@ class BoundedDriver(InlineData):
     def gather(self):
         raise AssertionError("a global step gathered every row into one process")
 
-    def aggregate(self, partial, combine):
+    def aggregate(self, partial, combine, merge=None):
         def bounded(parts):
             assert parts.num_rows <= self.limit, f"an aggregate handed {parts.num_rows} rows to the driver"
             return combine(parts)
-        return InlineData.aggregate(self, partial, bounded)
+        return InlineData.aggregate(self, partial, bounded, merge)
 
     def map_batches(self, fn):
         return self._wrap(InlineData.map_batches(self, fn))

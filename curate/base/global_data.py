@@ -7,9 +7,12 @@ four operations on a ``GlobalData`` handle, which each executor implements — R
 (``pipelines.ray_data``), plain tables in this process for notebooks and inline runs (below):
 
 * ``map_batches(fn)``: a per-batch function, table in, table out.
-* ``aggregate(partial, combine)``: ``partial`` reduces each batch to a small table; ``combine`` gets
-  all partials concatenated *in no guaranteed order* (it must not depend on the order) and returns
-  a small Python value to the driver — totals per group, histograms, per-pack statistics.
+* ``aggregate(partial, combine, merge=None)``: ``partial`` reduces each batch to a small table;
+  ``combine`` gets the partials concatenated *in no guaranteed order* (it must not depend on the
+  order) and returns a small Python value to the driver — totals per group, histograms, per-pack
+  statistics. With ``merge`` (concatenated partials -> one partial, associative and order-free) the
+  partials are merged where they were made, in a tree, and the driver gets O(COMBINE_FAN_IN) of them
+  instead of one per block.
 * ``shuffle_reduce(key, fn, partitions)``: rows with equal ``key`` meet in one call of ``fn``. A call
   gets one or more whole key groups sorted by ``key`` then ``_ordinal``; what ``fn`` returns for a
   group must depend on that group alone, so results do not depend on how rows were partitioned.
@@ -35,12 +38,14 @@ import pyarrow.compute as pc
 from curate.base import records as R
 
 T = TypeVar("T")
+# Partials a tree-combining aggregate merges per call, and the most that reach the driver.
+COMBINE_FAN_IN = 16
 BatchFn = Callable[[pa.Table], pa.Table]
 
 
 class GlobalData(Protocol):
     def map_batches(self, fn: BatchFn) -> "GlobalData": ...
-    def aggregate(self, partial: BatchFn, combine: Callable[[pa.Table], T]) -> T: ...
+    def aggregate(self, partial: BatchFn, combine: Callable[[pa.Table], T], merge: BatchFn | None = None) -> T: ...
     def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int) -> "GlobalData": ...
     def union(self, other: "GlobalData") -> "GlobalData": ...
     def count(self) -> int: ...
@@ -92,8 +97,12 @@ class InlineData:
     def map_batches(self, fn: BatchFn) -> "InlineData":
         return InlineData([fn(t) for t in self.tables if t.num_rows])
 
-    def aggregate(self, partial: BatchFn, combine: Callable[[pa.Table], T]) -> T:
-        return combine(concat([partial(t) for t in self.tables if t.num_rows]))
+    def aggregate(self, partial: BatchFn, combine: Callable[[pa.Table], T], merge: BatchFn | None = None) -> T:
+        parts = [partial(t) for t in self.tables if t.num_rows]
+        if merge is not None:   # the tree of the Ray executor, in this process: runs of COMBINE_FAN_IN
+            while len(parts) > COMBINE_FAN_IN:
+                parts = [merge(concat(parts[i:i + COMBINE_FAN_IN])) for i in range(0, len(parts), COMBINE_FAN_IN)]
+        return combine(concat(parts))
 
     def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int) -> "InlineData":
         table = concat(self.tables)

@@ -223,15 +223,21 @@ class Stage:
         raise NotImplementedError
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
-        """A small table standing for one batch of kept rows; the runner concatenates every batch's
-        partial and hands the result to ``summarize``. The default passes `summary_columns` (with key
-        and _ordinal) through, which grows with the dataset on the driver: stages whose summary is a
-        histogram or a sum return that instead (count_tokens does), so the driver stays flat."""
+        """A small table standing for one batch of kept rows, computed on the workers; partials are
+        merged (``summary_merge``) in any grouping and order and the result handed to ``summarize``.
+        The default passes `summary_columns` (with key and _ordinal) through, which grows with the
+        dataset on the driver: the stages here return counts and value histograms instead
+        (``curate.base.summary_sketch``; count_tokens a histogram of lengths), so the driver stays flat."""
         return kept
 
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        """Several concatenated partials as one (associative, order-free): what lets workers combine
+        partials before the driver sees them. The default keeps them as they are."""
+        return parts
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        """Extra numbers for report.json (fill, percentiles...). Gets the concatenated
-        ``summary_partial`` tables (by default `summary_columns` of the kept rows)."""
+        """Extra numbers for report.json (fill, percentiles...). Gets the concatenated (and perhaps
+        merged) ``summary_partial`` tables (by default `summary_columns` of the kept rows)."""
         return {}
 
     # --- running without Ray -----------------------------------------------------------------------

@@ -24,14 +24,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from curate.base import summary_sketch as K
 from curate.grounding.negatives import NEGATIVE_ANSWER, NEGATIVE_PROMPT, make_negatives, negatives_for_ratio
 from curate.grounding.parse import validate
 from curate.grounding.problems import CODES, Problem
 from curate.base import BatchResult, Resources, Stage, register
 
 REASON_PREFIX = "grounding:"
+PROBLEM = "problem:"   # the summary counters of tolerated codes
 _DETAIL_MAX = 1000
 
 
@@ -122,13 +126,23 @@ class GroundingCheck(Stage):
         return BatchResult.split(_put_column(batch, "grounding_problems", pa.array(codes_col, type=pa.string())),
                                  reasons, details)
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        """Per batch, the kept rows per tolerated problem code (exact counters)."""
+        counts: Counter[str] = Counter()
+        if "grounding_problems" in kept.column_names and kept.num_rows:
+            tally = pc.value_counts(kept.column("grounding_problems").combine_chunks())
+            for v, n in zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist()):
+                for code in (v.split(",") if v else ()):
+                    counts[code] += n
+        return pa.concat_tables([K.empty(), *(K.counter("", PROBLEM + code, n) for code, n in counts.items())])
+
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        return K.merge(parts)
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         """Codes tolerated on kept rows (only non-empty when reject_on is a list)."""
-        counts: Counter[str] = Counter()
-        for v in _column(kept, "grounding_problems"):
-            if v:
-                counts.update(v.split(","))
-        return {"kept_with_problems": dict(sorted(counts.items()))} if counts else {}
+        counts = K.Summary(K.as_partials(kept, self.summary_partial)).counts("", PROBLEM)
+        return {"kept_with_problems": counts} if counts else {}
 
 
 @register
@@ -203,6 +217,17 @@ class GroundingNegatives(Stage):
             batch = batch.set_column(idx, "conversations", pa.array(new_convs, type=batch.schema.field(idx).type))
         return BatchResult.keep_all(_put_column(batch, "grounding_negatives", pa.array(added, type=pa.int32())))
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        """Per batch: negative turns added and samples that got any (exact counters)."""
+        added = np.asarray(pc.fill_null(kept.column("grounding_negatives"), 0).to_numpy(zero_copy_only=False),
+                           dtype=np.int64) if "grounding_negatives" in kept.column_names else np.zeros(0, np.int64)
+        return pa.concat_tables([K.counter("", "negative_turns_added", int(added.sum())),
+                                 K.counter("", "samples_with_negatives", int((added != 0).sum()))])
+
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        return K.merge(parts)
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        values = [v or 0 for v in _column(kept, "grounding_negatives")]
-        return {"negative_turns_added": int(sum(values)), "samples_with_negatives": sum(1 for v in values if v)}
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
+        return {"negative_turns_added": summary.count("", "negative_turns_added"),
+                "samples_with_negatives": summary.count("", "samples_with_negatives")}

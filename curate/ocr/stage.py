@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from curate import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import summary_sketch as K
 from curate.ocr import columns as C
 from curate.ocr.engines import BUILTIN_ENGINES, engine_factory
 from curate.ocr.matching import MatchSettings
@@ -184,6 +185,12 @@ class OcrIntersection(Stage):
                                              f"{C.metrics_text(m)}")
         return None
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        return C.coverage_partial(kept, self.config.low_coverage, self.config.size_buckets)
+
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        return K.merge(parts)
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
         c = self.config
-        return {"ocr": C.coverage_summary(kept, c.low_coverage, c.engines, c.size_buckets)}
+        return {"ocr": C.coverage_summary(K.as_partials(kept, self.summary_partial), c.low_coverage, c.engines)}

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from curate import images as I
 from curate.base import records as R
+from curate.base import summary_sketch as K
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.ocr.reading import decode_or_drop
 from curate.safety.classifier import DEFAULT_UNSAFE, NudityDetector, known_classes, unsafe_score
@@ -138,15 +139,20 @@ class NsfwFilter(Stage):
                                                  f"at box x,y,w,h={list(best_det.box)}")
         return best, None
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        """Per batch, the kept rows' scores per source as a value histogram (summary_sketch)."""
+        return K.distribution(kept.column("source"), SCORE, kept.column(SCORE))
+
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        return K.merge(parts)
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        """Percentiles of the kept samples' scores per source (to tune the threshold)."""
+        """Percentiles of the kept samples' scores per source (to tune the threshold); exact up to
+        summary_sketch.EXACT_LIMIT scores a source, within 1.2e-4 relative beyond."""
         out: dict[str, Any] = {}
-        if kept.num_rows:
-            sources = kept.column("source").to_pylist()
-            vals = np.asarray(kept.column(SCORE).to_numpy(zero_copy_only=False), dtype=np.float64)
-            for src in sorted(set(sources)):
-                v = vals[np.asarray([s == src for s in sources])]
-                v = v[~np.isnan(v)]
-                out[src] = {"scored": int(v.size), **({f"p{p}": round(float(np.percentile(v, p)), 4)
-                                                       for p in PERCENTILES} if v.size else {})}
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
+        for src in summary.groups(SCORE):
+            v = summary.distribution(src, SCORE)
+            out[src] = {"scored": v.size, **({f"p{p}": round(v.percentile(p), 4) for p in PERCENTILES}
+                                             if v.size else {})}
         return {SCORE: {"threshold": self.config.threshold, "per_source": out}}

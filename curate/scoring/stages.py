@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from curate import images as I
 from curate.base import records as R
+from curate.base import summary_sketch as K
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
@@ -49,6 +50,7 @@ from curate.base import BatchResult, Resources, Stage, register
 BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
 SCORE = "clip_score"
 PERCENTILES = (5, 25, 50, 75, 95)
+OVERALL = "\x00overall"   # the summary group over every source (no source name holds a NUL)
 
 
 # --- which text a sample is judged by ----------------------------------------------------------
@@ -318,23 +320,30 @@ class ClipScore(Stage):
         self.report["clip_score_top_fraction"] = {"fraction": fraction, "sources": summary}
         return decisions
 
+    def summary_partial(self, kept: pa.Table) -> pa.Table:
+        """Per batch, the kept rows' scores per source, and over all sources (group OVERALL), as
+        value histograms (summary_sketch)."""
+        return pa.concat_tables([K.distribution(kept.column("source"), SCORE, kept.column(SCORE)),
+                                 K.distribution([OVERALL] * kept.num_rows, SCORE, kept.column(SCORE))])
+
+    def summary_merge(self, parts: pa.Table) -> pa.Table:
+        return K.merge(parts)
+
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        """Score percentiles of the kept rows, per source and overall, for report.json."""
-        scores = np.asarray(kept.column(SCORE).to_numpy(zero_copy_only=False), dtype=np.float64) \
-            if kept.num_rows else np.zeros(0)
-        sources = kept.column("source").to_pylist() if kept.num_rows else []
-        per_source: dict[str, Any] = {}
-        for src in sorted(set(sources)):
-            vals = scores[[s == src for s in sources]]
-            valid = vals[~np.isnan(vals)]
-            entry: dict[str, Any] = {"scored": int(valid.size), "unscored": int(vals.size - valid.size)}
+        """Score percentiles of the kept rows, per source and overall, for report.json: exact up to
+        summary_sketch.EXACT_LIMIT scores a group, within 1.2e-4 relative beyond."""
+        summary = K.Summary(K.as_partials(kept, self.summary_partial))
+
+        def entry(group: str) -> dict[str, Any]:
+            valid = summary.distribution(group, SCORE)
+            out: dict[str, Any] = {"scored": valid.size, "unscored": summary.count(group, SCORE)}
             if valid.size:
-                entry.update(percentiles(valid))
-            per_source[src] = entry
-        valid = scores[~np.isnan(scores)] if scores.size else scores
-        overall: dict[str, Any] = {"scored": int(valid.size), "unscored": int(scores.size - valid.size)}
-        if valid.size:
-            overall.update(percentiles(valid))
+                out.update({f"p{p}": round(valid.percentile(p), 4) for p in PERCENTILES})
+                out["mean"] = round(valid.mean(), 4)
+            return out
+
+        per_source = {src: entry(src) for src in summary.groups(SCORE) if src != OVERALL}
+        overall = entry(OVERALL)
         return {SCORE: {"scorer": self.scorer_name, "threshold": self.config.threshold,
                         "top_fraction": self.config.top_fraction, "per_source": per_source, "overall": overall}}
 
