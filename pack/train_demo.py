@@ -215,10 +215,27 @@ def _child(cfg: TrainConfig, out: Path, resume: bool = False) -> list[str]:
     return args + (["--resume"] if resume else [])
 
 
+# What one run writes into its --out folder (Trainer.save, train): all a re-check may delete there.
+RUN_FILES = frozenset({"checkpoint", "checkpoint.tmp", "checkpoint.old", "losses.json"})
+
+
+def _remove_earlier_run(run_dir: Path) -> None:
+    """Delete a run folder an earlier check left, and only that: a folder holding anything a run does
+    not write is the user's, and the check stops rather than delete it."""
+    if not run_dir.exists():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+    if foreign:
+        raise SystemExit(f"{run_dir} holds files this demo did not write ({', '.join(foreign[:3])}); "
+                         f"choose another --out")
+    shutil.rmtree(run_dir)
+
+
 def check_resume(cfg: TrainConfig) -> None:
     """Uninterrupted run, killed run, resumed run (three processes); the curves must agree."""
     root = Path(cfg.out)
-    shutil.rmtree(root, ignore_errors=True)
+    for run_dir in (root / "uninterrupted", root / "interrupted"):
+        _remove_earlier_run(run_dir)
     print(f"[1/3] uninterrupted: {cfg.steps} steps", flush=True)
     subprocess.run(_child(cfg, root / "uninterrupted"), check=True)
     print(f"[2/3] the same run, killed with SIGKILL once it has saved its step-{cfg.checkpoint_every} checkpoint",

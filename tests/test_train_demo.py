@@ -52,3 +52,18 @@ def test_npu_is_imported_only_when_asked_for_and_refused_clearly_without_it():
 def test_without_demo_shards_it_says_to_run_make_demo(tmp_path):
     with pytest.raises(SystemExit, match="make demo"):
         main(["--shards", str(tmp_path / "nothing")])
+
+
+def test_the_resume_check_deletes_only_run_folders_it_wrote(tmp_path):
+    from pack.train_demo import _remove_earlier_run
+    ours = tmp_path / "uninterrupted"
+    (ours / "checkpoint").mkdir(parents=True)
+    (ours / "losses.json").write_text("[]")
+    _remove_earlier_run(ours)
+    assert not ours.exists()
+    theirs = tmp_path / "interrupted"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="did not write"):
+        _remove_earlier_run(theirs)
+    assert (theirs / "notes.txt").read_text() == "mine"
