@@ -75,3 +75,34 @@ def test_a_worker_killed_in_an_actor_stage_and_in_a_shuffle_reduce_changes_no_by
     assert sorted(p.name for p in kills.iterdir()) == ["kill_once_caption_length", "kill_once_exact_dedup"], \
         "both workers must have been killed"
     same_outputs(tmp_path / "inline", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_on_a_two_node_cluster_the_killed_actor_restarts_and_the_run_changes_no_byte(tmp_path, monkeypatch):
+    """The same kills on the two-node test cluster joined through RAY_ADDRESS, where actor pools keep
+    Ray's restarts: the first run completes, both workers were killed, the bytes are the inline run's."""
+    from ray.cluster_utils import Cluster
+    data = caption_corpus(tmp_path / "data", n_files=2, per_file=12)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=data))
+    run(load(recipe), out=tmp_path / "inline", executor="inline", progress=False)
+    kills = tmp_path / "kills"
+    kills.mkdir()
+    # the cluster's raylets start their workers from this process's environment: the code under test
+    # and the kill directory must be in it before the cluster starts
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("MMCURATE_KILL_ONCE_DIR", str(kills))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--out",
+                               str(tmp_path / "cluster"), "--executor", "ray"], cwd=tmp_path,
+                              env={**env, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True, timeout=600)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in kills.iterdir()) == ["kill_once_caption_length", "kill_once_exact_dedup"], \
+        "both workers must have been killed"
+    same_outputs(tmp_path / "inline", tmp_path / "cluster")
