@@ -53,14 +53,21 @@ def same_outputs(a: Path, b: Path) -> None:
     assert (a / "rejects.parquet").read_bytes() == (b / "rejects.parquet").read_bytes()
 
 
-@pytest.mark.slow
-def test_a_worker_killed_in_an_actor_stage_and_in_a_shuffle_reduce_changes_no_byte(tmp_path):
+def undisturbed_run_and_kill_dir(tmp_path: Path) -> tuple[Path, Path]:
+    """The recipe over a small caption corpus, its undisturbed (inline) run in tmp_path/inline, and an
+    empty directory for the kill-once markers."""
     data = caption_corpus(tmp_path / "data", n_files=2, per_file=12)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=data))
     run(load(recipe), out=tmp_path / "inline", executor="inline", progress=False)
     kills = tmp_path / "kills"
     kills.mkdir()
+    return recipe, kills
+
+
+@pytest.mark.slow
+def test_a_worker_killed_in_an_actor_stage_and_in_a_shuffle_reduce_changes_no_byte(tmp_path):
+    recipe, kills = undisturbed_run_and_kill_dir(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "MMCURATE_KILL_ONCE_DIR": str(kills)}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--out", str(tmp_path / "ray"),
@@ -82,12 +89,7 @@ def test_on_a_two_node_cluster_the_killed_actor_restarts_and_the_run_changes_no_
     """The same kills on the two-node test cluster joined through RAY_ADDRESS, where actor pools keep
     Ray's restarts: the first run completes, both workers were killed, the bytes are the inline run's."""
     from ray.cluster_utils import Cluster
-    data = caption_corpus(tmp_path / "data", n_files=2, per_file=12)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(data=data))
-    run(load(recipe), out=tmp_path / "inline", executor="inline", progress=False)
-    kills = tmp_path / "kills"
-    kills.mkdir()
+    recipe, kills = undisturbed_run_and_kill_dir(tmp_path)
     # the cluster's raylets start their workers from this process's environment: the code under test
     # and the kill directory must be in it before the cluster starts
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
