@@ -4,7 +4,6 @@ second node's raylet is SIGKILLed mid-stage still does (issue 26: Ray retries th
 head and rebuilds the lost blocks from their lineage)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -18,13 +17,9 @@ from pipelines import sample_data
 from pipelines.recipe import load
 from pipelines.runner import run
 from tests.corpus import caption_corpus
+from tests.test_ray_faults import same_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def digest(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _run(work: Path, out: str, executor: str, env: dict[str, str]) -> None:
@@ -54,10 +49,7 @@ def test_demo_on_a_two_node_cluster_matches_inline_byte_for_byte(tmp_path):
         _run(tmp_path, "cluster", "ray", {**env, "RAY_ADDRESS": cluster.address})
     finally:
         cluster.shutdown()
-    inline, on_cluster = tmp_path / "inline", tmp_path / "cluster"
-    assert digest(inline / "shards") == digest(on_cluster / "shards")
-    assert (inline / "report.json").read_bytes() == (on_cluster / "report.json").read_bytes()
-    assert (inline / "rejects.parquet").read_bytes() == (on_cluster / "rejects.parquet").read_bytes()
+    same_outputs(tmp_path / "inline", tmp_path / "cluster")
 
 
 NODE_FAULT_RECIPE = """\
@@ -127,7 +119,4 @@ def test_the_second_nodes_raylet_killed_mid_stage_changes_no_byte(tmp_path):
         assert proc.returncode == 0, log[-4000:]
     finally:
         cluster.shutdown()
-    inline, on_cluster = tmp_path / "inline", tmp_path / "cluster"
-    assert digest(inline / "shards") == digest(on_cluster / "shards")
-    assert (inline / "report.json").read_bytes() == (on_cluster / "report.json").read_bytes()
-    assert (inline / "rejects.parquet").read_bytes() == (on_cluster / "rejects.parquet").read_bytes()
+    same_outputs(tmp_path / "inline", tmp_path / "cluster")
