@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sample-data: install
-	$(PY) -m pipelines.sample_data data/sample --models
+	$(PY) -m demo_data.sample data/sample --models
 
 demo: install sample-data
 	$(VENV)/bin/mmcurate validate recipe $(RECIPE)
@@ -38,7 +38,7 @@ demo: install sample-data
 # The tiny Qwen2-VL trained on the demo's shards (run `make demo` first): an uninterrupted run, the same
 # run killed (SIGKILL) after its mid-way checkpoint, the resume; the two loss curves must be equal.
 train-demo: install
-	$(PY) -m pack.train_demo --shards $(OUT)/shards --out out/train-demo --check-resume
+	$(PY) -m pack.trainer.train_demo --shards $(OUT)/shards --out out/train-demo --check-resume
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests

@@ -6,9 +6,9 @@ default planner (pack.packing.plan_packs), then the packs are scheduled onto ``d
 
 * ``round-robin``: packs in the planner's order dealt to ranks in turn (an online loader);
 * ``rr-shuffled``: the same after a seeded shuffle (an online loader with shuffling);
-* ``balanced``: pack.balance.plan_balanced (what the ``shards`` stage writes).
+* ``balanced``: pack.balance.plan.plan_balanced (what the ``shards`` stage writes).
 
-Costs (pack.balance): ``attention`` = sum of squared segment lengths (LLM varlen attention; every
+Costs (pack.balance.plan): ``attention`` = sum of squared segment lengths (LLM varlen attention; every
 pack has the same padded length, so the LLM's linear layers cost the same), ``vit`` = patches +
 patches^2 / (6 * 1280) per image (Qwen2-VL: 4 patches per image token). Per global step the ratio is
 max over ranks / mean over ranks; the table gives its mean, p99 and max over steps, ``max*`` (max
@@ -25,8 +25,8 @@ import time
 import numpy as np
 
 from distributions import DISTRIBUTIONS, caption_like, native_resolution_sizes, sft_mix
-from pack import balance as B
-from pack import balance_summary as BS
+from pack.balance import plan as B
+from pack.balance import summary as BS
 from pack.packing import plan_packs
 from pack.tokens import image_tokens
 from run import format_table, quick

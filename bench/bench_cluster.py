@@ -2,7 +2,7 @@
 
     python bench/bench_cluster.py          # MMCURATE_BENCH_QUICK=1 for a smaller run
 
-1. **Planted corpus** (``curate/cluster/planted.py``): 3 dominant concepts hold 90% of the rows, 300
+1. **Planted corpus** (``demo_data/planted_clusters.py``): 3 dominant concepts hold 90% of the rows, 300
    rare ones (Zipf sizes, many singletons) the rest. Cluster it (two levels, Vo et al. resampling), keep
    30%, and report the dominant concepts' share of what is kept and how many distinct concepts survive,
    for several alpha/beta, against uniform random sampling of the same size.
@@ -45,7 +45,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def planted_table() -> list[list[Any]]:
     from curate.cluster.kmeans import FitSettings, assign, draw_fit_sample, fit_hierarchy, seeded_hash
-    from curate.cluster.planted import kept_summary, planted_corpus
+    from demo_data.planted_clusters import kept_summary, planted_corpus
     from curate.cluster.sampling import AllocationSettings, allocate_tree, choose_in_leaves, level_totals
     pc = planted_corpus(n=6000 if QUICK else 20000, dim=32, dominant=3, rare=300, seed=0)
     x = pc.embeddings
@@ -87,7 +87,7 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 def embed_row(table: Any, device: str, threads: int, bs: int) -> list[Any]:
     import torch
     from curate import base as S
-    from curate.images import read_image_bytes
+    from curate.media.images import read_image_bytes
     from curate.scoring.base import decode_rgb
     n = table.num_rows
     stage = S.build("embed", {"modality": "image", "batch_size": bs, "device": device, "cpu_threads": threads,

@@ -12,7 +12,7 @@ Peers, re-implemented from their source where they do not install here (labelled
   semantic dedup on embeddings), so it has no image row.
 * datasketch ``MinHash`` (installed): the signature speed baseline, per text and ``bulk``.
 
-The planted set is ``curate.dedup.planted``: captions with small edits vs look-alike captions,
+The planted set is ``demo_data.planted_duplicates``: captions with small edits vs look-alike captions,
 images re-encoded / resized / cropped vs mirrored look-alikes. The chained set is
 ``curate.dedup.chained``: chains of images (one translucent shape added per step) and of captions
 (one word replaced per step), where single-linkage groups remove rows far from every survivor.
@@ -42,7 +42,7 @@ from curate.base.global_data import InlineData
 from curate.dedup import minhash as M
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
-from curate.dedup import planted as PL
+from demo_data import planted_duplicates as PL
 from curate.dedup.base import ROWS_PER_PARTITION
 from curate.dedup.components import components
 from curate.dedup.star_components import oriented, star_components

@@ -80,7 +80,7 @@ def child_mmcurate(root: Path, n: int, executor: str) -> dict:
         for stage in stages:
             table = stage.run(table).kept
         return {"in": n, "kept": table.num_rows}
-    from pipelines.executors import data_files, make_executor
+    from pipelines.engine.executors import data_files, make_executor
     work = root / f"ray-{n}"
     import shutil
     shutil.rmtree(work, ignore_errors=True)
@@ -176,7 +176,7 @@ def ingest(root: Path, shards: Path, keys: set[str] | None = None) -> None:
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from curate.readers import read_source
+    from curate.readers.read import read_source
     read = read_source(str(shards / "*.tar"), "webdataset", source="bench")
     kept = read.kept
     if keys is not None:

@@ -2,7 +2,7 @@
 
     python bench/bench_mllm.py [--samples N] [--batch B] [--repeats R]
 
-On the tiny random Qwen2-VL (``curate.mllm.tiny_model``; the cost of a forward does not depend on
+On the tiny random Qwen2-VL (``demo_data.tiny_mllm``; the cost of a forward does not depend on
 the weights) and N synthetic JPEG files with captions, one metric (su, Open-Qwen2VL's), digit-
 constrained greedy decoding of 3 tokens, it times:
 
@@ -99,7 +99,7 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from run import format_table, quick
     from curate.mllm import prompts as P
-    from curate.mllm.tiny_model import build_tiny_qwen2vl
+    from demo_data.tiny_mllm import build_tiny_qwen2vl
     from curate.base import build
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=8 if quick() else 32)

@@ -38,7 +38,7 @@ FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-
 
 
 def corpus(quick: bool) -> list[tuple[str, Image.Image, list[str]]]:
-    from pipelines.sample_text_images import TextSpec, render, text_free
+    from demo_data.text_images import TextSpec, render, text_free
     rng = np.random.default_rng(7)
     sizes, angles, noises = (16, 24, 36), (0.0, 3.0, -8.0), (0.0, 25.0)
     combos = [(f, s, a, n) for f in FONTS for s in sizes for a in angles for n in noises]

@@ -120,7 +120,7 @@ def child_pipeline(shards: Path, work: Path, executor: str) -> dict:
 def child_stages(shards: Path) -> dict:
     """CPU seconds of each per-sample stage alone, in this process, on the ingested rows."""
     from curate import base as S
-    from curate.readers import read_source
+    from curate.readers.read import read_source
     t0 = time.process_time()
     table = read_source(str(shards / "*.tar"), "webdataset", source="photos", category="caption").kept
     cpu = {"ingest": time.process_time() - t0}

@@ -34,7 +34,7 @@ from proctree import run_tree  # noqa: E402
 DRIVER = r'''
 import json, sys, tempfile, time
 import pyarrow as pa
-from pipelines.progress import FileCounter, entered_rows
+from pipelines.engine.progress import FileCounter, entered_rows
 
 # the per-add cost a worker pays: count the batch's entering rows, rewrite its counter file
 batch = pa.table({"_status": ["kept"] * 4000 + ["rejected"] * 96, "_dropped_at": pa.nulls(4096, pa.int32())})

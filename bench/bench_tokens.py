@@ -8,8 +8,8 @@
   machine slows wall time, not CPU time). Cold start included: the piece cache starts empty.
 * The same counts through the tokenizer alone (HF ``encode_batch`` on fully rendered samples) on a
   subsample, for reference; a spot check asserts both agree with ``sample_input_ids``.
-* Width/height from the image header (``curate.images.probe``) against a full decode
-  (``curate.images.decode``) and against the trainer's way (decode + Qwen2-VL image processor), on
+* Width/height from the image header (``curate.media.images.probe``) against a full decode
+  (``curate.media.images.decode``) and against the trainer's way (decode + Qwen2-VL image processor), on
   real photographs from scikit-image saved as JPEG/PNG at web sizes.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
-from curate.images import decode, probe
+from curate.media.images import decode, probe
 from distributions import native_resolution_sizes
 from pack import tokens as T
-from pack.count_tokens import CountTokensStage
+from pack.tokens.stage import CountTokensStage
 from run import format_table, quick
 
 N = 100_000 if quick() else 1_000_000
@@ -166,7 +166,7 @@ def bench_headers(rows: list[list[object]]) -> float:
     ratio = t_decode / t_probe
     rows.append([f"header probe (width/height), {len(images)} real JPEG/PNG 640-2048px", f"{len(images)}",
                  f"{t_probe * 1e6:.0f} us/img", "", f"{1 / t_probe:,.0f}", f"{ratio:.0f}x faster than decode (target >= 20x)"])
-    rows.append(["full decode to RGB (curate.images.decode)", f"{len(images)}", f"{t_decode * 1e3:.2f} ms/img", "",
+    rows.append(["full decode to RGB (curate.media.images.decode)", f"{len(images)}", f"{t_decode * 1e3:.2f} ms/img", "",
                  f"{1 / t_decode:,.0f}", ""])
     rows.append(["decode + Qwen2-VL image processor (trainer path)", f"{len(images)}", f"{t_proc * 1e3:.2f} ms/img",
                  "", f"{1 / t_proc:,.0f}", f"header path {t_proc / t_probe:.0f}x faster"])

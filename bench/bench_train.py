@@ -5,8 +5,8 @@ absent). One training step (forward, backward, AdamW) per global batch of the sh
 data-parallel rank — three ways:
 
 * packed: the packs as ``collate_packs(attn_implementation="sdpa")`` batches them (4-D block mask,
-  M-RoPE positions from the pack), the loss per token with ``pack.loss``; and the same packs with
-  cu_seqlens through ``pack.attention.varlen_reference_attention`` (the PyTorch stand-in for
+  M-RoPE positions from the pack), the loss per token with ``pack.trainer.loss``; and the same packs with
+  cu_seqlens through ``pack.trainer.attention.varlen_reference_attention`` (the PyTorch stand-in for
   ``flash_attn_varlen_func``: attention computed per segment, not over the whole L x L block mask);
 * unpacked, padded: the same samples as one batch, one sample per row right-padded to the longest
   (what a padding collator does), positions computed by the model (``get_rope_index``);
@@ -37,7 +37,7 @@ def demo_shards() -> Path:
         return Path(given)
     if (ROOT / "out" / "demo" / "shards" / "manifest.json").exists():
         return ROOT / "out" / "demo" / "shards"
-    from pipelines import sample_data
+    from demo_data import sample as sample_data
     from pipelines.recipe import load
     from pipelines.runner import run
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -104,7 +104,7 @@ def padded_batch(samples: list[dict]) -> dict:
 
 
 def step_unpacked(model, batch) -> None:
-    from pack.loss import packed_loss_from_hidden
+    from pack.trainer.loss import packed_loss_from_hidden
     inputs = {k: v for k, v in batch.items() if k != "labels" and v is not None}
     hidden = model.model(**inputs).last_hidden_state
     rows = batch["input_ids"].new_tensor(range(batch["input_ids"].shape[0]))[:, None].expand_as(batch["input_ids"])
@@ -118,8 +118,8 @@ def torch_where(cond, a, b):
 
 
 def step_packed(model, batch) -> None:
-    from pack.collate import model_inputs
-    from pack.loss import packed_loss_from_hidden
+    from pack.trainer.collate import model_inputs
+    from pack.trainer.loss import packed_loss_from_hidden
     hidden = model.model(**model_inputs(batch)).last_hidden_state
     packed_loss_from_hidden(hidden, model.lm_head, batch["labels"], batch["segment_ids"], "token").backward()
 
@@ -135,9 +135,9 @@ def measure(name: str, model, optimizer, steps) -> list:
 
 def main() -> None:
     import torch
-    from pack.collate import collate_packs
-    from pack.loader import PackedShards
-    from pack.train_demo import tiny_model
+    from pack.trainer.collate import collate_packs
+    from pack.trainer.loader import PackedShards
+    from pack.trainer.train_demo import tiny_model
     torch.manual_seed(0)
     shards = demo_shards()
     import json
@@ -150,7 +150,7 @@ def main() -> None:
     fill = real / (len(steps) * dp * L)
     model = tiny_model(0, "sdpa").train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    from pack import attention as A
+    from pack.trainer import attention as A
     varlen_name = A.register_varlen_reference()
     packed = [collate_packs(packs, attn_implementation="sdpa") for packs in steps]
     varlen = [collate_packs(packs, attn_implementation=varlen_name) for packs in steps]

@@ -1,7 +1,7 @@
 """A held-out, img2dataset-style corpus of realistic photos for bench_one_decode (issue #29).
 
 Unlike ``filters_corpus`` (600 small JPEGs cycled), every sample here has its own bytes: a random crop
-(30-75% of each side, flipped or turned at random) of one of the photos that ship in scikit-image / scikit-learn (``pipelines.sample_data.photos``, plus
+(30-75% of each side, flipped or turned at random) of one of the photos that ship in scikit-image / scikit-learn (``demo_data.sample.photos``, plus
 ``retina.jpg``), colour-jittered per channel, resized to 256-2048 px on the long side (log-uniform),
 encoded as JPEG (85%, quality 70-95, a tenth of them progressive), PNG (8%) or WebP (7%). The mix,
 seeded and deterministic:
@@ -32,7 +32,7 @@ VERSION = "1"
 
 
 def _photos() -> list[np.ndarray]:
-    from pipelines.sample_data import _package_dir, photos
+    from demo_data.sample import _package_dir, photos
     paths = [p.file for p in photos()] + [str(_package_dir("skimage.data") / "retina.jpg")]
     out = []
     for path in paths:

@@ -19,17 +19,17 @@ from curate.base import get as get_stage  # noqa: F401
 from curate.base import registry as stages  # noqa: F401
 
 _LAZY = {
-    "read_source": "curate.readers",
-    "grounding": None,   # submodule
+    "read_source": "curate.readers.read",
+    "grounding": "curate.grounding",   # a submodule
     "records": "curate.base",
-    "images": None,
+    "images": "curate.media.images",   # a submodule (moved from curate.images)
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         mod = _LAZY[name]
-        if mod is None:
-            return importlib.import_module(f"curate.{name}")
+        if mod.endswith(f".{name}") or mod == f"curate.{name}":
+            return importlib.import_module(mod)
         return getattr(importlib.import_module(mod), name)
     raise AttributeError(f"module 'curate' has no attribute {name!r}")

@@ -23,15 +23,15 @@ _EXPORTS = {
     "sample_input_ids": "pack.tokens",
     "first_fit_decreasing": "pack.packing",
     "plan_packs": "pack.packing",
-    "PackedShards": "pack.loader",
-    "ResumableLoader": "pack.loader",
-    "collate_packs": "pack.collate",
-    "model_inputs": "pack.collate",
-    "packed_loss": "pack.loss",
-    "packed_loss_from_hidden": "pack.loss",
+    "PackedShards": "pack.trainer.loader",
+    "ResumableLoader": "pack.trainer.loader",
+    "collate_packs": "pack.trainer.collate",
+    "model_inputs": "pack.trainer.collate",
+    "packed_loss": "pack.trainer.loss",
+    "packed_loss_from_hidden": "pack.trainer.loss",
     "ModelProfile": "pack.profile",
     "profile_from_mapping": "pack.profile",
-    "validate_shards": "pack.validate",
+    "validate_shards": "pack.shards.validate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
 """The on-disk format of packed shards: pack JSON, member names, manifest — written once, read strictly.
 
-One module owns the format so that the writer (pack.shards), the trainer's loader (pack.loader) and
-the CI check (pack.validate) cannot drift apart.
+One module owns the format so that the writer (pack.shards.stage), the trainer's loader (pack.trainer.loader) and
+the CI check (pack.shards.validate) cannot drift apart.
 
 Layout of an output directory::
 
@@ -97,7 +97,7 @@ def media_ext(ref: Mapping[str, Any], default: str = "bin") -> str:
     if fmt in IMAGE_EXT_BY_FORMAT:
         return IMAGE_EXT_BY_FORMAT[fmt]
     if fmt.lower() in VIDEO_EXTS:
-        return fmt.lower()   # a video's container as curate.video names it
+        return fmt.lower()   # a video's container as curate.media.video names it
     for name in (ref.get("member"), ref.get("uri")):
         if name and "." in os.path.basename(str(name)):
             ext = os.path.basename(str(name)).rsplit(".", 1)[1].lower()
@@ -269,7 +269,7 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def load_manifest(directory: str) -> dict[str, Any]:
-    """Read and type-check ``manifest.json`` (structure only; pack.validate checks the content)."""
+    """Read and type-check ``manifest.json`` (structure only; pack.shards.validate checks the content)."""
     path = os.path.join(directory, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise PackFormatError(f"{path}: manifest.json is missing")

@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from curate.base.diskspace import writing
-from pipelines.executors import data_files
+from pipelines.engine.executors import data_files
 from pipelines.fingerprint import inventory_problem
-from pipelines.fusion import Member
+from pipelines.engine.fusion import Member
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -61,7 +61,7 @@ def stale_reason(m: Member, done: dict[str, Any], upstream_digest: str | None, o
 def media_changed(stage_dir: Path, marker: dict[str, Any]) -> bool:
     """Whether an image or video file referenced by a record changed since the source stage hashed it
     (then the stage re-runs). Refs are streamed batch by batch, never all in memory."""
-    from curate.identity import stale_media
+    from curate.media.identity import stale_media
     files = data_files(stage_dir / "data")
     if not files or "started_ns" not in marker:
         return bool(files)

@@ -30,7 +30,7 @@ import yaml
 
 from curate.base import records as R
 from curate import base as S
-from curate.readers import FORMATS, SourceSpec, source_files
+from curate.readers.read import FORMATS, SourceSpec, source_files
 from pipelines.outdir import OutputRefused, check_disjoint, check_output_target
 
 # A recipe is a few hundred nodes; YAML aliases that expand past this are an alias bomb, not a recipe.
@@ -50,7 +50,7 @@ class StageSpec:
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
     # Materialise this stage's output (a resume point) even where it would be fused with the next
-    # per-row stages into one streaming pass (pipelines.fusion).
+    # per-row stages into one streaming pass (pipelines.engine.fusion).
     checkpoint: bool = False
 
 

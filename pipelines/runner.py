@@ -10,7 +10,7 @@ Layout of a run directory::
     OUT/rejects.parquet                  all stages' rejects in one file
     OUT/report.json                      {"stages": [{"name", "in", "repeated", "out", "rejected", "quarantined"}]}
                                          — only what the data determines: byte-identical between runs
-    OUT/report.html                      the same with plots and thumbnails (pipelines.report_html)
+    OUT/report.html                      the same with plots and thumbnails (pipelines.present.report_html)
     OUT/run.json                         wall seconds, resumed stages, executor, output path
 
 Resume: a stage whose ``_COMPLETE.json`` carries the same fingerprint (settings, seed, the content of
@@ -40,15 +40,15 @@ from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import find_out_of_space
-from pipelines.executors import Executor, data_files, make_executor, write_table
-from pipelines.chain_steps import count_rows, global_step, map_phase, stage_summary
-from pipelines.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
+from pipelines.engine.executors import Executor, data_files, make_executor, write_table
+from pipelines.engine.chains import count_rows, global_step, map_phase, stage_summary
+from pipelines.engine.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
 from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, package_version
 from pipelines.markers import atomic_write_json, read_marker, stale_reason
 from pipelines.outdir import claim_output, remove_owned
-from pipelines.progress import Progress, with_task_bytes
+from pipelines.engine.progress import Progress, with_task_bytes
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
-from pipelines.report_html import render_fragment, write_report_html
+from pipelines.present.report_html import render_fragment, write_report_html
 
 # Below this many rows (or source bytes / 1 KiB for ingest) `executor="auto"` runs a stage inline: on
 # 2 cores Ray's fixed cost per stage (~2-30 s) dwarfs the work of a few thousand rows.
@@ -89,7 +89,7 @@ class Runner:
         self.progress = progress
         self.verbose = verbose
         self._executors: dict[str, Executor] = {}
-        self._progress = Progress(enabled=progress)   # rows/s and ETA of every pass (pipelines.progress)
+        self._progress = Progress(enabled=progress)   # rows/s and ETA of every pass (pipelines.engine.progress)
         self._ran_on = executor
 
     def log(self, msg: str) -> None:
@@ -354,7 +354,7 @@ def _check_error_fraction(stage: S.Stage, counts: dict[str, Any], n_in: int) -> 
 
 
 def make_ray(verbose: bool) -> Executor:
-    from pipelines.ray_data import RayExecutor
+    from pipelines.engine.ray_data import RayExecutor
     return RayExecutor(verbose=verbose)
 
 

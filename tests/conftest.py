@@ -24,7 +24,7 @@ def demo_run(tmp_path_factory):
     (output folder, RunResult, planted cases). Shared by tests/test_demo.py (the run as a user reads
     it) and tests/test_equivalence.py (the model on every demo pack), so the suite runs the demo once."""
     from pathlib import Path
-    from pipelines import sample_data
+    from demo_data import sample as sample_data
     from pipelines.recipe import load
     from pipelines.runner import run
     root = Path(__file__).resolve().parents[1]

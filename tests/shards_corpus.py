@@ -15,7 +15,7 @@ import pyarrow as pa
 from PIL import Image
 
 from curate.base import records as R
-from pack import tario
+from pack.shards import tario
 from pack.packing import plan_packs
 
 SCHEMA = R.schema_with({c: R.WELL_KNOWN_COLUMNS[c] for c in

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from curate.base import records as R
-from curate.annotations import JoinAnnotations, parse_condition
+from curate.filters.annotations import JoinAnnotations, parse_condition
 from pipelines.recipe import RecipeError, parse
 
 

@@ -1,4 +1,4 @@
-"""pack.balance: equal packs per rank per step by construction, accounted leftovers, balanced costs."""
+"""pack.balance.plan: equal packs per rank per step by construction, accounted leftovers, balanced costs."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,10 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pack import balance as B
-from pack import balance_summary as BS
-
-
+from pack.balance import plan as B
+from pack.balance import summary as BS
 def random_costs(n: int, seed: int = 0) -> B.PackCosts:
     """Packs of 4096 tokens with skewed segment and image mixes (text-only, thumbnails, documents)."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ from curate.base import records as R
 from curate.cluster import columns as C
 from curate.cluster.cluster_stage import Cluster
 from curate.cluster.kmeans import FitSettings, assign, fit_hierarchy
-from curate.cluster.planted import kept_summary, planted_corpus
+from demo_data.planted_clusters import kept_summary, planted_corpus
 from curate.cluster.sample_stage import ClusterSample
 from curate.cluster.semdedup_stage import SemanticDedup
 from curate.cluster.stats import combine_stats, finalize_stats, partial_stats

@@ -13,9 +13,7 @@ from PIL import Image
 
 from curate.base import records as R
 from curate import base as S
-from curate.dedup import planted as PL
-
-
+from demo_data import planted_duplicates as PL
 def rows_table(rows: list[dict]) -> pa.Table:
     base = {"source": "s", "category": "caption", R.STATUS: R.KEPT}
     full = [{**base, R.ORDINAL: i, **r} for i, r in enumerate(rows)]
@@ -172,7 +170,7 @@ def test_out_of_scope_categories_pass_untouched():
 
 def test_dedup_recipe_puts_the_chelsea_pair_in_one_group_and_resumes(tmp_path):
     from pipelines.runner import run
-    from pipelines.sample_data import build
+    from demo_data.sample import build
     build(tmp_path / "data/sample")
     import os
     cwd = os.getcwd()

@@ -13,7 +13,7 @@ from curate.base.inline import apply_batch, global_input, with_bookkeeping
 from curate.dedup import base as DB
 from curate.dedup import chained as CH
 from curate.dedup import global_step as G
-from curate.dedup import planted as PL
+from demo_data import planted_duplicates as PL
 from curate.dedup import star_components as CC
 from tests.test_dedup import rows_table
 
@@ -27,9 +27,9 @@ def _ipc_bytes(table: pa.Table) -> bytes:
 
 
 def _ray_data_class():
-    """pipelines.ray_data.RayData, with GlobalData.union if it does not have it yet: the same one line
+    """pipelines.engine.ray_data.RayData, with GlobalData.union if it does not have it yet: the same one line
     (Dataset.union) that the coordinator adds to RayData."""
-    from pipelines.ray_data import RayData
+    from pipelines.engine.ray_data import RayData
     if hasattr(RayData, "union"):
         return RayData
 

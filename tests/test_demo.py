@@ -60,7 +60,7 @@ def test_tokens_packs_and_shards_are_reported(demo):
     assert by_stage["count_tokens"]["tokens"]["total"] > 0
     shards = by_stage["shards"]
     assert shards["out"] > 0
-    from pack.validate import validate_shards
+    from pack.shards.validate import validate_shards
     assert validate_shards(out / "shards") == []
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     assert manifest["dp_size"] >= 2

@@ -20,7 +20,7 @@ from skimage import data as skdata
 from curate.base import records as R
 from curate import base as S
 from curate.cluster import columns as C
-from pipelines import sample_data
+from demo_data import sample as sample_data
 from pipelines.recipe import parse
 from pipelines.runner import run
 from tests.test_clip_scoring import tiny_random_clip_dir, tiny_random_siglip_dir  # noqa: F401  (fixtures)
@@ -85,7 +85,7 @@ def test_offline_image_embeddings_are_unit_lite0_penultimate_features(image_resu
 def test_penultimate_features_are_what_the_classifier_head_reads(photo_table):
     from curate.embed.backends import Lite0ImageEmbedder
     from curate.scoring.base import decode_rgb
-    from curate.images import read_image_bytes
+    from curate.media.images import read_image_bytes
     emb = Lite0ImageEmbedder()
     ref = photo_table.column("images")[0].as_py()[0]
     x = emb.transform.normalize(torch.from_numpy(emb.prepare_image(decode_rgb(read_image_bytes(ref))))[None], torch.float32)
@@ -133,7 +133,7 @@ def test_hf_clip_and_siglip_embeddings_are_the_scorers_vectors(photo_table, tiny
         got = vectors(img.run(table))
         scorer = HFClipScorer(path, kind)
         from curate.scoring.base import decode_rgb
-        from curate.images import read_image_bytes
+        from curate.media.images import read_image_bytes
         ref = table.column("images")[1].as_py()[0]
         want = scorer.encode_images([scorer.prepare_image(decode_rgb(read_image_bytes(ref), scorer.transform))])
         assert np.allclose(got["coffee"], want.embeddings[0].numpy(), atol=1e-5)
@@ -167,7 +167,7 @@ def test_open_clip_embeddings_are_the_models_own_vectors(photo_table, tmp_path):
     texts = vectors(S.build("embed", {**settings, "modality": "text"}).run(table))
     assert set(images) == set(texts) == set(PHOTOS)
     tokenizer = open_clip.get_tokenizer("mmcurate-tiny-embed")
-    from curate.images import read_image_bytes
+    from curate.media.images import read_image_bytes
     from curate.scoring.base import decode_rgb
     from curate.scoring.clip_openclip import OpenClipScorer
     # the pixels the stage feeds: a JPEG decoded at the smallest DCT scale covering the model input

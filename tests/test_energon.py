@@ -25,12 +25,11 @@ try:
 except ImportError as exc:  # pragma: no cover - the energon extra is part of `make install`
     pytest.skip(f"megatron-energon cannot be imported ({exc}); `pip install -e .[energon]`", allow_module_level=True)
 
-from pack import energon_meta as M
-from pack.collate import collate_packs
-from pack.energon_cooker import PackSample, PackTaskEncoder
-from pack.loader import PackedShards
-from pack import tario
-
+from pack.energon import meta as M
+from pack.trainer.collate import collate_packs
+from pack.energon.cooker import PackSample, PackTaskEncoder
+from pack.trainer.loader import PackedShards
+from pack.shards import tario
 DP, MICRO = 2, 2
 RECIPE = """
 name: energon-packs
@@ -53,7 +52,7 @@ IN_ORDER = dict(batch_size=None, shuffle_buffer_size=None, max_samples_per_seque
 
 @pytest.fixture(scope="module")
 def run_out(tmp_path_factory) -> Path:
-    from pipelines import sample_data
+    from demo_data import sample as sample_data
     from pipelines.recipe import load
     from pipelines.runner import run
     work = tmp_path_factory.mktemp("energon")
@@ -129,7 +128,7 @@ def test_energon_info_and_lint_accept_a_rank_folder(shards):
     from megatron.energon.cli.main import main
     info = CliRunner().invoke(main, ["info", str(shards / "rank-00000")])
     assert info.exit_code == 0, info.output
-    assert "PackSample <pack.energon_cooker.PackSample>" in info.output and "`train`: 100%" in info.output
+    assert "PackSample <pack.energon.cooker.PackSample>" in info.output and "`train`: 100%" in info.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lint = CliRunner().invoke(main, ["lint", str(shards / "rank-00001")])
@@ -301,12 +300,12 @@ def _index_rows(sqlite_path: Path) -> dict[str, list[tuple]]:
 
 
 def test_index_sqlite_has_energon_prepares_rows_and_serves_its_key_lookup(shards, tmp_path):
-    """``python -m pack.energon_index`` writes the rows ``energon prepare`` writes; Energon's own
+    """``python -m pack.energon.index`` writes the rows ``energon prepare`` writes; Energon's own
     SqliteIndexReader then finds a pack's bytes and a member's bytes by key."""
     from megatron.energon.epathlib import EPath
     from megatron.energon.flavors.webdataset.indexing import SqliteIndexReader
     from megatron.energon.flavors.webdataset.prepare import WebdatasetPreparator
-    from pack.energon_index import main as write_indexes
+    from pack.energon.index import main as write_indexes
     ours = tmp_path / "shards"
     shutil.copytree(shards, ours)
     write_indexes([str(ours)])
@@ -346,7 +345,7 @@ stages:
 def test_carried_over_packs_are_an_energon_dataset_too(tmp_path):
     """``leftover: carry_over`` writes shards/leftover/ with its own .nv-meta (rank: null); Energon
     loads it and yields the packs PackedShards' reader parses, every one marked rank None."""
-    from pipelines import sample_data
+    from demo_data import sample as sample_data
     from pipelines.recipe import load
     from pipelines.runner import run
     sample_data.build(tmp_path / "sample")

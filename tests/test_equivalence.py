@@ -7,7 +7,7 @@ fixed seed) runs twice:
 * packed — two packs per batch (one per rank), everything from ``PackedShards(pixel_values=True)`` and
   ``collate_packs(attn_implementation=...)``: ids, 3-D M-RoPE positions from the pack, the
   segment-confined attention (a 4-D block mask for sdpa / eager; cu_seqlens for varlen), image and
-  video pixel values from the loader; the loss per segment from ``pack.loss``;
+  video pixel values from the loader; the loss per segment from ``pack.trainer.loss``;
 * unpacked — each sample alone, built the way transformers builds it: the chat template through the
   tokenizer's ``apply_chat_template`` (assistant mask from ``{% generation %}``), the image-pad
   expansion of ``Qwen2VLProcessor.replace_image_token`` / ``replace_video_token``, pixel values from
@@ -18,7 +18,7 @@ fixed seed) runs twice:
 ``Qwen2VLProcessor`` itself cannot be built here: transformers 5.x checks its video-processor class,
 which needs torchvision (not a dependency), so the test calls the processor's own expansion methods
 and its image processor directly. The video's pixel values come from the loader
-(pack.video_pixels) on both sides, for the same reason.
+(pack.trainer.video_pixels) on both sides, for the same reason.
 
 Tolerance (fp32, stated): every logit of every segment within ``LOGIT_ATOL`` of the unpacked one,
 every segment's summed loss within ``LOSS_RTOL`` (relative) — only summation order differs. The
@@ -33,11 +33,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pack import attention as A
+from pack.trainer import attention as A
 from pack import tokens as T
-from pack.collate import collate_packs, model_inputs
-from pack.loss import IGNORE_INDEX, segment_loss_sums, shift_targets
-from pack.positions import IMAGE, TEXT, VIDEO
+from pack.trainer.collate import collate_packs, model_inputs
+from pack.trainer.loss import IGNORE_INDEX, segment_loss_sums, shift_targets
+from pack.trainer.positions import IMAGE, TEXT, VIDEO
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -53,7 +53,7 @@ from tests.test_trainer import GENERATION_TEMPLATE  # noqa: E402
 @pytest.fixture(scope="module")
 def batches(demo_run):
     """Every demo pack with pixel values, as batches of two (rank 0's and rank 1's pack of one step)."""
-    from pack.loader import PackedShards
+    from pack.trainer.loader import PackedShards
     out, _, _ = demo_run
     ranks = [PackedShards(str(out / "shards"), rank=r, world_size=2, pixel_values=True) for r in (0, 1)]
     assert len({d.num_packs for d in ranks}) == 1
@@ -188,7 +188,7 @@ def _unpacked(model, ref) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, flo
 # --- the packed side and the comparison ---------------------------------------------------------------
 def _packed(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states [B, L, H] of the packed batch and the summed loss per segment of the batch
-    (pack.loss: targets shifted in the row, summed per segment id)."""
+    (pack.trainer.loss: targets shifted in the row, summed per segment id)."""
     with torch.no_grad():
         hidden = model.model(**model_inputs(batch)).last_hidden_state
         targets, sid = shift_targets(batch["labels"]), batch["segment_ids"]
@@ -301,7 +301,7 @@ def test_the_check_fails_on_an_off_by_one(what, batches, references, model):
 # --- varlen: cu_seqlens instead of a mask -------------------------------------------------------------
 def test_varlen_inputs_compute_what_each_sample_alone_computes(batches, references, model):
     """``collate_packs(attn_implementation=...)`` for flash attention, run through
-    ``pack.attention.varlen_reference_attention`` (what ``flash_attn_varlen_func`` computes, in
+    ``pack.trainer.attention.varlen_reference_attention`` (what ``flash_attn_varlen_func`` computes, in
     PyTorch): no mask at all, only cu_seq_lens_q/k and max_length_q/k reach the attention layers."""
     _use(model, A.register_varlen_reference())
     try:
@@ -380,7 +380,7 @@ def test_the_readme_training_snippet_runs_on_the_demo_shards(demo_run, tmp_path)
 
 
 def test_resumable_loader_batches_carry_the_attention_inputs(demo_run):
-    from pack.loader import PackedShards, ResumableLoader
+    from pack.trainer.loader import PackedShards, ResumableLoader
     out, _, _ = demo_run
     loader = ResumableLoader(PackedShards(str(out / "shards"), rank=1, world_size=2), batch_size=2, device=None,
                              attn_implementation=A.EAGER)

@@ -53,7 +53,7 @@ class Ran:
 def mmcurate(src: Path, out: Path, *args: str, executor: str = "inline") -> Ran:
     """`mmcurate run` in a fresh process (the Ray case: Ray's own logging goes to its stderr)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(src / "r.yaml"), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "pipelines.present.cli", "run", str(src / "r.yaml"), "--out", str(out),
                            "--executor", executor, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     return Ran(done.returncode, done.stderr)
@@ -63,7 +63,7 @@ def mmcurate(src: Path, out: Path, *args: str, executor: str = "inline") -> Ran:
 def cli(capsys):
     """`mmcurate run` in this process (no start-up cost): an exception escaping it fails the test,
     so a traceback cannot pass unnoticed."""
-    from pipelines.cli import main
+    from pipelines.present.cli import main
 
     def call(src: Path, out: Path, *args: str) -> Ran:
         capsys.readouterr()
@@ -173,7 +173,7 @@ def test_enospc_from_the_tar_writer_without_a_mount(tmp_path, corpus, fresh, mon
     """No root needed: the tar writer's real write calls fail with ENOSPC after some bytes, as on a
     full disk. The run stops naming the shard; the re-run writes the bytes a clean run writes."""
     from curate.base.diskspace import OutOfSpace
-    from pack import tario
+    from pack.shards import tario
     from pipelines.runner import run
 
     real_write_tar = tario.write_tar

@@ -142,7 +142,7 @@ def test_resume_rehashes_nothing_that_was_not_touched(tmp_path, monkeypatch):
 
 def test_a_replaced_referenced_video_re_runs_ingest_and_what_follows(tmp_path):
     pytest.importorskip("av")
-    from pipelines.sample_videos import encode_video, sample_clip
+    from demo_data.videos import encode_video, sample_clip
     import numpy as np
     src = tmp_path / "src"
     src.mkdir()

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import curate.readers as RD
+import curate.readers.read as RD
 from curate.base import records as R
 from pipelines.recipe import parse
 from pipelines.runner import run
@@ -138,7 +138,7 @@ def test_the_ray_executor_records_the_same_faults(tmp_path, damaged, monkeypatch
 
 def test_gzip_shards_give_the_samples_webdataset_gives(damaged):
     import webdataset as wds
-    from curate.sources import SourceSpec
+    from curate.readers.sources import SourceSpec
     for name in ("00000.tar.gz", "00001.tgz"):
         uri = str(damaged / "wds" / name)
         theirs = [s["__key__"] for s in wds.WebDataset(uri, shardshuffle=False, empty_check=False)]
@@ -152,10 +152,10 @@ def test_gzip_shards_give_the_samples_webdataset_gives(damaged):
 def test_batches_of_a_gzip_shard_continue_one_stream_instead_of_restarting_it(damaged, monkeypatch):
     """Reading a .tar.gz's members batch after batch (as per-row stages do) decompresses it once,
     not once per batch; the bytes are the members' bytes."""
-    import curate.compression as C
-    from curate import images as I
-    from curate.identity import sha256_bytes
-    from curate.sources import SourceSpec
+    import curate.readers.compression as C
+    from curate.media import images as I
+    from curate.media.identity import sha256_bytes
+    from curate.readers.sources import SourceSpec
     opened = []
 
     class Counting(C.gzip.GzipFile):

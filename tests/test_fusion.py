@@ -1,4 +1,4 @@
-"""Fused per-row stages (pipelines.fusion): one pass for a chain of per-row stages, yet per-stage
+"""Fused per-row stages (pipelines.engine.fusion): one pass for a chain of per-row stages, yet per-stage
 accounting, rejects, summaries and resume exactly as if every stage had written its own rows."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from curate.base import records as R
-from pack.count_tokens import histogram_percentile
+from pack.tokens.stage import histogram_percentile
 from pipelines.recipe import load
 from pipelines.runner import read_kept, run
 from tests.corpus import caption_corpus
@@ -113,7 +113,7 @@ def test_resume_restarts_a_chain_at_its_last_checkpoint(tmp_path, corpus):
 
 
 def test_ray_runs_the_chain_in_one_pass_with_the_same_report_and_bytes(tmp_path, corpus, monkeypatch):
-    from pipelines.ray_data import RayData
+    from pipelines.engine.ray_data import RayData
 
     def refuse(self):
         raise AssertionError("a global step gathered every row into the driver")

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from curate.base import records as R
 from curate.base.global_data import InlineData, partition_of, stable_hash64
-from curate.ingest import mark_duplicate_keys
-from pack.pack_stage import PackStage
+from curate.readers.ingest_stage import mark_duplicate_keys
+from pack.packing.stage import PackStage
 
 
 def _decisions_by_ordinal(data) -> dict[int, tuple]:
@@ -109,7 +109,7 @@ def test_builtin_global_steps_never_gather_every_row():
             return NoGather(InlineData.shuffle_reduce(self, key, fn, partitions).tables)
 
     from curate.base import StageContext
-    from curate.ingest import IngestStage
+    from curate.readers.ingest_stage import IngestStage
     from curate.mixture.stage import MixtureStage
     table = _caption_rows(200)
     table = table.append_column("num_tokens_", table.column("num_tokens")).drop_columns(["num_tokens_"])
@@ -156,10 +156,10 @@ def _dedup_cluster_cases(tmp_path):
     from curate import base as S
     from curate.base import StageContext
     from curate.cluster.cluster_stage import Cluster
-    from curate.cluster.planted import planted_corpus
+    from demo_data.planted_clusters import planted_corpus
     from curate.cluster.sample_stage import ClusterSample
     from curate.cluster.semdedup_stage import SemanticDedup
-    from curate.dedup import planted as PL
+    from demo_data import planted_duplicates as PL
     from tests.test_cluster import table_of
     from tests.test_dedup import rows_table
     ctx = StageContext(seed=11)

@@ -12,7 +12,7 @@ import pytest
 
 from curate.base import records as R
 from curate.grounding import Shape, format_file_problems, format_label, parse, validate, validate_file
-from curate.grounding.demo import PLANTED_CODES, VALID_KINDS, expected_reason, make_demo_records
+from demo_data.grounding import PLANTED_CODES, VALID_KINDS, expected_reason, make_demo_records
 from curate.grounding.stage import GroundingCheck, GroundingNegatives
 from curate.base import build
 

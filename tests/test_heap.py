@@ -1,11 +1,11 @@
-"""The driver hands freed heap back to the OS (pipelines.heap): its resident size follows what it holds."""
+"""The driver hands freed heap back to the OS (pipelines.engine.heap): its resident size follows what it holds."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from pipelines.heap import HeapTrimmer, has_malloc_trim, release_freed_memory
+from pipelines.engine.heap import HeapTrimmer, has_malloc_trim, release_freed_memory
 
 
 def _rss_mb() -> float:

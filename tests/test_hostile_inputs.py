@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curate.base import records as R
-from curate.readers import SourceSpec, read_file
+from curate.readers.read import SourceSpec, read_file
 from pipelines.recipe import parse
 from pipelines.runner import run
 from tests.corpus import jpeg, png, write_tar
@@ -333,7 +333,7 @@ def test_hostile_sizes_each_get_a_reason_and_memory_stays_bounded(tmp_path):
 
 def test_size_limits_are_settings():
     spec = SourceSpec(name="s", path="x", format="llava", max_text_bytes=10, max_images_per_record=2)
-    from curate.sources import BadSample, make_row
+    from curate.readers.sources import BadSample, make_row
     with pytest.raises(BadSample, match="text_too_long"):
         make_row(spec, "k", 0, {"uri": "x"}, text="é" * 6)            # 12 UTF-8 bytes > 10
     with pytest.raises(BadSample, match="too_many_images"):
@@ -345,7 +345,7 @@ def test_size_limits_are_settings():
 
 
 def test_the_text_limit_counts_utf8_bytes_across_every_turn():
-    from curate.sources import BadSample, check_text_size
+    from curate.readers.sources import BadSample, check_text_size
     spec = SourceSpec(name="s", path="x", format="llava", max_text_bytes=100)
     turns = [{"role": "user", "content": "€" * 10} for _ in range(4)]        # 40 characters, 120 bytes
     with pytest.raises(BadSample, match="text_too_long"):
@@ -359,7 +359,7 @@ def test_the_text_limit_counts_utf8_bytes_across_every_turn():
 @given(st.one_of(st.none(), st.text(max_size=40)), st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=5),
        st.integers(1, 200))
 def test_the_text_limit_is_exactly_the_utf8_byte_count(text, contents, limit):
-    from curate.sources import BadSample, check_text_size
+    from curate.readers.sources import BadSample, check_text_size
     spec = SourceSpec(name="s", path="x", format="llava", max_text_bytes=limit)
     turns = [{"role": "user", "content": c} for c in contents]
     size = sum(len(p.encode("utf-8", "surrogatepass")) for p in [text, *contents] if p is not None)

@@ -6,7 +6,7 @@ import os
 
 import fsspec
 
-from curate import identity as ID
+from curate.media import identity as ID
 from pipelines.recipe import parse
 from pipelines.runner import run
 from tests.corpus import jpeg, write_tar

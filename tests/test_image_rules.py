@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from curate import images as I
+from curate.media import images as I
 from curate.base import records as R
 from curate import base as S
 from curate.filters import image_rules as IR
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds
-from pipelines.sample_data import bomb_png, jpeg_bytes, png_bytes
+from demo_data.sample import bomb_png, jpeg_bytes, png_bytes
 
 OFF = ImageThresholds(min_side=0, min_pixels=0, max_aspect_ratio=0, max_pixels=0, min_jpeg_quality=0,
                       min_bits_per_pixel=0, blank_max_std=0)

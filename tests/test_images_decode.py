@@ -1,4 +1,4 @@
-"""curate.images and the JPEG checks: one guarded opener, batched reads, cut JPEGs, the reduced decode, the std."""
+"""curate.media.images and the JPEG checks: one guarded opener, batched reads, cut JPEGs, the reduced decode, the std."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,13 +14,13 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from skimage import data as skdata
 
-from curate import images as I
+from curate.media import images as I
 from curate.base import records as R
 from curate import base as S
 from curate.filters import image_rules as IR
-from curate.filters import jpeg as J
+from curate.media import jpeg as J
 from curate.filters.presets import IMAGE_PRESETS
-from pipelines.sample_data import bomb_png, jpeg_bytes, png_bytes
+from demo_data.sample import bomb_png, jpeg_bytes, png_bytes
 
 ASTRONAUT = Image.fromarray(skdata.astronaut())
 DEFAULT = IMAGE_PRESETS["default"]

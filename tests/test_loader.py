@@ -1,4 +1,4 @@
-"""pack.loader: the same pack sequence for any num_workers, exact resumption in a fresh process (also
+"""pack.trainer.loader: the same pack sequence for any num_workers, exact resumption in a fresh process (also
 with another num_workers), per-source consumed counters, strict reading, collate_packs tensors."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from curate.base import StageContext
-from pack.loader import PackedShards, ResumableLoader, collate_packs
-from pack.shards import ShardsStage
+from pack.trainer.loader import PackedShards, ResumableLoader, collate_packs
+from pack.shards.stage import ShardsStage
 from tests.shards_corpus import packed_table
 
 L = 1024
@@ -77,7 +77,7 @@ def test_resume_in_the_same_process_counts_sources(shards):
 
 RESUME_SCRIPT = textwrap.dedent("""
     import json, sys
-    from pack.loader import PackedShards, ResumableLoader
+    from pack.trainer.loader import PackedShards, ResumableLoader
     path, state_file, workers, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     ds = PackedShards(path, rank=1, world_size=2, shuffle=True, seed=3)
     loader = ResumableLoader(ds, batch_size=batch, num_workers=workers, device=None)
@@ -179,7 +179,7 @@ def test_resumable_loader_refuses_persistent_workers(shards):
 def test_damaged_pack_json_is_an_error_naming_the_shard(shards, tmp_path):
     import shutil
     from pack import packformat as F
-    from pack import tario
+    from pack.shards import tario
     copy = tmp_path / "s"
     shutil.copytree(shards, copy)
     shard = copy / "rank-00000" / "shard-000000.tar"
@@ -193,7 +193,7 @@ def test_damaged_pack_json_is_an_error_naming_the_shard(shards, tmp_path):
 
 def _flip_image_byte(shards: str, tmp_path) -> Path:
     import shutil
-    from pack import tario
+    from pack.shards import tario
     copy = tmp_path / "flipped"
     shutil.copytree(shards, copy)
     shard = copy / "rank-00000" / "shard-000000.tar"
@@ -251,7 +251,7 @@ def _saved_state(shards: str) -> dict:
     ("version", 2, "version 2, expected 1"),
 ])
 def test_a_damaged_saved_state_is_refused_naming_the_field(shards, field, value, message):
-    from pack.loader_state import LoaderStateError
+    from pack.trainer.loader_state import LoaderStateError
     state = _saved_state(shards)
     ds = PackedShards(shards, rank=0, world_size=2)
     with pytest.raises(LoaderStateError, match=message):
@@ -260,7 +260,7 @@ def test_a_damaged_saved_state_is_refused_naming_the_field(shards, field, value,
 
 
 def test_a_state_with_missing_or_unknown_fields_is_refused(shards):
-    from pack.loader_state import LoaderStateError
+    from pack.trainer.loader_state import LoaderStateError
     state = _saved_state(shards)
     ds = PackedShards(shards, rank=0, world_size=2)
     with pytest.raises(LoaderStateError, match="missing epoch"):
@@ -278,7 +278,7 @@ def test_any_one_field_replaced_resumes_as_saved_or_is_refused(shards):
     holds exactly the state a valid checkpoint with that value would give — never a silent other resume."""
     from hypothesis import given, settings, strategies as st
 
-    from pack.loader_state import FIELDS, LoaderStateError
+    from pack.trainer.loader_state import FIELDS, LoaderStateError
     state = _saved_state(shards)
     values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
                        st.text(max_size=5), st.lists(st.integers(), max_size=2),

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from curate.base import records as R
 from curate.mixture import MixtureStage
 from curate.base import StageContext
-from pipelines.cli import main
+from pipelines.present.cli import main
 
 
 def corpus(counts: dict[str, int], tokens: dict[str, int] | None = None) -> pa.Table:
@@ -253,7 +253,7 @@ def test_ray_routes_decisions_about_repeat_rows_to_their_files(tmp_path: Path, m
     """Repeat rows carry negative, hash-derived ordinals that no file range locates: a global step
     after the mixture (pack) must find them through the repeat lookup, many small files apart, and
     give the inline executor's rows."""
-    from pipelines import ray_files
+    from pipelines.engine import ray_files
     from pipelines.runner import run
     monkeypatch.setenv("RAY_ADDRESS", "local")
     monkeypatch.setattr(ray_files, "ROWS_PER_FILE", 7)   # repeats spread over many files

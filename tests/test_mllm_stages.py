@@ -17,7 +17,7 @@ import curate  # noqa: E402
 from curate.base import records as R  # noqa: E402
 from curate.base import build  # noqa: E402
 from curate.mllm.parsing import is_complete_score  # noqa: E402
-from curate.mllm.tiny_model import build_tiny_qwen2vl  # noqa: E402
+from demo_data.tiny_mllm import build_tiny_qwen2vl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def reasons(res) -> dict[str, str]:
 
 # --- transformers, tiny Qwen2-VL ----------------------------------------------------------------------
 def test_tiny_model_build_is_deterministic_and_offline(tiny_model, tmp_path):
-    from curate.mllm.tiny_model import SAMPLE_MODEL_SUBDIR, build_sample_model
+    from demo_data.tiny_mllm import SAMPLE_MODEL_SUBDIR, build_sample_model
     again = build_sample_model(tmp_path / "sample")
     assert again == tmp_path / "sample" / SAMPLE_MODEL_SUBDIR
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "tokenizer.json"):
@@ -130,7 +130,7 @@ def test_digit_grammar_holds_in_real_generate_code_path(tiny_model):
 
 
 def test_llava_style_model_scores_end_to_end_code_path(tmp_path, photos):
-    from curate.mllm.tiny_model import build_tiny_llava
+    from demo_data.tiny_mllm import build_tiny_llava
     model = str(build_tiny_llava(tmp_path / "tiny-llava"))
     stage = build("mllm_score", {"backend": "transformers", "model": model, "device": "cpu", "metrics": ["itm"]})
     res = stage.run(photos.slice(0, 3))

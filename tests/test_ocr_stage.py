@@ -15,7 +15,7 @@ from curate.grounding import parse, validate, validate_file
 from curate.ocr.engines import EngineResult, engine_factory
 from curate.ocr.reading import shrink, size_bucket
 from curate.base import build
-from pipelines.sample_text_images import DEMO_SPECS, EXPECTED_OCR, TextSpec, build_text_images, render, text_free
+from demo_data.text_images import DEMO_SPECS, EXPECTED_OCR, TextSpec, build_text_images, render, text_free
 
 pytest.importorskip("rapidocr_onnxruntime")
 pytest.importorskip("tesserocr")

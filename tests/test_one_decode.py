@@ -15,13 +15,13 @@ from hypothesis import given, strategies as st
 from PIL import Image
 
 from curate import base as S
-from curate import image_facts as F
-from curate import images as I
+from curate.media import image_facts as F
+from curate.media import images as I
 from curate.base import records as R
 from curate.filters import image_pixels as IP
 from curate.filters import image_rules as IR
 from curate.filters.presets import IMAGE_PRESETS
-from curate.readers import read_source
+from curate.readers.read import read_source
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 DEFAULT = IMAGE_PRESETS["default"]
@@ -39,7 +39,7 @@ def bench_tar(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_tars(tmp_path_factory) -> Path:
-    from pipelines.sample_data import caption_shards
+    from demo_data.sample import caption_shards
     root = tmp_path_factory.mktemp("demo")
     caption_shards(root, np.random.default_rng(1234))
     return root / "photos"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from pipelines.present.cli import main
 from pipelines.outdir import (LOCK, MARKER, OutputRefused, check_disjoint, check_output_target, claim_output,
                               remove_owned)
 from pipelines.recipe import RecipeError, parse

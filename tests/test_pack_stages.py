@@ -10,8 +10,8 @@ import pytest
 from curate.base import records as R
 from curate import base as S
 from pack import tokens as T
-from pack.pack_stage import PackStage
-from pack.count_tokens import CountTokensStage
+from pack.packing.stage import PackStage
+from pack.tokens.stage import CountTokensStage
 
 
 def _img(w, h):

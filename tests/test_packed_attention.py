@@ -1,4 +1,4 @@
-"""pack.attention and pack.loss on arbitrary segment layouts (hypothesis), against the unpacked
+"""pack.trainer.attention and pack.trainer.loss on arbitrary segment layouts (hypothesis), against the unpacked
 computation written out the slow way: every segment alone through PyTorch's own causal attention and
 cross-entropy. The demo packs through a real model: tests/test_equivalence.py."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pack import attention as A
-from pack.collate import collate_packs, model_inputs
-from pack.loss import IGNORE_INDEX, packed_loss, packed_loss_from_hidden, shift_targets
+from pack.trainer import attention as A
+from pack.trainer.collate import collate_packs, model_inputs
+from pack.trainer.loss import IGNORE_INDEX, packed_loss, packed_loss_from_hidden, shift_targets
 
 torch = pytest.importorskip("torch")
 

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from curate import refs
+from curate.readers import refs
 from curate.base import records as R
-from curate.parquet_columns import open_plain, plain_schema
-from curate.parquet_reader import read_parquet, read_parquet_tables
-from curate.sources import SourceSpec
+from curate.readers.parquet_columns import open_plain, plain_schema
+from curate.readers.parquet import read_parquet, read_parquet_tables
+from curate.readers.sources import SourceSpec
 from tests.corpus import jpeg, png
 
 # Image-path cells: good files, repeated ones, a missing file, a truncated JPEG, paths outside the

@@ -10,8 +10,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from curate import images as I
-
+from curate.media import images as I
 MODES = ["RGB", "L", "RGBA", "P", "CMYK", "1", "LA", "I;16"]
 OPTIONS = [{}, {"progressive": True}, {"optimize": True}, {"dpi": (300, 300)}, {"quality": 15},
            {"icc_profile": b"\x00" * 40}, {"exif": Image.Exif()}, {"comment": b"hello"}]

@@ -10,8 +10,8 @@ from curate.base import records as R
 from curate.base import StageContext
 from pack import tokens as T
 from pack.profile import PRESETS, ModelProfile, profile_from_mapping, resolve_profile
-from pack.pack_stage import PackStage
-from pack.count_tokens import CountTokensStage
+from pack.packing.stage import PackStage
+from pack.tokens.stage import CountTokensStage
 
 
 def test_presets_carry_the_processor_numbers():
@@ -88,7 +88,7 @@ def test_pack_length_is_bounded_by_the_model_context_length():
 
 
 def test_manifest_carries_the_profile(tmp_path):
-    from pack.shards import ShardsStage
+    from pack.shards.stage import ShardsStage
     from tests.shards_corpus import packed_table
     table = packed_table(tmp_path / "img", n=40, context_length=1024, seed=5)
     profile = {"preset": "qwen2.5-vl", "max_pixels": 1003520}

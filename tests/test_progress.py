@@ -1,4 +1,4 @@
-"""Progress of a run (pipelines.progress): the plain lines a log file gets, on both executors, and a
+"""Progress of a run (pipelines.engine.progress): the plain lines a log file gets, on both executors, and a
 console with no line that mmcurate did not write (no Ray log lines)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from curate.base import records as R
-from pipelines.progress import LocalCounter, Progress, entered_rows, progress_line
+from pipelines.engine.progress import LocalCounter, Progress, entered_rows, progress_line
 from pipelines.recipe import load
 from pipelines.runner import run
 from tests.corpus import caption_corpus
@@ -102,7 +102,7 @@ def test_ray_run_prints_progress_and_no_line_of_ray(tmp_path):
     data = caption_corpus(tmp_path / "data", n_files=3, per_file=20)
     env = {**os.environ, "MMCURATE_PROGRESS_INTERVAL": "0.2", "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(recipe(tmp_path, data)),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.present.cli", "run", str(recipe(tmp_path, data)),
                            "--out", str(tmp_path / "out"), "--executor", "ray"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -164,7 +164,7 @@ def test_entered_rows_counts_what_entered_the_pass():
 
 
 def _add_in_another_process(directory: str, batches: int) -> None:
-    from pipelines.progress import FileCounter
+    from pipelines.engine.progress import FileCounter
     counter = FileCounter(directory)
     for _ in range(batches):
         counter.add(100, 10)
@@ -173,7 +173,7 @@ def _add_in_another_process(directory: str, batches: int) -> None:
 def test_file_counter_sums_what_each_worker_process_wrote(tmp_path):
     """Ray's counter: each worker process rewrites its own running totals; the driver sums the files."""
     import multiprocessing
-    from pipelines.progress import FileCounter
+    from pipelines.engine.progress import FileCounter
     directory = tmp_path / ".progress-map-x"
     directory.mkdir()
     ctx = multiprocessing.get_context("fork")

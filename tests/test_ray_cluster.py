@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import sample_data
+from demo_data import sample as sample_data
 from pipelines.recipe import load
 from pipelines.runner import run
 from tests.corpus import caption_corpus
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(work: Path, out: str, executor: str, env: dict[str, str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "recipes" / "demo.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.present.cli", "run", str(ROOT / "recipes" / "demo.yaml"),
                            "--out", out, "--executor", executor], cwd=work, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -101,7 +101,7 @@ def test_the_second_nodes_raylet_killed_mid_stage_changes_no_byte(tmp_path):
         cluster.wait_for_nodes()
         raylet = second.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
         out = tmp_path / "cluster"
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--out", str(out),
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.present.cli", "run", str(recipe), "--out", str(out),
                                  "--executor", "ray"], cwd=tmp_path, env={**env, "RAY_ADDRESS": cluster.address},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:

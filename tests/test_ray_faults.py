@@ -4,7 +4,7 @@
 A killed task is retried by Ray Data (tasks ``max_retries=-1``; stage files are written under unique
 staging names, so a retried write leaves no partial file). A killed actor is restarted on a cluster
 (``RAY_ADDRESS``: Ray Data's ``max_restarts=-1``); on a local Ray, actor pools start with
-``max_restarts=0`` (pipelines.ray_data: Ray's core worker would print an error line for every actor
+``max_restarts=0`` (pipelines.engine.ray_data: Ray's core worker would print an error line for every actor
 started with restarts on), so the pass fails naming the stage and the re-run resumes at that stage.
 Either way the finished run has the same bytes as an undisturbed run of the same recipe.
 
@@ -70,7 +70,7 @@ def test_a_worker_killed_in_an_actor_stage_and_in_a_shuffle_reduce_changes_no_by
     recipe, kills = undisturbed_run_and_kill_dir(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "MMCURATE_KILL_ONCE_DIR": str(kills)}
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--out", str(tmp_path / "ray"),
+    command = [sys.executable, "-m", "pipelines.present.cli", "run", str(recipe), "--out", str(tmp_path / "ray"),
                "--executor", "ray"]
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     # the local policy: the killed actor fails its pass, naming the stage; the shuffle's worker is not reached
@@ -99,7 +99,7 @@ def test_on_a_two_node_cluster_the_killed_actor_restarts_and_the_run_changes_no_
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--out",
+        proc = subprocess.run([sys.executable, "-m", "pipelines.present.cli", "run", str(recipe), "--out",
                                str(tmp_path / "cluster"), "--executor", "ray"], cwd=tmp_path,
                               env={**env, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True, timeout=600)
     finally:

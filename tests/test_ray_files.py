@@ -1,4 +1,4 @@
-"""Routing a global step's decisions to the files holding their rows (pipelines.ray_files), without Ray."""
+"""Routing a global step's decisions to the files holding their rows (pipelines.engine.ray_files), without Ray."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from curate.base import inline as E
 from curate.base import records as R
-from pipelines.ray_files import FILE, FileIndex, read_units, tag_file
+from pipelines.engine.ray_files import FILE, FileIndex, read_units, tag_file
 
 
 def _write(path: Path, ordinals: list[int], row_group_size: int | None = None) -> str:
@@ -70,7 +70,7 @@ def test_a_decision_before_every_row_is_refused(tmp_path: Path):
 
 @given(tasks=st.integers(0, 5000), batch_size=st.integers(1, 64), cpus=st.integers(1, 512))
 def test_source_batches_keep_every_cpu_busy_and_group_small_tasks(tasks, batch_size, cpus):
-    from pipelines.ray_data import source_tasks_per_batch
+    from pipelines.engine.ray_data import source_tasks_per_batch
     per = source_tasks_per_batch(tasks, batch_size, cpus)
     assert 1 <= per <= batch_size
     batches = -(-tasks // per)
@@ -80,7 +80,7 @@ def test_source_batches_keep_every_cpu_busy_and_group_small_tasks(tasks, batch_s
 
 
 def test_lookup_gives_each_decision_its_rows_file_and_refuses_unknown_or_doubly_held_rows():
-    from pipelines.ray_files import LOOKUP, PART, TARGET, _resolve
+    from pipelines.engine.ray_files import LOOKUP, PART, TARGET, _resolve
 
     def group(targets, files, lookup):
         n = len(targets)

@@ -1,7 +1,7 @@
 """Ray Data's per-operator resource reservation: off for a pass of tasks, on for a pass with an actor pool.
 
 Reservation splits the CPUs between a plan's operators up front; on a small machine a task pass ran
-on ~1.3 of 2 cores with it (pipelines/ray_data.py). An actor pool (a model stage) keeps it, so the
+on ~1.3 of 2 cores with it (pipelines/engine/ray_data.py). An actor pool (a model stage) keeps it, so the
 tasks ahead of it cannot take every CPU while its actors wait to start. The flag must reach the
 dataset that executes, not only the global DataContext.
 """
@@ -11,13 +11,13 @@ import pytest
 
 from curate import base as S
 from curate.base import records as R
-from pipelines.executors import write_table
+from pipelines.engine.executors import write_table
 
 ray = pytest.importorskip("ray")
 
 
 def test_task_passes_run_without_reservation_and_actor_passes_with_it(tmp_path, monkeypatch):
-    from pipelines.ray_data import RayExecutor
+    from pipelines.engine.ray_data import RayExecutor
     source = tmp_path / "part-00000.parquet"
     write_table(R.BASE_SCHEMA.empty_table(), source)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

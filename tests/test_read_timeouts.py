@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.base import records as R
-from curate.readers import SourceSpec, read_file
-from curate.timed_io import ReadTimeout, call_with_deadline
+from curate.readers.read import SourceSpec, read_file
+from curate.readers.timed_io import ReadTimeout, call_with_deadline
 from pipelines.recipe import parse
 from pipelines.runner import run
 from tests.corpus import jpeg
@@ -183,9 +183,9 @@ def test_the_read_timeout_is_a_source_setting():
 
 
 def test_hashing_a_stalled_source_for_the_resume_fingerprint_ends_at_the_limit(tmp_path):
-    """The driver hashes every source file before ingest (curate.identity): a stalled one must not hang
+    """The driver hashes every source file before ingest (curate.media.identity): a stalled one must not hang
     the run there; its identity says so, and its reader then records the file as read_timeout."""
-    from curate.identity import file_identity
+    from curate.media.identity import file_identity
     with stalled_fifo(tmp_path / "s.tar", b"x" * 1000), deadline(30):
         start = time.monotonic()
         identity = file_identity(str(tmp_path / "s.tar"), read_timeout_s=LIMIT)
@@ -197,9 +197,9 @@ def test_hashing_a_stalled_source_for_the_resume_fingerprint_ends_at_the_limit(t
 
 
 def test_image_reads_after_ingest_are_bounded_and_a_stalled_container_fails_its_images_at_once(tmp_path, monkeypatch):
-    """The image filters and the shard writer read image bytes again (curate.images): a container on a
+    """The image filters and the shard writer read image bytes again (curate.media.images): a container on a
     stalled mount costs its samples a ReadTimeout (reason read_timeout), once per file, not the run."""
-    from curate import images as I
+    from curate.media import images as I
     monkeypatch.setattr(I, "DEFAULT_READ_TIMEOUT_S", LIMIT)
     refs = [{"uri": str(tmp_path / "s.tar"), "member": f"{k}.jpg", "offset": 512 * (1 + 3 * k), "size": 100}
             for k in range(3)]

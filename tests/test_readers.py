@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import images as I
+from curate.media import images as I
 from curate.base import records as R
-from curate.readers import SourceSpec, read_file, read_source
+from curate.readers.read import SourceSpec, read_file, read_source
 from pipelines.recipe import parse
 from pipelines.runner import run
 from tests.corpus import jpeg, png, write_tar
@@ -38,7 +38,7 @@ def build_bad_corpus(root: Path) -> dict[str, tuple[str, str]]:
         ("dup.jpg", good), ("dup.txt", b"first of two"),
     ]
     # A decompression bomb: a valid PNG header claiming 30000 x 30000 pixels.
-    from pipelines.sample_data import bomb_png
+    from demo_data.sample import bomb_png
     members += [("bomb.png", bomb_png(30000, 30000)), ("bomb.txt", b"bomb")]
     write_tar(root / "part-00000.tar", members)
     write_tar(root / "part-00001.tar", [("dup.jpg", good), ("dup.txt", b"second of two"),
@@ -174,7 +174,7 @@ def test_probe_reasons(data, reason):
 # --- sources: brace ranges, sidecars, key qualification, notebook accounting ----------------------
 from hypothesis import given, strategies as st  # noqa: E402
 
-from curate.sources import expand_braces, list_files  # noqa: E402
+from curate.readers.sources import expand_braces, list_files  # noqa: E402
 
 
 @given(lo=st.integers(0, 300), n=st.integers(0, 40), width=st.integers(1, 6))
@@ -234,7 +234,7 @@ def test_read_source_accounts_for_every_row_through_a_stage(tmp_path):
 
 
 def test_file_tables_are_streamed_in_bounded_batches(tmp_path):
-    from curate.readers import iter_file_tables
+    from curate.readers.read import iter_file_tables
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps({"id": i, "conversations": [{"from": "human", "value": "q"},
                                                                    {"from": "gpt", "value": "a"}]})
@@ -246,7 +246,7 @@ def test_file_tables_are_streamed_in_bounded_batches(tmp_path):
 
 
 def test_parquet_parts_read_the_same_rows_as_the_whole_file(tmp_path):
-    from curate.parquet_reader import plan_parts, read_parquet
+    from curate.readers.parquet import plan_parts, read_parquet
     n = 1000
     pq.write_table(pa.table({"key": [f"k{i}" for i in range(n)], "text": [f"caption {i}" for i in range(n)]}),
                    tmp_path / "t.parquet", row_group_size=64)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import sample_data
+from demo_data import sample as sample_data
 from pipelines.recipe import RecipeError, parse
 
 ROOT = Path(__file__).resolve().parents[1]

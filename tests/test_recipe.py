@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from curate.base import unregister
-from pipelines.cli import main
+from pipelines.present.cli import main
 from pipelines.recipe import RecipeError, load, recipe_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]

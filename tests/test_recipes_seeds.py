@@ -13,7 +13,7 @@ import yaml
 from curate.base import records as R
 from pipelines.recipe import Recipe, StageSpec, load
 from pipelines.runner import run
-from pipelines.synthetic import generate
+from demo_data.synthetic import generate
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 # The seeds' data recipes run on synthetic sources named after the seeds' datasets; the other recipes

@@ -9,9 +9,9 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curate import refs
-from curate.json_reader import MAX_JSON_DEPTH, strict_json
-from curate.sources import BadSample, SourceSpec
+from curate.readers import refs
+from curate.readers.jsonl import MAX_JSON_DEPTH, strict_json
+from curate.readers.sources import BadSample, SourceSpec
 
 SPEC = SourceSpec(name="s", path="x", format="llava")
 segments = st.sampled_from(["..", ".", "a", "b", "", "/", "~", "%2e%2e", "a/../..", "\\..", "c.jpg"])
@@ -85,7 +85,7 @@ def test_big_finite_floats_pass():
 import io  # noqa: E402
 
 from curate import json_reader as J  # noqa: E402
-from curate.sources import BadSample as _Bad  # noqa: E402
+from curate.readers.sources import BadSample as _Bad  # noqa: E402
 
 records = st.lists(st.dictionaries(st.sampled_from(["id", "a", "b"]), json_values, max_size=3), max_size=6)
 

@@ -127,7 +127,7 @@ def test_chromium_renders_every_plot_without_errors(run_dir: Path, tmp_path: Pat
 
 def test_pack_fill_plot_reads_whole_packs_of_any_partition_without_holding_every_row(tmp_path, monkeypatch):
     from curate.base import records as R
-    from pipelines import report_html as H
+    from pipelines.present import report_html as H
     stage = tmp_path / "stages" / "05_pack"
     (stage / "data").mkdir(parents=True)
     # two partitions' packs (ids part << 32 | n), rows of a pack spread over the manifest
@@ -146,7 +146,7 @@ def test_lengths_section_reads_texts_only_without_token_counts(tmp_path):
     """With num_tokens the section plots tokens and never reads the texts; without, character
     lengths per category."""
     from curate.base import records as R
-    from pipelines import report_html as H
+    from pipelines.present import report_html as H
     stage = tmp_path / "stages" / "01_text_filter"
     (stage / "data").mkdir(parents=True)
     texts = ["ab", "héllo", None, "xyz"]

@@ -113,7 +113,7 @@ def test_a_changed_stage_module_changes_its_fingerprint(tmp_path, monkeypatch):
 
 def _mmcurate(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "pipelines.present.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 

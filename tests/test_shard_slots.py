@@ -1,4 +1,4 @@
-"""The shards step's slot table, made with numpy as integers and kept on disk (pack.shard_slots):
+"""The shards step's slot table, made with numpy as integers and kept on disk (pack.shards.slots):
 the rows every sample travels with to its shard are the ones the earlier driver-side table gave
 (a copy of that code is the reference here), so the shards' bytes do not change."""
 from __future__ import annotations
@@ -10,11 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from hypothesis import given, settings, strategies as st
 
-from pack import balance as B
+from pack.balance import plan as B
 from pack import packformat as F
-from pack import shard_slots as T
-
-
+from pack.shards import slots as T
 def old_slot_table(plan: B.Plan, pack_ids: np.ndarray, packs_per_shard: int, carry_over: bool):
     rows: dict[str, list[Any]] = {c: [] for c in ("pack_index", *T.SLOT_COLUMNS)}
     paths: list[str] = []
@@ -95,7 +93,7 @@ def test_slots_and_the_rows_they_give_equal_the_driver_side_table(tmp_path_facto
 def test_pack_statistics_merged_in_a_tree_equal_the_flat_combine(seed, n, size, fan_in):
     """The workers' tree-combine of the shards step's per-pack statistics (merge_pack_stats) gives
     the numbers the flat combine gives."""
-    from pack import shard_schedule as S
+    from pack.shards import schedule as S
     rng = np.random.default_rng(seed)
     rows = pa.table({"num_tokens": rng.integers(1, 500, n), "pack_id": rng.integers(0, 30, n),
                      "pack_position": np.zeros(n, np.int32),

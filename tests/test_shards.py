@@ -14,10 +14,10 @@ import pytest
 
 from curate.base import records as R
 from curate.base import StageContext
-from pack import tario
-from pack.loader import PackedShards
-from pack.shards import ShardsStage
-from pack.validate import validate_shards
+from pack.shards import tario
+from pack.trainer.loader import PackedShards
+from pack.shards.stage import ShardsStage
+from pack.shards.validate import validate_shards
 from tests.shards_corpus import SCHEMA, image_refs, make_rows, pack_rows, packed_table, set_profile_image_tokens
 
 L = 1024
@@ -89,7 +89,7 @@ def test_plain_webdataset_reads_every_sample_once(written, corpus):
 
 
 def test_pack_contents_match_the_records(written, corpus):
-    from curate.images import read_image_bytes
+    from curate.media.images import read_image_bytes
     shards, _, result = written
     rows = {r["key"]: r for r in corpus.to_pylist()}
     by_key = {}
@@ -192,7 +192,7 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="differs from pack.context_length"):
         ShardsStage(context=StageContext(upstream={"pack": {"context_length": 1024}}), context_length=2048)
     # the pack stage ran with its default context_length (the recipe did not set it)
-    from pack.pack_stage import PackStage
+    from pack.packing.stage import PackStage
     assert ShardsStage(context=StageContext(upstream={"pack": {}})).capacity() == PackStage.Config().context_length
     with pytest.raises(ValueError, match="no pack stage before shards"):
         ShardsStage().capacity()
@@ -256,7 +256,7 @@ def test_input_ids_with_the_builtin_tokenizer(tmp_path):
 
 
 def test_tokenizer_mismatch_stops_the_run(tmp_path):
-    from pack.shard_ids import TokenCountMismatch
+    from pack.shards.ids import TokenCountMismatch
     refs = image_refs(tmp_path / "img", n=2)
     rows = pack_rows(set_profile_image_tokens(make_rows(8, refs, seed=3)), L)   # num_tokens are random: the tokenizer disagrees
     with pytest.raises(TokenCountMismatch, match="num_tokens"):

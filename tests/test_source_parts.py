@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from curate import readers
+from curate.readers import read as readers
 from curate.base import StageContext, build
-from curate.json_reader import plan_line_parts
-from curate.readers import SourceSpec, read_file
+from curate.readers.jsonl import plan_line_parts
+from curate.readers.read import SourceSpec, read_file
 
 
 def _ingest(sources: list[dict]):

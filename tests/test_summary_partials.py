@@ -241,8 +241,8 @@ def test_ray_merges_the_summary_partials_on_the_workers_in_a_tree(tmp_path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from curate.base import records as R
-    from pipelines.executors import InlineExecutor
-    from pipelines.ray_data import RayData, RayExecutor
+    from pipelines.engine.executors import InlineExecutor
+    from pipelines.engine.ray_data import RayData, RayExecutor
     rng = np.random.default_rng(9)
     files = []
     for i in range(20):

@@ -12,7 +12,7 @@ from PIL import Image
 
 import pack
 from curate.base import records as R
-from curate.images import probe
+from curate.media.images import probe
 from pack import tokens as T
 from pack.tokens import batch as tokens_batch, template as tokens_template, text_counter as tokens_text_counter
 

@@ -1,4 +1,4 @@
-"""pack.train_demo, the script behind `make train-demo`, on the session's demo shards (tests/conftest.py).
+"""pack.trainer.train_demo, the script behind `make train-demo`, on the session's demo shards (tests/conftest.py).
 
 The full proof — a child process killed with SIGKILL after its checkpoint, resumed in another, the
 loss curves compared — is `make train-demo` (minutes on a CPU). Here, in one process and three steps:
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from pack.train_demo import TrainConfig, Trainer, main, resolve_training_device
+from pack.trainer.train_demo import TrainConfig, Trainer, main, resolve_training_device
 
 torch = pytest.importorskip("torch")
 
@@ -55,7 +55,7 @@ def test_without_demo_shards_it_says_to_run_make_demo(tmp_path):
 
 
 def test_the_resume_check_deletes_only_run_folders_it_wrote(tmp_path):
-    from pack.train_demo import _remove_earlier_run
+    from pack.trainer.train_demo import _remove_earlier_run
     ours = tmp_path / "uninterrupted"
     (ours / "checkpoint").mkdir(parents=True)
     (ours / "losses.json").write_text("[]")

@@ -18,9 +18,9 @@ import pytest
 
 from pack import packformat as F
 from pack import tokens as T
-from pack.collate import collate_packs
-from pack.loader import PackedShards
-from pack.positions import IMAGE, TEXT
+from pack.trainer.collate import collate_packs
+from pack.trainer.loader import PackedShards
+from pack.trainer.positions import IMAGE, TEXT
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -50,7 +50,7 @@ GENERATION_TEMPLATE = T.QWEN2_VL_CHAT_TEMPLATE.replace(
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from pipelines import sample_data
+    from demo_data import sample as sample_data
     from pipelines.recipe import load
     from pipelines.runner import run
     work = tmp_path_factory.mktemp("trainer")

@@ -9,9 +9,9 @@ import pytest
 
 from curate.base import StageContext
 from pack import packformat as F
-from pack import tario
-from pack.shards import ShardsStage
-from pack.validate import main, validate_shards
+from pack.shards import tario
+from pack.shards.stage import ShardsStage
+from pack.shards.validate import main, validate_shards
 from tests.shards_corpus import packed_table
 
 L = 1024

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate.base import records as R
-from curate.readers import read_source
-from curate.video import UnreadableVideo, probe_video
+from curate.readers.read import read_source
+from curate.media.video import UnreadableVideo, probe_video
 from pack import tokens as T
 from pack.profile import profile_from_mapping
-from pipelines.sample_data import write_tar
-from pipelines.sample_videos import CLIPS, build_videos, sample_clip
+from demo_data.sample import write_tar
+from demo_data.videos import CLIPS, build_videos, sample_clip
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
@@ -41,7 +41,7 @@ def clips() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def h264_clip() -> bytes:
-    from pipelines.sample_videos import DRAW, encode_video
+    from demo_data.videos import DRAW, encode_video
     return encode_video([DRAW["clip-bars"](i) for i in range(8)], "mp4", "libx264")   # the common codec
 
 
@@ -272,7 +272,7 @@ def test_every_stage_passes_the_clips_and_ingest_names_the_broken_one(run_out):
 
 
 def test_packs_carry_the_counted_grids_tokens_and_bytes(run_out, clips):
-    from pack.loader import PackedShards
+    from pack.trainer.loader import PackedShards
     from pack.tokens import load_tokenizer
     from pipelines.runner import read_kept
     counted = read_kept(run_out / "stages" / sorted(p.name for p in (run_out / "stages").iterdir()
@@ -308,7 +308,7 @@ def test_video_positions_equal_get_rope_index_and_a_tiny_qwen2_vl_takes_the_pack
     stored ``video_grid_thw``; then a tiny random Qwen2-VL (from a config) runs forward on the pack
     with pixel values of the grid's shape: its check that the video-pad run matches the features passes."""
     torch = pytest.importorskip("torch")
-    from pack.loader import PackedShards
+    from pack.trainer.loader import PackedShards
     from tests.tiny_qwen import tiny_qwen2_vl
     model = tiny_qwen2_vl()
     checked = 0

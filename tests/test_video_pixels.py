@@ -1,4 +1,4 @@
-"""pack.video_pixels: the Qwen2-VL video processor's steps without torchvision.
+"""pack.trainer.video_pixels: the Qwen2-VL video processor's steps without torchvision.
 
 The patch layout is checked against transformers' own Qwen2-VL image processor (``patchify`` of the
 PIL backend, which imports without torchvision): a video's temporal patch holds frame 0 and frame 1
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pack import packformat as F
 from pack import tokens as T
-from pack.video_pixels import VideoInputs, sample_indices
+from pack.trainer.video_pixels import VideoInputs, sample_indices
 
 pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
@@ -48,8 +48,8 @@ def test_sampled_frames_are_the_processors():
 
 
 def _video(key: str) -> dict:
-    from curate.video import probe_video
-    from pipelines.sample_videos import sample_clip
+    from curate.media.video import probe_video
+    from demo_data.videos import sample_clip
     data = sample_clip(key)
     head = probe_video(data)
     v = {"member": f"{key}.mp4", "bytes": data, "width": head.width, "height": head.height,
@@ -66,7 +66,7 @@ def test_a_clip_becomes_rows_of_its_recorded_grid_and_its_frames():
     assert pixels.shape == (2 * 2 * 20 * 28, 3 * 2 * 14 * 14) and pixels.dtype == np.float32
     # the first row's first temporal slot is the top-left 14x14 patch of sampled frame 0, resized to the grid
     from PIL import Image
-    from pack.video_pixels import decode_frames
+    from pack.trainer.video_pixels import decode_frames
     frame = decode_frames(bars["bytes"], [0])[0].resize((28 * 14, 20 * 14), Image.BICUBIC)
     patch = (np.asarray(frame, dtype=np.float32)[:14, :14].transpose(2, 0, 1) / 255.0
              - inputs.mean) / inputs.std
@@ -88,7 +88,7 @@ def test_the_live_processor_agrees_when_torchvision_is_installed():
     import torch
     from transformers import Qwen2VLVideoProcessor
     from transformers.video_utils import VideoMetadata
-    from pack.video_pixels import decode_frames
+    from pack.trainer.video_pixels import decode_frames
     v = _video("clip-bars")
     frames = decode_frames(v["bytes"], list(range(v["frames"])))
     video = torch.as_tensor(np.stack([np.asarray(f) for f in frames])).permute(0, 3, 1, 2)

@@ -4,7 +4,7 @@ Dedup, mixture, packing, clustering and shard writing need to look across every 
 pulling every row into the driver caps the tool at one machine's memory (DataTrove's single-process
 union-find and NeMo's OOMs are the known failures). Instead a stage's ``global_step(data)`` composes
 four operations on a ``GlobalData`` handle, which each executor implements — Ray Data on a cluster
-(``pipelines.ray_data``), plain tables in this process for notebooks and inline runs (below):
+(``pipelines.engine.ray_data``), plain tables in this process for notebooks and inline runs (below):
 
 * ``map_batches(fn)``: a per-batch function, table in, table out.
 * ``aggregate(partial, combine, merge=None)``: ``partial`` reduces each batch to a small table;

@@ -37,7 +37,7 @@ IMAGE_REF = pa.struct([
 VIDEO_REF = pa.struct([
     ("uri", pa.string()),        # as IMAGE_REF: the container file (tar) or the video file itself
     ("member", pa.string()),
-    ("width", pa.int32()),       # from the container header, no decode (curate.video.probe_video)
+    ("width", pa.int32()),       # from the container header, no decode (curate.media.video.probe_video)
     ("height", pa.int32()),
     ("duration_s", pa.float64()),
     ("fps", pa.float64()),

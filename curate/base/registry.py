@@ -16,10 +16,10 @@ _REGISTRY: dict[str, type[Stage]] = {}
 
 # Every module that defines built-in stages. Each must exist and import cleanly (a test checks it).
 BUILTIN_STAGE_MODULES = (
-    "curate.ingest",
+    "curate.readers.ingest_stage",
     "curate.dedup",
     "curate.mixture",
-    "curate.annotations",
+    "curate.filters.annotations",
     "curate.filters.image_rules",
     "curate.filters.text_rules",
     "curate.scoring.stages",
@@ -30,9 +30,9 @@ BUILTIN_STAGE_MODULES = (
     "curate.mllm.recaption_stage",
     "curate.embed",
     "curate.cluster",
-    "pack.count_tokens",
-    "pack.pack_stage",
-    "pack.shards",
+    "pack.tokens.stage",
+    "pack.packing.stage",
+    "pack.shards.stage",
 )
 
 _loaded = False

@@ -80,9 +80,9 @@ class DecontaminateStage(Stage):
                                              c.bits_per_band, c.seed)
 
     def setup(self) -> None:
-        from curate.readers import read_source
+        from curate.readers.read import read_source
         c = self.config
-        from curate.readers import list_files
+        from curate.readers.read import list_files
         if not list_files(c.reference_path):
             raise ValueError(f"reference_path: no file matches {c.reference_path!r}")
         ref = read_source(c.reference_path, format=c.reference_format, source="reference").kept

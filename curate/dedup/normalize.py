@@ -18,7 +18,7 @@ import re
 import unicodedata
 from typing import Iterable, Sequence
 
-from curate.image_facts import bytes_digest as image_bytes_digest
+from curate.media.image_facts import bytes_digest as image_bytes_digest
 
 _SPACE = re.compile(r"\s+")
 # Unicode categories dropped by the fuzzy form: punctuation (P*) and symbols (S*).

@@ -7,7 +7,7 @@ and a crop of a few percent move few of these bits; different photos differ in ~
 Decoding is the cost, so it is reduced: for JPEG, Pillow's ``draft`` lets libjpeg decode at 1/2,
 1/4 or 1/8 scale straight from the DCT coefficients (a 4000x3000 photo decodes as 500x375), which
 is all a 32x32 thumbnail needs. The DCT runs on the whole batch at once (``scipy.fft.dctn``). The
-thumbnail and the hash live in ``curate.image_facts``: ``image_filter`` computes them from its own
+thumbnail and the hash live in ``curate.media.image_facts``: ``image_filter`` computes them from its own
 reduced decode and carries them (the ``image_facts`` column), so this decode runs only for images the
 filter did not decode.
 
@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from curate.dedup.minhash import mix64
-from curate.image_facts import HASH_BITS, LOW, THUMB, phash_batch, thumb_std, thumbnail
+from curate.media.image_facts import HASH_BITS, LOW, THUMB, phash_batch, thumb_std, thumbnail
 
 __all__ = ["HASH_BITS", "LOW", "THUMB", "band_keys", "choose_image_bands", "hamming", "is_flat", "phash_batch",
            "sampled_positions", "thumbnail"]

@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from curate import image_facts as F
-from curate import images as I
+from curate.media import image_facts as F
+from curate.media import images as I
 from curate.filters.common import Drop, read_or_drop
 
 Reader = Callable[[Mapping[str, Any]], bytes]

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 import pyarrow as pa
 
-from curate import images as I
+from curate.media import images as I
 from curate.cluster.columns import EMBEDDING, embedding_type
 from curate.embed.backends import build_embedder, embedding_dim
 from curate.filters.common import Drop, read_or_drop, split_drops

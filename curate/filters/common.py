@@ -55,7 +55,7 @@ def read_or_drop(ref: Mapping[str, Any], read: Callable[[Mapping[str, Any]], byt
 
     Missing files and short reads are storage problems, not bad content: quarantined, not rejected.
     """
-    from curate import images as I
+    from curate.media import images as I
     try:
         return read(ref)
     except I.UnreadableImage as exc:

@@ -1,5 +1,5 @@
 """The image filter's pixel rules (corrupt, blank, decoder fill) on the one reduced decode of an image,
-which also yields the 32x32 thumbnail ``image_dedup`` hashes (``curate.image_facts``).
+which also yields the 32x32 thumbnail ``image_dedup`` hashes (``curate.media.image_facts``).
 
 The decode (``decode_checks``):
 
@@ -27,11 +27,11 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from curate import images as I
+from curate.media import images as I
 from curate.filters.common import Drop
-from curate.filters.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
+from curate.media.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
 from curate.filters.presets import ImageThresholds
-from curate.image_facts import THUMB_DRAFT, grey_thumbnail
+from curate.media.image_facts import THUMB_DRAFT, grey_thumbnail
 
 # Side (in pixels) the blank check looks at: the 1/8 DCT scale gets close to it for free.
 BLANK_PROBE_SIDE = 64

@@ -26,7 +26,7 @@ banner. JPEG quality needs only the quantization tables that ``Image.open`` pars
 (``image_pixels``: the scale of pHash's thumbnail, so that this one decode also gives
 ``image_dedup`` its thumbnail) and also proves that the bytes decode at all — a payload that fails
 is ``image:corrupt``. A JPEG cut short with its end marker put back decodes *without* an error in
-libjpeg: ``curate.filters.jpeg`` explains the two signs it leaves (``image:truncated``). Blank is
+libjpeg: ``curate.media.jpeg`` explains the two signs it leaves (``image:truncated``). Blank is
 named before baseline truncation: a uniform mid-grey image is blank whatever made it. Bits per
 pixel runs last: a uniform image also compresses to almost nothing, and "blank" is the better name.
 
@@ -36,7 +36,7 @@ row needs no decode, and an image those rules reject is never decoded. The pixel
 blank, baseline truncation) share one reduced decode and run when ``blank_max_std`` is on.
 
 What a passing image's read and decode established — its byte digest, pHash and thumbnail std —
-is carried to later stages in the ``image_facts`` column (``curate.image_facts``): ``exact_dedup``
+is carried to later stages in the ``image_facts`` column (``curate.media.image_facts``): ``exact_dedup``
 and ``image_dedup`` then neither read nor decode it again.
 
 Unreadable *bytes* (a missing file, a short read from a container) are *quarantined*, not rejected:
@@ -55,12 +55,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curate import images as I
+from curate.media import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.filters.image_pixels import decode_checks, max_channel_std
-from curate.filters.jpeg import estimate_jpeg_quality, progressive_scans_missing
+from curate.media.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
-from curate.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
+from curate.media.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
 from curate.base import BatchResult, Resources, Stage, register
 
 __all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "judge_sample",

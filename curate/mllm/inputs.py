@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from curate import images as I
+from curate.media import images as I
 from curate.filters.common import Drop, read_or_drop
 
 MAX_ASPECT_RATIO = 200.0

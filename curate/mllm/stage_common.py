@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from curate import images as I
+from curate.media import images as I
 from curate.mllm.backend_base import GenerationBackend, build_backend
 from curate.scoring.device import DEVICE_CHOICES
 from curate.base import Resources

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from curate import images as I
+from curate.media import images as I
 from curate.filters.common import Drop
 from curate.ocr.engines import EngineResult, OcrEngine, OcrLine, OcrWord, Quad
 from curate.ocr.lines import AgreedLine, agreed_lines

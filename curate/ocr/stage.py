@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import pyarrow as pa
 
-from curate import images as I
+from curate.media import images as I
 from curate.filters.common import Drop, read_or_drop, split_drops
 from curate.base import summary_sketch as K
 from curate.ocr import columns as C

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from curate.images import MAX_DECODE_PIXELS, UnreadableImage
+from curate.media.images import MAX_DECODE_PIXELS, UnreadableImage
 
 
 @dataclass(frozen=True)

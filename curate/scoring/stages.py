@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curate import images as I
+from curate.media import images as I
 from curate.base import records as R
 from curate.base import summary_sketch as K
 from curate.filters.common import Drop, read_or_drop, split_drops

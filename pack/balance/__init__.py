@@ -1,0 +1,1 @@
+"""Balance: packs placed on data-parallel ranks and micro-batches so that every step costs the same."""

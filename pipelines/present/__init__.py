@@ -1,0 +1,1 @@
+"""Presentation: the `mmcurate` CLI, report.html and its SVG plots."""
