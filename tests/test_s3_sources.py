@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("moto", reason="moto[server] is in the test extra (make install)")
 pytest.importorskip("s3fs", reason="s3fs is in the test and s3 extras (make install)")
 
-from curate import images as I  # noqa: E402
+from curate.media import images as I  # noqa: E402
 from curate.base import records as R  # noqa: E402
 from pipelines.recipe import parse  # noqa: E402
 from pipelines.runner import run  # noqa: E402
