@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from demo_data.tarfiles import png_bytes, tar_add, write_tar  # noqa: F401 (names other demo modules use)
+
 SEED = 20261121
 
 
@@ -70,25 +72,6 @@ def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     im.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            _tar_add(tar, name, data)
 
 
 def bomb_png(width: int, height: int) -> bytes:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from demo_data.sample import _tar_add, png_bytes  # one deterministic tar member and PNG encoder
+from demo_data.tarfiles import png_bytes, tar_add  # one deterministic tar member and PNG encoder
 
 DEJAVU_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/TTF", "/usr/local/share/fonts")
 FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf")
@@ -111,11 +111,11 @@ def build_text_images(root: str | Path) -> dict[str, tuple[str, str]]:
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "text-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, spec in DEMO_SPECS.items():
-            _tar_add(tar, f"{key}.png", png_bytes(render(spec)))
-            _tar_add(tar, f"{key}.txt", "\n".join(spec.lines).encode())
-            _tar_add(tar, f"{key}.json", json.dumps(asdict(spec), sort_keys=True).encode())
-        _tar_add(tar, "blobs.png", png_bytes(text_free(7)))
-        _tar_add(tar, "blobs.txt", b"")
+            tar_add(tar, f"{key}.png", png_bytes(render(spec)))
+            tar_add(tar, f"{key}.txt", "\n".join(spec.lines).encode())
+            tar_add(tar, f"{key}.json", json.dumps(asdict(spec), sort_keys=True).encode())
+        tar_add(tar, "blobs.png", png_bytes(text_free(7)))
+        tar_add(tar, "blobs.txt", b"")
     return {f"{SOURCE}/{k}": ("ocr", v) for k, v in EXPECTED_OCR.items() if v is not None}
 
 

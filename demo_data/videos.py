@@ -68,7 +68,7 @@ def sample_clip(key: str) -> bytes:
 
 def build_videos(root: Path) -> dict[str, tuple[str, str]]:
     """Write ``videos/part-00000.tar``; returns the planted cases {source/key: (stage, reason)}."""
-    from demo_data.sample import write_tar
+    from demo_data.tarfiles import write_tar
     out = root / "videos"
     out.mkdir(parents=True, exist_ok=True)
     members: list[tuple[str, bytes]] = []

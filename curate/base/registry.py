@@ -1,39 +1,24 @@
 """Stage registry: recipe names -> stage classes.
 
-Built-in stage modules are imported on first use (so `mmcurate stages` and `import curate` stay cheap,
-and torch/transformers load only inside a model stage's setup()). An import error in one of them is a
-bug in this package and surfaces as itself: it is never mistaken for "unknown stage".
+Stages are discovered through Python entry points in the group ``mmcurate.stages`` (name = the stage's
+recipe name, value = ``module:Class``): the built-ins are declared in this project's pyproject.toml, and
+a plugin package declares its own the same way — no list of module names lives in the base layer.
+``register`` still adds a class in-process (notebooks, tests). Entry points are loaded on first use (so
+`mmcurate stages` and `import curate` stay cheap, and torch/transformers load only inside a model stage's
+setup()). An import error in one of them is a bug and surfaces as itself: it is never mistaken for
+"unknown stage".
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
+from importlib import metadata
 from typing import Any, Mapping
 
 from curate.base.stage import Stage, StageContext
 
 _REGISTRY: dict[str, type[Stage]] = {}
 
-# Every module that defines built-in stages. Each must exist and import cleanly (a test checks it).
-BUILTIN_STAGE_MODULES = (
-    "curate.readers.ingest_stage",
-    "curate.dedup",
-    "curate.mixture",
-    "curate.filters.annotations",
-    "curate.filters.image_rules",
-    "curate.filters.text_rules",
-    "curate.scoring.stages",
-    "curate.grounding.stage",
-    "curate.ocr.stage",
-    "curate.safety.stage",
-    "curate.mllm.score_stage",
-    "curate.mllm.recaption_stage",
-    "curate.embed",
-    "curate.cluster",
-    "pack.tokens.stage",
-    "pack.packing.stage",
-    "pack.shards.stage",
-)
+ENTRY_POINT_GROUP = "mmcurate.stages"
 
 _loaded = False
 
@@ -54,18 +39,30 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def load_builtins() -> None:
-    """Import every built-in stage module once. Errors propagate unchanged (a broken module is a bug)."""
+def stage_entry_points() -> list[metadata.EntryPoint]:
+    """Every installed ``mmcurate.stages`` entry point (this package's and plugins')."""
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def load_entry_points() -> None:
+    """Load every stage entry point once. Errors propagate unchanged (a broken module is a bug)."""
     global _loaded
     if _loaded:
         return
-    for mod in BUILTIN_STAGE_MODULES:
-        importlib.import_module(mod)
+    points = stage_entry_points()
+    if not points:
+        raise RuntimeError(f"no {ENTRY_POINT_GROUP!r} entry points are installed: install the package "
+                           "(`make install`, or `pip install -e .`) so that its stages can be found")
+    for ep in points:
+        cls = ep.load()
+        if getattr(cls, "name", None) != ep.name:
+            raise ValueError(f"entry point {ep.name!r} = {ep.value!r} loads a stage named {getattr(cls, 'name', None)!r}")
+        register(cls)
     _loaded = True
 
 
 def registry() -> dict[str, type[Stage]]:
-    load_builtins()
+    load_entry_points()
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -47,9 +47,11 @@ import pyarrow as pa
 
 from curate.filters.common import Drop, split_drops
 from curate.filters.presets import TEXT_PRESETS, TextThresholds, preset_settings, thresholds_of
+from curate.filters.text_lexicon import (GENERIC_OR_STOP, GENERIC_WORDS, SPAM_FIRST_WORDS, SPAM_RE,
+                                         TAIL_LOOP_MAX_PERIOD, ngram_limits)
+from curate.filters.text_screen import cleared
 from curate.base import BatchResult, Resources, Stage, register
 
-TAIL_LOOP_MAX_PERIOD = 64
 _PLACEHOLDERS = re.compile(r"<(?:image|video)>")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
@@ -58,22 +60,6 @@ _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
 _MARKUP = re.compile(r"<\|[^<>|\s]{1,48}\|>|</?[A-Za-z][\w:-]{0,30}/?>")
 _TABLE_RULE_ROW = re.compile(r"^\s*\|?(?:\s*:?-{2,}:?\s*\|)+\s*:?-{0,}:?\s*\|?\s*$", re.MULTILINE)
 
-_SPAM = [
-    r"click (?:here|to (?:enlarge|view|see|download|zoom))", r"subscribe (?:now|today|for|to (?:our|my|the))",
-    r"sign up (?:now|today|for)", r"lorem ipsum", r"all rights reserved", r"copyright (?:\(c\)|©|\d{4})",
-    r"free download", r"download (?:now|free|here)", r"add to (?:cart|basket|wishlist)", r"buy now", r"shop now",
-    r"free shipping", r"privacy policy", r"terms of (?:use|service)", r"cookie policy", r"we use cookies",
-    r"enable javascript", r"image (?:not found|not available|unavailable)", r"no (?:image|photo|preview) available",
-]
-_SPAM_RE = re.compile(r"(?<!\w)(?:" + "|".join(_SPAM) + r")(?!\w)", re.IGNORECASE)
-_GENERIC_WORDS = frozenset("""
-stock photo photos photograph photography image images picture pictures pic pics img dsc dscn dcim screenshot
-free royalty hd 4k uhd wallpaper wallpapers background backgrounds vector vectors illustration download jpg jpeg
-png gif webp thumbnail thumb untitled placeholder file shutterstock getty gettyimages istock istockphoto alamy
-dreamstime depositphotos bigstock adobe
-""".split())
-_STOPWORDS = frozenset("the a an of and with for in on by from".split())
-_GENERIC_OR_STOP = _GENERIC_WORDS | _STOPWORDS
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -140,26 +126,21 @@ def _count_ascii(data: bytes) -> CharCounts:
                       nonspace=len(data.translate(None, _ASCII_SPACE)))
 
 
-# The first word of every _SPAM phrase. In ASCII text a phrase can only match where its first word is a
-# whole token, so a text without any of these tokens skips the (case-insensitive, slow) search.
-_SPAM_FIRST_WORDS = frozenset(phrase.split(" ")[0] for phrase in _SPAM)
-assert all(w.isascii() and w.isalpha() and w.islower() for w in _SPAM_FIRST_WORDS), \
-    "every _SPAM phrase starts with a plain lower-case word"
 
 
 def boilerplate_match(text: str, tokens: Sequence[str] | None = None) -> str | None:
     """The boilerplate phrase in `text`, or a note that it holds only generic words; None otherwise.
     `tokens`: ``tokenize(text)`` when the caller has it (lets ASCII text skip the phrase search)."""
     ascii_tokens = tokens is not None and text.isascii()
-    m = None if ascii_tokens and _SPAM_FIRST_WORDS.isdisjoint(tokens) else _SPAM_RE.search(text)
+    m = None if ascii_tokens and SPAM_FIRST_WORDS.isdisjoint(tokens) else SPAM_RE.search(text)
     if m:
         return f"contains {m.group(0)!r}"
     # An all-letter ASCII token is a whole letter run of the text: one that is neither generic nor a
     # stopword already means "not only generic words", without the second scan below.
-    if ascii_tokens and any(t.isalpha() and t not in _GENERIC_OR_STOP for t in tokens):
+    if ascii_tokens and any(t.isalpha() and t not in GENERIC_OR_STOP for t in tokens):
         return None
     words = re.findall(r"[^\W\d_]+", text.lower())
-    if any(w in _GENERIC_WORDS for w in words) and all(w in _GENERIC_OR_STOP for w in words):
+    if any(w in GENERIC_WORDS for w in words) and all(w in GENERIC_OR_STOP for w in words):
         return "only generic words"
     return None
 
@@ -236,11 +217,6 @@ def find_tail_loop(tokens: Sequence[str], min_repeats: int, min_tokens: int,
     return None
 
 
-def ngram_limits(th: TextThresholds) -> tuple[tuple[int, float], ...]:
-    """(n, coverage limit) of the n-gram rule, Gopher's steps: 2-grams the base, 3- and 4-grams 0.02
-    and 0.04 below it. The rule and its vectorised screen (text_screen) both read them here."""
-    base = th.max_top_ngram_ratio
-    return (2, base), (3, base - 0.02), (4, base - 0.04)
 
 
 # --- rules ----------------------------------------------------------------------------------------
@@ -353,7 +329,6 @@ def batch_verdicts(batch: pa.Table, th: TextThresholds, boilerplate_in_answers: 
                    screen: bool = True) -> list[Drop | None]:
     """``check_sample`` for every row; with `screen`, only for the rows the vectorised screen
     (curate.filters.text_screen) cannot clear: the same verdicts, most rows never reach Python."""
-    from curate.filters.text_screen import cleared   # it reads this module's word lists
     drops: list[Drop | None] = [None] * batch.num_rows
     rows = np.arange(batch.num_rows)
     if screen:

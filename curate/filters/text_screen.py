@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.filters.presets import TextThresholds
-from curate.filters.text_rules import _GENERIC_OR_STOP, _SPAM_FIRST_WORDS, TAIL_LOOP_MAX_PERIOD, ngram_limits
+from curate.filters.text_lexicon import GENERIC_OR_STOP, SPAM_FIRST_WORDS, TAIL_LOOP_MAX_PERIOD, ngram_limits
 
 _NOT_SCREENABLE = r"[^\x20-\x3b\x3d-\x7b\x7d\x7e]"   # outside printable ASCII, or '<', or '|'
 _PUNCT = r"([^a-z0-9_ ])"                            # a token of its own (tokenize's [^\w\s])
-_GENERIC = pa.array(sorted(_GENERIC_OR_STOP))
-_SPAM_FIRST = pa.array(sorted(_SPAM_FIRST_WORDS))
+_GENERIC = pa.array(sorted(GENERIC_OR_STOP))
+_SPAM_FIRST = pa.array(sorted(SPAM_FIRST_WORDS))
 _BYTE_CLASS = np.zeros(256, dtype=np.int8)          # 0 symbol, 1 letter, 2 digit, 3 space
 _BYTE_CLASS[ord("a"):ord("z") + 1] = _BYTE_CLASS[ord("A"):ord("Z") + 1] = 1
 _BYTE_CLASS[ord("0"):ord("9") + 1] = 2

@@ -56,17 +56,3 @@ class GenerationBackend(ABC):
 
 class EngineFailure(RuntimeError):
     """The engine itself broke (died, hung, ran out of memory): fail the run, do not quarantine."""
-
-
-def build_backend(backend: str, model: str | None, **options: Any) -> GenerationBackend:
-    """The engine named by a stage's ``backend`` setting (imports stay lazy)."""
-    if backend == "transformers":
-        from curate.mllm.backend_hf import TransformersBackend
-        return TransformersBackend(model or "", **options)
-    if backend == "vllm":
-        from curate.mllm.backend_vllm import VllmBackend
-        return VllmBackend(model or "", **options)
-    if backend == "scripted":
-        from curate.mllm.backend_scripted import ScriptedBackend
-        return ScriptedBackend(model or "scripted", **options)
-    raise ValueError(f"backend: expected transformers, vllm or scripted, got {backend!r}")

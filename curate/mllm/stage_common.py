@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from curate.media import images as I
-from curate.mllm.backend_base import GenerationBackend, build_backend
+from curate.mllm.backend_base import GenerationBackend
+from curate.mllm.backends import build_backend
 from curate.scoring.device import DEVICE_CHOICES
 from curate.base import Resources
 
