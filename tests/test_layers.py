@@ -42,9 +42,15 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", ["curate", "pack"])
 def test_only_pipelines_imports_ray_and_nothing_below_imports_pipelines(package):
-    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"ray", "pipelines"})
-                 for p in (ROOT / package).rglob("*.py") if _imports(p) & {"ray", "pipelines"}}
+    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"ray", "pipelines", "demo_data"})
+                 for p in (ROOT / package).rglob("*.py") if _imports(p) & {"ray", "pipelines", "demo_data"}}
     assert offenders == {}
+
+
+def test_no_product_package_imports_the_demo_data_and_fixtures():
+    offenders = {str(p.relative_to(ROOT)) for package in ("curate", "pack", "pipelines")
+                 for p in (ROOT / package).rglob("*.py") if "demo_data" in _imports(p)}
+    assert offenders == set()
 
 
 def test_base_layer_imports_no_domain_module():
