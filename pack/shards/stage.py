@@ -37,7 +37,7 @@ from pack.balance import plan as B
 from pack import packformat as F
 from pack.shards.dirswap import replace_dir, sibling_dir
 from pack.energon.meta import write_energon_metadata
-from pack.profile import run_profile
+from pack.profile import ModelProfile, run_profile
 from pack.shards.manifest import build_manifest, build_report
 from pack.shards import schedule as S
 from pack.shards import slots as T
@@ -105,6 +105,11 @@ class ShardsStage(Stage):
             raise ValueError(f"context_length: {L} (the model profile's) is not a multiple of shards.alignment={align}; "
                              f"use {-(-L // align) * align} or {L // align * align}")
         return L
+
+    def input_identity(self) -> ModelProfile:
+        """The run's model profile decides grids, ids and the ViT cost balanced: a changed `model:`
+        re-writes the shards on resume (count_tokens re-runs too; this holds where a plugin counts)."""
+        return self.profile
 
     def output_root(self) -> str:
         if self.config.output_dir:

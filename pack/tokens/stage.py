@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from curate.base import records as R
 from curate.base import BatchResult, Resources, Stage, register
 from pack import tokens as T
-from pack.profile import run_profile
+from pack.profile import ModelProfile, run_profile
 
 
 # =============================================================================================
@@ -46,6 +46,11 @@ class CountTokensStage(Stage):
             raise ValueError(f"tokenizer: directory {p.tokenizer!r} does not exist")
         self.template = T.Template(**p.template_fields())
         self.video = p.video_settings()
+
+    def input_identity(self) -> ModelProfile:
+        """The run's model profile is this stage's input beside its rows (no setting of its own): a
+        changed `model:` re-runs the counts, and everything after them, on resume."""
+        return self.profile
 
     def setup(self) -> None:
         self.tokenizer = T.load_tokenizer(self.profile.tokenizer)
