@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, get_args, get_type_hints
+from typing import Any, Literal, Mapping, Sequence, get_args, get_type_hints
 
 from pack.tokens import vision as V
 from pack.tokens.template import DEFAULT_SYSTEM_PROMPT
@@ -184,6 +184,30 @@ def profile_from_mapping(raw: str | Mapping[str, Any] | ModelProfile | None) -> 
         if isinstance(values.get(name), list):
             values[name] = tuple(values[name])
     return ModelProfile(**values)
+
+
+def run_declaration(model: Any, pack_lengths: Sequence[tuple[str, Any]] = ()) -> ModelProfile:
+    """The run's profile from what a recipe declares: ``model:``, and the pack length's older spelling,
+    the pack stage's ``context_length`` (``(where, value)`` pairs). The pack length is declared once,
+    ``model.context_length``: a pack stage's setting fills it where ``model:`` leaves it out, and a
+    recipe that states both must state one number. ValueError messages start with the field at fault."""
+    try:
+        profile = profile_from_mapping(model)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"model: {exc}") from None
+    declared = model.get("context_length") if isinstance(model, Mapping) else None
+    declared_at = "model.context_length"
+    for where, length in pack_lengths:
+        if declared is None:
+            try:
+                profile = dataclasses.replace(profile, context_length=length)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{where}: {str(exc).removeprefix('context_length: ')}") from None
+            declared, declared_at = length, where
+        elif length != declared:
+            raise ValueError(f"{where}: {length} differs from {declared_at}={declared}; the pack length is "
+                             "declared once (model.context_length)")
+    return profile
 
 
 def run_profile(context: Any) -> ModelProfile:

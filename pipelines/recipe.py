@@ -31,7 +31,7 @@ import yaml
 from curate.base import records as R
 from curate import base as S
 from curate.readers.read import FORMATS, SourceSpec, source_files
-from pack.profile import ModelProfile, profile_from_mapping
+from pack.profile import ModelProfile, run_declaration
 from pipelines.outdir import OutputRefused, check_disjoint, check_output_target
 
 # A recipe is a few hundred nodes; YAML aliases that expand past this are an alias bomb, not a recipe.
@@ -297,33 +297,14 @@ def parse(data: Any, where: str = "recipe", run_plugins: bool = True) -> Recipe:
 
 def _run_profile(data: dict[str, Any]) -> ModelProfile:
     """The run's model profile, parsed once, here: the stages receive it typed (StageContext.profile).
-
-    The pack length is declared once, ``model.context_length``. The pack stage's ``context_length``
-    setting (every recipe states it; it is the older spelling) is the same declaration: it fills the
-    profile where ``model:`` leaves the length out, and a recipe that states both must state one number.
-    """
-    raw = data.get("model")
+    The pack stage's `context_length` (the pack length's older spelling) is part of the declaration."""
+    pack_lengths = [(f"stages[{i}].settings.context_length", st["settings"]["context_length"])
+                    for i, st in enumerate(data["stages"])
+                    if st["name"] == "pack" and (st.get("settings") or {}).get("context_length") is not None]
     try:
-        profile = profile_from_mapping(raw)
+        return run_declaration(data.get("model"), pack_lengths)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"model: {exc}") from None
-    declared = raw.get("context_length") if isinstance(raw, dict) else None
-    declared_at = "model.context_length"
-    for i, st in enumerate(data["stages"]):
-        length = (st.get("settings") or {}).get("context_length") if st["name"] == "pack" else None
-        if length is None:
-            continue
-        where = f"stages[{i}].settings.context_length"
-        if declared is None:
-            try:
-                profile = dataclasses.replace(profile, context_length=length)
-            except (ValueError, TypeError) as exc:
-                raise RecipeError(f"{where}: {str(exc).removeprefix('context_length: ')}") from None
-            declared, declared_at = length, where
-        elif length != declared:
-            raise RecipeError(f"{where}: {length} differs from {declared_at}={declared}; the pack length is "
-                              "declared once (model.context_length)")
-    return profile
+        raise RecipeError(str(exc)) from None
 
 
 # Settings that moved to the run's one declaration: where they are still written, say where they went.

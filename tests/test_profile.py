@@ -2,9 +2,13 @@
 typed profile reaching count_tokens, pack and shards (and the manifest, its one dict)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curate.base import records as R
 from curate.base import StageContext
@@ -112,3 +116,18 @@ def test_profile_is_frozen_and_comparable():
     assert p == ModelProfile() and hash(p) == hash(ModelProfile())
     with pytest.raises(AttributeError):
         p.max_pixels = 1  # type: ignore[misc]
+
+
+@given(model=st.one_of(st.none(), st.integers(1, 8)), packs=st.lists(st.integers(1, 8), max_size=3))
+def test_the_pack_length_resolves_to_its_one_declaration_or_names_the_disagreement(model, packs):
+    from pack.profile import run_declaration
+    where = [(f"stages[{i}].settings.context_length", n * 512) for i, n in enumerate(packs)]
+    declared = [x for x in [None if model is None else model * 512] + [n for _, n in where] if x is not None]
+    if len(set(declared)) > 1:
+        first_other = next(w for w, n in where if n != declared[0])
+        with pytest.raises(ValueError, match=rf"^{re.escape(first_other)}: \d+ differs from"):
+            run_declaration({"preset": "qwen2-vl", "context_length": None if model is None else model * 512}, where)
+    else:
+        got = run_declaration({} if model is None else {"context_length": model * 512}, where)
+        assert got.context_length == (declared[0] if declared else ModelProfile().context_length)
+        assert dataclasses.replace(got, context_length=4096) == ModelProfile()   # nothing else moved
