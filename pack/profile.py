@@ -3,9 +3,10 @@
 Why one typed object: the same numbers (tokenizer, chat template, patch and merge size, pixel bounds,
 video frame budget, context length) decide the token counts (``count_tokens``), the pack capacity
 (``pack``), the ids, labels and positions written (``shards``) and the image processor a trainer
-must build. Declared once — the recipe's top-level ``model:`` key (until the recipe wires it, a
-stage setting ``profile`` with the same shape) — and written into ``manifest.json`` so a trainer
-configures its image processor from the shards alone.
+must build. Declared once — the recipe's top-level ``model:`` key —, parsed once when the recipe is
+loaded (pipelines.recipe), carried typed to every stage on ``StageContext.profile`` (stages read it
+with ``run_profile``), and turned into a dict once, for ``manifest.json``, so a trainer configures its
+image processor from the shards alone.
 
 Shape of the declaration: a preset name (``model: qwen2-vl``) or a mapping with an optional
 ``preset`` and overrides of any field (``model: {preset: qwen2.5-vl, max_pixels: 1003520}``).
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, get_args, get_type_hints
+from typing import Any, Literal, Mapping, Sequence, get_args, get_type_hints
 
 from pack.tokens import vision as V
 from pack.tokens.template import DEFAULT_SYSTEM_PROMPT
@@ -40,6 +41,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+DEFAULT_CONTEXT_LENGTH = 4096
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,10 @@ class ModelProfile:
     video_pixel_budget: Literal["total", "per_frame"] = field(default="total", metadata={
         "doc": "total: frame resolution inversely proportional to the sampled frames (openPangu-VL 2.4, "
                "transformers cap_pixels_per_frame=True); per_frame: each frame within video_max_pixels alone"})
-    context_length: int | None = field(default=None, metadata={
-        "doc": "the model's context length; packs may be shorter, never longer"})
+    context_length: int = field(default=DEFAULT_CONTEXT_LENGTH, metadata={
+        "doc": "tokens per pack: the sequence length the data is packed to and the trainer reads (every pack "
+               "is exactly this long); the run's one declaration of it (the pack stage's context_length "
+               "setting is an older spelling that must agree)"})
     rope: Literal["mrope", "1d"] = field(default="mrope", metadata={
         "doc": "mrope: 3-D (temporal, height, width) positions for vision tokens (Qwen2-VL family); 1d: sequential"})
     tokens_per_second: int | None = field(default=None, metadata={
@@ -138,8 +142,8 @@ def check_profile(p: ModelProfile) -> None:
         choices = get_args(tp) if getattr(tp, "__origin__", None) is Literal else None
         if choices and value not in choices:
             raise ValueError(f"{f.name}: must be one of {list(choices)}, got {value!r}")
-        if tp in (int, int | None) and value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                                             or value <= 0):
+        if (tp is int or (tp == int | None and value is not None)) and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise ValueError(f"{f.name}: must be a positive integer, got {value!r}")
     if p.preset not in PRESETS:
         raise ValueError(f"preset: unknown model preset {p.preset!r}; known: {sorted(PRESETS)}")
@@ -174,29 +178,47 @@ def profile_from_mapping(raw: str | Mapping[str, Any] | ModelProfile | None) -> 
     if unknown:
         raise ValueError(f"{unknown[0]}: not a model profile field; known: {sorted(names)}")
     values = {**PRESETS[preset], **{k: v for k, v in raw.items()}, "preset": preset}
+    if "context_length" in values and values["context_length"] is None:
+        del values["context_length"]   # manifests written before it had a default say null: the default
     for name in ("image_mean", "image_std"):
         if isinstance(values.get(name), list):
             values[name] = tuple(values[name])
     return ModelProfile(**values)
 
 
-def resolve_profile(context: Any, setting: str | Mapping[str, Any] | None) -> ModelProfile:
-    """The profile a stage works with, declared once for the whole run.
+def run_declaration(model: Any, pack_lengths: Sequence[tuple[str, Any]] = ()) -> ModelProfile:
+    """The run's profile from what a recipe declares: ``model:``, and the pack length's older spelling,
+    the pack stage's ``context_length`` (``(where, value)`` pairs). The pack length is declared once,
+    ``model.context_length``: a pack stage's setting fills it where ``model:`` leaves it out, and a
+    recipe that states both must state one number. ValueError messages start with the field at fault."""
+    try:
+        profile = profile_from_mapping(model)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"model: {exc}") from None
+    declared = model.get("context_length") if isinstance(model, Mapping) else None
+    declared_at = "model.context_length"
+    for where, length in pack_lengths:
+        if declared is None:
+            try:
+                profile = dataclasses.replace(profile, context_length=length)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{where}: {str(exc).removeprefix('context_length: ')}") from None
+            declared, declared_at = length, where
+        elif length != declared:
+            raise ValueError(f"{where}: {length} differs from {declared_at}={declared}; the pack length is "
+                             "declared once (model.context_length)")
+    return profile
 
-    Order: the run's profile (``context.profile``, from the recipe's ``model:``); else this stage's
-    ``profile`` setting; else the ``profile`` setting of an earlier stage (``context.upstream``, so
-    that count_tokens' declaration reaches pack and shards until ``model:`` is wired); else the
-    default preset. Declaring it both in the run and in a stage, differently, is an error.
-    """
-    run_profile = getattr(context, "profile", None)
-    if run_profile is not None:
-        run_profile = profile_from_mapping(run_profile)
-        if setting is not None and profile_from_mapping(setting) != run_profile:
-            raise ValueError("profile: differs from the recipe's model:; declare the model profile once")
-        return run_profile
-    if setting is not None:
-        return profile_from_mapping(setting)
-    for settings in (getattr(context, "upstream", None) or {}).values():
-        if isinstance(settings, Mapping) and settings.get("profile") is not None:
-            return profile_from_mapping(settings["profile"])
-    return ModelProfile()
+
+def run_profile(context: Any) -> ModelProfile:
+    """The run's profile as a stage reads it: ``context.profile`` (the recipe's ``model:``, parsed once
+    at load), or the default profile where no run declares one (a stage built in a notebook).
+
+    Not a parser: anything but a ModelProfile there is a bug in whoever built the context."""
+    profile = getattr(context, "profile", None)
+    if profile is None:
+        return ModelProfile()
+    if not isinstance(profile, ModelProfile):
+        raise TypeError(f"StageContext.profile must be a pack.profile.ModelProfile, got {type(profile).__name__}; "
+                        "parse a declaration with profile_from_mapping")
+    return profile

@@ -31,6 +31,7 @@ import yaml
 from curate.base import records as R
 from curate import base as S
 from curate.readers.read import FORMATS, SourceSpec, source_files
+from pack.profile import ModelProfile, run_declaration
 from pipelines.outdir import OutputRefused, check_disjoint, check_output_target
 
 # A recipe is a few hundred nodes; YAML aliases that expand past this are an alias bomb, not a recipe.
@@ -66,7 +67,10 @@ class Recipe:
     plugins: list[str] = field(default_factory=list)
     path: str | None = None
     max_error_fraction: float = 0.0
-    model: Any = None
+    # The run's model profile, parsed once here (pack.profile) and handed typed to every stage.
+    model: ModelProfile = field(default_factory=ModelProfile)
+    # `model:` as written: what the recipe hash and recipe.json hold (a parsed profile would add defaults).
+    model_declared: Any = None
     unchecked_stages: tuple[str, ...] = ()   # plugin stages a validation without code execution could not check
 
     @property
@@ -80,7 +84,7 @@ class Recipe:
                 # checkpoint only says where rows are written, not what they are
                 "stages": [{"name": s.name, "settings": s.settings} for s in self.stages],
                 "mixture": self.mixture, "max_error_fraction": self.max_error_fraction,
-                "model": self.model}
+                "model": self.model_declared}
 
     def hash(self) -> str:
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
@@ -259,6 +263,10 @@ def parse(data: Any, where: str = "recipe", run_plugins: bool = True) -> Recipe:
     known = schema["properties"]["stages"]["items"]["properties"]["name"]["enum"]
     unchecked: list[str] = []
     for i, st in enumerate(data.get("stages") or []):
+        settings = st.get("settings") if isinstance(st, dict) and isinstance(st.get("name"), str) else None
+        for name in settings if isinstance(settings, dict) else ():
+            if (st["name"], name) in MOVED_SETTINGS:
+                raise RecipeError(f"stages[{i}].settings.{name}: {MOVED_SETTINGS[st['name'], name]}")
         if isinstance(st, dict) and "name" in st and st["name"] not in known:
             if plugins and not run_plugins and isinstance(st["name"], str):
                 unchecked.append(st["name"])
@@ -282,19 +290,29 @@ def parse(data: Any, where: str = "recipe", run_plugins: bool = True) -> Recipe:
                     output=dict(data.get("output") or {}), description=data.get("description", ""),
                     plugins=list(plugins), unchecked_stages=tuple(dict.fromkeys(unchecked)),
                     max_error_fraction=float(data.get("max_error_fraction") or 0.0),
-                    model=_checked_model(data.get("model")))
+                    model=_run_profile(data), model_declared=data.get("model"))
     check_semantics(recipe)
     return recipe
 
 
-def _checked_model(raw: Any) -> Any:
-    """The recipe's `model:` as written, once pack.profile accepts it (errors name the field)."""
-    from pack.profile import profile_from_mapping
+def _run_profile(data: dict[str, Any]) -> ModelProfile:
+    """The run's model profile, parsed once, here: the stages receive it typed (StageContext.profile).
+    The pack stage's `context_length` (the pack length's older spelling) is part of the declaration."""
+    pack_lengths = [(f"stages[{i}].settings.context_length", st["settings"]["context_length"])
+                    for i, st in enumerate(data["stages"])
+                    if st["name"] == "pack" and (st.get("settings") or {}).get("context_length") is not None]
     try:
-        profile_from_mapping(raw)
+        return run_declaration(data.get("model"), pack_lengths)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"model: {exc}") from None
-    return raw
+        raise RecipeError(str(exc)) from None
+
+
+# Settings that moved to the run's one declaration: where they are still written, say where they went.
+MOVED_SETTINGS = {
+    ("count_tokens", "profile"): "the model profile is declared once, in the recipe's top-level `model:`; move it there",
+    ("shards", "context_length"): "the pack length is declared once, `model.context_length`; the shards take it "
+                                  "from there",
+}
 
 
 def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -306,7 +324,6 @@ def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
 def check_semantics(recipe: Recipe) -> None:
     """What the schema cannot say: settings accepted by each stage, columns available in order."""
     available = set(R.BASE_SCHEMA.names)
-    upstream: dict[str, dict] = {}
     columns_known = True
     plan = recipe.plan()
     recipe_index = {id(s): i for i, s in enumerate(recipe.stages)}
@@ -318,8 +335,7 @@ def check_semantics(recipe: Recipe) -> None:
             continue
         try:
             stage = S.build(spec.name, spec.settings,
-                            S.StageContext(seed=recipe.seed, upstream=dict(upstream), mixture=recipe.mixture,
-                                           profile=recipe.model))
+                            S.StageContext(seed=recipe.seed, mixture=recipe.mixture, profile=recipe.model))
         except (ValueError, TypeError) as exc:
             prefix = "mixture." if where == "mixture" else f"{where}.settings: "
             raise RecipeError(f"{prefix}{exc}") from None
@@ -331,7 +347,6 @@ def check_semantics(recipe: Recipe) -> None:
                 and columns_known:
             raise RecipeError(f"{where}.unit: a mixture by tokens needs count_tokens before it")
         available |= set(stage.adds)
-        upstream[spec.name] = dataclasses.asdict(stage.config) if dataclasses.is_dataclass(stage.config) else {}
 
 
 def load(path: str | Path, run_plugins: bool = True) -> Recipe:

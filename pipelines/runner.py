@@ -188,20 +188,17 @@ class Runner:
         everything after it, and nothing before it."""
         recipe = self.recipe
         members: list[Member] = []
-        upstream: dict[str, dict] = {}
         prev_fp = fingerprint(package_version())
         for index, spec in enumerate(plan):
             context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
                                      recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
-                                     upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction,
-                                     profile=recipe.model)
+                                     max_error_fraction=recipe.max_error_fraction, profile=recipe.model)
             stage = S.build(spec.name, spec.settings, context)
             settings = _settings_of(stage)
             prev_fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
                                   stage.input_identity())
             members.append(Member(index, stage, self.out / "stages" / f"{index:02d}_{spec.name}", prev_fp,
                                   spec.checkpoint))
-            upstream[spec.name] = settings
         return members
 
     def _resume_point(self, group: list[Member], forced_from: int, upstream_digest: str | None) -> int:

@@ -40,10 +40,11 @@ sources:
   - {{name: text, path: "{d}/text.parquet", format: parquet, category: text}}
 stages:
   - {{name: image_filter, settings: {{preset: default}}}}
-  - {{name: count_tokens, settings: {{profile: {{preset: qwen2-vl, max_pixels: 100352}}}}}}
+  - {{name: count_tokens}}
   - {{name: pack, settings: {{context_length: 1024}}}}
   - {{name: shards, settings: {{dp_size: {dp}, micro_batches: {mb}, packs_per_shard: 3, leftover: pad_with_repeats,
                               input_ids: true}}}}
+model: {{preset: qwen2-vl, max_pixels: 100352}}
 """
 # The settings that keep PackedShards' order (README, "Training with Megatron-Energon").
 IN_ORDER = dict(batch_size=None, shuffle_buffer_size=None, max_samples_per_sequence=None,
@@ -336,9 +337,10 @@ seed: 3
 sources:
   - {{name: text, path: "{d}/text.parquet", format: parquet, category: text}}
 stages:
-  - {{name: count_tokens, settings: {{profile: {{preset: qwen2-vl}}}}}}
+  - {{name: count_tokens}}
   - {{name: pack, settings: {{context_length: 256}}}}
   - {{name: shards, settings: {{dp_size: 2, micro_batches: 2, leftover: carry_over, input_ids: true}}}}
+model: qwen2-vl
 """
 
 

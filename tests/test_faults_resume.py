@@ -159,3 +159,18 @@ def test_a_replaced_referenced_video_re_runs_ingest_and_what_follows(tmp_path):
     assert resumed(out) == [False, False]
     ref = again.kept(columns=["videos"]).to_pylist()[0]["videos"][0]
     assert (ref["width"], ref["height"]) == (64, 48)
+
+
+def test_a_changed_model_profile_re_runs_what_reads_it_and_equals_a_fresh_run(tmp_path):
+    """`model:` is no stage setting, yet count_tokens and shards read it: a changed profile re-runs
+    them (and what follows), never resumes the counts or shards of the old one."""
+    src = llava_corpus(tmp_path / "src")
+    out = tmp_path / "out"
+    run(recipe(src), out=out, executor="inline", progress=False)
+    before = outputs(out)
+    plain = parse({**recipe_dict(src), "model": {"template": "plain"}})   # other text tokens, other ids
+    run(plain, out=out, executor="inline", progress=False)
+    assert resumed(out)[0] and not any(resumed(out)[2:])
+    fresh = tmp_path / "fresh"
+    run(plain, out=fresh, executor="inline", progress=False)
+    assert outputs(out) == outputs(fresh) != before

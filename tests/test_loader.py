@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from curate.base import StageContext
+from pack.profile import ModelProfile
 from pack.trainer.loader import PackedShards, ResumableLoader, collate_packs
 from pack.shards.stage import ShardsStage
 from tests.shards_corpus import packed_table
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def shards(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("loader")
     table = packed_table(tmp / "data", n=200, context_length=L, seed=5)
-    ctx = StageContext(seed=1, out_dir=str(tmp), upstream={"pack": {"context_length": L}})
+    ctx = StageContext(seed=1, out_dir=str(tmp), profile=ModelProfile(context_length=L))
     ShardsStage(context=ctx, dp_size=2, micro_batches=2, packs_per_shard=5).run(table)
     return str(tmp / "shards")
 

@@ -11,7 +11,13 @@ from curate.base import records as R
 from curate import base as S
 from pack import tokens as T
 from pack.packing.stage import PackStage
+from pack.profile import profile_from_mapping
 from pack.tokens.stage import CountTokensStage
+
+
+def _run(declared) -> S.StageContext:
+    """The context a recipe run gives its stages: the `model:` declaration parsed once, typed."""
+    return S.StageContext(profile=profile_from_mapping(declared))
 
 
 def _img(w, h):
@@ -51,13 +57,13 @@ def _table(rows):
 def test_stages_are_registered_with_schemas():
     assert S.get("count_tokens") is CountTokensStage
     assert S.get("pack") is PackStage
-    props = CountTokensStage.settings_schema()["properties"]
-    assert set(props) == {"profile"}
+    # no settings: the model profile is the run's (the recipe's model:), not a stage setting
+    assert CountTokensStage.settings_schema()["properties"] == {}
     assert PackStage.settings_schema()["properties"]["overlong"]["enum"] == ["reject", "truncate"]
 
 
 def test_count_tokens_matches_the_trainer_ids_and_rejects_with_reasons(tok):
-    stage = CountTokensStage(profile={"max_pixels": 1280 * 28 * 28})
+    stage = CountTokensStage(context=_run({"max_pixels": 1280 * 28 * 28}))
     res = stage.run(_table(_rows()), batch_size=4)
     dropped = dict(zip(res.dropped.column("key").to_pylist(), res.dropped.column(R.REASON).to_pylist()))
     assert dropped == {"k/nosize": "unknown_image_size", "k/thin": "extreme_aspect_ratio",
@@ -75,7 +81,8 @@ def test_count_tokens_matches_the_trainer_ids_and_rejects_with_reasons(tok):
 
 
 def test_count_tokens_fixed_mode_and_plain_template(tok):
-    stage = CountTokensStage(profile={"image_mode": "fixed", "fixed_tokens_per_image": 144, "template": "plain", "rope": "1d"})
+    stage = CountTokensStage(context=_run({"image_mode": "fixed", "fixed_tokens_per_image": 144, "template": "plain",
+                                           "rope": "1d"}))
     rows = [r for r in _rows() if r["key"] in ("k/cap", "k/two", "k/nosize")]
     res = stage.run(_table(rows))
     got = {r["key"]: r for r in res.kept.to_pylist()}
@@ -88,7 +95,7 @@ def test_count_tokens_fixed_mode_and_plain_template(tok):
                                  dict(min_pixels=10**9), dict(tokenizer="/no/such/dir"), dict(preset="llava")])
 def test_count_tokens_rejects_bad_settings(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "pixels" not in next(iter(bad)) else "pixels"):
-        CountTokensStage(profile=bad)
+        CountTokensStage(context=_run(bad))   # the recipe parses the profile, the stage checks its tokenizer
 
 
 @pytest.mark.parametrize("bad", [dict(context_length=0), dict(overlong="split"), dict(algorithm="bfd"),

@@ -1,15 +1,19 @@
 """The model profile: presets, overrides from a recipe mapping, one declaration per run, and the
-profile reaching count_tokens, pack and shards (and the manifest)."""
+typed profile reaching count_tokens, pack and shards (and the manifest, its one dict)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curate.base import records as R
 from curate.base import StageContext
 from pack import tokens as T
-from pack.profile import PRESETS, ModelProfile, profile_from_mapping, resolve_profile
+from pack.profile import PRESETS, ModelProfile, profile_from_mapping, run_profile
 from pack.packing.stage import PackStage
 from pack.tokens.stage import CountTokensStage
 
@@ -43,24 +47,17 @@ def test_bad_declarations_name_the_field(raw, field):
         profile_from_mapping(raw)
 
 
-class _RunContext(StageContext):
-    """A StageContext carrying the run's profile, as the recipe's `model:` will provide it."""
-
-    def __init__(self, profile, **kw):
-        super().__init__(**kw)
-        object.__setattr__(self, "profile", profile)
+def _run(**declared) -> StageContext:
+    """The context a recipe run gives its stages: the profile parsed once, typed."""
+    return StageContext(profile=profile_from_mapping(declared or None))
 
 
-def test_resolution_order_run_then_stage_then_upstream_then_default():
-    assert resolve_profile(StageContext(), None) == ModelProfile()
-    up = StageContext(upstream={"count_tokens": {"profile": "qwen2.5-vl"}})
-    assert resolve_profile(up, None).preset == "qwen2.5-vl"
-    assert resolve_profile(up, {"preset": "qwen2-vl", "max_pixels": 3136}).max_pixels == 3136
-    run = _RunContext("open-qwen2vl")
-    assert resolve_profile(run, None).preset == "open-qwen2vl"
-    assert resolve_profile(run, "open-qwen2vl").preset == "open-qwen2vl"
-    with pytest.raises(ValueError, match="declare the model profile once"):
-        resolve_profile(run, "qwen2-vl")
+def test_stages_read_the_run_profile_typed_and_never_parse_a_declaration():
+    assert run_profile(StageContext()) == ModelProfile()          # a stage built alone: the default
+    profile = profile_from_mapping("open-qwen2vl")
+    assert run_profile(StageContext(profile=profile)) is profile
+    with pytest.raises(TypeError, match="ModelProfile"):          # a raw declaration there is a bug
+        run_profile(StageContext(profile={"preset": "open-qwen2vl"}))
 
 
 def _rows():
@@ -74,30 +71,44 @@ def _rows():
 
 def test_count_tokens_reads_the_profile():
     table = R.rows_to_table(_rows(), R.BASE_SCHEMA)
-    dyn = CountTokensStage(profile={"max_pixels": 1003520}).run(table).kept
+    dyn = CountTokensStage(context=_run(max_pixels=1003520)).run(table).kept
     assert dyn.column("image_tokens").to_pylist()[0] == [T.image_tokens(1280, 720, max_pixels=1003520)]
-    fixed = CountTokensStage(context=_RunContext("open-qwen2vl")).run(table).kept
+    fixed = CountTokensStage(context=_run(preset="open-qwen2vl")).run(table).kept
     assert fixed.column("image_tokens").to_pylist() == [[144], [144, 144]]
 
 
-def test_pack_length_is_bounded_by_the_model_context_length():
-    ctx = StageContext(upstream={"count_tokens": {"profile": {"context_length": 2048}}})
-    PackStage(context=ctx, context_length=2048)
-    with pytest.raises(ValueError, match="context_length 2048"):
-        PackStage(context=ctx, context_length=4096)
+def test_pack_length_is_the_profiles_context_length():
+    assert PackStage(context=_run(context_length=2048)).config.context_length == 2048
+    assert PackStage(context=_run(context_length=2048), context_length=2048).config.context_length == 2048
+    with pytest.raises(ValueError, match="differs from the model profile's context_length 2048"):
+        PackStage(context=_run(context_length=2048), context_length=4096)
+    # built alone (a notebook): its own setting, else the profile's default
+    assert PackStage(context_length=1024).config.context_length == 1024
+    assert PackStage().config.context_length == ModelProfile().context_length == 4096
 
 
-def test_manifest_carries_the_profile(tmp_path):
+def test_manifest_carries_the_profile_and_the_writers_parse_nothing(tmp_path, monkeypatch):
     from pack.shards.stage import ShardsStage
     from tests.shards_corpus import packed_table
     table = packed_table(tmp_path / "img", n=40, context_length=1024, seed=5)
-    profile = {"preset": "qwen2.5-vl", "max_pixels": 1003520}
-    ctx = StageContext(seed=1, out_dir=str(tmp_path), upstream={"pack": {"context_length": 1024},
-                                                                "count_tokens": {"profile": profile}})
-    ShardsStage(context=ctx, dp_size=2, micro_batches=1, packs_per_shard=4).run(table)
+    declared = {"preset": "qwen2.5-vl", "max_pixels": 1003520, "context_length": 1024}
+    ctx = StageContext(seed=1, out_dir=str(tmp_path), profile=profile_from_mapping(declared))
+    stage = ShardsStage(context=ctx, dp_size=2, micro_batches=1, packs_per_shard=4)
+
+    def no_new_profile(self):
+        raise AssertionError("a model profile was built (parsed) after the stage was")
+    monkeypatch.setattr(ModelProfile, "__post_init__", no_new_profile)
+    stage.run(table)
+    monkeypatch.undo()
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
-    assert profile_from_mapping(manifest["model"]) == profile_from_mapping(profile)
+    assert profile_from_mapping(manifest["model"]) == profile_from_mapping(declared)
     assert manifest["model"]["max_pixels"] == 1003520 and manifest["model"]["patch_size"] == 14
+    assert manifest["context_length"] == manifest["model"]["context_length"] == 1024
+
+
+def test_manifests_written_before_the_length_had_a_default_still_load():
+    old = {**ModelProfile().to_dict(), "context_length": None}
+    assert profile_from_mapping(old) == ModelProfile()
 
 
 def test_profile_is_frozen_and_comparable():
@@ -105,3 +116,18 @@ def test_profile_is_frozen_and_comparable():
     assert p == ModelProfile() and hash(p) == hash(ModelProfile())
     with pytest.raises(AttributeError):
         p.max_pixels = 1  # type: ignore[misc]
+
+
+@given(model=st.one_of(st.none(), st.integers(1, 8)), packs=st.lists(st.integers(1, 8), max_size=3))
+def test_the_pack_length_resolves_to_its_one_declaration_or_names_the_disagreement(model, packs):
+    from pack.profile import run_declaration
+    where = [(f"stages[{i}].settings.context_length", n * 512) for i, n in enumerate(packs)]
+    declared = [x for x in [None if model is None else model * 512] + [n for _, n in where] if x is not None]
+    if len(set(declared)) > 1:
+        first_other = next(w for w, n in where if n != declared[0])
+        with pytest.raises(ValueError, match=rf"^{re.escape(first_other)}: \d+ differs from"):
+            run_declaration({"preset": "qwen2-vl", "context_length": None if model is None else model * 512}, where)
+    else:
+        got = run_declaration({} if model is None else {"context_length": model * 512}, where)
+        assert got.context_length == (declared[0] if declared else ModelProfile().context_length)
+        assert dataclasses.replace(got, context_length=4096) == ModelProfile()   # nothing else moved

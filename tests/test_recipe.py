@@ -173,3 +173,35 @@ def test_source_matching_nothing_is_named_by_validate_and_run(tmp_path, monkeypa
     assert main(["run", str(path), "--executor", "inline"]) == 2
     assert "sources[1].path" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+PACKING = GOOD.replace("stages: []", "stages: [{name: count_tokens}, {name: pack, settings: {context_length: 1024}}]")
+
+
+def test_the_model_profile_is_parsed_once_typed_and_the_hash_keeps_the_declaration(tmp_path):
+    from pack.profile import ModelProfile
+    r = load(write(tmp_path, PACKING + "model: {preset: qwen2.5-vl, max_pixels: 1003520}\n"))
+    assert isinstance(r.model, ModelProfile) and r.model.max_pixels == 1003520
+    assert r.model.context_length == 1024                     # the pack stage's setting, the same declaration
+    assert r.canonical()["model"] == {"preset": "qwen2.5-vl", "max_pixels": 1003520}   # as written
+    assert load(write(tmp_path, PACKING)).model == ModelProfile(context_length=1024)
+
+
+def test_the_pack_length_is_declared_once(tmp_path):
+    agree = load(write(tmp_path, PACKING + "model: {context_length: 1024}\n"))
+    assert agree.model.context_length == 1024
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.settings\.context_length: 1024 differs from "
+                                          r"model\.context_length=2048"):
+        load(write(tmp_path, PACKING + "model: {context_length: 2048}\n"))
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.settings\.context_length: must be a positive integer"):
+        load(write(tmp_path, PACKING.replace("context_length: 1024", "context_length: 0")))
+
+
+@pytest.mark.parametrize("stage,setting,says", [
+    ("{name: count_tokens, settings: {profile: qwen2.5-vl}}", "stages[0].settings.profile", "top-level `model:`"),
+    ("{name: shards, settings: {context_length: 1024}}", "stages[0].settings.context_length", "model.context_length"),
+])
+def test_settings_that_moved_to_the_model_profile_say_where(tmp_path, stage, setting, says):
+    with pytest.raises(RecipeError) as err:
+        load(write(tmp_path, GOOD.replace("stages: []", f"stages: [{stage}]")))
+    assert str(err.value).startswith(f"{setting}: ") and says in str(err.value), str(err.value)

@@ -54,7 +54,7 @@ def test_mindvl_sft_lengths_and_pixels_follow_the_seed():
         r = load(RECIPES / f"mindvl_sft_{k}k.yaml")
         settings = {s.name: s.settings for s in r.stages}
         assert settings["pack"]["context_length"] == k * 1024
-        assert r.model["max_pixels"] == pixels * 28 * 28 and r.model["context_length"] == k * 1024
+        assert r.model.max_pixels == pixels * 28 * 28 and r.model.context_length == k * 1024
         assert r.mixture["ratios"] == {"vqa": 0.5, "text": 0.5}
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from curate.base import records as R
 from curate.base import StageContext
+from pack.profile import ModelProfile
 from pack.shards import tario
 from pack.trainer.loader import PackedShards
 from pack.shards.stage import ShardsStage
@@ -25,7 +26,7 @@ L = 1024
 
 def run_stage(table: pa.Table, out: Path, **settings) -> tuple[ShardsStage, object]:
     ctx = StageContext(seed=11, out_dir=str(out), recipe_name="t", recipe_hash="abc123",
-                       upstream={"pack": {"context_length": L}})
+                       profile=ModelProfile(context_length=L))
     stage = ShardsStage(context=ctx, **{"dp_size": 4, "micro_batches": 2, "packs_per_shard": 8, **settings})
     return stage, stage.run(table)
 
@@ -185,31 +186,30 @@ def test_leftover_policies_are_accounted(corpus, tmp_path, policy):
 
 
 def test_settings_are_checked():
-    ctx = StageContext(out_dir="x", upstream={"pack": {"context_length": 1000}})
-    with pytest.raises(ValueError, match=r"pack.context_length=1000 is not a multiple of shards.alignment=128"):
+    ctx = StageContext(out_dir="x", profile=ModelProfile(context_length=1000))
+    with pytest.raises(ValueError, match=r"context_length: 1000 \(the model profile's\) is not a multiple of "
+                                         r"shards.alignment=128"):
         ShardsStage(context=ctx)
     ShardsStage(context=ctx, alignment=8)  # 1000 = 125 x 8
-    with pytest.raises(ValueError, match="differs from pack.context_length"):
-        ShardsStage(context=StageContext(upstream={"pack": {"context_length": 1024}}), context_length=2048)
-    # the pack stage ran with its default context_length (the recipe did not set it)
+    # the pack length is the run profile's, the same one the pack stage planned for (pack.packing.stage)
     from pack.packing.stage import PackStage
-    assert ShardsStage(context=StageContext(upstream={"pack": {}})).capacity() == PackStage.Config().context_length
-    with pytest.raises(ValueError, match="no pack stage before shards"):
-        ShardsStage().capacity()
+    assert ShardsStage(context=ctx, alignment=8).capacity() == PackStage(context=ctx).config.context_length == 1000
+    assert ShardsStage().capacity() == PackStage().config.context_length == ModelProfile().context_length
+    with pytest.raises(TypeError):   # the length is not a shards setting any more (recipes: model.context_length)
+        ShardsStage(context_length=1024)
     with pytest.raises(ValueError, match="dp_size"):
         ShardsStage(dp_size=0)
     with pytest.raises(ValueError, match="leftover"):
         ShardsStage(leftover="keep")
     with pytest.raises(ValueError, match="tokenizer"):
-        ShardsStage(context=StageContext(upstream={"count_tokens": {"profile": {"tokenizer": "/no/such/dir"}}}),
-                    input_ids=True)
+        ShardsStage(context=StageContext(profile=ModelProfile(tokenizer="/no/such/dir")), input_ids=True)
 
 
 def test_missing_pack_plan_is_a_clear_error(tmp_path):
     refs = image_refs(tmp_path / "img", n=2)
     rows = make_rows(8, refs)
     table = R.rows_to_table(rows, SCHEMA)  # no pack_id
-    stage = ShardsStage(context=StageContext(out_dir=str(tmp_path), upstream={"pack": {"context_length": L}}))
+    stage = ShardsStage(context=StageContext(out_dir=str(tmp_path), profile=ModelProfile(context_length=L)))
     with pytest.raises(ValueError, match="pack_id"):
         stage.run(table)
 

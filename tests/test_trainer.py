@@ -34,9 +34,10 @@ sources:
   - {{name: grounding, path: "{d}/grounding.jsonl", format: llava, category: grounding}}
 stages:
   - {{name: image_filter, settings: {{preset: default}}}}
-  - {{name: count_tokens, settings: {{profile: {{preset: qwen2-vl, max_pixels: 100352}}}}}}
+  - {{name: count_tokens}}
   - {{name: pack, settings: {{context_length: 1024}}}}
   - {{name: shards, settings: {{dp_size: 1, micro_batches: 1, leftover: pad_with_repeats, input_ids: true}}}}
+model: {{preset: qwen2-vl, max_pixels: 100352}}
 """
 
 # Qwen2-VL's chat template with the assistant turns marked as generation (what transformers'

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from curate.base import StageContext
+from pack.profile import ModelProfile
 from pack import packformat as F
 from pack.shards import tario
 from pack.shards.stage import ShardsStage
@@ -21,7 +22,7 @@ L = 1024
 def good(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("validate")
     table = packed_table(tmp / "data", n=160, context_length=L, seed=7)
-    ctx = StageContext(seed=2, out_dir=str(tmp), upstream={"pack": {"context_length": L}})
+    ctx = StageContext(seed=2, out_dir=str(tmp), profile=ModelProfile(context_length=L))
     ShardsStage(context=ctx, dp_size=4, micro_batches=1, packs_per_shard=4, leftover="carry_over").run(table)
     return tmp / "shards"
 

@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from pack import packformat as F
 from pack import tokens as T
+from pack.profile import profile_from_mapping
 from pack.trainer.video_pixels import VideoInputs, sample_indices
 
 pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
-QWEN = {"preset": "qwen2-vl"}
+QWEN = profile_from_mapping("qwen2-vl")
 
 
 @settings(max_examples=15, deadline=None)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,6 +61,16 @@ class Resources:
     concurrency: int | None = None  # actors in the pool (max); None: one per available CPU/GPU
 
 
+class RunProfile(Protocol):
+    """The run's model profile as the base layer may name it: pack.profile.ModelProfile, parsed once
+    from the recipe's `model:` (the base layer imports nothing above it, so it names the shape, not
+    the class; the stages that read it take the typed class through pack.profile.run_profile)."""
+    @property
+    def context_length(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class StageContext:
     """Run-wide facts a stage may need: the seed, where the run writes, and the recipe's identity."""
@@ -70,14 +80,11 @@ class StageContext:
     recipe_hash: str = ""
     stage_index: int = 0
     mixture: Mapping[str, Any] | None = None
-    # Settings of the stages before this one, by stage name (e.g. upstream["pack"]["context_length"]).
-    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Fraction of a stage's input that may fail with a non-BadSample error (quarantined as error:<Type>)
     # before the run fails. 0: any such error is a bug and fails the run at once.
     max_error_fraction: float = 0.0
-    # The run's model profile as the recipe's `model:` declares it (a preset name or a mapping; read by
-    # the token-counting, packing and shard stages through pack.profile.resolve_profile).
-    profile: Any = None
+    # The run's model profile, typed (the recipe's `model:`); None: no run declares one (the default).
+    profile: RunProfile | None = None
 
 
 @dataclass

@@ -96,7 +96,7 @@ class PackWebdataset(StandardWebdatasetFactory[PackSample]):
         if pixel_values:
             from pack.trainer.pixels import ImageInputs
             from pack.trainer.video_pixels import VideoInputs
-            self._pixels, self._video_pixels = ImageInputs(model), VideoInputs(model)
+            self._pixels, self._video_pixels = ImageInputs(self.profile), VideoInputs(self.profile)
         # decoder: Energon passes its task encoder's image decoder; packs keep their original bytes.
         super().__init__(path, sample_type=sample_type, sample_loader=self._fields, part_filter=_every_part,
                          decoder=None, **kwargs)

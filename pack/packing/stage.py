@@ -9,6 +9,7 @@ lengths tie-broken by it).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from curate.base.global_data import stable_hash64
 from curate.base.partials import read_partials, write_partial
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
 from pack.packing.stats import PackStats
-from pack.profile import resolve_profile
+from pack.profile import run_profile
 from pack.tokens.stage import list_parts
 
 @register
@@ -45,8 +46,9 @@ class PackStage(Stage):
 
     @dataclass
     class Config:
-        context_length: int = field(default=4096, metadata={
-            "doc": "pack capacity in tokens; at most the model profile's context_length when it declares one"})
+        context_length: int | None = field(default=None, metadata={
+            "doc": "pack capacity in tokens; null: the recipe's model.context_length, the run's one declaration "
+                   "(this setting is its older spelling: a recipe that sets both must set the same number)"})
         overlong: Literal["reject", "truncate"] = field(default="reject", metadata={
             "doc": "samples longer than context_length: reject, or truncate their text (vision tokens are never cut; "
                    "a sample whose vision tokens alone do not fit is rejected as overlong_images)"})
@@ -65,12 +67,14 @@ class PackStage(Stage):
 
     def validate_config(self) -> None:
         c = self.config
-        if not isinstance(c.context_length, int) or c.context_length <= 0:
+        if c.context_length is not None and (not isinstance(c.context_length, int) or c.context_length <= 0):
             raise ValueError(f"context_length: must be a positive integer, got {c.context_length!r}")
-        model_length = resolve_profile(self.context, None).context_length
-        if model_length is not None and c.context_length > model_length:
-            raise ValueError(f"context_length: {c.context_length} is longer than the model profile's "
-                             f"context_length {model_length}")
+        declared = run_profile(self.context).context_length
+        if c.context_length is None:   # resolved once, here: every later read of the capacity sees the number
+            self.config = c = dataclasses.replace(c, context_length=declared)
+        elif self.context.profile is not None and c.context_length != declared:
+            raise ValueError(f"context_length: {c.context_length} differs from the model profile's context_length "
+                             f"{declared}; the pack length is declared once (model.context_length)")
         if c.overlong not in ("reject", "truncate"):
             raise ValueError(f"overlong: must be 'reject' or 'truncate', got {c.overlong!r}")
         if c.algorithm not in ("plan", "ffd"):

@@ -37,7 +37,7 @@ from pack.balance import plan as B
 from pack import packformat as F
 from pack.shards.dirswap import replace_dir, sibling_dir
 from pack.energon.meta import write_energon_metadata
-from pack.profile import resolve_profile
+from pack.profile import ModelProfile, run_profile
 from pack.shards.manifest import build_manifest, build_report
 from pack.shards import schedule as S
 from pack.shards import slots as T
@@ -71,8 +71,6 @@ class ShardsStage(Stage):
             "doc": "packs per rank per global step (gradient accumulation); a global step is dp_size x this"})
         alignment: int = field(default=128, metadata={
             "doc": "context_length must be a multiple of this (NPU/GPU kernel tiling)"})
-        context_length: int | None = field(default=None, metadata={
-            "doc": "pack length in tokens; null: the pack stage's context_length (they must agree)"})
         packs_per_shard: int = field(default=256, metadata={"doc": "packs per tar file"})
         leftover: Literal["drop", "carry_over", "pad_with_repeats"] = field(default="drop", metadata={
             "doc": "packs that cannot fill a last global step: drop (lowest fill, accounted), carry_over "
@@ -94,38 +92,24 @@ class ShardsStage(Stage):
             v = getattr(c, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        if c.context_length is not None:
-            if not isinstance(c.context_length, int) or c.context_length < 1:
-                raise ValueError(f"context_length: must be a positive integer or null, got {c.context_length!r}")
-        self.profile = resolve_profile(self.context, None)
+        self.profile = run_profile(self.context)
         if c.input_ids and self.profile.tokenizer is not None and not os.path.isdir(self.profile.tokenizer):
             raise ValueError(f"tokenizer: the model profile's tokenizer {self.profile.tokenizer!r} is not a directory")
-        if self.context.upstream or c.context_length is not None:
-            self.capacity()
+        self.capacity()
 
     def capacity(self) -> int:
-        """The pack length: this stage's context_length and the pack stage's, which must agree and be
-        a multiple of alignment."""
-        c = self.config
-        upstream = _upstream_setting(self.context.upstream, "pack", "context_length")
-        if upstream is not None and c.context_length is not None and int(upstream) != c.context_length:
-            raise ValueError(f"context_length: shards.context_length={c.context_length} differs from "
-                             f"pack.context_length={upstream}; packs are planned for the pack stage's length")
-        L = c.context_length if c.context_length is not None else upstream
-        if L is None:
-            raise ValueError("context_length: not set here and no pack stage before shards; set shards.context_length")
-        L = int(L)
-        if L % c.alignment:
-            which = "shards.context_length" if c.context_length is not None else "pack.context_length"
-            raise ValueError(f"context_length: {which}={L} is not a multiple of shards.alignment={c.alignment}; "
-                             f"use {-(-L // c.alignment) * c.alignment} or {L // c.alignment * c.alignment}")
+        """The pack length: the model profile's context_length (the pack stage planned for the same
+        one), a multiple of alignment."""
+        L, align = self.profile.context_length, self.config.alignment
+        if L % align:
+            raise ValueError(f"context_length: {L} (the model profile's) is not a multiple of shards.alignment={align}; "
+                             f"use {-(-L // align) * align} or {L // align * align}")
         return L
 
-    def _tokenizer_settings(self) -> tuple[str | None, dict[str, Any]]:
-        """(tokenizer spec, template fields) of the model profile; (None, {}) without input_ids."""
-        if not self.config.input_ids:
-            return None, {}
-        return self.profile.tokenizer or "builtin", self.profile.template_fields()
+    def input_identity(self) -> ModelProfile:
+        """The run's model profile decides grids, ids and the ViT cost balanced: a changed `model:`
+        re-writes the shards on resume (count_tokens re-runs too; this holds where a plugin counts)."""
+        return self.profile
 
     def output_root(self) -> str:
         if self.config.output_dir:
@@ -148,8 +132,8 @@ class ShardsStage(Stage):
                                shuffle_steps=c.shuffle_steps)
         carry = c.leftover == "carry_over"
         paths, shard_ranks = T.shard_layout(plan, len(plan.leftover), c.packs_per_shard, carry)
-        tok_spec, template = self._tokenizer_settings()
-        settings = WriterSettings(L, tok_spec, template, self.profile.to_dict())
+        settings = WriterSettings(self.profile, c.input_ids)
+        tok_spec = settings.tokenizer
         final = self.output_root()
         tmp = sibling_dir(final, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -189,13 +173,3 @@ class ShardsStage(Stage):
         self.report = build_report(c, shown, manifest, plan, costs)
         return decisions
 
-
-def _upstream_setting(upstream: Mapping[str, Mapping[str, Any]] | None, stage: str, name: str) -> Any:
-    """An earlier stage's setting; its Config default when the recipe ran that stage without setting it.
-    None when the stage did not run."""
-    if not upstream or stage not in upstream:
-        return None
-    if name in upstream[stage]:
-        return upstream[stage][name]
-    from curate.base import get
-    return getattr(get(stage).Config(), name, None)

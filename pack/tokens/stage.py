@@ -6,9 +6,7 @@ template. The `pack` stage that reads these lengths is in pack.packing.stage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +15,7 @@ import pyarrow.compute as pc
 from curate.base import records as R
 from curate.base import BatchResult, Resources, Stage, register
 from pack import tokens as T
-from pack.profile import resolve_profile
+from pack.profile import ModelProfile, run_profile
 
 
 # =============================================================================================
@@ -40,19 +38,19 @@ class CountTokensStage(Stage):
     resources = Resources(cpus=1, batch_size=16384, kind="task")
     summary_columns = ("num_tokens", "text_tokens")
 
-    @dataclass
-    class Config:
-        profile: str | dict[str, Any] | None = field(default=None, metadata={
-            "doc": "the model profile (pack.profile: a preset name such as qwen2-vl, qwen2.5-vl, open-qwen2vl, or "
-                   "{preset: ..., field: value}); null: the recipe's model:, else the default qwen2-vl"})
-
+    # No settings: the model profile (tokenizer, template, patching) is the run's, the recipe's `model:`.
     def validate_config(self) -> None:
-        self.profile = resolve_profile(self.context, self.config.profile)
+        self.profile = run_profile(self.context)
         p = self.profile
         if p.tokenizer is not None and not Path(p.tokenizer).is_dir():
             raise ValueError(f"tokenizer: directory {p.tokenizer!r} does not exist")
         self.template = T.Template(**p.template_fields())
         self.video = p.video_settings()
+
+    def input_identity(self) -> ModelProfile:
+        """The run's model profile is this stage's input beside its rows (no setting of its own): a
+        changed `model:` re-runs the counts, and everything after them, on resume."""
+        return self.profile
 
     def setup(self) -> None:
         self.tokenizer = T.load_tokenizer(self.profile.tokenizer)

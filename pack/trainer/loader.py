@@ -86,8 +86,8 @@ class PackedShards(_Base):  # type: ignore[misc]
         if pixel_values:
             from pack.trainer.pixels import ImageInputs
             from pack.trainer.video_pixels import VideoInputs
-            self._pixels = ImageInputs(self.manifest.get("model"))
-            self._video_pixels = VideoInputs(self.manifest.get("model"))
+            self._pixels = ImageInputs(self.profile)
+            self._video_pixels = VideoInputs(self.profile)
         dp = self.manifest["dp_size"]
         if world_size != dp:
             raise ValueError(f"world_size={world_size} but the shards were balanced for dp_size={dp}; "

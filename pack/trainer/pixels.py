@@ -12,14 +12,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pack import packformat as F
-from pack.profile import profile_from_mapping
+from pack.profile import ModelProfile
 
 
 class ImageInputs:
     """Callable: a pack's image entries (with ``bytes`` and ``grid_thw``) -> (pixel_values, grids)."""
 
-    def __init__(self, model: Mapping[str, Any] | None):
-        profile = profile_from_mapping(dict(model) if model else None)
+    def __init__(self, profile: ModelProfile):
         if profile.image_mode != "qwen2_vl":
             raise ValueError(f"pixel_values: the shards' model profile {profile.preset!r} has no dynamic-resolution "
                              "image processor (fixed tokens per image); decode image_bytes with your processor")

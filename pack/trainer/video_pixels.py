@@ -27,7 +27,7 @@ import numpy as np
 
 from pack import packformat as F
 from pack import tokens as T
-from pack.profile import profile_from_mapping
+from pack.profile import ModelProfile
 
 
 def sample_indices(total_frames: int, num_frames: int) -> list[int]:
@@ -61,8 +61,8 @@ class VideoInputs:
     """Callable: a pack's video entries (``bytes``, ``grid_thw``, header fields) -> (pixel_values_videos,
     video_grid_thw)."""
 
-    def __init__(self, model: Mapping[str, Any] | None):
-        self.profile = profile_from_mapping(dict(model) if model else None)
+    def __init__(self, profile: ModelProfile):
+        self.profile = profile
         if self.profile.image_mode != "qwen2_vl":
             raise ValueError(f"pixel_values: the shards' model profile {self.profile.preset!r} has no "
                              "dynamic-resolution video processor; decode the video bytes with your processor")
