@@ -28,7 +28,8 @@ import pyarrow as pa
 from curate.media import images as I
 from curate.cluster.columns import EMBEDDING, embedding_type
 from curate.embed.backends import build_embedder, embedding_dim
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.stages import sample_text, sub_batches
 from curate.base import BatchResult, Resources, Stage, register
@@ -161,16 +162,8 @@ class Embed(Stage):
 
     def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
         """Read + decode + resize one image (in a decode thread); a bad image becomes a Drop."""
-        from curate.scoring.base import decode_rgb
-        data = read_or_drop(ref, I.read_image_bytes)
-        if isinstance(data, Drop):
-            return data
-        try:
-            im = decode_rgb(data, self.embedder.transform, self.config.max_pixels)
-        except I.UnreadableImage as exc:
-            reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-            return Drop(reason, f"{exc.reason}: {exc.detail}")
-        return self.embedder.prepare_image(im)
+        im = read_decoded(ref, self.config.max_pixels, self.embedder.transform)
+        return im if isinstance(im, Drop) else self.embedder.prepare_image(im)
 
     def _embed_images(self, rows: list[int], refs: list[Any], vectors: np.ndarray, has: np.ndarray,
                       drops: list[Drop | None]) -> None:

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.filters.presets import TEXT_PRESETS, TextThresholds, preset_settings, thresholds_of
 from curate.base import BatchResult, Resources, Stage, register
 

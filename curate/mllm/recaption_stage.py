@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import pyarrow as pa
 
 from curate.base import records as R
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.mllm import prompts as P
 from curate.mllm.backend_base import DecodeSpec, GenerationRequest
 from curate.mllm.inputs import load_images

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from curate.base import records as R
 from curate.base import summary_sketch as K
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.mllm import prompts as P
 from curate.mllm.backend_base import DecodeSpec, Generation, GenerationRequest
 from curate.mllm.inputs import load_images, texts_to_judge

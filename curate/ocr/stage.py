@@ -34,12 +34,13 @@ from typing import Any, ClassVar, Literal, Mapping
 import pyarrow as pa
 
 from curate.media import images as I
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.base import summary_sketch as K
 from curate.ocr import columns as C
 from curate.ocr.engines import BUILTIN_ENGINES, engine_factory
 from curate.ocr.matching import MatchSettings
-from curate.ocr.reading import Reading, decode_or_drop, read_image
+from curate.ocr.reading import Reading, read_image
 from curate.base import BatchResult, Resources, Stage, register
 
 OCR_PROMPT = "<image>\nRead all the text in the image and give the quadrilateral of each line."
@@ -157,10 +158,7 @@ class OcrIntersection(Stage):
 
     def _read(self, ref: Mapping[str, Any]) -> Reading | Drop:
         c = self.config
-        data = read_or_drop(ref, I.read_image_bytes)
-        if isinstance(data, Drop):
-            return data
-        image = decode_or_drop(data, c.max_pixels)
+        image = read_decoded(ref, c.max_pixels)
         if isinstance(image, Drop):
             return image
         return read_image(image, self.engines, self.match_settings, timeout_s=c.timeout_s,

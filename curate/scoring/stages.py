@@ -42,7 +42,8 @@ import pyarrow as pa
 from curate.media import images as I
 from curate.base import records as R
 from curate.base import summary_sketch as K
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
 from curate.base import BatchResult, Resources, Stage, register
@@ -261,16 +262,8 @@ class ClipScore(Stage):
 
     def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
         """Read + decode + resize one image (runs in a decode thread)."""
-        from curate.scoring.base import decode_rgb
-        data = read_or_drop(ref, I.read_image_bytes)
-        if isinstance(data, Drop):
-            return data
-        try:
-            im = decode_rgb(data, self.scorer.transform, self.config.max_pixels)
-        except I.UnreadableImage as exc:
-            reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-            return Drop(reason, f"{exc.reason}: {exc.detail}")
-        return self.scorer.prepare_image(im)
+        im = read_decoded(ref, self.config.max_pixels, self.scorer.transform)
+        return im if isinstance(im, Drop) else self.scorer.prepare_image(im)
 
     def _score_rows(self, rows: list[int], refs: list[Any], texts: list[str | None]
                     ) -> tuple[dict[int, list[float]], dict[int, str], list[Drop | None]]:
