@@ -84,7 +84,7 @@ def test_big_finite_floats_pass():
 # --- streamed JSON arrays and lines ---------------------------------------------------------------
 import io  # noqa: E402
 
-from curate import json_reader as J  # noqa: E402
+from curate.readers import jsonl as J  # noqa: E402
 from curate.readers.sources import BadSample as _Bad  # noqa: E402
 
 records = st.lists(st.dictionaries(st.sampled_from(["id", "a", "b"]), json_values, max_size=3), max_size=6)

@@ -148,3 +148,23 @@ def test_register_refuses_a_second_class_under_the_same_name():
                 name = "test_dup_name"
     finally:
         unregister("test_dup_name")
+
+
+def test_one_bad_sample_for_readers_and_stages_and_its_status_is_kept():
+    from curate.readers import sources
+    from curate.media.video import video_ref_from_bytes
+    assert sources.BadSample is BadSample
+    with pytest.raises(BadSample) as err:               # media code raises the same class a stage may raise
+        video_ref_from_bytes(b"not a video", "x.mp4", None, 0)
+    assert err.value.status == R.QUARANTINED and err.value.reason.startswith("video:")
+
+    class RejectsShort(Stage):
+        name = "test_rejects_short"
+
+        def process_batch(self, batch):
+            if any(len(t) < 3 for t in batch.column("text").to_pylist()):
+                raise BadSample("text:short", "planted", R.REJECTED)
+            return BatchResult.keep_all(batch)
+
+    result = RejectsShort().run(table(["hello", "hi", "world"]), batch_size=3)
+    assert [(r["text"], r[R.STATUS], r[R.REASON]) for r in result.dropped.to_pylist()] == [("hi", R.REJECTED, "text:short")]

@@ -39,13 +39,17 @@ ALL_COLUMNS = ("*",)
 
 class BadSample(Exception):
     """This sample's input is unusable (corrupt or unreadable bytes, a decoder's error on them, a field
-    of the wrong type). Raised inside ``process_batch``, it quarantines the rows that raise it with
-    ``reason``; it is the only exception the executors treat as data rather than as a bug."""
+    of the wrong type): the one exception treated as data rather than as a bug. Raised inside
+    ``process_batch``, the rows that raise it are dropped with ``reason`` and ``status`` —
+    quarantined by default (the bytes may be fine, their storage or encoding was not); the readers
+    raise it with ``status=rejected`` for records whose content breaks a rule (invalid JSON, a
+    placeholder mismatch) and turn it into a bad row of the source."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", status: str = R.QUARANTINED):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.status = status
 
 
 @dataclass(frozen=True)
