@@ -140,9 +140,6 @@ class JoinAnnotations(Stage):
             raise ValueError("path: the annotation file is required")
         if not (c.match in ("key", "original_key") or (c.match.startswith("meta.") and len(c.match) > 5)):
             raise ValueError(f"match: must be key, original_key or meta.FIELD, got {c.match!r}")
-        bad = {k: v for k, v in c.columns.items() if v not in TYPES}
-        if bad:
-            raise ValueError(f"columns: unknown type(s) {bad}; use {sorted(TYPES)}")
         self.conditions = [parse_condition(t) for t in c.keep_if]
         # A condition may test a column an earlier stage added (e.g. the union of a DFN id list joined
         # here with MLM-Filter scores joined before): it becomes a required column, checked by the recipe.

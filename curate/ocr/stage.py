@@ -115,8 +115,6 @@ class OcrIntersection(Stage):
                 raise ValueError(f"{name}: must be >= 32, got {getattr(c, name)}")
         if not c.timeout_s > 0:
             raise ValueError(f"timeout_s: must be > 0, got {c.timeout_s}")
-        if c.text_from not in ("first", "second") or c.grounding_output not in ("column", "conversation"):
-            raise ValueError("text_from: first|second; grounding_output: column|conversation")
         if unknown := set(c.engine_options) - set(c.engines):
             raise ValueError(f"engine_options: options for engines not in use: {sorted(unknown)}")
 

@@ -48,7 +48,6 @@ from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
 from curate.base import BatchResult, Resources, Stage, register
 
-BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
 SCORE = "clip_score"
 PERCENTILES = (5, 25, 50, 75, 95)
 OVERALL = "\x00overall"   # the summary group over every source (no source name holds a NUL)
@@ -171,8 +170,6 @@ class ClipScore(Stage):
     # --- configuration ------------------------------------------------------------------------
     def validate_config(self) -> None:
         c = self.config
-        if c.backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {c.backend!r}")
         if c.backend in ("hf_clip", "hf_siglip", "open_clip") and not c.model_path:
             raise ValueError(f"model_path: required for backend {c.backend} (a local "
                              f"{'checkpoint file' if c.backend == 'open_clip' else 'model directory'})")
@@ -191,12 +188,6 @@ class ClipScore(Stage):
             raise ValueError(f"label_top_k: must be in 1..1000, got {c.label_top_k}")
         if c.device.split(":", 1)[0] not in DEVICE_CHOICES:
             raise ValueError(f"device: expected one of {DEVICE_CHOICES}, got {c.device!r}")
-        if c.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype: expected auto, float32, float16 or bfloat16, got {c.dtype!r}")
-        if c.image_reduce not in ("mean", "max", "min"):
-            raise ValueError(f"image_reduce: expected mean, max or min, got {c.image_reduce!r}")
-        if c.conversation_text not in ("first_answer", "first_exchange"):
-            raise ValueError(f"conversation_text: expected first_answer or first_exchange, got {c.conversation_text!r}")
         if c.gpus_per_actor is not None and c.gpus_per_actor < 0:
             raise ValueError(f"gpus_per_actor: must be >= 0, got {c.gpus_per_actor}")
         for name in ("actors", "cpu_threads", "decode_threads"):
