@@ -3,9 +3,10 @@
 MLM-Filter scores one image against one caption; a sample with several images is judged by its
 first (the one its caption most often describes). Failures are per sample and named, never a
 batch failure: the image is read and decoded by ``curate.media.decode.read_decoded`` (unfetchable
-bytes quarantine the sample as ``image:unreadable:*``, undecodable ones reject it as ``image:corrupt``
-or ``image:too_large_to_decode``, as in every model stage), and an image whose aspect ratio no Qwen2-VL-style processor accepts
-(over 200, the limit in its ``smart_resize``) is rejected as ``image:unsupported_by_model``.
+bytes quarantine the sample as ``image:unreadable:*``, undecodable ones reject it as
+``image:corrupt`` or ``image:too_large_to_decode``, as in every model stage), and an image whose
+aspect ratio no Qwen2-VL-style processor accepts (over 200, the limit in its ``smart_resize``) is
+rejected as ``image:unsupported_by_model``.
 JPEGs are decoded at the smallest DCT scale that still gives the engine twice the pixels it keeps.
 """
 from __future__ import annotations

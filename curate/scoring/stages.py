@@ -26,8 +26,9 @@ Which text and which images:
   null ``clip_score`` and is never rejected by this stage.
 
 Images that cannot be fetched are quarantined (``image:unreadable:<code>``), images that do not
-decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``) — the same reasons
-``image_filter`` uses, for pipelines that run this stage without it.
+decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``), by ``curate.media.decode``
+like every model stage — the same reasons ``image_filter`` uses, for pipelines that run this stage
+without it.
 """
 from __future__ import annotations
 
