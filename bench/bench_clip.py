@@ -122,7 +122,7 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
 
 def bench_one(label: str, stage: Any, table: Any, repeats: int) -> dict[str, Any]:
     from curate.media.images import read_image_bytes
-    from curate.scoring.base import decode_rgb
+    from curate.media.decode import decode_rgb
     scorer = stage.scorer
     refs = [r[0] for r in table.column("images").to_pylist()]
     texts = table.column("text").to_pylist()

@@ -88,7 +88,7 @@ def embed_row(table: Any, device: str, threads: int, bs: int) -> list[Any]:
     import torch
     from curate import base as S
     from curate.media.images import read_image_bytes
-    from curate.scoring.base import decode_rgb
+    from curate.media.decode import decode_rgb
     n = table.num_rows
     stage = S.build("embed", {"modality": "image", "batch_size": bs, "device": device, "cpu_threads": threads,
                               "decode_threads": threads})

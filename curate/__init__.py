@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from curate.base import BatchResult, FilterStage, Resources, Stage, StageContext, register  # noqa: F401
+from curate.base import BatchResult, Drop, Resources, Stage, StageContext, register, split_drops  # noqa: F401
 from curate.base import build as build_stage  # noqa: F401
 from curate.base import get as get_stage  # noqa: F401
 from curate.base import registry as stages  # noqa: F401

@@ -18,7 +18,8 @@ from curate.base import records as R
 from curate import base as S
 from curate.scoring import device as D
 from curate.scoring import stages as ST
-from curate.scoring.base import ImageTransform, decode_rgb
+from curate.media.decode import decode_rgb
+from curate.scoring.base import ImageTransform
 from curate.scoring.clip_hf import HFClipScorer
 from curate.scoring.clip_openclip import UNAVAILABLE_REASON
 from curate.scoring.clip_openclip import available as open_clip_available

@@ -84,7 +84,7 @@ def test_offline_image_embeddings_are_unit_lite0_penultimate_features(image_resu
 
 def test_penultimate_features_are_what_the_classifier_head_reads(photo_table):
     from curate.embed.backends import Lite0ImageEmbedder
-    from curate.scoring.base import decode_rgb
+    from curate.media.decode import decode_rgb
     from curate.media.images import read_image_bytes
     emb = Lite0ImageEmbedder()
     ref = photo_table.column("images")[0].as_py()[0]
@@ -132,7 +132,7 @@ def test_hf_clip_and_siglip_embeddings_are_the_scorers_vectors(photo_table, tiny
         assert (img.dim, txt.dim) == dims
         got = vectors(img.run(table))
         scorer = HFClipScorer(path, kind)
-        from curate.scoring.base import decode_rgb
+        from curate.media.decode import decode_rgb
         from curate.media.images import read_image_bytes
         ref = table.column("images")[1].as_py()[0]
         want = scorer.encode_images([scorer.prepare_image(decode_rgb(read_image_bytes(ref), scorer.transform))])
@@ -168,7 +168,7 @@ def test_open_clip_embeddings_are_the_models_own_vectors(photo_table, tmp_path):
     assert set(images) == set(texts) == set(PHOTOS)
     tokenizer = open_clip.get_tokenizer("mmcurate-tiny-embed")
     from curate.media.images import read_image_bytes
-    from curate.scoring.base import decode_rgb
+    from curate.media.decode import decode_rgb
     from curate.scoring.clip_openclip import OpenClipScorer
     # the pixels the stage feeds: a JPEG decoded at the smallest DCT scale covering the model input
     draft_to = OpenClipScorer("mmcurate-tiny-embed", tmp_path / "tiny.pt", "cpu").transform

@@ -95,16 +95,17 @@ def test_every_bundled_recipe_validates():
 def test_plugins_register_custom_stages(tmp_path, monkeypatch):
     (tmp_path / "my_stages.py").write_text(
         "from dataclasses import dataclass\n"
-        "from curate.base import FilterStage, register\n"
+        "from curate.base import Drop, Stage, register, split_drops\n"
         "@register\n"
-        "class Short(FilterStage):\n"
+        "class Short(Stage):\n"
         "    name = 'only_short_captions'\n"
         "    requires = ('text',)\n"
         "    @dataclass\n"
         "    class Config:\n"
         "        max_chars: int = 10\n"
-        "    def keep(self, row):\n"
-        "        return len(row['text'] or '') <= self.config.max_chars, 'too_long'\n")
+        "    def process_batch(self, batch):\n"
+        "        return split_drops(batch, [None if len(t or '') <= self.config.max_chars else Drop('too_long')\n"
+        "                                   for t in batch.column('text').to_pylist()])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     text = GOOD.replace("stages: []", "plugins: [my_stages]\nstages: [{name: only_short_captions, settings: {max_chars: 5}}]")
     try:

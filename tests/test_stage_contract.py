@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from curate.base import records as R
-from curate.base import BadSample, BatchResult, FilterStage, Stage, StageContext, build, register, unregister
+from curate.base import BadSample, BatchResult, Drop, Stage, StageContext, build, register, split_drops, unregister
 from curate.base.inline import AccountingError, StageError, apply_batch, with_bookkeeping
 
 
@@ -16,29 +16,43 @@ def table(texts):
     return R.rows_to_table(rows)
 
 
-class LengthFilter(FilterStage):
+class LengthFilter(Stage):
+    """A plugin-sized filter: one ``Drop`` or None per row, ``split_drops`` for the result."""
     name = "test_length"
 
-    def keep(self, row):
-        t = row["text"]
+    def verdict(self, t):
         if t == "boom":
             raise RuntimeError("model exploded")
         if t == "corrupt":
             raise BadSample("text:corrupt", "planted")
+        if t == "unreachable":
+            return Drop("text:unreachable", "planted", R.QUARANTINED)
         if len(t) < 3:
-            return False, "too_short", f"{len(t)} chars"
-        if t == "plain-false":
-            return False
-        return True
+            return Drop("too_short", f"{len(t)} chars")
+        if t == "no-detail":
+            return Drop("test_length")
+        return None
+
+    def process_batch(self, batch):
+        return split_drops(batch, [self.verdict(t) for t in batch.column("text").to_pylist()])
 
 
-def test_filter_verdict_forms_and_bad_sample_quarantine():
-    result = LengthFilter().run(table(["hello", "hi", "corrupt", "plain-false", "world"]), batch_size=5)
+def test_drop_forms_and_bad_sample_quarantine():
+    result = LengthFilter().run(table(["hello", "hi", "corrupt", "no-detail", "unreachable", "world"]), batch_size=6)
     assert sorted(result.kept.column("text").to_pylist()) == ["hello", "world"]
     dropped = {r["text"]: (r[R.STATUS], r[R.REASON], r[R.DETAIL]) for r in result.dropped.to_pylist()}
     assert dropped["hi"] == ("rejected", "too_short", "2 chars")
-    assert dropped["plain-false"][:2] == ("rejected", "test_length")
+    assert dropped["no-detail"] == ("rejected", "test_length", None)
+    assert dropped["unreachable"] == ("quarantined", "text:unreachable", "planted")
     assert dropped["corrupt"] == ("quarantined", "text:corrupt", "planted")
+
+
+def test_split_drops_refuses_a_wrong_count_or_status():
+    t = table(["a", "b"])
+    with pytest.raises(ValueError, match="1 verdicts for 2 rows"):
+        split_drops(t, [None])
+    with pytest.raises(ValueError, match="unknown status"):
+        split_drops(t, [None, Drop("x", status="kept")])
 
 
 def test_a_bug_fails_the_run_naming_stage_and_row():
@@ -134,3 +148,23 @@ def test_register_refuses_a_second_class_under_the_same_name():
                 name = "test_dup_name"
     finally:
         unregister("test_dup_name")
+
+
+def test_one_bad_sample_for_readers_and_stages_and_its_status_is_kept():
+    from curate.readers import sources
+    from curate.media.video import video_ref_from_bytes
+    assert sources.BadSample is BadSample
+    with pytest.raises(BadSample) as err:               # media code raises the same class a stage may raise
+        video_ref_from_bytes(b"not a video", "x.mp4", None, 0)
+    assert err.value.status == R.QUARANTINED and err.value.reason.startswith("video:")
+
+    class RejectsShort(Stage):
+        name = "test_rejects_short"
+
+        def process_batch(self, batch):
+            if any(len(t) < 3 for t in batch.column("text").to_pylist()):
+                raise BadSample("text:short", "planted", R.REJECTED)
+            return BatchResult.keep_all(batch)
+
+    result = RejectsShort().run(table(["hello", "hi", "world"]), batch_size=3)
+    assert [(r["text"], r[R.STATUS], r[R.REASON]) for r in result.dropped.to_pylist()] == [("hi", R.REJECTED, "text:short")]

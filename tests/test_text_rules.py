@@ -306,15 +306,18 @@ def test_literal_choices_are_checked_for_every_stage_naming_the_setting():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.sampled_from(["r1", "r2"])), min_size=0, max_size=20))
-def test_split_drops_equals_batch_result_split_for_one_status(reasons):
-    from curate.filters.common import Drop, split_drops
+@given(st.lists(st.one_of(st.none(), st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from([R.REJECTED, R.QUARANTINED]))),
+                min_size=0, max_size=20))
+def test_split_drops_partitions_rows_by_their_verdicts(verdicts):
+    from curate.base import Drop, split_drops
     table = R.rows_to_table([R.Sample(key=f"k{i}", source="s", category="caption", ordinal=i).to_row()
-                             for i in range(len(reasons))])
-    details = [None if r is None else f"d{i}" for i, r in enumerate(reasons)]
-    a = S.BatchResult.split(table, reasons, details)
-    b = split_drops(table, [None if r is None else Drop(r, d) for r, d in zip(reasons, details)])
-    assert a.kept.equals(b.kept) and a.dropped.to_pylist() == b.dropped.to_pylist()
+                             for i in range(len(verdicts))])
+    drops = [None if v is None else Drop(v[0], f"d{i}", v[1]) for i, v in enumerate(verdicts)]
+    res = split_drops(table, drops)
+    assert res.kept.column("key").to_pylist() == [f"k{i}" for i, v in enumerate(verdicts) if v is None]
+    want = [(f"k{i}", d.status, d.reason, d.detail) for status in (R.REJECTED, R.QUARANTINED)
+            for i, d in enumerate(drops) if d is not None and d.status == status]
+    assert [(r["key"], r[R.STATUS], r[R.REASON], r[R.DETAIL]) for r in res.dropped.to_pylist()] == want
 
 
 @settings(max_examples=300, deadline=None)

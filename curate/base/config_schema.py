@@ -71,4 +71,20 @@ def check_config(config: Any) -> None:
                            key=lambda e: list(map(str, e.absolute_path)))), None)
     if err is not None:
         where = ".".join(str(p) for p in err.absolute_path) or "settings"
+        if err.validator == "anyOf":   # jsonschema's "is not valid under any of the given schemas" names no choice
+            raise ValueError(f"{where}: {err.instance!r} is not {' or '.join(map(_describe, err.validator_value))}")
         raise ValueError(f"{where}: {err.message}")
+
+
+def _describe(schema: dict[str, Any]) -> str:
+    """A type schema in words, for error messages ("'all'", "a list of strings", "null")."""
+    if "enum" in schema:
+        choices = schema["enum"]
+        return repr(choices[0]) if len(choices) == 1 else f"one of {choices}"
+    kind = schema.get("type")
+    if kind == "array":
+        items = _describe(schema.get("items") or {})
+        return "a list" if items == "anything" else f"a list of {items.removeprefix('a ').removeprefix('an ')}s"
+    words = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+             "object": "a mapping", "null": "null"}
+    return words.get(kind, "anything")

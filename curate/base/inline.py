@@ -48,9 +48,9 @@ def _conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
     """Run process_batch on the kept rows of `batch`; return kept + dropped rows in the output schema.
 
-    A ``BadSample`` raised by the stage quarantines the rows that raise it (found by retrying the batch
-    row by row). Any other exception is a bug in the stage and fails the run, naming the stage and the
-    first row of the batch — unless the recipe tolerates errors (``max_error_fraction`` > 0): then the
+    A ``BadSample`` raised by the stage drops the rows that raise it (found by retrying the batch row
+    by row) with its status: quarantined unless it says rejected. Any other exception is a bug in the
+    stage and fails the run, naming the stage and the first row of the batch — unless the recipe tolerates errors (``max_error_fraction`` > 0): then the
     failing rows are quarantined as ``error:<Type>`` and the runner fails the stage past that fraction.
     """
     batch = only_kept(batch)
@@ -126,7 +126,7 @@ def _row_by_row(stage: Stage, batch: pa.Table, out_schema: pa.Schema) -> BatchRe
         try:
             res = stage.process_batch(row)
         except BadSample as bad:
-            dropped.append(_conform_loose(set_status(row, R.QUARANTINED, bad.reason, bad.detail or None), out_schema))
+            dropped.append(_conform_loose(set_status(row, bad.status, bad.reason, bad.detail or None), out_schema))
             continue
         except Exception as exc:  # noqa: BLE001
             if not stage.context.max_error_fraction:

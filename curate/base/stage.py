@@ -18,7 +18,9 @@ tiny function ``filter(doc) -> bool | (bool, reason)``. Here:
 * Bad input is not a bug: stage code raises ``BadSample`` (or returns a dropped row) for a sample
   whose bytes or fields are unusable, and that row alone is quarantined. Any other exception is a bug
   and fails the run, naming the stage, the batch and the first row.
-* ``FilterStage`` is the DataTrove-sized version: implement ``keep(row)`` or ``keep_batch(table)``.
+* Rows are dropped one way: a ``Drop`` (reason, detail, status) or None per row, turned into the
+  ``BatchResult`` by ``split_drops`` (``curate.base.drops``) — DataTrove's per-row verdict, with the
+  detail a rejects manifest needs.
 
 Stages are plain classes: ``stage.run(table)`` runs one in a notebook without Ray.
 """
@@ -30,24 +32,24 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.base import records as R
 
 ALL_COLUMNS = ("*",)
 
-Verdict = bool | tuple[bool, str] | tuple[bool, str, str]
-
-
 class BadSample(Exception):
     """This sample's input is unusable (corrupt or unreadable bytes, a decoder's error on them, a field
-    of the wrong type). Raised inside ``process_batch``, it quarantines the rows that raise it with
-    ``reason``; it is the only exception the executors treat as data rather than as a bug."""
+    of the wrong type): the one exception treated as data rather than as a bug. Raised inside
+    ``process_batch``, the rows that raise it are dropped with ``reason`` and ``status`` —
+    quarantined by default (the bytes may be fine, their storage or encoding was not); the readers
+    raise it with ``status=rejected`` for records whose content breaks a rule (invalid JSON, a
+    placeholder mismatch) and turn it into a bad row of the source."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", status: str = R.QUARANTINED):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -96,21 +98,6 @@ class BatchResult:
     @property
     def num_rows(self) -> int:
         return self.kept.num_rows + self.dropped.num_rows
-
-    @staticmethod
-    def split(table: pa.Table, reasons: Sequence[str | None], details: Sequence[str | None] | None = None,
-              status: str = R.REJECTED) -> "BatchResult":
-        """Rows whose reason is None are kept; the others are dropped with that reason and `status`."""
-        if len(reasons) != table.num_rows:
-            raise ValueError(f"{len(reasons)} verdicts for {table.num_rows} rows")
-        drop_mask = pa.array([r is not None for r in reasons], type=pa.bool_())
-        kept = table.filter(pc.invert(drop_mask))
-        idx = [i for i, r in enumerate(reasons) if r is not None]
-        dropped = table.take(pa.array(idx, type=pa.int64()))
-        if idx:
-            dropped = set_status(dropped, status, [reasons[i] for i in idx],
-                                 [details[i] for i in idx] if details is not None else None)
-        return BatchResult(kept, dropped)
 
     @staticmethod
     def keep_all(table: pa.Table) -> "BatchResult":
@@ -265,35 +252,6 @@ class Stage:
             idx = schema.get_field_index(col)
             schema = schema.set(idx, pa.field(col, typ)) if idx >= 0 else schema.append(pa.field(col, typ))
         return schema
-
-
-class FilterStage(Stage):
-    """DataTrove-sized contract: decide per row with ``keep(row) -> bool | (bool, reason[, detail])``,
-    or vectorised with ``keep_batch(table) -> list[verdict]``. A False without reason uses the stage name."""
-
-    def keep(self, row: Mapping[str, Any]) -> Verdict:
-        raise NotImplementedError
-
-    def keep_batch(self, table: pa.Table) -> list[Verdict]:
-        return [self.keep(row) for row in table.to_pylist()]
-
-    def process_batch(self, batch: pa.Table) -> BatchResult:
-        reasons: list[str | None] = []
-        details: list[str | None] = []
-        for verdict in self.keep_batch(batch):
-            ok, reason, detail = normalize_verdict(verdict, self.name)
-            reasons.append(None if ok else reason)
-            details.append(None if ok else detail)
-        return BatchResult.split(batch, reasons, details)
-
-
-def normalize_verdict(verdict: Verdict, default_reason: str) -> tuple[bool, str | None, str | None]:
-    if isinstance(verdict, tuple):
-        ok = bool(verdict[0])
-        reason = verdict[1] if len(verdict) > 1 else default_reason
-        detail = verdict[2] if len(verdict) > 2 else None
-        return ok, (reason or default_reason), detail
-    return bool(verdict), default_reason, None
 
 
 def error_detail(exc: BaseException) -> str:

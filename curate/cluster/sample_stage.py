@@ -76,10 +76,6 @@ class ClusterSample(Stage):
             raise ValueError(f"fraction: must be in (0, max_repeat], got {c.fraction}")
         if c.count is not None and int(c.count) < 0:
             raise ValueError(f"count: must be >= 0, got {c.count}")
-        if c.unit not in ("samples", "tokens"):
-            raise ValueError(f"unit: expected samples or tokens, got {c.unit!r}")
-        if c.within_leaf not in ("random", "closest", "farthest"):
-            raise ValueError(f"within_leaf: expected random, closest or farthest, got {c.within_leaf!r}")
         if int(c.max_repeat) < 1:
             raise ValueError(f"max_repeat: must be >= 1, got {c.max_repeat}")
         for name in ("alpha", "beta"):

@@ -76,8 +76,6 @@ class SemanticDedup(Stage):
         c = self.config
         if not 0.0 <= float(c.eps) < 1.0:
             raise ValueError(f"eps: must be in [0, 1), got {c.eps}")
-        if c.survivor not in ("hard", "easy", "quality"):
-            raise ValueError(f"survivor: expected hard, easy or quality, got {c.survivor!r}")
         if c.survivor == "quality" and not c.quality_column:
             raise ValueError("quality_column: required when survivor is quality")
         if c.report_groups < 0:

@@ -20,7 +20,7 @@ from curate.dedup import normalize as N
 from curate.dedup import phash as P
 from curate.dedup.reference import SortedIndex, text_units
 from curate.dedup.sample_bytes import read_rows, thumbnails
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.base import BatchResult, Resources, Stage, register
 
 

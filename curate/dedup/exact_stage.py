@@ -16,7 +16,7 @@ from curate.base import records as R
 from curate.dedup import normalize as N
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
 from curate.dedup.sample_bytes import image_digests
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.base import BatchResult, Resources, register
 
 

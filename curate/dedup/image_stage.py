@@ -28,7 +28,7 @@ from curate.dedup import normalize as N
 from curate.dedup import phash as P
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
 from curate.dedup.sample_bytes import hashed_rows
-from curate.filters.common import split_drops
+from curate.base import split_drops
 from curate.base import BatchResult, Resources, register
 
 

@@ -2,8 +2,8 @@
 reading them at all, where ``image_filter`` already did and carried what they need (``image_facts``).
 
 Storage failures (missing file, short read) quarantine the row, as everywhere in curate
-(``read_or_drop``); bytes that do not decode are rejected as ``image:corrupt`` with the decoder's
-message, like the image filter does.
+(``curate.media.decode.read_or_drop``); bytes that do not decode are rejected as ``image:corrupt`` or
+``image:too_large_to_decode`` with the decoder's message (``decode_drop``), as in every model stage.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from curate.media import image_facts as F
 from curate.media import images as I
-from curate.filters.common import Drop, read_or_drop
+from curate.base import Drop
+from curate.media.decode import decode_drop, read_or_drop
 
 Reader = Callable[[Mapping[str, Any]], bytes]
 
@@ -51,8 +52,7 @@ def thumbnails(rows: list[list[bytes] | Drop]) -> tuple[list[list[np.ndarray] | 
             thumbs.append([F.thumbnail(data) for data in row])
             drops.append(None)
         except I.UnreadableImage as exc:
-            drop = Drop("image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt",
-                        f"{exc.reason}: {exc.detail}")
+            drop = decode_drop(exc)
             thumbs.append(drop)
             drops.append(drop)
     return thumbs, drops

@@ -28,12 +28,11 @@ import pyarrow as pa
 from curate.media import images as I
 from curate.cluster.columns import EMBEDDING, embedding_type
 from curate.embed.backends import build_embedder, embedding_dim
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.stages import sample_text, sub_batches
 from curate.base import BatchResult, Resources, Stage, register
-
-BACKENDS = ("offline", "hf_clip", "hf_siglip", "open_clip")
 
 
 @register
@@ -82,16 +81,10 @@ class Embed(Stage):
 
     def validate_config(self) -> None:
         c = self.config
-        if c.modality not in ("image", "text"):
-            raise ValueError(f"modality: expected image or text, got {c.modality!r}")
-        if c.backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {c.backend!r}")
         if c.backend != "offline" and not c.model_path:
             raise ValueError(f"model_path: required for backend {c.backend}")
         if c.backend == "open_clip" and not c.model_name:
             raise ValueError("model_name: required for backend open_clip (e.g. ViT-B-32)")
-        if c.store_dtype not in ("float16", "float32"):
-            raise ValueError(f"store_dtype: expected float16 or float32, got {c.store_dtype!r}")
         if c.device.split(":", 1)[0] not in DEVICE_CHOICES:
             raise ValueError(f"device: expected one of {DEVICE_CHOICES}, got {c.device!r}")
         for name in ("batch_size", "max_pixels"):
@@ -161,16 +154,8 @@ class Embed(Stage):
 
     def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
         """Read + decode + resize one image (in a decode thread); a bad image becomes a Drop."""
-        from curate.scoring.base import decode_rgb
-        data = read_or_drop(ref, I.read_image_bytes)
-        if isinstance(data, Drop):
-            return data
-        try:
-            im = decode_rgb(data, self.embedder.transform, self.config.max_pixels)
-        except I.UnreadableImage as exc:
-            reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-            return Drop(reason, f"{exc.reason}: {exc.detail}")
-        return self.embedder.prepare_image(im)
+        im = read_decoded(ref, self.config.max_pixels, self.embedder.transform)
+        return im if isinstance(im, Drop) else self.embedder.prepare_image(im)
 
     def _embed_images(self, rows: list[int], refs: list[Any], vectors: np.ndarray, has: np.ndarray,
                       drops: list[Drop | None]) -> None:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.base import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Drop, Resources, Stage, register, split_drops
 
 TYPES: dict[str, pa.DataType] = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "string": pa.string()}
 OPS: dict[str, Callable[[Any, Any], bool]] = {">=": operator.ge, ">": operator.gt, "<=": operator.le,
@@ -140,9 +140,6 @@ class JoinAnnotations(Stage):
             raise ValueError("path: the annotation file is required")
         if not (c.match in ("key", "original_key") or (c.match.startswith("meta.") and len(c.match) > 5)):
             raise ValueError(f"match: must be key, original_key or meta.FIELD, got {c.match!r}")
-        bad = {k: v for k, v in c.columns.items() if v not in TYPES}
-        if bad:
-            raise ValueError(f"columns: unknown type(s) {bad}; use {sorted(TYPES)}")
         self.conditions = [parse_condition(t) for t in c.keep_if]
         # A condition may test a column an earlier stage added (e.g. the union of a DFN id list joined
         # here with MLM-Filter scores joined before): it becomes a required column, checked by the recipe.
@@ -168,15 +165,13 @@ class JoinAnnotations(Stage):
                 out = out.append_column(name, pc.if_else(pa.array(in_scope), joined, pa.nulls(len(joined), typ)))
         matched = pc.is_valid(pos).to_pylist()
         values = {name: out.column(name).to_pylist() for name in {x.column for x in self.conditions}}
-        reasons: list[str | None] = []
-        details: list[str | None] = []
+        drops: list[Drop | None] = []
         for i in range(batch.num_rows):
             why = None
             if in_scope[i] and self.conditions and not (c.missing == "keep" and not matched[i]):
                 why = self._verdict({k: v[i] for k, v in values.items()}, matched[i])
-            reasons.append(why[0] if why else None)
-            details.append(why[1] if why else None)
-        return BatchResult.split(out, reasons, details)
+            drops.append(Drop(why[0], why[1]) if why else None)
+        return split_drops(out, drops)
 
     def _verdict(self, row: dict[str, Any], matched: bool) -> tuple[str, str] | None:
         results = [x.holds(row[x.column]) for x in self.conditions]

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from curate.media import images as I
-from curate.filters.common import Drop
+from curate.base import Drop
 from curate.media.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
 from curate.filters.presets import ImageThresholds
 from curate.media.image_facts import THUMB_DRAFT, grey_thumbnail

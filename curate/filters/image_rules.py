@@ -56,7 +56,8 @@ import numpy as np
 import pyarrow as pa
 
 from curate.media import images as I
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_or_drop
 from curate.filters.image_pixels import decode_checks, max_channel_std
 from curate.media.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.filters.presets import TEXT_PRESETS, TextThresholds, preset_settings, thresholds_of
 from curate.filters.text_lexicon import (GENERIC_OR_STOP, GENERIC_WORDS, SPAM_FIRST_WORDS, SPAM_RE,
                                          TAIL_LOOP_MAX_PERIOD, ngram_limits)

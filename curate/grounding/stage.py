@@ -32,7 +32,7 @@ from curate.base import summary_sketch as K
 from curate.grounding.negatives import NEGATIVE_ANSWER, NEGATIVE_PROMPT, make_negatives, negatives_for_ratio
 from curate.grounding.parse import validate
 from curate.grounding.problems import CODES, Problem
-from curate.base import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Drop, Resources, Stage, register, split_drops
 
 REASON_PREFIX = "grounding:"
 PROBLEM = "problem:"   # the summary counters of tolerated codes
@@ -82,15 +82,10 @@ class GroundingCheck(Stage):
 
     def validate_config(self) -> None:
         c = self.config
-        if c.reject_on != "all":
-            if isinstance(c.reject_on, str) or not isinstance(c.reject_on, list):
-                raise ValueError(f"reject_on must be 'all' or a list of codes, got {c.reject_on!r}")
+        if c.reject_on != "all":   # 'all' or a list of strings: check_config
             unknown = sorted(set(c.reject_on) - set(CODES))
             if unknown:
                 raise ValueError(f"reject_on: unknown problem code(s) {unknown}; known: {sorted(CODES)}")
-        if c.categories is not None and (not isinstance(c.categories, list)
-                                         or not all(isinstance(x, str) for x in c.categories)):
-            raise ValueError(f"categories must be a list of category names or null, got {c.categories!r}")
 
     def check_row(self, text: str | None, conversations: list[dict] | None,
                   images: Any = None) -> list[tuple[str, Problem]]:
@@ -112,8 +107,7 @@ class GroundingCheck(Stage):
         wanted = None if cats is None else set(cats)
         reject_all = self.config.reject_on == "all"
         rejecting = set() if reject_all else set(self.config.reject_on)
-        reasons: list[str | None] = []
-        details: list[str | None] = []
+        drops: list[Drop | None] = []
         codes_col: list[str | None] = []
         for cat, text, conv, images in zip(_column(batch, "category"), _column(batch, "text"),
                                            _column(batch, "conversations"), _column(batch, "images")):
@@ -121,10 +115,9 @@ class GroundingCheck(Stage):
             codes = list(dict.fromkeys(p.code for _, p in found))
             codes_col.append(",".join(codes) if codes else None)
             first = next((p for _, p in found if reject_all or p.code in rejecting), None)
-            reasons.append(None if first is None else REASON_PREFIX + first.code)
-            details.append(None if first is None else "; ".join(f"{f}: {p}" for f, p in found)[:_DETAIL_MAX])
-        return BatchResult.split(_put_column(batch, "grounding_problems", pa.array(codes_col, type=pa.string())),
-                                 reasons, details)
+            drops.append(None if first is None else Drop(REASON_PREFIX + first.code,
+                                                         "; ".join(f"{f}: {p}" for f, p in found)[:_DETAIL_MAX]))
+        return split_drops(_put_column(batch, "grounding_problems", pa.array(codes_col, type=pa.string())), drops)
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
         """Per batch, the kept rows per tolerated problem code (exact counters)."""

@@ -25,7 +25,6 @@ grey output is the Y component, untouched), so the filter's one colour decode yi
 from __future__ import annotations
 
 import hashlib
-import io
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -65,16 +64,12 @@ def grey_thumbnail(im: Image.Image) -> np.ndarray:
 
 def thumbnail(data: bytes, max_pixels: int = I.MAX_DECODE_PIXELS) -> np.ndarray:
     """32x32 float32 grey thumbnail from a reduced decode of `data`. Raises UnreadableImage on bad bytes."""
+    im = I.open_image(data, max_pixels)   # the decode budget and the truncation checks of every decoder
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            im = Image.open(io.BytesIO(data))
-            if im.size[0] * im.size[1] > max_pixels:
-                raise I.UnreadableImage("too_large_to_decode", f"{im.size[0]}x{im.size[1]} > {max_pixels} pixels")
             im.draft("L", THUMB_DRAFT)   # JPEG only: decode at the smallest scale >= 128 px
             return grey_thumbnail(im)
-        except Image.DecompressionBombError as exc:
-            raise I.UnreadableImage("decompression_bomb", str(exc)) from None
         except (OSError, SyntaxError, ValueError) as exc:   # Pillow's errors for undecodable bytes
             raise I.UnreadableImage("corrupt_image", f"{type(exc).__name__}: {exc}") from None
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from curate.media import identity
 from curate.base import records as R
+from curate.base.stage import BadSample
 
 # Tar member / file suffixes read as videos (webdataset's convention: the extension names the kind).
 VIDEO_EXTENSIONS = ("mp4", "webm")
@@ -121,8 +122,7 @@ def probe_video(data: bytes) -> VideoHeader:
 
 def video_ref_from_bytes(data: bytes, uri: str, member: str | None, offset: int) -> dict:
     """The record's video reference: header fields plus the content hash the shard writer verifies.
-    Raises ``curate.readers.sources.BadSample`` (quarantined, ``video:<reason>``) for unreadable bytes."""
-    from curate.readers.sources import BadSample
+    Raises ``BadSample`` (quarantined, ``video:<reason>``) for unreadable bytes."""
     try:
         head = probe_video(data)
     except UnreadableVideo as exc:

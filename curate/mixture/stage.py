@@ -76,8 +76,6 @@ class MixtureStage(Stage):
         c = self.config
         if c.total is not None and (isinstance(c.total, bool) or not isinstance(c.total, int) or c.total <= 0):
             raise ValueError(f"total: must be a positive integer or null, got {c.total!r}")
-        if c.on_shortfall not in ("report", "fail"):
-            raise ValueError(f"on_shortfall: must be 'report' or 'fail', got {c.on_shortfall!r}")
         self.targets: Targets = build_targets(c.by, c.ratios, c.within, c.normalize, c.tolerance, c.max_repeat)
 
     def _weights(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:

@@ -2,10 +2,11 @@
 
 MLM-Filter scores one image against one caption; a sample with several images is judged by its
 first (the one its caption most often describes). Failures are per sample and named, never a
-batch failure: bytes that cannot be fetched quarantine the sample (``image:unreadable:*``, as
-``read_or_drop`` decides), bytes that do not decode reject it (``image:corrupt``,
-``image:too_large_to_decode``), and an image whose aspect ratio no Qwen2-VL-style processor accepts
-(over 200, the limit in its ``smart_resize``) is rejected as ``image:unsupported_by_model``.
+batch failure: the image is read and decoded by ``curate.media.decode.read_decoded`` (unfetchable
+bytes quarantine the sample as ``image:unreadable:*``, undecodable ones reject it as
+``image:corrupt`` or ``image:too_large_to_decode``, as in every model stage), and an image whose
+aspect ratio no Qwen2-VL-style processor accepts (over 200, the limit in its ``smart_resize``) is
+rejected as ``image:unsupported_by_model``.
 JPEGs are decoded at the smallest DCT scale that still gives the engine twice the pixels it keeps.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from curate.media import images as I
-from curate.filters.common import Drop, read_or_drop
+from curate.base import Drop
+from curate.media.decode import read_decoded
 
 MAX_ASPECT_RATIO = 200.0
 DRAFT_MARGIN = 2.0   # decode JPEGs to at least twice the pixels the model's processor keeps
@@ -24,7 +25,7 @@ DRAFT_MARGIN = 2.0   # decode JPEGs to at least twice the pixels the model's pro
 
 @dataclass(frozen=True)
 class DraftTarget:
-    """JPEG DCT-scaled decoding (``decode_rgb``'s ``draft_to``): the engine's image processor
+    """JPEG DCT-scaled decoding (``curate.media.decode``'s ``draft_to``): the engine's image processor
     downsamples every image to at most ``model_pixels`` anyway, so decoding a 4000x3000 JPEG at
     full size is wasted work; decoding to >= DRAFT_MARGIN x model_pixels keeps the processor's
     own resize in charge of the final pixels."""
@@ -40,15 +41,9 @@ class DraftTarget:
 
 def load_image(ref: Mapping[str, Any], max_pixels: int, max_side: int, model_pixels: int | None = None) -> Any:
     """Decoded RGB PIL image (longer side at most `max_side`), or the Drop that says why not."""
-    from curate.scoring.base import decode_rgb
-    data = read_or_drop(ref, I.read_image_bytes)
-    if isinstance(data, Drop):
-        return data
-    try:
-        im = decode_rgb(data, DraftTarget(model_pixels) if model_pixels else None, max_pixels)
-    except I.UnreadableImage as exc:
-        reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-        return Drop(reason, f"{exc.reason}: {exc.detail}")
+    im = read_decoded(ref, max_pixels, DraftTarget(model_pixels) if model_pixels else None)
+    if isinstance(im, Drop):
+        return im
     w, h = im.size
     aspect = max(w, h) / max(1, min(w, h))
     if aspect > MAX_ASPECT_RATIO:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import pyarrow as pa
 
 from curate.base import records as R
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.mllm import prompts as P
 from curate.mllm.backend_base import DecodeSpec, GenerationRequest
 from curate.mllm.inputs import load_images
@@ -77,8 +77,6 @@ class Recaption(Stage):
     def validate_config(self) -> None:
         c = self.config
         validate_engine_settings(c)
-        if c.relevance_column not in ("clip_score", "mllm_score"):
-            raise ValueError(f"relevance_column: expected clip_score or mllm_score, got {c.relevance_column!r}")
         if c.relevance_column == "mllm_score" and not 0 <= c.threshold <= 100:
             raise ValueError(f"threshold: mllm_score is 0-100, got {c.threshold}")
         if c.relevance_column == "clip_score" and not -1 <= c.threshold <= 1:
@@ -87,8 +85,6 @@ class Recaption(Stage):
             raise ValueError("prompt: must not be empty")
         if c.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be >= 1, got {c.max_new_tokens}")
-        if c.rescore_metric not in P.METRICS:
-            raise ValueError(f"rescore_metric: expected one of {list(P.METRICS)}, got {c.rescore_metric!r}")
 
     @property
     def version(self) -> str:

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from curate.base import records as R
 from curate.base import summary_sketch as K
-from curate.filters.common import Drop, split_drops
+from curate.base import Drop, split_drops
 from curate.mllm import prompts as P
 from curate.mllm.backend_base import DecodeSpec, Generation, GenerationRequest
 from curate.mllm.inputs import load_images, texts_to_judge
@@ -120,8 +120,6 @@ class MllmScore(Stage):
                 raise ValueError(f"thresholds: {metric} must be in [0, 100], got {value}")
         if c.top_fraction is not None and not 0.0 < float(c.top_fraction) <= 1.0:
             raise ValueError(f"top_fraction: must be in (0, 1], got {c.top_fraction}")
-        if c.decoding not in ("digits", "free"):
-            raise ValueError(f"decoding: expected digits or free, got {c.decoding!r}")
         if c.decoding == "digits" and c.max_new_tokens < MAX_SCORE_TOKENS:
             raise ValueError(f"max_new_tokens: digits decoding needs >= {MAX_SCORE_TOKENS} (for '100')")
         if c.max_new_tokens < 1:

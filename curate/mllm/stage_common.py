@@ -16,8 +16,6 @@ from curate.mllm.backends import build_backend
 from curate.scoring.device import DEVICE_CHOICES
 from curate.base import Resources
 
-BACKENDS = ("transformers", "vllm", "scripted")
-
 
 @dataclass
 class EngineSettings:
@@ -51,8 +49,6 @@ class EngineSettings:
 
 
 def validate_engine_settings(c: EngineSettings) -> None:
-    if c.backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {c.backend!r}")
     if c.backend != "scripted" and not c.model:
         raise ValueError(f"model: required for backend {c.backend} (a local model directory)")
     if c.backend != "scripted" and c.scripted:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from curate.base import summary_sketch as K
 
-from curate.filters.common import Drop
+from curate.base import Drop
 from curate.ocr.lines import grounding_text
 from curate.ocr.matching import Metrics
 from curate.ocr.reading import Reading, size_bucket

@@ -14,8 +14,6 @@ from typing import Sequence
 
 from PIL import Image
 
-from curate.media import images as I
-from curate.filters.common import Drop
 from curate.ocr.engines import EngineResult, OcrEngine, OcrLine, OcrWord, Quad
 from curate.ocr.lines import AgreedLine, agreed_lines
 from curate.ocr.matching import Agreement, MatchSettings, Metrics, agreement_metrics, match_words
@@ -51,17 +49,6 @@ def shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
     scale = side / max_side
     size = (max(1, round(image.size[0] / scale)), max(1, round(image.size[1] / scale)))
     return image.resize(size, Image.Resampling.LANCZOS), scale
-
-
-def decode_or_drop(data: bytes, max_pixels: int) -> Image.Image | Drop:
-    """RGB pixels, or the reject that says why the bytes are no image (same reasons as image_filter).
-    The header is probed first because Image.open itself raises on garbage."""
-    try:
-        I.probe(data)
-        return I.decode(data, "RGB", max_pixels)
-    except I.UnreadableImage as exc:
-        too_large = exc.reason in ("too_large_to_decode", "decompression_bomb")
-        return Drop("image:too_large_to_decode" if too_large else "image:corrupt", f"{exc.reason}: {exc.detail}")
 
 
 def _scale_quad(q: Quad, s: float) -> Quad:

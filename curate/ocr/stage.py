@@ -34,12 +34,13 @@ from typing import Any, ClassVar, Literal, Mapping
 import pyarrow as pa
 
 from curate.media import images as I
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.base import summary_sketch as K
 from curate.ocr import columns as C
 from curate.ocr.engines import BUILTIN_ENGINES, engine_factory
 from curate.ocr.matching import MatchSettings
-from curate.ocr.reading import Reading, decode_or_drop, read_image
+from curate.ocr.reading import Reading, read_image
 from curate.base import BatchResult, Resources, Stage, register
 
 OCR_PROMPT = "<image>\nRead all the text in the image and give the quadrilateral of each line."
@@ -114,8 +115,6 @@ class OcrIntersection(Stage):
                 raise ValueError(f"{name}: must be >= 32, got {getattr(c, name)}")
         if not c.timeout_s > 0:
             raise ValueError(f"timeout_s: must be > 0, got {c.timeout_s}")
-        if c.text_from not in ("first", "second") or c.grounding_output not in ("column", "conversation"):
-            raise ValueError("text_from: first|second; grounding_output: column|conversation")
         if unknown := set(c.engine_options) - set(c.engines):
             raise ValueError(f"engine_options: options for engines not in use: {sorted(unknown)}")
 
@@ -157,10 +156,7 @@ class OcrIntersection(Stage):
 
     def _read(self, ref: Mapping[str, Any]) -> Reading | Drop:
         c = self.config
-        data = read_or_drop(ref, I.read_image_bytes)
-        if isinstance(data, Drop):
-            return data
-        image = decode_or_drop(data, c.max_pixels)
+        image = read_decoded(ref, c.max_pixels)
         if isinstance(image, Drop):
             return image
         return read_image(image, self.engines, self.match_settings, timeout_s=c.timeout_s,

@@ -161,14 +161,14 @@ def _iter_lines(fh: Any, first_line: int = 0, stop: int | None = None) -> Iterat
             while line and not line.endswith(b"\n"):   # skip the rest of the oversized line
                 line = fh.readline(1 << 20)
                 pos += len(line)
-            yield lineno, BadSample("invalid_json_line", f"line longer than {MAX_RECORD_BYTES} bytes")
+            yield lineno, BadSample("invalid_json_line", f"line longer than {MAX_RECORD_BYTES} bytes", R.REJECTED)
             continue
         if not line.strip():
             continue
         try:
             yield lineno, strict_json(line)
         except (ValueError, UnicodeDecodeError) as exc:
-            yield lineno, BadSample("invalid_json_line", str(exc))
+            yield lineno, BadSample("invalid_json_line", str(exc), R.REJECTED)
 
 
 class _CharStream:
@@ -230,7 +230,7 @@ def _iter_array(fh: Any) -> Iterator[tuple[int, Any]]:
             try:
                 yield index, _check(value)
             except ValueError as exc:
-                yield index, BadSample("invalid_json_record", str(exc))
+                yield index, BadSample("invalid_json_record", str(exc), R.REJECTED)
             index += 1
             c = stream.next_char()
             if c == "]":
@@ -246,15 +246,15 @@ def _iter_array(fh: Any) -> Iterator[tuple[int, Any]]:
 
 def normalize_conversations(turns: Any) -> list[dict]:
     if not isinstance(turns, list) or not turns:
-        raise BadSample("invalid_conversations", "conversations must be a non-empty list")
+        raise BadSample("invalid_conversations", "conversations must be a non-empty list", R.REJECTED)
     out = []
     for i, t in enumerate(turns):
         if not isinstance(t, dict):
-            raise BadSample("invalid_conversations", f"turn {i} is not an object")
+            raise BadSample("invalid_conversations", f"turn {i} is not an object", R.REJECTED)
         role = ROLE_ALIASES.get(str(t.get("from", t.get("role", ""))).lower())
         content = t.get("value", t.get("content"))
         if role is None or not isinstance(content, str):
-            raise BadSample("invalid_conversations", f"turn {i}: unknown role or non-text content")
+            raise BadSample("invalid_conversations", f"turn {i}: unknown role or non-text content", R.REJECTED)
         out.append({"role": role, "content": content})
     return out
 
@@ -297,9 +297,9 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
             if isinstance(rec, BadSample):
                 raise rec
             if not isinstance(rec, dict):
-                raise BadSample("invalid_record", "record is not an object")
+                raise BadSample("invalid_record", "record is not an object", R.REJECTED)
             if key in seen:
-                raise BadSample("duplicate_key", f"id {key} appears twice in {uri}")
+                raise BadSample("duplicate_key", f"id {key} appears twice in {uri}", R.REJECTED)
             seen.add(key)
             yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, root, rec, memo))
         except BadSample as bad:
@@ -334,7 +334,7 @@ def _place(conv: list[dict], values: list[Any], kind: str) -> None:
         first_user = next((t for t in conv if t["role"] == "user"), conv[0])
         first_user["content"] = f"{tag}\n" * len(values) + first_user["content"]
     elif placeholders != len(values):
-        raise BadSample(f"{kind}_placeholder_mismatch", f"{placeholders} {tag} tags for {len(values)} {kind}s")
+        raise BadSample(f"{kind}_placeholder_mismatch", f"{placeholders} {tag} tags for {len(values)} {kind}s", R.REJECTED)
 
 
 def _llava_fields(spec: SourceSpec, root: str, rec: dict, memo: refs.ReferenceMemo | None = None) -> dict:

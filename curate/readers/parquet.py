@@ -132,7 +132,7 @@ def _batch_rows(spec: SourceSpec, uri: str, records: list[dict], row_index: int,
         prov = {"uri": uri, "row": row_index}
         try:
             if key in seen:   # across parts, ingest's whole-run duplicate check finds it
-                raise BadSample("duplicate_key", f"{key} appears twice in {uri}")
+                raise BadSample("duplicate_key", f"{key} appears twice in {uri}", R.REJECTED)
             seen.add(key)
             yield make_row(spec, key, ordinal, prov, **_parquet_fields(spec, uri, root, rec, row_index, memo))
         except BadSample as bad:
@@ -144,13 +144,13 @@ def json_safe(value: Any) -> Any:
     """Arrow's Python values as JSON values, faithfully (see the module docstring)."""
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise BadSample("invalid_metadata", "non-finite number in metadata")
+            raise BadSample("invalid_metadata", "non-finite number in metadata", R.REJECTED)
         return value
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
         if not value.is_finite():
-            raise BadSample("invalid_metadata", f"non-finite decimal {value}")
+            raise BadSample("invalid_metadata", f"non-finite decimal {value}", R.REJECTED)
         return str(value)
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
@@ -162,7 +162,7 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     if value is None or isinstance(value, (str, int, bool)):
         return value
-    raise BadSample("invalid_metadata", f"value of type {type(value).__name__} has no JSON form")
+    raise BadSample("invalid_metadata", f"value of type {type(value).__name__} has no JSON form", R.REJECTED)
 
 
 def _image_field(spec: SourceSpec, uri: str, root: str, image: Any, row_index: int,
@@ -177,7 +177,7 @@ def _image_field(spec: SourceSpec, uri: str, root: str, image: Any, row_index: i
         return [referenced_image(spec, root, image, memo)]
     raise BadSample("image:unsupported_value",
                     f"column {spec.image_column!r} holds {type(image).__name__}; expected bytes, a path or "
-                    f"{{bytes, path}}")
+                    f"{{bytes, path}}", R.REJECTED)
 
 
 def _parquet_fields(spec: SourceSpec, uri: str, root: str, rec: dict, row_index: int,
@@ -190,9 +190,9 @@ def _parquet_fields(spec: SourceSpec, uri: str, root: str, rec: dict, row_index:
         fields["conversations"] = normalize_conversations(rec["conversations"])
     text = rec.get(spec.text_column)
     if text is not None and not isinstance(text, str):
-        raise BadSample("invalid_text", f"column {spec.text_column} is {type(text).__name__}")
+        raise BadSample("invalid_text", f"column {spec.text_column} is {type(text).__name__}", R.REJECTED)
     if text is None and "conversations" not in fields:
-        raise BadSample("missing_text", f"no {spec.text_column!r} and no conversations")
+        raise BadSample("missing_text", f"no {spec.text_column!r} and no conversations", R.REJECTED)
     fields["text"] = text
     skip = {spec.image_column, spec.text_column, spec.key_column, "conversations"}
     meta = json_safe({k: v for k, v in rec.items() if k not in skip and not isinstance(v, (bytes, bytearray))})

@@ -51,33 +51,33 @@ def _inside(path: str, root: str) -> bool:
 def resolve_reference(value: object, root: str, spec: SourceSpec) -> str:
     """The URI a record's image reference may be read from, or BadSample naming why not."""
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise BadSample("image:invalid_reference", f"image field is {type(value).__name__}: {str(value)[:80]!r}")
+        raise BadSample("image:invalid_reference", f"image field is {type(value).__name__}: {str(value)[:80]!r}", R.REJECTED)
     scheme, root_scheme = _scheme(value), _scheme(root)
     if scheme in REMOTE_SCHEMES:
         host = (urllib.parse.urlsplit(value).hostname or "").lower()
         if host not in spec.allowed_hosts:
             raise BadSample("image:remote_not_allowed",
-                            f"{value[:200]}: host {host!r} is not in this source's allowed_hosts")
+                            f"{value[:200]}: host {host!r} is not in this source's allowed_hosts", R.REJECTED)
         return value
     if scheme == "file":
         value, scheme = urllib.parse.unquote(urllib.parse.urlsplit(value).path), None
     if scheme is not None:
         if scheme != root_scheme:
-            raise BadSample("image:unsupported_protocol", f"{value[:200]}: protocol {scheme!r} is not read")
+            raise BadSample("image:unsupported_protocol", f"{value[:200]}: protocol {scheme!r} is not read", R.REJECTED)
         normalized = scheme + "://" + posixpath.normpath(value[len(scheme) + 3:])
         if not _inside(normalized, root.rstrip("/")):
-            raise BadSample("image:outside_root", f"{value[:200]} is outside {root}")
+            raise BadSample("image:outside_root", f"{value[:200]} is outside {root}", R.REJECTED)
         return normalized
     if root_scheme is not None:   # relative reference below a remote root
         joined = root.rstrip("/") + "/" + value
         normalized = root_scheme + "://" + posixpath.normpath(joined[len(root_scheme) + 3:])
         if value.startswith("/") or not _inside(normalized, root.rstrip("/")):
-            raise BadSample("image:outside_root", f"{value[:200]} is outside {root}")
+            raise BadSample("image:outside_root", f"{value[:200]} is outside {root}", R.REJECTED)
         return normalized
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(root, value))   # an absolute `value` replaces root here
     if not _inside(real, real_root):
-        raise BadSample("image:outside_root", f"{value[:200]} resolves outside {root}")
+        raise BadSample("image:outside_root", f"{value[:200]} resolves outside {root}", R.REJECTED)
     return real
 
 
@@ -101,7 +101,7 @@ def _read_file(uri: str, scheme: str | None, spec: SourceSpec) -> bytes:
     except (FileNotFoundError, OSError) as exc:
         raise BadSample("image:missing_file", f"{uri}: {exc}", R.QUARANTINED) from None
     if info.get("type") != "file":
-        raise BadSample("image:not_regular_file", f"{uri} is a {info.get('type')}")
+        raise BadSample("image:not_regular_file", f"{uri} is a {info.get('type')}", R.REJECTED)
     _check_size(uri, info.get("size"), spec.max_image_bytes)
     with fs.open(path, "rb") as fh:
         return _bounded(fh.read(spec.max_image_bytes + 1), uri, spec.max_image_bytes)
@@ -109,12 +109,12 @@ def _read_file(uri: str, scheme: str | None, spec: SourceSpec) -> bytes:
 
 def _check_size(uri: str, size: int | None, limit: int) -> None:
     if size is not None and size > limit:
-        raise BadSample("image:too_large", f"{uri}: {size} bytes > max_image_bytes={limit}")
+        raise BadSample("image:too_large", f"{uri}: {size} bytes > max_image_bytes={limit}", R.REJECTED)
 
 
 def _bounded(data: bytes, uri: str, limit: int) -> bytes:
     if len(data) > limit:
-        raise BadSample("image:too_large", f"{uri}: more than max_image_bytes={limit}")
+        raise BadSample("image:too_large", f"{uri}: more than max_image_bytes={limit}", R.REJECTED)
     return data
 
 
@@ -136,7 +136,7 @@ def _read_open(fd: int, path: str, limit: int) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadSample("image:not_regular_file", f"{path} is not a regular file (mode {oct(st.st_mode)})")
+            raise BadSample("image:not_regular_file", f"{path} is not a regular file (mode {oct(st.st_mode)})", R.REJECTED)
         _check_size(path, st.st_size, limit)
         chunks, total = [], 0
         while total <= limit:   # the size plus one byte: one read for a file that did not grow
@@ -220,7 +220,7 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 — urllib's signature
         host = (urllib.parse.urlsplit(newurl).hostname or "").lower()
         if _scheme(newurl) not in REMOTE_SCHEMES or host not in self.allowed:
-            raise BadSample("image:remote_not_allowed", f"redirect to {newurl[:200]} (host {host!r} not allowed)")
+            raise BadSample("image:remote_not_allowed", f"redirect to {newurl[:200]} (host {host!r} not allowed)", R.REJECTED)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -238,7 +238,7 @@ def _read_with_deadline(resp, url: str, spec: SourceSpec) -> bytes:  # noqa: ANN
         chunks.append(chunk)
         total += len(chunk)
         if total > spec.max_image_bytes:
-            raise BadSample("image:too_large", f"{url[:200]}: more than max_image_bytes={spec.max_image_bytes}")
+            raise BadSample("image:too_large", f"{url[:200]}: more than max_image_bytes={spec.max_image_bytes}", R.REJECTED)
 
 
 def _fetch(url: str, spec: SourceSpec) -> bytes:

@@ -1,4 +1,4 @@
-"""What every reader shares: the source spec, the bad-sample error, row builders, and file listing.
+"""What every reader shares: the source spec, row builders for good and bad samples, and file listing.
 
 Listing rules (what a user's glob means):
 * brace expansion as img2dataset users write it: ``shards/{00000..00099}.tar`` (zero padding kept)
@@ -20,6 +20,7 @@ import fsspec
 from curate.media import identity
 from curate.media import images as I
 from curate.base import records as R
+from curate.base.stage import BadSample  # noqa: F401 — the one BadSample; readers raise it with a status
 from curate.readers.timed_io import DEFAULT_READ_TIMEOUT_S
 
 FORMATS = ("webdataset", "parquet", "llava")
@@ -64,14 +65,6 @@ class SourceSpec:
         object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
 
 
-class BadSample(Exception):
-    """A sample we can name but not use; `status` says rejected (bad content) or quarantined (unreadable)."""
-
-    def __init__(self, reason: str, detail: str = "", status: str = R.REJECTED):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.status = reason, detail, status
-
-
 def unreadable(reason: str, exc: BaseException) -> BadSample:
     """A quarantined BadSample for a file that could not be read: `reason`, or ``read_timeout`` when
     the read ran past the source's read_timeout_s (curate.readers.timed_io)."""
@@ -105,7 +98,7 @@ def shard_label(pattern: str, uri: str) -> str:
 def check_image_count(spec: SourceSpec, count: int) -> None:
     """Refuse a record with more image references than max_images_per_record, before any is read."""
     if count > spec.max_images_per_record:
-        raise BadSample("too_many_images", f"{count} image references > max_images_per_record={spec.max_images_per_record}")
+        raise BadSample("too_many_images", f"{count} image references > max_images_per_record={spec.max_images_per_record}", R.REJECTED)
 
 
 def check_text_size(spec: SourceSpec, text: str | None, conversations: list[dict] | None) -> None:
@@ -119,7 +112,7 @@ def check_text_size(spec: SourceSpec, text: str | None, conversations: list[dict
     if 4 * chars <= limit:
         return
     if chars > limit or sum(len(p.encode("utf-8", "surrogatepass")) for p in parts) > limit:
-        raise BadSample("text_too_long", f"over {limit} bytes of text (max_text_bytes)")
+        raise BadSample("text_too_long", f"over {limit} bytes of text (max_text_bytes)", R.REJECTED)
 
 
 def make_row(spec: SourceSpec, key: str, ordinal: int, provenance: dict, **fields: Any) -> dict[str, Any]:
@@ -159,7 +152,7 @@ def decode_text(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadSample(f"{what}_not_utf8", str(exc)) from None
+        raise BadSample(f"{what}_not_utf8", str(exc), R.REJECTED) from None
 
 
 # --- listing ------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class _TarWalk:
         ordinal = self.ordinal()
         try:
             if key in self.seen:
-                raise BadSample("duplicate_key", f"{key} appears twice in {self.uri}")
+                raise BadSample("duplicate_key", f"{key} appears twice in {self.uri}", R.REJECTED)
             self.seen.add(key)
             yield make_row(self.spec, key, ordinal, prov, **_wds_fields(key, group, self.uri, self.spec))
         except BadSample as bad:
@@ -118,7 +118,7 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
         name = info.name
         if _unsafe(name):
             yield from walk.flush()
-            yield walk.bad(name, [name], BadSample("unsafe_member_name", name))
+            yield walk.bad(name, [name], BadSample("unsafe_member_name", name, R.REJECTED))
             continue
         key, ext = _wds_key(name)
         if key != walk.key:
@@ -146,11 +146,11 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
 
 def _wds_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: str, spec: SourceSpec) -> dict:
     if any(ext.endswith("#dup") for ext in group):
-        raise BadSample("duplicate_key", f"{key} has a repeated member")
+        raise BadSample("duplicate_key", f"{key} has a repeated member", R.REJECTED)
     unusable = [v for v, _, _ in group.values() if isinstance(v, str)]
     if unusable:
         reason = "member_too_large" if "max_image_bytes" in unusable[0] else "unsupported_member_type"
-        raise BadSample(reason, "; ".join(unusable))
+        raise BadSample(reason, "; ".join(unusable), R.REJECTED)
     image_exts = [e for e in group if e.rsplit(".", 1)[-1] in I.IMAGE_EXTENSIONS]
     video_exts = [e for e in group if e.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS]
     meta = None
@@ -158,16 +158,16 @@ def _wds_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: s
         try:
             meta = strict_json(group["json"][0])
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadSample("invalid_metadata", str(exc)) from None
+            raise BadSample("invalid_metadata", str(exc), R.REJECTED) from None
     text = None
     if "txt" in group:
         text = decode_text(group["txt"][0], "caption")
     elif isinstance(meta, dict) and isinstance(meta.get("caption"), str):
         text = meta["caption"]
     if not image_exts and not video_exts:
-        raise BadSample("missing_image", f"no image or video member; members: {sorted(group)}")
+        raise BadSample("missing_image", f"no image or video member; members: {sorted(group)}", R.REJECTED)
     if text is None:
-        raise BadSample("missing_text", "no .txt member and no caption in .json")
+        raise BadSample("missing_text", "no .txt member and no caption in .json", R.REJECTED)
     refs = []
     for ext in sorted(image_exts):
         data, offset, member = group[ext]

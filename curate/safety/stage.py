@@ -23,8 +23,8 @@ import pyarrow as pa
 from curate.media import images as I
 from curate.base import records as R
 from curate.base import summary_sketch as K
-from curate.filters.common import Drop, read_or_drop, split_drops
-from curate.ocr.reading import decode_or_drop
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.safety.classifier import DEFAULT_UNSAFE, NudityDetector, known_classes, unsafe_score
 from curate.safety.rules import KeywordRule, first_url_hit, load_keywords, sample_urls
 from curate.base import BatchResult, Resources, Stage, register
@@ -124,10 +124,7 @@ class NsfwFilter(Stage):
         assert self.detector is not None
         best, best_det = 0.0, None
         for ref in refs:
-            data = read_or_drop(ref, I.read_image_bytes)
-            if isinstance(data, Drop):
-                return None, data
-            image = decode_or_drop(data, self.config.max_pixels)
+            image = read_decoded(ref, self.config.max_pixels)
             if isinstance(image, Drop):
                 return None, image
             score, det = unsafe_score(self.detector.detect(image), self.config.unsafe_classes)

@@ -14,10 +14,8 @@ and only the cheap normalisation runs in the model thread, on the device.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-
-from curate.media.images import MAX_DECODE_PIXELS, UnreadableImage
 
 
 @dataclass(frozen=True)
@@ -119,31 +115,6 @@ class ImageTransform:
         return cls(shortest_edge=None if exact else int(shortest or fallback_size), exact_size=exact,
                    crop_size=crop_hw, mean=mean, std=std, resample=int(cfg.get("resample", Image.BICUBIC)),
                    rescale=rescale)
-
-
-def decode_rgb(data: bytes, draft_to: "ImageTransform | None" = None, max_pixels: int = MAX_DECODE_PIXELS) -> Image.Image:
-    """Decode to RGB; JPEGs are decoded at the smallest DCT scale that still covers the model input.
-
-    Raises UnreadableImage("too_large_to_decode" | "corrupt_image" | "not_an_image").
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise UnreadableImage("too_large_to_decode", str(exc)) from None
-        except Exception as exc:  # noqa: BLE001
-            raise UnreadableImage("not_an_image", f"{type(exc).__name__}: {exc}") from None
-        w, h = im.size
-        if max_pixels and w * h > max_pixels:
-            raise UnreadableImage("too_large_to_decode", f"{w}x{h} > {max_pixels} pixels")
-        try:
-            if im.format == "JPEG" and draft_to is not None:
-                im.draft("RGB", draft_to.draft_request(w, h))
-            im.load()
-            return im.convert("RGB") if im.mode != "RGB" else im
-        except Exception as exc:  # noqa: BLE001
-            raise UnreadableImage("corrupt_image", f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass

@@ -26,8 +26,9 @@ Which text and which images:
   null ``clip_score`` and is never rejected by this stage.
 
 Images that cannot be fetched are quarantined (``image:unreadable:<code>``), images that do not
-decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``) — the same reasons
-``image_filter`` uses, for pipelines that run this stage without it.
+decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``), by ``curate.media.decode``
+like every model stage — the same reasons ``image_filter`` uses, for pipelines that run this stage
+without it.
 """
 from __future__ import annotations
 
@@ -42,12 +43,12 @@ import pyarrow as pa
 from curate.media import images as I
 from curate.base import records as R
 from curate.base import summary_sketch as K
-from curate.filters.common import Drop, read_or_drop, split_drops
+from curate.base import Drop, split_drops
+from curate.media.decode import read_decoded
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
 from curate.base import BatchResult, Resources, Stage, register
 
-BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
 SCORE = "clip_score"
 PERCENTILES = (5, 25, 50, 75, 95)
 OVERALL = "\x00overall"   # the summary group over every source (no source name holds a NUL)
@@ -170,8 +171,6 @@ class ClipScore(Stage):
     # --- configuration ------------------------------------------------------------------------
     def validate_config(self) -> None:
         c = self.config
-        if c.backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {c.backend!r}")
         if c.backend in ("hf_clip", "hf_siglip", "open_clip") and not c.model_path:
             raise ValueError(f"model_path: required for backend {c.backend} (a local "
                              f"{'checkpoint file' if c.backend == 'open_clip' else 'model directory'})")
@@ -190,12 +189,6 @@ class ClipScore(Stage):
             raise ValueError(f"label_top_k: must be in 1..1000, got {c.label_top_k}")
         if c.device.split(":", 1)[0] not in DEVICE_CHOICES:
             raise ValueError(f"device: expected one of {DEVICE_CHOICES}, got {c.device!r}")
-        if c.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype: expected auto, float32, float16 or bfloat16, got {c.dtype!r}")
-        if c.image_reduce not in ("mean", "max", "min"):
-            raise ValueError(f"image_reduce: expected mean, max or min, got {c.image_reduce!r}")
-        if c.conversation_text not in ("first_answer", "first_exchange"):
-            raise ValueError(f"conversation_text: expected first_answer or first_exchange, got {c.conversation_text!r}")
         if c.gpus_per_actor is not None and c.gpus_per_actor < 0:
             raise ValueError(f"gpus_per_actor: must be >= 0, got {c.gpus_per_actor}")
         for name in ("actors", "cpu_threads", "decode_threads"):
@@ -261,16 +254,8 @@ class ClipScore(Stage):
 
     def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
         """Read + decode + resize one image (runs in a decode thread)."""
-        from curate.scoring.base import decode_rgb
-        data = read_or_drop(ref, I.read_image_bytes)
-        if isinstance(data, Drop):
-            return data
-        try:
-            im = decode_rgb(data, self.scorer.transform, self.config.max_pixels)
-        except I.UnreadableImage as exc:
-            reason = "image:too_large_to_decode" if exc.reason == "too_large_to_decode" else "image:corrupt"
-            return Drop(reason, f"{exc.reason}: {exc.detail}")
-        return self.scorer.prepare_image(im)
+        im = read_decoded(ref, self.config.max_pixels, self.scorer.transform)
+        return im if isinstance(im, Drop) else self.scorer.prepare_image(im)
 
     def _score_rows(self, rows: list[int], refs: list[Any], texts: list[str | None]
                     ) -> tuple[dict[int, list[float]], dict[int, str], list[Drop | None]]:

@@ -13,11 +13,13 @@ Checks, in this order (the first problem is the one to fix first):
 5. every sample key appears exactly once over all ranks (and ``leftover/``), apart from packs marked
    ``repeat_of``, which must repeat their original exactly;
 6. the manifest's per-shard and total counts match what the shards hold.
+
+This module finds the problems; ``mmcurate validate shards`` (``pipelines.present.cli``) is the one
+place that prints them (the first in full, then up to 19 more, then a count) and sets the exit code.
 """
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from typing import Any, Iterator
 
@@ -260,23 +262,3 @@ def _rank_shards_before(m: dict[str, Any], rank: int, rel: str) -> list[dict[str
             break
         out.append(s)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pack.shards.validate DIR``: exit 1 and print the first problem (then a count), else 0."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m pack.shards.validate SHARDS_DIR", file=sys.stderr)
-        return 2
-    problems = validate_shards(args[0])
-    if problems:
-        print(f"shards invalid: {problems[0]}", file=sys.stderr)
-        if len(problems) > 1:
-            print(f"({len(problems) - 1} more problem(s))", file=sys.stderr)
-        return 1
-    print(f"shards ok: {args[0]}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
-from curate.base import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Drop, Resources, Stage, register, split_drops
 from pack import tokens as T
 from pack.profile import ModelProfile, run_profile
 
@@ -136,7 +136,7 @@ class CountTokensStage(Stage):
                           ("image_tokens", img), ("video_tokens", vid)):
             idx = out.schema.get_field_index(name)
             out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
-        return BatchResult.split(out, reasons, details)
+        return split_drops(out, [None if r is None else Drop(r, d) for r, d in zip(reasons, details)])
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
         """Per batch, a histogram: (num_tokens, rows with that length, their text tokens). Lengths take

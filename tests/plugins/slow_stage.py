@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from curate.base import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Drop, Resources, Stage, register, split_drops
 
 
 @register
@@ -26,7 +26,7 @@ class SlowCaptionLength(Stage):
         time.sleep(self.config.seconds_per_batch)
         words = [len((t or "").split()) for t in batch.column("text").to_pylist()]
         batch = batch.append_column("text_tokens", pa.array(words, type=pa.int64()))
-        return BatchResult.split(batch, [None if w <= self.config.max_words else "too_many_words" for w in words])
+        return split_drops(batch, [None if w <= self.config.max_words else Drop("too_many_words") for w in words])
 
 
 @register
@@ -41,4 +41,4 @@ class ActorCaptionLength(SlowCaptionLength):
         time.sleep(self.config.seconds_per_batch)
         words = [len((t or "").split()) for t in batch.column("text").to_pylist()]
         batch = batch.append_column("caption_words", pa.array(words, type=pa.int64()))
-        return BatchResult.split(batch, [None if w <= self.config.max_words else "too_many_words" for w in words])
+        return split_drops(batch, [None if w <= self.config.max_words else Drop("too_many_words") for w in words])
