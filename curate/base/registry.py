@@ -22,6 +22,7 @@ BUILTIN_STAGE_MODULES = (
     "curate.filters.annotations",
     "curate.filters.image_rules",
     "curate.filters.text_rules",
+    "curate.documents.document_filter",
     "curate.scoring.stages",
     "curate.grounding.stage",
     "curate.ocr.stage",
