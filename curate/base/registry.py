@@ -23,6 +23,7 @@ BUILTIN_STAGE_MODULES = (
     "curate.filters.image_rules",
     "curate.filters.text_rules",
     "curate.documents.document_filter",
+    "curate.documents.repeated_images",
     "curate.scoring.stages",
     "curate.grounding.stage",
     "curate.ocr.stage",
