@@ -167,3 +167,17 @@ def test_on_ray_data_the_documents_are_the_same_as_in_one_process(monkeypatch):
     finally:
         if started:
             ray.shutdown()
+
+
+def test_the_step_never_brings_the_images_or_the_documents_to_the_driver():
+    """On a driver that may not gather and whose aggregates may hand it fewer rows than the corpus has
+    documents: the same decisions (the count and the join are shuffles; the driver gets sums)."""
+    from tests.test_global_steps import BoundedDriver
+    stage = S.build("repeated_images", {"max_image_repeats": 2, "partitions": 4})
+    inputs = global_input(stage, _corpus())
+    chunks = [inputs.slice(i, 7) for i in range(0, inputs.num_rows, 7)]
+    free = stage.global_step(InlineData(chunks)).gather().sort_by(R.ORDINAL)
+    report = stage.report
+    bounded = stage.global_step(BoundedDriver(chunks, limit=inputs.num_rows // 4))
+    assert pa.concat_tables([t for t in bounded.tables if t.num_rows]).sort_by(R.ORDINAL).equals(free)
+    assert stage.report == report
