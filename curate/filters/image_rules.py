@@ -17,7 +17,7 @@ reason                                 what is looked at                  cost
 ``image:blank``                        per-channel std of a ~64 px copy   one pass in C
 ``image:truncated`` (baseline)         decoder grey fill in that copy     a row check
 ``image:blurry`` (off by default)      Laplacian variance, 256 px grey    a 2nd reduced decode for
-``image:qr_code`` (off by default)     QR codes found on that copy        large JPEGs; QR: ~10-30 ms
+``image:qr_code`` (off by default)     QR codes found on that copy        large JPEGs; QR ~5-10 ms
 ``image:low_bits_per_pixel``           encoded size / pixels              none (lossy formats)
 =====================================  =================================  ==========================
 
