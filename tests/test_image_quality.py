@@ -179,3 +179,27 @@ def test_inside_a_document_a_blurry_or_qr_image_is_removed_and_recorded(tmp_path
     assert [im["uri"].rsplit("/", 1)[-1] for im in doc["images"]] == ["sharp.jpg"]
     assert [(r["position"], r["reason"]) for r in doc["images_removed"]] == [(1, "image:blurry"), (2, "image:qr_code")]
     assert doc["text"] == row["text"]
+
+
+def test_cmyk_jpegs_and_sixteen_bit_pngs_are_measured_like_the_rest():
+    """The filter's other decode paths (CMYK JPEGs through its fallback, 16-bit PNGs) reach the rules
+    with the same grey copy: the same picture measures the same within a few percent."""
+    rgb = Q.laplacian_variance(Q.probe_copy(None, encode(BIG), BIG.size))
+    buf = io.BytesIO()
+    BIG.convert("CMYK").save(buf, "JPEG", quality=90)
+    cmyk = buf.getvalue()
+    assert Q.laplacian_variance(Q.probe_copy(None, cmyk, BIG.size)) == pytest.approx(rgb, rel=0.05)
+    th = dataclasses.replace(OFF, min_laplacian_variance=BLUR_LIMIT, blank_max_std=3.0)
+    assert verdict(cmyk, th) is None
+    buf = io.BytesIO()
+    blurred(BIG, 2).convert("CMYK").save(buf, "JPEG", quality=90)
+    assert verdict(buf.getvalue(), th) == "image:blurry"
+    grey8 = np.asarray(COFFEE.convert("L"))
+    buf = io.BytesIO()
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(buf, "PNG")
+    sixteen = buf.getvalue()
+    assert Image.open(io.BytesIO(sixteen)).mode.startswith("I")
+    assert Q.laplacian_variance(Q.probe_copy(None, sixteen, COFFEE.size)) == pytest.approx(
+        Q.laplacian_variance(Q.box_reduce(grey8)), rel=0.02)
+    assert verdict(sixteen, dataclasses.replace(OFF, min_laplacian_variance=BLUR_LIMIT, blank_max_std=3.0)) is None
+    assert verdict(sixteen, dataclasses.replace(OFF, min_laplacian_variance=1e6, blank_max_std=3.0)) == "image:blurry"
