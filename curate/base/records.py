@@ -50,6 +50,31 @@ VIDEO_REF = pa.struct([
 
 TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
 
+# One part of an interleaved image-text document (category "interleaved"), in document order. The
+# document's text is the ``text`` column (its paragraphs joined by DOCUMENT_PARAGRAPH_JOIN), so every
+# text rule and text dedup reads a document unchanged; a text segment points into it by character
+# offsets (no second copy of the words). An image segment points into ``images`` (which holds only the
+# images still in the document) and remembers the position the document gave it, which stays the same
+# when earlier images are removed (curate.documents.record).
+SEGMENT = pa.struct([
+    ("kind", pa.string()),       # "text" | "image"
+    ("start", pa.int32()),       # text: character offsets of the paragraph in `text`; image: null
+    ("end", pa.int32()),
+    ("image", pa.int32()),       # image: index into `images`; text: null
+    ("position", pa.int32()),    # image: its index among the document's images as read; text: null
+])
+DOCUMENT_PARAGRAPH_JOIN = "\n\n"
+
+# An image taken out of a document by a per-image rule: which one (as the document gave it), by which
+# stage and why. Rows carry these so rejects output and the report can name every removed image.
+REMOVED_IMAGE = pa.struct([
+    ("position", pa.int32()),    # the image's position in the document as read
+    ("ref", pa.string()),        # the reference as the document gave it (tar member, path or URL)
+    ("stage", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+])
+
 # Bookkeeping columns written by the runner around every stage.
 STATUS = "_status"      # kept | rejected | quarantined
 REASON = "_reason"      # short machine-readable reason, e.g. "duplicate_key", "blank_image"
@@ -66,6 +91,8 @@ BASE_FIELDS: list[pa.Field] = [
     pa.field("videos", pa.list_(VIDEO_REF)),
     pa.field("text", pa.string()),                  # caption / plain text; null for conversations
     pa.field("conversations", pa.list_(TURN)),      # LLaVA/ShareGPT turns, roles normalised to user/assistant/system
+    pa.field("segments", pa.list_(SEGMENT)),        # interleaved documents only: text and images in order; else null
+    pa.field("images_removed", pa.list_(REMOVED_IMAGE)),  # images a per-image rule took out of this document
     pa.field("meta", pa.string()),                  # original per-sample metadata as JSON text (NaN-free)
     pa.field("provenance", pa.string()),            # where the sample came from: file, member/line, as JSON text
     pa.field(ORDINAL, pa.int64(), nullable=False),

@@ -29,6 +29,7 @@ from PIL import Image
 
 from curate.media import images as I
 from curate.base import Drop
+from curate.filters.image_quality import decoded_quality_drop
 from curate.media.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
 from curate.filters.presets import ImageThresholds
 from curate.media.image_facts import THUMB_DRAFT, grey_thumbnail
@@ -126,7 +127,8 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
         im.draft("YCbCr" if im.mode == "RGB" else "L", THUMB_DRAFT)
         scale = int(im.decoderconfig[0]) if im.decoderconfig else 1
         if not _load(im):
-            return legacy_pixel_drop(I.open_image(data), data, th), None
+            drop = legacy_pixel_drop(I.open_image(data), data, th)
+            return drop or decoded_quality_drop(None, data, (width, height), th), None
         grid = (-(-width // 8), -(-height // 8))     # the 1/8-scale decode the rules are defined on
         factor = (8 // scale) * max(1, min(grid) // BLANK_PROBE_SIDE)
         small = im.reduce(factor) if factor > 1 else im    # box means first: the colour conversion is then ~64 px
@@ -135,12 +137,13 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
             fill = decoder_fill_rows(np.asarray(im.getchannel(0) if im.mode == "YCbCr" else im))
             if fill:
                 drop = _fill_drop(-(-fill * scale // 8), grid[1])
+        drop = drop or decoded_quality_drop(im, data, (width, height), th)
         return drop, (grey_thumbnail(im) if drop is None and thumb_ok else None)
     if im.format == "JPEG":
-        return legacy_pixel_drop(im, data, th), None
+        return legacy_pixel_drop(im, data, th) or decoded_quality_drop(None, data, (width, height), th), None
     try:
         small = I.load_small(im, 0)
     except I.UnreadableImage as exc:
         return Drop("image:corrupt", f"decode failed: {exc.detail}"), None
-    drop = _blank_of_decoded(small, th)
+    drop = _blank_of_decoded(small, th) or decoded_quality_drop(small, data, (width, height), th)
     return drop, (grey_thumbnail(small) if drop is None and thumb_ok else None)

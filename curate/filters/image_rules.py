@@ -16,6 +16,8 @@ reason                                 what is looked at                  cost
 ``image:corrupt`` (decode failed)      a reduced copy                     JPEG DCT-scaled decode
 ``image:blank``                        per-channel std of a ~64 px copy   one pass in C
 ``image:truncated`` (baseline)         decoder grey fill in that copy     a row check
+``image:blurry`` (off by default)      Laplacian variance, 256 px grey    a 2nd reduced decode for
+``image:qr_code`` (off by default)     QR codes found on that copy        large JPEGs; QR ~5-10 ms
 ``image:low_bits_per_pixel``           encoded size / pixels              none (lossy formats)
 =====================================  =================================  ==========================
 
@@ -59,6 +61,7 @@ from curate.media import images as I
 from curate.base import Drop, split_drops
 from curate.media.decode import read_or_drop
 from curate.filters.image_pixels import decode_checks, max_channel_std
+from curate.filters.image_quality import quality_rules_on
 from curate.media.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.media.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
@@ -98,7 +101,7 @@ def _known_size(ref: Mapping[str, Any]) -> tuple[int, int] | None:
 
 def needs_bytes(ref: Mapping[str, Any], th: ImageThresholds) -> bool:
     """Whether the rules left after the header rules need the encoded bytes of this image."""
-    return _known_size(ref) is None or bool(th.min_jpeg_quality) or bool(th.blank_max_std)
+    return _known_size(ref) is None or bool(th.min_jpeg_quality) or bool(th.blank_max_std) or quality_rules_on(th)
 
 
 def reference_drop(ref: Mapping[str, Any], th: ImageThresholds) -> Drop | None:
@@ -145,7 +148,7 @@ def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> tup
         if missing:
             return Drop("image:truncated", f"progressive JPEG ends before components {missing} are fully refined"), None
     thumb = None
-    if th.blank_max_std:
+    if th.blank_max_std or quality_rules_on(th):
         drop, thumb = decode_checks(im, data, th)
         if drop:
             return drop, None

@@ -40,6 +40,11 @@ class ImageThresholds:
     blank_max_std: float = limit(3.0, "Images whose largest per-channel std (0..255, on a small copy: JPEGs at "
                                       "the 1/8 DCT scale, all reduced to ~64 px) is below this are blank. Also "
                                       "gates the reduced decode (corrupt, truncated).")
+    min_laplacian_variance: float = limit(0.0, "Images whose variance of the Laplacian, on a grey copy with its shorter "
+                                               "side 256 px, is below this are blurry (image_quality: ~400 separated the "
+                                               "bundled photos from the same blurred by 1 px at a 400 px view).")
+    max_qr_area: float = limit(0.0, "Largest fraction (0..1) of an image that QR codes found on that grey copy may "
+                                    "cover (image_quality; OpenCV's ArUco QR detector).")
 
 
 @dataclass(frozen=True)
