@@ -53,7 +53,7 @@ def test_stages_are_registered_with_schemas():
     assert S.get("pack") is PackStage
     props = CountTokensStage.settings_schema()["properties"]
     assert set(props) == {"profile"}
-    assert PackStage.settings_schema()["properties"]["overlong"]["enum"] == ["reject", "truncate"]
+    assert PackStage.settings_schema()["properties"]["overlong"]["enum"] == ["reject", "truncate", "split"]
 
 
 def test_count_tokens_matches_the_trainer_ids_and_rejects_with_reasons(tok):
@@ -91,7 +91,7 @@ def test_count_tokens_rejects_bad_settings(bad):
         CountTokensStage(profile=bad)
 
 
-@pytest.mark.parametrize("bad", [dict(context_length=0), dict(overlong="split"), dict(algorithm="bfd"),
+@pytest.mark.parametrize("bad", [dict(context_length=0), dict(overlong="cut"), dict(algorithm="bfd"),
                                  dict(max_images_per_pack=0), dict(keep_whole="grounding")])
 def test_pack_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
