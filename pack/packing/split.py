@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -258,13 +258,15 @@ class SplitResult:
     chunks: int = 0                   # chunks they became (chunk 0 included)
 
 
-def expand_documents(t: pa.Table, L: int, counter: ChunkCounter, keep_whole: Sequence[str] = ()) -> SplitResult:
+def expand_documents(t: pa.Table, L: int, counter: Callable[[], ChunkCounter], keep_whole: Sequence[str] = ()
+                     ) -> SplitResult:
     """Split every overlong document of `t` (a row with ``segments``, no conversation, no video, its
     category not in `keep_whole`): its row becomes chunk 0 and chunks 1..k-1 are inserted after it as
     rows of their own (``_repeat_source`` = the document's ``_ordinal``, ``key`` / ``_ordinal`` from
     ``chunk_key`` / ``chunk_ordinal``). Every row gets ``doc_key`` / ``chunk_index`` /
     ``chunk_segments`` (null for rows that are not chunks), chunk rows their own ``num_tokens`` and
-    ``image_tokens``. Other overlong rows are left for admission (rejected as overlong)."""
+    ``image_tokens``. Other overlong rows are left for admission (rejected as overlong). `counter` is
+    called only when there is a document to split (loading a tokenizer costs a third of a second)."""
     n = t.num_rows
     num = t.column("num_tokens").to_pylist()
     segs = t.column("segments").to_pylist() if "segments" in t.column_names else [None] * n
@@ -282,6 +284,7 @@ def expand_documents(t: pa.Table, L: int, counter: ChunkCounter, keep_whole: Seq
     result = SplitResult(base, {})
     if not candidates:
         return result
+    chunk_counter = counter()
     texts = t.column("text").to_pylist()
     keys = t.column("key").to_pylist()
     ords = t.column(R.ORDINAL).to_pylist()
@@ -290,7 +293,7 @@ def expand_documents(t: pa.Table, L: int, counter: ChunkCounter, keep_whole: Seq
     prev = 0
     for i in candidates:
         try:
-            chunks = split_document(texts[i] or "", segs[i], img[i] or [], L, counter)
+            chunks = split_document(texts[i] or "", segs[i], img[i] or [], L, chunk_counter)
         except Unsplittable as exc:
             result.reasons[i] = (Unsplittable.reason, str(exc))
             continue

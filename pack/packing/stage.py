@@ -133,7 +133,7 @@ class PackStage(Stage):
         L = c.context_length
         order = np.argsort(np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False)), kind="stable")
         t = table.take(pa.array(order))
-        split = S.expand_documents(t, L, self._chunk_counter(), c.keep_whole) if c.overlong == "split" else None
+        split = S.expand_documents(t, L, self._chunk_counter, c.keep_whole) if c.overlong == "split" else None
         if split is not None:
             t = split.table
         a = admit(t, c)
