@@ -1,8 +1,8 @@
 """Sequence lengths of whole batches of records without building id lists (``count_rows``).
 
 Caption rows take a vectorised path (one variable text piece per row, the rest of the layout a
-per-layout constant); other rows (conversations, placeholders, interleaved documents) are laid out by ``render`` and all their text pieces are counted in
-one batched call of the tokenizer's ``TextCounter``.
+per-layout constant); other rows (conversations, placeholders, interleaved documents) are laid out by
+``render`` and all their text pieces are counted in one batched call of the tokenizer's ``TextCounter``.
 """
 from __future__ import annotations
 

@@ -211,7 +211,8 @@ def _plain_layout(row: Mapping[str, Any], media: _Media) -> _Layout:
     body = "\n".join(t.get("content") or "" for t in conv) if conv else (row.get("text") or "")
     out = _Layout()
     if is_document(row):
-        out.add_front_media(media, {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: _has_placeholder(body, VIDEO_PLACEHOLDER)})
+        placed = {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: _has_placeholder(body, VIDEO_PLACEHOLDER)}
+        out.add_front_media(media, placed)
         out.add_content(_document_content(row, media), trained=True)
         out.add((EOS, 1), trained=True)
         return out
