@@ -37,7 +37,7 @@ from pack.packing.stage import PackStage
 from run import format_table, quick
 
 N_DOCS = 4_000 if quick() else 20_000
-N_BOOKS = 150 if quick() else 600
+N_BOOKS = 150 if quick() else 400
 CONTEXTS = (8192, 32768)
 # single-token words (each is one Qwen2 token with its leading space), so paragraph lengths are close
 # to the modelled ones before the exact count

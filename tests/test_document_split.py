@@ -81,6 +81,17 @@ def test_cuts_fall_between_segments_unless_a_paragraph_alone_does_not_fit():
     assert all(ch.num_tokens <= L for ch in chunks)
 
 
+def test_a_paragraph_too_long_for_any_chunk_fills_the_chunks_it_is_cut_into():
+    words = ["harbour", "boats", "light", "数字", "3.14", "😀"]
+    para = " ".join(words[i % len(words)] for i in range(3000))
+    doc = D.build_document(["Short intro.", para, _img(0, 56, 56), "Short outro."])
+    L = 1024
+    chunks = S.split_document(doc["text"], doc["segments"], [4], L, COUNTER)
+    assert all(ch.num_tokens <= L for ch in chunks)
+    assert all(ch.num_tokens >= L - 2 * S.CUT_MARGIN - 8 for ch in chunks[:-1]), [c.num_tokens for c in chunks]
+    _covered(doc["text"], doc["segments"], chunks)
+
+
 def test_an_image_that_alone_does_not_fit_makes_the_document_unsplittable():
     doc = D.build_document(["intro", _img(0, 56, 56), "outro"])
     with pytest.raises(S.Unsplittable):

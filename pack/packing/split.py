@@ -117,11 +117,18 @@ class ChunkCounter:
         return self.length("", [], [])
 
 
+CUT_MARGIN = 4   # tokens left free when a paragraph is cut to fill a chunk (a cut piece may encode longer alone)
+
+
 def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_tokens: Sequence[int], L: int,
                    counter: ChunkCounter) -> list[Chunk]:
     """The document cut into chunks of at most `L` tokens each, in document order, covering every
     character of every paragraph and every image exactly once. Raises Unsplittable when an image's
-    block (or one character) does not fit in `L` with the layout around it."""
+    block (or one character) does not fit in `L` with the layout around it.
+
+    Greedy: units are taken while the estimate (each unit's own tokens, one per paragraph join) fits;
+    a paragraph that alone does not fit is cut to fill the chunk's remaining room. Each chunk is then
+    counted exactly; if the estimate was short, units go back to the next chunk."""
     overhead = counter.overhead()
     units = deque(_units(text, segments))
     cost = {u: _unit_cost(u, text, image_tokens, counter) for u in units}
@@ -129,10 +136,25 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
     while units:
         current: list[Unit] = []
         estimate = overhead
-        while units and (not current or estimate + cost[units[0]] + 1 <= L):
-            u = units.popleft()
-            current.append(u)
-            estimate += cost[u] + 1      # +1: a paragraph join (usually one token)
+        while units:
+            u = units[0]
+            join = 1 if current else 0
+            if estimate + join + cost[u] <= L:
+                current.append(units.popleft())
+                estimate += join + cost[u]
+                continue
+            if u.kind == "text" and overhead + cost[u] > L:    # a paragraph too long for any chunk: fill the room
+                cut = _cut_head(u, text, counter.tokenizer, L - estimate - join - CUT_MARGIN)
+                if cut is not None:
+                    head, units[0] = cut
+                    for piece in cut:
+                        cost[piece] = _unit_cost(piece, text, image_tokens, counter)
+                    current.append(head)
+                elif not current:
+                    current.append(units.popleft())     # counted below, then halved
+            elif not current:
+                current.append(units.popleft())         # an image that does not fit alone: raises below
+            break
         exact = counter.length(text, [u.segment() for u in current], image_tokens)
         while exact > L and len(current) > 1:     # the estimate was short: hand units back
             units.appendleft(current.pop())
@@ -144,7 +166,7 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
         if alone.kind == "image" or alone.end - alone.start <= 1:
             what = f"image {alone.position}" if alone.kind == "image" else "one character"
             raise Unsplittable(f"{what} takes {exact} tokens with the layout around it > context_length {L}")
-        pieces = _cut_text(alone, text, counter.tokenizer, max(1, min(cost[alone], L - overhead) // 2))
+        pieces = _halves(alone, text, counter.tokenizer)
         for p in pieces:
             cost[p] = _unit_cost(p, text, image_tokens, counter)
         units.extendleft(reversed(pieces))
@@ -158,8 +180,8 @@ def _units(text: str, segments: Sequence[Mapping[str, Any]]) -> list[Unit]:
             if s["end"] > s["start"]:
                 out.append(Unit("text", int(s["start"]), int(s["end"])))
         else:
-            out.append(Unit("image", image=int(s["image"]), position=int(s["position"] if s["position"] is not None
-                                                                          else s["image"])))
+            position = s["position"] if s["position"] is not None else s["image"]
+            out.append(Unit("image", image=int(s["image"]), position=int(position)))
     return out
 
 
@@ -169,32 +191,35 @@ def _unit_cost(u: Unit, text: str, image_tokens: Sequence[int], counter: ChunkCo
     return len(counter.tokenizer.encode(text[u.start:u.end]))
 
 
-def _cut_text(u: Unit, text: str, tokenizer: Tokenizer, max_tokens: int) -> list[Unit]:
-    """A text range cut at token boundaries into pieces of about `max_tokens` tokens; a cut prefers a
-    token that starts with whitespace (a word boundary) in the last quarter of the window."""
+def _cut_head(u: Unit, text: str, tokenizer: Tokenizer, max_tokens: int) -> tuple[Unit, Unit] | None:
+    """(head, rest) of a text range: the head at most `max_tokens` tokens, cut at a token boundary,
+    preferably one that starts a word (whitespace on either side) in the last quarter of the window.
+    None when no non-empty head fits."""
+    if max_tokens < 1:
+        return None
+    piece = text[u.start:u.end]
+    _, offsets = tokenizer.encode_with_offsets(piece)
+    if len(offsets) <= max_tokens:
+        return None
+    cut = offsets[max_tokens][0]
+    for k in range(max_tokens, max(1, 3 * max_tokens // 4) - 1, -1):
+        a = offsets[k][0]
+        if 0 < a < len(piece) and (piece[a].isspace() or piece[a - 1].isspace()):
+            cut = a
+            break
+    if not 0 < cut < len(piece):
+        return None
+    return Unit("text", u.start, u.start + cut), Unit("text", u.start + cut, u.end)
+
+
+def _halves(u: Unit, text: str, tokenizer: Tokenizer) -> list[Unit]:
+    """A text range cut in two at its middle token boundary (its middle character when it is one token):
+    the fallback that always makes progress."""
     piece = text[u.start:u.end]
     _, offsets = tokenizer.encode_with_offsets(piece)
     starts = sorted({a for a, _ in offsets if 0 < a < len(piece)})
-    if not starts:      # one token: cut the characters in half
-        mid = len(piece) // 2
-        return [Unit("text", u.start, u.start + mid), Unit("text", u.start + mid, u.end)]
-    cuts, last, i = [], 0, 0
-    while True:
-        window = [s for s in starts if s > last][:max_tokens]
-        if len(window) < max_tokens:
-            break
-        choice = window[-1]
-        for s in reversed(window[max(1, 3 * len(window) // 4):]):
-            if piece[s].isspace() or piece[s - 1].isspace():
-                choice = s
-                break
-        cuts.append(choice)
-        last = choice
-    if not cuts:
-        mid = starts[len(starts) // 2]
-        cuts = [mid]
-    bounds = [0, *cuts, len(piece)]
-    return [Unit("text", u.start + a, u.start + b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    mid = starts[len(starts) // 2] if starts else len(piece) // 2
+    return [Unit("text", u.start, u.start + mid), Unit("text", u.start + mid, u.end)]
 
 
 # --- chunk rows ------------------------------------------------------------------------------------
