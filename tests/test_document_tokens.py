@@ -97,6 +97,9 @@ def test_segments_out_of_order_or_unused_images_are_a_placeholder_mismatch(tok):
 
 
 def test_a_placeholder_in_document_text_is_text_not_an_image(tok):
-    doc = D.build_document(["see <image> here", _img(0, 56, 56)])
-    ids = T.sample_input_ids(doc, tok, [4], template="plain")
-    assert ids[:len(tok.encode("see <image> here"))] == tok.encode("see <image> here")
+    doc = D.build_document(["see <image> and <video> here", _img(0, 56, 56)])
+    for template in ("plain", "chat"):
+        ids = T.sample_input_ids(doc, tok, [4], template=template)
+        text = tok.encode("see <image> and <video> here")
+        assert any(ids[i:i + len(text)] == text for i in range(len(ids)))
+        assert ids.count(tok.token_id(T.IMAGE_PAD)) == 4

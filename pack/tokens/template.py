@@ -185,8 +185,8 @@ def _chat_layout(row: Mapping[str, Any], media: _Media, template: Template) -> _
     else:
         turns = [("user", None), ("assistant", row.get("text") or "")]
     has_ph = {k: any(_has_placeholder(c, k) for _, c in turns) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)}
-    if document:     # a document's images stand at their positions, never in front
-        has_ph[IMAGE_PLACEHOLDER] = True
+    if document:     # a document's images stand at their positions; its text has no placeholders
+        has_ph = {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: False}
     out = _Layout()
     if template.system_prompt is not None and (not turns or turns[0][0] != "system"):
         out.add((IM_START, 1), "system\n" + template.system_prompt, (IM_END, 1), "\n")
@@ -211,8 +211,7 @@ def _plain_layout(row: Mapping[str, Any], media: _Media) -> _Layout:
     body = "\n".join(t.get("content") or "" for t in conv) if conv else (row.get("text") or "")
     out = _Layout()
     if is_document(row):
-        placed = {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: _has_placeholder(body, VIDEO_PLACEHOLDER)}
-        out.add_front_media(media, placed)
+        out.add_front_media(media, {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: False})
         out.add_content(_document_content(row, media), trained=True)
         out.add((EOS, 1), trained=True)
         return out
