@@ -107,10 +107,10 @@ class ChunkCounter:
     def length(self, text: str, segments: Sequence[Mapping[str, Any]], image_tokens: Sequence[int]) -> int:
         chunk_text, chunk_segs, picked = chunk_view(text, segments)
         row = {"text": chunk_text, "segments": chunk_segs, "conversations": None}
-        total = 0
-        for p in render(row, [int(image_tokens[i]) for i in picked], (), self.template):
-            total += len(self.tokenizer.encode(p)) if isinstance(p, str) else p[1]
-        return total
+        pieces = render(row, [int(image_tokens[i]) for i in picked], (), self.template)
+        texts = [p for p in pieces if isinstance(p, str)]
+        special = sum(p[1] for p in pieces if not isinstance(p, str))
+        return special + int(self.tokenizer.count(texts).sum()) if texts else special
 
     def overhead(self) -> int:
         """Tokens of the layout around an empty document (turn markers, system prompt, end of text)."""
@@ -131,7 +131,7 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
     counted exactly; if the estimate was short, units go back to the next chunk."""
     overhead = counter.overhead()
     units = deque(_units(text, segments))
-    cost = {u: _unit_cost(u, text, image_tokens, counter) for u in units}
+    cost = _unit_costs(list(units), text, image_tokens, counter)
     chunks: list[Chunk] = []
     while units:
         current: list[Unit] = []
@@ -147,8 +147,7 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
                 cut = _cut_head(u, text, counter.tokenizer, L - estimate - join - CUT_MARGIN)
                 if cut is not None:
                     head, units[0] = cut
-                    for piece in cut:
-                        cost[piece] = _unit_cost(piece, text, image_tokens, counter)
+                    cost.update(_unit_costs(cut, text, image_tokens, counter))
                     current.append(head)
                 elif not current:
                     current.append(units.popleft())     # counted below, then halved
@@ -167,8 +166,7 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
             what = f"image {alone.position}" if alone.kind == "image" else "one character"
             raise Unsplittable(f"{what} takes {exact} tokens with the layout around it > context_length {L}")
         pieces = _halves(alone, text, counter.tokenizer)
-        for p in pieces:
-            cost[p] = _unit_cost(p, text, image_tokens, counter)
+        cost.update(_unit_costs(pieces, text, image_tokens, counter))
         units.extendleft(reversed(pieces))
     return chunks
 
@@ -185,10 +183,15 @@ def _units(text: str, segments: Sequence[Mapping[str, Any]]) -> list[Unit]:
     return out
 
 
-def _unit_cost(u: Unit, text: str, image_tokens: Sequence[int], counter: ChunkCounter) -> int:
-    if u.kind == "image":
-        return int(image_tokens[u.image]) + 2
-    return len(counter.tokenizer.encode(text[u.start:u.end]))
+def _unit_costs(units: Sequence[Unit], text: str, image_tokens: Sequence[int], counter: ChunkCounter
+                ) -> dict[Unit, int]:
+    """Each unit's own tokens: an image's block, a text range's tokens alone (one batched count)."""
+    out = {u: int(image_tokens[u.image]) + 2 for u in units if u.kind == "image"}
+    texts = [u for u in units if u.kind == "text"]
+    if texts:
+        counts = counter.tokenizer.count([text[u.start:u.end] for u in texts])
+        out.update({u: int(n) for u, n in zip(texts, counts)})
+    return out
 
 
 def _cut_head(u: Unit, text: str, tokenizer: Tokenizer, max_tokens: int) -> tuple[Unit, Unit] | None:
