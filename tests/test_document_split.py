@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from curate.base import records as R
 from curate.documents import record as D
 from pack import tokens as T
-from pack.packing import split as S
+from pack.packing import chunks as C, split as S
 from pack.packing.stage import PackStage
 from pack.tokens.stage import CountTokensStage
 
@@ -99,9 +99,9 @@ def test_an_image_that_alone_does_not_fit_makes_the_document_unsplittable():
 
 
 def test_chunk_keys_and_ordinals_are_stable():
-    assert S.chunk_key("obelics/7", 0) == "obelics/7" and S.chunk_key("obelics/7", 2) == "obelics/7#c2"
-    assert S.chunk_ordinal(7, 1) == S.chunk_ordinal(7, 1) < 0
-    assert len({S.chunk_ordinal(o, c) for o in range(50) for c in range(1, 6)}) == 250
+    assert C.chunk_key("obelics/7", 0) == "obelics/7" and C.chunk_key("obelics/7", 2) == "obelics/7#c2"
+    assert C.chunk_ordinal(7, 1) == C.chunk_ordinal(7, 1) < 0
+    assert len({C.chunk_ordinal(o, c) for o in range(50) for c in range(1, 6)}) == 250
 
 
 # --- the pack stage --------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_pack_split_makes_chunks_that_are_samples_with_exact_lengths():
     short = kept.filter(pc.equal(kept.column("key"), "doc/short"))
     assert short.column("doc_key").to_pylist() == [None] and short.column("chunk_segments").to_pylist() == [None]
     # materialised, each chunk is an ordinary document whose input_ids have exactly num_tokens ids
-    views = S.materialize_chunks(chunks)
+    views = C.materialize_chunks(chunks)
     images = []
     for row in views.to_pylist():
         ids = T.sample_input_ids(row, TOK, row["image_tokens"])

@@ -17,7 +17,7 @@ from curate.base.stage import StageContext
 from curate.documents import record as D
 from pack import packformat as F
 from pack import tokens as T
-from pack.packing import split as S
+from pack.packing.chunks import materialize_chunks
 from pack.packing.stage import PackStage
 from pack.shards.stage import ShardsStage
 from pack.tokens.stage import CountTokensStage
@@ -72,7 +72,7 @@ def pipeline(tmp_path_factory):
                          input_ids=True)
     written = shards.run(packed.kept)
     assert written.dropped.num_rows == 0
-    return work / "out" / "shards", S.materialize_chunks(packed.kept)
+    return work / "out" / "shards", materialize_chunks(packed.kept)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from curate.base import Resources, Stage, register
 from curate.base.global_data import stable_hash64
 from curate.base.partials import read_partials, write_partial
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
-from pack.packing import split as S
+from pack.packing import chunks as S
+from pack.packing.split import ChunkCounter
 from pack.packing.stats import PackStats
 from pack.profile import resolve_profile
 from pack import tokens as T
@@ -174,9 +175,9 @@ class PackStage(Stage):
         })
         return S.with_chunk_columns(decisions, t, emitted), report
 
-    def _chunk_counter(self) -> S.ChunkCounter:
+    def _chunk_counter(self) -> ChunkCounter:
         if getattr(self, "_counter", None) is None:
-            self._counter = S.ChunkCounter(T.load_tokenizer(self.split_tokenizer), self.split_template)
+            self._counter = ChunkCounter(T.load_tokenizer(self.split_tokenizer), self.split_template)
         return self._counter
 
 

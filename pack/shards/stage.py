@@ -37,7 +37,7 @@ from pack.balance import plan as B
 from pack import packformat as F
 from pack.shards.dirswap import replace_dir, sibling_dir
 from pack.energon.meta import write_energon_metadata
-from pack.packing.split import materialize_chunks
+from pack.packing.chunks import materialize_chunks
 from pack.profile import resolve_profile
 from pack.shards.manifest import build_manifest, build_report
 from pack.shards import schedule as S
