@@ -103,6 +103,8 @@ def test_packed_shards_carry_every_document_unchanged(pipeline, reference):
         seen.add(seg["key"])
     assert seen == set(by_key)       # every document and chunk is in some pack
     assert any(k.endswith("#c1") for k in seen)
+    from pack.shards.validate import validate_shards
+    assert validate_shards(str(pipeline[0])) == []
 
 
 def test_labels_train_the_document_text_and_never_vision_tokens(reference):
