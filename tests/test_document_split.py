@@ -168,3 +168,55 @@ def test_pack_split_is_deterministic_and_other_policies_are_unchanged():
     rejected = PackStage(context_length=1024, overlong="reject").run(counted)
     assert rejected.kept.column("key").to_pylist() == ["doc/short"]
     assert rejected.kept.column("doc_key").to_pylist() == [None]
+
+
+# --- through the runner ----------------------------------------------------------------------------
+
+RECIPE = """
+name: document-split
+seed: 4
+plugins: [tests.plugins.as_documents]
+sources:
+  - {{name: web, path: "{data}/*.tar", format: webdataset, category: caption}}
+stages:
+  - {{name: as_documents}}
+  - {{name: count_tokens, settings: {{profile: {{preset: qwen2-vl, max_pixels: 100352}}}}}}
+  - {{name: pack, settings: {{context_length: 1024, overlong: split}}}}
+  - {{name: shards, settings: {{dp_size: 2, micro_batches: 1, leftover: pad_with_repeats, input_ids: true}}}}
+"""
+
+
+def test_a_recipe_splits_documents_accounts_for_every_chunk_and_writes_the_same_bytes_twice(tmp_path):
+    import hashlib
+    import json
+
+    from pack.shards.validate import validate_shards
+    from pack.trainer.loader import PackedShards
+    from pipelines.recipe import load
+    from pipelines.runner import run
+    from tests.corpus import caption_corpus
+
+    data = caption_corpus(tmp_path / "data", n_files=2, per_file=10, seed=9)
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(data=data))
+    outs = []
+    for name in ("a", "b"):
+        run(load(tmp_path / "recipe.yaml"), out=tmp_path / name, executor="inline", progress=False)
+        outs.append(tmp_path / name)
+    report = json.loads((outs[0] / "report.json").read_text())
+    pack = next(s for s in report["stages"] if s["name"] == "pack")
+    split = pack["packing"]["split"]
+    # chunks beyond each document's first are the runner's "repeated": in + repeated = out + dropped
+    assert pack["repeated"] == split["chunks"] - split["documents"] > 0 and pack["balanced"]
+    dropped = sum(pack["rejected"].values()) + sum(pack["quarantined"].values())
+    assert pack["in"] + pack["repeated"] == pack["out"] + dropped
+    assert validate_shards(str(outs[0] / "shards")) == []
+    samples = [seg for r in range(2) for ds in [PackedShards(str(outs[0] / "shards"), rank=r, world_size=2)]
+               for i in range(ds.num_packs) for seg in ds.read_pack(i)["samples"]]
+    chunk_samples = [s for s in samples if s.get("doc_key") is not None]
+    assert any(s["chunk_index"] > 0 and s["key"] == f"{s['doc_key']}#c{s['chunk_index']}" for s in chunk_samples)
+    assert all(s["segments"] and s["length"] <= 1024 for s in samples)
+
+    def digest(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+    assert digest(outs[0] / "shards") == digest(outs[1] / "shards")
