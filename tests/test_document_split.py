@@ -25,8 +25,8 @@ def _img(i: int, w: int, h: int) -> dict:
 
 
 WORDS = st.sampled_from(["the", "harbour", "boats", "数字", "😀", "3.14", "—", "a,b", "\n", "  ", "x" * 40, "Q?"])
-PARAGRAPH = st.lists(WORDS, min_size=1, max_size=400).map(" ".join)
-PART = st.one_of(PARAGRAPH, st.integers(1, 1500).map(lambda t: ("image", t)))
+PARAGRAPH = st.tuples(st.lists(WORDS, min_size=1, max_size=20), st.integers(1, 80)).map(lambda t: " ".join(t[0] * t[1]))
+PART = st.one_of(PARAGRAPH, st.one_of(st.integers(1, 64), st.integers(1, 1500)).map(lambda t: ("image", t)))
 
 
 def _covered(text: str, segments: list[dict], chunks: list[S.Chunk]) -> None:
@@ -41,12 +41,16 @@ def _covered(text: str, segments: list[dict], chunks: list[S.Chunk]) -> None:
     assert all(a < b for a, b in ranges) and all(b0 <= a1 for (_, b0), (a1, _) in zip(ranges, ranges[1:]))
     covered = "".join(text[a:b] for a, b in ranges)
     assert covered == "".join(v for k, v in want if k == "text")
-    # cut only inside a paragraph: every chunk boundary that is not a segment boundary lies in a paragraph
-    # that alone does not fit (checked by the caller through the lengths)
+
+
+def _cut_paragraphs(segments: list[dict], chunks: list[S.Chunk]) -> list[dict]:
+    """The document's text segments that some chunk holds only part of."""
+    whole = {(s["start"], s["end"]) for ch in chunks for s in ch.segments if s["kind"] == "text"}
+    return [s for s in segments if s["kind"] == "text" and (s["start"], s["end"]) not in whole]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(parts=st.lists(PART, min_size=1, max_size=12), slack=st.integers(0, 3000))
+@given(parts=st.lists(PART, min_size=1, max_size=12), slack=st.one_of(st.integers(0, 200), st.integers(0, 3000)))
 def test_any_document_any_context_chunks_fit_in_order_and_nothing_is_lost(parts, slack):
     images = [p for p in parts if isinstance(p, tuple)]
     doc = D.build_document([_img(i, 56, 56) if isinstance(p, tuple) else p for i, p in enumerate(parts)])
@@ -65,6 +69,8 @@ def test_any_document_any_context_chunks_fit_in_order_and_nothing_is_lost(parts,
     whole = len(T.sample_input_ids(doc, TOK, tokens))
     if whole <= L:
         assert len(chunks) == 1
+    for para in _cut_paragraphs(doc["segments"], chunks):     # cut only where a paragraph alone does not fit
+        assert COUNTER.length(doc["text"], [para], tokens) > L
 
 
 def test_cuts_fall_between_segments_unless_a_paragraph_alone_does_not_fit():

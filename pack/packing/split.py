@@ -118,7 +118,8 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
     character of every paragraph and every image exactly once. Raises Unsplittable when an image's
     block (or one character) does not fit in `L` with the layout around it.
 
-    Greedy: units are taken while the estimate (each unit's own tokens, one per paragraph join) fits;
+    Greedy: units are taken while the estimate (each unit's own tokens, one per paragraph join) fits,
+    or, where only the joins' tokens are in doubt, while the exact count fits;
     a paragraph that alone does not fit is cut to fill the chunk's remaining room. Each chunk is then
     counted exactly; if the estimate was short, units go back to the next chunk."""
     overhead = counter.overhead()
@@ -127,14 +128,20 @@ def split_document(text: str, segments: Sequence[Mapping[str, Any]], image_token
     chunks: list[Chunk] = []
     while units:
         current: list[Unit] = []
-        estimate = overhead
+        estimate, joins = overhead, 0
         while units:
             u = units[0]
-            join = 1 if current else 0
+            join = 1 if current and current[-1].kind == u.kind == "text" else 0
             if estimate + join + cost[u] <= L:
                 current.append(units.popleft())
-                estimate += join + cost[u]
+                estimate, joins = estimate + join + cost[u], joins + join
                 continue
+            if estimate - joins + cost[u] <= L:      # fits if the joins merge away: count it exactly
+                exact = counter.length(text, [v.segment() for v in (*current, u)], image_tokens)
+                if exact <= L:
+                    current.append(units.popleft())
+                    estimate, joins = exact, 0
+                    continue
             if u.kind == "text" and overhead + cost[u] > L:    # a paragraph too long for any chunk: fill the room
                 cut = _cut_head(u, text, counter.tokenizer, L - estimate - join - CUT_MARGIN)
                 if cut is not None:
