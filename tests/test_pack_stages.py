@@ -59,7 +59,7 @@ def test_stages_are_registered_with_schemas():
     assert S.get("pack") is PackStage
     # no settings: the model profile is the run's (the recipe's model:), not a stage setting
     assert CountTokensStage.settings_schema()["properties"] == {}
-    assert PackStage.settings_schema()["properties"]["overlong"]["enum"] == ["reject", "truncate"]
+    assert PackStage.settings_schema()["properties"]["overlong"]["enum"] == ["reject", "truncate", "split"]
 
 
 def test_count_tokens_matches_the_trainer_ids_and_rejects_with_reasons(tok):
@@ -98,7 +98,7 @@ def test_count_tokens_rejects_bad_settings(bad):
         CountTokensStage(context=_run(bad))   # the recipe parses the profile, the stage checks its tokenizer
 
 
-@pytest.mark.parametrize("bad", [dict(context_length=0), dict(overlong="split"), dict(algorithm="bfd"),
+@pytest.mark.parametrize("bad", [dict(context_length=0), dict(overlong="cut"), dict(algorithm="bfd"),
                                  dict(max_images_per_pack=0), dict(keep_whole="grounding")])
 def test_pack_rejects_bad_settings(bad):
     with pytest.raises(ValueError):

@@ -25,8 +25,11 @@ from curate.base import Resources, Stage, register
 from curate.base.global_data import stable_hash64
 from curate.base.partials import read_partials, write_partial
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
+from pack.packing import chunks as S
+from pack.packing.split import ChunkCounter
 from pack.packing.stats import PackStats
 from pack.profile import run_profile
+from pack import tokens as T
 from pack.tokens.stage import list_parts
 
 @register
@@ -40,6 +43,7 @@ class PackStage(Stage):
         "pack_id": pa.int64(),
         "pack_position": pa.int32(),
         "truncated_from": pa.int64(),
+        **S.CHUNK_COLUMNS,
     }
     resources = Resources(cpus=1)
     global_columns = ("category", "num_tokens", "text_tokens", "image_tokens", "video_tokens")
@@ -49,9 +53,11 @@ class PackStage(Stage):
         context_length: int | None = field(default=None, metadata={
             "doc": "pack capacity in tokens; null: the recipe's model.context_length, the run's one declaration "
                    "(this setting is its older spelling: a recipe that sets both must set the same number)"})
-        overlong: Literal["reject", "truncate"] = field(default="reject", metadata={
+        overlong: Literal["reject", "truncate", "split"] = field(default="reject", metadata={
             "doc": "samples longer than context_length: reject, or truncate their text (vision tokens are never cut; "
-                   "a sample whose vision tokens alone do not fit is rejected as overlong_images)"})
+                   "a sample whose vision tokens alone do not fit is rejected as overlong_images), or split: an "
+                   "interleaved document becomes chunks that each fit, cut between segments (pack.packing.split), "
+                   "each chunk a sample with doc_key and chunk_index; other overlong samples are rejected"})
         keep_whole: list[str] = field(default_factory=list, metadata={
             "doc": "categories whose samples must stay whole (e.g. grounding, conversation): with overlong: truncate "
                    "they are rejected as overlong instead of cut"})
@@ -75,10 +81,11 @@ class PackStage(Stage):
         elif self.context.profile is not None and c.context_length != declared:
             raise ValueError(f"context_length: {c.context_length} differs from the model profile's context_length "
                              f"{declared}; the pack length is declared once (model.context_length)")
-        if c.overlong not in ("reject", "truncate"):
-            raise ValueError(f"overlong: must be 'reject' or 'truncate', got {c.overlong!r}")
-        if c.algorithm not in ("plan", "ffd"):
-            raise ValueError(f"algorithm: must be 'plan' or 'ffd', got {c.algorithm!r}")
+        if c.overlong == "split":   # the split counts chunks with count_tokens' tokenizer and template
+            profile = run_profile(self.context)
+            self.split_template = T.Template(**profile.template_fields())
+            self.split_tokenizer = profile.tokenizer
+            self.global_columns = (*type(self).global_columns, "text", "segments", "conversations")
         if not isinstance(c.keep_whole, (list, tuple)) or not all(isinstance(x, str) for x in c.keep_whole):
             raise ValueError(f"keep_whole: must be a list of category names, got {c.keep_whole!r}")
         for name in ("max_images_per_pack", "max_image_tokens_per_pack"):
@@ -127,8 +134,12 @@ class PackStage(Stage):
         L = c.context_length
         order = np.argsort(np.asarray(table.column(R.ORDINAL).to_numpy(zero_copy_only=False)), kind="stable")
         t = table.take(pa.array(order))
+        split = S.expand_documents(t, L, self._chunk_counter, c.keep_whole) if c.overlong == "split" else None
+        if split is not None:
+            t = split.table
         a = admit(t, c)
-        keep = np.array([r is None for r in a.reasons], dtype=bool)
+        emitted = S.settle_chunks(t, a.reasons, a.details, split.reasons) if split else [True] * t.num_rows
+        keep = np.array([r is None for r in a.reasons], dtype=bool) & np.array(emitted, dtype=bool)
         idx = np.flatnonzero(keep)
         kw: dict[str, Any] = {}
         if c.max_images_per_pack is not None:
@@ -149,9 +160,10 @@ class PackStage(Stage):
         truncated = a.truncated_from >= 0
         report = {"items": stats.items, "packs": stats.packs, "tokens": stats.tokens, "ffd_packs": ffd_packs,
                   "truncated": int(truncated.sum()), "truncated_tokens": int((a.num[truncated] - L).sum()),
-                  "rejected": {r: a.reasons.count(r) for r in sorted({r for r in a.reasons if r})}}
+                  "rejected": {r: a.reasons.count(r) for r in sorted({r for r in a.reasons if r})},
+                  "split_documents": split.documents if split else 0, "chunks": split.chunks if split else 0}
         kept = pa.array(keep)
-        return pa.table({
+        decisions = pa.table({
             R.ORDINAL: t.column(R.ORDINAL),
             R.STATUS: pc.if_else(kept, pa.scalar(R.KEPT), pa.scalar(R.REJECTED)),
             R.REASON: pa.array(a.reasons, type=pa.string()),
@@ -160,7 +172,13 @@ class PackStage(Stage):
             "pack_id": pa.array(np.where(keep, pack_id, None).tolist(), type=pa.int64()),
             "pack_position": pa.array(np.where(keep, position, None).tolist(), type=pa.int32()),
             "truncated_from": pa.array(np.where(truncated, a.truncated_from, None).tolist(), type=pa.int64()),
-        }), report
+        })
+        return S.with_chunk_columns(decisions, t, emitted), report
+
+    def _chunk_counter(self) -> ChunkCounter:
+        if getattr(self, "_counter", None) is None:
+            self._counter = ChunkCounter(T.load_tokenizer(self.split_tokenizer), self.split_template)
+        return self._counter
 
 
 @dataclass
@@ -191,7 +209,7 @@ def admit(t: pa.Table, c: Any) -> Admission:
     whole = set(c.keep_whole)
     categories = t.column("category").to_pylist() if ("category" in t.column_names and whole) else [None] * n
     for i in np.flatnonzero(num > L).tolist():
-        if c.overlong == "reject" or categories[i] in whole:
+        if c.overlong in ("reject", "split") or categories[i] in whole:
             why = " (category must stay whole)" if c.overlong == "truncate" else ""
             a.reasons[i], a.details[i] = "overlong", f"{num[i]} tokens > context_length {L}{why}"
         elif vision_block[i] >= L:
@@ -226,7 +244,8 @@ PART = "_pack_part"
 def combine_reports(reports: list[dict[str, Any]], config: Any, partitions: int) -> dict[str, Any]:
     """The stage's packing report from its partitions' numbers (sums; fill from the totals)."""
     L = config.context_length
-    total = {k: sum(r[k] for r in reports) for k in ("items", "packs", "tokens", "truncated", "truncated_tokens")}
+    total = {k: sum(r.get(k, 0) for r in reports)
+             for k in ("items", "packs", "tokens", "truncated", "truncated_tokens", "split_documents", "chunks")}
     rejected: dict[str, int] = {}
     for r in reports:
         for reason, n in r["rejected"].items():
@@ -237,6 +256,8 @@ def combine_reports(reports: list[dict[str, Any]], config: Any, partitions: int)
             "ffd_packs": sum(ffd) if ffd and all(f is not None for f in ffd) else None,
             "fill_efficiency": round(stats.fill, 6), "truncated": total["truncated"],
             "truncated_tokens": total["truncated_tokens"], "rejected": dict(sorted(rejected.items())),
+            **({"split": {"documents": total["split_documents"], "chunks": total["chunks"]}}
+               if config.overlong == "split" else {}),
             "max_images_per_pack": config.max_images_per_pack,
             "max_image_tokens_per_pack": config.max_image_tokens_per_pack}
 

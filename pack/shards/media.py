@@ -19,6 +19,10 @@ def segment_doc(seg: Mapping[str, Any], media: dict[str, list[dict]]) -> dict[st
     }
     if seg.get("text") is not None:
         doc["text"] = seg["text"]
+    if seg.get("segments") is not None:      # an interleaved document (or a chunk of one), as the record has it
+        doc["segments"] = [{k: s[k] for k in ("kind", "start", "end", "image", "position")} for s in seg["segments"]]
+    if seg.get("doc_key") is not None:
+        doc["doc_key"], doc["chunk_index"] = seg["doc_key"], int(seg["chunk_index"])
     if seg.get("conversations") is not None:
         doc["conversations"] = [{"role": t.get("role"), "content": t.get("content")} for t in seg["conversations"]]
     if seg.get("meta"):

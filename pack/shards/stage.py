@@ -37,6 +37,7 @@ from pack.balance import plan as B
 from pack import packformat as F
 from pack.shards.dirswap import replace_dir, sibling_dir
 from pack.energon.meta import write_energon_metadata
+from pack.packing.chunks import materialize_chunks
 from pack.profile import ModelProfile, run_profile
 from pack.shards.manifest import build_manifest, build_report
 from pack.shards import schedule as S
@@ -46,7 +47,7 @@ from pack.shards.writer import ShardResult, WriterSettings
 SLOTS_DIR = ".slots"   # the plan's slot table while the shards are written (pack.shards.slots)
 SEGMENT_COLUMNS = ("key", "source", "category", "images", "videos", "text", "conversations", "meta",
                    "num_tokens", "text_tokens", "image_tokens", "video_tokens", "truncated_from", "pack_id",
-                   R.ORDINAL)
+                   "segments", "doc_key", "chunk_index", R.ORDINAL)
 
 
 # =============================================================================================
@@ -125,6 +126,7 @@ class ShardsStage(Stage):
     def global_step(self, data: Any) -> Any:
         c = self.config
         L = self.capacity()
+        data = data.map_batches(materialize_chunks)   # chunks of split documents become their own documents
         stats = data.aggregate(S.pack_partial, S.combine_pack_stats, S.merge_pack_stats)
         S.check_stats(stats, L)
         costs = stats.costs(B.CostModel(self.profile.vit_patches_per_token(), self.profile.vit_hidden))

@@ -1,8 +1,8 @@
 """Sequence lengths of whole batches of records without building id lists (``count_rows``).
 
 Caption rows take a vectorised path (one variable text piece per row, the rest of the layout a
-per-layout constant); other rows are laid out by ``render`` and all their text pieces are counted in
-one batched call of the tokenizer's ``TextCounter``.
+per-layout constant); other rows (conversations, placeholders, interleaved documents) are laid out by
+``render`` and all their text pieces are counted in one batched call of the tokenizer's ``TextCounter``.
 """
 from __future__ import annotations
 
@@ -82,6 +82,8 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
     else:
         conv_len = np.zeros(n, dtype=np.int64)
     simple = (conv_len == 0) & ~_contains_placeholder(text)
+    if "segments" in table.column_names:     # interleaved documents are laid out by render
+        simple &= np.asarray(pc.is_null(table.column("segments")).to_numpy(zero_copy_only=False), dtype=bool)
 
     num = np.zeros(n, dtype=np.int64)
     errors: list[str | None] = [None] * n
@@ -132,7 +134,7 @@ def _count_general_rows(other: np.ndarray, table: pa.Table, img_lists: pa.ListAr
         return
     other_idx = pa.array(other)
     sub = table.take(other_idx)
-    rows = sub.select([c for c in ("text", "conversations") if c in sub.column_names]).to_pylist()
+    rows = sub.select([c for c in ("text", "conversations", "segments") if c in sub.column_names]).to_pylist()
     other_img = img_lists.take(other_idx).to_pylist()
     other_vid = vid_lists.take(other_idx).to_pylist()
     pieces_text: list[str] = []

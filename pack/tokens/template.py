@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
+from curate.base.records import DOCUMENT_PARAGRAPH_JOIN
+from curate.documents.record import document_parts
+
 if TYPE_CHECKING:
     from pack.tokens.tokenizer import Tokenizer
 
@@ -61,7 +64,12 @@ class Template:
     conversations are joined turn by turn with newlines.
 
     Images go where ``<image>`` placeholders stand (in order); a record without placeholders gets its
-    images at the start of the first user turn (chat) or of the text (plain). Each image is
+    images at the start of the first user turn (chat) or of the text (plain). An interleaved document
+    (a row with ``segments``, no conversation) is laid out in document order: its paragraphs with
+    ``DOCUMENT_PARAGRAPH_JOIN`` between two consecutive ones, each image's block at its position,
+    nothing added next to an image (what transformers' chat template makes of a content list of text
+    and image items); chat: a user turn with ``caption_prompt``, then the document as the assistant
+    turn (its text trained, like a caption); plain: the document, then ``<|endoftext|>``. Each image is
     ``<|vision_start|>`` + ``<|image_pad|>`` x tokens + ``<|vision_end|>`` (videos: ``<|video_pad|>``).
     """
     kind: Literal["chat", "plain"] = "chat"
@@ -112,6 +120,31 @@ def _expand(content: str, media: _Media) -> list[Piece]:
     return out
 
 
+def is_document(row: Mapping[str, Any]) -> bool:
+    """A row laid out as an interleaved document: it has ``segments`` and no conversation."""
+    return row.get("segments") is not None and not row.get("conversations")
+
+
+def _document_content(row: Mapping[str, Any], media: _Media) -> list[Piece]:
+    """A document's pieces in order; its image segments must name the images in order (as
+    ``build_document`` and ``remove_images`` keep them), each exactly once."""
+    out: list[Piece] = []
+    after_text = False
+    for kind, value in document_parts(row.get("text"), row.get("segments")):
+        if kind == "text":
+            if after_text:
+                out.append(DOCUMENT_PARAGRAPH_JOIN)
+            out.append(value)
+            after_text = True
+        else:
+            if value != media.used[IMAGE_PLACEHOLDER]:
+                raise PlaceholderMismatch(f"document image segment names image {value}, expected "
+                                          f"{media.used[IMAGE_PLACEHOLDER]} (segments out of order)")
+            out += media.take(IMAGE_PLACEHOLDER)
+            after_text = False
+    return out
+
+
 def _has_placeholder(text: str | None, kind: str) -> bool:
     return bool(text) and kind in text
 
@@ -146,11 +179,14 @@ def _chat_layout(row: Mapping[str, Any], media: _Media, template: Template) -> _
     trained on everything after ``<|im_start|>assistant\\n`` — its content, ``<|im_end|>`` and the
     newline; system and user turns and all vision tokens are not."""
     conv = row.get("conversations") or []
+    document = is_document(row)
     if conv:
         turns = [(t.get("role") or "user", t.get("content") or "") for t in conv]
     else:
         turns = [("user", None), ("assistant", row.get("text") or "")]
     has_ph = {k: any(_has_placeholder(c, k) for _, c in turns) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)}
+    if document:     # a document's images stand at their positions; its text has no placeholders
+        has_ph = {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: False}
     out = _Layout()
     if template.system_prompt is not None and (not turns or turns[0][0] != "system"):
         out.add((IM_START, 1), "system\n" + template.system_prompt, (IM_END, 1), "\n")
@@ -163,7 +199,8 @@ def _chat_layout(row: Mapping[str, Any], media: _Media, template: Template) -> _
         if content is None:      # the synthetic user turn of a caption record
             content = template.caption_prompt
         trained = role == "assistant"
-        out.add_content(_expand(content, media), trained)
+        body = _document_content(row, media) if document and role == "assistant" else _expand(content, media)
+        out.add_content(body, trained)
         out.add((IM_END, 1), "\n", trained=trained)
     return out
 
@@ -173,6 +210,11 @@ def _plain_layout(row: Mapping[str, Any], media: _Media) -> _Layout:
     conv = row.get("conversations") or []
     body = "\n".join(t.get("content") or "" for t in conv) if conv else (row.get("text") or "")
     out = _Layout()
+    if is_document(row):
+        out.add_front_media(media, {IMAGE_PLACEHOLDER: True, VIDEO_PLACEHOLDER: False})
+        out.add_content(_document_content(row, media), trained=True)
+        out.add((EOS, 1), trained=True)
+        return out
     out.add_front_media(media, {k: _has_placeholder(body, k) for k in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)})
     out.add_content(_expand(body, media), trained=True)
     out.add((EOS, 1), trained=True)
