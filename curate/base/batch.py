@@ -1,0 +1,86 @@
+"""What one batch of a stage comes out as: kept rows and dropped rows with a status and a reason.
+
+The stage contract (curate.base.stage) and inline execution (curate.base.inline) both speak these
+types; they live apart from both so that neither imports the other back.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.base import records as R
+
+
+class BadSample(Exception):
+    """This sample's input is unusable (corrupt or unreadable bytes, a decoder's error on them, a field
+    of the wrong type). Raised inside ``process_batch``, it quarantines the rows that raise it with
+    ``reason``; it is the only exception the executors treat as data rather than as a bug."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class BatchResult:
+    """What a stage did to one batch: kept rows, and dropped rows carrying _status/_reason/_detail."""
+    kept: pa.Table
+    dropped: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return self.kept.num_rows + self.dropped.num_rows
+
+    @staticmethod
+    def split(table: pa.Table, reasons: Sequence[str | None], details: Sequence[str | None] | None = None,
+              status: str = R.REJECTED) -> "BatchResult":
+        """Rows whose reason is None are kept; the others are dropped with that reason and `status`."""
+        if len(reasons) != table.num_rows:
+            raise ValueError(f"{len(reasons)} verdicts for {table.num_rows} rows")
+        drop_mask = pa.array([r is not None for r in reasons], type=pa.bool_())
+        kept = table.filter(pc.invert(drop_mask))
+        idx = [i for i, r in enumerate(reasons) if r is not None]
+        dropped = table.take(pa.array(idx, type=pa.int64()))
+        if idx:
+            dropped = set_status(dropped, status, [reasons[i] for i in idx],
+                                 [details[i] for i in idx] if details is not None else None)
+        return BatchResult(kept, dropped)
+
+    @staticmethod
+    def keep_all(table: pa.Table) -> "BatchResult":
+        return BatchResult(table, table.slice(0, 0))
+
+    def concat(self) -> pa.Table:
+        """Kept and dropped rows in one table (kept rows have _status == 'kept')."""
+        if self.dropped.num_rows == 0:
+            return self.kept
+        if self.kept.num_rows == 0:
+            return self.dropped
+        return pa.concat_tables([self.kept, self.dropped.cast(self.kept.schema)])
+
+
+def set_status(table: pa.Table, status: str, reasons: Sequence[str | None] | str,
+               details: Sequence[str | None] | str | None = None) -> pa.Table:
+    n = table.num_rows
+    if isinstance(reasons, str) or reasons is None:
+        reasons = [reasons] * n
+    if isinstance(details, str) or details is None:
+        details = [details] * n
+    out = table
+    for name, values in ((R.STATUS, [status] * n), (R.REASON, list(reasons)), (R.DETAIL, list(details))):
+        arr = pa.array(values, type=pa.string())
+        idx = out.schema.get_field_index(name)
+        out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
+    return out
+
+
+def error_detail(exc: BaseException) -> str:
+    """One-line error text for the rejects manifest (type, message, innermost frame)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"[:500]
