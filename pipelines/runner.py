@@ -174,11 +174,7 @@ class Runner:
         upstream: dict[str, dict] = {}
         prev_fp = fingerprint(package_version())
         for index, spec in enumerate(plan):
-            context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
-                                     recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
-                                     upstream=dict(upstream), max_error_fraction=recipe.max_error_fraction,
-                                     profile=recipe.model)
-            stage = S.build(spec.name, spec.settings, context)
+            stage = S.build(spec.name, spec.settings, recipe.stage_context(index, upstream, str(self.out)))
             settings = _settings_of(stage)
             prev_fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
                                   stage.input_identity())
@@ -240,7 +236,7 @@ class Runner:
             entries.append({"name": m.name, "in": n_in, "repeated": extra, "out": counts["out"],
                             "rejected": counts["rejected"], "quarantined": counts["quarantined"],
                             "rejects": str((m.final / "rejects.parquet").relative_to(self.out)),
-                            **summaries[m.index], **m.stage.report})
+                            **summaries[m.index]})
             self.log(f"[{m.index:02d}] {m.name:<16} in={n_in} out={counts['out']} "
                      f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
             n_in = counts["out"]

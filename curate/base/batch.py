@@ -6,8 +6,8 @@ types; they live apart from both so that neither imports the other back.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,9 +28,12 @@ class BadSample(Exception):
 
 @dataclass
 class BatchResult:
-    """What a stage did to one batch: kept rows, and dropped rows carrying _status/_reason/_detail."""
+    """What a stage did to one batch: kept rows, and dropped rows carrying _status/_reason/_detail.
+    ``report``: after a whole stage ran in a notebook (``Stage.run``), the numbers report.json would
+    show for it beside its counts (curate.base.inline.report_numbers)."""
     kept: pa.Table
     dropped: pa.Table
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
-from curate.base.global_data import InlineData, as_table
+from curate.base.global_data import InlineData, as_table, step_result
 from curate.base.batch import BadSample, BatchResult, error_detail, set_status
 
 if TYPE_CHECKING:   # the stage contract imports this module (Stage.run): no import back
@@ -240,14 +240,33 @@ def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = Non
     parts = [apply_batch(stage, table.slice(i, size)) for i in range(0, table.num_rows, size)]
     out_schema = stage.output_schema(table.schema)
     out = pa.concat_tables([out_schema.empty_table(), *parts]) if parts else out_schema.empty_table()
+    step_report: dict[str, Any] = {}
     if stage.has_global_step():
         stage.ensure_setup()
         inputs = global_input(stage, out)
-        decisions = validate_decisions(stage, inputs, as_table(stage.global_step(InlineData([inputs]))))
+        step = step_result(stage.global_step(InlineData([inputs])))
+        decisions = validate_decisions(stage, inputs, as_table(step.decisions))
         out = apply_decisions(out, decisions, out_schema)
+        step_report = step.report
     is_kept = pc.equal(out.column(R.STATUS), R.KEPT)
     arrived_dropped = conform_loose(table.filter(pc.not_equal(table.column(R.STATUS), R.KEPT)), out_schema)
-    return BatchResult(out.filter(is_kept), pa.concat_tables([out.filter(pc.invert(is_kept)), arrived_dropped]))
+    kept = out.filter(is_kept)
+    return BatchResult(kept, pa.concat_tables([out.filter(pc.invert(is_kept)), arrived_dropped]),
+                       report_numbers(stage, kept, step_report))
+
+
+def report_numbers(stage: Stage, kept: pa.Table, step_report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers report.json shows for a stage beside its counts, the one way they get there:
+    ``summarize`` of the merged ``summary_partial``s of its kept rows, then what its global step
+    returned (``StepResult.report``). The runner computes the same from the written rows
+    (pipelines.engine.chains); here, for a notebook's ``Stage.run``, from `kept` in one batch. A
+    table without the stage's summary columns gets the step's numbers only."""
+    if not stage.summary_columns:
+        return {**stage.summarize(kept.select([])), **step_report}
+    if not all(c in kept.column_names for c in stage.summary_columns):
+        return dict(step_report)
+    cols = [c for c in (*stage.summary_columns, "key", R.ORDINAL) if c in kept.column_names]
+    return {**stage.summarize(stage.summary_merge(stage.summary_partial(kept.select(cols)))), **step_report}
 
 
 def tally(statuses: list[str], reasons: list[str | None], weights: list[int] | None = None) -> dict[str, Any]:

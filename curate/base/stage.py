@@ -97,7 +97,6 @@ class Stage:
             config = dataclasses.replace(config, **settings)
         self.config = config
         self.context = context or StageContext()
-        self.report: dict[str, Any] = {}
         self._is_setup = False
         from curate.base.config_schema import check_config
         check_config(self.config)   # declared types and Literal choices, for every stage alike
@@ -147,14 +146,17 @@ class Stage:
     def global_step(self, data: Any) -> Any:
         """Whole-dataset step on a ``GlobalData`` (``curate.base.global_data``) holding `key`, `_ordinal`
         and ``global_columns`` of every kept row. Returns decisions (a GlobalData or a table): `_ordinal`,
-        `_status`, `_reason`, `_detail` and any `adds` columns, one row per input row.
+        `_status`, `_reason`, `_detail` and any `adds` columns, one row per input row; with numbers
+        for report.json, ``StepResult(decisions, report)`` (``curate.base.global_data``). It runs on
+        the driver: numbers it computes there (from ``data.aggregate``) are the step's own to return.
 
         The default gathers the columns into this process and calls ``decide()`` — fine for steps
         whose input is small; steps over per-sample data at scale override this instead."""
         return self.decide(data.gather())
 
-    def decide(self, table: pa.Table) -> pa.Table:
-        """Small-data global step: gets the global columns of every kept row as one table."""
+    def decide(self, table: pa.Table) -> Any:
+        """Small-data global step: gets the global columns of every kept row as one table; returns
+        what ``global_step`` returns (a decisions table, or a StepResult with numbers)."""
         raise NotImplementedError
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
@@ -171,8 +173,12 @@ class Stage:
         return parts
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        """Extra numbers for report.json (fill, percentiles...). Gets the concatenated (and perhaps
-        merged) ``summary_partial`` tables (by default `summary_columns` of the kept rows)."""
+        """Extra numbers for report.json (fill, percentiles...), computed on the driver. Gets the
+        concatenated (and perhaps merged) ``summary_partial`` tables (by default `summary_columns` of
+        the kept rows; an empty table for a stage without summary columns). With a global step's
+        ``StepResult.report`` this is the one way a stage's numbers reach the report
+        (curate.base.inline.report_numbers): nothing is read off the stage object afterwards, so
+        a number ``setup()`` computes (setup runs in the workers under Ray) must be computed here."""
         return {}
 
     # --- running without Ray -----------------------------------------------------------------------

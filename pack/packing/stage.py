@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.base import Resources, Stage, register
-from curate.base.global_data import stable_hash64
+from curate.base.global_data import StepResult, stable_hash64
 from curate.base.partials import read_partials, write_partial
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
 from pack.packing.stats import PackStats
@@ -101,11 +101,11 @@ class PackStage(Stage):
         try:
             decisions = data.map_batches(tag).shuffle_reduce(
                 PART, lambda group: self.pack_partitions(group, partials), partitions=parts).materialize()
-            self.report = {"packing": combine_reports(list(read_partials(partials).values()), self.config, parts)}
+            report = {"packing": combine_reports(list(read_partials(partials).values()), self.config, parts)}
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
-        return decisions
+        return StepResult(decisions, report)
 
     def pack_partitions(self, group: pa.Table, partials: str) -> pa.Table:
         """Decisions for every partition in `group` (rows sorted by partition, then _ordinal)."""

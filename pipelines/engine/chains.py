@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
+from curate.base.global_data import step_result
 from pipelines.engine.executor import AUTO_INLINE_ROWS, Executor
 from pipelines.engine.fusion import Member, rows_of, write_rejects
 from pipelines.engine.links import chain_schema, schema_without_dropped_at
@@ -44,7 +45,8 @@ class ChainResult:
     repeated: int                # repeat rows the closing global step added
     kept: int                    # rows the owner kept
     tallies: dict[int, dict[str, Any]]        # per stage index: rejected / quarantined by reason
-    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)   # per stage index: report numbers
+    # per stage index: its numbers for report.json (summarize, then the global step's StepResult.report)
+    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def chain_input(head: Member, upstream_dir: Path | None, with_task_bytes_column: bool) -> ChainInput:
@@ -76,7 +78,7 @@ def run_chain(group: list[Member], source: ChainInput, executor: Executor) -> Ch
         files = data_files(pass1)
     n_in = count_rows(data_files(pass1)) if upstream_kept is None else upstream_kept
     summaries = {m.index: stage_summary(m, files, owner=False, executor=executor) for m in group[:-1]}
-    repeated = global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
+    repeated, step_report = global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
     if pass1.name == "pass1" and pass1.exists():
         shutil.rmtree(pass1)
     data = owner.tmp / "data"
@@ -85,7 +87,7 @@ def run_chain(group: list[Member], source: ChainInput, executor: Executor) -> Ch
     if count_rows(written) != n_in + repeated:
         raise E.AccountingError(f"chain {' + '.join(m.name for m in group)}: {count_rows(written)} rows written "
                                 f"for in={n_in} repeated={repeated}")
-    summaries[owner.index] = stage_summary(owner, written, owner=True, executor=executor)
+    summaries[owner.index] = {**stage_summary(owner, written, owner=True, executor=executor), **step_report}
     return ChainResult(n_in, repeated, count_rows(written, kept_only=True), tallies, summaries)
 
 
@@ -117,12 +119,12 @@ def _source_bytes(task_files: list[str]) -> int | None:
 
 
 def global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: Path, direct: bool,
-                 upstream_kept: int | None) -> int:
+                 upstream_kept: int | None) -> tuple[int, dict[str, Any]]:
     """The owner's whole-dataset step over `files` (its per-batch output, or with `direct` its
     upstream's rows, of which only the kept ones are its input); returns how many repeat rows it
-    added."""
+    added and the numbers it returned for the report."""
     if not stage.has_global_step():
-        return 0
+        return 0, {}
     out_data.mkdir()
     schema = pq.read_schema(files[0]) if files else R.BASE_SCHEMA
     if direct:
@@ -130,20 +132,23 @@ def global_step(stage: S.Stage, executor: Executor, files: list[str], out_data: 
     kept = upstream_kept if direct else count_rows(files, kept_only=True)
     if kept:
         stage.ensure_setup()
-        decisions = stage.global_step(executor.global_data(stage, files, kept))
-        return executor.apply_decisions(stage, files, decisions, schema, out_data, only_kept=direct)
+        step = step_result(stage.global_step(executor.global_data(stage, files, kept)))
+        return executor.apply_decisions(stage, files, step.decisions, schema, out_data, only_kept=direct), step.report
     if direct:
         write_table(schema.empty_table(), out_data / "part-00000.parquet")
     else:
         for f in files:
             os.replace(f, out_data / Path(f).name)
-    return 0
+    return 0, {}
 
 def stage_summary(m: Member, files: list[str], owner: bool, executor: Executor) -> dict[str, Any]:
-    """The stage's report numbers from its kept rows: ``summary_partial`` per batch where the rows
-    are (Ray: on the workers), merged there by ``summary_merge`` (Executor.summary_parts), so that
-    the driver holds a few merged partials, never a row per sample."""
-    if not m.stage.summary_columns or not files:
+    """The stage's ``summarize`` of its kept rows: ``summary_partial`` per batch where the rows are
+    (Ray: on the workers), merged there by ``summary_merge`` (Executor.summary_parts), so that the
+    driver holds a few merged partials, never a row per sample. A stage without summary columns
+    summarizes an empty table (its numbers come from elsewhere than its rows, e.g. a reference)."""
+    if not m.stage.summary_columns:
+        return m.stage.summarize(pa.table({}))
+    if not files:
         return {}
     ds, flt = rows_of(files, m.index, owner, kept=True)
     cols = [c for c in (*m.stage.summary_columns, "key", R.ORDINAL) if c in ds.schema.names]
