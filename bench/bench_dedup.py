@@ -208,11 +208,12 @@ def global_step_run(n: int) -> dict[str, float]:
     stage = S.build("text_dedup")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     chunks = [table.slice(i, 65_536) for i in range(0, n, 65_536)]
-    dec, c, w = cpu_wall(lambda: stage.global_step(InlineData(chunks)).gather())
+    steps = []
+    dec, c, w = cpu_wall(lambda: steps.append(stage.global_step(InlineData(chunks))) or steps[-1].decisions.gather())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     removed = int((np.asarray(dec.column(R.STATUS).to_pylist()) != R.KEPT).sum())
     return {"wall": w, "cpu": c, "removed": removed, "rss_mb": max(rss, rss0) / 1024,
-            "candidates": stage.report["dedup"]["candidates"]}
+            "candidates": steps[-1].report["dedup"]["candidates"]}
 
 
 def duplicate_graph(n: int, paths: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,8 @@ def child_mmcurate(root: Path, n: int, executor: str) -> dict:
         for stage in stages:
             table = stage.run(table).kept
         return {"in": n, "kept": table.num_rows}
-    from pipelines.engine.executors import data_files, make_executor
+    from pipelines.engine.executor import make_executor
+    from pipelines.engine.tables import data_files
     work = root / f"ray-{n}"
     import shutil
     shutil.rmtree(work, ignore_errors=True)

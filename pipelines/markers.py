@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from curate.base.diskspace import writing
-from pipelines.engine.executors import data_files
+from pipelines.engine.tables import data_files
 from pipelines.fingerprint import inventory_problem
 from pipelines.engine.fusion import Member
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jsonschema
 import yaml
@@ -89,6 +89,14 @@ class Recipe:
     def hash(self) -> str:
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def stage_context(self, index: int, out_dir: str = "") -> S.StageContext:
+        """The run-wide facts stage `index` of ``plan()`` is built with: the one place a StageContext is
+        made from a recipe (a run passes its output directory; validating a recipe has none). The model
+        profile travels typed; no stage reads another stage's settings."""
+        return S.StageContext(seed=self.seed, out_dir=out_dir, recipe_name=self.name, recipe_hash=self.hash(),
+                              stage_index=index, mixture=self.mixture,
+                              max_error_fraction=self.max_error_fraction, profile=self.model)
 
     def plan(self) -> list[StageSpec]:
         """The stages that run, in order: ingest (reading `sources`), the recipe's stages, and the
@@ -327,15 +335,14 @@ def check_semantics(recipe: Recipe) -> None:
     columns_known = True
     plan = recipe.plan()
     recipe_index = {id(s): i for i, s in enumerate(recipe.stages)}
-    for spec in plan:
+    for index, spec in enumerate(plan):
         where = (f"stages[{recipe_index[id(spec)]}]" if id(spec) in recipe_index
                  else ("mixture" if spec.name == "mixture" else spec.name))
         if spec.name in recipe.unchecked_stages:
             columns_known = False   # a plugin stage's adds are unknown: columns after it are not checked
             continue
         try:
-            stage = S.build(spec.name, spec.settings,
-                            S.StageContext(seed=recipe.seed, mixture=recipe.mixture, profile=recipe.model))
+            stage = S.build(spec.name, spec.settings, recipe.stage_context(index))
         except (ValueError, TypeError) as exc:
             prefix = "mixture." if where == "mixture" else f"{where}.settings: "
             raise RecipeError(f"{prefix}{exc}") from None

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,20 +39,16 @@ from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import find_out_of_space
-from pipelines.engine.executors import Executor, data_files, make_executor, write_table
-from pipelines.engine.chains import count_rows, global_step, map_phase, stage_summary
-from pipelines.engine.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
+from pipelines.engine.chains import ChainResult, chain_input, run_chain
+from pipelines.engine.executor import Executors
+from pipelines.engine.fusion import FUSED_INTO, Member, fusion_groups, stage_rows
 from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, package_version
 from pipelines.markers import atomic_write_json, read_marker, stale_reason
 from pipelines.outdir import claim_output, remove_owned
-from pipelines.engine.progress import Progress, with_task_bytes
+from pipelines.engine.progress import Progress
+from pipelines.engine.tables import write_table
 from pipelines.recipe import Recipe, StageSpec, check_environment, load, source_roots
 from pipelines.present.report_html import render_fragment, write_report_html
-
-# Below this many rows (or source bytes / 1 KiB for ingest) `executor="auto"` runs a stage inline: on
-# 2 cores Ray's fixed cost per stage (~2-30 s) dwarfs the work of a few thousand rows.
-AUTO_INLINE_ROWS = 50_000
-
 
 @dataclass
 class RunResult:
@@ -88,24 +83,13 @@ class Runner:
         self.rerun_from = rerun_from
         self.progress = progress
         self.verbose = verbose
-        self._executors: dict[str, Executor] = {}
         self._progress = Progress(enabled=progress)   # rows/s and ETA of every pass (pipelines.engine.progress)
+        self._executors = Executors(executor, verbose, self._progress)
         self._ran_on = executor
 
     def log(self, msg: str) -> None:
         if self.progress:
             print(msg, flush=True)
-
-    def executor_for(self, rows: int | None) -> Executor:
-        """The recipe's executor; with "auto", inline below AUTO_INLINE_ROWS (Ray's fixed cost per
-        stage dominates small runs) and Ray above."""
-        name = self.executor_name
-        if name == "auto":
-            name = "inline" if rows is not None and rows < AUTO_INLINE_ROWS else "ray"
-        if name not in self._executors:
-            self._executors[name] = make_executor(name) if name != "ray" else make_ray(self.verbose)
-            self._executors[name].progress = self._progress
-        return self._executors[name]
 
     def run(self) -> RunResult:
         """Run the recipe. A full disk anywhere (a stage's files, shards, the report; in this process
@@ -174,8 +158,7 @@ class Runner:
                                  **({FUSED_INTO: ran[-1].final.name} if m is not ran[-1] else {})} for m in ran]
                     stage_dirs += [m.final for m in ran]
         finally:
-            for ex in self._executors.values():
-                ex.close()
+            self._executors.close()
         # run.json first: report.html shows its executor and stage times
         atomic_write_json(self.out / "run.json", {"out_dir": str(self.out), "executor": self.executor_name,
                                                   "stages": timings, "progress_cost": self._progress.cost})
@@ -190,10 +173,7 @@ class Runner:
         members: list[Member] = []
         prev_fp = fingerprint(package_version())
         for index, spec in enumerate(plan):
-            context = S.StageContext(seed=recipe.seed, out_dir=str(self.out), recipe_name=recipe.name,
-                                     recipe_hash=recipe.hash(), stage_index=index, mixture=recipe.mixture,
-                                     max_error_fraction=recipe.max_error_fraction, profile=recipe.model)
-            stage = S.build(spec.name, spec.settings, context)
+            stage = S.build(spec.name, spec.settings, recipe.stage_context(index, str(self.out)))
             settings = _settings_of(stage)
             prev_fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
                                   stage.input_identity())
@@ -226,44 +206,22 @@ class Runner:
             remove_owned(m.final)
             remove_owned(m.tmp)   # a tmp dir a crashed run left (only ever one mmcurate created)
             m.tmp.mkdir(parents=True)
-        head, owner = group[0], group[-1]
-        stages = [m.stage for m in group]
+        head = group[0]
         started_ns = time.time_ns()
-        if head.stage.reads_sources:
-            tasks = head.stage.input_table()
-            if self._progress.enabled:   # a stat per source file: ingest's progress estimates its rows from bytes
-                tasks = with_task_bytes(tasks)
-            write_table(tasks, head.tmp / "tasks.parquet")
-            files = [str(head.tmp / "tasks.parquet")]
-            upstream_kept = None
-            executor = self.executor_for(None if self.executor_name != "auto" else _source_rows_hint(tasks))
-        else:
-            files = data_files(stage_dirs[-1] / "data")
-            upstream_kept = _count(stage_dirs[-1] / "data", kept_only=True)
-            executor = self.executor_for(upstream_kept)
+        source = chain_input(head, stage_dirs[-1] if stage_dirs else None, self._progress.enabled)
+        executor = self._executors.for_rows(source.size_hint() if self.executor_name == "auto" else None)
         chain = " + ".join(m.name for m in group)
         self.log(f"[{head.index:02d}] {chain:<16} running ({executor.name}{', fused' if len(group) > 1 else ''})")
         self._progress.stage(f"[{head.index:02d}] {chain}")
         self._ran_on = executor.name   # run.json's executor per stage
-        # A whole-dataset stage without a per-batch step (pack, shards, mixture alone) reads its
-        # upstream's rows in place: a per-batch pass would only copy them.
-        direct = (upstream_kept is not None and len(group) == 1 and owner.stage.has_global_step()
-                  and not owner.stage.has_batch_step())
-        pass1 = owner.tmp / ("pass1" if owner.stage.has_global_step() else "data")
-        if not direct:
-            map_phase(stages, executor, files, pass1, upstream_kept)
-            files = data_files(pass1)
-        n_in = _count(pass1) if upstream_kept is None else upstream_kept
-        summaries = {m.index: stage_summary(m, files, owner=False, executor=executor) for m in group[:-1]}
-        repeated = global_step(owner.stage, executor, files, owner.tmp / "data", direct, upstream_kept)
-        if pass1.name == "pass1" and pass1.exists():
-            shutil.rmtree(pass1)
-        data = owner.tmp / "data"
-        tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
-        written, kept = _count(data), _count(data, kept_only=True)
-        if written != n_in + repeated:
-            raise E.AccountingError(f"chain {chain}: {written} rows written for in={n_in} repeated={repeated}")
-        summaries[owner.index] = stage_summary(owner, data_files(data), owner=True, executor=executor)
+        return self._account(group, run_chain(group, source, executor), started_ns, upstream_digest)
+
+    def _account(self, group: list[Member], ran: ChainResult, started_ns: int,
+                 upstream_digest: str | None) -> list[dict[str, Any]]:
+        """Each stage's report entry from the chain's counts (in = out + rejected + quarantined,
+        checked), then the chain committed."""
+        owner, n_in, repeated, kept = group[-1], ran.rows_in, ran.repeated, ran.kept
+        tallies, summaries = ran.tallies, ran.summaries
         entries = []
         for m in group:
             counts = tallies[m.index]
@@ -276,7 +234,7 @@ class Runner:
             entries.append({"name": m.name, "in": n_in, "repeated": extra, "out": counts["out"],
                             "rejected": counts["rejected"], "quarantined": counts["quarantined"],
                             "rejects": str((m.final / "rejects.parquet").relative_to(self.out)),
-                            **summaries[m.index], **m.stage.report})
+                            **summaries[m.index]})
             self.log(f"[{m.index:02d}] {m.name:<16} in={n_in} out={counts['out']} "
                      f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
             n_in = counts["out"]
@@ -326,21 +284,6 @@ def _settings_of(stage: S.Stage) -> dict[str, Any]:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
 
 
-def _count(directory: Path, kept_only: bool = False) -> int:
-    return count_rows(data_files(directory), kept_only)
-
-
-def _source_rows_hint(tasks: pa.Table) -> int:
-    """A cheap size estimate for a source stage before reading it: total bytes / 1 KiB per row."""
-    total = 0
-    for uri in dict.fromkeys(tasks.column("uri").to_pylist()):
-        try:
-            total += os.stat(uri).st_size
-        except OSError:
-            return AUTO_INLINE_ROWS  # remote or unreadable: let Ray handle it
-    return total // 1024
-
-
 def _check_error_fraction(stage: S.Stage, counts: dict[str, Any], n_in: int) -> None:
     """With a tolerated error fraction, fail the run once errors (not bad samples) exceed it."""
     errors = sum(v for k, v in counts["quarantined"].items() if k.startswith("error:"))
@@ -348,11 +291,6 @@ def _check_error_fraction(stage: S.Stage, counts: dict[str, Any], n_in: int) -> 
     if errors and n_in and errors / n_in > limit:
         raise E.StageError(f"stage {stage.name!r}: {errors} of {n_in} rows failed with errors "
                            f"({errors / n_in:.2%}), over max_error_fraction={limit:g}")
-
-
-def make_ray(verbose: bool) -> Executor:
-    from pipelines.engine.ray_data import RayExecutor
-    return RayExecutor(verbose=verbose)
 
 
 def run(recipe: Recipe | str | Path, out: str | Path | None = None, executor: str = "auto",

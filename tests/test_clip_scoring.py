@@ -309,7 +309,7 @@ def test_top_fraction_per_source_through_the_stage(tiny_random_clip_dir, photo_r
     t_scored = sorted(["rocket", "man"], key=lambda k: -scores[k])
     assert kept == set(s_scored[:2]) | set(t_scored[:1]) | {"text-only"}
     assert set(result.dropped.column(R.REASON).to_pylist()) == {"clip:below_top_fraction"}
-    info = stage.report["clip_score_top_fraction"]["sources"]
+    info = result.report["clip_score_top_fraction"]["sources"]
     assert info["s"]["scored"] == 4 and info["s"]["kept"] == 2 and info["t"]["kept"] == 1
     assert info["s"]["cutoff"] == pytest.approx(scores[s_scored[1]], abs=1e-6)
 
@@ -333,11 +333,12 @@ def test_decide_and_summarize_need_no_model():
                       "source": ["a", "a", "a", "a", "b", "b"],
                       "clip_score": pa.array([0.1, 0.4, None, 0.3, 0.2, 0.25], pa.float32())})
     from curate.base.global_data import InlineData
-    out = stage.global_step(InlineData([table.slice(0, 3), table.slice(3)])).gather()
+    step = stage.global_step(InlineData([table.slice(0, 3), table.slice(3)]))
+    out = step.decisions.gather()
     status = dict(zip(out.column(R.ORDINAL).to_pylist(), out.column(R.STATUS).to_pylist()))
     # source a: 3 scored, ceil(1.5) = 2 kept (0.4, 0.3), the unscored row passes; source b: 1 of 2 kept
     assert status == {0: R.REJECTED, 1: R.KEPT, 2: R.KEPT, 3: R.KEPT, 4: R.REJECTED, 5: R.KEPT}
-    assert stage.report["clip_score_top_fraction"]["sources"]["a"] == {"scored": 3, "kept": 2, "cutoff": pytest.approx(0.3)}
+    assert step.report["clip_score_top_fraction"]["sources"]["a"] == {"scored": 3, "kept": 2, "cutoff": pytest.approx(0.3)}
     summary = stage.summarize(table.filter(pa.array([s == R.KEPT for s in status.values()])).select(["source", "clip_score"]))
     entry = summary["clip_score"]
     a = entry["per_source"]["a"]

@@ -61,7 +61,7 @@ def test_image_dedup_planted_precision_and_recall(planted_images):
     # the survivor is the largest copy: the original or the 4%-crop never loses to the 60% resize
     kept = set(result.kept.column("key").to_pylist())
     assert not any(k.endswith("/resized_60") for k in kept)
-    rep = stage.report["dedup"]
+    rep = result.report["dedup"]
     assert rep["groups"] == len({r.truth for r in rows if r.kind != "control"})
     assert rep["removed"] == result.dropped.num_rows
 
@@ -114,7 +114,7 @@ def test_short_texts_take_the_exact_path():
     stage = S.build("text_dedup", {"ngram": 5})
     result = stage.run(table)
     assert result.dropped.column("key").to_pylist() == ["s/b"]      # "cat" == fuzzy("Cat!"); "cap" is not
-    assert stage.report["dedup"]["short_texts"] == 3
+    assert result.report["dedup"]["short_texts"] == 3
 
 
 def test_survivor_by_quality_column_then_content_hash():
@@ -142,12 +142,11 @@ def test_blank_images_are_not_near_duplicates_and_the_big_bucket_is_cut(tmp_path
     table = rows_table([{"key": f"s/{i:02d}", "images": [r]} for i, r in enumerate(refs)])
     stage = S.build("image_dedup")
     result = stage.run(table)
-    assert result.dropped.num_rows == 0 and stage.report["dedup"]["flat_images"] == 40
+    assert result.dropped.num_rows == 0 and result.report["dedup"]["flat_images"] == 40
     # with the flat guard off, the noise hashes meet in one bucket, which the cap cuts
     loose = S.build("image_dedup", {"flat_max_std": 0.0, "max_bucket_size": 5, "max_distance": 31,
                                     "bits_per_band": 4})
-    loose.run(table)
-    assert loose.report["dedup"]["capped_buckets"] >= 1
+    assert loose.run(table).report["dedup"]["capped_buckets"] >= 1
 
 
 def test_unreadable_images_are_dropped_with_a_reason(tmp_path):
@@ -212,16 +211,19 @@ def test_global_step_gives_the_same_decisions_for_any_batching_and_partitioning(
     stage = S.build("text_dedup")
     inputs = stage.process_batch(with_bookkeeping(table)).kept
     inputs = inputs.select(["key", R.ORDINAL, *stage.global_columns])
+    reports = []
 
     def decisions(chunk: int, rows_per_partition: int) -> dict:
         monkeypatch.setattr(DB, "ROWS_PER_PARTITION", rows_per_partition)
         chunks = [inputs.slice(i, chunk) for i in range(0, inputs.num_rows, chunk)]
-        got = stage.global_step(InlineData(chunks)).gather().to_pylist()
+        step = stage.global_step(InlineData(chunks))
+        reports.append(step.report)
+        got = step.decisions.gather().to_pylist()
         assert sorted(r[R.ORDINAL] for r in got) == list(range(inputs.num_rows))
         return {r[R.ORDINAL]: (r[R.STATUS], r["dup_group"], r["dup_group_size"], r[R.DETAIL]) for r in got}
     first = decisions(inputs.num_rows, 10**6)
     assert decisions(17, 13) == first and decisions(5, 100) == first
-    assert stage.report["dedup"]["groups"] == 60
+    assert reports[-1]["dedup"]["groups"] == 60
 
 
 def test_exact_groups_are_never_cut_by_the_bucket_cap():
@@ -231,5 +233,5 @@ def test_exact_groups_are_never_cut_by_the_bucket_cap():
     result = stage.run(table, batch_size=64)
     assert result.kept.column("key").to_pylist() == ["s/0000"]          # equal quality and hash: smallest key
     assert result.kept.column("dup_group_size").to_pylist() == [300]
-    assert stage.report["dedup"]["group_sizes"] == {"300": 1}
-    assert stage.report["dedup"]["removed_by_source"] == {"s": 299}
+    assert result.report["dedup"]["group_sizes"] == {"300": 1}
+    assert result.report["dedup"]["removed_by_source"] == {"s": 299}

@@ -90,12 +90,14 @@ def test_greedy_stars_remove_only_what_is_close_to_a_kept_row(corpus, t, max_pai
 
 
 # --- the real global steps ---------------------------------------------------------------------------
-def _global(stage, table: pa.Table, chunk: int = 23) -> dict[str, dict]:
+def _global(stage, table: pa.Table, chunk: int = 23) -> tuple[dict[str, dict], dict]:
+    """(decisions by _ordinal, the step's report numbers)."""
     try:
-        got = stage.global_step(InlineData([table.slice(i, chunk) for i in range(0, table.num_rows, chunk)])).gather()
+        step = stage.global_step(InlineData([table.slice(i, chunk) for i in range(0, table.num_rows, chunk)]))
+        got = step.decisions.gather()
     finally:
         GS.BRUTE_FORCE_ROWS = BRUTE          # hypothesis runs examples in one test call: no monkeypatch
-    return {r[R.ORDINAL]: r for r in got.to_pylist()}
+    return {r[R.ORDINAL]: r for r in got.to_pylist()}, step.report
 
 
 def _check(decided: dict[str, dict], keys: list[str], planted: list[tuple[int, int]], distance, within) -> list[float]:
@@ -151,14 +153,14 @@ def test_image_dedup_global_step_on_random_pHash_chains_and_planted_groups(corpu
                       "image_phash": pa.array([[h] for h in hashes], pa.list_(pa.uint64())),
                       "dup_quality": rng.random(n)})
     stage = S.build("image_dedup")
-    decided = _global(stage, table)
+    decided, step_report = _global(stage, table)
     arr = np.array(hashes, dtype=np.uint64)
     values = _check(decided, keys, planted, lambda i, j: int(P.hamming(arr[i], arr[j])), lambda d: d <= 12)
     for r in decided.values():
         if r[R.STATUS] != R.KEPT:
             d = int(re.search(r"Hamming (\d+)/64", r[R.DETAIL]).group(1))
             assert d == int(P.hamming(arr[r[R.ORDINAL]], arr[keys.index(r["dup_group"])]))
-    report = stage.report["dedup"]
+    report = step_report["dedup"]
     assert report["removed"] == len(values) and report["kept_unverified"] == 0
     assert report["farthest_removed"]["hamming_bits"] == (max(values) if values else None)
 
@@ -198,10 +200,10 @@ def test_text_dedup_global_step_on_random_signature_chains_and_planted_groups(co
                       "text_minhash": pa.FixedSizeListArray.from_arrays(pa.array(mat.ravel()), 128),
                       "dup_quality": rng.random(n)})
     stage = S.build("text_dedup")
-    decided = _global(stage, table)
+    decided, step_report = _global(stage, table)
     values = _check(decided, keys, planted, lambda i, j: float(M.estimated_jaccard(mat[i], mat[j])),
                     lambda j: j >= 0.6)
-    report = stage.report["dedup"]
+    report = step_report["dedup"]
     assert report["farthest_removed"]["estimated_jaccard"] == (round(min(values), 4) if values else None)
 
 
@@ -254,7 +256,7 @@ def test_image_chains_keep_what_is_far_from_every_kept_image(image_chain_table):
     kept = np.array([phash[k] for k in result.kept.column("key").to_pylist()], dtype=np.uint64)
     for key in result.dropped.column("key").to_pylist():
         assert P.hamming(kept, np.uint64(phash[key])).min() <= 12
-    report = stage.report["dedup"]
+    report = result.report["dedup"]
     assert result.kept.num_rows > 2                       # a chain is not one group
     assert report["farthest_removed"]["hamming_bits"] <= 12
     assert report["largest_component"] >= max(int(s) for s in report["group_sizes"])
@@ -266,14 +268,14 @@ def test_caption_chains_and_the_comparison_budget():
     table = rows_table([{"key": link.key, "text": link.text} for link in links])
     full = S.build("text_dedup")
     result = full.run(table, batch_size=16)
-    report = full.report["dedup"]
+    report = result.report["dedup"]
     assert result.kept.num_rows > 2 and report["farthest_removed"]["estimated_jaccard"] >= 0.6
     assert report["kept_unverified"] == 0 and report["capped_components"] == 0
     assert report["largest_component"] > max(int(s) for s in report["group_sizes"])
     # no comparisons beyond each component's best row: the rest of a component is kept, never removed
     capped = S.build("text_dedup", {"max_component_pairs": 0})
     result = capped.run(table, batch_size=16)
-    report = capped.report["dedup"]
+    report = result.report["dedup"]
     assert report["capped_components"] >= 1 and report["kept_unverified"] >= 1
     assert report["farthest_removed"]["estimated_jaccard"] >= 0.6
     assert result.kept.num_rows + result.dropped.num_rows == len(links)
@@ -297,7 +299,7 @@ def test_semantic_dedup_on_an_embedding_chain_reports_components_and_the_lowest_
     table = table.append_column(C.CLUSTER_DISTANCES, pa.array([[float(i)] for i in range(40)], pa.list_(pa.float32())))
     stage = SemanticDedup(context=StageContext(seed=1), eps=0.01, partition_by=[])
     res = stage.run(table)
-    report = stage.report["semantic_dedup"]
+    report = res.report["semantic_dedup"]
     unit = emb.astype(np.float16).astype(np.float32)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     index = {k: i for i, k in enumerate(table.column("key").to_pylist())}

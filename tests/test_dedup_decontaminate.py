@@ -71,7 +71,7 @@ def test_decontaminate_removes_matches_by_text_and_image(corpus):
     assert dropped["t/coffee-bytes"] == ("decontaminate:image", "matches reference reference/q2 (same bytes)")
     assert dropped["t/question-edited"][0] == "decontaminate:text" and "reference/q1" in dropped["t/question-edited"][1]
     assert sorted(result.kept.column("key").to_pylist()) == ["t/clean", "t/short-answer-only"]
-    assert stage.report["decontaminate"]["reference_text_units"] == 2   # the one-word answers are too short
+    assert result.report["decontaminate"]["reference_text_units"] == 2   # the one-word answers are too short
 
 
 def test_text_only_matching_ignores_images_and_config_is_checked(corpus):
@@ -82,3 +82,34 @@ def test_text_only_matching_ignores_images_and_config_is_checked(corpus):
         S.build("decontaminate", {})
     with pytest.raises(ValueError, match="match"):
         S.build("decontaminate", {"reference_path": "x", "match": ["audio"]})
+
+
+def test_decontaminate_reports_its_reference_on_ray_as_inline(corpus, tmp_path, monkeypatch):
+    """setup() builds the reference index where the batches run: under Ray in the workers, whose stage
+    objects the driver never sees. The reference numbers still reach report.json (through summarize,
+    on the driver), the same as inline."""
+    from pipelines.recipe import load
+    from pipelines.runner import run
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    reference, table = corpus
+    with open(tmp_path / "train/train.jsonl", "w") as fh:
+        for r in table.to_pylist():
+            turns = [{"from": "human" if t["role"] == "user" else "gpt", "value": t["content"]} for t in r["conversations"]]
+            turns[0]["value"] = "<image>\n" + turns[0]["value"]
+            fh.write(json.dumps({"id": r["key"].split("/")[1], "image": r["images"][0]["uri"].rsplit("/", 1)[1],
+                                 "conversations": turns}) + "\n")
+    (tmp_path / "r.yaml").write_text(f"""\
+name: decontaminate-ray
+seed: 1
+sources:
+  - {{name: train, path: "{tmp_path}/train/train.jsonl", format: llava, category: vqa}}
+stages:
+  - {{name: decontaminate, settings: {{reference_path: "{reference}"}}}}
+""")
+    entries = {}
+    for executor in ("inline", "ray"):
+        report = run(load(tmp_path / "r.yaml"), out=tmp_path / executor, executor=executor, progress=False).report
+        entries[executor] = next(e for e in report["stages"] if e["name"] == "decontaminate")
+    assert entries["ray"]["decontaminate"] == {"reference_rows": 2, "reference_text_units": 2, "reference_images": 2}
+    assert entries["ray"] == {**entries["inline"], "rejects": entries["ray"]["rejects"]}
+    assert sum(entries["ray"]["rejected"].values()) == 3

@@ -59,8 +59,8 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
     out = pa.concat_tables([apply_batch(stage, table.slice(i, 64)) for i in range(0, table.num_rows, 64)])
     inputs = global_input(stage, out)
     chunks = [inputs.slice(i, 41) for i in range(0, inputs.num_rows, 41)]
-    inline = _ipc_bytes(stage.global_step(InlineData(chunks)).gather())
-    inline_report = stage.report
+    step = stage.global_step(InlineData(chunks))
+    inline, inline_report = _ipc_bytes(step.decisions.gather()), step.report
     report = inline_report["dedup"]
     assert report["component_rounds"] == 0 and report["farthest_removed"]["estimated_jaccard"] >= 0.6
     assert report["largest_component"] > max(int(s) for s in report["group_sizes"])   # the chains: several kept
@@ -77,12 +77,14 @@ def test_text_dedup_on_ray_decides_byte_for_byte_as_inline(monkeypatch):
         # partitions per shuffle, minutes on 2 busy CPUs for this 400-row corpus.
         monkeypatch.setattr(ctx, "shuffle_strategy", "sort_shuffle_pull_based")
         data = _ray_data_class()(ray.data.from_arrow(chunks))
-        on_ray = _ipc_bytes(stage.global_step(data).gather())   # gathered here, by the test, to compare
-        assert on_ray == inline and stage.report == inline_report
+        step = stage.global_step(data)
+        on_ray = _ipc_bytes(step.decisions.gather())   # gathered here, by the test, to compare
+        assert on_ray == inline and step.report == inline_report
         monkeypatch.setattr(DB, "ROWS_PER_PARTITION", 97)        # several shuffle partitions on 400 rows
         monkeypatch.setattr(CC, "ONE_REDUCE_EDGES", 0)
-        in_rounds = _ipc_bytes(stage.global_step(data).gather())
-        assert in_rounds == inline and stage.report["dedup"]["component_rounds"] >= 1
+        step = stage.global_step(data)
+        in_rounds = _ipc_bytes(step.decisions.gather())
+        assert in_rounds == inline and step.report["dedup"]["component_rounds"] >= 1
     finally:
         if started:
             ray.shutdown()

@@ -34,7 +34,7 @@ def test_samples_mixture_hits_the_ratio_and_keeps_the_largest_total():
     res = stage.run(corpus({"caption": 1000, "text": 100}))
     assert kept_counts(res) == {"caption": 400, "text": 100}
     assert set(res.dropped.column(R.REASON).to_pylist()) == {"mixture:downsampled"}
-    assert stage.report["mixture"]["achieved"] == {"caption": 0.8, "text": 0.2}
+    assert res.report["mixture"]["achieved"] == {"caption": 0.8, "text": 0.2}
 
 
 def test_token_mixture_weights_by_num_tokens():
@@ -110,7 +110,7 @@ def test_two_levels_split_a_category_by_source_weights():
                          total=400, context=StageContext(seed=1))
     res = stage.run(t)
     assert by_source(res.kept) == {"a": 150, "b": 50, "c": 200}
-    levels = stage.report["mixture"]["levels"]
+    levels = res.report["mixture"]["levels"]
     assert [lv["level"] for lv in levels] == ["category", "source"]
     assert {g["group"]: g["target"] for g in levels[1]["groups"]} == {"caption/a": 0.375, "caption/b": 0.125,
                                                                       "ocr": 0.5}
@@ -132,7 +132,7 @@ def test_total_upsamples_small_groups_with_distinct_repeat_rows():
     assert len(set(ordinals)) == len(ordinals) and all(o < 0 for o in repeats.column(R.ORDINAL).to_pylist())
     # in + repeated = out + dropped
     assert t.num_rows + repeats.num_rows == res.kept.num_rows + res.dropped.num_rows
-    grp = {g["group"]: g for g in stage.report["mixture"]["levels"][0]["groups"]}
+    grp = {g["group"]: g for g in res.report["mixture"]["levels"][0]["groups"]}
     assert grp["gui"]["repeated_samples"] == 60 and grp["gui"]["repeat_factor"] == 2.5
 
 
@@ -141,7 +141,7 @@ def test_a_group_capped_by_max_repeat_is_reported_not_renormalised():
     stage = MixtureStage(ratios={"caption": 0.9, "gui": 0.1}, total=1000, max_repeat={"gui": 2})
     res = stage.run(t)
     assert by_source(res.kept) == {"big": 900, "small": 20}   # caption keeps its own target, gui stays short
-    short = stage.report["mixture"]["shortfall"]
+    short = res.report["mixture"]["shortfall"]
     assert short == [{"group": "gui", "target": 100.0, "achievable": 20.0, "available": 10.0, "max_repeat": 2.0}]
     with pytest.raises(MixtureShortfall, match="gui"):
         MixtureStage(ratios={"caption": 0.9, "gui": 0.1}, total=1000, max_repeat={"gui": 2},
@@ -154,8 +154,9 @@ def test_token_budget_counts_tokens_of_repeats():
     res = stage.run(t)
     assert by_source(res.kept) == {"a": 100, "b": 20}
     stage = MixtureStage(ratios={"caption": 0.5, "text": 0.5}, unit="tokens", total=4000, max_repeat=4)
-    assert by_source(stage.run(t).kept) == {"a": 200, "b": 40}
-    m = stage.report["mixture"]
+    res = stage.run(t)
+    assert by_source(res.kept) == {"a": 200, "b": 40}
+    m = res.report["mixture"]
     assert m["total_achieved"] == 4000 and m["achieved"] == {"caption": 0.5, "text": 0.5}
 
 
@@ -300,5 +301,6 @@ def test_global_step_on_no_rows_reports_an_empty_mixture():
     """Every upstream row rejected: the mixture's passes see no batch at all, and still report."""
     from curate.base.global_data import InlineData
     stage = MixtureStage(ratios={"caption": 1.0}, context=StageContext(seed=1))
-    assert stage.global_step(InlineData([])).gather().num_rows == 0
-    assert stage.report["mixture"]["total_achieved"] == 0
+    step = stage.global_step(InlineData([]))
+    assert step.decisions.gather().num_rows == 0
+    assert step.report["mixture"]["total_achieved"] == 0

@@ -136,7 +136,7 @@ def test_pack_plans_every_sample_and_reports_fill():
     res = stage.run(table)
     assert res.dropped.num_rows == 0
     _check_plan(res.kept, 2048)
-    rep = stage.report["packing"]
+    rep = res.report["packing"]
     assert rep["packs"] <= rep["ffd_packs"] and rep["packs"] >= rep["lower_bound"]
     assert 0.9 < rep["fill_efficiency"] <= 1.0
     assert rep["padding"] == pytest.approx(1 - rep["fill"], abs=1e-6)
@@ -180,7 +180,7 @@ def test_pack_overlong_policies():
     kept = {r["key"]: r for r in tr.kept.to_pylist()}
     assert kept["b"]["num_tokens"] == 1024 and kept["b"]["truncated_from"] == 5000
     assert kept["a"]["truncated_from"] is None
-    assert stage.report["packing"]["truncated"] == 1
+    assert tr.report["packing"]["truncated"] == 1
     _check_plan(tr.kept, 1024)
     # a category that must stay whole is rejected rather than cut
     cats = table.append_column("category", pa.array(["caption", "grounding", "caption", "caption"]))
@@ -211,7 +211,7 @@ def test_count_then_pack_end_to_end(tok):
     res = stage.run(counted)
     assert res.kept.num_rows == 5
     _check_plan(res.kept, 8192)
-    assert stage.report["packing"]["tokens"] == sum(res.kept.column("num_tokens").to_pylist())
+    assert res.report["packing"]["tokens"] == sum(res.kept.column("num_tokens").to_pylist())
 
 
 # --- control tokens in data (issue #17 item 8) -------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from curate import base as S
 from curate.base import records as R
-from pipelines.engine.executors import write_table
+from pipelines.engine.tables import write_table
 
 ray = pytest.importorskip("ray")
 

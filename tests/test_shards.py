@@ -127,8 +127,8 @@ def test_pack_order_follows_the_pack_plan(written, corpus):
 
 
 def test_report_shows_fill_balance_and_leftover(written):
-    _, stage, _ = written
-    rep = stage.report["shards"]
+    _, _, result = written
+    rep = result.report["shards"]
     assert 0.9 < rep["fill"] <= 1.0 and len(rep["fill_per_rank"]) == 4
     assert len(set(rep["packs_per_rank"])) == 1
     for name in ("attention", "vit"):
@@ -172,7 +172,7 @@ def test_leftover_policies_are_accounted(corpus, tmp_path, policy):
     m = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     n_packs = len(set(corpus.column("pack_id").to_pylist()))
     assert n_packs % 6, "the corpus must leave a remainder for this test"
-    rep = stage.report["shards"]["leftover"]
+    rep = result.report["shards"]["leftover"]
     if policy == "carry_over":
         assert m["leftover"]["packs"] == n_packs % 6 and (tmp_path / "shards" / "leftover").is_dir()
         assert set(result.dropped.column(R.REASON).to_pylist()) == {"leftover_carried_over"}

@@ -241,7 +241,7 @@ def test_ray_merges_the_summary_partials_on_the_workers_in_a_tree(tmp_path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from curate.base import records as R
-    from pipelines.engine.executors import InlineExecutor
+    from pipelines.engine.inline_executor import InlineExecutor
     from pipelines.engine.ray_data import RayData, RayExecutor
     rng = np.random.default_rng(9)
     files = []

@@ -17,7 +17,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from curate.base import records as R
-from curate.base.stage import BatchResult, set_status
+from curate.base.batch import BatchResult, set_status
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ of the number of workers; a stage keeps that promise by sorting or hashing by ``
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
@@ -133,6 +134,22 @@ def as_table(decisions: Any) -> pa.Table:
     if isinstance(decisions, pa.Table):
         return decisions
     return decisions.gather()
+
+
+@dataclass
+class StepResult:
+    """What a whole-dataset step returns when it has numbers for report.json: its decisions (a
+    GlobalData or a table) and those numbers. A step computes them on the driver from its
+    aggregates (GlobalData.aggregate: partials on the workers, merged there), so they reach the
+    report as a return value, never as state left on a stage object that only one process sees.
+    A step without numbers returns its decisions alone."""
+    decisions: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def step_result(returned: Any) -> StepResult:
+    """A global step's return value as a StepResult (decisions alone: no numbers)."""
+    return returned if isinstance(returned, StepResult) else StepResult(returned)
 
 
 def ensure_data(decisions: Any) -> Any:

@@ -8,15 +8,18 @@ retried row by row and only those rows are quarantined; any other exception fail
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
-from curate.base.global_data import InlineData, as_table
-from curate.base.stage import BadSample, BatchResult, Stage, error_detail, set_status
+from curate.base.global_data import InlineData, as_table, step_result
+from curate.base.batch import BadSample, BatchResult, error_detail, set_status
+
+if TYPE_CHECKING:   # the stage contract imports this module (Stage.run): no import back
+    from curate.base.stage import Stage
 
 STATUS_COLUMNS = (R.STATUS, R.REASON, R.DETAIL)
 
@@ -40,7 +43,7 @@ def only_kept(table: pa.Table) -> pa.Table:
     return table if kept.null_count == 0 and pc.all(kept).as_py() else table.filter(kept)
 
 
-def _conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform_loose(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Like records.conform but tolerates the input already having more columns than the stage adds."""
     return R.conform(table.select([c for c in table.column_names if c in schema.names]), schema)
 
@@ -54,8 +57,6 @@ def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
     failing rows are quarantined as ``error:<Type>`` and the runner fails the stage past that fraction.
     """
     batch = only_kept(batch)
-    if DROPPED_AT in batch.column_names:   # a fused chain's bookkeeping, not the stage's input
-        batch = batch.drop_columns([DROPPED_AT])
     out_schema = stage.output_schema(batch.schema)
     if batch.num_rows == 0:
         return out_schema.empty_table()
@@ -70,47 +71,7 @@ def apply_batch(stage: Stage, batch: pa.Table) -> pa.Table:
             raise StageError(f"stage {stage.name!r} failed on the batch starting at key "
                              f"{_first_key(batch)!r}: {error_detail(exc)}") from exc
     check_accounting(stage.name, batch, result)
-    return pa.concat_tables([_conform_loose(result.kept, out_schema), _conform_loose(result.dropped, out_schema)])
-
-
-# Fused chains: consecutive per-row stages run as one streaming pass and write one manifest. A row
-# dropped inside the chain carries the index of the stage that dropped it, so the runner can still
-# report and write rejects per stage. Null on kept rows (and on rows a global step drops afterwards);
-# REPEAT_ROW on the repeat rows the chain's closing global step adds (no earlier stage saw them).
-DROPPED_AT = "_dropped_at"
-DROPPED_AT_FIELD = pa.field(DROPPED_AT, pa.int32())
-REPEAT_ROW = -1
-
-
-def apply_link(stage: Stage, batch: pa.Table, stage_index: int, carries_dropped: bool) -> pa.Table:
-    """One stage of a fused chain: ``apply_batch`` on the kept rows, its drops tagged with
-    ``stage_index``; rows an earlier link dropped pass through unchanged (``carries_dropped``; the
-    chain's first link gets its upstream's rows, whose dropped ones belong to no stage of the chain).
-    Output is ordered by ``_ordinal``, as a stage's own output is."""
-    out = apply_batch(stage, batch)
-    tags = pc.if_else(pc.equal(out.column(R.STATUS), R.KEPT), pa.scalar(None, pa.int32()),
-                      pa.scalar(stage_index, pa.int32()))
-    out = out.append_column(DROPPED_AT_FIELD, tags)
-    if not carries_dropped:
-        return out
-    earlier = batch.filter(pc.not_equal(batch.column(R.STATUS), R.KEPT))
-    if earlier.num_rows == 0:
-        return out
-    merged = pa.concat_tables([out, _conform_loose(earlier, out.schema)])
-    return merged.take(pc.sort_indices(merged, sort_keys=[(R.ORDINAL, "ascending")]))
-
-
-def chain_schema(stages: list[Stage], input_schema: pa.Schema) -> pa.Schema:
-    """The schema a fused chain writes: each stage's output schema in turn, plus ``_dropped_at``."""
-    if DROPPED_AT in input_schema.names:
-        input_schema = input_schema.remove(input_schema.get_field_index(DROPPED_AT))
-    for stage in stages:
-        input_schema = stage.output_schema(input_schema)
-    return input_schema.append(DROPPED_AT_FIELD)
-
-
-def without_dropped_at(table: pa.Table) -> pa.Table:
-    return table.drop_columns([DROPPED_AT]) if DROPPED_AT in table.column_names else table
+    return pa.concat_tables([conform_loose(result.kept, out_schema), conform_loose(result.dropped, out_schema)])
 
 
 def _first_key(batch: pa.Table) -> str:
@@ -126,18 +87,18 @@ def _row_by_row(stage: Stage, batch: pa.Table, out_schema: pa.Schema) -> BatchRe
         try:
             res = stage.process_batch(row)
         except BadSample as bad:
-            dropped.append(_conform_loose(set_status(row, bad.status, bad.reason, bad.detail or None), out_schema))
+            dropped.append(conform_loose(set_status(row, bad.status, bad.reason, bad.detail or None), out_schema))
             continue
         except Exception as exc:  # noqa: BLE001
             if not stage.context.max_error_fraction:
                 raise StageError(f"stage {stage.name!r} failed in the batch starting at key {_first_key(batch)!r}, "
                                  f"on row key {_first_key(row)!r}: {error_detail(exc)}") from exc
-            dropped.append(_conform_loose(set_status(row, R.QUARANTINED, f"error:{type(exc).__name__}",
+            dropped.append(conform_loose(set_status(row, R.QUARANTINED, f"error:{type(exc).__name__}",
                                                      error_detail(exc)), out_schema))
             continue
         check_accounting(stage.name, row, res)
-        kept.append(_conform_loose(res.kept, out_schema))
-        dropped.append(_conform_loose(res.dropped, out_schema))
+        kept.append(conform_loose(res.kept, out_schema))
+        dropped.append(conform_loose(res.dropped, out_schema))
     empty = out_schema.empty_table()
     return BatchResult(pa.concat_tables([empty, *kept]), pa.concat_tables([empty, *dropped]))
 
@@ -233,7 +194,7 @@ def apply_decisions(table: pa.Table, decisions: pa.Table, out_schema: pa.Schema)
     repeat rows whose source row is in `table`."""
     decisions, repeats = split_repeats(decisions)
     decisions = decisions.drop_columns([c for c in REPEAT_COLUMNS if c in decisions.column_names])
-    table = _overwrite(_conform_loose(table, out_schema), decisions, out_schema)
+    table = _overwrite(conform_loose(table, out_schema), decisions, out_schema)
     return _append_repeats(table, repeats, out_schema) if repeats.num_rows else table
 
 
@@ -261,9 +222,6 @@ def _append_repeats(table: pa.Table, repeats: pa.Table, out_schema: pa.Schema) -
     if here.num_rows == 0:
         return table
     copies = table.take(pc.drop_null(pos))
-    if DROPPED_AT in copies.column_names:
-        copies = copies.set_column(copies.schema.get_field_index(DROPPED_AT), DROPPED_AT_FIELD,
-                                   pa.array([REPEAT_ROW] * copies.num_rows, type=pa.int32()))
     for name in here.column_names:
         if name == REPEAT_SOURCE:
             continue
@@ -282,14 +240,33 @@ def run_stage_inline(stage: Stage, table: pa.Table, batch_size: int | None = Non
     parts = [apply_batch(stage, table.slice(i, size)) for i in range(0, table.num_rows, size)]
     out_schema = stage.output_schema(table.schema)
     out = pa.concat_tables([out_schema.empty_table(), *parts]) if parts else out_schema.empty_table()
+    step_report: dict[str, Any] = {}
     if stage.has_global_step():
         stage.ensure_setup()
         inputs = global_input(stage, out)
-        decisions = validate_decisions(stage, inputs, as_table(stage.global_step(InlineData([inputs]))))
+        step = step_result(stage.global_step(InlineData([inputs])))
+        decisions = validate_decisions(stage, inputs, as_table(step.decisions))
         out = apply_decisions(out, decisions, out_schema)
+        step_report = step.report
     is_kept = pc.equal(out.column(R.STATUS), R.KEPT)
-    arrived_dropped = _conform_loose(table.filter(pc.not_equal(table.column(R.STATUS), R.KEPT)), out_schema)
-    return BatchResult(out.filter(is_kept), pa.concat_tables([out.filter(pc.invert(is_kept)), arrived_dropped]))
+    arrived_dropped = conform_loose(table.filter(pc.not_equal(table.column(R.STATUS), R.KEPT)), out_schema)
+    kept = out.filter(is_kept)
+    return BatchResult(kept, pa.concat_tables([out.filter(pc.invert(is_kept)), arrived_dropped]),
+                       report_numbers(stage, kept, step_report))
+
+
+def report_numbers(stage: Stage, kept: pa.Table, step_report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers report.json shows for a stage beside its counts, the one way they get there:
+    ``summarize`` of the merged ``summary_partial``s of its kept rows, then what its global step
+    returned (``StepResult.report``). The runner computes the same from the written rows
+    (pipelines.engine.chains); here, for a notebook's ``Stage.run``, from `kept` in one batch. A
+    table without the stage's summary columns gets the step's numbers only."""
+    if not stage.summary_columns:
+        return {**stage.summarize(kept.select([])), **step_report}
+    if not all(c in kept.column_names for c in stage.summary_columns):
+        return dict(step_report)
+    cols = [c for c in (*stage.summary_columns, "key", R.ORDINAL) if c in kept.column_names]
+    return {**stage.summarize(stage.summary_merge(stage.summary_partial(kept.select(cols)))), **step_report}
 
 
 def tally(statuses: list[str], reasons: list[str | None], weights: list[int] | None = None) -> dict[str, Any]:

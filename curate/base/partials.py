@@ -1,10 +1,11 @@
 """Small per-partition results that workers leave beside the output for the driver.
 
-A distributed step's decisions flow back through the executor, but some steps also produce a few
-numbers per partition (a shard's checksum, a partition's pack count) that the driver needs for a
-manifest or a report. Workers write them as JSON files under a directory of the run's output (the
-one location every worker and the driver share); the driver reads them once the step has run and
-removes the directory. JSON, never pickle.
+A distributed step's decisions flow back through the executor, but the shard writers also produce
+a result per shard (its checksum, sizes, failures) that the driver needs to write the manifest.
+Workers write them as JSON files under a directory of the run's output (the one location every
+worker and the driver share); the driver reads them once the step has run and removes the
+directory. JSON, never pickle. (Numbers for report.json do not come this way: a global step
+returns them, see curate.base.global_data.StepResult.)
 """
 from __future__ import annotations
 

@@ -27,29 +27,16 @@ Stages are plain classes: ``stage.run(table)`` runs one in a notebook without Ra
 from __future__ import annotations
 
 import dataclasses
-import traceback
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping, Protocol
 
 import pyarrow as pa
 
-from curate.base import records as R
+from curate.base.batch import BadSample, BatchResult, error_detail, set_status  # noqa: F401 (the contract's names)
+from curate.base.inline import run_stage_inline
 
 ALL_COLUMNS = ("*",)
 
-class BadSample(Exception):
-    """This sample's input is unusable (corrupt or unreadable bytes, a decoder's error on them, a field
-    of the wrong type): the one exception treated as data rather than as a bug. Raised inside
-    ``process_batch``, the rows that raise it are dropped with ``reason`` and ``status`` —
-    quarantined by default (the bytes may be fine, their storage or encoding was not); the readers
-    raise it with ``status=rejected`` for records whose content breaks a rule (invalid JSON, a
-    placeholder mismatch) and turn it into a bad row of the source."""
-
-    def __init__(self, reason: str, detail: str = "", status: str = R.QUARANTINED):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -89,44 +76,6 @@ class StageContext:
     profile: RunProfile | None = None
 
 
-@dataclass
-class BatchResult:
-    """What a stage did to one batch: kept rows, and dropped rows carrying _status/_reason/_detail."""
-    kept: pa.Table
-    dropped: pa.Table
-
-    @property
-    def num_rows(self) -> int:
-        return self.kept.num_rows + self.dropped.num_rows
-
-    @staticmethod
-    def keep_all(table: pa.Table) -> "BatchResult":
-        return BatchResult(table, table.slice(0, 0))
-
-    def concat(self) -> pa.Table:
-        """Kept and dropped rows in one table (kept rows have _status == 'kept')."""
-        if self.dropped.num_rows == 0:
-            return self.kept
-        if self.kept.num_rows == 0:
-            return self.dropped
-        return pa.concat_tables([self.kept, self.dropped.cast(self.kept.schema)])
-
-
-def set_status(table: pa.Table, status: str, reasons: Sequence[str | None] | str,
-               details: Sequence[str | None] | str | None = None) -> pa.Table:
-    n = table.num_rows
-    if isinstance(reasons, str) or reasons is None:
-        reasons = [reasons] * n
-    if isinstance(details, str) or details is None:
-        details = [details] * n
-    out = table
-    for name, values in ((R.STATUS, [status] * n), (R.REASON, list(reasons)), (R.DETAIL, list(details))):
-        arr = pa.array(values, type=pa.string())
-        idx = out.schema.get_field_index(name)
-        out = out.set_column(idx, name, arr) if idx >= 0 else out.append_column(name, arr)
-    return out
-
-
 class Stage:
     """Base class. Subclasses set the ClassVars and implement process_batch and/or decide."""
 
@@ -156,7 +105,6 @@ class Stage:
             config = dataclasses.replace(config, **settings)
         self.config = config
         self.context = context or StageContext()
-        self.report: dict[str, Any] = {}
         self._is_setup = False
         from curate.base.config_schema import check_config
         check_config(self.config)   # declared types and Literal choices, for every stage alike
@@ -206,14 +154,17 @@ class Stage:
     def global_step(self, data: Any) -> Any:
         """Whole-dataset step on a ``GlobalData`` (``curate.base.global_data``) holding `key`, `_ordinal`
         and ``global_columns`` of every kept row. Returns decisions (a GlobalData or a table): `_ordinal`,
-        `_status`, `_reason`, `_detail` and any `adds` columns, one row per input row.
+        `_status`, `_reason`, `_detail` and any `adds` columns, one row per input row; with numbers
+        for report.json, ``StepResult(decisions, report)`` (``curate.base.global_data``). It runs on
+        the driver: numbers it computes there (from ``data.aggregate``) are the step's own to return.
 
         The default gathers the columns into this process and calls ``decide()`` — fine for steps
         whose input is small; steps over per-sample data at scale override this instead."""
         return self.decide(data.gather())
 
-    def decide(self, table: pa.Table) -> pa.Table:
-        """Small-data global step: gets the global columns of every kept row as one table."""
+    def decide(self, table: pa.Table) -> Any:
+        """Small-data global step: gets the global columns of every kept row as one table; returns
+        what ``global_step`` returns (a decisions table, or a StepResult with numbers)."""
         raise NotImplementedError
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
@@ -230,14 +181,17 @@ class Stage:
         return parts
 
     def summarize(self, kept: pa.Table) -> dict[str, Any]:
-        """Extra numbers for report.json (fill, percentiles...). Gets the concatenated (and perhaps
-        merged) ``summary_partial`` tables (by default `summary_columns` of the kept rows)."""
+        """Extra numbers for report.json (fill, percentiles...), computed on the driver. Gets the
+        concatenated (and perhaps merged) ``summary_partial`` tables (by default `summary_columns` of
+        the kept rows; an empty table for a stage without summary columns). With a global step's
+        ``StepResult.report`` this is the one way a stage's numbers reach the report
+        (curate.base.inline.report_numbers): nothing is read off the stage object afterwards, so
+        a number ``setup()`` computes (setup runs in the workers under Ray) must be computed here."""
         return {}
 
     # --- running without Ray -----------------------------------------------------------------------
     def run(self, table: pa.Table, batch_size: int | None = None) -> BatchResult:
         """Run the whole stage in-process on a table (notebooks, tests, the inline executor)."""
-        from curate.base.inline import run_stage_inline  # local import: pipelines depends on curate
         return run_stage_inline(self, table, batch_size=batch_size)
 
     @classmethod
@@ -254,8 +208,3 @@ class Stage:
         return schema
 
 
-def error_detail(exc: BaseException) -> str:
-    """One-line error text for the rejects manifest (type, message, innermost frame)."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-    return f"{type(exc).__name__}: {exc}{where}"[:500]

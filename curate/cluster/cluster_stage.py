@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.cluster import cluster_ops
 from curate.cluster.cells import summed_per_cell
 from curate.cluster import columns as C
@@ -86,8 +87,7 @@ class Cluster(Stage):
         s = self.fit_settings()
         sample = cluster_ops.fit_sample(data, c.column, s.seed, c.fit_sample_size)
         if sample.shape[0] == 0:
-            self.report["cluster"] = {"clustered": 0}
-            return data.map_batches(_keep_all)
+            return StepResult(data.map_batches(_keep_all), {"cluster": {"clustered": 0}})
         t0 = time.perf_counter()
         h = fit_hierarchy(sample, s)
         fit_s = time.perf_counter() - t0
@@ -96,8 +96,8 @@ class Cluster(Stage):
                                           "level", "cluster", cluster_ops.stats_cell_sum(c.report_keys),
                                           cluster_ops.stats_combine(h, sample.shape[1], c.report_keys))
         stats_s = time.perf_counter() - t0
-        self.report["cluster"] = self._report(h, sums, leaf_keys, sample.shape[0], fit_s, stats_s)
-        return data.map_batches(cluster_ops.assign_batch(c.column, h))
+        return StepResult(data.map_batches(cluster_ops.assign_batch(c.column, h)),
+                          {"cluster": self._report(h, sums, leaf_keys, sample.shape[0], fit_s, stats_s)})
 
     def _report(self, h: Hierarchy, sums: list[ClusterSums], leaf_keys: dict[int, list[str]], sample_rows: int,
                 fit_s: float, stats_s: float) -> dict[str, Any]:

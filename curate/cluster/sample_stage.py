@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.cluster import columns as C
 from curate.cluster.cells import sum_cells, summed_per_cell
 from curate.cluster.kmeans import seeded_hash
@@ -97,8 +98,7 @@ class ClusterSample(Stage):
         totals = summed_per_cell(data, self._totals_partial, "level", "node", sum_cells(("rows", "units", "sq")),
                                  _totals_combine)
         if not totals:
-            self.report["cluster_sample"] = {"clustered": 0}
-            return data.map_batches(lambda b: self._decide_leaves(b, [], []))
+            return StepResult(data.map_batches(lambda b: self._decide_leaves(b, [], [])), {"cluster_sample": {"clustered": 0}})
         available = int(totals[0].units.sum())
         target = self.target(available)
         quotas = allocate_tree(totals, target, AllocationSettings(c.alpha, c.beta, int(c.max_repeat), self.context.seed))
@@ -106,8 +106,7 @@ class ClusterSample(Stage):
         decisions = keyed.shuffle_reduce(LEAF_KEY, lambda part: self._decide_leaves(
             part.drop_columns([LEAF_KEY]), totals, quotas), REDUCE_PARTITIONS).materialize()
         kept = decisions.aggregate(_kept_partial, _sum_kept)
-        self.report["cluster_sample"] = self._report(totals, quotas, kept, available, target)
-        return decisions
+        return StepResult(decisions, {"cluster_sample": self._report(totals, quotas, kept, available, target)})
 
     def _columns(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(valid mask, paths, distances, units) of the rows that have a cluster path."""

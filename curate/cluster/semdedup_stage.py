@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.cluster import columns as C
 from curate.cluster.kmeans import seeded_hash
 from curate.cluster.semdedup import dedup_leaf, preference_order
@@ -90,8 +91,7 @@ class SemanticDedup(Stage):
         compared = reduced.aggregate(_compared_partial, _sum_counts)
         top = self.config.report_groups
         groups = reduced.aggregate(lambda b: _groups_partial(b, top), lambda t: _groups_combine(t, top))
-        self.report["semantic_dedup"] = self._report(groups, compared)
-        return reduced.map_batches(_decisions_only)
+        return StepResult(reduced.map_batches(_decisions_only), {"semantic_dedup": self._report(groups, compared)})
 
     def _valid(self, table: pa.Table) -> np.ndarray:
         c = self.config

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.base import Stage, StageContext
-from curate.base.global_data import InlineData, concat
+from curate.base.global_data import InlineData, StepResult, concat
 from curate.base import records as R
 from curate.dedup import global_step as G
 from curate.dedup import star_components as CC
@@ -148,13 +148,14 @@ class DedupStage(Stage):
             value = None if farthest is None else round(self.farther_sign * farthest, 4)
             summary["farthest_removed"] = {self.farthest_label: int(value) if self.integer_values and value is not None
                                            else value}
-        self.report = {"dedup": {"stage": self.name, **summary,
-                                 "exact_edges": near["exact_edges"], "candidates": near["candidates"],
-                                 "verified_edges": near["candidates"] - near["rejected"],
-                                 "rejected_candidates": near["rejected"], "capped_buckets": near["capped_buckets"],
-                                 "capped_members": near["capped_members"], "component_rounds": near[G.ROUNDS],
-                                 **self.engine_report()}}
-        return G.DECISION_SCHEMA.empty_table() if decided is None else decided.map_batches(G.project_decisions)
+        report = {"dedup": {"stage": self.name, **summary,
+                            "exact_edges": near["exact_edges"], "candidates": near["candidates"],
+                            "verified_edges": near["candidates"] - near["rejected"],
+                            "rejected_candidates": near["rejected"], "capped_buckets": near["capped_buckets"],
+                            "capped_members": near["capped_members"], "component_rounds": near[G.ROUNDS],
+                            **self.engine_report()}}
+        decisions = G.DECISION_SCHEMA.empty_table() if decided is None else decided.map_batches(G.project_decisions)
+        return StepResult(decisions, report)
 
     def _in_one_call(self, group: pa.Table) -> pa.Table:
         """The whole distributed step on one reduce call's rows (all of them), in this worker; the

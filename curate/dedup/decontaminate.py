@@ -10,7 +10,7 @@ index built in ``setup()``. A match rejects the training row as ``decontaminate:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -87,11 +87,18 @@ class DecontaminateStage(Stage):
             raise ValueError(f"reference_path: no file matches {c.reference_path!r}")
         ref = read_source(c.reference_path, format=c.reference_format, source="reference").kept
         keys = ref.column("key").to_pylist()
+        self.reference_rows = ref.num_rows
         self.text_index = self._index_text(ref, keys) if "text" in c.match else None
         self.image_index = self._index_images(ref, keys) if "image" in c.match else None
-        self.report = {"decontaminate": {"reference_rows": ref.num_rows,
-                                         "reference_text_units": len(self.text_index.owners) if self.text_index else 0,
-                                         "reference_images": len(self.image_index.owners) if self.image_index else 0}}
+
+    def summarize(self, kept: pa.Table) -> dict[str, Any]:
+        """The size of the reference index. ``setup()`` builds it where the batches run — under Ray
+        in the workers, whose stage objects the driver never sees — so the driver's own instance
+        builds it here (once per run; inline it is already built)."""
+        self.ensure_setup()
+        return {"decontaminate": {"reference_rows": self.reference_rows,
+                                  "reference_text_units": len(self.text_index.owners) if self.text_index else 0,
+                                  "reference_images": len(self.image_index.owners) if self.image_index else 0}}
 
     def _index_text(self, ref: pa.Table, keys: list[str]) -> _TextIndex:
         rows, units = text_units(ref, self.config.min_chars)

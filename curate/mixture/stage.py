@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.mixture import distributed as D
 from curate.mixture import plan as P
 from curate.mixture.report import group_sums, mixture_report
@@ -142,9 +143,9 @@ class MixtureStage(Stage):
         totals = rows.aggregate(sums, lambda t: (D.sums_from_table(t.drop_columns(["has_tokens"])),
                                                  bool(pc.any(t.column("has_tokens")).as_py()))
                                 if t.num_rows else ({}, False))
-        self.report = {"mixture": mixture_report(self.targets, c.unit, plans, b, *totals)}
-        return rows.map_batches(lambda t: decision_table(t.column(R.ORDINAL).to_numpy(), t.column("key").to_pylist(),
-                                                         *copies_of(t)[:2]))
+        decisions = rows.map_batches(lambda t: decision_table(t.column(R.ORDINAL).to_numpy(), t.column("key").to_pylist(),
+                                                              *copies_of(t)[:2]))
+        return StepResult(decisions, {"mixture": mixture_report(self.targets, c.unit, plans, b, *totals)})
 
     def _check_shortfall(self, plans: dict[str, P.GroupPlan]) -> None:
         short = [g for g, p in plans.items() if p.short]
@@ -152,7 +153,7 @@ class MixtureStage(Stage):
             raise MixtureShortfall(f"mixture: group(s) {short} cannot reach their share of total={self.config.total} "
                                    f"within max_repeat (available {[plans[g].available for g in short]})")
 
-    def decide(self, table: pa.Table) -> pa.Table:
+    def decide(self, table: pa.Table) -> StepResult:
         c = self.config
         labels = self.targets.label_rows(table.column("category").to_pylist(), table.column("source").to_pylist())
         keys = table.column("key").to_pylist()
@@ -161,9 +162,9 @@ class MixtureStage(Stage):
         plans, _stats, budget = P.plan_mixture(self.targets, labels, ranks, weights, tokens, c.total)
         self._check_shortfall(plans)
         copies = P.apply_plan(plans, labels, ranks)
-        self.report = {"mixture": mixture_report(self.targets, c.unit, plans, budget,
-                                                 group_sums(labels, copies, tokens), tokens is not None)}
-        return decision_table(table.column(R.ORDINAL).to_numpy(), keys, labels, copies)
+        return StepResult(decision_table(table.column(R.ORDINAL).to_numpy(), keys, labels, copies),
+                          {"mixture": mixture_report(self.targets, c.unit, plans, budget,
+                                                     group_sums(labels, copies, tokens), tokens is not None)})
 
 
 def decision_table(ordinals: np.ndarray, keys: list[str], labels: np.ndarray, copies: np.ndarray) -> pa.Table:

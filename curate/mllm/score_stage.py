@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import pyarrow as pa
 
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.base import summary_sketch as K
 from curate.base import Drop, split_drops
 from curate.mllm import prompts as P
@@ -199,8 +200,8 @@ class MllmScore(Stage):
 
         decisions, summary = top_fraction_step(data, SCORE, float(self.config.top_fraction), "mllm:top_fraction",
                                                describe)
-        self.report["top_fraction"] = {s: {"cutoff": v["cutoff"], "kept": v["kept"]} for s, v in summary.items()}
-        return decisions
+        return StepResult(decisions, {"top_fraction": {s: {"cutoff": v["cutoff"], "kept": v["kept"]}
+                                                       for s, v in summary.items()}})
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
         """Per batch, the kept rows' scores per source as a value histogram (summary_sketch)."""
@@ -218,4 +219,4 @@ class MllmScore(Stage):
             v = summary.distribution(src, SCORE)
             if v.size:
                 out[src] = {"scored": v.size, "mean": round(v.mean(), 3), "p50": v.percentile(50)}
-        return {"by_source": out, **self.report}
+        return {"by_source": out}

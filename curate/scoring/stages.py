@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from curate.media import images as I
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.base import summary_sketch as K
 from curate.base import Drop, split_drops
 from curate.media.decode import read_decoded
@@ -302,8 +303,7 @@ class ClipScore(Stage):
             return f"score {score:.4f} < cutoff {cutoff:.4f} of source {src} (top {fraction:g} of {scored})"
 
         decisions, summary = top_fraction_step(data, SCORE, fraction, "clip:below_top_fraction", describe)
-        self.report["clip_score_top_fraction"] = {"fraction": fraction, "sources": summary}
-        return decisions
+        return StepResult(decisions, {"clip_score_top_fraction": {"fraction": fraction, "sources": summary}})
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:
         """Per batch, the kept rows' scores per source, and over all sources (group OVERALL), as

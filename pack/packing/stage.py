@@ -10,9 +10,7 @@ lengths tie-broken by it).
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,8 +20,7 @@ import pyarrow.compute as pc
 
 from curate.base import records as R
 from curate.base import Resources, Stage, register
-from curate.base.global_data import stable_hash64
-from curate.base.partials import read_partials, write_partial
+from curate.base.global_data import StepResult, stable_hash64
 from pack.packing import OverlongError, first_fit_decreasing, pack_stats, plan_packs
 from pack.packing import chunks as S
 from pack.packing.split import ChunkCounter
@@ -94,14 +91,11 @@ class PackStage(Stage):
                 raise ValueError(f"{name}: must be a positive integer or null, got {v!r}")
 
     def global_step(self, data: Any) -> Any:
-        """Pack each hash partition on its own worker; the report sums the partitions' numbers."""
+        """Pack each hash partition on its own worker; the report sums the partitions' numbers, which
+        ride on each partition's first decision row (PARTITION_REPORT, JSON) and come back to the
+        driver by an aggregate: one small row per partition, no side files."""
         parts = max(1, -(-data.count() // self.config.partition_rows))
         salt = self.context.seed
-        # Without an output directory (a notebook's stage.run) the partials go to a scratch directory,
-        # removed with them; read_partials removes the partials directory itself either way.
-        scratch = None if self.context.out_dir else tempfile.mkdtemp(prefix="mmcurate-pack-")
-        partials = os.path.join(self.context.out_dir or scratch, "stages", f".{self.context.stage_index:02d}_pack.partials")
-        shutil.rmtree(partials, ignore_errors=True)
 
         def tag(batch: pa.Table) -> pa.Table:
             if parts == 1:   # up to partition_rows rows: one partition, no key to hash (a µs a row)
@@ -109,23 +103,20 @@ class PackStage(Stage):
             part = (stable_hash64(batch.column("key"), salt) % np.uint64(parts)).astype(np.int64)
             return batch.append_column(PART, pa.array(part))
 
-        try:
-            decisions = data.map_batches(tag).shuffle_reduce(
-                PART, lambda group: self.pack_partitions(group, partials), partitions=parts).materialize()
-            self.report = {"packing": combine_reports(list(read_partials(partials).values()), self.config, parts)}
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
-        return decisions
+        decided = data.map_batches(tag).shuffle_reduce(PART, self.pack_partitions, partitions=parts).materialize()
+        reports = decided.aggregate(_partition_reports, _loaded_reports)
+        return StepResult(decided.map_batches(_without_partition_report),
+                          {"packing": combine_reports(reports, self.config, parts)})
 
-    def pack_partitions(self, group: pa.Table, partials: str) -> pa.Table:
-        """Decisions for every partition in `group` (rows sorted by partition, then _ordinal)."""
+    def pack_partitions(self, group: pa.Table) -> pa.Table:
+        """Decisions for every partition in `group` (rows sorted by partition, then _ordinal), each
+        partition's report numbers (JSON) on its first row."""
         out = []
         col = group.column(PART).to_numpy()
         for part in np.unique(col).tolist():
             decisions, report = self.plan_partition(group.filter(pa.array(col == part)).drop_columns([PART]), part)
-            write_partial(partials, part, report)
-            out.append(decisions)
+            notes = [json.dumps(report, sort_keys=True)] + [None] * (decisions.num_rows - 1)
+            out.append(decisions.append_column(PARTITION_REPORT, pa.array(notes, type=pa.string())))
         return pa.concat_tables(out)
 
     def plan_partition(self, table: pa.Table, part: int = 0) -> tuple[pa.Table, dict[str, Any]]:
@@ -239,6 +230,19 @@ def positions_in_packs(idx: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return pos
 
 PART = "_pack_part"
+PARTITION_REPORT = "_pack_partition_report"   # a partition's report numbers (JSON), on its first decision row
+
+
+def _partition_reports(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_valid(batch.column(PARTITION_REPORT))).select([PARTITION_REPORT])
+
+
+def _loaded_reports(notes: pa.Table) -> list[dict[str, Any]]:
+    return [json.loads(n) for n in notes.column(PARTITION_REPORT).to_pylist()] if notes.num_rows else []
+
+
+def _without_partition_report(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns([PARTITION_REPORT])
 
 
 def combine_reports(reports: list[dict[str, Any]], config: Any, partitions: int) -> dict[str, Any]:

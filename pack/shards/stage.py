@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping
 import pyarrow as pa
 
 from curate.base import records as R
+from curate.base.global_data import StepResult
 from curate.base.diskspace import writing
 from curate.base import Resources, Stage, register
 from pack.balance import plan as B
@@ -172,6 +173,5 @@ class ShardsStage(Stage):
         # report.json holds only what the data determines: the folder relative to the run's output
         shown = os.path.relpath(final, self.context.out_dir) if self.context.out_dir and \
             os.path.abspath(final).startswith(os.path.abspath(self.context.out_dir) + os.sep) else final
-        self.report = build_report(c, shown, manifest, plan, costs)
-        return decisions
+        return StepResult(decisions, build_report(c, shown, manifest, plan, costs))
 

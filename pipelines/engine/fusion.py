@@ -35,8 +35,9 @@ from curate import base as S
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import writing
-from pipelines.engine.executors import PARQUET_OPTIONS, data_files
 from pipelines.engine.heap import release_freed_memory
+from pipelines.engine.links import DROPPED_AT, REPEAT_ROW
+from pipelines.engine.tables import PARQUET_OPTIONS, data_files
 
 FUSED_INTO = "fused_into"
 REJECT_COLUMNS = ("key", "source", "category", R.ORDINAL, R.STATUS, R.REASON, R.DETAIL, "provenance")
@@ -85,11 +86,11 @@ def rows_filter(names: list[str], stage_index: int, owner: bool, kept: bool | No
     at `stage_index`: kept by it (True), dropped by it (False) or every row that entered it (None).
     `owner`: the stage wrote that directory (its global step's drops carry no ``_dropped_at``)."""
     status = pc.field(R.STATUS)
-    if E.DROPPED_AT not in names:
+    if DROPPED_AT not in names:
         return {True: status == R.KEPT, False: status != R.KEPT, None: None}[kept]
-    at = pc.field(E.DROPPED_AT)
+    at = pc.field(DROPPED_AT)
     if owner:   # its rows: every row but the ones earlier stages dropped
-        mine = at.is_null() | (at == stage_index) | (at == E.REPEAT_ROW)
+        mine = at.is_null() | (at == stage_index) | (at == REPEAT_ROW)
         return {True: status == R.KEPT, False: (status != R.KEPT) & mine, None: mine}[kept]
     # an earlier stage of the chain: rows it let through were dropped later or not at all (repeat
     # rows, REPEAT_ROW, appeared after it)
@@ -105,7 +106,7 @@ def stage_rows(stage_dir: Path, columns: list[str] | None, kept: bool | None = T
     if found is None:
         return None
     ds, flt = found
-    cols = [c for c in (columns or ds.schema.names) if c in ds.schema.names and c != E.DROPPED_AT]
+    cols = [c for c in (columns or ds.schema.names) if c in ds.schema.names and c != DROPPED_AT]
     rows = ds.head(limit, columns=cols, filter=flt) if limit is not None else ds.to_table(columns=cols, filter=flt)
     release_freed_memory()
     return rows
@@ -155,7 +156,7 @@ def write_rejects(data: Path, targets: dict[int, Path], owner_index: int) -> dic
 
 def _write_rejects(files: list[str], targets: dict[int, Path], owner_index: int, cols: list[str],
                    out_schema: pa.Schema) -> dict[int, dict[str, Any]]:
-    read_cols = cols + ([E.DROPPED_AT] if files and E.DROPPED_AT in pq.read_schema(files[0]).names else [])
+    read_cols = cols + ([DROPPED_AT] if files and DROPPED_AT in pq.read_schema(files[0]).names else [])
     counts: dict[int, Counter[tuple[str, str | None]]] = {i: Counter() for i in targets}
     writers = {i: pq.ParquetWriter(str(p), out_schema, **PARQUET_OPTIONS) for i, p in targets.items()}
     try:
@@ -165,7 +166,7 @@ def _write_rejects(files: list[str], targets: dict[int, Path], owner_index: int,
             if t.num_rows == 0:
                 continue
             t = t.take(pc.sort_indices(t, sort_keys=[(R.ORDINAL, "ascending")]))
-            at = (pc.fill_null(t.column(E.DROPPED_AT), owner_index) if E.DROPPED_AT in t.column_names
+            at = (pc.fill_null(t.column(DROPPED_AT), owner_index) if DROPPED_AT in t.column_names
                   else pa.array([owner_index] * t.num_rows, type=pa.int32()))
             for index, writer in writers.items():
                 mine = t.filter(pc.equal(at, index))

@@ -34,8 +34,8 @@ from typing import Any, Protocol, TextIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.base import inline as E
 from curate.base import records as R
+from pipelines.engine.links import DROPPED_AT
 
 INTERVAL_ENV = "MMCURATE_PROGRESS_INTERVAL"
 PLAIN_INTERVAL_S = 10.0
@@ -135,8 +135,8 @@ def entered_rows(batch: pa.Table, carries_dropped: bool) -> int:
     ``in`` counts. In a fused chain (`carries_dropped`) rows dropped by an earlier link carry
     ``_dropped_at``; rows that arrived rejected from upstream carry neither."""
     kept = pc.equal(batch.column(R.STATUS), R.KEPT)
-    if carries_dropped and E.DROPPED_AT in batch.column_names:
-        kept = pc.or_(pc.fill_null(kept, False), pc.is_valid(batch.column(E.DROPPED_AT)))
+    if carries_dropped and DROPPED_AT in batch.column_names:
+        kept = pc.or_(pc.fill_null(kept, False), pc.is_valid(batch.column(DROPPED_AT)))
     return int(pc.sum(kept.cast(pa.int64())).as_py() or 0)
 
 

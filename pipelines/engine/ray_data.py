@@ -37,10 +37,11 @@ from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import find_out_of_space
 from curate.base.global_data import COMBINE_FAN_IN, concat, partition_of, sort_for_reduce
-from pipelines.engine.executors import data_files, global_columns, rows_in, write_table
 from pipelines.engine.heap import HeapTrimmer
+from pipelines.engine.links import DROPPED_AT, apply_alone, apply_link, chain_schema, schema_without_dropped_at, without_dropped_at
 from pipelines.engine.progress import DISABLED, FileCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
 from pipelines.engine.ray_files import FILE, MAP_TASK_ROWS, ROWS_PER_FILE, apply_file, read_files, route, write_in_order
+from pipelines.engine.tables import count_rows, data_files, global_columns, write_table
 
 T = TypeVar("T")
 PART = "_part"
@@ -139,7 +140,7 @@ def _apply(stage: Stage, batch: pa.Table, link: tuple[int, bool] | None, counter
         if counter is not None:
             counter.add(out.num_rows, task_bytes(batch))
         return out
-    out = E.apply_batch(stage, batch) if link is None else E.apply_link(stage, batch, *link)
+    out = apply_alone(stage, batch) if link is None else apply_link(stage, batch, *link)
     if counter is not None:
         counter.add(entered_rows(batch, carries_dropped=bool(link and link[1])))
     return out
@@ -175,7 +176,7 @@ def _summary_merge(parts: pa.Table, token: str, stage_cls: type[Stage], config: 
 
 
 def _kept_columns(batch: pa.Table, columns: list[str] | None) -> pa.Table:
-    kept = E.without_dropped_at(E.only_kept(batch))
+    kept = without_dropped_at(E.only_kept(batch))
     return kept if columns is None else kept.select([c for c in columns if c in kept.column_names])
 
 
@@ -280,15 +281,14 @@ class RayExecutor:
             ds = ds.repartition(max(1, min(MAX_SOURCE_BLOCKS, -(-tasks // source_batch))))
             schema = R.BASE_SCHEMA
         else:
-            schema = pq.read_schema(files[0])
-            if E.DROPPED_AT in schema.names:   # upstream's chain bookkeeping, dropped by every link
-                schema = schema.remove(schema.get_field_index(E.DROPPED_AT))
+            # upstream's chain bookkeeping, dropped by every link
+            schema = schema_without_dropped_at(pq.read_schema(files[0]))
         for position, stage in enumerate(stages):
             link = None if len(stages) == 1 else (stage.context.stage_index, position > 0)
             last = counter if position == len(stages) - 1 else None
             ds = self._map(ds, stage, link, source_batch if stage.reads_sources else None, last)
             if not stage.reads_sources:
-                schema = stage.output_schema(schema) if link is None else E.chain_schema([stage], schema)
+                schema = stage.output_schema(schema) if link is None else chain_schema([stage], schema)
         self._write(ds, out, schema, per_block=head.reads_sources)
 
     def map_stage(self, stage: Stage, files: list[str], out: Path) -> None:
@@ -333,7 +333,7 @@ class RayExecutor:
         selects (only `columns`), per block on the workers, merged there in a tree (RayData.aggregate)
         by ``summary_merge``. The workers build their own instance of the stage (no setup: summaries
         need no model), so no loaded model travels with the task."""
-        wanted = list(dict.fromkeys(columns + [c for c in (R.STATUS, E.DROPPED_AT) if c in pq.read_schema(files[0]).names]))
+        wanted = list(dict.fromkeys(columns + [c for c in (R.STATUS, DROPPED_AT) if c in pq.read_schema(files[0]).names]))
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:summary"
         made = {"token": token, "stage_cls": type(stage), "config": stage.config, "context": stage.context}
         return RayData(self._read(files, wanted)).aggregate(
@@ -363,7 +363,7 @@ class RayExecutor:
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
                        "only_kept": only_kept, "token": token, "stage_cls": type(stage), "config": stage.config,
                        "context": stage.context, "worker_stage": _worker_stage, "counter": counter})
-        expected = rows_in(files, kept_only=only_kept) if self.progress.enabled else None
+        expected = count_rows(files, kept_only=only_kept) if self.progress.enabled else None
         with self.progress.phase("apply", expected, counter) as phase:
             written = concat(self.ray.get(done.to_arrow_refs()))
             phase.finish(int(pc.sum(written.column("rows")).as_py() or 0))

@@ -15,7 +15,7 @@ locates (only those are looked up), and when Ray handed blocks over out of order
 interleave and every decision is looked up — correct either way, one shuffle slower in the second.
 
 Reading: ``read_files`` is a Ray Data datasource with one read task per run of whole row groups
-(the writers' row groups are executors.ROW_GROUP_ROWS rows): runs of at most MAP_TASK_ROWS rows for a
+(the writers' row groups are tables.ROW_GROUP_ROWS rows): runs of at most MAP_TASK_ROWS rows for a
 per-row pass, so every core gets work, and a file per task for a global step, since every block
 is one more map task of each shuffle. Blocks come out in file order. Ray's own ``read_parquet`` is
 not used: its DataSourceV2 reader hands blocks over as footers complete (out of file order even
@@ -42,7 +42,9 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import concat, partition_of
-from pipelines.engine.executors import write_table
+from pipelines.engine.links import apply_decisions as link_decisions
+from pipelines.engine.links import without_dropped_at
+from pipelines.engine.tables import write_table
 
 FILE = "_file"          # which input file of the global step a decision belongs to
 LOOKUP = "_lookup"      # marks the lookup rows (an _ordinal and its file) in the routing shuffle
@@ -279,10 +281,10 @@ def apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, o
     decisions = group.filter(pc.is_valid(group.column(R.ORDINAL))).drop_columns([FILE])   # not the sentinel
     table = pq.read_table(files[index])
     if only_kept:   # the upstream's rows read in place: its dropped rows are no input of this stage
-        table = E.without_dropped_at(E.only_kept(table))
+        table = without_dropped_at(E.only_kept(table))
     stage = worker_stage(token, stage_cls, config, context)
-    E.validate_decisions(stage, E.global_input(stage, E.without_dropped_at(table)), decisions)
-    write_table(E.apply_decisions(table, decisions, schema), Path(out) / f"part-{index:05d}.parquet")
+    E.validate_decisions(stage, E.global_input(stage, without_dropped_at(table)), decisions)
+    write_table(link_decisions(table, decisions, schema), Path(out) / f"part-{index:05d}.parquet")
     if counter is not None:
         counter.add(table.num_rows)
     return pa.table({"file": [index], "repeats": [E.count_repeats(decisions)], "rows": [table.num_rows]})

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from curate.base import BatchResult, Resources, register
+from curate.base.global_data import step_result
 from curate.dedup.exact_stage import ExactDedupStage
 from tests.plugins.slow_stage import SlowCaptionLength
 
@@ -88,5 +89,7 @@ class KillOnceExactDedup(ExactDedupStage):
     description = "Test-only: exact_dedup whose shuffle reduce kills the Ray worker running it, once."
 
     def global_step(self, data: Any) -> Any:
-        out = super().global_step(_KillingData(data, self.name))
-        return out.data if isinstance(out, _KillingData) else out
+        step = step_result(super().global_step(_KillingData(data, self.name)))
+        if isinstance(step.decisions, _KillingData):
+            step.decisions = step.decisions.data
+        return step
