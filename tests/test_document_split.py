@@ -182,11 +182,12 @@ RECIPE = """
 name: document-split
 seed: 4
 plugins: [tests.plugins.as_documents]
+model: {{preset: qwen2-vl, max_pixels: 100352}}
 sources:
   - {{name: web, path: "{data}/*.tar", format: webdataset, category: caption}}
 stages:
   - {{name: as_documents}}
-  - {{name: count_tokens, settings: {{profile: {{preset: qwen2-vl, max_pixels: 100352}}}}}}
+  - {{name: count_tokens}}
   - {{name: pack, settings: {{context_length: 1024, overlong: split}}}}
   - {{name: shards, settings: {{dp_size: 2, micro_batches: 1, leftover: pad_with_repeats, input_ids: true}}}}
 """

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from curate.base import BatchResult, Resources, Stage, register
+from curate.base import BatchResult, Resources, Stage, register, split_drops
 from curate.base import records as R
 from curate.documents.record import build_document
 
@@ -32,4 +32,4 @@ class AsDocuments(Stage):
             para = " ".join([caption] * n)
             row.update(build_document([para, image, "In short: " + caption, image, para]), category="interleaved")
         out = pa.Table.from_pylist(rows, schema=batch.schema)
-        return BatchResult.split(out, [None] * len(rows))
+        return split_drops(out, [None] * len(rows))
