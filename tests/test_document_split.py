@@ -138,7 +138,7 @@ def test_pack_split_makes_chunks_that_are_samples_with_exact_lengths():
     res = stage.run(counted.kept)
     kept, dropped = res.kept, res.dropped
     # accounting: in + chunks beyond the first = kept + rejected (the runner's "repeated")
-    split = stage.report["packing"]["split"]
+    split = res.report["packing"]["split"]
     assert split["documents"] == 1 and split["chunks"] >= 3
     assert kept.num_rows + dropped.num_rows == counted.kept.num_rows + split["chunks"] - split["documents"]
     assert dict(zip(dropped.column("key").to_pylist(), dropped.column(R.REASON).to_pylist())) == {

@@ -71,13 +71,13 @@ def test_an_image_seen_more_than_the_limit_leaves_every_document_and_one_at_the_
 def test_the_report_counts_without_holding_images():
     rows = [doc_row(n, [f"page {n}", img("pixel.gif"), img(f"own{n}.jpg")]) for n in range(6)]
     stage = S.build("repeated_images", {"max_image_repeats": 2})
-    stage.run(table_of(rows))
-    assert stage.report == {"repeated_images": {
+    res = stage.run(table_of(rows))
+    assert res.report == {"repeated_images": {
         "max_image_repeats": 2, "images_counted": 12, "unhashed_images": 0, "repeated_images": 1,
         "images_removed": 6, "most_seen": 6, "documents_changed": 6}}
     untouched = S.build("repeated_images", {"max_image_repeats": 6})
     out = untouched.run(table_of(rows))
-    assert untouched.report["repeated_images"]["images_removed"] == 0
+    assert out.report["repeated_images"]["images_removed"] == 0
     assert [members(r) for r in out.kept.to_pylist()] == [["pixel.gif", f"own{n}.jpg"] for n in range(6)]
 
 
@@ -92,8 +92,8 @@ def test_references_without_a_sha256_are_hashed_from_their_bytes_and_unreadable_
     stage = S.build("repeated_images", {"max_image_repeats": 2})
     out = stage.run(table_of(rows))
     assert [members(r) for r in out.kept.to_pylist()] == [["gone.png"], ["c.png"], []]
-    assert stage.report["repeated_images"]["unhashed_images"] == 1
-    assert stage.report["repeated_images"]["images_removed"] == 3
+    assert out.report["repeated_images"]["unhashed_images"] == 1
+    assert out.report["repeated_images"]["images_removed"] == 3
 
 
 POOL = [f"i{k}.jpg" for k in range(8)]
@@ -108,7 +108,8 @@ def test_any_corpus_removes_exactly_the_images_counted_over_the_limit(docs, limi
     stage = S.build("repeated_images", {"max_image_repeats": limit})
     inputs = global_input(stage, with_bookkeeping(table_of(rows)))
     decided = InlineData([inputs.slice(i, chunk) for i in range(0, inputs.num_rows, chunk)])
-    out = stage.global_step(decided).gather().sort_by(R.ORDINAL).to_pylist()
+    step = stage.global_step(decided)
+    out = step.decisions.gather().sort_by(R.ORDINAL).to_pylist()
     if all(c <= limit for c in counts.values()):
         assert [r[R.ORDINAL] for r in out] == list(range(len(docs))) and set(out[0]) == {R.ORDINAL, R.STATUS, R.REASON, R.DETAIL}
         return
@@ -119,7 +120,7 @@ def test_any_corpus_removes_exactly_the_images_counted_over_the_limit(docs, limi
         removed = row["images_removed"] or []
         assert [(r["position"], r["ref"]) for r in removed] == [(i, p) for i, p in enumerate(images) if counts[p] > limit]
         assert row["image_tokens"] == [100 + i for i, p in enumerate(images) if counts[p] <= limit]
-    assert stage.report["repeated_images"]["images_removed"] == sum(c for c in counts.values() if c > limit)
+    assert step.report["repeated_images"]["images_removed"] == sum(c for c in counts.values() if c > limit)
 
 
 @pytest.mark.parametrize("settings_,message", [({"max_image_repeats": 0}, "max_image_repeats: must be >= 1"),
@@ -149,8 +150,8 @@ def test_on_ray_data_the_documents_are_the_same_as_in_one_process(monkeypatch):
     stage = S.build("repeated_images", {"max_image_repeats": 2, "partitions": 3})
     inputs = global_input(stage, _corpus())
     chunks = [inputs.slice(i, 13) for i in range(0, inputs.num_rows, 13)]
-    inline = stage.global_step(InlineData(chunks)).gather().sort_by(R.ORDINAL)
-    inline_report = stage.report
+    inline_step = stage.global_step(InlineData(chunks))
+    inline, inline_report = inline_step.decisions.gather().sort_by(R.ORDINAL), inline_step.report
     assert inline_report["repeated_images"]["images_removed"] == 60 + 20 + 3 * 14   # logo, share, photos 0..13 (3 times each)
     started = not ray.is_initialized()
     if started:
@@ -161,9 +162,10 @@ def test_on_ray_data_the_documents_are_the_same_as_in_one_process(monkeypatch):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         monkeypatch.setattr(ctx, "shuffle_strategy", "sort_shuffle_pull_based")
-        on_ray = stage.global_step(RayData(ray.data.from_arrow(chunks))).gather().sort_by(R.ORDINAL)
+        ray_step = stage.global_step(RayData(ray.data.from_arrow(chunks)))
+        on_ray = ray_step.decisions.gather().sort_by(R.ORDINAL)
         assert on_ray.equals(inline.select(on_ray.column_names)) and on_ray.column_names == inline.column_names
-        assert stage.report == inline_report
+        assert ray_step.report == inline_report
     finally:
         if started:
             ray.shutdown()
@@ -176,8 +178,9 @@ def test_the_step_never_brings_the_images_or_the_documents_to_the_driver():
     stage = S.build("repeated_images", {"max_image_repeats": 2, "partitions": 4})
     inputs = global_input(stage, _corpus())
     chunks = [inputs.slice(i, 7) for i in range(0, inputs.num_rows, 7)]
-    free = stage.global_step(InlineData(chunks)).gather().sort_by(R.ORDINAL)
-    report = stage.report
-    bounded = stage.global_step(BoundedDriver(chunks, limit=inputs.num_rows // 4))
+    free_step = stage.global_step(InlineData(chunks))
+    free, report = free_step.decisions.gather().sort_by(R.ORDINAL), free_step.report
+    bounded_step = stage.global_step(BoundedDriver(chunks, limit=inputs.num_rows // 4))
+    bounded = bounded_step.decisions
     assert pa.concat_tables([t for t in bounded.tables if t.num_rows]).sort_by(R.ORDINAL).equals(free)
-    assert stage.report == report
+    assert bounded_step.report == report

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.base import Resources, Stage, register
+from curate.base import Resources, Stage, StepResult, register
 from curate.base import records as R
 from curate.documents.record import IMAGE_ALIGNED_COLUMNS, Removal, remove_images
 from curate.media import identity
@@ -227,17 +227,17 @@ class RepeatedImages(Stage):
         marks = occ.shuffle_reduce(KEY, lambda g: mark_repeated(g, max_repeats),
                                    self._parts(counted["images"])).materialize()
         marked = marks.aggregate(marks_partial, marks_combine)
-        self.report = {"repeated_images": {
+        report = {"repeated_images": {
             "max_image_repeats": max_repeats, "images_counted": counted["images"],
             "unhashed_images": counted[UNHASHED], "repeated_images": marked["repeated"],
             "images_removed": marked["removed"], "most_seen": marked["most_seen"], "documents_changed": 0}}
-        if marked["removed"] == 0:
-            return data.map_batches(lambda b: decisions(b.select([R.ORDINAL])))     # nothing changes
+        if marked["removed"] == 0:   # nothing changes
+            return StepResult(data.map_batches(lambda b: decisions(b.select([R.ORDINAL]))), report)
         schema = join_schema(data.aggregate(schema_partial, schema_combine))
         rows = data.map_batches(lambda b: row_records(b, schema))
         decided = (rows.union(marks.map_batches(lambda m: mark_records(m, schema)))
                    .shuffle_reduce(R.ORDINAL, lambda g: apply_marks(g, max_repeats, stage),
                                    self._parts(data.count())).materialize())
-        self.report["repeated_images"]["documents_changed"] = decided.aggregate(
+        report["repeated_images"]["documents_changed"] = decided.aggregate(
             lambda d: changed_partial(d, stage), sums_combine).get("documents_changed", 0)
-        return decided
+        return StepResult(decided, report)
