@@ -1,7 +1,8 @@
 """Readers: turn source files into sample records, recording every bad sample instead of crashing.
 
 Formats (one module each): ``webdataset`` (``curate.readers.webdataset``), ``parquet``
-(``curate.readers.parquet``), ``llava`` JSON/JSONL (``curate.readers.jsonl``). What they share — the
+(``curate.readers.parquet``), ``llava`` JSON/JSONL (``curate.readers.jsonl``), and the interleaved
+documents ``obelics`` (``curate.readers.obelics``) and ``mint1t`` (``curate.readers.mint1t``). What they share — the
 source spec, file listing, row builders — is in ``curate.readers.sources``; where an image reference inside
 a record may point, and how it is read with bounds, is ``curate.readers.refs``.
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 from curate.base import records as R
 from curate.readers.jsonl import normalize_conversations, plan_line_parts, read_llava, strict_json
+from curate.readers.mint1t import read_mint1t
+from curate.readers.obelics import read_obelics
 from curate.readers.parquet import PARQUET_ERRORS, plan_parts, read_parquet, read_parquet_tables
 from curate.readers.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, bad_row, expand_braces, list_files,
                             source_files, unreadable)
@@ -35,6 +38,7 @@ __all__ = ["FORMATS", "BadSample", "NoSourceFiles", "SourceSpec", "expand_braces
 
 READERS: dict[str, Callable[[SourceSpec, str, int, int], Iterator[dict]]] = {
     "webdataset": read_webdataset, "parquet": read_parquet, "llava": read_llava,
+    "obelics": read_obelics, "mint1t": read_mint1t,   # interleaved documents (curate.readers.documents)
 }
 
 

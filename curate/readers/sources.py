@@ -22,7 +22,7 @@ from curate.media import images as I
 from curate.base import records as R
 from curate.readers.timed_io import DEFAULT_READ_TIMEOUT_S
 
-FORMATS = ("webdataset", "parquet", "llava")
+FORMATS = ("webdataset", "parquet", "llava", "obelics", "mint1t")
 KEY_PREFIXES = (None, "shard")
 WDS_SIDECARS = (".parquet", "_stats.json")
 MAX_BRACE_EXPANSION = 1_000_000
