@@ -1,0 +1,101 @@
+"""Image rules inside documents (#25 item 3): every image judged on its own, a failing image removed
+from its document (recorded, counted in the report, named in images_removed.parquet), the document
+kept; single-image samples keep the old behaviour (rejected with the image's reason)."""
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate.base import records as R
+from curate.documents.record import build_document, document_parts, removed_image_counts
+from curate.filters.image_rules import ImageFilter
+from curate.readers.read import read_source
+
+
+def photo(seed: int, size=(160, 128)) -> bytes:
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def corrupt_jpeg() -> bytes:
+    """A JPEG cut in half with its end marker put back: the header probes (ingest keeps it), the
+    decode fills the rest with grey (image_filter: image:truncated)."""
+    good = photo(5)
+    return good[:len(good) // 2] + b"\xff\xd9"
+
+
+def write_docs(tmp_path) -> str:
+    (tmp_path / "ok1.jpg").write_bytes(photo(1))
+    (tmp_path / "ok2.jpg").write_bytes(photo(2))
+    (tmp_path / "tiny.jpg").write_bytes(photo(3, (8, 8)))
+    (tmp_path / "broken.jpg").write_bytes(corrupt_jpeg())
+    records = [
+        {"id": "mixed", "texts": ["Before.", None, "Between.", None, None, "After."],
+         "images": [None, "ok1.jpg", None, "tiny.jpg", "broken.jpg", None]},
+        {"id": "clean", "texts": [None, "Only text after."], "images": ["ok2.jpg", None]},
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_image_filter_removes_failing_images_from_a_document_and_keeps_it(tmp_path):
+    read = read_source(write_docs(tmp_path), "obelics", source="doc")
+    result = ImageFilter(preset="default").run(read.kept)
+    assert result.dropped.num_rows == 0 and result.kept.num_rows == 2
+    mixed = {r["key"]: r for r in result.kept.to_pylist()}["doc/mixed"]
+    removed = [(r["position"], r["ref"].rsplit("/", 1)[-1], r["stage"], r["reason"]) for r in mixed["images_removed"]]
+    assert removed == [(1, "tiny.jpg", "image_filter", "image:min_side"), (2, "broken.jpg", "image_filter", "image:truncated")]
+    assert [im["uri"].rsplit("/", 1)[-1] for im in mixed["images"]] == ["ok1.jpg"]
+    assert [(k, v) for k, v in document_parts(mixed["text"], mixed["segments"])] == [
+        ("text", "Before."), ("image", 0), ("text", "Between."), ("text", "After.")]
+    assert [s["position"] for s in mixed["segments"] if s["kind"] == "image"] == [0]
+    assert len(mixed["image_facts"]) == 1   # the facts column stays aligned with the images left
+    assert removed_image_counts(result.kept, "image_filter") == {"image:min_side": 1, "image:truncated": 1}
+
+
+def test_single_image_samples_are_still_rejected_whole(tmp_path):
+    (tmp_path / "tiny.jpg").write_bytes(photo(3, (8, 8)))
+    rows = [{"key": "s", "source": "s", "category": "caption", "images": [R.image_ref(str(tmp_path / "tiny.jpg"),
+             width=8, height=8, format="JPEG")], "text": "a caption", R.ORDINAL: 0, R.STATUS: R.KEPT}]
+    table = R.conform(pa.Table.from_pylist(rows), R.BASE_SCHEMA)
+    result = ImageFilter(preset="default").run(table)
+    assert result.kept.num_rows == 0 and result.dropped.column(R.REASON).to_pylist() == ["image:min_side"]
+
+
+def test_runner_reports_and_lists_every_removed_image(tmp_path):
+    from pipelines.recipe import parse
+    from pipelines.runner import run
+    source = write_docs(tmp_path)
+    recipe = parse({"name": "docs", "seed": 0,
+                    "sources": [{"name": "doc", "path": source, "format": "obelics", "category": "interleaved"}],
+                    "stages": [{"name": "image_filter", "settings": {"preset": "default"}}]})
+    result = run(recipe, tmp_path / "out", executor="inline", progress=False)
+    entry = {e["name"]: e for e in result.report["stages"]}["image_filter"]
+    assert entry["images_removed"] == {"image:min_side": 1, "image:truncated": 1}
+    assert entry["in"] == entry["out"] == 2 and entry["balanced"]
+    listed = pq.read_table(tmp_path / "out" / "images_removed.parquet").to_pylist()
+    assert [(r["key"], r["position"], r["ref"].rsplit("/", 1)[-1], r["stage"], r["reason"]) for r in listed] == [
+        ("doc/mixed", 1, "tiny.jpg", "image_filter", "image:min_side"),
+        ("doc/mixed", 2, "broken.jpg", "image_filter", "image:truncated")]
+    assert "images_removed" not in {e["name"]: e for e in result.report["stages"]}["ingest"]
+
+
+def test_build_document_round_trips_through_the_filter_unchanged_when_all_pass(tmp_path):
+    (tmp_path / "ok.jpg").write_bytes(photo(9))
+    doc = build_document(["One.", R.image_ref(str(tmp_path / "ok.jpg"), width=160, height=128, format="JPEG",
+                                              size=(tmp_path / "ok.jpg").stat().st_size), "Two."])
+    row = {"key": "d", "source": "d", "category": "interleaved", R.ORDINAL: 0, R.STATUS: R.KEPT,
+           "images_removed": [], **doc}
+    table = R.conform(pa.Table.from_pylist([row]), R.BASE_SCHEMA)
+    (out,) = ImageFilter(preset="default").run(table).kept.to_pylist()
+    assert out["segments"] == doc["segments"] and out["images_removed"] == [] and out["text"] == doc["text"]
