@@ -99,3 +99,42 @@ def test_build_document_round_trips_through_the_filter_unchanged_when_all_pass(t
     table = R.conform(pa.Table.from_pylist([row]), R.BASE_SCHEMA)
     (out,) = ImageFilter(preset="default").run(table).kept.to_pylist()
     assert out["segments"] == doc["segments"] and out["images_removed"] == [] and out["text"] == doc["text"]
+
+
+def skimage_photo(name: str) -> dict:
+    import os
+    skimage = pytest.importorskip("skimage")
+    path = os.path.join(os.path.dirname(skimage.__file__), "data", name)
+    return R.image_ref(path, width=512, height=512, format="PNG")
+
+
+def document_table(parts_by_key: dict[str, list]) -> pa.Table:
+    rows = []
+    for i, (key, parts) in enumerate(parts_by_key.items()):
+        rows.append({"key": key, "source": "d", "category": "interleaved", R.ORDINAL: i, R.STATUS: R.KEPT,
+                     "images_removed": [], **build_document(parts)})
+    return R.conform(pa.Table.from_pylist(rows), R.BASE_SCHEMA)
+
+
+def test_nsfw_filter_removes_the_unsafe_image_and_rejects_only_on_the_page(tmp_path):
+    """The classifier path proven with a class the detector finds in a benign photo (FACE_FEMALE on the
+    astronaut, as tests/test_safety.py does); a keyword in the page's text rejects the document."""
+    pytest.importorskip("nudenet")
+    from curate.base import build
+    (tmp_path / "caption.txt").write_text("explicit content\n")
+    table = document_table({
+        "d/page": ["A page about space.", skimage_photo("astronaut.png"), "And coffee.", skimage_photo("coffee.png")],
+        "d/bad-words": ["This holds explicit content.", skimage_photo("coffee.png")],
+        "d/missing": ["Text.", R.image_ref(str(tmp_path / "gone.png"), width=512, height=512, format="PNG")],
+    })
+    stage = build("nsfw_filter", {"unsafe_classes": ["FACE_FEMALE"], "threshold": 0.5,
+                                  "caption_keywords_file": str(tmp_path / "caption.txt")})
+    result = stage.run(table)
+    kept = {r["key"]: r for r in result.kept.to_pylist()}
+    assert result.dropped.column(R.REASON).to_pylist() == ["nsfw:caption_keyword"]
+    page = kept["d/page"]
+    assert [(r["position"], r["reason"]) for r in page["images_removed"]] == [(0, "nsfw:classifier")]
+    assert [im["uri"].rsplit("/", 1)[-1] for im in page["images"]] == ["coffee.png"]
+    assert page["nsfw_score"] == 0.0   # the highest score among the images left
+    missing = kept["d/missing"]
+    assert missing["images"] == [] and missing["images_removed"][0]["reason"].startswith("image:unreadable")
