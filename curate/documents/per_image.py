@@ -15,12 +15,12 @@ is not held hostage by one unreadable reference.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
 from curate.base import BatchResult
-from curate.documents.record import Removal, remove_images
+from curate.documents.record import Removal, document_parts, remove_images
 from curate.filters.common import Drop, split_drops
 
 # (index of the image in the row's current `images`, why it fails) for every failing image of a row.
@@ -44,3 +44,18 @@ def apply_verdicts(batch: pa.Table, row_drops: Sequence[Drop | None], image_drop
     verdicts (samples; and documents only where a whole-row rule, e.g. a caption keyword, says so)."""
     out = remove_images(batch, [removals_of(d) for d in image_drops], stage)
     return split_drops(out, row_drops)
+
+
+def image_contexts(text: str | None, segments: Sequence[Mapping[str, Any]] | None, image_count: int
+                   ) -> list[str | None]:
+    """The paragraph each image of a document is compared with: the one just before it, else the one
+    just after (a figure is captioned by its neighbour, not by the whole page); None without any."""
+    parts = list(document_parts(text, segments))
+    out: list[str | None] = [None] * image_count
+    for at, (kind, value) in enumerate(parts):
+        if kind != "image" or not 0 <= value < image_count:
+            continue
+        before = next((v for k, v in reversed(parts[:at]) if k == "text" and v.strip()), None)
+        after = next((v for k, v in parts[at + 1:] if k == "text" and v.strip()), None)
+        out[value] = before or after
+    return out
