@@ -138,3 +138,48 @@ def test_nsfw_filter_removes_the_unsafe_image_and_rejects_only_on_the_page(tmp_p
     assert page["nsfw_score"] == 0.0   # the highest score among the images left
     missing = kept["d/missing"]
     assert missing["images"] == [] and missing["images_removed"][0]["reason"].startswith("image:unreadable")
+
+
+def file_ref(path, data: bytes) -> dict:
+    path.write_bytes(data)
+    from curate.media.images import probe
+    header = probe(data)
+    return R.image_ref(str(path), width=header.width, height=header.height, format=header.format, size=len(data))
+
+
+def test_image_dedup_removes_an_image_repeated_inside_a_document_only(tmp_path):
+    from curate.base import build
+    a, b = file_ref(tmp_path / "a.jpg", photo(1)), file_ref(tmp_path / "b.jpg", photo(2))
+    a_again = file_ref(tmp_path / "a2.jpg", photo(1))              # the same bytes under another name
+    gone = R.image_ref(str(tmp_path / "gone.jpg"), width=160, height=128, format="JPEG")
+    table = document_table({"d/one": ["Intro.", a, "Text.", b, a_again, gone],
+                            "d/two": ["Another page with the same pictures.", a, b]})
+    result = build("image_dedup", {}).run(table)
+    assert result.dropped.num_rows == 0   # pages sharing pictures are not duplicate pages
+    kept = {r["key"]: r for r in result.kept.to_pylist()}
+    one = kept["d/one"]
+    assert [(r["position"], r["reason"]) for r in one["images_removed"]] == [
+        (2, "dedup:image_repeated_in_document"), (3, "image:unreadable:missing_file")]
+    assert len(one["images"]) == 2 and kept["d/two"]["images_removed"] == []
+    # with image_filter's facts carried, the same verdicts without reading again
+    filtered = ImageFilter(preset="default").run(table.filter(pa.compute.equal(table.column("key"), "d/two")))
+    again = build("image_dedup", {}).run(filtered.kept)
+    assert again.kept.column("images_removed").to_pylist() == [[]]
+
+
+def test_exact_and_text_dedup_work_on_documents(tmp_path):
+    from curate.base import build
+    a, b = file_ref(tmp_path / "a.jpg", photo(1)), file_ref(tmp_path / "b.jpg", photo(2))
+    words = "A long paragraph about the history of the harbour and its lighthouses, " * 3
+    table = document_table({"d/1": [words, a, "Second paragraph.", b],
+                            "d/2": [words, a, "Second paragraph.", b],         # the same page again
+                            "d/3": [words, "Second paragraph.", a, b],         # same parts, other layout
+                            "d/4": [words + "Extra words.", b, "Second paragraph!", a]})
+    exact = build("exact_dedup", {}).run(table)
+    assert exact.dropped.column("key").to_pylist() == ["d/2"]
+    assert exact.dropped.column(R.REASON).to_pylist() == ["dedup:exact"]
+    near = build("text_dedup", {}).run(exact.kept)   # MinHash over the joined paragraphs
+    # the same words make one near-duplicate group; the longest text survives (survivor_by text_length)
+    assert sorted(near.dropped.column("key").to_pylist()) == ["d/1", "d/3"]
+    assert near.kept.column("key").to_pylist() == ["d/4"]
+    assert set(near.dropped.column(R.REASON).to_pylist()) == {"dedup:near_text"}
