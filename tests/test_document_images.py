@@ -88,6 +88,13 @@ def test_runner_reports_and_lists_every_removed_image(tmp_path):
         ("doc/mixed", 1, "tiny.jpg", "image_filter", "image:min_side"),
         ("doc/mixed", 2, "broken.jpg", "image_filter", "image:truncated")]
     assert "images_removed" not in {e["name"]: e for e in result.report["stages"]}["ingest"]
+    # the same recipe again, fresh and resumed: the same bytes
+    first = (tmp_path / "out" / "images_removed.parquet").read_bytes()
+    run(recipe, tmp_path / "again", executor="inline", progress=False)
+    assert (tmp_path / "again" / "images_removed.parquet").read_bytes() == first
+    resumed = run(recipe, tmp_path / "out", executor="inline", progress=False)
+    assert (tmp_path / "out" / "images_removed.parquet").read_bytes() == first
+    assert {e["name"]: e for e in resumed.report["stages"]}["image_filter"]["images_removed"] == entry["images_removed"]
 
 
 def test_build_document_round_trips_through_the_filter_unchanged_when_all_pass(tmp_path):
