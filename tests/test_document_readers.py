@@ -147,3 +147,27 @@ def test_aligned_parts_accepts_exactly_the_aligned_lists(texts, images):
         return
     assert aligned
     assert parts == [("text", t) if t is not None else ("image", i) for t, i in zip(texts, images)]
+
+
+def test_large_obelics_files_are_read_in_parts_with_the_same_rows(tmp_path, monkeypatch):
+    """Ingest splits a large JSONL file by byte ranges and a large parquet file by row groups; the
+    documents, keys and ordinals are those of a whole-file read (a JSON array keeps 0-based rows)."""
+    from curate.readers import read as RD
+    from curate.readers.sources import SourceSpec
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    records = [{"id": f"d{i}", "texts": [f"Paragraph {i}.", None], "images": [None, "a.jpg"]} for i in range(40)]
+    write_jsonl(tmp_path / "docs.jsonl", records)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "docs.parquet", row_group_size=7)
+    (tmp_path / "docs.json").write_text(json.dumps(records))
+    monkeypatch.setattr(RD, "BYTES_PER_PART", 512)
+    monkeypatch.setattr(RD, "PARQUET_ROWS_PER_PART", 10)
+    for name in ("docs.jsonl", "docs.parquet", "docs.json"):
+        spec = SourceSpec(name="ob", path=str(tmp_path / name), format="obelics")
+        uri = str(tmp_path / name)
+        whole = RD.read_file(spec, uri, 0, 0).to_pylist()
+        parts = RD.plan_file_parts(spec, uri)
+        assert (len(parts) > 1) == (name != "docs.json"), name
+        pieces = [r for part in parts for r in RD.read_file(spec, uri, 0, 0, part=part).to_pylist()]
+        assert pieces == whole and len(whole) == 40, name
+        assert [r[R.ORDINAL] & ((1 << 31) - 1) for r in whole] == list(range(40)), name
+        assert all(r[R.STATUS] == R.KEPT and len(r["images"]) == 1 for r in whole), name

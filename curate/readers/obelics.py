@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from curate.base import records as R
 from curate.media import images as I
 from curate.readers.documents import aligned_parts, document_fields
-from curate.readers.jsonl import iter_json_records, referenced_image
+from curate.readers.jsonl import _starts_array, iter_json_records, referenced_image
 from curate.readers.parquet import json_safe, rest_unreadable
 from curate.readers.parquet_columns import guarded_batches
 from curate.readers.refs import ReferenceMemo
@@ -30,25 +30,35 @@ TEXTS, IMAGES = "texts", "images"
 PARQUET_MAGIC = b"PAR1"
 
 
-def read_obelics(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
-    """Every document of one parquet or JSON/JSONL file (parquet recognised by its magic bytes)."""
-    with open_timed(uri, spec.read_timeout_s) as fh:
-        is_parquet = fh.read(4) == PARQUET_MAGIC
-    if is_parquet:
-        yield from _parquet_documents(spec, uri, source_index, file_index)
+def is_parquet(uri: str, read_timeout_s: float) -> bool:
+    """Parquet is recognised by its magic bytes, whatever the file is called."""
+    with open_timed(uri, read_timeout_s) as fh:
+        return fh.read(4) == PARQUET_MAGIC
+
+
+def read_obelics(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                 part: tuple[int, int, int] | None = None) -> Iterator[dict]:
+    """Every document of one parquet or JSON/JSONL file, or of one part of it as ingest plans large
+    files (curate.readers.read.plan_file_parts): parquet row groups [start, stop), or a JSONL byte range."""
+    if is_parquet(uri, spec.read_timeout_s):
+        yield from _parquet_documents(spec, uri, source_index, file_index, None if part is None else part[:2])
     else:
-        yield from _json_documents(spec, uri, source_index, file_index)
+        yield from _json_documents(spec, uri, source_index, file_index, part)
 
 
-def _json_documents(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
+def _json_documents(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                    part: tuple[int, int, int] | None) -> Iterator[dict]:
     seen: set[str] = set()
     reader = _DocumentReader(spec, uri)
-    for line, rec in iter_json_records(uri, None, spec.read_timeout_s):
-        yield reader.row(rec, line, R.make_ordinal(source_index, file_index, line - 1), {"uri": uri, "line": line},
+    is_lines = part is not None or not _starts_array(uri, spec.read_timeout_s)
+    for line, rec in iter_json_records(uri, part, spec.read_timeout_s):
+        row = line - 1 if is_lines else line   # JSONL: line numbers from 1; an array: indices from 0
+        yield reader.row(rec, line, R.make_ordinal(source_index, file_index, row), {"uri": uri, "line": line},
                          f"{file_index}-{line}", seen, binary_member=None)
 
 
-def _parquet_documents(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
+def _parquet_documents(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                       row_groups: tuple[int, int] | None = None) -> Iterator[dict]:
     import pyarrow.parquet as pq
     seen: set[str] = set()
     reader = _DocumentReader(spec, uri)
@@ -59,7 +69,8 @@ def _parquet_documents(spec: SourceSpec, uri: str, source_index: int, file_index
             yield bad_row(spec, posixpath.basename(uri), R.make_ordinal(source_index, file_index, 0),
                           {"uri": uri}, unreadable("unreadable_parquet", exc))
             return
-        for row_index, batch in guarded_batches(pf, 256, range(pf.metadata.num_row_groups)):
+        first, stop = row_groups or (0, pf.metadata.num_row_groups)
+        for row_index, batch in guarded_batches(pf, 256, range(first, stop)):
             if isinstance(batch, BaseException):
                 yield rest_unreadable(spec, uri, source_index, file_index, row_index, batch)
                 continue
