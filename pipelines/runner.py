@@ -46,6 +46,7 @@ from pipelines.engine.executors import Executor, data_files, make_executor, writ
 from pipelines.engine.chains import count_rows, global_step, map_phase, stage_summary
 from pipelines.engine.fusion import FUSED_INTO, Member, fusion_groups, stage_rows, write_rejects
 from pipelines.engine import removed_images
+from curate.documents.per_image import removal_stage
 from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, package_version
 from pipelines.markers import atomic_write_json, read_marker, stale_reason
 from pipelines.outdir import claim_output, remove_owned
@@ -267,7 +268,7 @@ class Runner:
         data = owner.tmp / "data"
         tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
         removed = removed_images.write_removed_images(
-            data, {m.index: (m.name, m.tmp / removed_images.FILE_NAME) for m in group})
+            data, {m.index: (removal_stage(m.stage), m.tmp / removed_images.FILE_NAME) for m in group})
         written, kept = _count(data), _count(data, kept_only=True)
         if written != n_in + repeated:
             raise E.AccountingError(f"chain {chain}: {written} rows written for in={n_in} repeated={repeated}")

@@ -190,3 +190,23 @@ def test_exact_and_text_dedup_work_on_documents(tmp_path):
     assert sorted(near.dropped.column("key").to_pylist()) == ["d/1", "d/3"]
     assert near.kept.column("key").to_pylist() == ["d/4"]
     assert set(near.dropped.column(R.REASON).to_pylist()) == {"dedup:near_text"}
+
+
+def test_a_stage_run_twice_counts_each_removal_under_the_run_that_made_it(tmp_path):
+    """Two image_filter stages, the second stricter: each reports and lists only its own removals."""
+    from pipelines.recipe import parse
+    from pipelines.runner import run
+    source = write_docs(tmp_path)
+    recipe = parse({"name": "twice", "seed": 0,
+                    "sources": [{"name": "doc", "path": source, "format": "obelics", "category": "interleaved"}],
+                    "stages": [{"name": "image_filter", "settings": {"preset": "default"}},
+                               {"name": "text_filter", "settings": {"preset": "default"}},
+                               {"name": "image_filter", "settings": {"preset": "default", "min_side": 150}}]})
+    result = run(recipe, tmp_path / "out", executor="inline", progress=False)
+    first, second = [e for e in result.report["stages"] if e["name"] == "image_filter"]
+    assert first["images_removed"] == {"image:min_side": 1, "image:truncated": 1}
+    assert second["images_removed"] == {"image:min_side": 2}   # both 160x128 photos: short side < 150
+    listed = pq.read_table(tmp_path / "out" / "images_removed.parquet").to_pylist()
+    assert [(r["key"], r["position"], r["stage"], r["reason"]) for r in listed] == [
+        ("doc/mixed", 1, "image_filter", "image:min_side"), ("doc/mixed", 2, "image_filter", "image:truncated"),
+        ("doc/mixed", 0, "image_filter@3", "image:min_side"), ("doc/clean", 0, "image_filter@3", "image:min_side")]

@@ -20,7 +20,7 @@ from curate.dedup import normalize as N
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
 from curate.dedup.sample_bytes import image_digests
 from curate.base import BatchResult, Resources, register
-from curate.documents.per_image import apply_verdicts, document_rows
+from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
 from curate.filters.common import Drop, read_or_drop
 from curate.media import images as I
 from curate.media.image_facts import bytes_digest, row_facts
@@ -55,7 +55,7 @@ class ExactDedupStage(DedupStage):
                 hashes.append(N.sample_hash(text + layout, row))
         drops = [row if isinstance(row, Drop) else None for row in rows]
         out = with_column(self.with_quality(batch), "content_hash", pa.array(hashes, type=pa.string()))
-        return apply_verdicts(out, drops, removals, self.name)
+        return apply_verdicts(out, drops, removals, removal_stage(self))
 
 
 def _document_digests(batch: pa.Table, wanted: np.ndarray, rows: list) -> list[list[tuple[int, Drop]]]:

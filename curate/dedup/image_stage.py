@@ -34,7 +34,7 @@ from curate.dedup import normalize as N
 from curate.dedup import phash as P
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
 from curate.dedup.sample_bytes import HashedImage, document_images, hashed_rows
-from curate.documents.per_image import apply_verdicts, document_rows
+from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
 from curate.filters.common import Drop
 from curate.media.image_facts import row_facts
 from curate.base import BatchResult, Resources, register
@@ -117,7 +117,7 @@ class ImageDedupStage(DedupStage):
             digests.append(N.digest(row.digests).hex())
         out = with_column(self.with_quality(batch), "image_hash", pa.array(digests, type=pa.string()))
         out = with_column(out, "image_phash", pa.array(phashes, type=pa.list_(pa.uint64())))
-        return apply_verdicts(out, drops, removals, self.name)
+        return apply_verdicts(out, drops, removals, removal_stage(self))
 
     def _within_documents(self, batch: pa.Table, wanted: np.ndarray) -> list[list[tuple[int, Drop]]]:
         """Per document, the images to remove: a repeat of an earlier image of the same document (the

@@ -34,6 +34,14 @@ def document_rows(batch: pa.Table) -> list[bool]:
     return [v is not None for v in batch.column("segments").to_pylist()]
 
 
+def removal_stage(stage: Any) -> str:
+    """The stage name a removal records: the stage's name, or ``name@index`` for a stage whose name an
+    earlier stage of the recipe already has (two ``image_filter`` stages), so that every removal is
+    counted under the stage that made it."""
+    context = stage.context
+    return f"{stage.name}@{context.stage_index}" if stage.name in context.upstream else stage.name
+
+
 def removals_of(image_drops: ImageDrops) -> list[Removal]:
     return [Removal(i, d.reason, d.detail) for i, d in image_drops]
 

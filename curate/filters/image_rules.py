@@ -64,7 +64,7 @@ from curate.media.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.media.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
 from curate.base import BatchResult, Resources, Stage, register
-from curate.documents.per_image import document_rows, removals_of
+from curate.documents.per_image import document_rows, removal_stage, removals_of
 from curate.documents.record import remove_images
 
 __all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "judge_sample",
@@ -263,7 +263,7 @@ class ImageFilter(Stage):
                 judged = list(pool.map(judge, range(len(rows))))
         else:
             judged = [judge(row) for row in range(len(rows))]
-        out = remove_images(batch, [removals_of(failing) for _, failing, _ in judged], self.name)
+        out = remove_images(batch, [removals_of(failing) for _, failing, _ in judged], removal_stage(self))
         facts = facts_column([f for _, _, f in judged])
         idx = out.schema.get_field_index(FACTS_COLUMN)
         out = out.set_column(idx, FACTS_COLUMN, facts) if idx >= 0 else out.append_column(FACTS_COLUMN, facts)

@@ -33,7 +33,7 @@ from curate.ocr.reading import decode_or_drop
 from curate.safety.classifier import DEFAULT_UNSAFE, NudityDetector, known_classes, unsafe_score
 from curate.safety.rules import KeywordRule, first_url_hit, load_keywords, sample_urls
 from curate.base import BatchResult, Resources, Stage, register
-from curate.documents.per_image import apply_verdicts, document_rows
+from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
 
 SCORE = "nsfw_score"
 PERCENTILES = (50, 90, 99)
@@ -126,7 +126,7 @@ class NsfwFilter(Stage):
         col = pa.array(scores, type=pa.float32())
         i = batch.schema.get_field_index(SCORE)
         batch = batch.set_column(i, SCORE, col) if i >= 0 else batch.append_column(SCORE, col)
-        return apply_verdicts(batch, drops, removals, self.name)
+        return apply_verdicts(batch, drops, removals, removal_stage(self))
 
     def _judge_document_images(self, refs: list[Mapping[str, Any]]) -> list[tuple[int, Drop | None, float | None]]:
         """(index, why it leaves or None, its score) per image of a document: an image leaves for a

@@ -50,7 +50,7 @@ from curate.filters.common import Drop, read_or_drop
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
 from curate.base import BatchResult, Resources, Stage, register
-from curate.documents.per_image import apply_verdicts, document_rows, image_contexts
+from curate.documents.per_image import apply_verdicts, document_rows, image_contexts, removal_stage
 
 BACKENDS = ("hf_clip", "hf_siglip", "open_clip", "label_text_similarity")
 SCORE = "clip_score"
@@ -283,7 +283,7 @@ class ClipScore(Stage):
         col = pa.array(values, type=R.WELL_KNOWN_COLUMNS[SCORE])
         idx = batch.schema.get_field_index(SCORE)
         batch = batch.set_column(idx, SCORE, col) if idx >= 0 else batch.append_column(SCORE, col)
-        return apply_verdicts(batch, drops, removals, self.name)
+        return apply_verdicts(batch, drops, removals, removal_stage(self))
 
     def _below(self, value: float, note: str | None) -> Drop:
         why = f"; image looks like: {note}" if note else ""

@@ -8,8 +8,9 @@ curate.documents.record.remove_images with the stage's name), and here it is lis
 position in the document as read, the reference as the document gave it, stage, reason and detail.
 
 A stage's removals are the entries naming it in the rows of its chain's data (kept and dropped: a
-document a later stage of the chain rejects still lost the image here). A recipe that repeats a stage
-name (two ``image_filter`` stages) reports each removal under both; give them one stage each.
+document a later stage of the chain rejects still lost the image here). A stage whose name an earlier
+stage of the recipe has records its removals as ``name@index`` (curate.documents.per_image.removal_stage),
+so two ``image_filter`` stages each count their own.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate.base import records as R
-from pipelines.engine.executors import data_files, write_table
+from pipelines.engine.executors import PARQUET_OPTIONS, data_files, write_table
 
 FILE_NAME = "images_removed.parquet"
 SCHEMA = pa.schema([("key", pa.string()), ("source", pa.string()), (R.ORDINAL, pa.int64()),
@@ -50,16 +51,26 @@ def _removals(files: list[str]) -> pa.Table:
 
 
 def write_removed_images(data: Path, targets: dict[int, tuple[str, Path]]) -> dict[int, dict[str, int]]:
-    """For each chain stage (index -> (its name, the file to write)), its removals to the file (only
-    when it removed any) and their count per reason, sorted by reason."""
-    removals = _removals(data_files(data))
-    counts: dict[int, dict[str, int]] = {}
-    for index, (name, path) in targets.items():
-        mine = removals.filter(pc.equal(removals.column("stage"), name))
-        counts[index] = dict(sorted(Counter(mine.column("reason").to_pylist()).items()))
-        if mine.num_rows:
-            write_table(mine, path)
-    return counts
+    """For each chain stage (index -> (the stage name its removals record, the file to write)), its
+    removals to the file (only when it removed any) and their count per reason, sorted by reason. File
+    by file (each covers its own increasing range of ordinals): the driver holds one file's removals."""
+    counts: dict[int, Counter] = {index: Counter() for index in targets}
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for f in data_files(data):
+            removals = _removals([f])
+            for index, (label, path) in targets.items():
+                mine = removals.filter(pc.equal(removals.column("stage"), label))
+                if not mine.num_rows:
+                    continue
+                counts[index].update(mine.column("reason").to_pylist())
+                if index not in writers:
+                    writers[index] = pq.ParquetWriter(str(path), SCHEMA, **PARQUET_OPTIONS)
+                writers[index].write_table(mine)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {index: dict(sorted(c.items())) for index, c in counts.items()}
 
 
 def collect(stage_dirs: list[Path], out: Path) -> None:
