@@ -125,7 +125,7 @@ def run_policy(table: pa.Table, L: int, overlong: str) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     res = stage.run(table)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    rep = stage.report["packing"]
+    rep = res.report["packing"]
     total = int(np.sum(table.column("num_tokens").to_numpy(zero_copy_only=False)))
     kept = res.kept
     is_chunk = np.asarray(kept.column("doc_key").is_valid().to_numpy(zero_copy_only=False), dtype=bool)

@@ -12,7 +12,10 @@ generator plants every hard case the pipeline must survive, each with the reason
   caption, an image without caption, a ``../x.jpg`` member, duplicated keys, NaN in JSON metadata,
   and a tar cut off mid-member) for ingest;
 * LLaVA-style conversations, grounding records (valid and planted invalid) and text-only samples;
-* two tiny videos (MP4 and WebM, encoded here by ``demo_data.videos``) and a broken one.
+* two tiny videos (MP4 and WebM, encoded here by ``demo_data.videos``) and a broken one;
+* ~20 interleaved documents in a MINT-1T-style tar (``demo_data.documents``): a corrupt image inside a
+  good document, a photo twice in one document, a logo repeated across documents, a document longer
+  than the context, a misaligned document and one whose image member is missing.
 
 Everything is deterministic: fixed seeds, fixed tar headers (mtime 0), so the same package
 versions give the same bytes. ``EXPECTED`` lists the planted keys and the reason each must get.
@@ -271,6 +274,8 @@ def build(root: str | Path) -> dict[str, tuple[str, str]]:
     EXPECTED.update(build_text_images(root))   # rendered text images for the OCR source
     from demo_data.videos import build_videos
     EXPECTED.update(build_videos(root))        # video clips for the video source
+    from demo_data.documents import build_documents
+    EXPECTED.update(build_documents(root))     # interleaved documents (MINT-1T-style tar)
     (root / "EXPECTED.json").write_text(json.dumps(EXPECTED, indent=1, sort_keys=True) + "\n")
     return dict(EXPECTED)
 

@@ -91,9 +91,28 @@ def _text(rng: np.random.Generator, category: str) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(lo, hi))))
 
 
-def source_table(name: str, category: str, n: int, images: list[str], seed: int) -> pa.Table:
-    """One source: uid, image path (none for text), caption text or a two-turn conversation."""
+def document_table(name: str, n: int, images: list[str], rng: np.random.Generator) -> pa.Table:
+    """An ``obelics`` source: per document aligned ``texts`` / ``images`` lists (2-8 paragraphs, 1-4
+    images between them, OBELICS' layout), the page URL as metadata."""
+    uids = [f"{name}-{i:06d}" for i in range(n)]
+    texts, refs = [], []
+    for _ in range(n):
+        parts: list[tuple[str | None, str | None]] = [(_text(rng, "caption"), None)
+                                                      for _ in range(int(rng.integers(2, 9)))]
+        for _ in range(int(rng.integers(1, 5))):
+            parts.insert(int(rng.integers(len(parts) + 1)), (None, images[int(rng.integers(len(images)))]))
+        texts.append([t for t, _ in parts])
+        refs.append([i for _, i in parts])
+    return pa.table({"uid": uids, "texts": texts, "images": refs,
+                     "url": [f"https://example.org/{name}/{i}.html" for i in range(n)]})
+
+
+def source_table(name: str, category: str, n: int, images: list[str], seed: int, format: str = "parquet") -> pa.Table:
+    """One source: uid, image path (none for text), caption text or a two-turn conversation; for an
+    ``obelics`` source, interleaved documents (``document_table``)."""
     rng = np.random.default_rng([seed, _stable(name) % (1 << 32)])
+    if format == "obelics":
+        return document_table(name, n, images, rng)
     uids = [f"{name}-{i:06d}" for i in range(n)]
     has_image = category != "text"
     image_col = [images[int(rng.integers(len(images)))] if has_image else None for _ in range(n)]
@@ -140,7 +159,7 @@ def generate(recipe: Recipe, base: Path, rows: int = 3000, seed: int = 0) -> dic
         # Images live inside the source's folder: references may not leave a source's root.
         if path.parent not in pools:
             pools[path.parent] = image_pool(path.parent / "_images")
-        table = source_table(spec.name, spec.category, counts[spec.name], pools[path.parent], seed)
+        table = source_table(spec.name, spec.category, counts[spec.name], pools[path.parent], seed, spec.format)
         pq.write_table(table, path)
         keys_by_source[spec.name] = table.column("uid").to_pylist()
     for st in recipe.stages:

@@ -8,6 +8,8 @@ Layout of a run directory::
     OUT/stages/00_ingest/_COMPLETE.json  written last: the stage's fingerprint and report entry
     OUT/shards/...                       written by the final `shards` stage
     OUT/rejects.parquet                  all stages' rejects in one file
+    OUT/images_removed.parquet           every image a stage took out of a kept document (key, position,
+                                         reference, stage, reason; pipelines.engine.removed_images)
     OUT/report.json                      {"stages": [{"name", "in", "repeated", "out", "rejected", "quarantined"}]}
                                          — only what the data determines: byte-identical between runs
     OUT/report.html                      the same with plots and thumbnails (pipelines.present.report_html)
@@ -42,6 +44,7 @@ from curate.base.diskspace import find_out_of_space
 from pipelines.engine.chains import ChainResult, chain_input, run_chain
 from pipelines.engine.executor import Executors
 from pipelines.engine.fusion import FUSED_INTO, Member, fusion_groups, stage_rows
+from pipelines.engine import removed_images
 from pipelines.fingerprint import code_hash, content_digest, file_inventory, fingerprint, package_version
 from pipelines.markers import atomic_write_json, read_marker, stale_reason
 from pipelines.outdir import claim_output, remove_owned
@@ -234,7 +237,7 @@ class Runner:
             entries.append({"name": m.name, "in": n_in, "repeated": extra, "out": counts["out"],
                             "rejected": counts["rejected"], "quarantined": counts["quarantined"],
                             "rejects": str((m.final / "rejects.parquet").relative_to(self.out)),
-                            **summaries[m.index]})
+                            **removed_images.report_entry(ran.removed[m.index]), **summaries[m.index]})
             self.log(f"[{m.index:02d}] {m.name:<16} in={n_in} out={counts['out']} "
                      f"rejected={sum(counts['rejected'].values())} quarantined={sum(counts['quarantined'].values())}")
             n_in = counts["out"]
@@ -265,6 +268,7 @@ class Runner:
             all_rejects.append(t.append_column("stage", pa.array([entry["name"]] * t.num_rows, type=pa.string())))
         if all_rejects:
             write_table(pa.concat_tables(all_rejects, promote_options="default"), self.out / "rejects.parquet")
+        removed_images.collect(stage_dirs, self.out)   # every image taken out of a document, by stage
         for e in entries:
             e["balanced"] = (e["in"] + e.get("repeated", 0)
                              == e["out"] + sum(e["rejected"].values()) + sum(e["quarantined"].values()))

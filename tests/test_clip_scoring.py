@@ -278,6 +278,32 @@ def test_multi_image_reduction_and_batching_do_not_change_scores(tiny_random_cli
     assert dict(zip(mx.column("key").to_pylist(), mx.column("clip_score").to_pylist()))["two"] == pytest.approx(max(s), abs=1e-6)
 
 
+def test_documents_score_each_image_against_its_paragraph_and_lose_only_the_failing_ones(tiny_random_clip_dir,
+                                                                                         photo_refs):
+    """Each image of a document is scored against the paragraph before it (else after): the same cosine
+    a caption sample of that image and paragraph gets; below threshold or unreadable, the image leaves
+    the document (recorded), the document stays with the mean of the scores left."""
+    from curate.documents.record import build_document
+    cat, cup = "A tabby cat with striped fur", "A cup of coffee on a saucer"
+    doc = build_document([photo_refs["chelsea"], cat, photo_refs["coffee"], cup, photo_refs["missing"],
+                          photo_refs["rocket"]])
+    row = {**R.Sample(key="doc", source="s", category="interleaved", ordinal=0).to_row(), **doc, "images_removed": []}
+    singles = rows_table([{"key": "a", "images": [photo_refs["chelsea"]], "text": cat},
+                          {"key": "b", "images": [photo_refs["coffee"]], "text": cat},
+                          {"key": "c", "images": [photo_refs["rocket"]], "text": cup}])
+    expect = clip_stage(tiny_random_clip_dir).run(singles).kept.column("clip_score").to_pylist()
+    cut = sorted(expect)[1]   # between the lowest and the others: exactly one image falls below
+    out = clip_stage(tiny_random_clip_dir, threshold=cut).run(R.rows_to_table([row]))
+    assert out.dropped.num_rows == 0
+    (kept,) = out.kept.to_pylist()
+    removed = {r["position"]: r["reason"] for r in kept["images_removed"]}
+    low = expect.index(min(expect))
+    assert removed == {low if low < 2 else 3: "clip:below_threshold", 2: "image:unreadable:missing_file"}
+    left = [v for i, v in enumerate(expect) if i != low]
+    assert kept["clip_score"] == pytest.approx(sum(left) / len(left), abs=1e-6)
+    assert len(kept["images"]) == 2 and kept["text"] == f"{cat}\n\n{cup}"
+
+
 def test_threshold_boundary_is_inclusive(tiny_random_clip_dir, photo_refs):
     table = rows_table(demo_rows(photo_refs)[:4])
     scores = clip_stage(tiny_random_clip_dir).run(table).kept.column("clip_score").to_pylist()

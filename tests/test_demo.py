@@ -140,3 +140,34 @@ def test_no_dedup_removal_is_beyond_its_threshold(demo):
         if r["_reason"] == "dedup:near_image":
             bits = re.search(r"Hamming (\d+)/64", r["_detail"])
             assert bits is None or int(bits.group(1)) <= image["max_distance"], r["_detail"]
+
+
+def test_documents_lose_their_bad_images_and_reach_the_packs(demo):
+    """The interleaved source (demo_data/documents.py): the planted bad images inside good pages are
+    removed where and why expected and named in images_removed.parquet and the report; the pages go
+    on to the packs; the page over the context is rejected as overlong or split into chunks."""
+    from demo_data import documents as D
+    out, result, _ = demo
+    listed = pq.read_table(out / "images_removed.parquet").to_pylist()
+    got = {(r["key"], r["position"], r["stage"], r["reason"]) for r in listed}
+    for key, removals in D.REMOVED.items():
+        for position, stage, reason in removals:
+            assert (key, position, stage, reason) in got, (key, position, stage, reason)
+    assert all(r["ref"] for r in listed)   # every removed image named by its reference
+    report = json.loads((out / "report.json").read_text())
+    by_stage = {e["name"]: e for e in report["stages"]}
+    assert by_stage["image_filter"]["images_removed"].get("image:truncated", 0) >= 1
+    assert by_stage["image_dedup"]["images_removed"].get("dedup:image_repeated_in_document", 0) >= 1
+    per_stage = {}
+    for r in listed:
+        per_stage.setdefault(r["stage"], {}).setdefault(r["reason"], 0)
+        per_stage[r["stage"]][r["reason"]] += 1
+    for name, counts in per_stage.items():
+        assert by_stage[name]["images_removed"] == counts, name
+    rejects = {r["key"]: (r["stage"], r["_reason"]) for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    packed = read_kept(result.stage_dirs[[e["name"] for e in report["stages"]].index("pack")], ["key", "category"])
+    packed_docs = [k for k, c in zip(packed.column("key").to_pylist(), packed.column("category").to_pylist())
+                   if c == "interleaved"]
+    assert len(packed_docs) >= 8
+    assert rejects.get(D.LONG_DOCUMENT) == ("pack", "overlong") or any(
+        k.startswith(D.LONG_DOCUMENT) for k in packed_docs)

@@ -6,6 +6,12 @@ nothing is read or decoded here (``sample_bytes.hashed_rows``). The row gets ``i
 bytes). A row with a flat (blank) image gets no pHash: blank hashes are noise, so it is matched on
 exact bytes only and counted as ``flat_images`` in the report.
 
+Documents (category ``interleaved`` with segments) are matched image by image inside the document: an
+image that repeats an earlier one of the same page (same bytes, or within ``max_distance`` bits) is
+removed from the document with ``dedup:image_repeated_in_document`` (curate.documents.per_image);
+documents take no part in the row matching below (images repeated *across* documents are the
+repeated-images step's to count).
+
 Globally: equal byte hashes are linked (a star per hash); the first image's pHash goes through
 bit-sampling LSH (``bits_per_band`` sampled bits per band, bands chosen so a pair at ``max_distance`` collides with
 probability >= ``target_recall``); a candidate becomes an edge only if the two rows have the same
@@ -27,8 +33,10 @@ import pyarrow.compute as pc
 from curate.dedup import normalize as N
 from curate.dedup import phash as P
 from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_column
-from curate.dedup.sample_bytes import hashed_rows
-from curate.base import split_drops
+from curate.dedup.sample_bytes import HashedImage, document_images, hashed_rows
+from curate.base import Drop, split_drops
+from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
+from curate.media.image_facts import row_facts
 from curate.base import BatchResult, Resources, register
 
 
@@ -93,11 +101,14 @@ class ImageDedupStage(DedupStage):
             raise ValueError(f"bits_per_band must be in [1, {P.HASH_BITS - c.max_distance}]")
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
-        rows, drops = hashed_rows(batch, self.in_scope(batch))
+        documents = np.array(document_rows(batch), dtype=bool)
+        scope = self.in_scope(batch)
+        rows, drops = hashed_rows(batch, scope & ~documents)
+        removals = self._within_documents(batch, scope & documents)
         phashes: list[list[int] | None] = []
         digests: list[str | None] = []
         for row in rows:
-            if row is None:
+            if row is None:   # out of scope, unreadable, or a document (matched image by image, above)
                 phashes.append(None)
                 digests.append(None)
                 continue
@@ -106,7 +117,32 @@ class ImageDedupStage(DedupStage):
             digests.append(N.digest(row.digests).hex())
         out = with_column(self.with_quality(batch), "image_hash", pa.array(digests, type=pa.string()))
         out = with_column(out, "image_phash", pa.array(phashes, type=pa.list_(pa.uint64())))
-        return split_drops(out, drops)
+        return apply_verdicts(out, drops, removals, removal_stage(self))
+
+    def _within_documents(self, batch: pa.Table, wanted: np.ndarray) -> list[list[tuple[int, Drop]]]:
+        """Per document, the images to remove: a repeat of an earlier image of the same document (the
+        same bytes, or a pHash within ``max_distance`` bits; blank images by bytes only), or one that
+        cannot be read or decoded. Documents take no part in the row matching: two pages that share
+        their pictures are not the same page (their text is text_dedup's to compare)."""
+        refs = batch.column("images").to_pylist()
+        facts = row_facts(batch, need_phash=True)
+        out: list[list[tuple[int, Drop]]] = [[] for _ in range(batch.num_rows)]
+        for i in np.flatnonzero(wanted):
+            kept: list[tuple[int, HashedImage]] = []
+            for j, image in enumerate(document_images(refs[i], facts[i])):
+                if isinstance(image, Drop):
+                    out[i].append((j, image))
+                    continue
+                flat = image.std < self.config.flat_max_std
+                twin = next((k for k, other in kept if other.digest == image.digest or (
+                    not flat and other.std >= self.config.flat_max_std
+                    and P.hamming(np.array([other.phash], np.uint64), np.array([image.phash], np.uint64))[0]
+                    <= self.config.max_distance)), None)
+                if twin is None:
+                    kept.append((j, image))
+                else:
+                    out[i].append((j, Drop("dedup:image_repeated_in_document", f"same as image {twin} of the document")))
+        return out
 
     def lsh_keys(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         mat, _, valid = phash_matrix(batch.column("image_phash"))

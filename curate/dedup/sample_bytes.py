@@ -108,3 +108,33 @@ def hashed_rows(batch: pa.Table, wanted: np.ndarray, read: Reader = I.read_image
             out.append(HashedRow([F.bytes_digest(b) for b in raw[i]], hashes[at:at + k], stds[at:at + k]) if k else None)
             at += k
     return out, drops
+
+
+@dataclass
+class HashedImage:
+    """One image of a document as the dedup stages see it (documents are hashed image by image)."""
+    digest: bytes
+    phash: int
+    std: float
+
+
+def document_images(refs: list[Mapping[str, Any]] | None, facts: list[dict[str, Any]] | None,
+                    read: Reader = I.read_image_bytes) -> list[HashedImage | Drop]:
+    """Per image of one document: its digest, pHash and thumbnail std (carried by ``image_facts`` or
+    read and decoded here, by the same functions), or why it could not be read or decoded: a document
+    loses that image, not its place (curate.documents.per_image)."""
+    if facts is not None:
+        return [HashedImage(f["digest"], int(f["phash"]), float(f["thumb_std"])) for f in facts]
+    out: list[HashedImage | Drop] = []
+    for ref in refs or []:
+        got = read_or_drop(ref, read)
+        if isinstance(got, Drop):
+            out.append(got)
+            continue
+        (thumbs,), (drop,) = thumbnails([[got]])
+        if drop is not None:
+            out.append(drop)
+            continue
+        thumb = np.stack(thumbs)
+        out.append(HashedImage(F.bytes_digest(got), int(F.phash_batch(thumb)[0]), float(F.thumb_std(thumb)[0])))
+    return out

@@ -76,9 +76,10 @@ class TextDedupStage(DedupStage):
     class Config(SurvivorConfig):
         survivor_by: str = field(default="text_length", metadata={
             "doc": "which copy survives: 'text_length' (longest), 'resolution', or a numeric column"})
-        categories: list[str] = field(default_factory=lambda: ["caption", "text"], metadata={
-            "doc": "categories deduplicated by text ([] = all). VQA and grounding conversations reuse templated "
-                   "questions over different images, so they are out of scope by default"})
+        categories: list[str] = field(default_factory=lambda: ["caption", "text", "interleaved"], metadata={
+            "doc": "categories deduplicated by text ([] = all; interleaved documents by their joined paragraphs). "
+                   "VQA and grounding conversations reuse templated questions over different images, so they are "
+                   "out of scope by default"})
         threshold: float = field(default=0.6, metadata={"doc": "Jaccard similarity of n-gram sets that counts as a duplicate"})
         ngram: int = field(default=5, metadata={"doc": "characters per shingle; shorter texts take the exact path"})
         num_perm: int = field(default=DEFAULT_NUM_PERM, metadata={"doc": "MinHash permutations (signature length)"})

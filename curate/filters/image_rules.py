@@ -46,7 +46,9 @@ the sample may be fine and the storage broken, so a rerun can recover it. Bytes 
 are not a decodable image are rejected as ``image:corrupt``.
 
 A sample with several images is rejected if any image fails (the reason of the first failing
-image, the detail says which). Text-only samples pass.
+image, the detail says which). Text-only samples pass. An interleaved document is never rejected
+here: each of its images is judged on its own and a failing one is removed from the document with
+its reason (``images_removed``; curate.documents.per_image).
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ from curate.media.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.media.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
 from curate.base import BatchResult, Resources, Stage, register
+from curate.documents.per_image import document_rows, removal_stage, removals_of
+from curate.documents.record import remove_images
 
 __all__ = ["ImageFilter", "check_image", "check_sample", "estimate_jpeg_quality", "header_drop", "judge_sample",
            "max_channel_std"]
@@ -194,6 +198,21 @@ def judge_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, 
     return None, facts
 
 
+def judge_document(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, read: ReadBytes = I.read_image_bytes
+                   ) -> tuple[list[tuple[int, Drop]], list[ImageFact] | None]:
+    """Every image of a document on its own (curate.documents.per_image): the failing ones with their
+    reasons, and the facts of the images that stay (None when some stayed without being read)."""
+    failing: list[tuple[int, Drop]] = []
+    facts: list[ImageFact] | None = []
+    for i, ref in enumerate(refs or []):
+        drop, fact = judge_image(ref, th, read)
+        if drop is not None:
+            failing.append((i, drop))
+        else:
+            facts = None if fact is None or facts is None else facts + [fact]
+    return failing, facts
+
+
 def check_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds,
                  read: ReadBytes = I.read_image_bytes) -> Drop | None:
     """A sample fails with its first failing image; samples without images pass."""
@@ -234,14 +253,22 @@ class ImageFilter(Stage):
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
         rows = batch.column("images").to_pylist()
+        documents = document_rows(batch)
         th = self.thresholds
         read = prefetch(rows, th)
+
+        def judge(row: int) -> tuple[Drop | None, list[tuple[int, Drop]], list[ImageFact] | None]:
+            if documents[row]:   # each image on its own: failing images leave the document
+                return (None, *judge_document(rows[row], th, read))
+            drop, facts = judge_sample(rows[row], th, read)
+            return drop, [], facts
         if self.config.io_threads > 1 and len(rows) > 1:
             with ThreadPoolExecutor(self.config.io_threads) as pool:
-                judged = list(pool.map(lambda refs: judge_sample(refs, th, read), rows))
+                judged = list(pool.map(judge, range(len(rows))))
         else:
-            judged = [judge_sample(refs, th, read) for refs in rows]
-        facts = facts_column([f for _, f in judged])
-        idx = batch.schema.get_field_index(FACTS_COLUMN)
-        out = batch.set_column(idx, FACTS_COLUMN, facts) if idx >= 0 else batch.append_column(FACTS_COLUMN, facts)
-        return split_drops(out, [d for d, _ in judged])
+            judged = [judge(row) for row in range(len(rows))]
+        out = remove_images(batch, [removals_of(failing) for _, failing, _ in judged], removal_stage(self))
+        facts = facts_column([f for _, _, f in judged])
+        idx = out.schema.get_field_index(FACTS_COLUMN)
+        out = out.set_column(idx, FACTS_COLUMN, facts) if idx >= 0 else out.append_column(FACTS_COLUMN, facts)
+        return split_drops(out, [d for d, _, _ in judged])

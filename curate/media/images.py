@@ -366,6 +366,9 @@ def _parquet_cell(uri: str, member: str) -> bytes:
             start += n
         else:
             raise UnreadableImage("missing_member", f"{uri}: row {row} out of range")
+    if "item" in parts:   # one entry of a list cell (an OBELICS-layout document's images)
+        item = int(parts["item"])
+        value = value[item] if isinstance(value, list) and 0 <= item < len(value) else None
     if isinstance(value, dict):
         value = value.get("bytes")
     if not isinstance(value, (bytes, bytearray)):

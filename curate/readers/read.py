@@ -1,7 +1,8 @@
 """Readers: turn source files into sample records, recording every bad sample instead of crashing.
 
 Formats (one module each): ``webdataset`` (``curate.readers.webdataset``), ``parquet``
-(``curate.readers.parquet``), ``llava`` JSON/JSONL (``curate.readers.jsonl``). What they share — the
+(``curate.readers.parquet``), ``llava`` JSON/JSONL (``curate.readers.jsonl``), and the interleaved
+documents ``obelics`` (``curate.readers.obelics``) and ``mint1t`` (``curate.readers.mint1t``). What they share — the
 source spec, file listing, row builders — is in ``curate.readers.sources``; where an image reference inside
 a record may point, and how it is read with bounds, is ``curate.readers.refs``.
 
@@ -12,6 +13,7 @@ sha256 of the bytes read. Paths and globs go through fsspec, so local paths and 
 """
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 
 from curate.base import records as R
 from curate.readers.jsonl import normalize_conversations, plan_line_parts, read_llava, strict_json
+from curate.readers.mint1t import read_mint1t
+from curate.readers.obelics import is_parquet, read_obelics
 from curate.readers.parquet import PARQUET_ERRORS, plan_parts, read_parquet, read_parquet_tables
 from curate.readers.sources import (FORMATS, BadSample, NoSourceFiles, SourceSpec, bad_row, expand_braces, list_files,
                             source_files, unreadable)
@@ -35,6 +39,7 @@ __all__ = ["FORMATS", "BadSample", "NoSourceFiles", "SourceSpec", "expand_braces
 
 READERS: dict[str, Callable[[SourceSpec, str, int, int], Iterator[dict]]] = {
     "webdataset": read_webdataset, "parquet": read_parquet, "llava": read_llava,
+    "obelics": read_obelics, "mint1t": read_mint1t,   # interleaved documents (curate.readers.documents)
 }
 
 
@@ -50,6 +55,12 @@ Part = tuple[int, int, int]
 def plan_file_parts(spec: SourceSpec, uri: str) -> list[Part | None]:
     """How ingest splits one file into tasks: a large parquet file by row groups, a large JSONL by
     byte ranges, anything else whole (None). A function of the file alone, never of the workers."""
+    if spec.format == "obelics":   # documents: planned as the container they are stored in
+        try:
+            parquet = is_parquet(uri, spec.read_timeout_s)
+        except OSError:   # unreadable: one task, whose reader records the file as unreadable
+            return [None]
+        return plan_file_parts(dataclasses.replace(spec, format="parquet" if parquet else "llava"), uri)
     if spec.format == "parquet":
         try:
             parts = plan_parts(uri, PARQUET_ROWS_PER_PART)
@@ -80,6 +91,8 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
         return
     if part is None:
         records = READERS[spec.format](spec, uri, source_index, file_index)
+    elif spec.format == "obelics":
+        records = read_obelics(spec, uri, source_index, file_index, part=part)
     else:
         records = read_llava(spec, uri, source_index, file_index, part=part)
     yield from R.row_tables(_until_stalled(records, spec, uri, source_index, file_index, part), rows_per_table)

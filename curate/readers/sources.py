@@ -23,7 +23,7 @@ from curate.base import records as R
 from curate.base.stage import BadSample  # noqa: F401 — the one BadSample; readers raise it with a status
 from curate.readers.timed_io import DEFAULT_READ_TIMEOUT_S
 
-FORMATS = ("webdataset", "parquet", "llava")
+FORMATS = ("webdataset", "parquet", "llava", "obelics", "mint1t")
 KEY_PREFIXES = (None, "shard")
 WDS_SIDECARS = (".parquet", "_stats.json")
 MAX_BRACE_EXPANSION = 1_000_000

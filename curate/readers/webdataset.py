@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import posixpath
 import tarfile
-from typing import Iterator
+from typing import Any, Iterator
 
 from curate.media import images as I
 from curate.readers.compression import DECOMPRESS_ERRORS, open_decompressed
@@ -50,8 +50,9 @@ def _member_kind(info: tarfile.TarInfo) -> str:
 class _TarWalk:
     """State of one pass over a tar: the current key's members and the running row number."""
 
-    def __init__(self, spec: SourceSpec, uri: str, source_index: int, file_index: int):
+    def __init__(self, spec: SourceSpec, uri: str, source_index: int, file_index: int, fields: Any = None):
         self.spec, self.uri, self.si, self.fi = spec, uri, source_index, file_index
+        self.fields = fields or _wds_fields   # one key's members -> the record's fields (mint1t: a document)
         self.row_index = 0
         self.seen: set[str] = set()
         self.key: str | None = None
@@ -76,7 +77,7 @@ class _TarWalk:
             if key in self.seen:
                 raise BadSample("duplicate_key", f"{key} appears twice in {self.uri}", R.REJECTED)
             self.seen.add(key)
-            yield make_row(self.spec, key, ordinal, prov, **_wds_fields(key, group, self.uri, self.spec))
+            yield make_row(self.spec, key, ordinal, prov, **self.fields(key, group, self.uri, self.spec))
         except BadSample as bad:
             yield bad_row(self.spec, key, ordinal, prov, bad)
 
@@ -90,7 +91,13 @@ class _TarWalk:
 
 
 def read_webdataset(spec: SourceSpec, uri: str, source_index: int, file_index: int) -> Iterator[dict]:
-    walk = _TarWalk(spec, uri, source_index, file_index)
+    yield from read_tar(spec, uri, source_index, file_index)
+
+
+def read_tar(spec: SourceSpec, uri: str, source_index: int, file_index: int, fields: Any = None) -> Iterator[dict]:
+    """The records of one tar, a key's members grouped into one record by `fields` (default: an
+    img2dataset sample); every walking rule above (unsafe names, special members, cuts) applies."""
+    walk = _TarWalk(spec, uri, source_index, file_index, fields)
     with open_timed(uri, spec.read_timeout_s) as fh:
         try:
             tar = tarfile.open(fileobj=open_decompressed(fh), mode="r:")

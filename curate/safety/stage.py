@@ -7,6 +7,11 @@ score is the maximum over its images). Rejected rows carry the reason (``nsfw:ur
 found, or the class, score and box. ``nsfw_score`` is written on every scored row (rule rejects are not
 scored: the detector never runs on them).
 
+An interleaved document is judged as a page and as images (curate.documents.per_image): a keyword in
+its URL or its text rejects the document; each image is checked on its own (a keyword in its own URL,
+the detector, a failed read or decode) and a failing image is removed from the document with that
+reason; ``nsfw_score`` is the highest score among the images left.
+
 Threshold default 0.5: NudeNet itself reports detections from 0.2 (its NMS input floor); 0.5 is the
 point where the detector is more sure than not. No labelled NSFW calibration set can ship with this
 project, so tune it on your data: the report gives the score percentiles of kept samples per source.
@@ -25,9 +30,11 @@ from curate.base import records as R
 from curate.base import summary_sketch as K
 from curate.base import Drop, split_drops
 from curate.media.decode import read_decoded
+from curate.media.decode import decode_or_drop, read_or_drop
 from curate.safety.classifier import DEFAULT_UNSAFE, NudityDetector, known_classes, unsafe_score
 from curate.safety.rules import KeywordRule, first_url_hit, load_keywords, sample_urls
 from curate.base import BatchResult, Resources, Stage, register
+from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
 
 SCORE = "nsfw_score"
 PERCENTILES = (50, 90, 99)
@@ -92,12 +99,23 @@ class NsfwFilter(Stage):
         refs = batch.column("images").to_pylist()
         texts = R.text_of(batch)
         wanted = set(c.categories) if c.categories is not None else None
+        documents = document_rows(batch)
         scores: list[float | None] = []
         drops: list[Drop | None] = []
-        for cat, meta, ref_list, text in zip(cats, metas, refs, texts):
+        removals: list[list[tuple[int, Drop]]] = []
+        for cat, meta, ref_list, text, is_doc in zip(cats, metas, refs, texts, documents):
             if wanted is not None and cat not in wanted:
                 scores.append(None)
                 drops.append(None)
+                removals.append([])
+                continue
+            if is_doc:   # the page's URL and words judge the document; each image is judged alone
+                drop = self._rules(meta, [], text)
+                judged = [] if drop is not None else self._judge_document_images(ref_list or [])
+                kept = [score for _, bad, score in judged if bad is None and score is not None]
+                scores.append(float(np.float32(max(kept))) if kept else None)
+                drops.append(drop)
+                removals.append([(i, bad) for i, bad, _ in judged if bad is not None])
                 continue
             drop = self._rules(meta, ref_list, text)
             score = None
@@ -105,10 +123,23 @@ class NsfwFilter(Stage):
                 score, drop = self._classify(ref_list)
             scores.append(score)
             drops.append(drop)
+            removals.append([])
         col = pa.array(scores, type=pa.float32())
         i = batch.schema.get_field_index(SCORE)
         batch = batch.set_column(i, SCORE, col) if i >= 0 else batch.append_column(SCORE, col)
-        return split_drops(batch, drops)
+        return apply_verdicts(batch, drops, removals, removal_stage(self))
+
+    def _judge_document_images(self, refs: list[Mapping[str, Any]]) -> list[tuple[int, Drop | None, float | None]]:
+        """(index, why it leaves or None, its score) per image of a document: an image leaves for a
+        keyword in its own URL, an unsafe detection, or bytes that do not read or decode."""
+        out: list[tuple[int, Drop | None, float | None]] = []
+        for i, ref in enumerate(refs):
+            drop = self._rules(None, [ref], "")
+            score = None
+            if drop is None and self.detector is not None:
+                score, drop = self._classify([ref])
+            out.append((i, drop, score))
+        return out
 
     def _rules(self, meta: str | None, refs: Any, text: str) -> Drop | None:
         hit = first_url_hit(self.url_rule, sample_urls(meta, refs))

@@ -23,7 +23,11 @@ Which text and which images:
 * several images: the mean cosine over the images (``image_reduce: max`` keeps a sample whose text
   describes at least one of them, ``min`` demands that it describes all);
 * a sample with no image, or no text, or outside ``categories``, is not scored: it passes with a
-  null ``clip_score`` and is never rejected by this stage.
+  null ``clip_score`` and is never rejected by this stage;
+* an interleaved document: each image is compared with its neighbouring paragraph (the one before it,
+  else the one after) and an image below ``threshold`` (or unreadable) is removed from the document
+  with its reason (curate.documents.per_image); the document's ``clip_score`` reduces the scores of
+  the images left, and only ``top_fraction`` (a selection the recipe asks for) can drop a document.
 
 Images that cannot be fetched are quarantined (``image:unreadable:<code>``), images that do not
 decode are rejected (``image:corrupt`` / ``image:too_large_to_decode``), by ``curate.media.decode``
@@ -46,9 +50,11 @@ from curate.base.global_data import StepResult
 from curate.base import summary_sketch as K
 from curate.base import Drop, split_drops
 from curate.media.decode import read_decoded
+from curate.media.decode import read_or_drop
 from curate.scoring.device import DEVICE_CHOICES
 from curate.scoring.top_fraction import keep_top_fraction, top_fraction_step  # noqa: F401  (re-exported)
 from curate.base import BatchResult, Resources, Stage, register
+from curate.documents.per_image import apply_verdicts, document_rows, image_contexts, removal_stage
 
 SCORE = "clip_score"
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -234,65 +240,90 @@ class ClipScore(Stage):
         texts_col = batch.column("text").to_pylist()
         convs = batch.column("conversations").to_pylist()
         cats = batch.column("category").to_pylist()
+        documents = document_rows(batch)
+        segments = batch.column("segments").to_pylist() if "segments" in batch.column_names else [None] * n
         wanted = set(c.categories) if c.categories is not None else None
-        texts: list[str | None] = [None] * n
+        # (row, image index, reference, the text it is compared with) for every image that is scored
+        items: list[tuple[int, int, Any, str]] = []
         for i in range(n):
-            if refs[i] and (wanted is None or cats[i] in wanted):
-                texts[i] = sample_text(texts_col[i], convs[i], c.conversation_text) or None
-        rows = [i for i in range(n) if texts[i]]
-        scores, notes, drops = self._score_rows(rows, refs, texts)
+            if not refs[i] or (wanted is not None and cats[i] not in wanted):
+                continue
+            if documents[i]:
+                contexts = image_contexts(texts_col[i], segments[i], len(refs[i]))
+            else:
+                text = sample_text(texts_col[i], convs[i], c.conversation_text) or None
+                contexts = [text] * len(refs[i])
+            items += [(i, j, ref, _clean(t)) for j, (ref, t) in enumerate(zip(refs[i], contexts)) if t and _clean(t)]
+        scores, notes, failed = self._score_items(items)
         values: list[float | None] = [None] * n
-        for i in rows:
-            if drops[i] is None:
-                values[i] = float(np.float32(reduce_scores(scores[i], c.image_reduce)))
-                if c.threshold is not None and values[i] < c.threshold:
-                    why = f"; image looks like: {notes[i]}" if notes.get(i) else ""
-                    drops[i] = Drop("clip:below_threshold", f"score {values[i]:.4f} < {c.threshold:g}{why}")
+        drops: list[Drop | None] = [None] * n
+        removals: list[list[tuple[int, Drop]]] = [[] for _ in range(n)]
+        for row, j, _, _ in items:   # a sample fails with its first failing image, a document loses it
+            if (row, j) in failed:
+                if documents[row]:
+                    removals[row].append((j, failed[row, j]))
+                elif drops[row] is None:
+                    drops[row] = failed[row, j]
+            elif documents[row] and c.threshold is not None and scores[row, j] < c.threshold:
+                removals[row].append((j, self._below(scores[row, j], notes.get((row, j)))))
+        for row in sorted({row for row, _, _, _ in items}):
+            removed = {j for j, _ in removals[row]}
+            kept = [scores[row, j] for r, j, _, _ in items if r == row and (row, j) in scores and j not in removed]
+            if drops[row] is not None or not kept:
+                continue
+            values[row] = float(np.float32(reduce_scores(kept, c.image_reduce)))
+            if not documents[row] and c.threshold is not None and values[row] < c.threshold:
+                note = next((notes[row, j] for r, j, _, _ in items if r == row and (row, j) in notes), None)
+                drops[row] = self._below(values[row], note)
         col = pa.array(values, type=R.WELL_KNOWN_COLUMNS[SCORE])
         idx = batch.schema.get_field_index(SCORE)
         batch = batch.set_column(idx, SCORE, col) if idx >= 0 else batch.append_column(SCORE, col)
-        return split_drops(batch, drops)
+        return apply_verdicts(batch, drops, removals, removal_stage(self))
+
+    def _below(self, value: float, note: str | None) -> Drop:
+        why = f"; image looks like: {note}" if note else ""
+        return Drop("clip:below_threshold", f"score {value:.4f} < {self.config.threshold:g}{why}")
 
     def _prepare(self, ref: Mapping[str, Any]) -> np.ndarray | Drop:
         """Read + decode + resize one image (runs in a decode thread)."""
         im = read_decoded(ref, self.config.max_pixels, self.scorer.transform)
         return im if isinstance(im, Drop) else self.scorer.prepare_image(im)
 
-    def _score_rows(self, rows: list[int], refs: list[Any], texts: list[str | None]
-                    ) -> tuple[dict[int, list[float]], dict[int, str], list[Drop | None]]:
-        """Cosine per image of each row; decoding in the thread pool overlaps the model."""
-        self.ensure_setup()
-        drops: list[Drop | None] = [None] * len(texts)
-        scores: dict[int, list[float]] = {i: [] for i in rows}
-        notes: dict[int, str] = {}
-        items = [(i, ref) for i in rows for ref in refs[i]]
+    def _score_items(self, items: list[tuple[int, int, Any, str]]
+                     ) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], str], dict[tuple[int, int], Drop]]:
+        """Cosine of each (row, image) with its text, a note per image when the scorer gives one, and the
+        images that could not be read or decoded; decoding in the thread pool overlaps the model."""
+        scores: dict[tuple[int, int], float] = {}
+        notes: dict[tuple[int, int], str] = {}
+        failed: dict[tuple[int, int], Drop] = {}
         if not items:
-            return scores, notes, drops
+            return scores, notes, failed
+        self.ensure_setup()
         bs = self.config.batch_size
-        unique = sorted({texts[i] for i in rows})
+        unique = sorted({text for _, _, _, text in items})
         text_index = {t: j for j, t in enumerate(unique)}
         with ThreadPoolExecutor(self.decode_threads) as pool:
             # every image of the batch is queued at once (FIFO): the model waits only for the first
             # sub-batch, after that decoding runs ahead of it
-            futures = [pool.submit(self._prepare, ref) for _, ref in items]
+            futures = [pool.submit(self._prepare, ref) for _, _, ref, _ in items]
             text_emb = self.scorer.encode_texts(unique)          # overlaps the first decodes
             for start, stop in sub_batches(len(items), bs):
                 chunk = items[start:stop]
                 prepared = [f.result() for f in futures[start:stop]]
-                ok = [(row, arr) for (row, _), arr in zip(chunk, prepared) if not isinstance(arr, Drop)]
-                for (row, _), arr in zip(chunk, prepared):
-                    if isinstance(arr, Drop) and drops[row] is None:
-                        drops[row] = arr
+                ok = [(item, arr) for item, arr in zip(chunk, prepared) if not isinstance(arr, Drop)]
+                for (row, j, _, _), arr in zip(chunk, prepared):
+                    if isinstance(arr, Drop):
+                        failed[row, j] = arr
                 if not ok:
                     continue
                 enc = self.scorer.encode_images([arr for _, arr in ok])
-                sel = [text_index[texts[row]] for row, _ in ok]
+                sel = [text_index[text] for (_, _, _, text), _ in ok]
                 cos = (enc.embeddings * text_emb[sel]).sum(-1).float().cpu().numpy()
-                for j, (row, _) in enumerate(ok):
-                    scores[row].append(float(cos[j]))
-                    if enc.notes and row not in notes:
-                        notes[row] = enc.notes[j]
-        return scores, notes, drops
+                for k, ((row, j, _, _), _) in enumerate(ok):
+                    scores[row, j] = float(cos[k])
+                    if enc.notes:
+                        notes[row, j] = enc.notes[k]
+        return scores, notes, failed
 
     # --- whole-dataset step and report --------------------------------------------------------
     def global_step(self, data: Any) -> Any:

@@ -20,6 +20,8 @@ from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import step_result
 from pipelines.engine.executor import AUTO_INLINE_ROWS, Executor
+from curate.documents.per_image import removal_stage
+from pipelines.engine import removed_images
 from pipelines.engine.fusion import Member, rows_of, write_rejects
 from pipelines.engine.links import chain_schema, schema_without_dropped_at
 from pipelines.engine.progress import BYTES, with_task_bytes
@@ -47,6 +49,8 @@ class ChainResult:
     tallies: dict[int, dict[str, Any]]        # per stage index: rejected / quarantined by reason
     # per stage index: its numbers for report.json (summarize, then the global step's StepResult.report)
     summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # per stage index: images it took out of documents, by reason (pipelines.engine.removed_images)
+    removed: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
 def chain_input(head: Member, upstream_dir: Path | None, with_task_bytes_column: bool) -> ChainInput:
@@ -83,12 +87,14 @@ def run_chain(group: list[Member], source: ChainInput, executor: Executor) -> Ch
         shutil.rmtree(pass1)
     data = owner.tmp / "data"
     tallies = write_rejects(data, {m.index: m.tmp / "rejects.parquet" for m in group}, owner.index)
+    removed = removed_images.write_removed_images(
+        data, {m.index: (removal_stage(m.stage), m.tmp / removed_images.FILE_NAME) for m in group})
     written = data_files(data)
     if count_rows(written) != n_in + repeated:
         raise E.AccountingError(f"chain {' + '.join(m.name for m in group)}: {count_rows(written)} rows written "
                                 f"for in={n_in} repeated={repeated}")
     summaries[owner.index] = {**stage_summary(owner, written, owner=True, executor=executor), **step_report}
-    return ChainResult(n_in, repeated, count_rows(written, kept_only=True), tallies, summaries)
+    return ChainResult(n_in, repeated, count_rows(written, kept_only=True), tallies, summaries, removed)
 
 
 def map_phase(stages: list[S.Stage], executor: Executor, files: list[str], pass1: Path,
