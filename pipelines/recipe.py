@@ -95,8 +95,8 @@ class Recipe:
         made from a recipe (a run passes its output directory; validating a recipe has none). The model
         profile travels typed; no stage reads another stage's settings."""
         return S.StageContext(seed=self.seed, out_dir=out_dir, recipe_name=self.name, recipe_hash=self.hash(),
-                              stage_index=index, mixture=self.mixture,
-                              max_error_fraction=self.max_error_fraction, profile=self.model)
+                              stage_index=index, earlier_stages=tuple(s.name for s in self.plan()[:index]),
+                              mixture=self.mixture, max_error_fraction=self.max_error_fraction, profile=self.model)
 
     def plan(self) -> list[StageSpec]:
         """The stages that run, in order: ingest (reading `sources`), the recipe's stages, and the

@@ -68,6 +68,9 @@ class StageContext:
     recipe_name: str = ""
     recipe_hash: str = ""
     stage_index: int = 0
+    # The names (only the names) of the stages before this one in the run: a stage whose name comes
+    # again (two image_filter stages) labels what it records with its index to keep the two apart.
+    earlier_stages: tuple[str, ...] = ()
     mixture: Mapping[str, Any] | None = None
     # Fraction of a stage's input that may fail with a non-BadSample error (quarantined as error:<Type>)
     # before the run fails. 0: any such error is a bug and fails the run at once.

@@ -39,7 +39,7 @@ def removal_stage(stage: Any) -> str:
     earlier stage of the recipe already has (two ``image_filter`` stages), so that every removal is
     counted under the stage that made it."""
     context = stage.context
-    return f"{stage.name}@{context.stage_index}" if stage.name in context.upstream else stage.name
+    return f"{stage.name}@{context.stage_index}" if stage.name in context.earlier_stages else stage.name
 
 
 def removals_of(image_drops: ImageDrops) -> list[Removal]:
