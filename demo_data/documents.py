@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 SOURCE = "documents"
 DOCUMENTS = 20
-LOGO_DOCUMENTS = (2, 5, 8, 11, 14, 17)
+LOGO_DOCUMENTS = (1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17)   # more pages than any photo is on
 LONG_DOCUMENT = f"{SOURCE}/doc-18"
 CORRUPT_DOCUMENT, REPEAT_DOCUMENT = 4, 5
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -171,3 +174,22 @@ def test_documents_lose_their_bad_images_and_reach_the_packs(demo):
     assert len(packed_docs) >= 8
     assert rejects.get(D.LONG_DOCUMENT) == ("pack", "overlong") or any(
         k.startswith(D.LONG_DOCUMENT) for k in packed_docs)
+
+
+def test_every_demo_document_counts_exactly_as_transformers_builds_it(demo):
+    """#25's measurement on the demo itself: for every page that reached count_tokens, its token count,
+    the trainer's input_ids and transformers' Qwen2-VL chat template + tokenizer + image processor agree
+    (tests/document_tokens.py), with the demo's own template."""
+    from transformers import AutoTokenizer
+
+    from pack import tokens as T
+    from tests.document_tokens import assert_documents_match_transformers
+    out, result, _ = demo
+    report = json.loads((out / "report.json").read_text())
+    counted = read_kept(result.stage_dirs[[e["name"] for e in report["stages"]].index("count_tokens")],
+                        ["text", "images", "segments", "category"])
+    documents = counted.filter(pa.compute.equal(counted.column("category"), "interleaved"))
+    hf_tok = AutoTokenizer.from_pretrained(str(T.shipped_tokenizer_dir()), local_files_only=True)
+    checked = assert_documents_match_transformers(documents, T.load_tokenizer(), hf_tok, T.Template("chat"),
+                                                  max_pixels=1003520)   # recipes/demo.yaml's model.max_pixels
+    assert checked == documents.num_rows >= 12

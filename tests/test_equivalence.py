@@ -118,6 +118,8 @@ def _per_video(pack):
 def _messages(seg) -> list[dict]:
     """The sample as chat messages; images and videos where pack.tokens puts them (placeholders, else
     at the front of the first user turn: images, then videos)."""
+    if seg.get("segments"):   # an interleaved document: the assistant's text, its images where they stand
+        return [{"role": "user", "content": ""}, {"role": "assistant", "content": _document_text(seg)}]
     if seg.get("conversations"):
         turns = [(t["role"], t["content"]) for t in seg["conversations"]]
     else:
@@ -135,6 +137,21 @@ def _messages(seg) -> list[dict]:
     return out
 
 
+def _document_text(seg) -> str:
+    """A document as one string: paragraphs joined the record's way, each image's vision block at its
+    position with nothing beside it (what the chat template makes of a list of text and image items)."""
+    from curate.base import records as R
+    from curate.documents.record import document_parts
+    out, previous = "", None
+    for kind, value in document_parts(seg["text"], seg["segments"]):
+        if kind == "image":
+            out += T.VISION_START + T.IMAGE_PAD + T.VISION_END
+        else:
+            out += (R.DOCUMENT_PARAGRAPH_JOIN if previous == "text" else "") + value
+        previous = kind
+    return out
+
+
 def _reference(seg, image_bytes, videos, tok, improc) -> dict:
     from PIL import Image
     from transformers import Qwen2VLProcessor
@@ -149,6 +166,7 @@ def _reference(seg, image_bytes, videos, tok, improc) -> dict:
     pad = {tok.convert_tokens_to_ids(T.IMAGE_PAD): ("image", Qwen2VLProcessor.replace_image_token, image_inputs),
            tok.convert_tokens_to_ids(T.VIDEO_PAD): ("video", Qwen2VLProcessor.replace_video_token, video_inputs)}
     ids, mask, seen = [], [], {"image": 0, "video": 0}
+    markers = {tok.convert_tokens_to_ids(T.VISION_START), tok.convert_tokens_to_ids(T.VISION_END)}
     for token, trained in zip(enc["input_ids"], enc["assistant_masks"]):
         if token in pad:
             kind, expand, inputs = pad[token]
@@ -158,7 +176,9 @@ def _reference(seg, image_bytes, videos, tok, improc) -> dict:
             mask += [False] * n
         else:
             ids.append(token)
-            mask.append(bool(trained))
+            # vision markers are never trained (pack.tokens: -100 on pads and markers, also where an
+            # interleaved document puts an image inside the assistant's text)
+            mask.append(bool(trained) and token not in markers)
     assert seen == {"image": len(images), "video": len(videos)}, seg["key"]
     ids_t = torch.as_tensor(ids, dtype=torch.long)[None]
     labels = torch.where(torch.as_tensor(mask)[None], ids_t, IGNORE_INDEX)
@@ -246,7 +266,8 @@ def test_every_segment_of_every_demo_pack_computes_what_the_sample_alone_compute
              for packs in batches for p in packs for s in p["samples"]}
     assert {k for k, _ in kinds} == {"image", "video", "text"}
     assert {c for _, c in kinds} >= {"caption", "vqa", "grounding", "ocr", "text", "video"}
-    assert len(diffs) == sum(len(p["samples"]) for packs in batches for p in packs)
+    # every segment compared (a pack that pads a rank's last step repeats its samples' keys)
+    assert set(diffs) == {s["key"] for packs in batches for p in packs for s in p["samples"]}
 
 
 # --- the test of the test: one deliberate off-by-one at a time, and the same check fails ---------------
