@@ -351,13 +351,16 @@ class TextFilter(Stage):
 
 def batch_verdicts(batch: pa.Table, th: TextThresholds, boilerplate_in_answers: bool = False,
                    screen: bool = True) -> list[Drop | None]:
-    """``check_sample`` for every row; with `screen`, only for the rows the vectorised screen
-    (curate.filters.text_screen) cannot clear: the same verdicts, most rows never reach Python."""
-    from curate.filters.text_screen import cleared   # it reads this module's word lists
+    """``check_sample`` for every row; with `screen`, only for the rows the vectorised screens
+    (curate.filters.text_screen, curate.filters.answer_screen) cannot clear: the same verdicts, most rows never reach Python."""
+    from curate.filters.answer_screen import answers_cleared   # both read this module's word lists
+    from curate.filters.text_screen import cleared
     drops: list[Drop | None] = [None] * batch.num_rows
     rows = np.arange(batch.num_rows)
-    if screen:
-        rows = np.flatnonzero(~cleared(batch.column("text"), batch.column("conversations"), th))
+    if screen:   # captions (text_screen), then conversations (answer_screen)
+        text, conversations = batch.column("text"), batch.column("conversations")
+        rows = np.flatnonzero(~(cleared(text, conversations, th)
+                                | answers_cleared(text, conversations, th, boilerplate_in_answers)))
     if len(rows) == 0:
         return drops
     at = pa.array(rows, pa.int64())
