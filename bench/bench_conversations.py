@@ -3,7 +3,7 @@
 * Ingest: the records of N caption rows (bench_scale's captions) and of N text-only grounding
   conversations (bench_scale's conversation corpus: LLaVA from/value, two turns, a box label in the
   answer), both parquet, read by ``curate.readers.read.iter_file_tables`` exactly as an ingest task
-  does. The target: conversations within 1.3x of captions (CPU seconds).
+  does, twice each (the faster kept). The target: conversations within 1.3x of captions (CPU seconds).
 * The fused per-row pass: grounding_check -> text_filter -> count_tokens on the conversation
   records, part by part, each stage over the part in its own batch size, as the executors run a chain: rows per
   CPU-second. The target: >= 3x the code before (`--before COMMIT`: the same script run against a
@@ -55,10 +55,12 @@ def measure(data: Path) -> dict:
         return out
 
     res: dict = {}
-    for name, cat in (("captions", "caption"), ("grounding", "grounding")):
-        cpu, wall, tables = _timed(lambda: ingest(name, cat))
-        rows = sum(t.num_rows for t in tables)
-        res[f"ingest_{name}"] = {"cpu": cpu, "wall": wall, "rows": rows}
+    for _ in range(2):   # twice each, alternating; the faster of the two (the first pays one-time costs)
+        for name, cat in (("captions", "caption"), ("grounding", "grounding")):
+            cpu, wall, tables = _timed(lambda: ingest(name, cat))
+            rows = sum(t.num_rows for t in tables)
+            if f"ingest_{name}" not in res or cpu < res[f"ingest_{name}"]["cpu"]:
+                res[f"ingest_{name}"] = {"cpu": cpu, "wall": wall, "rows": rows}
     kept = pa.concat_tables(tables)
     kept = kept.filter(pa.compute.equal(kept.column(R.STATUS), R.KEPT))
     ctx = StageContext(seed=1)
