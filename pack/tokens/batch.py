@@ -16,7 +16,7 @@ from pack.tokens.template import (IMAGE_PAD, IMAGE_PLACEHOLDER, VIDEO_PAD, VIDEO
                                   PlaceholderMismatch, Template, render)
 from pack.tokens.text_counter import _to_large_string
 from pack.tokens.tokenizer import Tokenizer
-from pack.tokens.turn_rows import count_turn_rows
+from pack.tokens.turn_rows import MediaCounts, count_turn_rows
 
 @dataclass
 class RowCounts:
@@ -91,9 +91,9 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
     _count_caption_rows(np.flatnonzero(simple), text, img_lists, vid_lists, tokenizer, template, num, pending)
     general = np.flatnonzero(~simple)
     if "conversations" in table.column_names:   # plain chat conversations: column by column (turn_rows)
-        media = (_list_lengths(img_lists) > 0) | (_list_lengths(vid_lists) > 0)
+        media = MediaCounts(_list_lengths(img_lists), _list_lengths(vid_lists), img_sum, vid_sum)
         general = general[~count_turn_rows(general, table.column("conversations"), media, template,
-                                           lambda s: len(tokenizer.encode(s)), _contains_placeholder, num, pending)]
+                                           lambda s: len(tokenizer.encode(s)), num, pending)]
     _count_general_rows(general, table, img_lists, vid_lists, template, num, pending, errors, details)
     num += pending.per_row(tokenizer, n)
     text_tokens = num - img_sum - vid_sum
