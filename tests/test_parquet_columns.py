@@ -140,3 +140,64 @@ def test_image_path_cells_through_the_column_path(tmp_path):
     assert refs_of["img/./a.jpg"] == refs_of["img/a.jpg"] and refs_of["img/a.jpg"][0]["width"] == 40
     assert refs_of["img/link-in.jpg"][0]["uri"] == str((sub / "img" / "a.jpg").resolve())
     assert refs_of[None] == []
+
+
+# Conversations (issue 31): LLaVA from/value and role/content turns, with nulls, empty lists, null
+# turns, unknown and non-ASCII roles, null contents, and texts long enough for a small max_text_bytes.
+ROLES = st.one_of(st.none(), st.sampled_from(["human", "GPT", "User", "assistant", "system", "bot", "model",
+                                              "robot", "", "none", "Ｕser", "ＧＰＴ"]))
+CONTENTS = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["<image>\nWhat is it?", "é" * 9]))
+
+
+@st.composite
+def conversation_corpus(draw):
+    n = draw(st.integers(0, 25))
+    shape = draw(st.sampled_from([("from", "value"), ("role", "content"), ("from", "role", "value", "content")]))
+    turn_type = pa.struct([(f, pa.string()) for f in shape])
+    ascii_only = draw(st.booleans())   # a batch with a non-ASCII role goes row by row: both kinds drawn
+    roles = ROLES.filter(lambda r: r is None or r.isascii()) if ascii_only else ROLES
+    turn = st.one_of(st.none(), st.fixed_dictionaries({f: roles if f in ("from", "role") else CONTENTS
+                                                       for f in shape}))
+    convs = draw(st.lists(st.one_of(st.none(), st.lists(turn, max_size=4)), min_size=n, max_size=n))
+    cols: dict[str, pa.Array] = {"conversations": pa.array(convs, pa.list_(turn_type))}
+    if draw(st.booleans()):
+        cols["text"] = pa.array(draw(st.lists(texts, min_size=n, max_size=n)), pa.string())
+    if draw(st.booleans()):
+        cols["key"] = pa.array(draw(st.lists(keys, min_size=n, max_size=n)), pa.string())
+    if draw(st.booleans()):
+        cols["similarity"] = pa.array(draw(st.lists(floats, min_size=n, max_size=n)), pa.float64())
+    if draw(st.booleans()):
+        cols["image"] = pa.array(draw(st.lists(st.one_of(st.none(), st.sampled_from(IMAGE_PATHS[:8])), min_size=n,
+                                               max_size=n)), pa.string())
+    return pa.table(cols), draw(st.integers(1, 8)), draw(st.sampled_from([8, 20, 1 << 20]))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(conversation_corpus())
+def test_conversation_column_path_equals_row_path(tmp_path, case):
+    table, group_rows, max_text_bytes = case
+    path = tmp_path / "sub" / "part-0.parquet"
+    path.parent.mkdir(exist_ok=True)
+    image_files(path.parent)
+    pq.write_table(table, path, row_group_size=group_rows)
+    spec = SourceSpec(name="s", path=str(tmp_path / "*" / "*.parquet"), format="parquet", category="vqa",
+                      max_text_bytes=max_text_bytes)
+    assert plain_schema(spec, pq.read_schema(path))
+    rows = R.rows_to_table(list(read_parquet(spec, str(path), 1, 3)))
+    columns = pa.concat_tables([R.BASE_SCHEMA.empty_table(), *read_parquet_tables(spec, str(path), 1, 3,
+                                                                                rows_per_table=4)])
+    assert columns.equals(rows), (columns.to_pylist(), rows.to_pylist())
+
+
+def test_conversation_shapes_the_column_path_takes():
+    spec = SourceSpec(name="s", path="x", format="parquet")
+    turns = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+    assert plain_schema(spec, pa.schema([("id", pa.string()), ("conversations", turns)]))
+    assert plain_schema(spec, pa.schema([("conversations", pa.list_(pa.struct([("role", pa.string()),
+                                                                               ("content", pa.string())])))]))
+    assert not plain_schema(spec, pa.schema([("conversations", pa.list_(pa.struct([("from", pa.string())])))]))
+    assert not plain_schema(spec, pa.schema([("conversations", pa.list_(pa.struct([("from", pa.int64()),
+                                                                                   ("value", pa.string())])))]))
+    assert not plain_schema(spec, pa.schema([("conversations", turns), ("image", pa.binary())]))
+    assert not plain_schema(SourceSpec(name="s", path="x", format="parquet", max_images_per_record=0),
+                            pa.schema([("conversations", turns), ("image", pa.string())]))

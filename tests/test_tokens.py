@@ -170,6 +170,20 @@ def test_fast_counter_equals_tokenizer_on_adversarial_text(tok, texts):
     assert tok.count(texts).tolist() == [len(tok.encode(t)) for t in texts]
 
 
+_DIGITS = st.sampled_from(list("0123456789(),.-_'\"xa ") + ["\u0301", "\u0338", "\u20e3", "\u0663", "\u00b2",
+                                                          "\u00bd", "\uff11", "\n", "\t", "  ", "\u00a0", "é", "数",
+                                                          "<|box_start|>", "<|box_end|>", "<|object_ref_end|>",
+                                                          "'s", "'d", "<think>"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_DIGITS, max_size=40).map("".join), min_size=1, max_size=30))
+def test_fast_counter_cuts_next_to_digits_exactly(tok, texts):
+    """Coordinates and numbers are cut next to ASCII digits (TextCounter._digits_alone): still exact."""
+    assert tok.count(texts).tolist() == [len(tok.encode(t)) for t in texts]
+    assert tok._counter.digits_alone
+
+
 def test_fast_counter_on_sliced_arrays_nulls_and_many_rows(tok):
     rng = np.random.default_rng(0)
     words = ["the", "cat", "  sat", "on\n", "a", "mat.", "\u00a0x", "数字", "naïve", "it's", "(ok)", "\t"]

@@ -41,3 +41,10 @@ def ngram_limits(th: TextThresholds) -> tuple[tuple[int, float], ...]:
     and 0.04 below it. The rule and its vectorised screen (text_screen) both read them here."""
     base = th.max_top_ngram_ratio
     return (2, base), (3, base - 0.02), (4, base - 0.04)
+
+
+# The image and video placeholders of LLaVA records.
+PLACEHOLDERS = re.compile(r"<(?:image|video)>")
+# Markup that is not language: special tokens (<|box_start|>, <|object_ref_end|>...) and tag-like
+# markers (<ref>, </box>, <image>). Judged by the grounding checks, not by these rules.
+MARKUP = re.compile(r"<\|[^<>|\s]{1,48}\|>|</?[A-Za-z][\w:-]{0,30}/?>")

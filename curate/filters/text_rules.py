@@ -47,17 +47,14 @@ import pyarrow as pa
 
 from curate.base import Drop, split_drops
 from curate.filters.presets import TEXT_PRESETS, TextThresholds, preset_settings, thresholds_of
-from curate.filters.text_lexicon import (GENERIC_OR_STOP, GENERIC_WORDS, SPAM_FIRST_WORDS, SPAM_RE,
+from curate.filters.text_lexicon import (GENERIC_OR_STOP, GENERIC_WORDS, MARKUP, PLACEHOLDERS, SPAM_FIRST_WORDS, SPAM_RE,
                                          TAIL_LOOP_MAX_PERIOD, ngram_limits)
+from curate.filters.answer_screen import answers_cleared
 from curate.filters.text_screen import cleared
 from curate.base import BatchResult, Resources, Stage, register
 
-_PLACEHOLDERS = re.compile(r"<(?:image|video)>")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
-# Markup that is not language: special tokens (<|box_start|>, <|object_ref_end|>...) and tag-like
-# markers (<ref>, </box>, <image>). Judged by the grounding checks, not by these rules.
-_MARKUP = re.compile(r"<\|[^<>|\s]{1,48}\|>|</?[A-Za-z][\w:-]{0,30}/?>")
 _TABLE_RULE_ROW = re.compile(r"^\s*\|?(?:\s*:?-{2,}:?\s*\|)+\s*:?-{0,}:?\s*\|?\s*$", re.MULTILINE)
 
 
@@ -277,11 +274,11 @@ def check_text(text: str | None, th: TextThresholds, kind: str = "caption", boil
 
 def strip_markup(text: str) -> str:
     """`text` with special tokens and tag-like markers replaced by spaces."""
-    return _MARKUP.sub(" ", text)
+    return MARKUP.sub(" ", text)
 
 
 def strip_placeholders(content: str | None) -> str | None:
-    return None if content is None else _PLACEHOLDERS.sub(" ", content)
+    return None if content is None else PLACEHOLDERS.sub(" ", content)
 
 
 def check_sample(text: str | None, conversations: Sequence[Mapping[str, Any]] | None, th: TextThresholds,
@@ -327,12 +324,14 @@ class TextFilter(Stage):
 
 def batch_verdicts(batch: pa.Table, th: TextThresholds, boilerplate_in_answers: bool = False,
                    screen: bool = True) -> list[Drop | None]:
-    """``check_sample`` for every row; with `screen`, only for the rows the vectorised screen
-    (curate.filters.text_screen) cannot clear: the same verdicts, most rows never reach Python."""
+    """``check_sample`` for every row; with `screen`, only for the rows the vectorised screens
+    (curate.filters.text_screen, curate.filters.answer_screen) cannot clear: the same verdicts, most rows never reach Python."""
     drops: list[Drop | None] = [None] * batch.num_rows
     rows = np.arange(batch.num_rows)
-    if screen:
-        rows = np.flatnonzero(~cleared(batch.column("text"), batch.column("conversations"), th))
+    if screen:   # captions (text_screen), then conversations (answer_screen)
+        text, conversations = batch.column("text"), batch.column("conversations")
+        rows = np.flatnonzero(~(cleared(text, conversations, th)
+                                | answers_cleared(text, conversations, th, boilerplate_in_answers)))
     if len(rows) == 0:
         return drops
     at = pa.array(rows, pa.int64())

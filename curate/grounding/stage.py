@@ -32,6 +32,7 @@ from curate.base import summary_sketch as K
 from curate.grounding.negatives import NEGATIVE_ANSWER, NEGATIVE_PROMPT, make_negatives, negatives_for_ratio
 from curate.grounding.parse import validate
 from curate.grounding.problems import CODES, Problem
+from curate.grounding.screen import cleared_rows
 from curate.base import BatchResult, Drop, Resources, Stage, register, split_drops
 
 REASON_PREFIX = "grounding:"
@@ -107,16 +108,20 @@ class GroundingCheck(Stage):
         wanted = None if cats is None else set(cats)
         reject_all = self.config.reject_on == "all"
         rejecting = set() if reject_all else set(self.config.reject_on)
-        drops: list[Drop | None] = []
-        codes_col: list[str | None] = []
-        for cat, text, conv, images in zip(_column(batch, "category"), _column(batch, "text"),
-                                           _column(batch, "conversations"), _column(batch, "images")):
+        n = batch.num_rows
+        drops: list[Drop | None] = [None] * n
+        codes_col: list[str | None] = [None] * n
+        # Only rows the vectorised screen cannot clear are scanned in Python (curate.grounding.screen).
+        rows = np.flatnonzero(~cleared_rows(batch, self.config.check_json))
+        sub = batch.take(pa.array(rows, pa.int64()))
+        for i, cat, text, conv, images in zip(rows.tolist(), _column(sub, "category"), _column(sub, "text"),
+                                              _column(sub, "conversations"), _column(sub, "images")):
             found = [] if wanted is not None and cat not in wanted else self.check_row(text, conv, images)
             codes = list(dict.fromkeys(p.code for _, p in found))
-            codes_col.append(",".join(codes) if codes else None)
+            codes_col[i] = ",".join(codes) if codes else None
             first = next((p for _, p in found if reject_all or p.code in rejecting), None)
-            drops.append(None if first is None else Drop(REASON_PREFIX + first.code,
-                                                         "; ".join(f"{f}: {p}" for f, p in found)[:_DETAIL_MAX]))
+            drops[i] = None if first is None else Drop(REASON_PREFIX + first.code,
+                                                       "; ".join(f"{f}: {p}" for f, p in found)[:_DETAIL_MAX])
         return split_drops(_put_column(batch, "grounding_problems", pa.array(codes_col, type=pa.string())), drops)
 
     def summary_partial(self, kept: pa.Table) -> pa.Table:

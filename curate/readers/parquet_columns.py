@@ -1,5 +1,5 @@
-"""Metadata-only parquet (key, caption, scalar columns, at most an image *path* column; no image bytes
-or conversation column) read column by column instead of row by row: the same records as
+"""Metadata-only parquet (key, caption or conversation turns, scalar columns, at most an image *path*
+column; no image bytes) read column by column instead of row by row: the same records as
 ``curate.readers.parquet.read_parquet``, byte for byte, at a fraction of the CPU, because a
 billion-row metadata corpus (the scale issue's case) spends most of ingest building Python dicts.
 Image paths are resolved by the reader's ``image_cells`` (each distinct path of a task read once,
@@ -8,7 +8,8 @@ Image paths are resolved by the reader's ``image_cells`` (each distinct path of 
 A file qualifies by its schema alone (``plain_schema``); anything else, or a batch holding a value
 the row path would reject in a way this path does not model (a non-finite float), goes through the
 row path. Keys, ordinals, provenance, metadata JSON, in-file duplicate keys and missing captions are
-the row path's, and a property test compares the two on random files.
+the row path's, and a property test compares the two on random files. A conversations column of LLaVA
+``from/value`` or ``role/content`` turns is normalised by ``curate.readers.parquet_turns``.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
+from curate.readers.parquet_turns import normalized_turns, turn_fields
 from curate.readers.sources import SourceSpec, shard_label
 from curate.readers.timed_io import open_timed
 
@@ -27,13 +29,21 @@ BATCH_ROWS = 4096
 
 
 def plain_schema(spec: SourceSpec, schema: pa.Schema) -> bool:
-    """Whether every column is one the column path reproduces exactly: no image or conversation
-    column, a string caption, a string or integer key, and string / integer / bool / float metadata."""
+    """Whether every column is one the column path reproduces exactly: no image bytes, a string
+    caption and/or a conversations column of turns (``parquet_turns.turn_fields``), a string or
+    integer key, and string / integer / bool / float metadata."""
     names = set(schema.names)
-    if "conversations" in names or spec.text_column not in names:
+    turns = "conversations" in names
+    if turns and (turn_fields(schema.field("conversations").type) is None
+                  or "conversations" in (spec.text_column, spec.image_column, spec.key_column)
+                  or (spec.image_column in names and spec.max_images_per_record < 1)):
+        return False   # the row path names what it makes of these
+    if spec.text_column not in names and not turns:
         return False
     for field in schema:
         t = field.type
+        if field.name == "conversations":
+            continue
         if field.name == spec.image_column:
             if not pa.types.is_string(t):   # bytes or {bytes, path} structs: the row path
                 return False
@@ -65,10 +75,13 @@ def column_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int
             yield broken(row_index, batch)
             continue
         table = pa.Table.from_batches([batch])
-        if _has_non_finite(spec, table):
+        turns = normalized_turns(table.column("conversations"), turn_fields(table.schema.field("conversations").type)) \
+            if "conversations" in table.column_names else None
+        if _has_non_finite(spec, table) or (turns is None and "conversations" in table.column_names):
             yield row_path(table, row_index, seen)
         else:
-            yield _records(spec, table, row_index, seen, prefix, uri, uri_json, source_index, file_index, image_cells)
+            yield _records(spec, table, row_index, seen, prefix, uri, uri_json, source_index, file_index, image_cells,
+                           turns)
 
 
 class DamagedRowGroup(Exception):
@@ -104,15 +117,21 @@ def _has_non_finite(spec: SourceSpec, table: pa.Table) -> bool:
 
 
 def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefix: str, uri: str, uri_json: str,
-             source_index: int, file_index: int, image_cells=None) -> pa.Table:
+             source_index: int, file_index: int, image_cells=None, turns=None) -> pa.Table:
     n = table.num_rows
     rows = np.arange(row0, row0 + n, dtype=np.int64)
     raw_keys = table.column(spec.key_column).cast(pa.string()).to_pylist() if spec.key_column in table.column_names \
         else [None] * n
     keys = [str(r) if k is None else k for k, r in zip(raw_keys, rows.tolist())]
-    text = table.column(spec.text_column)
+    text = table.column(spec.text_column) if spec.text_column in table.column_names else pa.nulls(n, pa.string())
     missing = pc.is_null(text).to_numpy(zero_copy_only=False)
-    too_long = pc.fill_null(pc.greater(pc.binary_length(text), spec.max_text_bytes), False).to_numpy(zero_copy_only=False)
+    text_bytes = np.asarray(pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    invalid = np.zeros(n, dtype=bool)
+    if turns is not None:   # the row path: the conversations, then the caption's presence, then the size
+        missing &= ~turns.present
+        invalid = turns.present & turns.invalid
+        text_bytes = text_bytes + turns.content_bytes
+    too_long = text_bytes > spec.max_text_bytes
     duplicate = np.zeros(n, dtype=bool)
     for i, k in enumerate(keys):   # in-file duplicates: the row path's check, in its order
         if k in seen:
@@ -122,18 +141,21 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
     cells = image_cells(table.column(spec.image_column).to_pylist()) \
         if spec.image_column in table.column_names else [None] * n
     refused = np.array([isinstance(c, Exception) for c in cells], dtype=bool)   # a BadSample for the image
-    bad = duplicate | refused | missing | too_long
+    bad = duplicate | refused | invalid | missing | too_long
     status = np.where(bad, R.REJECTED, R.KEPT).tolist()
-    reason = np.where(duplicate, "duplicate_key", np.where(missing, "missing_text",
-                                                           np.where(too_long, "text_too_long", None))).tolist()
+    reason = np.where(duplicate, "duplicate_key", np.where(invalid, "invalid_conversations", np.where(
+        missing, "missing_text", np.where(too_long, "text_too_long", None)))).tolist()
     long_detail = f"over {spec.max_text_bytes} bytes of text (max_text_bytes)"
     detail = [f"{k} appears twice in {uri}"[:500] if d else
               (f"no {spec.text_column!r} and no conversations"[:500] if m else long_detail if t else None)
               for k, d, m, t in zip(keys, duplicate, missing, too_long)]   # bad_row keeps 500 characters of a detail
+    for i in np.flatnonzero(invalid & ~duplicate):
+        detail[i] = turns.detail[i][:500]
     for i in np.flatnonzero(refused & ~duplicate):   # the row path: the key check, then the image, then the text
         status[i], reason[i], detail[i] = cells[i].status, cells[i].reason, cells[i].detail[:500] or None
     images = [c if isinstance(c, list) and not b else [] for c, b in zip(cells, bad)]
-    others = [c for c in table.column_names if c not in {spec.text_column, spec.key_column, spec.image_column}]
+    others = [c for c in table.column_names
+              if c not in {spec.text_column, spec.key_column, spec.image_column, "conversations"}]
     meta = [None] * n if not others else [R.dumps_meta(m) for m in table.select(others).to_pylist()]
     category = table.column("category") if "category" in table.column_names and \
         pa.types.is_string(table.schema.field("category").type) else None
@@ -147,6 +169,7 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
         "images": pa.array(images, R.BASE_SCHEMA.field("images").type),
         "videos": pa.array([[]] * n, R.BASE_SCHEMA.field("videos").type),
         "text": pc.if_else(keep, text, pa.scalar(None, pa.string())),
+        "conversations": None if turns is None else turns.lists(~bad),
         "meta": pc.if_else(keep, pa.array(meta, pa.string()), pa.scalar(None, pa.string())),
         "provenance": pa.array([f'{{"row":{r},"uri":{uri_json}}}' for r in rows.tolist()], pa.string()),
         R.ORDINAL: pa.array((source_index << 55) | (file_index << 31) | rows, pa.int64()),
@@ -156,7 +179,8 @@ def _records(spec: SourceSpec, table: pa.Table, row0: int, seen: set[str], prefi
     }
     if (rows >= 1 << 31).any() or file_index >= 1 << 24 or source_index >= 1 << 8:
         R.make_ordinal(source_index, file_index, int(rows[-1]))   # raises, naming the overflow
-    return R.conform(pa.table({k: v for k, v in columns.items() if k in R.BASE_SCHEMA.names}), R.BASE_SCHEMA)
+    return R.conform(pa.table({k: v for k, v in columns.items() if v is not None and k in R.BASE_SCHEMA.names}),
+                     R.BASE_SCHEMA)
 
 
 def open_plain(spec: SourceSpec, uri: str):

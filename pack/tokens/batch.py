@@ -1,8 +1,9 @@
 """Sequence lengths of whole batches of records without building id lists (``count_rows``).
 
 Caption rows take a vectorised path (one variable text piece per row, the rest of the layout a
-per-layout constant); other rows (conversations, placeholders, interleaved documents) are laid out by
-``render`` and all their text pieces are counted in one batched call of the tokenizer's ``TextCounter``.
+per-layout constant), plain chat conversations another (``pack.tokens.turn_rows``); other rows
+(placeholders, interleaved documents) are laid out by ``render`` and all their text pieces are counted in
+one batched call of the tokenizer's ``TextCounter``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pack.tokens.template import (IMAGE_PAD, IMAGE_PLACEHOLDER, VIDEO_PAD, VIDEO
                                   PlaceholderMismatch, Template, render)
 from pack.tokens.text_counter import _to_large_string
 from pack.tokens.tokenizer import Tokenizer
+from pack.tokens.turn_rows import MediaCounts, count_turn_rows
 
 @dataclass
 class RowCounts:
@@ -90,8 +92,12 @@ def count_rows(table: pa.Table, tokenizer: Tokenizer, image_counts: pa.ListArray
     details: list[str | None] = [None] * n
     pending = _PendingText()
     _count_caption_rows(np.flatnonzero(simple), text, img_lists, vid_lists, tokenizer, template, num, pending)
-    _count_general_rows(np.flatnonzero(~simple), table, img_lists, vid_lists, template, num, pending,
-                        errors, details)
+    general = np.flatnonzero(~simple)
+    if "conversations" in table.column_names:   # plain chat conversations: column by column (turn_rows)
+        media = MediaCounts(_list_lengths(img_lists), _list_lengths(vid_lists), img_sum, vid_sum)
+        general = general[~count_turn_rows(general, table.column("conversations"), media, template,
+                                           lambda s: len(tokenizer.encode(s)), num, pending)]
+    _count_general_rows(general, table, img_lists, vid_lists, template, num, pending, errors, details)
     num += pending.per_row(tokenizer, n)
     text_tokens = num - img_sum - vid_sum
     for i, e in enumerate(errors):

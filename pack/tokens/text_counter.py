@@ -44,6 +44,7 @@ class TextCounter:
         self.known = pa.array([], type=pa.large_string())
         self.known_counts = np.zeros(0, dtype=np.int64)
         self.splittable = self._is_splittable(backend)
+        self.digits_alone = self.splittable and self._digits_alone(backend)
         self._encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
 
     @staticmethod
@@ -74,6 +75,22 @@ class TextCounter:
                for t in spec.get("added_tokens", [])):
             return False
         return True
+
+    @staticmethod
+    def _digits_alone(backend: Any) -> bool:
+        """Whether every digit is a pre-token of its own (Qwen2: ``\\p{N}`` alone, where GPT-4 style
+        patterns have ``\\p{N}{1,3}``) and no added token holds an ASCII digit: then a cut next to an
+        ASCII digit whose other side is an ASCII non-space character is a pre-token boundary too (no
+        alternative of the pattern spans a digit; no lookahead sees across non-space; NFC composes
+        nothing onto or with an ASCII digit). Grounding coordinates "(123,456)" then cut into pieces
+        from a tiny vocabulary, instead of one piece per box that the tokenizer must encode."""
+        import json
+        spec = json.loads(backend.to_str())
+        pre = spec.get("pre_tokenizer") or {}
+        parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        pattern = ((parts[0] if parts else {}).get("pattern") or {}).get("Regex", "")
+        return r"\p{N}" in pattern.split("|") and \
+            not any(any(c.isdigit() for c in t.get("content", "")) for t in spec.get("added_tokens", []))
 
     def count(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> np.ndarray:
         arr = _to_large_string(texts)
@@ -140,6 +157,8 @@ class TextCounter:
             sp = sp[~ws]
         first = mark.copy()
         mark[sp] = True
+        if self.digits_alone:
+            mark[_digit_cuts(seg, first)] = True
         piece_start = np.flatnonzero(mark)
         # Owner of each piece: the k-th first piece of a string starts the k-th non-empty string.
         owner = nonempty[np.cumsum(first[piece_start]) - 1]
@@ -161,3 +180,23 @@ def _to_large_string(texts: Any) -> pa.Array:
     if texts.null_count:
         texts = pc.fill_null(texts, "")
     return texts
+
+
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[0x30:0x3A] = True
+_ASCII_SOLID = np.zeros(256, dtype=bool)   # ASCII and not whitespace: a safe neighbour for a digit cut
+_ASCII_SOLID[:0x80] = True
+_ASCII_SOLID[_ASCII_WS] = False
+
+
+def _digit_cuts(seg: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Piece starts next to ASCII digits (``TextCounter._digits_alone``): before a digit that follows
+    an ASCII non-space byte, and after a digit that an ASCII non-space byte follows, never at a
+    string's first byte (`first`)."""
+    digit = _DIGIT[seg]
+    solid = _ASCII_SOLID[seg]
+    before = np.zeros(len(seg), dtype=bool)
+    before[1:] = digit[1:] & solid[:-1]
+    after = np.zeros(len(seg), dtype=bool)
+    after[1:] = digit[:-1] & solid[1:]
+    return np.flatnonzero((before | after) & ~first)
