@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -53,7 +54,7 @@ def logo() -> bytes:
 
 
 def _photo_jpeg(path: str, width: int = 320) -> bytes:
-    from demo_data.sample import jpeg_bytes
+    from demo_data.tarfiles import jpeg_bytes
     im = Image.open(path).convert("RGB")
     im = im.resize((width, max(1, round(im.height * width / im.width))))
     return jpeg_bytes(im, quality=88)
@@ -86,11 +87,10 @@ def _cut(data: bytes) -> bytes:
     return data[:len(data) // 2] + b"\xff\xd9"
 
 
-def build_documents(root: Path) -> dict[str, tuple[str, str]]:
+def build_documents(root: Path, pics: list, topics: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Write ``root/documents/pages-00000.tar``; returns the planted rejections (key -> (stage, reason))."""
-    from demo_data.sample import TEXT_TOPICS, photos, write_tar
+    from demo_data.tarfiles import write_tar
     rng = np.random.default_rng(20261207)
-    pics = photos()
     jpegs = {p.name: _photo_jpeg(p.file) for p in pics}
     members: list[tuple[str, bytes]] = []
     expected: dict[str, tuple[str, str]] = {}
@@ -110,7 +110,7 @@ def build_documents(root: Path) -> dict[str, tuple[str, str]]:
             texts.append(None)
             images.append(f"{len(blobs)}.jpg")
             blobs.append(data)
-        paragraph(f"Page {d + 1}. {TEXT_TOPICS[d % len(TEXT_TOPICS)]}")
+        paragraph(f"Page {d + 1}. {topics[d % len(topics)]}")
         for j, k in enumerate(picks[: 1 + d % 3]):
             photo = pics[k]
             paragraph(photo.caption)

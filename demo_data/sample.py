@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from demo_data.tarfiles import png_bytes, tar_add, write_tar  # noqa: F401 (names other demo modules use)
+from demo_data.tarfiles import jpeg_bytes, png_bytes, tar_add, write_tar  # noqa: F401 (names other demo modules use)
 
 SEED = 20261121
 
@@ -69,12 +69,6 @@ def photos() -> list[Photo]:
         Photo("china", str(sl / "china.jpg"), "A Chinese temple with a pagoda roof surrounded by trees."),
         Photo("flower", str(sl / "flower.jpg"), "A close-up of a pink dahlia flower with a bee."),
     ]
-
-
-def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -275,7 +269,7 @@ def build(root: str | Path) -> dict[str, tuple[str, str]]:
     from demo_data.videos import build_videos
     EXPECTED.update(build_videos(root))        # video clips for the video source
     from demo_data.documents import build_documents
-    EXPECTED.update(build_documents(root))     # interleaved documents (MINT-1T-style tar)
+    EXPECTED.update(build_documents(root, photos(), TEXT_TOPICS))   # interleaved documents (MINT-1T-style tar)
     (root / "EXPECTED.json").write_text(json.dumps(EXPECTED, indent=1, sort_keys=True) + "\n")
     return dict(EXPECTED)
 
