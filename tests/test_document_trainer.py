@@ -17,6 +17,7 @@ from curate.base.stage import StageContext
 from curate.documents import record as D
 from pack import packformat as F
 from pack import tokens as T
+from pack.profile import ModelProfile
 from pack.packing.chunks import materialize_chunks
 from pack.packing.stage import PackStage
 from pack.shards.stage import ShardsStage
@@ -66,8 +67,8 @@ def pipeline(tmp_path_factory):
     assert counted.dropped.num_rows == 0
     pack = PackStage(context_length=L, overlong="split")
     packed = pack.run(counted.kept)
-    assert packed.dropped.num_rows == 0 and pack.report["packing"]["split"]["documents"] >= 3
-    ctx = StageContext(out_dir=str(work / "out"), seed=3, upstream={"pack": {"context_length": L}})
+    assert packed.dropped.num_rows == 0 and packed.report["packing"]["split"]["documents"] >= 3
+    ctx = StageContext(out_dir=str(work / "out"), seed=3, profile=ModelProfile(context_length=L))
     shards = ShardsStage(context=ctx, dp_size=2, micro_batches=1, packs_per_shard=2, leftover="pad_with_repeats",
                          input_ids=True)
     written = shards.run(packed.kept)
