@@ -21,7 +21,7 @@ from curate.base import records as R
 from curate.readers.documents import aligned_parts, document_fields
 from curate.readers.jsonl import strict_json
 from curate.readers.sources import BadSample, SourceSpec, image_ref_from_bytes
-from curate.readers.webdataset import read_tar
+from curate.readers.webdataset import check_group, read_tar
 
 JSON_MEMBER = "json"
 
@@ -32,12 +32,7 @@ def read_mint1t(spec: SourceSpec, uri: str, source_index: int, file_index: int) 
 
 
 def _document_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: str, spec: SourceSpec) -> dict:
-    if any(ext.endswith("#dup") for ext in group):
-        raise BadSample("duplicate_key", f"{key} has a repeated member", R.REJECTED)
-    unusable = [v for v, _, _ in group.values() if isinstance(v, str)]
-    if unusable:
-        reason = "member_too_large" if "max_image_bytes" in unusable[0] else "unsupported_member_type"
-        raise BadSample(reason, "; ".join(unusable), R.REJECTED)
+    check_group(key, group)
     if JSON_MEMBER not in group:
         raise BadSample("document:missing_json", f"no {key}.json member; members: {sorted(group)}", R.REJECTED)
     try:

@@ -20,10 +20,9 @@ from curate.base import records as R
 from curate.media import images as I
 from curate.readers.documents import aligned_parts, document_fields
 from curate.readers.jsonl import _starts_array, iter_json_records, referenced_image
-from curate.readers.parquet import json_safe, rest_unreadable
-from curate.readers.parquet_columns import guarded_batches
+from curate.readers.parquet import json_safe, parquet_rows
 from curate.readers.refs import ReferenceMemo
-from curate.readers.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row, unreadable
+from curate.readers.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
 from curate.readers.timed_io import open_timed
 
 TEXTS, IMAGES = "texts", "images"
@@ -59,25 +58,14 @@ def _json_documents(spec: SourceSpec, uri: str, source_index: int, file_index: i
 
 def _parquet_documents(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                        row_groups: tuple[int, int] | None = None) -> Iterator[dict]:
-    import pyarrow.parquet as pq
     seen: set[str] = set()
     reader = _DocumentReader(spec, uri)
-    with open_timed(uri, spec.read_timeout_s) as fh:
-        try:
-            pf = pq.ParquetFile(fh)
-        except Exception as exc:  # noqa: BLE001 — arrow raises ArrowInvalid/OSError for garbage
-            yield bad_row(spec, posixpath.basename(uri), R.make_ordinal(source_index, file_index, 0),
-                          {"uri": uri}, unreadable("unreadable_parquet", exc))
-            return
-        first, stop = row_groups or (0, pf.metadata.num_row_groups)
-        for row_index, batch in guarded_batches(pf, 256, range(first, stop)):
-            if isinstance(batch, BaseException):
-                yield rest_unreadable(spec, uri, source_index, file_index, row_index, batch)
-                continue
-            for rec in batch.to_pylist():
-                yield reader.row(rec, row_index, R.make_ordinal(source_index, file_index, row_index),
-                                 {"uri": uri, "row": row_index}, str(row_index), seen, binary_member=row_index)
-                row_index += 1
+
+    def rows_of(records: list[dict], first_row: int) -> Iterator[dict]:
+        for row_index, rec in enumerate(records, first_row):
+            yield reader.row(rec, row_index, R.make_ordinal(source_index, file_index, row_index),
+                             {"uri": uri, "row": row_index}, str(row_index), seen, binary_member=row_index)
+    yield from parquet_rows(spec, uri, source_index, file_index, row_groups, 256, rows_of)
 
 
 class _DocumentReader:

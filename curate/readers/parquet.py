@@ -17,7 +17,7 @@ import datetime as dt
 import decimal
 import math
 import posixpath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import fsspec
 import pyarrow as pa
@@ -63,9 +63,20 @@ def plan_parts(uri: str, rows_per_part: int = ROWS_PER_PART) -> list[tuple[int, 
 def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                  row_groups: tuple[int, int] | None = None) -> Iterator[dict]:
     """Every row of the file, or of the row groups [first, stop) (numbered as in the whole file)."""
-    import pyarrow.parquet as pq
     seen: set[str] = set()
     memo = ReferenceMemo()   # each distinct image path of this read once
+    yield from parquet_rows(spec, uri, source_index, file_index, row_groups, 1024,
+                            lambda records, row_index: _batch_rows(spec, uri, records, row_index, seen,
+                                                                   source_index, file_index, memo))
+
+
+def parquet_rows(spec: SourceSpec, uri: str, source_index: int, file_index: int,
+                 row_groups: tuple[int, int] | None, batch_rows: int,
+                 rows_of: Callable[[list[dict], int], Iterator[dict]]) -> Iterator[dict]:
+    """The rows `rows_of(records, first row index)` makes of each batch of the file's row groups [first,
+    stop): an unreadable file is one bad row, a damaged row group costs only its rows (guarded_batches).
+    Every parquet reader (records, documents) reads its files through here."""
+    import pyarrow.parquet as pq
     with open_timed(uri, spec.read_timeout_s) as fh:
         try:
             pf = pq.ParquetFile(fh)
@@ -74,12 +85,11 @@ def read_parquet(spec: SourceSpec, uri: str, source_index: int, file_index: int,
                           {"uri": uri}, unreadable("unreadable_parquet", exc))
             return
         first, stop = row_groups or (0, pf.metadata.num_row_groups)
-        for row_index, batch in guarded_batches(pf, 1024, range(first, stop)):
+        for row_index, batch in guarded_batches(pf, batch_rows, range(first, stop)):
             if isinstance(batch, BaseException):
                 yield rest_unreadable(spec, uri, source_index, file_index, row_index, batch)
             else:
-                yield from _batch_rows(spec, uri, batch.to_pylist(), row_index, seen, source_index, file_index,
-                                       memo)
+                yield from rows_of(batch.to_pylist(), row_index)
 
 
 def rest_unreadable(spec: SourceSpec, uri: str, source_index: int, file_index: int, row_index: int,

@@ -151,13 +151,19 @@ def _walk_members(tar: tarfile.TarFile, walk: _TarWalk) -> Iterator[dict]:
     yield from walk.flush()
 
 
-def _wds_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: str, spec: SourceSpec) -> dict:
+def check_group(key: str, group: dict[str, tuple[bytes | str, int, str]]) -> None:
+    """Reject a sample's member group that no field reader may use: a member repeated under one key, or
+    a member the walk left unread (too large, not a regular file; its value is then the reason)."""
     if any(ext.endswith("#dup") for ext in group):
         raise BadSample("duplicate_key", f"{key} has a repeated member", R.REJECTED)
     unusable = [v for v, _, _ in group.values() if isinstance(v, str)]
     if unusable:
         reason = "member_too_large" if "max_image_bytes" in unusable[0] else "unsupported_member_type"
         raise BadSample(reason, "; ".join(unusable), R.REJECTED)
+
+
+def _wds_fields(key: str, group: dict[str, tuple[bytes | str, int, str]], uri: str, spec: SourceSpec) -> dict:
+    check_group(key, group)
     image_exts = [e for e in group if e.rsplit(".", 1)[-1] in I.IMAGE_EXTENSIONS]
     video_exts = [e for e in group if e.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS]
     meta = None
