@@ -120,7 +120,7 @@ def test_broken_array_keeps_records_before_the_break():
 def test_oversized_jsonl_line_is_one_rejection(monkeypatch):
     monkeypatch.setattr(J, "MAX_RECORD_BYTES", 100)
     raw = b'{"id": 1}\n{"id": "' + b"x" * 500 + b'"}\n{"id": 3}\n'
-    got = list(J._iter_lines(io.BytesIO(raw)))
+    got = list(J.iter_lines(io.BytesIO(raw)))
     assert got[0] == (1, {"id": 1}) and got[2] == (3, {"id": 3})
     assert isinstance(got[1][1], _Bad)
 

@@ -97,11 +97,11 @@ def iter_json_records(uri: str, part: tuple[int, int, int] | None = None,
             fh = open_decompressed(raw)
             if part is not None:
                 fh.seek(part[0])
-                records = _iter_lines(fh, first_line=part[2], stop=part[1])
-            elif _is_array(fh):
+                records = iter_lines(fh, first_line=part[2], stop=part[1])
+            elif is_array(fh):
                 is_lines, after, records = False, -1, _iter_array(fh)
             else:
-                records = _iter_lines(fh)
+                records = iter_lines(fh)
             for number, record in records:
                 after = number
                 yield number, record
@@ -114,7 +114,7 @@ def iter_json_records(uri: str, part: tuple[int, int, int] | None = None,
                                        R.QUARANTINED)
 
 
-def _is_array(fh: Any) -> bool:
+def is_array(fh: Any) -> bool:
     head = fh.read(4096)
     fh.seek(0)
     if head.startswith(codecs.BOM_UTF8):
@@ -133,7 +133,7 @@ def plan_line_parts(uri: str, bytes_per_part: int) -> list[tuple[int, int, int]]
     if size <= bytes_per_part:
         return None
     with fs.open(path, "rb") as fh:
-        if is_gzip(fh) or _is_array(fh):   # a gzip stream has no byte ranges to start at
+        if is_gzip(fh) or is_array(fh):   # a gzip stream has no byte ranges to start at
             return None
         cuts, offset, lines, want = [(0, 0)], 0, 0, bytes_per_part
         while chunk := fh.read(8 << 20):
@@ -147,7 +147,9 @@ def plan_line_parts(uri: str, bytes_per_part: int) -> list[tuple[int, int, int]]
     return [(a, b, before) for (a, before), (b, _) in zip(cuts, cuts[1:] + [(size, 0)])]
 
 
-def _iter_lines(fh: Any, first_line: int = 0, stop: int | None = None) -> Iterator[tuple[int, Any]]:
+def iter_lines(fh: Any, first_line: int = 0, stop: int | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, record or BadSample) of the lines from `fh`'s position up to byte `stop`: the
+    row path's reading of JSONL, which the column path (``curate.readers.jsonl_columns``) falls back to."""
     lineno, pos = first_line, fh.tell()
     while stop is None or pos < stop:
         line = fh.readline(MAX_RECORD_BYTES + 1)
@@ -283,13 +285,28 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
     """Records of the file, or of one JSONL byte range (`part`, see ``plan_line_parts``). A record's
     row in its ordinal is its line number - 1 (JSONL) or its array index, whichever task reads it;
     duplicate ids within one task are rejected here, across tasks by ingest's whole-run check."""
-    root = spec.image_root or posixpath.dirname(uri)
-    seen: set[str] = set()
-    memo = refs.ReferenceMemo()   # each distinct image path of this read once
     records = iter_json_records(uri, part, spec.read_timeout_s)
     is_lines = part is not None or not _starts_array(uri, spec.read_timeout_s)
+    yield from llava_rows(LlavaTask(spec, uri, source_index, file_index), records, is_lines)
+
+
+class LlavaTask:
+    """What one read of a LLaVA file shares between its records: the ids seen so far (duplicates
+    within the task), the image references read (each distinct path once), the source root. The
+    column path (``curate.readers.jsonl_columns``) shares it with the blocks it hands to the row path."""
+
+    def __init__(self, spec: SourceSpec, uri: str, source_index: int, file_index: int):
+        self.spec, self.uri, self.source_index, self.file_index = spec, uri, source_index, file_index
+        self.root = spec.image_root or posixpath.dirname(uri)
+        self.seen: set[str] = set()
+        self.memo = refs.ReferenceMemo()
+
+
+def llava_rows(task: LlavaTask, records: Iterator[tuple[int, Any]], is_lines: bool) -> Iterator[dict]:
+    """The row of each (line or array index, record or BadSample) of `records`."""
+    spec, uri, file_index, seen = task.spec, task.uri, task.file_index, task.seen
     for line, rec in records:
-        ordinal = R.make_ordinal(source_index, file_index, line - 1 if is_lines else line)
+        ordinal = R.make_ordinal(task.source_index, file_index, line - 1 if is_lines else line)
         prov = {"uri": uri, "line": line}
         rid = rec.get("id") if isinstance(rec, dict) else None
         key = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{file_index}-{line}"
@@ -301,7 +318,7 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
             if key in seen:
                 raise BadSample("duplicate_key", f"id {key} appears twice in {uri}", R.REJECTED)
             seen.add(key)
-            yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, root, rec, memo))
+            yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, task.root, rec, task.memo))
         except BadSample as bad:
             yield bad_row(spec, key, ordinal, prov, bad)
 
@@ -309,7 +326,7 @@ def read_llava(spec: SourceSpec, uri: str, source_index: int, file_index: int,
 def _starts_array(uri: str, read_timeout_s: float) -> bool:
     with open_timed(uri, read_timeout_s) as fh:
         try:
-            return _is_array(open_decompressed(fh))
+            return is_array(open_decompressed(fh))
         except ReadTimeout:
             raise
         except DECOMPRESS_ERRORS:

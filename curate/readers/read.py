@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 from curate.base import records as R
 from curate.readers.jsonl import normalize_conversations, plan_line_parts, read_llava, strict_json
+from curate.readers.jsonl_columns import read_llava_tables
 from curate.readers.mint1t import read_mint1t
 from curate.readers.obelics import is_parquet, read_obelics
 from curate.readers.parquet import PARQUET_ERRORS, plan_parts, read_parquet, read_parquet_tables
@@ -78,11 +79,13 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
     rows, streamed: memory is bounded by the batch, not by the file (every reader streams its file)."""
     if spec.format not in READERS:
         raise ValueError(f"unknown source format {spec.format!r}; known: {', '.join(FORMATS)}")
-    if spec.format == "parquet":
+    if spec.format in ("parquet", "llava"):   # column by column where the shape allows
         last = None   # the last ordinal read: a read that stalls quarantines the rest of the file after it
+        tables = read_parquet_tables(spec, uri, source_index, file_index, None if part is None else part[:2],
+                                     rows_per_table) if spec.format == "parquet" else \
+            read_llava_tables(spec, uri, source_index, file_index, part, rows_per_table)
         try:
-            for table in read_parquet_tables(spec, uri, source_index, file_index, None if part is None else part[:2],
-                                             rows_per_table):
+            for table in tables:
                 if table.num_rows:
                     last = pc.max(table.column(R.ORDINAL)).as_py()
                 yield table
@@ -91,10 +94,8 @@ def iter_file_tables(spec: SourceSpec, uri: str, source_index: int, file_index: 
         return
     if part is None:
         records = READERS[spec.format](spec, uri, source_index, file_index)
-    elif spec.format == "obelics":
-        records = read_obelics(spec, uri, source_index, file_index, part=part)
     else:
-        records = read_llava(spec, uri, source_index, file_index, part=part)
+        records = read_obelics(spec, uri, source_index, file_index, part=part)
     yield from R.row_tables(_until_stalled(records, spec, uri, source_index, file_index, part), rows_per_table)
 
 
