@@ -59,18 +59,32 @@ _DECODER = json.JSONDecoder(parse_constant=_NonFinite, parse_float=_number)
 
 
 def _check(value: Any) -> Any:
-    """Refuse non-finite numbers and nesting past MAX_JSON_DEPTH, iteratively (a recursive walk is
-    what we are guarding against)."""
+    """Refuse non-finite numbers, nesting past MAX_JSON_DEPTH and text that is not Unicode (a lone
+    surrogate escape such as ``"\\ud800"``, which no later step can write as UTF-8), iteratively (a
+    recursive walk is what we are guarding against)."""
     stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
         if isinstance(v, _NonFinite):
             raise ValueError(f"non-finite number {v.text[:40]} in JSON")
-        if isinstance(v, (dict, list)):
+        if isinstance(v, str):
+            _check_text(v)
+        elif isinstance(v, (dict, list)):
             if d > MAX_JSON_DEPTH:
                 raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, dict):
+                for k in v:
+                    _check_text(k)
             stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
     return value
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("lone surrogate escape in a JSON string") from None
 
 
 def strict_json(text: str | bytes) -> Any:

@@ -1,0 +1,214 @@
+"""The column path for LLaVA JSONL gives the row path's records, byte for byte (issue 31), on
+generated files full of the traps that separate Arrow's JSON reader from ``json.loads``, and on
+each trap by itself."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from curate.base import records as R
+from curate.readers.jsonl import LlavaTask, plan_line_parts, read_llava
+from curate.readers.jsonl_blocks import plain_block
+from curate.readers.jsonl_columns import ColumnBlocks, read_llava_tables
+from curate.readers.read import read_file
+from curate.readers.sources import SourceSpec
+from tests.corpus import jpeg
+
+ROLES = ["human", "gpt", "USER", "Assistant", "system", "bot", "model", "robot", "", "none", "ＧＰＴ", "ASSİSTANT"]
+CONTENTS = st.one_of(st.text(max_size=6), st.sampled_from(["<image>\nWhat is it?", "<video> v", "é" * 5, "a\x00b",
+                                                           "😀", "a null", "\\u00e9", "<image><image>"]))
+# Number texts whose value or type two parsers may read differently.
+NUMBERS = ["1", "1.0", "1e2", "1E5", "-0", "-0.0", "0.5", "2.5e-3", "0.1", "123456789012345678901234",
+           "9223372036854775807", "9223372036854775808", "1e400", "1e-400", "01", "1."]
+# Lines that are not a clean record: blank, padded, not an object, broken, and each parser trap.
+TRAP_LINES = [b"", b"   ", b"\t", b"\r", b"[1, 2]", b"5", b'"text"', b"nul", b"{", b"{}",
+              b'{"id": "x", "id": "y", "conversations": [{"from": "human", "value": "q"}]}',
+              b'{"conversations": [{"from": "human", "value": "q", "from": "gpt"}]}',
+              b'{"conversations": [{"from": "human", "value": "\\ud800"}]}',
+              b'{"conversations": [{"from": "human", "value": "\\ud83d\\ude00"}]}',
+              b'{"conversations": [{"from": "human", "value": "\xff\xfe"}]}',
+              b'{"conversations": [{"from": "human", "value": "q"}], "s": NaN}',
+              b'{"conversations": [{"from": "human", "value": "q", "x": Infinity}]}',
+              b'{"conversations": [{"from": null, "role": "user", "value": "q"}]}',
+              b'{"conversations": [{"from": "gpt", "value": null, "content": "c"}]}',
+              b'{"image": null, "images": ["a.jpg"], "conversations": [{"from": "human", "value": "q"}]}',
+              b'\xef\xbb\xbf{"conversations": [{"from": "human", "value": "q"}]}',
+              b'{"conversations": [{"from": "human", "value": "q"}]} {"conversations": []}',
+              b'{"conversations": [{"from": "human", "value": "q"}]}\r{"id": "cr"}',
+              b'{"conversations": [{"from": "human", "value": "q"}], "deep": ' + b"[" * 70 + b"]" * 70 + b"}",
+              b'{"conversations": [{"from": "human", "value": "tab\there"}]}',
+              b'{"conversations": "not a list"}', b'{"conversations": [], "id": 3.5}',
+              b'{"conversations": [{"from": "human", "value": "q"}], "id": true}',
+              b'{"image": "a.jpg", "conversations": [{"from": "human", "value": "q"}]}',
+              b'{"image": "missing.jpg", "conversations": [{"from": "human", "value": "<image>q"}]}',
+              b'{"conversations": [{"from": "human", "value": "q"}], "meta": {"a": 1, "b": [1, 2.0]}}']
+
+
+@st.composite
+def turn(draw, clean: bool):
+    fields = {}
+    for name in draw(st.sampled_from([("from", "value"), ("role", "content"), ("from", "role", "value", "content"),
+                                      ("from", "content"), ("value",), ("from",), ()])):
+        if name in ("from", "role"):
+            fields[name] = draw(st.sampled_from(ROLES))
+        else:
+            fields[name] = draw(CONTENTS)
+        if not clean and draw(st.integers(0, 9)) == 0:
+            fields[name] = draw(st.one_of(st.none(), st.integers(0, 3), st.lists(st.integers(0, 1), max_size=1)))
+    if draw(st.booleans()):
+        fields["weight"] = draw(st.one_of(st.integers(0, 2), st.floats(0, 1)))
+    return fields
+
+
+@st.composite
+def record_line(draw, clean: bool, meta_kinds: dict[str, str]) -> bytes:
+    rec: dict = {}
+    if draw(st.integers(0, 4)):
+        rec["id"] = draw(st.sampled_from(["a", "b", "c", "é/1", "", "x" * 600])) if meta_kinds["id"] == "str" else \
+            draw(st.integers(-2, 2 ** 70 if not clean else 3))
+    if draw(st.integers(0, 6)):
+        rec["conversations"] = draw(st.lists(turn(clean), max_size=3))
+    for name, kind in meta_kinds.items():
+        if name == "id" or not draw(st.booleans()):
+            continue
+        rec[name] = draw({"int": st.integers(-5, 10 ** 6), "float": st.floats(allow_nan=False, allow_infinity=False),
+                          "frac": st.floats(0.01, 0.99), "bool": st.booleans(), "str": st.text(max_size=5),
+                          "category": st.sampled_from(["ocr", "chart", "é"])}[kind])
+    text = json.dumps(rec, ensure_ascii=draw(st.booleans()), indent=None,
+                      separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+    if not clean and draw(st.integers(0, 3)) == 0:   # a number as written, not as Python writes it
+        text = text[:-1] + ("," if rec else "") + f'"n": {draw(st.sampled_from(NUMBERS))}}}'
+    return text.encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def jsonl_file(draw) -> bytes:
+    clean = draw(st.booleans())
+    meta_kinds = {"id": draw(st.sampled_from(["str", "int"])), "width": "int",
+                  "score": draw(st.sampled_from(["frac", "float"])), "nsfw": "bool", "caption": "str",
+                  "category": draw(st.sampled_from(["category", "int"]))}
+    lines = draw(st.lists(st.one_of(record_line(clean, meta_kinds), st.sampled_from(TRAP_LINES)) if not clean
+                          else record_line(clean, meta_kinds), max_size=30))
+    newline = draw(st.sampled_from([b"\n", b"\r\n"]))
+    body = newline.join(lines)
+    return body + (newline if draw(st.booleans()) else b"")
+
+
+def spec_for(path, **options) -> SourceSpec:
+    return SourceSpec(name="s", path=str(path), format="llava", category="vqa", **options)
+
+
+def assert_same(spec: SourceSpec, uri: str, part=None, block_bytes: int = 1 << 20) -> pa.Table:
+    rows = R.rows_to_table(list(read_llava(spec, uri, 1, 3, part)))
+    columns = pa.concat_tables([R.empty_table(), *read_llava_tables(spec, uri, 1, 3, part, rows_per_table=7,
+                                                                    block_bytes=block_bytes)])
+    assert columns.equals(rows), (columns.to_pylist(), rows.to_pylist())
+    return columns
+
+
+def image_files(folder):
+    (folder / "a.jpg").write_bytes(jpeg(20, 10, seed=1))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(jsonl_file(), st.sampled_from([64, 300, 1 << 20]), st.sampled_from([12, 40, 1 << 20]),
+       st.sampled_from([None, "shard"]))
+def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix):
+    path = tmp_path / "part-0.jsonl"
+    path.write_bytes(body)
+    image_files(tmp_path)
+    spec = spec_for(tmp_path / "*.jsonl", max_text_bytes=max_text_bytes, key_prefix=key_prefix)
+    whole = assert_same(spec, str(path), block_bytes=block_bytes)
+    parts = plan_line_parts(str(path), 100) or []
+    for part in parts:   # each byte range as its own task; together they read every record once
+        assert_same(spec, str(path), part, block_bytes)
+    if parts:
+        ordinals = [o for part in parts for o in read_file(spec, str(path), 1, 3, part).column(R.ORDINAL).to_pylist()]
+        assert ordinals == whole.column(R.ORDINAL).to_pylist()
+
+
+def block_table(tmp_path, lines: list[str | bytes], **options) -> pa.Table | None:
+    """The column path's table of one block of these lines, or None where it declines the block."""
+    data = b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines)
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(data)
+    spec = spec_for(path, **options)
+    assert_same(spec, str(path))
+    return ColumnBlocks(LlavaTask(spec, str(path), 1, 3)).table(data, 0) if plain_block(data) else None
+
+
+CONV = '"conversations": [{"from": "human", "value": "Where is the cat?"}, {"from": "gpt", "value": "(1,2),(3,4)"}]'
+
+
+def test_common_shapes_take_the_column_path(tmp_path):
+    for lines in ([f'{{"id": "g-{i}", {CONV}}}' for i in range(5)],   # LLaVA from/value, string ids
+                  [f'{{"id": {i}, "conversations": [{{"role": "user", "content": "q"}}]}}' for i in range(3)],
+                  ['{"conversations": [{"role": "system", "content": "s"}, {"from": "human", "value": "q"}]}',
+                   f'{{"width": 5, "score": 0.25, "nsfw": false, "source": "x", {CONV}}}', "",
+                   '{"id": "k", "category": "ocr", "conversations": []}', '{"other": 1}']):
+        assert block_table(tmp_path, lines) is not None, lines
+
+
+@pytest.mark.parametrize("line", [
+    '{"conversations": [{"from": null, "role": "user", "value": "q"}]}',        # explicit null vs missing
+    '{"id": "a", "id": "b", "conversations": [{"from": "human", "value": "q"}]}',   # duplicate keys
+    '{"conversations": [{"from": "human", "value": "q"}], "score": 1.0}',          # 1.0 vs 1
+    '{"conversations": [{"from": "human", "value": "q"}], "big": 9223372036854775808}',
+    '{"conversations": [{"from": "human", "value": "\\ud800"}]}',                  # lone surrogate
+    b'{"conversations": [{"from": "human", "value": "\xc3"}]}',                    # invalid UTF-8
+    '{"conversations": [{"from": "human", "value": "q"}], "meta": {"a": [1]}}',     # nested metadata
+    '[{"from": "human", "value": "q"}]', '5',                                      # not objects
+    '  {"conversations": [{"from": "human", "value": "q"}]}',                      # padded
+    '{"conversations": [{"from": "human", "value": "q"}]} {"id": "2"}',            # two objects, one line
+    '{"image": "a.jpg", "conversations": [{"from": "human", "value": "q"}]}',      # media
+    '{"conversations": [{"from": "human", "value": "q"}], "x": NaN}',
+])
+def test_each_trap_falls_back_to_the_row_path(tmp_path, line):
+    image_files(tmp_path)
+    assert block_table(tmp_path, [f'{{"id": "z", {CONV}}}', line]) is None
+
+
+def test_non_ascii_roles_and_placeholders_without_media(tmp_path):
+    lines = ['{"conversations": [{"from": "ASSİSTANT", "value": "a"}]}',   # Arrow's lower case maps it to an alias
+             '{"conversations": [{"from": "ＧＰＴ", "value": "a"}]}',
+             '{"conversations": [{"from": "human", "value": "<image>\\nq"}]}',
+             '{"conversations": [{"from": "human", "value": "<video><image>q"}]}']
+    table = block_table(tmp_path, lines, max_text_bytes=4)
+    assert table is not None
+    assert table.column(R.REASON).to_pylist() == ["invalid_conversations", "invalid_conversations",
+                                                  "image_placeholder_mismatch", "video_placeholder_mismatch"]
+
+
+def test_byte_ranges_read_every_record_once(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(f'{{"id": "r{i}", {CONV}}}\n' + ("\n" if i % 7 == 0 else "") for i in range(500)))
+    spec = spec_for(path)
+    parts = plan_line_parts(str(path), 2000)
+    assert parts and len(parts) > 5
+    tables = [assert_same(spec, str(path), part, block_bytes=700) for part in parts]
+    keys = [k for t in tables for k in t.column("key").to_pylist()]
+    assert keys == [f"s/r{i}" for i in range(500)]
+    assert all(s == R.KEPT for t in tables for s in t.column(R.STATUS).to_pylist())
+
+
+def test_long_lines_and_a_last_line_without_newline(tmp_path):
+    path = tmp_path / "f.jsonl"
+    long = '{"id": "long", "conversations": [{"from": "human", "value": "' + "w" * 5000 + '"}]}'
+    path.write_text(f'{{"id": "a", {CONV}}}\n{long}\n{{"id": "b", {CONV}}}\n{{"id": "c", {CONV}}}')
+    table = assert_same(spec_for(path, max_text_bytes=100), str(path), block_bytes=200)
+    assert table.column(R.REASON).to_pylist() == [None, "text_too_long", None, None]
+
+
+def test_gzip_files_and_arrays_take_the_row_path(tmp_path):
+    lines = "".join(f'{{"id": "r{i}", {CONV}}}\n' for i in range(20))
+    (tmp_path / "f.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(lines.encode())[:-30])
+    (tmp_path / "a.json").write_text("[" + ",".join(lines.splitlines()) + "]")
+    for name in ("f.jsonl.gz", "cut.jsonl.gz", "a.json"):
+        table = assert_same(spec_for(tmp_path / name), str(tmp_path / name))
+        assert table.num_rows >= 1
+    assert (tmp_path / "cut.jsonl.gz").exists()
