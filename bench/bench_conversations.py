@@ -4,6 +4,10 @@
   conversations (bench_scale's conversation corpus: LLaVA from/value, two turns, a box label in the
   answer), both parquet, read by ``curate.readers.read.iter_file_tables`` exactly as an ingest task
   does, twice each (the faster kept). The target: conversations within 1.3x of captions (CPU seconds).
+* JSONL ingest: the same conversations as LLaVA JSON lines (``{"id", "conversations"}``), read by the
+  llava reader as an ingest task does (column by column where the shape allows since issue 31's
+  JSONL step, ``curate.readers.jsonl_columns``): rows per CPU-second, and the ratio to caption-only
+  ingest of as many rows (target 1.3x).
 * The fused per-row pass: grounding_check -> text_filter -> count_tokens on the conversation
   records, part by part, each stage over the part in its own batch size, as the executors run a chain: rows per
   CPU-second. The target: >= 3x the code before (`--before COMMIT`: the same script run against a
@@ -13,6 +17,7 @@ Single process, one thread per library (the numbers are per core). CPU seconds a
 own (time.process_time), next to wall seconds (the machine may be shared).
 
     python bench/bench_conversations.py 1000000 --before 379b43d
+    python bench/bench_conversations.py 200000 --before dba7047   # JSONL: before its column path
 """
 from __future__ import annotations
 
@@ -47,20 +52,26 @@ def measure(data: Path) -> dict:
     from curate.readers.sources import SourceSpec
     from pack.tokens.stage import CountTokensStage
 
-    def ingest(name: str, category: str) -> list[pa.Table]:
-        spec = SourceSpec(name=name, path=str(data / name / "*.parquet"), format="parquet", category=category)
+    def ingest(name: str, category: str, fmt: str) -> list[pa.Table]:
+        ext = "jsonl" if fmt == "llava" else "parquet"
+        spec = SourceSpec(name=name, path=str(data / name / f"*.{ext}"), format=fmt, category=category)
         out = []
-        for i, f in enumerate(sorted((data / name).glob("*.parquet"))):
+        for i, f in enumerate(sorted((data / name).glob(f"*.{ext}"))):
             out += list(iter_file_tables(spec, str(f), 0, i))
         return out
 
     res: dict = {}
+    read: dict = {}
     for _ in range(2):   # twice each, alternating; the faster of the two (the first pays one-time costs)
-        for name, cat in (("captions", "caption"), ("grounding", "grounding")):
-            cpu, wall, tables = _timed(lambda: ingest(name, cat))
-            rows = sum(t.num_rows for t in tables)
+        for name, cat, fmt in (("captions", "caption", "parquet"), ("grounding", "grounding", "parquet"),
+                               ("grounding_jsonl", "grounding", "llava")):
+            cpu, wall, read[name] = _timed(lambda: ingest(name, cat, fmt))
+            rows = sum(t.num_rows for t in read[name])
+            kept_rows = sum(pa.compute.sum(pa.compute.equal(t.column(R.STATUS), R.KEPT)).as_py() or 0
+                            for t in read[name])
             if f"ingest_{name}" not in res or cpu < res[f"ingest_{name}"]["cpu"]:
-                res[f"ingest_{name}"] = {"cpu": cpu, "wall": wall, "rows": rows}
+                res[f"ingest_{name}"] = {"cpu": cpu, "wall": wall, "rows": rows, "kept": kept_rows}
+    tables = read["grounding"]
     kept = pa.concat_tables(tables)
     kept = kept.filter(pa.compute.equal(kept.column(R.STATUS), R.KEPT))
     ctx = StageContext(seed=1)
@@ -93,6 +104,18 @@ def build(data: Path, n: int) -> None:
     shutil.move(str(tmp / "captions"), str(data / "captions"))
     shutil.rmtree(tmp)
     conversation_corpus(data, n)
+    jsonl_corpus(data)
+
+
+def jsonl_corpus(data: Path) -> None:
+    """The grounding conversations again, as LLaVA JSON lines (one file per parquet file)."""
+    import pyarrow.parquet as pq
+    (data / "grounding_jsonl").mkdir()
+    for f in sorted((data / "grounding").glob("*.parquet")):
+        table = pq.read_table(f)
+        with open(data / "grounding_jsonl" / f"{f.stem}.jsonl", "w", encoding="utf-8") as out:
+            for key, conv in zip(table.column("key").to_pylist(), table.column("conversations").to_pylist()):
+                out.write(json.dumps({"id": key, "conversations": conv}, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str]) -> None:
@@ -124,17 +147,24 @@ def main(argv: list[str]) -> None:
                 print(f"{label} failed:\n{proc.stderr[-2000:]}")
                 continue
             results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows = []
+        rows, jsonl_rows = [], []
         for label, r in results.items():
             cap, conv, fused = r["ingest_captions"], r["ingest_grounding"], r["fused"]
-            rows.append([label, f"{cap['cpu']:.1f} / {cap['wall']:.1f}", f"{conv['cpu']:.1f} / {conv['wall']:.1f}",
+            rows.append([label, f"{cap['cpu']:.2f} / {cap['wall']:.2f}", f"{conv['cpu']:.2f} / {conv['wall']:.2f}",
                          f"{conv['cpu'] / cap['cpu']:.2f}x", f"{fused['cpu']:.1f} / {fused['wall']:.1f}",
                          f"{fused['rows'] / fused['cpu']:,.0f}", f"{fused['kept']:,}"])
+            js = r["ingest_grounding_jsonl"]
+            jsonl_rows.append([label, f"{js['cpu']:.2f} / {js['wall']:.2f}", f"{js['cpu'] / cap['cpu']:.2f}x",
+                               f"{js['cpu'] / conv['cpu']:.2f}x", f"{js['rows'] / js['cpu']:,.0f}",
+                               f"{js['kept']:,} of {js['rows']:,}"])
         sys.path.insert(0, str(HERE))
         from run import format_table
         print(f"{n:,} rows each")
         print(format_table(["code", "ingest captions CPU/wall s", "ingest conversations CPU/wall s",
                             "conv/caption CPU", "fused pass CPU/wall s", "fused rows per CPU-s", "kept"], rows))
+        print("JSONL (LLaVA JSON lines) conversations, the same rows:")
+        print(format_table(["code", "ingest CPU/wall s", "/ parquet captions CPU", "/ parquet conversations CPU",
+                            "rows per CPU-s", "kept"], jsonl_rows))
         print(json.dumps(results))
     finally:
         shutil.rmtree(data, ignore_errors=True)

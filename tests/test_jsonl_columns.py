@@ -33,6 +33,9 @@ TRAP_LINES = [b"", b"   ", b"\t", b"\r", b"[1, 2]", b"5", b'"text"', b"nul", b"{
               b'{"conversations": [{"from": "human", "value": "\xff\xfe"}]}',
               b'{"conversations": [{"from": "human", "value": "q"}], "s": NaN}',
               b'{"conversations": [{"from": "human", "value": "q", "x": Infinity}]}',
+              b'{"conversations": [{"from": "human", "value": "q", "x": -Inf}]}',
+              b'{"conversations": [{"from": "human", "value": "q"}, null]}',
+              b'{"id": null, "conversations": [{"from": "human", "value": "q"}], "w": null}',
               b'{"conversations": [{"from": null, "role": "user", "value": "q"}]}',
               b'{"conversations": [{"from": "gpt", "value": null, "content": "c"}]}',
               b'{"image": null, "images": ["a.jpg"], "conversations": [{"from": "human", "value": "q"}]}',
@@ -166,6 +169,8 @@ def test_common_shapes_take_the_column_path(tmp_path):
     '{"conversations": [{"from": "human", "value": "q"}]} {"id": "2"}',            # two objects, one line
     '{"image": "a.jpg", "conversations": [{"from": "human", "value": "q"}]}',      # media
     '{"conversations": [{"from": "human", "value": "q"}], "x": NaN}',
+    '{"conversations": [{"from": "human", "value": "q", "w": Inf}]}',                # Arrow reads Inf
+    '{"conversations": [{"from": "human", "value": "q"}, null]}',                   # a null turn
 ])
 def test_each_trap_falls_back_to_the_row_path(tmp_path, line):
     image_files(tmp_path)
@@ -181,6 +186,8 @@ def test_non_ascii_roles_and_placeholders_without_media(tmp_path):
     assert table is not None
     assert table.column(R.REASON).to_pylist() == ["invalid_conversations", "invalid_conversations",
                                                   "image_placeholder_mismatch", "video_placeholder_mismatch"]
+    escaped = block_table(tmp_path, ['{"conversations": [{"from": "human", "value": "\\u003cimage>q"}]}'])
+    assert escaped is not None and escaped.column(R.REASON).to_pylist() == ["image_placeholder_mismatch"]
 
 
 def test_byte_ranges_read_every_record_once(tmp_path):

@@ -62,18 +62,38 @@ def line_blocks(fh: Any, uri: str, start: int = 0, stop: int | None = None, firs
 
 
 def plain_block(block: bytes) -> bool:
-    """Whether a block is free of what Arrow's JSON reader and ``json.loads`` could read
-    differently, by a scan of its bytes: ``null`` (an explicit null, which Arrow cannot tell from a
-    missing field; the row path can: ``t.get("from", t.get("role"))``), NaN/Infinity (refused by the
-    row path, parsed by Arrow), a byte-order mark, a carriage return not before a newline (a line
-    break to Arrow, blank to Python), surrogate escapes, and invalid UTF-8 (Arrow does not check it)."""
-    if b"null" in block or b"NaN" in block or b"Infinity" in block or b"\xef\xbb\xbf" in block:
-        return False
-    if block.count(b"\r") != block.count(b"\r\n") or _SURROGATE_ESCAPE.search(block):
-        return False
+    """Whether a block is free of what Arrow's JSON reader and ``json.loads`` could read differently
+    whatever its columns, by a scan of its bytes: a byte-order mark (stripped at a line's start by
+    the row path only), a carriage return not before a newline (a line break to Arrow, blank to
+    Python), surrogate escapes, invalid UTF-8 (Arrow does not check it). An ASCII block (the
+    common case, one fast pass) holds neither of the first and last. What depends on the columns
+    (explicit nulls, NaN) is ``may_hold_nulls`` / ``may_hold_non_finite``, asked only when needed."""
     if not block.isascii():
+        if b"\xef\xbb\xbf" in block:
+            return False
         try:
             block.decode("utf-8")
         except UnicodeDecodeError:
             return False
-    return True
+    if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
+        return False
+    return b"\\" not in block or not _SURROGATE_ESCAPE.search(block)   # memchr first: most blocks have no escape
+
+
+def may_hold_nulls(block: bytes) -> bool:
+    """Whether a block may hold an explicit ``null`` (which Arrow cannot tell from a missing field,
+    and the row path can: ``t.get("from", t.get("role"))``)."""
+    return b"null" in block
+
+
+def may_hold_non_finite(block: bytes) -> bool:
+    """Whether a block may hold NaN, Inf or Infinity (refused by the row path, read by Arrow)."""
+    return b"NaN" in block or b"Inf" in block
+
+
+def may_hold_text(block: bytes, text: str) -> bool:
+    """Whether a string in the block may hold ASCII `text`: written as is, or with a ``\\u`` escape."""
+    return text.encode() in block or (b"\\" in block and _ESCAPE.search(block) is not None)
+
+
+_ESCAPE = re.compile(rb"\\u")

@@ -34,7 +34,8 @@ import pyarrow.json as pj
 from curate.base import records as R
 from curate.readers.compression import is_gzip
 from curate.readers.jsonl import MAX_JSON_DEPTH, ROLE_ALIASES, LlavaTask, is_array, iter_lines, llava_rows, read_llava
-from curate.readers.jsonl_blocks import BLOCK_BYTES, line_blocks, plain_block
+from curate.readers.jsonl_blocks import (BLOCK_BYTES, line_blocks, may_hold_non_finite, may_hold_nulls, may_hold_text,
+                                         plain_block)
 from curate.readers.sources import SourceSpec, shard_label
 from curate.readers.timed_io import open_timed
 
@@ -109,43 +110,46 @@ class ColumnBlocks:
             return None   # the row path names what is wrong with which line
         if table.num_rows != len(lines) or not _modelled(table.schema):
             return None
-        return self._records(table, lines + lines_before + 1)
+        if _has_float(table.schema) and may_hold_non_finite(block):
+            return None
+        if _holds_nulls(table) and may_hold_nulls(block):
+            return None
+        return self._records(table, lines + lines_before + 1, block)
 
-    def _records(self, table: pa.Table, line: np.ndarray) -> pa.Table | None:
+    def _records(self, table: pa.Table, line: np.ndarray, block: bytes) -> pa.Table | None:
         task, spec = self.task, self.task.spec
         n = table.num_rows
         names = table.column_names
         meta = _meta_json(table.select([c for c in names if c not in _NOT_META]))
         if meta is None:
             return None
-        turns = _turns(table.column("conversations") if "conversations" in names else None, n)
-        raw_id = table.column("id").cast(pa.string()).to_pylist() if "id" in names else [None] * n
-        keys = [f"{task.file_index}-{ln}" if k is None else k for k, ln in zip(raw_id, line.tolist())]
-        duplicate = np.zeros(n, dtype=bool)
-        for i, k in enumerate(keys):   # the row path's in-task check, in its order
-            if k in task.seen:
-                duplicate[i] = True
-            else:
-                task.seen.add(k)
-        values, lengths, invalid, detail, content_bytes, tags = turns
+        line_text = pa.array(line).cast(pa.string())
+        keys = table.column("id").combine_chunks().cast(pa.string()) if "id" in names else pa.nulls(n, pa.string())
+        if keys.null_count:   # no id: the row path's "{file}-{line}"
+            keys = pc.coalesce(keys, pc.binary_join_element_wise(f"{task.file_index}-", line_text, ""))
+        key_list = keys.to_pylist()
+        duplicate = _duplicates(task.seen, key_list)
+        values, lengths, invalid, detail, content_bytes, tags = _turns(
+            table.column("conversations") if "conversations" in names else None, n, lambda tag: may_hold_text(block, tag))
         too_long = content_bytes > spec.max_text_bytes
         videos, images = tags["<video>"] > 0, tags["<image>"] > 0   # placeholders for no media: refused
         bad = duplicate | invalid | videos | images | too_long
         reason = np.select([duplicate, invalid, videos, images, too_long],
                            ["duplicate_key", "invalid_conversations", "video_placeholder_mismatch",
-                            "image_placeholder_mismatch", "text_too_long"], None).tolist()
-        long_detail = f"over {spec.max_text_bytes} bytes of text (max_text_bytes)"
-        said = {"duplicate_key": lambda i: f"id {keys[i]} appears twice in {task.uri}"[:500],
+                            "image_placeholder_mismatch", "text_too_long"], None)
+        said = {"duplicate_key": lambda i: f"id {key_list[i]} appears twice in {task.uri}"[:500],
                 "invalid_conversations": lambda i: detail[i],
                 "video_placeholder_mismatch": lambda i: f"{tags['<video>'][i]} <video> tags for 0 videos",
                 "image_placeholder_mismatch": lambda i: f"{tags['<image>'][i]} <image> tags for 0 images",
-                "text_too_long": lambda i: long_detail}
-        details = [None if r is None else said[r](i) for i, r in enumerate(reason)]
+                "text_too_long": lambda i: f"over {spec.max_text_bytes} bytes of text (max_text_bytes)"}
+        details = np.full(n, None, dtype=object)
+        for i in np.flatnonzero(bad).tolist():
+            details[i] = said[reason[i]](i)
         keep = pa.array(~bad)
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         conversations = pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(bad)).cast(pa.list_(R.TURN))
-        category = pa.array([spec.category] * n, pa.string())
+        category = pa.repeat(spec.category, n)
         if "category" in names and pa.types.is_string(table.schema.field("category").type):
             category = pc.if_else(keep, pc.fill_null(table.column("category"), spec.category), category)
         rows = line - 1
@@ -153,20 +157,40 @@ class ColumnBlocks:
         if (rows >= 1 << 31).any() or task.file_index >= 1 << 24 or task.source_index >= 1 << 8:
             R.make_ordinal(task.source_index, task.file_index, int(rows[-1]))   # raises, naming the overflow
         columns = {
-            "key": pa.array([self.prefix + k for k in keys], pa.string()),
-            "source": pa.array([spec.name] * n, pa.string()),
+            "key": pc.binary_join_element_wise(self.prefix, keys, ""),
+            "source": pa.repeat(spec.name, n),
             "category": category,
-            "images": pa.array([[]] * n, R.BASE_SCHEMA.field("images").type),
-            "videos": pa.array([[]] * n, R.BASE_SCHEMA.field("videos").type),
+            "images": _empty_lists(n, R.BASE_SCHEMA.field("images").type),
+            "videos": _empty_lists(n, R.BASE_SCHEMA.field("videos").type),
             "conversations": conversations,
-            "meta": pc.if_else(keep, pa.array(meta, pa.string()), pa.scalar(None, pa.string())),
-            "provenance": pa.array([f'{{"line":{ln},"uri":{self.uri_json}}}' for ln in line.tolist()], pa.string()),
+            "meta": pc.if_else(keep, meta, pa.scalar(None, pa.string())),
+            "provenance": pc.binary_join_element_wise('{"line":', line_text, f',"uri":{self.uri_json}}}', ""),
             R.ORDINAL: pa.array(ordinal, pa.int64()),
-            R.STATUS: pa.array(np.where(bad, R.REJECTED, R.KEPT).tolist(), pa.string()),
+            R.STATUS: pc.if_else(keep, R.KEPT, R.REJECTED),
             R.REASON: pa.array(reason, pa.string()),
             R.DETAIL: pa.array(details, pa.string()),
         }
         return R.conform(pa.table(columns), R.BASE_SCHEMA)
+
+
+def _duplicates(seen: set[str], keys: list[str]) -> np.ndarray:
+    """Which keys the task has seen before (earlier blocks, or earlier in this one), adding the rest:
+    the row path's in-task check, in its order; set operations in C when there is none."""
+    fresh = set(keys)
+    if len(fresh) == len(keys) and seen.isdisjoint(fresh):
+        seen |= fresh
+        return np.zeros(len(keys), dtype=bool)
+    duplicate = np.zeros(len(keys), dtype=bool)
+    for i, k in enumerate(keys):
+        if k in seen:
+            duplicate[i] = True
+        else:
+            seen.add(k)
+    return duplicate
+
+
+def _empty_lists(n: int, type_: pa.ListType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], type_.value_type))
 
 
 def _record_lines(block: bytes) -> np.ndarray | None:
@@ -182,6 +206,30 @@ def _record_lines(block: bytes) -> np.ndarray | None:
     if not ((data[starts[filled]] == ord("{")).all() and (data[stops[filled] - 1] == ord("}")).all()):
         return None
     return np.flatnonzero(filled)
+
+
+def _has_float(schema: pa.Schema) -> bool:
+    def floats(t: pa.DataType) -> bool:
+        if pa.types.is_list(t):
+            return floats(t.value_type)
+        if pa.types.is_struct(t):
+            return any(floats(t.field(i).type) for i in range(t.num_fields))
+        return pa.types.is_floating(t)
+    return any(floats(field.type) for field in schema)
+
+
+def _holds_nulls(table: pa.Table) -> bool:
+    """Whether a column the records are made of has a null (a missing field, or an explicit null)."""
+    for name in table.column_names:
+        col = table.column(name)
+        if col.null_count:
+            return True
+        if name == "conversations":
+            flat = pc.list_flatten(col)
+            if flat.null_count or any(pc.struct_field(flat, f).null_count for f in ("from", "role", "value", "content")
+                                      if flat.type.get_field_index(f) >= 0):
+                return True
+    return False
 
 
 def _modelled(schema: pa.Schema) -> bool:
@@ -207,7 +255,7 @@ def _modelled(schema: pa.Schema) -> bool:
     return True
 
 
-def _meta_json(table: pa.Table) -> list[str | None] | None:
+def _meta_json(table: pa.Table) -> pa.Array | None:
     """Each row's metadata JSON (its fields but conversations, id and media; a missing field is
     absent), or None when a float column holds a whole number (``1.0`` or ``1`` in the line?)."""
     for name in table.column_names:
@@ -218,16 +266,18 @@ def _meta_json(table: pa.Table) -> list[str | None] | None:
             if not pc.all(finite).as_py() or pc.any(whole).as_py():
                 return None
     if not table.num_columns:
-        return [None] * table.num_rows
+        return pa.nulls(table.num_rows, pa.string())
     dumps = R.dumps_meta
     if not any(table.column(c).null_count for c in table.column_names):
-        return [dumps(row) for row in table.to_pylist()]
-    return [dumps({k: v for k, v in row.items() if v is not None} or None) for row in table.to_pylist()]
+        return pa.array([dumps(row) for row in table.to_pylist()], pa.string())
+    return pa.array([dumps({k: v for k, v in row.items() if v is not None} or None) for row in table.to_pylist()],
+                    pa.string())
 
 
-def _turns(conv: pa.ChunkedArray | None, n: int):
-    """(turn values, turns a row, invalid rows, their details, UTF-8 bytes of a row's contents): the
-    row path's ``normalize_conversations`` over a conversations column (None: no row has one)."""
+def _turns(conv: pa.ChunkedArray | None, n: int, may_hold=lambda text: True):
+    """(turn values, turns a row, invalid rows, their details, UTF-8 bytes of a row's contents,
+    placeholders a row): the row path's ``normalize_conversations`` over a conversations column
+    (None: no row has one). `may_hold(tag)`: whether a content may hold `tag` (False: none does)."""
     if conv is None:
         empty = pa.StructArray.from_arrays([pa.array([], pa.string())] * 2, names=["role", "content"])
         return (empty, np.zeros(n, np.int64), np.ones(n, bool), ["conversations must be a non-empty list"] * n,
@@ -243,7 +293,8 @@ def _turns(conv: pa.ChunkedArray | None, n: int):
             present[0] if len(present) == 1 else pc.coalesce(*present)
 
     role, content = first_of("from", "role"), first_of("value", "content")
-    known = pc.and_kleene(pc.string_is_ascii(role), pc.is_in(pc.ascii_lower(role), value_set=_ALIAS_KEYS))
+    alias = pc.index_in(pc.ascii_lower(role), value_set=_ALIAS_KEYS)
+    known = pc.and_(pc.string_is_ascii(role), pc.is_valid(alias))
     good = pc.fill_null(pc.and_(known, pc.is_valid(content)), False).to_numpy(zero_copy_only=False)
     invalid = lengths == 0
     detail: list[str | None] = [None] * n
@@ -257,7 +308,7 @@ def _turns(conv: pa.ChunkedArray | None, n: int):
         for row, at in zip(rows.tolist(), bad[first].tolist()):
             detail[row] = f"turn {at - int(starts[row])}: unknown role or non-text content"
         invalid[rows] = True
-    mapped = pc.take(_ALIAS_VALUES, pc.index_in(pc.ascii_lower(role), value_set=_ALIAS_KEYS))
+    mapped = pc.take(_ALIAS_VALUES, alias)
     parent = np.repeat(np.arange(n, dtype=np.int64), lengths)
 
     def per_row(per_turn: pa.Array) -> np.ndarray:   # a row's sum of a per-turn count
@@ -266,6 +317,7 @@ def _turns(conv: pa.ChunkedArray | None, n: int):
             np.zeros(n, np.int64)
 
     content_bytes = per_row(pc.binary_length(content))
-    tags = {tag: per_row(pc.count_substring(content, tag)) for tag in PLACEHOLDERS}
+    tags = {tag: per_row(pc.count_substring(content, tag)) if may_hold(tag) else np.zeros(n, np.int64)
+            for tag in PLACEHOLDERS}
     values = pa.StructArray.from_arrays([mapped, content], names=["role", "content"])
     return values, lengths, invalid, detail, content_bytes, tags
