@@ -44,7 +44,6 @@ PLACEHOLDERS = ("<image>", "<video>")
 _NOT_META = {"conversations", "id", *MEDIA_FIELDS}
 _ALIAS_KEYS = pa.array(sorted(ROLE_ALIASES), pa.string())
 _ALIAS_VALUES = pa.array([ROLE_ALIASES[k] for k in sorted(ROLE_ALIASES)], pa.string())
-_READ_OPTIONS = pj.ReadOptions(use_threads=False, block_size=2 * BLOCK_BYTES + (1 << 20))
 
 
 def read_llava_tables(spec: SourceSpec, uri: str, source_index: int, file_index: int,
@@ -105,7 +104,9 @@ class ColumnBlocks:
         if not len(lines):
             return R.empty_table()
         try:
-            table = pj.read_json(io.BytesIO(block), read_options=_READ_OPTIONS)
+            # one Arrow block for the whole block: one schema inferred from all of its lines
+            table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(use_threads=False,
+                                                                                block_size=len(block) + 1))
         except (pa.ArrowException, ValueError):
             return None   # the row path names what is wrong with which line
         if table.num_rows != len(lines) or not _modelled(table.schema):
