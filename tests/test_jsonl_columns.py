@@ -134,6 +134,19 @@ def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes
         assert ordinals == whole.column(R.ORDINAL).to_pylist()
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(jsonl_file(), st.sampled_from([64, 300, 1 << 20]), st.integers(0, 100), st.integers(1, 4))
+def test_gzip_column_path_equals_row_path_whole_and_cut(tmp_path, body, block_bytes, cut_percent, repeat):
+    """A gzip file, whole or cut anywhere (a stream cut short: truncated_file after the last whole line)."""
+    packed = gzip.compress(body * repeat * 40, mtime=0)   # some are longer than the row path's 4 KiB sniff
+    path = tmp_path / "part-0.jsonl.gz"
+    image_files(tmp_path)
+    spec = spec_for(tmp_path / "*.jsonl.gz")
+    for data in (packed, packed[:len(packed) * cut_percent // 100]):
+        path.write_bytes(data)
+        assert_same(spec, str(path), block_bytes=block_bytes)
+
+
 def block_table(tmp_path, lines: list[str | bytes], **options) -> pa.Table | None:
     """The column path's table of one block of these lines, or None where it declines the block."""
     data = b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines)
@@ -210,12 +223,15 @@ def test_long_lines_and_a_last_line_without_newline(tmp_path):
     assert table.column(R.REASON).to_pylist() == [None, "text_too_long", None, None]
 
 
-def test_gzip_files_and_arrays_take_the_row_path(tmp_path):
-    lines = "".join(f'{{"id": "r{i}", {CONV}}}\n' for i in range(20))
-    (tmp_path / "f.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
-    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(lines.encode())[:-30])
+def test_gzip_files_through_the_column_path_and_arrays_by_rows(tmp_path):
+    lines = "".join(f'{{"id": "r{i}", {CONV}}}\n' for i in range(2000))
+    packed = gzip.compress(lines.encode(), mtime=0)
+    (tmp_path / "f.jsonl.gz").write_bytes(packed)
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[:len(packed) // 2])
     (tmp_path / "a.json").write_text("[" + ",".join(lines.splitlines()) + "]")
-    for name in ("f.jsonl.gz", "cut.jsonl.gz", "a.json"):
-        table = assert_same(spec_for(tmp_path / name), str(tmp_path / name))
-        assert table.num_rows >= 1
-    assert (tmp_path / "cut.jsonl.gz").exists()
+    whole = assert_same(spec_for(tmp_path / "f.jsonl.gz"), str(tmp_path / "f.jsonl.gz"), block_bytes=4096)
+    assert whole.num_rows == 2000 and set(whole.column(R.STATUS).to_pylist()) == {R.KEPT}
+    cut = assert_same(spec_for(tmp_path / "cut.jsonl.gz"), str(tmp_path / "cut.jsonl.gz"), block_bytes=4096)
+    assert cut.column(R.REASON).to_pylist()[-1] == "truncated_file"
+    assert 0 < cut.num_rows - 1 < 2000 and set(cut.column(R.STATUS).to_pylist()[:-1]) == {R.KEPT}
+    assert assert_same(spec_for(tmp_path / "a.json"), str(tmp_path / "a.json")).num_rows == 2000

@@ -5,16 +5,16 @@ Why blocks: Arrow parses many lines at once at a fraction of ``json.loads``' cos
 block whose result is provably the row path's may go that way; a block that is not goes through
 the row path (``curate.readers.jsonl.iter_lines``), with its line numbers unchanged. A line longer
 than a block, and a last line without a newline, are always read by the row path (it bounds and
-skips oversized lines), so a block is whole lines, each ending in a newline.
+skips oversized lines), so a block is whole lines, each ending in a newline. A gzip file is read
+the same way through its decompressor; where it breaks, what the row path keeps is kept.
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Iterator
 
-from curate.base import records as R
+from curate.readers.compression import DECOMPRESS_ERRORS
 from curate.readers.jsonl import iter_lines
-from curate.readers.sources import BadSample
 from curate.readers.timed_io import ReadTimeout
 
 # About this many bytes of lines per block: large enough that Arrow's per-call cost vanishes, small
@@ -25,24 +25,26 @@ BLOCK_BYTES = 4 << 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def line_blocks(fh: Any, uri: str, start: int = 0, stop: int | None = None, first_line: int = 0,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[str, int, Any]]:
-    """("block", lines before it, bytes of whole lines) and ("line", line number, record or
-    BadSample) items, in file order, for the lines in bytes [start, stop) of an uncompressed file
-    (``stop`` None: to the end). The "line" items are the row path's reading of one line: one
-    longer than `block_bytes`, the last line without a newline, one crossing `stop`; and, if a read
-    fails part-way, one quarantined ``unreadable_file`` record for the rest, as the row path records it."""
-    fh.seek(start)
-    pos, line, buf = start, first_line, b""   # pos: the file offset of buf[0]; line: lines before it
+def line_blocks(fh: Any, start: int = 0, stop: int | None = None, first_line: int = 0,
+                block_bytes: int = BLOCK_BYTES, compressed: bool = False) -> Iterator[tuple[str, int, Any]]:
+    """Items, in file order, for the lines in bytes [start, stop) of `fh` (``stop`` None: to the end;
+    `compressed`: `fh` is a gzip stream, read from its start): ("block", lines before it, bytes of
+    whole lines); ("line", line number, record or BadSample), the row path's reading of one line
+    (longer than `block_bytes`, the last one without a newline, one crossing `stop`); and last, if
+    a read fails part-way, ("broken", lines before the unread rest, the exception). As with the row
+    path's reads, every byte read before the failure is in an earlier item but a line it cut short."""
+    stream = _Stream(fh, compressed)
+    if start:
+        fh.seek(start)
+    pos, line, buf = start, first_line, b""   # pos: the offset of buf[0]; line: lines before it
     while True:
         room = block_bytes if stop is None else min(block_bytes, stop - pos - len(buf))
         try:
-            chunk = fh.read(room) if room > 0 else b""
+            chunk = stream.read(room) if room > 0 else b""
         except ReadTimeout:
             raise   # stalled: the rest is recorded as read_timeout (curate.readers.read)
-        except OSError as exc:
-            yield "line", line + 1, BadSample("unreadable_file", f"{uri}: from line {line + 1} on: "
-                                              f"{type(exc).__name__}: {exc}", R.QUARANTINED)
+        except DECOMPRESS_ERRORS as exc:
+            yield "broken", line, exc
             return
         buf += chunk
         cut = buf.rfind(b"\n") + 1
@@ -55,10 +57,68 @@ def line_blocks(fh: Any, uri: str, start: int = 0, stop: int | None = None, firs
             continue
         if not buf:
             return
-        fh.seek(pos)   # one line the row path reads (and bounds): too long, unterminated, or past `stop`
-        for number, record in iter_lines(fh, line, stop=pos + 1):
-            yield "line", number, record
-        line, pos, buf = line + 1, fh.tell(), b""
+        rest = _LineRest(buf, stream)   # one line for the row path, which bounds and skips long lines
+        try:
+            for number, record in iter_lines(rest, line, stop=1):
+                yield "line", number, record
+        except ReadTimeout:
+            raise
+        except DECOMPRESS_ERRORS as exc:
+            yield "broken", line, exc
+            return
+        line, pos, buf = line + 1, pos + rest.consumed, b""
+
+
+class _Stream:
+    """Reads of `fh` that lose no byte to a failure: a gzip stream cut short gives the bytes it
+    decompressed before failing, and fails on the next read (as the row path's ``readline`` meets
+    it). Compressed reads go one ``read1`` at a time, each of which either returns bytes or fails."""
+
+    def __init__(self, fh: Any, compressed: bool):
+        self.fh, self.compressed, self.failure = fh, compressed, None
+
+    def read(self, size: int) -> bytes:
+        if self.failure is not None:
+            raise self.failure
+        if not self.compressed:
+            return self.fh.read(size)
+        pieces, got = [], 0
+        while got < size:
+            try:
+                piece = self.fh.read1(size - got)
+            except DECOMPRESS_ERRORS as exc:
+                if not pieces or isinstance(exc, ReadTimeout):
+                    raise
+                self.failure = exc
+                break
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def readline(self, limit: int) -> bytes:
+        if self.failure is not None:
+            raise self.failure
+        return self.fh.readline(limit)
+
+
+class _LineRest:
+    """The start of a line already read (`head`, no newline in it), then the rest of the stream: what
+    ``iter_lines`` reads that line from, without seeking back (a gzip stream cannot, cheaply)."""
+
+    def __init__(self, head: bytes, stream: _Stream):
+        self.head, self.stream, self.consumed = head, stream, 0
+
+    def tell(self) -> int:
+        return 0
+
+    def readline(self, limit: int) -> bytes:
+        take, self.head = self.head[:limit], self.head[limit:]
+        if len(take) < limit:
+            take += self.stream.readline(limit - len(take))
+        self.consumed += len(take)
+        return take
 
 
 def plain_block(block: bytes) -> bool:

@@ -13,7 +13,8 @@ start with ``{`` and end with ``}`` or Arrow's row count differs from its non-bl
 its columns hold what this module does not model: image or video fields, nested metadata, an
 ``id`` that is neither text nor an integer, a float metadata value with no fraction (``1.0`` and
 ``1`` are one double to Arrow, a float and an int to Python), turns whose role or content is not
-text, nesting deeper than the row path allows. Gzip files and JSON arrays are read by the row path.
+text, nesting deeper than the row path allows. Gzip files are read the same way through their
+decompressor (a stream cut short keeps what the row path keeps); JSON arrays go through the row path.
 
 Without ``null`` in a block, a null in Arrow's columns is a missing field, which is what the row path
 sees: a turn's role is ``from``, else ``role``; its content ``value``, else ``content``. A role is
@@ -32,11 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from curate.base import records as R
-from curate.readers.compression import is_gzip
+from curate.readers.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
 from curate.readers.jsonl import MAX_JSON_DEPTH, ROLE_ALIASES, LlavaTask, is_array, iter_lines, llava_rows, read_llava
 from curate.readers.jsonl_blocks import (BLOCK_BYTES, line_blocks, may_hold_non_finite, may_hold_nulls, may_hold_text,
                                          plain_block)
-from curate.readers.sources import SourceSpec, shard_label
+from curate.readers.sources import BadSample, SourceSpec, shard_label
 from curate.readers.timed_io import open_timed
 
 MEDIA_FIELDS = ("image", "images", "video", "videos")
@@ -51,29 +52,41 @@ def read_llava_tables(spec: SourceSpec, uri: str, source_index: int, file_index:
                       block_bytes: int = BLOCK_BYTES) -> Iterator[pa.Table]:
     """The records of a LLaVA file or JSONL byte range (``read_llava``'s), as conformed tables."""
     with open_timed(uri, spec.read_timeout_s) as fh:
-        by_rows = is_gzip(fh) or (part is None and is_array(fh)) or spec.max_images_per_record < 0
+        try:
+            compressed = is_gzip(fh)
+            by_rows = (part is None and is_array(open_decompressed(fh))) or spec.max_images_per_record < 0
+        except DECOMPRESS_ERRORS:
+            by_rows = True   # the row path records a stream that breaks in its first bytes
     if by_rows:
         yield from R.row_tables(read_llava(spec, uri, source_index, file_index, part), rows_per_table)
         return
     task = LlavaTask(spec, uri, source_index, file_index)
     columns = ColumnBlocks(task)
     start, stop, first_line = part if part is not None else (0, None, 0)
+    last = first_line   # the line of the last record: the row path names the unread rest after it
     pending: list[tuple[int, object]] = []   # records the row path read, not yet in a table
-    with open_timed(uri, spec.read_timeout_s) as fh:
-        for kind, line, item in line_blocks(fh, uri, start, stop, first_line, block_bytes):
-            if kind == "line":
+    with open_timed(uri, spec.read_timeout_s) as raw:
+        fh = open_decompressed(raw) if compressed else raw
+        for kind, line, item in line_blocks(fh, start, stop, first_line, block_bytes, compressed):
+            if kind != "block":
+                if kind == "broken":
+                    reason = "truncated_file" if isinstance(item, EOFError) else "unreadable_file"
+                    line, item = last + 1, BadSample(reason, f"{uri}: from line {last + 1} on: "
+                                                             f"{type(item).__name__}: {item}", R.QUARANTINED)
                 pending.append((line, item))
+                last = line
                 continue
             if pending:
                 yield R.rows_to_table(list(llava_rows(task, iter(pending), True)))
                 pending = []
             table = columns.table(item, line) if plain_block(item) else None
-            if table is None:   # the row path, for this block
-                records = iter_lines(io.BytesIO(item), first_line=line)
-                yield from R.row_tables(llava_rows(task, records, True), rows_per_table)
-            else:
-                for lo in range(0, table.num_rows, rows_per_table):
-                    yield table.slice(lo, rows_per_table)
+            tables = [table.slice(lo, rows_per_table) for lo in range(0, table.num_rows, rows_per_table)] \
+                if table is not None else \
+                R.row_tables(llava_rows(task, iter_lines(io.BytesIO(item), first_line=line), True), rows_per_table)
+            for out in tables:   # the block's records, or the row path's for this block
+                if out.num_rows:
+                    last = (out.column(R.ORDINAL)[-1].as_py() & ((1 << 31) - 1)) + 1
+                yield out
     if pending:
         yield R.rows_to_table(list(llava_rows(task, iter(pending), True)))
 
