@@ -53,7 +53,7 @@ def measure(data: Path) -> dict:
     from pack.tokens.stage import CountTokensStage
 
     def ingest(name: str, category: str, fmt: str) -> list[pa.Table]:
-        ext = "jsonl" if fmt == "llava" else "parquet"
+        ext = "parquet" if fmt == "parquet" else "jsonl.gz" if name.endswith("_gz") else "jsonl"
         spec = SourceSpec(name=name, path=str(data / name / f"*.{ext}"), format=fmt, category=category)
         out = []
         for i, f in enumerate(sorted((data / name).glob(f"*.{ext}"))):
@@ -64,7 +64,7 @@ def measure(data: Path) -> dict:
     read: dict = {}
     for _ in range(2):   # twice each, alternating; the faster of the two (the first pays one-time costs)
         for name, cat, fmt in (("captions", "caption", "parquet"), ("grounding", "grounding", "parquet"),
-                               ("grounding_jsonl", "grounding", "llava")):
+                               ("grounding_jsonl", "grounding", "llava"), ("grounding_jsonl_gz", "grounding", "llava")):
             cpu, wall, read[name] = _timed(lambda: ingest(name, cat, fmt))
             rows = sum(t.num_rows for t in read[name])
             kept_rows = sum(pa.compute.sum(pa.compute.equal(t.column(R.STATUS), R.KEPT)).as_py() or 0
@@ -108,14 +108,18 @@ def build(data: Path, n: int) -> None:
 
 
 def jsonl_corpus(data: Path) -> None:
-    """The grounding conversations again, as LLaVA JSON lines (one file per parquet file)."""
+    """The grounding conversations again, as LLaVA JSON lines (one file per parquet file), plain and gzip."""
+    import gzip
+
     import pyarrow.parquet as pq
     (data / "grounding_jsonl").mkdir()
+    (data / "grounding_jsonl_gz").mkdir()
     for f in sorted((data / "grounding").glob("*.parquet")):
         table = pq.read_table(f)
-        with open(data / "grounding_jsonl" / f"{f.stem}.jsonl", "w", encoding="utf-8") as out:
-            for key, conv in zip(table.column("key").to_pylist(), table.column("conversations").to_pylist()):
-                out.write(json.dumps({"id": key, "conversations": conv}, ensure_ascii=False) + "\n")
+        lines = "".join(json.dumps({"id": key, "conversations": conv}, ensure_ascii=False) + "\n" for key, conv
+                        in zip(table.column("key").to_pylist(), table.column("conversations").to_pylist())).encode()
+        (data / "grounding_jsonl" / f"{f.stem}.jsonl").write_bytes(lines)
+        (data / "grounding_jsonl_gz" / f"{f.stem}.jsonl.gz").write_bytes(gzip.compress(lines, compresslevel=6, mtime=0))
 
 
 def main(argv: list[str]) -> None:
@@ -153,10 +157,11 @@ def main(argv: list[str]) -> None:
             rows.append([label, f"{cap['cpu']:.2f} / {cap['wall']:.2f}", f"{conv['cpu']:.2f} / {conv['wall']:.2f}",
                          f"{conv['cpu'] / cap['cpu']:.2f}x", f"{fused['cpu']:.1f} / {fused['wall']:.1f}",
                          f"{fused['rows'] / fused['cpu']:,.0f}", f"{fused['kept']:,}"])
-            js = r["ingest_grounding_jsonl"]
-            jsonl_rows.append([label, f"{js['cpu']:.2f} / {js['wall']:.2f}", f"{js['cpu'] / cap['cpu']:.2f}x",
-                               f"{js['cpu'] / conv['cpu']:.2f}x", f"{js['rows'] / js['cpu']:,.0f}",
-                               f"{js['kept']:,} of {js['rows']:,}"])
+            for kind in ("jsonl", "jsonl_gz"):
+                js = r[f"ingest_grounding_{kind}"]
+                jsonl_rows.append([f"{label}, {kind.replace('_', '.')}", f"{js['cpu']:.2f} / {js['wall']:.2f}",
+                                   f"{js['cpu'] / cap['cpu']:.2f}x", f"{js['cpu'] / conv['cpu']:.2f}x",
+                                   f"{js['rows'] / js['cpu']:,.0f}", f"{js['kept']:,} of {js['rows']:,}"])
         sys.path.insert(0, str(HERE))
         from run import format_table
         print(f"{n:,} rows each")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
+import numpy as np
+
 from curate.readers.compression import DECOMPRESS_ERRORS
 from curate.readers.jsonl import iter_lines
 from curate.readers.timed_io import ReadTimeout
@@ -151,9 +153,23 @@ def may_hold_non_finite(block: bytes) -> bool:
     return b"NaN" in block or b"Inf" in block
 
 
-def may_hold_text(block: bytes, text: str) -> bool:
-    """Whether a string in the block may hold ASCII `text`: written as is, or with a ``\\u`` escape."""
-    return text.encode() in block or (b"\\" in block and _ESCAPE.search(block) is not None)
+def may_hold_tags(block: bytes, tags: tuple[str, ...]) -> set[str]:
+    """Which of `tags` (ASCII, each starting with "<") a string in the block may hold: written as
+    is, or any of them when the block has a ``\\u`` escape. One pass for the "<" bytes, then a few
+    gathers at them (cheaper than a substring scan a tag)."""
+    if b"\\" in block and _ESCAPE.search(block) is not None:
+        return set(tags)
+    data = np.frombuffer(block, dtype=np.uint8)
+    at = np.flatnonzero(data == ord("<"))
+    found = set()
+    for tag in tags:
+        pattern = tag.encode()
+        hits = at[at + len(pattern) <= len(data)]
+        for k in range(1, len(pattern)):
+            hits = hits[data[hits + k] == pattern[k]]
+        if len(hits):
+            found.add(tag)
+    return found
 
 
 _ESCAPE = re.compile(rb"\\u")

@@ -35,7 +35,7 @@ import pyarrow.json as pj
 from curate.base import records as R
 from curate.readers.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
 from curate.readers.jsonl import MAX_JSON_DEPTH, ROLE_ALIASES, LlavaTask, is_array, iter_lines, llava_rows, read_llava
-from curate.readers.jsonl_blocks import (BLOCK_BYTES, line_blocks, may_hold_non_finite, may_hold_nulls, may_hold_text,
+from curate.readers.jsonl_blocks import (BLOCK_BYTES, line_blocks, may_hold_non_finite, may_hold_nulls, may_hold_tags,
                                          plain_block)
 from curate.readers.sources import BadSample, SourceSpec, shard_label
 from curate.readers.timed_io import open_timed
@@ -144,7 +144,7 @@ class ColumnBlocks:
         key_list = keys.to_pylist()
         duplicate = _duplicates(task.seen, key_list)
         values, lengths, invalid, detail, content_bytes, tags = _turns(
-            table.column("conversations") if "conversations" in names else None, n, lambda tag: may_hold_text(block, tag))
+            table.column("conversations") if "conversations" in names else None, n, may_hold_tags(block, PLACEHOLDERS))
         too_long = content_bytes > spec.max_text_bytes
         videos, images = tags["<video>"] > 0, tags["<image>"] > 0   # placeholders for no media: refused
         bad = duplicate | invalid | videos | images | too_long
@@ -288,10 +288,10 @@ def _meta_json(table: pa.Table) -> pa.Array | None:
                     pa.string())
 
 
-def _turns(conv: pa.ChunkedArray | None, n: int, may_hold=lambda text: True):
+def _turns(conv: pa.ChunkedArray | None, n: int, tags_in_block: set[str] = frozenset(PLACEHOLDERS)):
     """(turn values, turns a row, invalid rows, their details, UTF-8 bytes of a row's contents,
     placeholders a row): the row path's ``normalize_conversations`` over a conversations column
-    (None: no row has one). `may_hold(tag)`: whether a content may hold `tag` (False: none does)."""
+    (None: no row has one). `tags_in_block`: the placeholders a content may hold (the others none does)."""
     if conv is None:
         empty = pa.StructArray.from_arrays([pa.array([], pa.string())] * 2, names=["role", "content"])
         return (empty, np.zeros(n, np.int64), np.ones(n, bool), ["conversations must be a non-empty list"] * n,
@@ -331,7 +331,7 @@ def _turns(conv: pa.ChunkedArray | None, n: int, may_hold=lambda text: True):
             np.zeros(n, np.int64)
 
     content_bytes = per_row(pc.binary_length(content))
-    tags = {tag: per_row(pc.count_substring(content, tag)) if may_hold(tag) else np.zeros(n, np.int64)
+    tags = {tag: per_row(pc.count_substring(content, tag)) if tag in tags_in_block else np.zeros(n, np.int64)
             for tag in PLACEHOLDERS}
     values = pa.StructArray.from_arrays([mapped, content], names=["role", "content"])
     return values, lengths, invalid, detail, content_bytes, tags
