@@ -16,7 +16,7 @@ from curate.readers.jsonl_blocks import plain_block
 from curate.readers.jsonl_columns import ColumnBlocks, read_llava_tables
 from curate.readers.read import read_file
 from curate.readers.sources import SourceSpec
-from tests.corpus import jpeg
+from tests.corpus import jpeg, png
 
 ROLES = ["human", "gpt", "USER", "Assistant", "system", "bot", "model", "robot", "", "none", "ＧＰＴ", "ASSİSTANT"]
 CONTENTS = st.one_of(st.text(max_size=6), st.sampled_from(["<image>\nWhat is it?", "<video> v", "é" * 5, "a\x00b",
@@ -54,10 +54,11 @@ TRAP_LINES = [b"", b"   ", b"\t", b"\r", b"[1, 2]", b"5", b'"text"', b"nul", b"{
 @st.composite
 def turn(draw, clean: bool):
     fields = {}
-    for name in draw(st.sampled_from([("from", "value"), ("role", "content"), ("from", "role", "value", "content"),
-                                      ("from", "content"), ("value",), ("from",), ()])):
-        if name in ("from", "role"):
-            fields[name] = draw(st.sampled_from(ROLES))
+    shapes = [("from", "value")] * 4 + [("role", "content")] * 2 + [("from", "role", "value", "content"),
+                                                                    ("from", "content"), ("value",), ("from",), ()]
+    for name in draw(st.sampled_from(shapes)):
+        if name in ("from", "role"):   # mostly a known role, so that whole conversations are often valid
+            fields[name] = draw(st.sampled_from(ROLES[:7] * 4 + ROLES))
         else:
             fields[name] = draw(CONTENTS)
         if not clean and draw(st.integers(0, 9)) == 0:
@@ -74,9 +75,15 @@ def record_line(draw, clean: bool, meta_kinds: dict[str, str]) -> bytes:
         rec["id"] = draw(st.sampled_from(["a", "b", "c", "é/1", "", "x" * 600])) if meta_kinds["id"] == "str" else \
             draw(st.integers(-2, 2 ** 70 if not clean else 3))
     if draw(st.integers(0, 6)):
-        rec["conversations"] = draw(st.lists(turn(clean), max_size=3))
+        rec["conversations"] = draw(st.lists(turn(clean), min_size=draw(st.sampled_from([0, 1, 1, 1])), max_size=3))
+    image_field = meta_kinds["image_field"]
+    if image_field != "none" and draw(st.booleans()):
+        paths = st.sampled_from(IMAGE_PATHS)
+        rec[image_field] = draw(paths) if image_field == "image" else draw(st.lists(paths, max_size=3))
+        if draw(st.booleans()) and meta_kinds["both"]:
+            rec["images"] = draw(st.lists(paths, min_size=1, max_size=2))
     for name, kind in meta_kinds.items():
-        if name == "id" or not draw(st.booleans()):
+        if name in ("id", "image_field", "both") or not draw(st.booleans()):
             continue
         rec[name] = draw({"int": st.integers(-5, 10 ** 6), "float": st.floats(allow_nan=False, allow_infinity=False),
                           "frac": st.floats(0.01, 0.99), "bool": st.booleans(), "str": st.text(max_size=5),
@@ -93,7 +100,8 @@ def jsonl_file(draw) -> bytes:
     clean = draw(st.booleans())
     meta_kinds = {"id": draw(st.sampled_from(["str", "int"])), "width": "int",
                   "score": draw(st.sampled_from(["frac", "float"])), "nsfw": "bool", "caption": "str",
-                  "category": draw(st.sampled_from(["category", "int"]))}
+                  "category": draw(st.sampled_from(["category", "int"])),
+                  "image_field": draw(st.sampled_from(["none", "image", "images"])), "both": draw(st.booleans())}
     lines = draw(st.lists(st.one_of(record_line(clean, meta_kinds), st.sampled_from(TRAP_LINES)) if not clean
                           else record_line(clean, meta_kinds), max_size=30))
     newline = draw(st.sampled_from([b"\n", b"\r\n"]))
@@ -113,18 +121,26 @@ def assert_same(spec: SourceSpec, uri: str, part=None, block_bytes: int = 1 << 2
     return columns
 
 
+# Image paths: good ones (one twice through "./"), a missing file, a cut JPEG, one outside the root, "".
+IMAGE_PATHS = ["a.jpg", "b.png", "./a.jpg", "missing.jpg", "cut.jpg", "../outside.jpg", ""]
+
+
 def image_files(folder):
     (folder / "a.jpg").write_bytes(jpeg(20, 10, seed=1))
+    (folder / "b.png").write_bytes(png(12, 8, seed=2))
+    (folder / "cut.jpg").write_bytes(jpeg(20, 10, seed=3)[:-2])
+    (folder.parent / "outside.jpg").write_bytes(jpeg(8, 8, seed=4))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(jsonl_file(), st.sampled_from([64, 300, 1 << 20]), st.sampled_from([12, 40, 1 << 20]),
-       st.sampled_from([None, "shard"]))
-def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix):
+       st.sampled_from([None, "shard"]), st.sampled_from([1, 2, 1024]))
+def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix, max_images):
     path = tmp_path / "part-0.jsonl"
     path.write_bytes(body)
     image_files(tmp_path)
-    spec = spec_for(tmp_path / "*.jsonl", max_text_bytes=max_text_bytes, key_prefix=key_prefix)
+    spec = spec_for(tmp_path / "*.jsonl", max_text_bytes=max_text_bytes, key_prefix=key_prefix,
+                    max_images_per_record=max_images)
     whole = assert_same(spec, str(path), block_bytes=block_bytes)
     parts = plan_line_parts(str(path), 100) or []
     for part in parts:   # each byte range as its own task; together they read every record once
@@ -180,7 +196,8 @@ def test_common_shapes_take_the_column_path(tmp_path):
     '[{"from": "human", "value": "q"}]', '5',                                      # not objects
     '  {"conversations": [{"from": "human", "value": "q"}]}',                      # padded
     '{"conversations": [{"from": "human", "value": "q"}]} {"id": "2"}',            # two objects, one line
-    '{"image": "a.jpg", "conversations": [{"from": "human", "value": "q"}]}',      # media
+    '{"video": "v.mp4", "conversations": [{"from": "human", "value": "q"}]}',      # video
+    '{"images": ["a.jpg", 5], "conversations": [{"from": "human", "value": "q"}]}',  # an image value not text
     '{"conversations": [{"from": "human", "value": "q"}], "x": NaN}',
     '{"conversations": [{"from": "human", "value": "q", "w": Inf}]}',                # Arrow reads Inf
     '{"conversations": [{"from": "human", "value": "q"}, null]}',                   # a null turn
@@ -235,3 +252,26 @@ def test_gzip_files_through_the_column_path_and_arrays_by_rows(tmp_path):
     assert cut.column(R.REASON).to_pylist()[-1] == "truncated_file"
     assert 0 < cut.num_rows - 1 < 2000 and set(cut.column(R.STATUS).to_pylist()[:-1]) == {R.KEPT}
     assert assert_same(spec_for(tmp_path / "a.json"), str(tmp_path / "a.json")).num_rows == 2000
+
+
+def test_images_through_the_column_path(tmp_path):
+    image_files(tmp_path)
+    lines = ['{"id": "placed", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\\nq"}, '
+             '{"from": "gpt", "value": "a"}]}',
+             '{"id": "inserted", "images": ["a.jpg", "b.png"], "conversations": [{"from": "gpt", "value": "x"}, '
+             '{"from": "human", "value": "q"}]}',
+             '{"id": "missing", "image": "missing.jpg", "conversations": [{"from": "human", "value": "q"}]}',
+             '{"id": "outside", "image": "../outside.jpg", "conversations": [{"from": "human", "value": "q"}]}',
+             '{"id": "two-tags", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image><image>"}]}',
+             '{"id": "text-only", "conversations": [{"from": "human", "value": "q"}]}']
+    table = block_table(tmp_path, lines, max_images_per_record=1)
+    assert table is not None
+    got = {r["key"]: r for r in table.to_pylist()}
+    assert got["s/placed"]["images"][0]["width"] == 20 and got["s/placed"][R.STATUS] == R.KEPT
+    assert got["s/inserted"][R.REASON] == "too_many_images"
+    assert got["s/missing"][R.STATUS] == R.QUARANTINED and got["s/missing"][R.REASON] == "image:missing_file"
+    assert got["s/outside"][R.REASON] == "image:outside_root"
+    assert got["s/two-tags"][R.REASON] == "image_placeholder_mismatch"
+    assert got["s/text-only"][R.STATUS] == R.KEPT and got["s/text-only"]["images"] == []
+    inserted = block_table(tmp_path, lines[1:2])
+    assert [t["content"] for t in inserted.column("conversations")[0].as_py()] == ["x", "<image>\n<image>\nq"]
