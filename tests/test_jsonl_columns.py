@@ -20,7 +20,8 @@ from tests.corpus import jpeg, png
 
 ROLES = ["human", "gpt", "USER", "Assistant", "system", "bot", "model", "robot", "", "none", "ＧＰＴ", "ASSİSTANT"]
 CONTENTS = st.one_of(st.text(max_size=6), st.sampled_from(["<image>\nWhat is it?", "<video> v", "é" * 5, "a\x00b",
-                                                           "😀", "a null", "\\u00e9", "<image><image>"]))
+                                                           "😀", "a null", "\\u00e9", "<image><image>", "2020-01-01",
+                                                           "2020-01-01 10:00:00"]))
 # Number texts whose value or type two parsers may read differently.
 NUMBERS = ["1", "1.0", "1e2", "1E5", "-0", "-0.0", "0.5", "2.5e-3", "0.1", "123456789012345678901234",
            "9223372036854775807", "9223372036854775808", "1e400", "1e-400", "01", "1."]
@@ -132,7 +133,7 @@ def image_files(folder):
     (folder.parent / "outside.jpg").write_bytes(jpeg(8, 8, seed=4))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(jsonl_file(), st.sampled_from([64, 300, 1 << 20]), st.sampled_from([12, 40, 1 << 20]),
        st.sampled_from([None, "shard"]), st.sampled_from([1, 2, 1024]))
 def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix, max_images):
@@ -150,11 +151,11 @@ def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes
         assert ordinals == whole.column(R.ORDINAL).to_pylist()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(jsonl_file(), st.sampled_from([64, 300, 1 << 20]), st.integers(0, 100), st.integers(1, 4))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(jsonl_file(), st.sampled_from([300, 4096, 1 << 20]), st.integers(0, 100), st.integers(1, 4))
 def test_gzip_column_path_equals_row_path_whole_and_cut(tmp_path, body, block_bytes, cut_percent, repeat):
     """A gzip file, whole or cut anywhere (a stream cut short: truncated_file after the last whole line)."""
-    packed = gzip.compress(body * repeat * 40, mtime=0)   # some are longer than the row path's 4 KiB sniff
+    packed = gzip.compress(body * repeat * 12, mtime=0)   # some are longer than the row path's 4 KiB sniff
     path = tmp_path / "part-0.jsonl.gz"
     image_files(tmp_path)
     spec = spec_for(tmp_path / "*.jsonl.gz")
@@ -179,6 +180,9 @@ CONV = '"conversations": [{"from": "human", "value": "Where is the cat?"}, {"fro
 def test_common_shapes_take_the_column_path(tmp_path):
     for lines in ([f'{{"id": "g-{i}", {CONV}}}' for i in range(5)],   # LLaVA from/value, string ids
                   [f'{{"id": {i}, "conversations": [{{"role": "user", "content": "q"}}]}}' for i in range(3)],
+                  # date-like texts (Arrow's inference makes them timestamps) in ids, turns and metadata
+                  [f'{{"id": "2024-01-0{i}", "date": "2024-01-0{i} 10:00:00", "conversations": [{{"from": "human", '
+                   f'"value": "2020-01-01"}}, {{"from": "gpt", "value": "1999-12-31T23:59:59"}}]}}' for i in range(1, 4)],
                   ['{"conversations": [{"role": "system", "content": "s"}, {"from": "human", "value": "q"}]}',
                    f'{{"width": 5, "score": 0.25, "nsfw": false, "source": "x", {CONV}}}', "",
                    '{"id": "k", "category": "ocr", "conversations": []}', '{"other": 1}']):

@@ -101,12 +101,13 @@ class ColumnBlocks:
             return None
         if not len(lines):
             return R.empty_table()
-        try:
-            # one Arrow block for the whole block: one schema inferred from all of its lines
-            table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(use_threads=False,
-                                                                                block_size=len(block) + 1))
-        except (pa.ArrowException, ValueError):
+        table = _read_json(block)
+        if table is None:
             return None   # the row path names what is wrong with which line
+        if _has_timestamps(table.schema):   # Arrow took date-like text for timestamps: read it as the text it is
+            table = _read_json(block, _texts_for_timestamps(table.schema))
+            if table is None:
+                return None
         if table.num_rows != len(lines) or not modelled(table.schema):
             return None
         if has_float(table.schema) and may_hold_non_finite(block):
@@ -200,6 +201,33 @@ class ColumnBlocks:
             R.DETAIL: pa.array(details, pa.string()),
         }
         return R.conform(pa.table(columns), R.BASE_SCHEMA)
+
+
+def _read_json(block: bytes, schema: pa.Schema | None = None) -> pa.Table | None:
+    """Arrow's table of a block, as one Arrow block (one schema for all its lines), or None."""
+    try:
+        return pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(use_threads=False, block_size=len(block) + 1),
+                            parse_options=pj.ParseOptions(explicit_schema=schema))
+    except (pa.ArrowException, ValueError):
+        return None
+
+
+def _texts_for(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t):
+        return pa.string()
+    if pa.types.is_list(t):
+        return pa.list_(_texts_for(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _texts_for(f.type)) for f in t])
+    return t
+
+
+def _has_timestamps(schema: pa.Schema) -> bool:
+    return any(_texts_for(f.type) != f.type for f in schema)
+
+
+def _texts_for_timestamps(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, _texts_for(f.type)) for f in schema])
 
 
 def _duplicates(seen: set[str], keys: list[str]) -> np.ndarray:
