@@ -16,7 +16,8 @@ fields, nested metadata, an ``id`` that is neither text nor an integer, a float 
 with no fraction (``1.0`` and ``1`` are one double to Arrow, a float and an int to Python), turns
 whose role or content is not text, nesting deeper than the row path allows. Image paths are read
 as the row path reads them (``referenced_image``, the task's memo), row by row for the rows that
-get that far. Gzip files are read the same way through their decompressor (a stream cut short
+get that far. Date-like text, which Arrow's inference makes timestamps, is read again with those
+fields as text. Gzip files are read the same way through their decompressor (a stream cut short
 keeps what the row path keeps); JSON arrays go through the row path.
 """
 from __future__ import annotations
