@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from curate.base import records as R
 from curate.readers.jsonl import LlavaTask, plan_line_parts, read_llava
 from curate.readers.jsonl_blocks import plain_block
+from curate.readers import jsonl_columns
 from curate.readers.jsonl_columns import ColumnBlocks, read_llava_tables
 from curate.readers.read import read_file
 from curate.readers.sources import SourceSpec
@@ -133,10 +134,16 @@ def image_files(folder):
     (folder.parent / "outside.jpg").write_bytes(jpeg(8, 8, seed=4))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(jsonl_file(), st.sampled_from([64, 300, 1 << 20]), st.sampled_from([12, 40, 1 << 20]),
-       st.sampled_from([None, "shard"]), st.sampled_from([1, 2, 1024]))
-def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix, max_images):
+       st.sampled_from([None, "shard"]), st.sampled_from([1, 2, 1024]), st.sampled_from([100, 64 << 10]))
+def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix, max_images, split_min):
+    with pytest.MonkeyPatch.context() as mp:   # declined blocks tried again in pieces, from this size on
+        mp.setattr(jsonl_columns, "SPLIT_MIN_BYTES", split_min)
+        column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix, max_images)
+
+
+def column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes, key_prefix, max_images):
     path = tmp_path / "part-0.jsonl"
     path.write_bytes(body)
     image_files(tmp_path)
@@ -151,7 +158,7 @@ def test_column_path_equals_row_path(tmp_path, body, block_bytes, max_text_bytes
         assert ordinals == whole.column(R.ORDINAL).to_pylist()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(jsonl_file(), st.sampled_from([300, 4096, 1 << 20]), st.integers(0, 100), st.integers(1, 4))
 def test_gzip_column_path_equals_row_path_whole_and_cut(tmp_path, body, block_bytes, cut_percent, repeat):
     """A gzip file, whole or cut anywhere (a stream cut short: truncated_file after the last whole line)."""
@@ -279,3 +286,25 @@ def test_images_through_the_column_path(tmp_path):
     assert got["s/text-only"][R.STATUS] == R.KEPT and got["s/text-only"]["images"] == []
     inserted = block_table(tmp_path, lines[1:2])
     assert [t["content"] for t in inserted.column("conversations")[0].as_py()] == ["x", "<image>\n<image>\nq"]
+
+
+def test_a_declined_block_is_tried_again_in_pieces(tmp_path):
+    """One explicit null (or one line Arrow refuses) costs its piece of the block, not the block."""
+    path = tmp_path / "f.jsonl"
+    lines = [f'{{"id": "r{i}", {CONV}}}' for i in range(3000)]
+    lines[1500] = '{"id": "n", "source": null, "conversations": [{"from": "human", "value": "q"}]}'
+    lines[2500] = '{"id": "bad" "conversations": []}'
+    path.write_text("\n".join(lines) + "\n")
+    went = []
+    table = ColumnBlocks.table
+
+    def counted(self, block, lines_before):
+        out = table(self, block, lines_before)
+        went.append(out is not None)
+        return out
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ColumnBlocks, "table", counted)
+        got = assert_same(spec_for(path), str(path))
+    assert went[0] is False and len(went) == 1 + jsonl_columns.SPLIT_PIECES and sum(went) == len(went) - 3
+    assert got.column(R.REASON).to_pylist()[2500] == "invalid_json_line"
+    assert got.column("meta").to_pylist()[1500] == '{"source":null}'

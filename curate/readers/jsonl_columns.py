@@ -4,8 +4,9 @@ statuses, reasons and details — at a fraction of the CPU, because ``json.loads
 record is most of what ingesting a billion text-only conversations costs.
 
 A file is read in blocks of whole lines (``curate.readers.jsonl_blocks``). A block goes through
-Arrow's JSON reader only when its result is provably the row path's; any other block goes through
-the row path, line by line, sharing the task's duplicate-id set and image memo. A block is declined
+Arrow's JSON reader only when its result is provably the row path's; any other block is tried again
+in pieces, and a piece declined in turn goes through the row path, line by line, sharing the task's
+duplicate-id set and image memo. A block is declined
 when its bytes hold what the two parsers read differently (``plain_block``: surrogate escapes,
 invalid UTF-8, a byte-order mark, a bare carriage return; ``null`` where a column has a null,
 NaN/Inf where a column is a float), when Arrow refuses it (duplicate keys in an object, a line
@@ -74,16 +75,45 @@ def read_llava_tables(spec: SourceSpec, uri: str, source_index: int, file_index:
             if pending:
                 yield R.rows_to_table(list(llava_rows(task, iter(pending), True)))
                 pending = []
-            table = columns.table(item, line) if plain_block(item) else None
-            tables = [table.slice(lo, rows_per_table) for lo in range(0, table.num_rows, rows_per_table)] \
-                if table is not None else \
-                R.row_tables(llava_rows(task, iter_lines(io.BytesIO(item), first_line=line), True), rows_per_table)
-            for out in tables:   # the block's records, or the row path's for this block
+            for out in _block_tables(columns, item, line, rows_per_table):
                 if out.num_rows:
                     last = (out.column(R.ORDINAL)[-1].as_py() & ((1 << 31) - 1)) + 1
                 yield out
     if pending:
         yield R.rows_to_table(list(llava_rows(task, iter(pending), True)))
+
+
+# A declined block of at least this many bytes is tried again in this many pieces (once): what made
+# it decline (a null, a line Arrow refuses, a column whose type changes) is usually in a few lines.
+SPLIT_MIN_BYTES = 64 << 10
+SPLIT_PIECES = 16
+
+
+def _block_tables(columns: "ColumnBlocks", block: bytes, line: int, rows_per_table: int,
+                  split: bool = True) -> Iterator[pa.Table]:
+    """The records of a block of whole lines: column by column, else its pieces, else by the row path."""
+    table = columns.table(block, line) if plain_block(block) else None
+    if table is not None:
+        for lo in range(0, table.num_rows, rows_per_table):
+            yield table.slice(lo, rows_per_table)
+    elif split and len(block) >= SPLIT_MIN_BYTES:
+        for piece, piece_line in _pieces(block, line, SPLIT_PIECES):
+            yield from _block_tables(columns, piece, piece_line, rows_per_table, split=False)
+    else:
+        records = iter_lines(io.BytesIO(block), first_line=line)
+        yield from R.row_tables(llava_rows(columns.task, records, True), rows_per_table)
+
+
+def _pieces(block: bytes, line: int, count: int) -> Iterator[tuple[bytes, int]]:
+    """About `count` pieces of whole lines of a block, each with the number of lines before it."""
+    start = 0
+    for k in range(1, count + 1):
+        stop = len(block) if k == count else block.find(b"\n", max(start, len(block) * k // count - 1)) + 1
+        if stop <= start:
+            continue
+        yield block[start:stop], line
+        line += block.count(b"\n", start, stop)
+        start = stop
 
 
 class ColumnBlocks:
