@@ -192,7 +192,10 @@ def test_common_shapes_take_the_column_path(tmp_path):
                    f'"value": "2020-01-01"}}, {{"from": "gpt", "value": "1999-12-31T23:59:59"}}]}}' for i in range(1, 4)],
                   ['{"conversations": [{"role": "system", "content": "s"}, {"from": "human", "value": "q"}]}',
                    f'{{"width": 5, "score": 0.25, "nsfw": false, "source": "x", {CONV}}}', "",
-                   '{"id": "k", "category": "ocr", "conversations": []}', '{"other": 1}']):
+                   '{"id": "k", "category": "ocr", "conversations": []}', '{"other": 1}'],
+                  # the word null in a text, and sparse fields (nulls to Arrow): those lines are looked at
+                  ['{"id": "c1", "conversations": [{"from": "human", "value": "Why is it null?"}]}',
+                   '{"id": "c2", "source": "web", "conversations": [{"from": "gpt", "value": "nullable"}]}']):
         assert block_table(tmp_path, lines) is not None, lines
 
 

@@ -8,8 +8,9 @@ Arrow's JSON reader only when its result is provably the row path's; any other b
 in pieces, and a piece declined in turn goes through the row path, line by line, sharing the task's
 duplicate-id set and image memo. A block is declined
 when its bytes hold what the two parsers read differently (``plain_block``: surrogate escapes,
-invalid UTF-8, a byte-order mark, a bare carriage return; ``null`` where a column has a null,
-NaN/Inf where a column is a float), when Arrow refuses it (duplicate keys in an object, a line
+invalid UTF-8, a byte-order mark, a bare carriage return; an explicit ``null`` where a column has
+a null, found by reading the lines holding the bytes ``null`` with ``json.loads``; NaN/Inf where a
+column is a float), when Arrow refuses it (duplicate keys in an object, a line
 that is not an object, mixed types in a column, bad syntax: the row path names the error), when a
 line does not start with ``{`` and end with ``}`` or Arrow's row count differs from its non-blank
 lines, and when its columns hold what ``curate.readers.jsonl_fields`` does not model: video
@@ -34,11 +35,12 @@ import pyarrow.json as pj
 
 from curate.base import records as R
 from curate.readers.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
-from curate.readers.jsonl import LlavaTask, is_array, iter_lines, llava_rows, read_llava, referenced_image
+from curate.readers.jsonl import (LlavaTask, is_array, iter_lines, llava_rows, read_llava, referenced_image,
+                                  strict_json)
 from curate.readers.jsonl_blocks import (BLOCK_BYTES, line_blocks, may_hold_non_finite, may_hold_nulls, may_hold_tags,
                                          plain_block)
 from curate.readers.jsonl_fields import (PLACEHOLDERS, NOT_META, has_float, holds_nulls, image_values,
-                                         insert_placeholders, meta_json, modelled, turns)
+                                         insert_placeholders, meta_json, modelled, reads_explicit_null, turns)
 from curate.readers.sources import BadSample, SourceSpec, shard_label
 from curate.readers.timed_io import open_timed
 
@@ -143,7 +145,7 @@ class ColumnBlocks:
             return None
         if has_float(table.schema) and may_hold_non_finite(block):
             return None
-        if holds_nulls(table) and may_hold_nulls(block):
+        if holds_nulls(table) and may_hold_nulls(block) and not _nulls_are_missing(block):
             return None
         return self._records(table, lines + lines_before + 1, block)
 
@@ -232,6 +234,25 @@ class ColumnBlocks:
             R.DETAIL: pa.array(details, pa.string()),
         }
         return R.conform(pa.table(columns), R.BASE_SCHEMA)
+
+
+def _nulls_are_missing(block: bytes) -> bool:
+    """Whether no record of the block holds an explicit null where a missing field is assumed: the
+    lines with the bytes ``null`` (found by a scan) are read by ``json.loads`` and looked at."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    hits, at = [], block.find(b"null")
+    while at >= 0:
+        hits.append(at)
+        at = block.find(b"null", at + 4)
+    for index in np.unique(np.searchsorted(ends, np.array(hits, dtype=np.int64))).tolist():
+        try:
+            rec = strict_json(block[starts[index]:ends[index]])
+        except ValueError:
+            return False
+        if reads_explicit_null(rec):
+            return False
+    return True
 
 
 def _read_json(block: bytes, schema: pa.Schema | None = None) -> pa.Table | None:

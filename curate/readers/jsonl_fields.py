@@ -66,6 +66,18 @@ def holds_nulls(table: pa.Table) -> bool:
     return False
 
 
+def reads_explicit_null(rec: Any) -> bool:
+    """Whether a record (``json.loads``') holds an explicit null where the column path would take a
+    null for a missing field: a top-level value, an image path, a turn, or a turn's role or content."""
+    if not isinstance(rec, dict) or any(v is None for v in rec.values()):
+        return True
+    if any(isinstance(rec.get(f), list) and any(v is None for v in rec[f]) for f in IMAGE_FIELDS):
+        return True
+    turns_ = rec.get("conversations")
+    return isinstance(turns_, list) and any(
+        not isinstance(t, dict) or any(f in t and t[f] is None for f in _TURN_FIELDS) for t in turns_)
+
+
 def modelled(schema: pa.Schema) -> bool:
     """Whether every column is one the column path reproduces exactly: turns of text roles and
     contents, text or integer ids, image paths as text or lists of text, scalar metadata; no video
