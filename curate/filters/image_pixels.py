@@ -29,7 +29,7 @@ from PIL import Image
 
 from curate.media import images as I
 from curate.base import Drop
-from curate.filters.image_quality import decoded_quality_drop
+from curate.filters.image_quality import decoded_quality_drop, quality_rules_on
 from curate.media.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
 from curate.filters.presets import ImageThresholds
 from curate.media.image_facts import THUMB_DRAFT, grey_thumbnail
@@ -117,12 +117,20 @@ def _load(im: Image.Image) -> bool:
         return False
 
 
-def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Drop | None, np.ndarray | None]:
+def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds, thumbnail: bool = True
+                  ) -> tuple[Drop | None, np.ndarray | None]:
     """The pixel rules (corrupt, blank, truncated) on one reduced decode of `im` (from ``open_image``,
-    header parsed, nothing decoded) and that decode's 32x32 thumbnail (None when this image had to be
-    judged on a decode that does not give pHash's thumbnail, or was rejected)."""
+    header parsed, nothing decoded) and, with `thumbnail`, that decode's 32x32 thumbnail (None when
+    this image had to be judged on a decode that does not give pHash's thumbnail, or was rejected).
+
+    Without `thumbnail` (no later stage reads ``image_facts``) nothing is resized, and a JPEG decodes at
+    1/8 scale through ``legacy_pixel_drop`` — the decode these rules are defined on, which the one
+    decode matches verdict for verdict (``tests/test_one_decode.py``) — unless the blur / QR rules are
+    on: they reuse the pHash-scale decode when it is large enough, so that path stays."""
     width, height = im.size
     thumb_ok = width * height <= I.MAX_DECODE_PIXELS    # beyond it image_dedup rejects without a thumbnail
+    if im.format == "JPEG" and im.mode in ("RGB", "L") and not thumbnail and not quality_rules_on(th):
+        return legacy_pixel_drop(im, data, th), None
     if im.format == "JPEG" and im.mode in ("RGB", "L"):
         im.draft("YCbCr" if im.mode == "RGB" else "L", THUMB_DRAFT)
         scale = int(im.decoderconfig[0]) if im.decoderconfig else 1
@@ -138,7 +146,7 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
             if fill:
                 drop = _fill_drop(-(-fill * scale // 8), grid[1])
         drop = drop or decoded_quality_drop(im, data, (width, height), th)
-        return drop, (grey_thumbnail(im) if drop is None and thumb_ok else None)
+        return drop, (grey_thumbnail(im) if drop is None and thumb_ok and thumbnail else None)
     if im.format == "JPEG":
         return legacy_pixel_drop(im, data, th) or decoded_quality_drop(None, data, (width, height), th), None
     try:
@@ -146,4 +154,4 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
     except I.UnreadableImage as exc:
         return Drop("image:corrupt", f"decode failed: {exc.detail}"), None
     drop = _blank_of_decoded(small, th) or decoded_quality_drop(small, data, (width, height), th)
-    return drop, (grey_thumbnail(small) if drop is None and thumb_ok else None)
+    return drop, (grey_thumbnail(small) if drop is None and thumb_ok and thumbnail else None)
