@@ -31,6 +31,7 @@ from curate.media import images as I
 from curate.base import Drop
 from curate.filters.image_quality import decoded_quality_drop, quality_rules_on
 from curate.media.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
+from curate.media.webp import webp_decode
 from curate.filters.presets import ImageThresholds
 from curate.media.image_facts import THUMB_DRAFT, grey_thumbnail
 
@@ -149,9 +150,12 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds, thumbnail: 
         return drop, (grey_thumbnail(im) if drop is None and thumb_ok and thumbnail else None)
     if im.format == "JPEG":
         return legacy_pixel_drop(im, data, th) or decoded_quality_drop(None, data, (width, height), th), None
-    try:
-        small = I.load_small(im, 0)
-    except I.UnreadableImage as exc:
-        return Drop("image:corrupt", f"decode failed: {exc.detail}"), None
+    small = webp_decode(im, data)
+    if small is None:
+        try:
+            small = I.load_small(im, 0)
+        except I.UnreadableImage as exc:
+            return Drop("image:corrupt", f"decode failed: {exc.detail}"), None
     drop = _blank_of_decoded(small, th) or decoded_quality_drop(small, data, (width, height), th)
     return drop, (grey_thumbnail(small) if drop is None and thumb_ok and thumbnail else None)
+
