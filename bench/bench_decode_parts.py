@@ -17,7 +17,7 @@ passes, divided by the images it ran on:
 * ``Lanczos to 32x32``: the thumbnail's resize from that decode;
 * ``pixel rules, no facts`` / ``pixel rules + thumbnail``: ``decode_checks`` whole, both ways;
 * ``blake2b-128`` / ``sha256``: the content digest we carry, and the floor's;
-* ``full decode`` (PNG, WebP): what both formats cost whatever the scale.
+* ``full decode`` (PNG, WebP): what both formats cost whatever the scale (WebP: Pillow's and OpenCV's).
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from curate.media import image_facts as F
     from curate.media import images as I
     from curate.media.jpeg import reduced_decode
+    from curate.media.webp import webp_decode
 
     cv2.setNumThreads(1)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               items, args.repeat)))
         else:
             if kind in ("PNG", "WEBP"):
-                rows.append((kind, "full decode", best_cpu_ms(full, items, args.repeat) - open_ms[kind]))
+                rows.append((kind, "full decode (Pillow)", best_cpu_ms(full, items, args.repeat) - open_ms[kind]))
+            if kind == "WEBP":
+                rows.append((kind, "full decode (OpenCV, webp_decode)", best_cpu_ms(
+                    lambda d: webp_decode(I.open_image(d), d), items, args.repeat) - open_ms[kind]))
                 rows.append((kind, "Lanczos to 32x32", best_cpu_ms(lambda d: F.grey_thumbnail(full_decoded[id(d)]),
                                                                   items, args.repeat)))
         rows.append((kind, "pixel rules, no facts", best_cpu_ms(

@@ -153,6 +153,8 @@ def tree(args: list[str], sampler: ProcessSampler | None = None) -> tuple[float,
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     proc, cpu, wall = run_tree(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0"), cwd=ROOT,
                                sampler=sampler)
+    if sampler is not None:
+        sampler.stop()   # before the next tree starts: its processes would count as this one's
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return cpu, wall, json.loads(proc.stdout.strip().splitlines()[-1])

@@ -92,18 +92,35 @@ class CpuCgroup:
             pass
 
 
-# Who a process of the tree is, from its command line (Ray renames its workers "ray::<task or actor>").
-ROLES = (("gcs_server", "ray: gcs_server"), ("/raylet", "ray: raylet"), ("dashboard/agent.py", "ray: dashboard agent"),
-         ("runtime_env/agent", "ray: runtime_env agent"), ("dashboard/dashboard.py", "ray: dashboard"),
-         ("log_monitor.py", "ray: log_monitor"), ("autoscaler/_private/monitor.py", "ray: monitor"),
-         ("ray::IDLE", "ray workers (idle)"), ("ray::_StatsActor", "ray: stats actor"),
-         ("ray::AutoscalingRequester", "ray: autoscaling actor"), ("ray::", "ray workers (tasks)"),
-         ("default_worker.py", "ray workers (starting)"))
+# Who a process of the tree is: its executable (Ray's C++ daemons), the title Ray gives a worker once it
+# has registered ("ray::IDLE", "ray::<task or actor>"), or the Python script it runs.
+DAEMONS = (("gcs_server", "ray: gcs_server"), ("raylet", "ray: raylet"))
+TITLES = (("ray::_StatsActor", "ray: stats actor"), ("ray::AutoscalingRequester", "ray: autoscaling actor"),
+          ("ray::DashboardAgent", "ray: dashboard agent"), ("ray::RuntimeEnvAgent", "ray: runtime_env agent"),
+          ("ray::", "ray workers"))
+SCRIPTS = (("default_worker.py", "ray workers"), ("dashboard/agent.py", "ray: dashboard agent"),
+           ("runtime_env/agent", "ray: runtime_env agent"), ("dashboard/dashboard.py", "ray: dashboard"),
+           ("log_monitor.py", "ray: log_monitor"), ("autoscaler/_private/monitor.py", "ray: monitor"))
+
+
+def process_role(argv: list[str]) -> str:
+    """The role of a process of a Ray run from its command line (see ``DAEMONS``, ``TITLES``, ``SCRIPTS``)."""
+    if not argv:
+        return "other"
+    exe = argv[0].rsplit("/", 1)[-1]
+    for name, role in DAEMONS:
+        if exe == name:
+            return role
+    for prefix, role in TITLES:
+        if argv[0].startswith(prefix):
+            return role
+    cmd = " ".join(argv)
+    return next((role for needle, role in SCRIPTS if needle in cmd), "other")
 
 
 class ProcessSampler:
     """CPU seconds per process of a tree, sampled from /proc every `interval` s while it runs, summed by
-    role (``ROLES``; the root process is "driver"). A process's figure is its last sample (utime +
+    role (``process_role``; the root process is "driver"). A process's figure is its last sample (utime +
     stime, its own threads, not its children), so up to `interval` of CPU before each exit is missed:
     the roles add up to a little less than the tree's counter, which stays the figure compared."""
 
@@ -111,7 +128,6 @@ class ProcessSampler:
         import threading
         self.interval, self.root = interval, 0
         self.last: dict[int, tuple[str, float]] = {}
-        self.processes: dict[str, set[int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._tick = os.sysconf("SC_CLK_TCK")
@@ -121,9 +137,10 @@ class ProcessSampler:
         self._thread.start()
 
     def stop(self) -> dict[str, tuple[float, int]]:
-        """{role: (CPU seconds, processes)}."""
-        self._stop.set()
-        self._thread.join()
+        """{role: (CPU seconds, processes)}; stops sampling (called again, it only answers)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
         out: dict[str, tuple[float, int]] = {}
         for pid, (role, cpu) in self.last.items():
             total, count = out.get(role, (0.0, 0))
@@ -156,19 +173,20 @@ class ProcessSampler:
             if not ours or pid == me:
                 continue
             cpu = (int(fields[11]) + int(fields[12])) / self._tick
-            role = self.last.get(pid, ("", 0.0))[0] or self._role(pid)
-            if role == "ray workers (starting)":   # renamed once it has registered
-                role = self._role(pid)
+            role = self._role(pid)   # every time: Ray retitles a worker as it starts, runs tasks, hosts an actor
+            known = self.last.get(pid, ("other", 0.0))[0]
+            if role == "other" or (role == "ray workers" and known != "other"):
+                role = known             # an exited process (no cmdline) or an actor's stays what it was
             self.last[pid] = (role, cpu)
 
     def _role(self, pid: int) -> str:
         if pid == self.root:
             return "driver"
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             return "other"
-        return next((role for needle, role in ROLES if needle in cmd), "other")
+        return process_role([a for a in argv if a])
 
 
 def run_tree(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None,
