@@ -17,6 +17,7 @@ passes, divided by the images it ran on:
 * ``Lanczos to 32x32``: the thumbnail's resize from that decode;
 * ``pixel rules, no facts`` / ``pixel rules + thumbnail``: ``decode_checks`` whole, both ways;
 * ``blake2b-128`` / ``sha256``: the content digest we carry, and the floor's;
+* ``the floor's decode``: ``bench_one_decode``'s floor (grey draft at 1/8, bilinear to 32x32);
 * ``full decode`` (PNG, WebP): what both formats cost whatever the scale (WebP: Pillow's and OpenCV's).
 """
 from __future__ import annotations
@@ -98,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         im.load()
         return im
 
+    def floor_decode(data: bytes) -> Image.Image:
+        """What bench_one_decode's floor does: grey draft at 1/8 (JPEG; others in full), bilinear to 32x32."""
+        im = I.open_image(data)
+        im.draft("L", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+        return im.convert("L").resize((32, 32), Image.Resampling.BILINEAR)
+
     thumb_scale = {id(d): draft(d, F.THUMB_DRAFT) for d in by_format.get("JPEG", [])}
     full_decoded = {id(d): full(d) for k in ("PNG", "WEBP") for d in by_format.get(k, [])}
     open_ms = {k: best_cpu_ms(lambda d: I.open_image(d, th.max_pixels), v, args.repeat) for k, v in by_format.items()}
@@ -118,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "WEBP":
                 rows.append((kind, "full decode (OpenCV, webp_decode)", best_cpu_ms(
                     lambda d: webp_decode(I.open_image(d), d), items, args.repeat) - open_ms[kind]))
+            if kind in ("PNG", "WEBP"):
                 rows.append((kind, "Lanczos to 32x32", best_cpu_ms(lambda d: F.grey_thumbnail(full_decoded[id(d)]),
                                                                   items, args.repeat)))
+        rows.append((kind, "the floor's decode (bench_one_decode)", best_cpu_ms(floor_decode, items, args.repeat)
+                     - open_ms[kind]))
         rows.append((kind, "pixel rules, no facts", best_cpu_ms(
             lambda d: IP.decode_checks(I.open_image(d, th.max_pixels), d, th, thumbnail=False), items, args.repeat)
             - open_ms[kind]))
