@@ -66,7 +66,7 @@ def grey_thumbnail(im: Image.Image) -> np.ndarray:
 def thumbnail(data: bytes, max_pixels: int = I.MAX_DECODE_PIXELS) -> np.ndarray:
     """32x32 float32 grey thumbnail from a reduced decode of `data`. Raises UnreadableImage on bad bytes."""
     im = I.open_image(data, max_pixels)   # the decode budget and the truncation checks of every decoder
-    still_webp = webp_decode(im, data)     # the same pixels as Pillow's decode, at under half the cost
+    still_webp = webp_decode(im, data)     # the same pixels as Pillow's decode, for less CPU
     if still_webp is not None:
         return grey_thumbnail(still_webp)
     with warnings.catch_warnings():

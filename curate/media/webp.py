@@ -1,11 +1,14 @@
-"""WebP stills decoded by libwebp through OpenCV: the same pixels as Pillow's decode for two thirds of the CPU.
+"""WebP stills decoded by libwebp through OpenCV: the same pixels as Pillow's decode, for less CPU.
 
 The image filter's pixel rules (blank, corrupt) and the dedup thumbnail need every WebP decoded in
 full (libwebp has no cheap reduced decode like JPEG's DCT scaling). Pillow 13 decodes WebP through
-libwebp's animation decoder into RGBA; OpenCV calls the still-image decoder. Measured on the bench's
-photos (49 WebPs, 41 KB, 256-2048 px; one process, best of 3): 8.2 CPU-ms an image for Pillow's open
-and decode, 4.1 for OpenCV's decode, 5.4 with the copy into a Pillow image (swapping BGR to RGB in
-numpy instead of asking libwebp for RGB cost 2.7 ms more: hence ``IMREAD_COLOR_RGB``).
+libwebp's animation decoder into RGBA; OpenCV calls the still-image decoder and can ask it for RGB.
+Measured on the bench's photos (49 WebPs, 41 KB, 0.9 Mpixel on average; one process, the 2-core
+machine loaded): the decode alone 8.3 CPU-ms an image through Pillow, 4.4 through OpenCV (+0.45 for
+the copy into a Pillow image; swapping BGR to RGB in numpy instead cost 2.7 ms more, hence
+``IMREAD_COLOR_RGB``); the whole pixel path (open, decode, blank) 9.3-11.1 against 8.3-8.7 ms, a
+smaller gain because ``open_image`` still lets Pillow open the file for the header rules, and its
+WebP open sets up the animation decoder (~2 ms of that path under load).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def webp_decode(im: Image.Image, data: bytes) -> Image.Image | None:
     verdict and detail stand).
 
     Why: Pillow decodes WebP through libwebp's animation decoder into RGBA, OpenCV calls libwebp's
-    still decoder for RGB (a third less CPU with the copy into Pillow, see the module docstring). Both give libwebp's non-premultiplied
+    still decoder for RGB (less CPU: see the module docstring). Both give libwebp's non-premultiplied
     colour samples, so the pixels are the same (``tests/test_one_decode.py`` checks lossy, lossless,
     alpha and damaged payloads and the bench's WebPs); alpha, which Pillow keeps, is used by no rule
     here: blank converts to RGB and the grey conversions ignore it. EXIF orientation is ignored, as
