@@ -87,8 +87,9 @@ def columns_read(name: str) -> tuple[str, ...]:
     """The columns stage `name` reads that an earlier stage wrote (its class's ``requires`` and
     ``reads_if_present``), for ``StageContext.later_reads``; ("*",) — every column — for a name no
     installed stage has (a plugin not imported where only a recipe is validated). ``global_columns``
-    do not count: a global step gets what it reads from them, and the ones that take every column
-    (``shards``: "*") write only the columns they name."""
+    do not count: they are what the runner hands a global step, which passes along more than it
+    reads (``shards`` takes "*" and writes only the columns it names; ``repeated_images`` realigns
+    ``image_facts`` with the images it removes, null or not)."""
     try:
         cls = get(name)
     except KeyError:
