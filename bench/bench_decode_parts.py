@@ -18,12 +18,15 @@ passes, divided by the images it ran on:
 * ``pixel rules, no facts`` / ``pixel rules + thumbnail``: ``decode_checks`` whole, both ways;
 * ``blake2b-128`` / ``sha256``: the content digest we carry, and the floor's;
 * ``the floor's decode``: ``bench_one_decode``'s floor (grey draft at 1/8, bilinear to 32x32);
-* ``full decode`` (PNG, WebP): what both formats cost whatever the scale (WebP: Pillow's and OpenCV's).
+* ``Data-Juicer's load_image``: what its image ops decode per image (``PIL.Image.open(...).convert("RGB")``,
+  a full decode: ``bench_filters`` compares with it), header parse included;
+* ``full decode`` (PNG, WebP): what both formats cost whatever the scale.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import sys
 import tarfile
@@ -68,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     from curate.media import image_facts as F
     from curate.media import images as I
     from curate.media.jpeg import reduced_decode
-    from curate.media.webp import webp_decode
 
     cv2.setNumThreads(1)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,14 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if kind in ("PNG", "WEBP"):
                 rows.append((kind, "full decode (Pillow)", best_cpu_ms(full, items, args.repeat) - open_ms[kind]))
-            if kind == "WEBP":
-                rows.append((kind, "full decode (OpenCV, webp_decode)", best_cpu_ms(
-                    lambda d: webp_decode(I.open_image(d), d), items, args.repeat) - open_ms[kind]))
             if kind in ("PNG", "WEBP"):
                 rows.append((kind, "Lanczos to 32x32", best_cpu_ms(lambda d: F.grey_thumbnail(full_decoded[id(d)]),
                                                                   items, args.repeat)))
         rows.append((kind, "the floor's decode (bench_one_decode)", best_cpu_ms(floor_decode, items, args.repeat)
                      - open_ms[kind]))
+        rows.append((kind, "Data-Juicer's load_image (open + convert RGB)", best_cpu_ms(
+            lambda d: Image.open(io.BytesIO(d)).convert("RGB"), items, args.repeat)))
         rows.append((kind, "pixel rules, no facts", best_cpu_ms(
             lambda d: IP.decode_checks(I.open_image(d, th.max_pixels), d, th, thumbnail=False), items, args.repeat)
             - open_ms[kind]))

@@ -143,51 +143,6 @@ def test_pixel_verdicts_on_the_demo_photos_match_the_decode_they_replace(demo_ta
     assert seen["passed"] >= 10 and seen.get("image:blank", 0) >= 2, seen
 
 
-# --- WebP through OpenCV -------------------------------------------------------------------------------
-def _webps() -> dict[str, bytes]:
-    pic = photo(700, 500)
-    alpha = np.asarray(pic.convert("RGBA")).copy()
-    alpha[..., 3] = np.linspace(0, 255, 700).astype(np.uint8)[None, :]
-    full = encoded(pic, "WEBP", quality=80)
-    zeroed, garbled = bytearray(full), bytearray(full)
-    zeroed[len(full) // 2: len(full) // 2 + 200] = bytes(200)
-    garbled[len(full) // 3: len(full) // 3 + 50] = np.random.default_rng(0).bytes(50)
-    return {"lossy": full, "lossless": encoded(pic, "WEBP", lossless=True),
-            "alpha": encoded(Image.fromarray(alpha), "WEBP", quality=80),
-            "alpha lossless": encoded(Image.fromarray(alpha), "WEBP", lossless=True),
-            "grey": encoded(pic.convert("L"), "WEBP", quality=80),
-            "zeroed inside": bytes(zeroed), "garbled inside": bytes(garbled)}
-
-
-def _pillow_rgb(data: bytes) -> np.ndarray:
-    im = I.open_image(data)
-    im.load()
-    return np.asarray(im.convert("RGB"))
-
-
-def test_webp_decoded_by_opencv_has_pillows_pixels(bench_tar):
-    from curate.media.webp import webp_decode
-    cases = {**_webps(), **{name: data for name, data in tar_images(bench_tar) if name.endswith(".webp")}}
-    assert len(cases) > 10
-    for name, data in cases.items():
-        fast = webp_decode(I.open_image(data), data)
-        assert fast is not None and fast.mode == "RGB", name
-        np.testing.assert_array_equal(np.asarray(fast), _pillow_rgb(data), err_msg=name)
-        np.testing.assert_array_equal(F.grey_thumbnail(fast), F.grey_thumbnail(I.decode(data, mode="")), err_msg=name)
-    still_jpeg = encoded(photo(300, 200), "JPEG")
-    assert webp_decode(I.open_image(still_jpeg), still_jpeg) is None   # other formats: Pillow's decode
-
-
-def test_an_animated_webp_is_left_to_pillow():
-    from curate.media.webp import webp_decode
-    frames = [photo(200, 160), photo(200, 160).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=100)
-    data = buf.getvalue()
-    assert webp_decode(I.open_image(data), data) is None
-    assert judged(data)[0] is None
-
-
 # --- facts only for a later reader --------------------------------------------------------------------
 def _verdicts(result) -> dict[str, tuple]:
     out = {r["key"]: ("kept", None, None) for r in result.kept.select(["key"]).to_pylist()}

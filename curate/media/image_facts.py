@@ -34,7 +34,6 @@ import pyarrow as pa
 from PIL import Image
 
 from curate.media import images as I
-from curate.media.webp import webp_decode
 FACTS_COLUMN = "image_facts"
 FACT_TYPE = pa.struct([("ref_id", pa.uint64()), ("digest", pa.binary(16)), ("phash", pa.uint64()),
                        ("thumb_std", pa.float32())])
@@ -66,9 +65,6 @@ def grey_thumbnail(im: Image.Image) -> np.ndarray:
 def thumbnail(data: bytes, max_pixels: int = I.MAX_DECODE_PIXELS) -> np.ndarray:
     """32x32 float32 grey thumbnail from a reduced decode of `data`. Raises UnreadableImage on bad bytes."""
     im = I.open_image(data, max_pixels)   # the decode budget and the truncation checks of every decoder
-    still_webp = webp_decode(im, data)     # the same pixels as Pillow's decode, for less CPU
-    if still_webp is not None:
-        return grey_thumbnail(still_webp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
