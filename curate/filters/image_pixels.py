@@ -22,9 +22,9 @@ The decode (``decode_checks``):
 
 Why the scale is pHash's and not always 1/8 when the thumbnail is wanted: it must stay the one
 ``image_dedup`` has always computed (its verdicts depend on it), and in libjpeg the entropy decoding,
-which every scale pays, is most of a reduced decode's cost: on the bench's photos (75 KB JPEGs,
-``bench/bench_decode_parts.py``) 1.18 CPU-ms at pHash's scale through Pillow, 1.21 at 1/8 through
-Pillow, 1.00 at 1/8 through OpenCV, plus 0.22 for the thumbnail's Lanczos.
+which every scale pays, is most of a reduced decode's cost: on the bench's photos (72 KB JPEGs,
+``bench/bench_decode_parts.py``) 1.03 CPU-ms at pHash's scale through Pillow, 1.06 at 1/8 through
+Pillow, 0.90 at 1/8 through OpenCV, plus 0.22 for the thumbnail's Lanczos.
 """
 from __future__ import annotations
 
@@ -161,4 +161,3 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds, thumbnail: 
         return Drop("image:corrupt", f"decode failed: {exc.detail}"), None
     drop = _blank_of_decoded(small, th) or decoded_quality_drop(small, data, (width, height), th)
     return drop, (grey_thumbnail(small) if drop is None and thumb_ok and thumbnail else None)
-
