@@ -167,10 +167,10 @@ def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds, thumbn
 
 
 def judge_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes,
-                facts: bool = True) -> tuple[Drop | None, ImageFact | None]:
-    """Every rule for one image reference, and, with `facts`, what its read established
+                facts_wanted: bool = True) -> tuple[Drop | None, ImageFact | None]:
+    """Every rule for one image reference, and, with `facts_wanted`, what its read established
     (``image_facts``) when it was read and passed; (None, None) for an image that passes on its header
-    alone. Without `facts` (no later stage reads them) no digest is taken and no thumbnail made."""
+    alone. Without `facts_wanted` (no later stage reads them) no digest is taken and no thumbnail made."""
     drop = reference_drop(ref, th)
     if drop is not None:
         return drop, None
@@ -180,8 +180,8 @@ def judge_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I
     got = read_or_drop(ref, read)
     if isinstance(got, Drop):
         return got, None
-    drop, thumb = check_bytes(ref, got, th, facts)
-    if drop is not None or not facts:
+    drop, thumb = check_bytes(ref, got, th, facts_wanted)
+    if drop is not None or not facts_wanted:
         return drop, None
     return None, ImageFact(ref_id(ref), bytes_digest(got), thumb)
 
@@ -271,7 +271,6 @@ class ImageFilter(Stage):
         documents = document_rows(batch)
         th = self.thresholds
         read = prefetch(rows, th)
-
         wanted = self.carries_facts
 
         def judge(row: int) -> tuple[Drop | None, list[tuple[int, Drop]], list[ImageFact] | None]:
