@@ -1,6 +1,8 @@
 """One decode per image (issue #29): image_filter's reduced decode gives the same verdicts as the decode
 it replaced and the same thumbnail image_dedup computes, and the facts it carries (``image_facts``)
-leave every dedup decision unchanged — on the bench's realistic photos and on the demo's photos."""
+leave every dedup decision unchanged — on the bench's realistic photos and on the demo's photos; and a
+filter with no later reader of those facts (no digest, no thumbnail, JPEGs at 1/8 scale) keeps and
+rejects exactly the same samples for the same reasons."""
 from __future__ import annotations
 
 import io
