@@ -71,11 +71,17 @@ DJ_PROCESS = [
 
 
 # --- children (one contender, one corpus size, one process tree) --------------------------------------
-def child_mmcurate(root: Path, n: int, executor: str) -> dict:
+def child_mmcurate(root: Path, n: int, executor: str, facts: bool = False) -> dict:
+    """image_filter -> text_filter built as a recipe of these two stages builds them: no later stage
+    reads ``image_facts``, so the filter computes none; `facts`: as if a dedup stage followed (what
+    the filter computed in every run before issue #29's step 1)."""
     import pyarrow.parquet as pq
     from curate import base as S
+    from curate.media.image_facts import FACTS_COLUMN
     table = pq.read_table(root / "ingested.parquet").slice(0, n)
-    stages = [S.build("image_filter", {}), S.build("text_filter", {})]
+    later = frozenset(S.columns_read("text_filter")) | ({FACTS_COLUMN} if facts else frozenset())
+    stages = [S.build("image_filter", {}, S.StageContext(later_reads=later)),
+              S.build("text_filter", {}, S.StageContext(stage_index=1, later_reads=frozenset()))]
     if executor == "inline":
         for stage in stages:
             table = stage.run(table).kept
@@ -200,17 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ray", action="store_true", help="skip the (slow) Ray executor runs")
     ap.add_argument("--ray-n", type=int, default=2_000,
                     help="samples for the Ray rows (the first ones of the corpus; Ray's start-up dominates wall time)")
-    ap.add_argument("--only", default="inline,dj,dj-fused,ray,dj-ray", help="contenders to run, comma-separated")
+    ap.add_argument("--only", default="inline,dj,dj-fused,ray,dj-ray",
+                    help="contenders to run, comma-separated (also: inline-facts, image_filter computing the "
+                         "image_facts a later dedup stage would read)")
     ap.add_argument("--corpus", choices=["small", "photos"], default="small",
                     help="small: 600 small JPEGs cycled (filters_corpus); photos: realistic photos, each sample "
                          "its own bytes (photos_corpus; the default root becomes out/bench_filters_photos)")
-    ap.add_argument("--child", choices=["inline", "ray", "dj", "dj-fused", "dj-ray"])
+    ap.add_argument("--child", choices=["inline", "inline-facts", "ray", "dj", "dj-fused", "dj-ray"])
     args = ap.parse_args(argv)
     if args.corpus == "photos" and args.root == ROOT / "out" / "bench_filters":
         args.root = ROOT / "out" / "bench_filters_photos"
     if args.child:
-        if args.child in ("inline", "ray"):
-            answer = child_mmcurate(args.root, args.n, args.child)
+        if args.child in ("inline", "inline-facts", "ray"):
+            answer = child_mmcurate(args.root, args.n, args.child.split("-")[0], args.child == "inline-facts")
         elif args.child == "dj-ray":
             answer = child_data_juicer_ray(args.root, args.n)
         else:
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         ingest(args.root, paths["shards"])
     me = [sys.executable, str(Path(__file__).resolve()), "--root", str(args.root)]
     dj = [str(args.dj_python), str(Path(__file__).resolve()), "--root", str(args.root)]
-    contenders = {"inline": ("mmcurate inline", me), "ray": ("mmcurate ray", me),
+    contenders = {"inline": ("mmcurate inline", me), "inline-facts": ("mmcurate inline, image_facts carried", me),
+                  "ray": ("mmcurate ray", me),
                   "dj": ("data-juicer 1.6.1", dj), "dj-fused": ("data-juicer 1.6.1 fused", dj),
                   "dj-ray": ("data-juicer 1.6.1 ray", dj)}
     chosen = [c for c in args.only.split(",") if not (args.no_ray and c in ("ray", "dj-ray"))]

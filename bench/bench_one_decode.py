@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
-from proctree import run_tree  # noqa: E402
+from proctree import ProcessSampler, run_tree  # noqa: E402
 
 BENCH_CORES = "all"       # the Ray contender uses every core; CPU (not wall) is the figure compared
 BENCH_TIMEOUT_S = 3600
@@ -136,9 +136,25 @@ def child_stages(shards: Path) -> dict:
 
 
 # --- the parent -------------------------------------------------------------------------------------
-def tree(args: list[str]) -> tuple[float, float, dict]:
+def print_roles(who: str, at_small: dict[str, tuple[float, int]], at_n: dict[str, tuple[float, int]],
+                cpu_small: float, cpu: float, n: int, small: int) -> None:
+    """Where a contender's CPU goes, by process role, at N/10 and N samples (``ProcessSampler``)."""
+    from run import format_table
+    rows = []
+    for role in sorted(set(at_small) | set(at_n), key=lambda r: -at_n.get(r, (0.0, 0))[0]):
+        (s_cpu, s_n), (b_cpu, b_n) = at_small.get(role, (0.0, 0)), at_n.get(role, (0.0, 0))
+        rows.append([role, f"{s_cpu:.1f} ({s_n})", f"{b_cpu:.1f} ({b_n})", f"{(b_cpu - s_cpu) / (n - small) * 1000:.2f}"])
+    rows.append(["(tree counter)", f"{cpu_small:.1f}", f"{cpu:.1f}", f"{(cpu - cpu_small) / (n - small) * 1000:.2f}"])
+    print(f"  {who}: CPU by process role (sampled every 0.2 s; processes in brackets)")
+    print(format_table(["role", f"CPU s at {small}", f"CPU s at {n}", "CPU ms/sample"], rows), flush=True)
+
+
+def tree(args: list[str], sampler: ProcessSampler | None = None) -> tuple[float, float, dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    proc, cpu, wall = run_tree(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0"), cwd=ROOT)
+    proc, cpu, wall = run_tree(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0"), cwd=ROOT,
+                               sampler=sampler)
+    if sampler is not None:
+        sampler.stop()   # before the next tree starts: its processes would count as this one's
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return cpu, wall, json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="floor,inline,ray,stages")
     ap.add_argument("--child", choices=["floor", "inline", "ray", "stages"])
     ap.add_argument("--shards", type=Path)
+    ap.add_argument("--by-process", action="store_true",
+                    help="also split each contender's CPU by process role (driver, raylet, GCS, workers...)")
     args = ap.parse_args(argv)
     if args.child:
         if args.child == "floor":
@@ -174,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     for who in [w for w in args.only.split(",") if w != "stages"]:
         base = ["--root", str(args.root), "--child", who]
-        cpu_small, _, _ = tree(base + ["--shards", str(small_dir)])
-        cpu, wall, answer = tree(base + ["--shards", str(big_dir)])
+        samplers = (ProcessSampler(), ProcessSampler()) if args.by_process else (None, None)
+        cpu_small, _, _ = tree(base + ["--shards", str(small_dir)], samplers[0])
+        cpu, wall, answer = tree(base + ["--shards", str(big_dir)], samplers[1])
         per = (cpu - cpu_small) / (n - small) * 1000.0
+        if args.by_process:
+            print_roles(who, samplers[0].stop(), samplers[1].stop(), cpu_small, cpu, n, small)
         results[who] = per
         rows.append([who, f"{per:.2f}", "", f"{cpu:.1f}", f"{wall:.1f}", f"{answer['kept']}/{n}"])
         if answer.get("chains"):

@@ -92,9 +92,108 @@ class CpuCgroup:
             pass
 
 
+# Who a process of the tree is: its executable (Ray's C++ daemons), the title Ray gives a worker once it
+# has registered ("ray::IDLE", "ray::<task or actor>"), or the Python script it runs.
+DAEMONS = (("gcs_server", "ray: gcs_server"), ("raylet", "ray: raylet"))
+TITLES = (("ray::_StatsActor", "ray: stats actor"), ("ray::AutoscalingRequester", "ray: autoscaling actor"),
+          ("ray::DashboardAgent", "ray: dashboard agent"), ("ray::RuntimeEnvAgent", "ray: runtime_env agent"),
+          ("ray::", "ray workers"))
+SCRIPTS = (("default_worker.py", "ray workers"), ("dashboard/agent.py", "ray: dashboard agent"),
+           ("runtime_env/agent", "ray: runtime_env agent"), ("dashboard/dashboard.py", "ray: dashboard"),
+           ("log_monitor.py", "ray: log_monitor"), ("autoscaler/_private/monitor.py", "ray: monitor"))
+
+
+def process_role(argv: list[str]) -> str:
+    """The role of a process of a Ray run from its command line (see ``DAEMONS``, ``TITLES``, ``SCRIPTS``)."""
+    if not argv:
+        return "other"
+    exe = argv[0].rsplit("/", 1)[-1]
+    for name, role in DAEMONS:
+        if exe == name:
+            return role
+    for prefix, role in TITLES:
+        if argv[0].startswith(prefix):
+            return role
+    cmd = " ".join(argv)
+    return next((role for needle, role in SCRIPTS if needle in cmd), "other")
+
+
+class ProcessSampler:
+    """CPU seconds per process of a tree, sampled from /proc every `interval` s while it runs, summed by
+    role (``process_role``; the root process is "driver"). A process's figure is its last sample (utime +
+    stime, its own threads, not its children), so up to `interval` of CPU before each exit is missed:
+    the roles add up to a little less than the tree's counter, which stays the figure compared."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import threading
+        self.interval, self.root = interval, 0
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def start(self, root: int) -> None:
+        self.root = root
+        self._thread.start()
+
+    def stop(self) -> dict[str, tuple[float, int]]:
+        """{role: (CPU seconds, processes)}; stops sampling (called again, it only answers)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+        out: dict[str, tuple[float, int]] = {}
+        for pid, (role, cpu) in self.last.items():
+            total, count = out.get(role, (0.0, 0))
+            out[role] = (total + cpu, count + 1)
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        parents: dict[int, int] = {}
+        stats: dict[int, list[str]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    text = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                fields = text.rsplit(")", 1)[1].split()
+                parents[int(entry)], stats[int(entry)] = int(fields[1]), fields
+        me = os.getpid()
+        for pid, fields in stats.items():
+            up, ours = pid, False
+            while up > 1:
+                if up == self.root or (up != pid and up == me):
+                    ours = True
+                    break
+                up = parents.get(up, 0)
+            if not ours or pid == me:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick
+            role = self._role(pid)   # every time: Ray retitles a worker as it starts, runs tasks, hosts an actor
+            known = self.last.get(pid, ("other", 0.0))[0]
+            if role == "other" or (role == "ray workers" and known != "other"):
+                role = known             # an exited process (no cmdline) or an actor's stays what it was
+            self.last[pid] = (role, cpu)
+
+    def _role(self, pid: int) -> str:
+        if pid == self.root:
+            return "driver"
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return "other"
+        return process_role([a for a in argv if a])
+
+
 def run_tree(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None,
-             timeout: float | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run `cmd`; return (its result, CPU seconds of it and every descendant, wall seconds)."""
+             timeout: float | None = None, sampler: ProcessSampler | None = None
+             ) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run `cmd`; return (its result, CPU seconds of it and every descendant, wall seconds). With a
+    `sampler`, it follows the tree's processes while it runs (``ProcessSampler.stop`` gives the split)."""
     become_subreaper()
     try:
         group: CpuCgroup | None = CpuCgroup()
@@ -103,8 +202,18 @@ def run_tree(cmd: list[str], env: dict[str, str], cwd: str | Path | None = None,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "RAY_ADDRESS": "local"}, cwd=cwd,
-                              timeout=timeout, preexec_fn=group.join if group else None)
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**env, "RAY_ADDRESS": "local"}, cwd=cwd,
+                                 preexec_fn=group.join if group else None)
+        if sampler is not None:
+            sampler.start(child.pid)
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+        proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
         reap_descendants()
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -94,8 +94,10 @@ class Recipe:
         """The run-wide facts stage `index` of ``plan()`` is built with: the one place a StageContext is
         made from a recipe (a run passes its output directory; validating a recipe has none). The model
         profile travels typed; no stage reads another stage's settings."""
+        plan = self.plan()
         return S.StageContext(seed=self.seed, out_dir=out_dir, recipe_name=self.name, recipe_hash=self.hash(),
-                              stage_index=index, earlier_stages=tuple(s.name for s in self.plan()[:index]),
+                              stage_index=index, earlier_stages=tuple(s.name for s in plan[:index]),
+                              later_reads=frozenset(c for s in plan[index + 1:] for c in S.columns_read(s.name)),
                               mixture=self.mixture, max_error_fraction=self.max_error_fraction, profile=self.model)
 
     def plan(self) -> list[StageSpec]:

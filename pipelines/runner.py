@@ -169,17 +169,19 @@ class Runner:
         return RunResult(self.out, report, stage_dirs)
 
     def _members(self, plan: list[StageSpec]) -> list[Member]:
-        """Every stage of the plan built, with its fingerprint. Each fingerprint chains its settings and
-        code onto its upstream's: a changed setting or a changed stage module re-runs that stage and
-        everything after it, and nothing before it."""
+        """Every stage of the plan built, with its fingerprint. Each fingerprint chains its settings,
+        code and ``output_variant()`` onto its upstream's: a changed setting or a changed stage module
+        re-runs that stage and everything after it, and nothing before it; so does a change later in
+        the recipe that changes what an earlier stage writes (image_filter's image_facts)."""
         recipe = self.recipe
         members: list[Member] = []
         prev_fp = fingerprint(package_version())
         for index, spec in enumerate(plan):
             stage = S.build(spec.name, spec.settings, recipe.stage_context(index, str(self.out)))
             settings = _settings_of(stage)
+            variant = stage.output_variant()   # only where a stage has one: the others' fingerprints stay
             prev_fp = fingerprint(prev_fp, spec.name, settings, recipe.seed, code_hash(type(stage).__module__),
-                                  stage.input_identity())
+                                  stage.input_identity(), *([variant] if variant is not None else []))
             members.append(Member(index, stage, self.out / "stages" / f"{index:02d}_{spec.name}", prev_fp,
                                   spec.checkpoint))
         return members

@@ -1,6 +1,8 @@
 """One decode per image (issue #29): image_filter's reduced decode gives the same verdicts as the decode
 it replaced and the same thumbnail image_dedup computes, and the facts it carries (``image_facts``)
-leave every dedup decision unchanged — on the bench's realistic photos and on the demo's photos."""
+leave every dedup decision unchanged — on the bench's realistic photos and on the demo's photos; and a
+filter with no later reader of those facts (no digest, no thumbnail, JPEGs at 1/8 scale) keeps and
+rejects exactly the same samples for the same reasons."""
 from __future__ import annotations
 
 import io
@@ -141,6 +143,81 @@ def test_pixel_verdicts_on_the_bench_corpus_match_the_decode_they_replace(bench_
 def test_pixel_verdicts_on_the_demo_photos_match_the_decode_they_replace(demo_tars):
     seen = _compare_pixel_verdicts([x for p in sorted(demo_tars.glob("*.tar")) for x in tar_images(p)])
     assert seen["passed"] >= 10 and seen.get("image:blank", 0) >= 2, seen
+
+
+# --- facts only for a later reader --------------------------------------------------------------------
+def _verdicts(result) -> dict[str, tuple]:
+    out = {r["key"]: ("kept", None, None) for r in result.kept.select(["key"]).to_pylist()}
+    for r in result.dropped.select(["key", R.STATUS, R.REASON, R.DETAIL]).to_pylist():
+        out[r["key"]] = (r[R.STATUS], r[R.REASON], r[R.DETAIL])
+    return out
+
+
+def _filter_both_ways(table: pa.Table) -> dict[str, int]:
+    """image_filter in a run where a dedup stage reads image_facts and in one where none does: the same
+    samples kept and rejected with the same reasons and details; facts carried in the first only."""
+    with_facts = S.build("image_filter", {"preset": "default"},
+                         S.StageContext(later_reads=frozenset({"images", F.FACTS_COLUMN}))).run(table)
+    without = S.build("image_filter", {"preset": "default"}, S.StageContext(later_reads=frozenset({"text"}))).run(table)
+    assert _verdicts(with_facts) == _verdicts(without)
+    assert sum(f is not None for f in F.row_facts(with_facts.kept)) >= 0.9 * with_facts.kept.num_rows
+    assert without.kept.column(F.FACTS_COLUMN).null_count == without.kept.num_rows
+    assert without.kept.schema == with_facts.kept.schema
+    counts: dict[str, int] = {}
+    for status, reason, _ in _verdicts(without).values():
+        counts[reason or status] = counts.get(reason or status, 0) + 1
+    return counts
+
+
+def test_verdicts_without_facts_equal_those_with_facts_on_the_bench_corpus(bench_tar):
+    counts = _filter_both_ways(read_source(str(bench_tar), "webdataset", source="photos").kept)
+    assert counts["kept"] > 100 and counts.get("image:blank", 0) >= 1, counts
+
+
+def test_verdicts_without_facts_equal_those_with_facts_on_the_demo_photos(demo_tars):
+    counts = _filter_both_ways(read_source(str(demo_tars / "*.tar"), "webdataset", source="photos").kept)
+    assert counts["kept"] >= 10 and counts.get("image:blank", 0) >= 2, counts
+
+
+def test_pixel_verdicts_without_a_thumbnail_are_the_one_decodes_image_by_image(bench_tar, demo_tars):
+    """decode_checks both ways on every image that opens (truncated ones included): same reason and
+    detail; no thumbnail without facts."""
+    images = tar_images(bench_tar) + [x for p in sorted(demo_tars.glob("*.tar")) for x in tar_images(p)]
+    reasons = set()
+    for name, data in images:
+        try:
+            I.open_image(data, DEFAULT.max_pixels)
+        except I.UnreadableImage:
+            continue
+        with_thumb, _ = IP.decode_checks(I.open_image(data, DEFAULT.max_pixels), data, DEFAULT, thumbnail=True)
+        bare, thumb = IP.decode_checks(I.open_image(data, DEFAULT.max_pixels), data, DEFAULT, thumbnail=False)
+        assert (bare and (bare.reason, bare.detail)) == (with_thumb and (with_thumb.reason, with_thumb.detail)), name
+        assert thumb is None
+        reasons.add(bare.reason if bare else "passed")
+    assert {"passed", "image:blank", "image:truncated"} <= reasons, reasons
+
+
+def test_a_run_carries_facts_only_when_a_later_stage_reads_them_and_the_choice_is_in_the_fingerprint(tmp_path, bench_tar):
+    from pipelines.recipe import parse
+    from pipelines.runner import Runner
+    (tmp_path / "00000.tar").symlink_to(bench_tar)
+    (tmp_path / "out").mkdir()
+
+    def image_filter_of(stages: list[str]) -> tuple[bool, str]:
+        recipe = parse({"name": "r", "seed": 0, "stages": [{"name": n} for n in stages],
+                        "sources": [{"name": "p", "path": str(tmp_path / "*.tar"), "format": "webdataset"}]})
+        member = next(m for m in Runner(recipe, tmp_path / "out", executor="inline")._members(recipe.plan())
+                      if m.name == "image_filter")
+        return member.stage.carries_facts, member.fingerprint
+
+    alone, alone_fp = image_filter_of(["image_filter", "text_filter", "count_tokens"])
+    exact, exact_fp = image_filter_of(["image_filter", "text_filter", "exact_dedup"])
+    near, near_fp = image_filter_of(["image_filter", "image_dedup"])
+    assert (alone, exact, near) == (False, True, True)
+    assert alone_fp != exact_fp and exact_fp == near_fp   # the same image_filter output, the same fingerprint
+    assert not S.build("text_filter", {}, S.StageContext()).output_variant()   # other stages: no variant
+    assert S.build("image_filter", {}, S.StageContext()).carries_facts        # built alone: facts carried
+    assert S.columns_read("no_such_stage") == ("*",)
 
 
 # --- the carried column -------------------------------------------------------------------------------

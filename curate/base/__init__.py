@@ -6,7 +6,7 @@ It imports nothing above it (no domain stage, no `pipelines`, no Ray): `curate/`
 """
 from curate.base import records  # noqa: F401
 from curate.base.global_data import StepResult  # noqa: F401
-from curate.base.registry import build, get, register, registry, unregister  # noqa: F401
+from curate.base.registry import build, columns_read, get, register, registry, unregister  # noqa: F401
 from curate.base.stage import (  # noqa: F401
     ALL_COLUMNS, BadSample, BatchResult, Resources, Stage, StageContext, error_detail, set_status,
 )

@@ -14,7 +14,7 @@ import dataclasses
 from importlib import metadata
 from typing import Any, Mapping
 
-from curate.base.stage import Stage, StageContext
+from curate.base.stage import ALL_COLUMNS, Stage, StageContext
 
 _REGISTRY: dict[str, type[Stage]] = {}
 
@@ -81,3 +81,17 @@ def build(name: str, settings: Mapping[str, Any] | None = None, context: StageCo
     if unknown:
         raise ValueError(f"stage {name!r}: unknown setting(s) {sorted(unknown)}; known: {sorted(cfg_fields)}")
     return cls(context=context, **dict(settings or {}))
+
+
+def columns_read(name: str) -> tuple[str, ...]:
+    """The columns stage `name` reads that an earlier stage wrote (its class's ``requires`` and
+    ``reads_if_present``), for ``StageContext.later_reads``; ("*",) — every column — for a name no
+    installed stage has (a plugin not imported where only a recipe is validated). ``global_columns``
+    do not count: they are what the runner hands a global step, which passes along more than it
+    reads (``shards`` takes "*" and writes only the columns it names; ``repeated_images`` realigns
+    ``image_facts`` with the images it removes, null or not)."""
+    try:
+        cls = get(name)
+    except KeyError:
+        return ALL_COLUMNS
+    return (*cls.requires, *cls.reads_if_present)

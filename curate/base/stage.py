@@ -71,6 +71,11 @@ class StageContext:
     # The names (only the names) of the stages before this one in the run: a stage whose name comes
     # again (two image_filter stages) labels what it records with its index to keep the two apart.
     earlier_stages: tuple[str, ...] = ()
+    # The columns the stages after this one in the run read (their ``requires`` and ``reads_if_present``;
+    # "*" stands for every column), or None when not known (a stage built alone).
+    # A stage that writes a column only for later stages (image_filter's image_facts) skips that work
+    # when the column is not in it; when it is None, it does the work.
+    later_reads: frozenset[str] | None = None
     mixture: Mapping[str, Any] | None = None
     # Fraction of a stage's input that may fail with a non-BadSample error (quarantined as error:<Type>)
     # before the run fails. 0: any such error is a bug and fails the run at once.
@@ -87,6 +92,9 @@ class Stage:
     requires: ClassVar[tuple[str, ...]] = ("key",)
     adds: ClassVar[Mapping[str, pa.DataType]] = {}
     resources: ClassVar[Resources] = Resources()
+    # Columns the stage uses when an earlier stage wrote them and computes itself otherwise (the dedup
+    # stages and image_facts): not required, but they tell that earlier stage someone reads them.
+    reads_if_present: ClassVar[tuple[str, ...]] = ()
     # Columns handed to decide(); ("*",) means every column. None: the stage has no global step.
     global_columns: ClassVar[tuple[str, ...] | None] = None
     # Columns handed to summarize() for the report.
@@ -139,6 +147,12 @@ class Stage:
     def input_identity(self) -> Any:
         """What identifies this stage's external inputs for the resume fingerprint (source stages:
         the files they read). None: the stage reads only the previous stage's rows."""
+        return None
+
+    def output_variant(self) -> Any:
+        """What, besides the settings, decides what this stage writes — a choice it made from its
+        ``StageContext`` (image_filter: whether it carries ``image_facts``) — for the resume
+        fingerprint. None: nothing does."""
         return None
 
     def external_outputs(self) -> list[str]:

@@ -24,7 +24,7 @@ from curate.base import BatchResult, Resources, register
 from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
 from curate.media.decode import read_or_drop
 from curate.media import images as I
-from curate.media.image_facts import bytes_digest, row_facts
+from curate.media.image_facts import FACTS_COLUMN, bytes_digest, row_facts
 
 
 @register
@@ -32,6 +32,7 @@ class ExactDedupStage(DedupStage):
     name = "exact_dedup"
     description = "Remove samples whose normalised text and image bytes equal another's; the best copy survives."
     requires = ("key", "source", "category", "text", "conversations", "images")
+    reads_if_present = (FACTS_COLUMN,)   # image_filter's digests (and pHashes), where it carried them
     adds = {"content_hash": pa.string(), **DUP_COLUMNS}
     resources = Resources(cpus=1, batch_size=256)
     hash_column = "content_hash"

@@ -36,7 +36,7 @@ from curate.dedup.base import DUP_COLUMNS, DedupStage, SurvivorConfig, with_colu
 from curate.dedup.sample_bytes import HashedImage, document_images, hashed_rows
 from curate.base import Drop, split_drops
 from curate.documents.per_image import apply_verdicts, document_rows, removal_stage
-from curate.media.image_facts import row_facts
+from curate.media.image_facts import FACTS_COLUMN, row_facts
 from curate.base import BatchResult, Resources, register
 
 
@@ -65,6 +65,7 @@ class ImageDedupStage(DedupStage):
     description = ("Remove near-duplicate images (pHash, bit-sampling LSH, Hamming-confirmed; robust to "
                    "re-encoding, resizing and small crops). The best copy survives.")
     requires = ("key", "source", "category", "images")
+    reads_if_present = (FACTS_COLUMN,)   # image_filter's digests (and pHashes), where it carried them
     adds = {"image_hash": pa.string(), "image_phash": pa.list_(pa.uint64()), **DUP_COLUMNS}
     resources = Resources(cpus=1, batch_size=64)
     hash_column = "image_hash"

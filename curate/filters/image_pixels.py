@@ -14,11 +14,17 @@ The decode (``decode_checks``):
   warns), the filter falls back to libjpeg through OpenCV at 1/8 scale (``legacy_pixel_drop``),
   which decodes such files with their fill, and carries no thumbnail for that image.
 * **Other formats** decode in full (as the thumbnail always did); CMYK JPEGs through Pillow's draft
-  mode. The thumbnail is the grey conversion of that same decode.
+  mode. The thumbnail is the grey conversion of that same decode. (Still WebPs through OpenCV's
+  libwebp give the same pixels, but measured through this function they save only 2-5%: Pillow
+  still opens the file for the header rules. Not worth a second decoder.)
+* **No thumbnail wanted** (no later stage of the run reads ``image_facts``; ``thumbnail=False``):
+  JPEGs decode at 1/8 scale through ``legacy_pixel_drop`` and nothing is resized.
 
-Why the scale is pHash's and not always 1/8: the thumbnail must stay the one ``image_dedup`` has
-always computed (its verdicts depend on it), and in libjpeg the entropy decoding, which every scale
-pays, is most of a reduced decode's cost: 1/2 costs little more than 1/8.
+Why the scale is pHash's and not always 1/8 when the thumbnail is wanted: it must stay the one
+``image_dedup`` has always computed (its verdicts depend on it), and in libjpeg the entropy decoding,
+which every scale pays, is most of a reduced decode's cost: on the bench's photos (72 KB JPEGs,
+``bench/bench_decode_parts.py``) 1.03 CPU-ms at pHash's scale through Pillow, 1.06 at 1/8 through
+Pillow, 0.90 at 1/8 through OpenCV, plus 0.22 for the thumbnail's Lanczos.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from PIL import Image
 
 from curate.media import images as I
 from curate.base import Drop
-from curate.filters.image_quality import decoded_quality_drop
+from curate.filters.image_quality import decoded_quality_drop, quality_rules_on
 from curate.media.jpeg import decoder_fill_rows, max_channel_std_of, reduced_decode
 from curate.filters.presets import ImageThresholds
 from curate.media.image_facts import THUMB_DRAFT, grey_thumbnail
@@ -117,12 +123,20 @@ def _load(im: Image.Image) -> bool:
         return False
 
 
-def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Drop | None, np.ndarray | None]:
+def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds, thumbnail: bool = True
+                  ) -> tuple[Drop | None, np.ndarray | None]:
     """The pixel rules (corrupt, blank, truncated) on one reduced decode of `im` (from ``open_image``,
-    header parsed, nothing decoded) and that decode's 32x32 thumbnail (None when this image had to be
-    judged on a decode that does not give pHash's thumbnail, or was rejected)."""
+    header parsed, nothing decoded) and, with `thumbnail`, that decode's 32x32 thumbnail (None when
+    this image had to be judged on a decode that does not give pHash's thumbnail, or was rejected).
+
+    Without `thumbnail` (no later stage reads ``image_facts``) nothing is resized, and a JPEG decodes at
+    1/8 scale through ``legacy_pixel_drop`` — the decode these rules are defined on, which the one
+    decode matches verdict for verdict (``tests/test_one_decode.py``) — unless the blur / QR rules are
+    on: they reuse the pHash-scale decode when it is large enough, so that path stays."""
     width, height = im.size
     thumb_ok = width * height <= I.MAX_DECODE_PIXELS    # beyond it image_dedup rejects without a thumbnail
+    if im.format == "JPEG" and im.mode in ("RGB", "L") and not thumbnail and not quality_rules_on(th):
+        return legacy_pixel_drop(im, data, th), None
     if im.format == "JPEG" and im.mode in ("RGB", "L"):
         im.draft("YCbCr" if im.mode == "RGB" else "L", THUMB_DRAFT)
         scale = int(im.decoderconfig[0]) if im.decoderconfig else 1
@@ -138,7 +152,7 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
             if fill:
                 drop = _fill_drop(-(-fill * scale // 8), grid[1])
         drop = drop or decoded_quality_drop(im, data, (width, height), th)
-        return drop, (grey_thumbnail(im) if drop is None and thumb_ok else None)
+        return drop, (grey_thumbnail(im) if drop is None and thumb_ok and thumbnail else None)
     if im.format == "JPEG":
         return legacy_pixel_drop(im, data, th) or decoded_quality_drop(None, data, (width, height), th), None
     try:
@@ -146,4 +160,4 @@ def decode_checks(im: Image.Image, data: bytes, th: ImageThresholds) -> tuple[Dr
     except I.UnreadableImage as exc:
         return Drop("image:corrupt", f"decode failed: {exc.detail}"), None
     drop = _blank_of_decoded(small, th) or decoded_quality_drop(small, data, (width, height), th)
-    return drop, (grey_thumbnail(small) if drop is None and thumb_ok else None)
+    return drop, (grey_thumbnail(small) if drop is None and thumb_ok and thumbnail else None)

@@ -39,7 +39,10 @@ blank, baseline truncation) share one reduced decode and run when ``blank_max_st
 
 What a passing image's read and decode established — its byte digest, pHash and thumbnail std —
 is carried to later stages in the ``image_facts`` column (``curate.media.image_facts``): ``exact_dedup``
-and ``image_dedup`` then neither read nor decode it again.
+and ``image_dedup`` then neither read nor decode it again. Only when a later stage of the run reads
+the column (``StageContext.later_reads``; the dedup stages declare it in ``reads_if_present``): else
+the column stays null and the filter takes no digest, makes no thumbnail, and decodes a JPEG at 1/8
+scale (``image_pixels.decode_checks``) — the same verdicts at ~0.5 ms less per image.
 
 Unreadable *bytes* (a missing file, a short read from a container) are *quarantined*, not rejected:
 the sample may be fine and the storage broken, so a rerun can recover it. Bytes that are there but
@@ -67,7 +70,7 @@ from curate.filters.image_quality import quality_rules_on
 from curate.media.jpeg import estimate_jpeg_quality, progressive_scans_missing
 from curate.filters.presets import IMAGE_PRESETS, ImageThresholds, preset_settings, thresholds_of
 from curate.media.image_facts import FACTS_COLUMN, FACTS_TYPE, ImageFact, bytes_digest, facts_column, ref_id
-from curate.base import BatchResult, Resources, Stage, register
+from curate.base import ALL_COLUMNS, BatchResult, Resources, Stage, register
 from curate.documents.per_image import document_rows, removal_stage, removals_of
 from curate.documents.record import remove_images
 
@@ -130,9 +133,11 @@ def _unreadable_drop(exc: I.UnreadableImage) -> Drop:
     return Drop("image:corrupt", f"{exc.reason}: {exc.detail}")
 
 
-def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> tuple[Drop | None, np.ndarray | None]:
+def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds, thumbnail: bool = True
+                ) -> tuple[Drop | None, np.ndarray | None]:
     """The rules that look at the encoded bytes (and, for blank/truncated/corrupt, one reduced decode);
-    with the verdict, that decode's 32x32 thumbnail when it gives pHash's (``image_pixels``)."""
+    with the verdict, with `thumbnail`, that decode's 32x32 thumbnail when it gives pHash's
+    (``image_pixels``)."""
     try:
         im = I.open_image(data, th.max_pixels)
     except I.UnreadableImage as exc:
@@ -153,7 +158,7 @@ def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> tup
             return Drop("image:truncated", f"progressive JPEG ends before components {missing} are fully refined"), None
     thumb = None
     if th.blank_max_std or quality_rules_on(th):
-        drop, thumb = decode_checks(im, data, th)
+        drop, thumb = decode_checks(im, data, th, thumbnail)
         if drop:
             return drop, None
     encoded = ref.get("size")
@@ -161,10 +166,11 @@ def check_bytes(ref: Mapping[str, Any], data: bytes, th: ImageThresholds) -> tup
     return drop, (thumb if drop is None else None)
 
 
-def judge_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes
-                ) -> tuple[Drop | None, ImageFact | None]:
-    """Every rule for one image reference, and what its read established (``image_facts``) when it
-    was read and passed; (None, None) for an image that passes on its header alone."""
+def judge_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes,
+                facts_wanted: bool = True) -> tuple[Drop | None, ImageFact | None]:
+    """Every rule for one image reference, and, with `facts_wanted`, what its read established
+    (``image_facts``) when it was read and passed; (None, None) for an image that passes on its header
+    alone. Without `facts_wanted` (no later stage reads them) no digest is taken and no thumbnail made."""
     drop = reference_drop(ref, th)
     if drop is not None:
         return drop, None
@@ -174,8 +180,10 @@ def judge_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I
     got = read_or_drop(ref, read)
     if isinstance(got, Drop):
         return got, None
-    drop, thumb = check_bytes(ref, got, th)
-    return (drop, None) if drop is not None else (None, ImageFact(ref_id(ref), bytes_digest(got), thumb))
+    drop, thumb = check_bytes(ref, got, th, facts_wanted)
+    if drop is not None or not facts_wanted:
+        return drop, None
+    return None, ImageFact(ref_id(ref), bytes_digest(got), thumb)
 
 
 def check_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I.read_image_bytes) -> Drop | None:
@@ -183,14 +191,14 @@ def check_image(ref: Mapping[str, Any], th: ImageThresholds, read: ReadBytes = I
     return judge_image(ref, th, read)[0]
 
 
-def judge_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, read: ReadBytes = I.read_image_bytes
-                 ) -> tuple[Drop | None, list[ImageFact] | None]:
+def judge_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, read: ReadBytes = I.read_image_bytes,
+                 facts_wanted: bool = True) -> tuple[Drop | None, list[ImageFact] | None]:
     """A sample fails with its first failing image (samples without images pass); a passing sample's
     facts, one per image, or None when some image passed without being read."""
     refs = refs or []
     facts: list[ImageFact] | None = []
     for i, ref in enumerate(refs):
-        drop, fact = judge_image(ref, th, read)
+        drop, fact = judge_image(ref, th, read, facts_wanted)
         if drop is not None:
             where = f"image {i + 1}/{len(refs)}: " if len(refs) > 1 else ""
             return Drop(drop.reason, where + (drop.detail or ""), drop.status), None
@@ -198,14 +206,14 @@ def judge_sample(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, 
     return None, facts
 
 
-def judge_document(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, read: ReadBytes = I.read_image_bytes
-                   ) -> tuple[list[tuple[int, Drop]], list[ImageFact] | None]:
+def judge_document(refs: Sequence[Mapping[str, Any]] | None, th: ImageThresholds, read: ReadBytes = I.read_image_bytes,
+                   facts_wanted: bool = True) -> tuple[list[tuple[int, Drop]], list[ImageFact] | None]:
     """Every image of a document on its own (curate.documents.per_image): the failing ones with their
     reasons, and the facts of the images that stay (None when some stayed without being read)."""
     failing: list[tuple[int, Drop]] = []
     facts: list[ImageFact] | None = []
     for i, ref in enumerate(refs or []):
-        drop, fact = judge_image(ref, th, read)
+        drop, fact = judge_image(ref, th, read, facts_wanted)
         if drop is not None:
             failing.append((i, drop))
         else:
@@ -250,17 +258,25 @@ class ImageFilter(Stage):
         self.thresholds: ImageThresholds = thresholds_of(self.config, ImageThresholds, IMAGE_PRESETS)
         if self.config.io_threads < 1:
             raise ValueError(f"io_threads: must be >= 1, got {self.config.io_threads}")
+        later = self.context.later_reads
+        # image_facts is written for the dedup stages only: without one later in the run the column
+        # stays null, and no digest, thumbnail or pHash is computed (the verdicts are the same).
+        self.carries_facts = later is None or FACTS_COLUMN in later or ALL_COLUMNS[0] in later
+
+    def output_variant(self) -> dict[str, bool]:
+        return {FACTS_COLUMN: self.carries_facts}
 
     def process_batch(self, batch: pa.Table) -> BatchResult:
         rows = batch.column("images").to_pylist()
         documents = document_rows(batch)
         th = self.thresholds
         read = prefetch(rows, th)
+        wanted = self.carries_facts
 
         def judge(row: int) -> tuple[Drop | None, list[tuple[int, Drop]], list[ImageFact] | None]:
             if documents[row]:   # each image on its own: failing images leave the document
-                return (None, *judge_document(rows[row], th, read))
-            drop, facts = judge_sample(rows[row], th, read)
+                return (None, *judge_document(rows[row], th, read, wanted))
+            drop, facts = judge_sample(rows[row], th, read, wanted)
             return drop, [], facts
         if self.config.io_threads > 1 and len(rows) > 1:
             with ThreadPoolExecutor(self.config.io_threads) as pool:
