@@ -88,12 +88,12 @@ def _write_files(table: pa.Table, root: Path, rows_per_file: int) -> list[str]:
 
 def test_on_ray_the_driver_gets_a_row_per_shard_and_keeps_no_shuffle_piece(tmp_path, monkeypatch):
     """The same shards (4 per rank, 8 in all) from 4 and from 16 input blocks: the shuffle writes
-    them in one partition per shard (the most pieces: blocks x shards), the driver receives 8 rows
+    them in partitions of 40 rows (2, then 8: one per shard), the driver receives 8 rows
     from it both times, and the references it holds when the step returns grow by a few per block,
     not by the shards per block that the shuffle's pieces would add."""
     import ray
     from pipelines.engine.ray_data import RayExecutor
-    monkeypatch.setattr(S, "REDUCE_ROWS", 1)
+    monkeypatch.setattr(S, "REDUCE_ROWS", 40)   # 2 and 8 partitions (one per shard), in blocks of 40 rows
     met_rows = []
     check = S.check_met
     monkeypatch.setattr(S, "check_met", lambda met, shards: (met_rows.append((met.num_rows, shards)), check(met, shards)))

@@ -151,7 +151,7 @@ class ShardsStage(Stage):
                           c.packs_per_shard)   # on disk, not held: the map tasks read it
             met = (data.map_batches(lambda b: T.assign_slots(b, slots_dir))
                    .shuffle_reduce("_shard", lambda g: S.write_shard_groups(g, tmp, settings),
-                                   partitions=S.reduce_partitions(len(paths), rows))
+                                   partitions=S.reduce_partitions(len(paths), rows), block_rows=S.REDUCE_ROWS)
                    .gather())   # one row per shard: the shuffle's pieces are released once it is written
             S.check_met(met, len(paths))
             results = S.read_results(tmp, len(paths))
