@@ -13,9 +13,12 @@ four operations on a ``GlobalData`` handle, which each executor implements — R
   statistics. With ``merge`` (concatenated partials -> one partial, associative and order-free) the
   partials are merged where they were made, in a tree, and the driver gets O(COMBINE_FAN_IN) of them
   instead of one per block.
-* ``shuffle_reduce(key, fn, partitions)``: rows with equal ``key`` meet in one call of ``fn``. A call
-  gets one or more whole key groups sorted by ``key`` then ``_ordinal``; what ``fn`` returns for a
-  group must depend on that group alone, so results do not depend on how rows were partitioned.
+* ``shuffle_reduce(key, fn, partitions, block_rows=None)``: rows with equal ``key`` meet in one call
+  of ``fn``. A call gets one or more whole key groups sorted by ``key`` then ``_ordinal``; what ``fn``
+  returns for a group must depend on that group alone, so results do not depend on how rows were
+  partitioned. ``block_rows``: the rows enter the shuffle in blocks of about that many (Ray: its map
+  tasks); a sort shuffle makes blocks x partitions pieces, each an object the driver owns while it
+  runs, so a step with few partitions over many small blocks gathers them first.
 * ``union(other)``: the rows of both handles (same schema), e.g. per-row records and the small
   per-key results computed from them, so that a following ``shuffle_reduce`` joins them by key.
 * ``gather()``: every row in one table, for steps whose input is known to be small (documented at
@@ -47,7 +50,7 @@ BatchFn = Callable[[pa.Table], pa.Table]
 class GlobalData(Protocol):
     def map_batches(self, fn: BatchFn) -> "GlobalData": ...
     def aggregate(self, partial: BatchFn, combine: Callable[[pa.Table], T], merge: BatchFn | None = None) -> T: ...
-    def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int) -> "GlobalData": ...
+    def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int, block_rows: int | None = None) -> "GlobalData": ...
     def union(self, other: "GlobalData") -> "GlobalData": ...
     def count(self) -> int: ...
     def gather(self) -> pa.Table: ...
@@ -105,7 +108,7 @@ class InlineData:
                 parts = [merge(concat(parts[i:i + COMBINE_FAN_IN])) for i in range(0, len(parts), COMBINE_FAN_IN)]
         return combine(concat(parts))
 
-    def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int) -> "InlineData":
+    def shuffle_reduce(self, key: str, fn: BatchFn, partitions: int, block_rows: int | None = None) -> "InlineData":
         table = concat(self.tables)
         if table.num_rows == 0:
             return InlineData([])

@@ -7,10 +7,13 @@
    ``pack.shards.slots`` lays its slots out as shards (integers, written to disk, not kept): rank by
    rank in training order, ``packs_per_shard`` per tar, carried-over packs after them, dropped
    leftover packs in no shard (-1).
-3. ``shard_slots.assign_slots`` (a map, reading that file) gives every row the slots of its pack — one copy per slot, so a pack
-   repeated by ``pad_with_repeats`` travels to both shards — and ``write_shard_groups`` (a
-   shuffle-reduce by shard) writes each tar where its rows meet, leaves a small result file beside it
-   for the manifest, and returns one decision per sample (from the sample's first slot).
+3. ``slots.assign_slots`` (a map, reading that file) gives every row the slots of its pack — one
+   copy per slot, so a pack repeated by ``pad_with_repeats`` travels to both shards — and
+   ``write_shard_groups`` (a shuffle-reduce by shard, ``reduce_partitions`` partitions of whole
+   shards) writes each tar where its rows meet and leaves a small result file beside it for the
+   manifest; the driver gets one row per shard.
+4. ``slots.slot_decisions`` (a map over the step's input) gives every sample its decision from its
+   first slot and the writers' failures.
 """
 from __future__ import annotations
 
@@ -25,12 +28,12 @@ import pyarrow.compute as pc
 from curate.base import records as R
 from curate.base.partials import read_partials, write_partial
 from pack.balance import plan as B
-from pack import packformat as F
 from pack.shards.slots import SLOT_COLUMNS
 from pack.shards.writer import PackJob, ShardJob, ShardResult, WriterSettings, write_shard
 from pack.shards.ids import SegmentTokenizer
 
 RESULTS_DIR = ".results"
+REDUCE_ROWS = 250_000   # rows per call of the shuffle that writes the shards, at most (and at least one shard)
 
 
 @dataclass
@@ -134,21 +137,34 @@ def _tokenizer(settings: WriterSettings) -> SegmentTokenizer | None:
     return _TOKENIZERS[key]
 
 
-def write_shard_groups(group: pa.Table, root: str, settings: WriterSettings, left_reason: str) -> pa.Table:
-    """Write the shards whose rows are in `group`; one decision per sample (from its first slot)."""
-    out: list[pa.Table] = []
+def reduce_partitions(shards: int, rows: int) -> int:
+    """Partitions of the shuffle that takes every row to its shard: one per REDUCE_ROWS rows, never
+    more than the shards. Ray's sort shuffle makes input blocks x partitions pieces, each an object
+    the driver owns while the shuffle runs (~20-35 KB of its memory apiece, measured): one partition
+    per shard made that grow with the square of the rows (~5,000 pieces at 5M rows). A partition
+    holds whole shards, so the shards written do not depend on the count (write_shard_groups)."""
+    return max(1, min(shards, -(-rows // REDUCE_ROWS)))
+
+
+def write_shard_groups(group: pa.Table, root: str, settings: WriterSettings) -> pa.Table:
+    """Write the shards whose rows are in `group` (dropped leftover packs, shard -1, are not written);
+    one row per shard met, with its slot rows. The samples' decisions are made apart, by
+    ``slots.slot_decisions``, so nothing per row comes back from this shuffle."""
     shard_col = group.column("_shard").to_numpy()
-    for shard in np.unique(shard_col):
-        rows = group.filter(pa.array(shard_col == shard))
-        primary = rows.filter(rows.column("_primary"))
-        if shard < 0:
-            out.append(_decisions(primary, R.REJECTED, "leftover_dropped", "pack did not fill a global step"))
-            continue
-        result = _write_one(rows, root, settings)
-        failed = {o: (r, d) for o, r, d in result.failures}
-        status = R.REJECTED if left_reason and primary.column("_rank")[0].as_py() == -1 else None
-        out.append(_primary_decisions(primary, failed, status, left_reason))
-    return pa.concat_tables(out)
+    shards, counts = np.unique(shard_col, return_counts=True)
+    for shard in shards:
+        if shard >= 0:
+            _write_one(group.filter(pa.array(shard_col == shard)), root, settings)
+    return pa.table({"_shard": pa.array(shards, pa.int64()), "rows": pa.array(counts, pa.int64())})
+
+
+def check_met(met: pa.Table, shards: int) -> None:
+    """Each shard met in exactly one reduce call (the shuffle's contract: whole key groups)."""
+    ids = met.column("_shard").to_numpy() if met.num_rows else np.zeros(0, dtype=np.int64)
+    written, times = np.unique(ids[ids >= 0], return_counts=True)
+    if (times > 1).any() or (written >= shards).any():
+        raise RuntimeError(f"shards: the writing shuffle met shard(s) {written[(times > 1) | (written >= shards)][:5].tolist()} "
+                           f"more than once or out of range ({shards} shards)")
 
 
 def _write_one(rows: pa.Table, root: str, settings: WriterSettings) -> ShardResult:
@@ -166,28 +182,6 @@ def _write_one(rows: pa.Table, root: str, settings: WriterSettings) -> ShardResu
     result = write_shard(root, ShardJob(records[0]["_shard_path"], packs), settings, _tokenizer(settings))
     write_partial(os.path.join(root, RESULTS_DIR), int(records[0]["_shard"]), asdict(result))
     return result
-
-
-def _decisions(rows: pa.Table, status: str, reason: str | None, detail: str | None) -> pa.Table:
-    n = rows.num_rows
-    return pa.table({R.ORDINAL: rows.column(R.ORDINAL), R.STATUS: pa.array([status] * n, pa.string()),
-                     R.REASON: pa.array([reason] * n, pa.string()), R.DETAIL: pa.array([detail] * n, pa.string())})
-
-
-def _primary_decisions(primary: pa.Table, failed: dict[int, tuple[str, str]], left_status: str | None,
-                       left_reason: str) -> pa.Table:
-    ords = primary.column(R.ORDINAL).to_pylist()
-    status, reason, detail = [], [], []
-    for o in ords:
-        if o in failed:
-            status.append(R.QUARANTINED), reason.append(failed[o][0]), detail.append(failed[o][1])
-        elif left_status:
-            status.append(left_status), reason.append(left_reason)
-            detail.append(f"written to {F.LEFTOVER_DIR}/ for a later run")
-        else:
-            status.append(R.KEPT), reason.append(None), detail.append(None)
-    return pa.table({R.ORDINAL: pa.array(ords, pa.int64()), R.STATUS: pa.array(status, pa.string()),
-                     R.REASON: pa.array(reason, pa.string()), R.DETAIL: pa.array(detail, pa.string())})
 
 
 def read_results(root: str, n_shards: int) -> list[ShardResult]:

@@ -13,6 +13,13 @@ Layout (unchanged): rank by rank in training order (step, then micro-batch), ``p
 per tar; carried-over packs after them in ``leftover/``; dropped leftover packs in no shard (-1). A
 pack that ``pad_with_repeats`` places twice has two slots; the second names the first
 (``_repeat_of``) and only the first is its samples' primary slot (their decision comes from it).
+
+Each sample's decision is made here too, by a map over the step's input rows (``slot_decisions``),
+from its primary slot and the writers' failures (written to the same directory once the shards are
+written), not returned by the writing shuffle: a dataset the driver keeps for the decisions' routing
+then descends from the read alone, and the shuffle's pieces (input blocks x partitions, each an
+object the driver owns) are released as soon as the shards are written (README, "What the driver
+holds, per stage").
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.base import records as R
 from pack.balance import plan as B
 from pack import packformat as F
 
@@ -83,7 +92,22 @@ def write_slots(directory: str, plan: B.Plan, slots: pa.Table, pack_ids: np.ndar
                    os.path.join(directory, "pack_ids.parquet"))
 
 
+FAILURES_FILE = "failures.parquet"
+FAILURE_SCHEMA = pa.schema([(R.ORDINAL, pa.int64()), ("_shard", pa.int64()), (R.REASON, pa.string()),
+                            (R.DETAIL, pa.string())])
+DROPPED_DETAIL = "pack did not fill a global step"
+CARRIED_DETAIL = f"written to {F.LEFTOVER_DIR}/ for a later run"
+
+
+def write_failures(directory: str, failures: list[tuple[int, int, str, str]]) -> None:
+    """The writers' failures as (_ordinal, shard, reason, detail) rows, read by ``slot_decisions``."""
+    cols = list(zip(*failures)) if failures else [[], [], [], []]
+    pq.write_table(pa.table([pa.array(c, t) for c, t in zip(cols, FAILURE_SCHEMA.types)], schema=FAILURE_SCHEMA),
+                   os.path.join(directory, FAILURES_FILE))
+
+
 _LOADED: dict[tuple[str, int], tuple[np.ndarray, pa.Table, dict[str, int]]] = {}
+_PRIMARY: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, pa.Table]] = {}
 
 
 def _load(directory: str) -> tuple[np.ndarray, pa.Table, dict[str, int]]:
@@ -140,3 +164,52 @@ def _shard_path(shard: int, rank: int, dp: int, per_rank: int) -> str:
     if rank >= 0:
         return f"{F.rank_dir(rank)}/{F.shard_name(shard - rank * per_rank)}"
     return f"{F.LEFTOVER_DIR}/{F.shard_name(shard - dp * per_rank)}"
+
+
+def _primary(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Table]:
+    """(pack ids, primary slot's shard and rank per pack, failures), read once per worker and plan."""
+    path, fpath = os.path.join(directory, "slots.parquet"), os.path.join(directory, FAILURES_FILE)
+    key = (path, os.stat(path).st_mtime_ns, os.stat(fpath).st_mtime_ns)
+    if key not in _PRIMARY:
+        _PRIMARY.clear()
+        pack_ids, slots, _ = _load(directory)
+        first = slots.column("_first").to_numpy()
+        mask = first < 0   # every pack has exactly one primary slot (a dropped pack: its shard is -1)
+        order = np.argsort(slots.column("pack_index").to_numpy()[mask], kind="stable")
+        shard = slots.column("_shard").to_numpy()[mask][order]
+        rank = slots.column("_rank").to_numpy()[mask][order]
+        if shard.size != pack_ids.size:
+            raise RuntimeError(f"shards: {shard.size} primary slots for {pack_ids.size} packs")
+        _PRIMARY[key] = (pack_ids, shard, rank, pq.read_table(fpath))
+    return _PRIMARY[key]
+
+
+def slot_decisions(batch: pa.Table, directory: str, carried_reason: str) -> pa.Table:
+    """One decision per sample of `batch`, from its pack's primary slot: in a dropped leftover pack,
+    rejected ``leftover_dropped``; named by a writer's failure in that slot's shard, quarantined with
+    its reason; in a carried-over pack (`carried_reason` set), rejected with it; otherwise kept."""
+    pack_ids, shard_of, rank_of, failures = _primary(directory)
+    idx = np.searchsorted(pack_ids, batch.column("pack_id").to_numpy())
+    shard, rank = shard_of[idx], rank_of[idx]
+    n = batch.num_rows
+    ordinal = batch.column(R.ORDINAL).combine_chunks()
+    status = np.full(n, R.KEPT, dtype=object)
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, None, dtype=object)
+    if carried_reason:
+        carried = (rank < 0) & (shard >= 0)
+        status[carried], reason[carried], detail[carried] = R.REJECTED, carried_reason, CARRIED_DETAIL
+    if failures.num_rows:
+        width = int(max(shard.max(initial=0), pc.max(failures.column("_shard")).as_py()) + 1)
+        mine = pc.add(pc.multiply(ordinal, width), pa.array(shard))
+        theirs = pc.add(pc.multiply(failures.column(R.ORDINAL), width), failures.column("_shard"))
+        found = pc.index_in(mine, value_set=theirs.combine_chunks())
+        hit = pc.is_valid(found).to_numpy(zero_copy_only=False)
+        at = pc.drop_null(found).to_numpy(zero_copy_only=False).astype(np.int64)
+        status[hit] = R.QUARANTINED
+        reason[hit] = np.asarray(failures.column(R.REASON).to_pylist(), dtype=object)[at]
+        detail[hit] = np.asarray(failures.column(R.DETAIL).to_pylist(), dtype=object)[at]
+    dropped = shard < 0
+    status[dropped], reason[dropped], detail[dropped] = R.REJECTED, "leftover_dropped", DROPPED_DETAIL
+    return pa.table({R.ORDINAL: ordinal.cast(pa.int64()), R.STATUS: pa.array(status, pa.string()),
+                     R.REASON: pa.array(reason, pa.string()), R.DETAIL: pa.array(detail, pa.string())})

@@ -127,6 +127,7 @@ class ShardsStage(Stage):
     def global_step(self, data: Any) -> Any:
         c = self.config
         L = self.capacity()
+        rows = data.count()   # known for a step's input: sizes the writing shuffle's partitions
         data = data.map_batches(materialize_chunks)   # chunks of split documents become their own documents
         stats = data.aggregate(S.pack_partial, S.combine_pack_stats, S.merge_pack_stats)
         S.check_stats(stats, L)
@@ -148,12 +149,15 @@ class ShardsStage(Stage):
         try:
             T.write_slots(slots_dir, plan, T.slot_table(plan, c.packs_per_shard, carry), stats.pack_ids,
                           c.packs_per_shard)   # on disk, not held: the map tasks read it
-            decisions = (data.map_batches(lambda b: T.assign_slots(b, slots_dir))
-                         .shuffle_reduce("_shard", lambda g: S.write_shard_groups(g, tmp, settings, left_reason),
-                                         partitions=max(1, len(paths)))
-                         .materialize())
-            shutil.rmtree(slots_dir)
+            met = (data.map_batches(lambda b: T.assign_slots(b, slots_dir))
+                   .shuffle_reduce("_shard", lambda g: S.write_shard_groups(g, tmp, settings),
+                                   partitions=S.reduce_partitions(len(paths), rows), block_rows=S.REDUCE_ROWS)
+                   .gather())   # one row per shard: the shuffle's pieces are released once it is written
+            S.check_met(met, len(paths))
             results = S.read_results(tmp, len(paths))
+            T.write_failures(slots_dir, [(o, shard, r, d) for shard, res in enumerate(results) for o, r, d in res.failures])
+            decisions = data.map_batches(lambda b: T.slot_decisions(b, slots_dir, left_reason)).materialize()
+            shutil.rmtree(slots_dir)
             rank_results: list[list[ShardResult]] = [[] for _ in range(c.dp_size)]
             for rank, res in zip(shard_ranks, results):
                 if rank >= 0:

@@ -51,9 +51,9 @@ class PhasedInlineData(InlineData):
     def map_batches(self, fn: Any) -> "PhasedInlineData":
         return self._same(super().map_batches(fn))
 
-    def shuffle_reduce(self, key: str, fn: Any, partitions: int) -> "PhasedInlineData":
+    def shuffle_reduce(self, key: str, fn: Any, partitions: int, block_rows: int | None = None) -> "PhasedInlineData":
         with self.progress.phase(shuffle_phase(key)):
-            return self._same(super().shuffle_reduce(key, fn, partitions))
+            return self._same(super().shuffle_reduce(key, fn, partitions, block_rows))
 
     def union(self, other: InlineData) -> "PhasedInlineData":
         return self._same(super().union(other))

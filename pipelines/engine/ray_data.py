@@ -91,14 +91,19 @@ class RayData:
                         .map_batches(merge, batch_format="pyarrow").materialize()
             return combine(concat(ray.get(parts.to_arrow_refs())))
 
-    def shuffle_reduce(self, key: str, fn: Callable[[pa.Table], pa.Table], partitions: int) -> "RayData":
+    def shuffle_reduce(self, key: str, fn: Callable[[pa.Table], pa.Table], partitions: int,
+                       block_rows: int | None = None) -> "RayData":
+        """Ray Data's sort shuffle (DataContext.shuffle_strategy): it makes as many output blocks as
+        input blocks, whatever ``num_partitions`` says, so ``partitions`` bounds the distinct keys of the
+        sort and the reduce calls with rows; each input block is cut into a piece per reduce call.
+        ``block_rows`` gathers the input into blocks of that many rows first (see GlobalData)."""
         def add_part(batch: pa.Table) -> pa.Table:
             return batch.append_column(PART, pa.array(partition_of(batch.column(key), partitions).astype("int64")))
 
         def reduce(group: pa.Table) -> pa.Table:
             return fn(sort_for_reduce(group.drop_columns([PART]), key))
 
-        ds = self.ds.map_batches(add_part, batch_format="pyarrow")
+        ds = self.ds.map_batches(add_part, batch_format="pyarrow", **({"batch_size": block_rows} if block_rows else {}))
         return self._next(ds.groupby(PART, num_partitions=partitions).map_groups(reduce, batch_format="pyarrow"),
                           (shuffle_phase(key),))
 

@@ -7,7 +7,8 @@ every bundle of ROWS_PER_FILE rows itself, in its order, as part of the stage's 
 and names the files in dataset order, so a stage's files normally hold its rows in input order —
 ``_ordinal`` order for original rows.
 
-Routing: a decision goes to the file holding its row by a binary search over the files' first
+Routing: a decision goes to the file holding its row (decisions first gathered into blocks of
+DECISION_BLOCK_ROWS, so the shuffle by file has few pieces) by a binary search over the files' first
 non-negative ``_ordinal`` (from the parquet footers). Two cases need a lookup instead — a narrow
 shuffle on the row's ``_ordinal`` of the decisions against (``_ordinal``, file) rows read from the
 files: repeat rows that the mixture appended carry negative, hash-derived ordinals that no range
@@ -52,6 +53,11 @@ TARGET = "_target"      # the _ordinal a decision is about, the key of the routi
 PART = "_part"          # its hash partition
 MAP_TASK_ROWS = 16_384   # rows per read task of a per-row pass: enough tasks to keep every core busy
 ROWS_PER_FILE = 100_000  # a file is one task of the next global step's apply: its rows bound that task's memory
+# Decisions per block while they are routed (narrow rows: ~30-60 MB). The apply's groupby by file is
+# a sort shuffle of decision blocks x files pieces, each an object the driver owns while it runs
+# (~20-35 KB of its memory apiece): decisions in the blocks of the rows they came from made ~3,500
+# pieces at 5M rows (+240 MB on the driver), a block per DECISION_BLOCK_ROWS ~36.
+DECISION_BLOCK_ROWS = 1_000_000
 STAGING = ".blocks"
 
 
@@ -251,7 +257,7 @@ def _resolve(group: pa.Table) -> pa.Table:
 def route(ray: Any, decisions: Any, files: list[str]) -> Any:
     """The decisions dataset with FILE set on every row (see the module docstring)."""
     index = FileIndex(files)
-    tagged = decisions.map_batches(tag_file, batch_format="pyarrow",
+    tagged = decisions.map_batches(tag_file, batch_format="pyarrow", batch_size=DECISION_BLOCK_ROWS,
                                    fn_kwargs={"starts": index.starts, "owners": index.owners})
     if index.by_range and not index.with_repeats:
         return tagged

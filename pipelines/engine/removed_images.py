@@ -37,6 +37,10 @@ def _removals(files: list[str]) -> pa.Table:
     if not files or "images_removed" not in pq.read_schema(files[0]).names:
         return SCHEMA.empty_table()
     ds = pads.dataset(files, format="parquet")
+    # The list column alone first: most runs remove no image, and reading key and source of every
+    # row to find none cost the driver ~45 MB of Arrow's pool per 100k-row file (measured, issue 31).
+    if not pc.any(pc.greater(pc.list_value_length(ds.to_table(columns=["images_removed"]).column(0)), 0)).as_py():
+        return SCHEMA.empty_table()
     rows = ds.to_table(columns=["key", "source", R.ORDINAL, "images_removed"],
                        filter=pc.list_value_length(pc.field("images_removed")) > 0)
     if rows.num_rows == 0:
