@@ -37,6 +37,7 @@ from curate.base import inline as E
 from curate.base import records as R
 from curate.base.diskspace import find_out_of_space
 from curate.base.global_data import COMBINE_FAN_IN, concat, partition_of, sort_for_reduce
+from pipelines.engine import shuffles
 from pipelines.engine.heap import HeapTrimmer
 from pipelines.engine.links import DROPPED_AT, apply_alone, apply_link, chain_schema, schema_without_dropped_at, without_dropped_at
 from pipelines.engine.progress import DISABLED, FileCounter, Progress, RowCounter, entered_rows, shuffle_phase, task_bytes
@@ -93,9 +94,10 @@ class RayData:
 
     def shuffle_reduce(self, key: str, fn: Callable[[pa.Table], pa.Table], partitions: int,
                        block_rows: int | None = None) -> "RayData":
-        """Ray Data's sort shuffle (DataContext.shuffle_strategy): it makes as many output blocks as
-        input blocks, whatever ``num_partitions`` says, so ``partitions`` bounds the distinct keys of the
-        sort and the reduce calls with rows; each input block is cut into a piece per reduce call.
+        """Ray Data's sort shuffle: it makes as many output blocks as input blocks, whatever
+        ``num_partitions`` says, so ``partitions`` bounds the distinct keys of the sort and the reduce
+        calls with rows; each input block is cut into a piece per reduce call. Past
+        ``shuffles.SORT_PIECES_BUDGET`` pieces, Ray's hash shuffle instead (pipelines.engine.shuffles).
         ``block_rows`` gathers the input into blocks of that many rows first (see GlobalData)."""
         def add_part(batch: pa.Table) -> pa.Table:
             return batch.append_column(PART, pa.array(partition_of(batch.column(key), partitions).astype("int64")))
@@ -103,12 +105,13 @@ class RayData:
         def reduce(group: pa.Table) -> pa.Table:
             return fn(sort_for_reduce(group.drop_columns([PART]), key))
 
+        blocks = shuffles.estimated_blocks(self.ds, block_rows)
         ds = self.ds.map_batches(add_part, batch_format="pyarrow", **({"batch_size": block_rows} if block_rows else {}))
-        return self._next(ds.groupby(PART, num_partitions=partitions).map_groups(reduce, batch_format="pyarrow"),
+        return self._next(shuffles.group_map(ds, PART, partitions, reduce, blocks, batch_format="pyarrow"),
                           (shuffle_phase(key),))
 
     def union(self, other: "RayData") -> "RayData":
-        return self._next(self.ds.union(other.ds), other.pending)
+        return self._next(shuffles.union(self.ds, other.ds), other.pending)
 
     def count(self) -> int:
         if self.rows is not None:
@@ -361,10 +364,10 @@ class RayExecutor:
                               for name, typ in zip(right_schema.names, right_schema.types)})
         token = f"{stage.context.recipe_hash}:{stage.context.stage_index}:{stage.name}:decisions"
         out.mkdir(parents=True, exist_ok=True)
-        by_file = tagged.union(ray.data.from_arrow(sentinels)).groupby(FILE, num_partitions=min(len(files), 256))
+        with_sentinels = tagged.union(ray.data.from_arrow(sentinels))
         counter = self.new_counter(out.parent / ".progress-apply") if self.progress.enabled else None
-        done = by_file.map_groups(
-            apply_file, batch_format="pyarrow",
+        done = shuffles.group_map(
+            with_sentinels, FILE, min(len(files), 256), apply_file, tagged.num_blocks() + 1, batch_format="pyarrow",
             fn_kwargs={"files": [str(Path(f).resolve()) for f in files], "out": str(out.resolve()), "schema": schema,
                        "only_kept": only_kept, "token": token, "stage_cls": type(stage), "config": stage.config,
                        "context": stage.context, "worker_stage": _worker_stage, "counter": counter})

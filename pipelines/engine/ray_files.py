@@ -43,6 +43,7 @@ from curate.base import Stage
 from curate.base import inline as E
 from curate.base import records as R
 from curate.base.global_data import concat, partition_of
+from pipelines.engine import shuffles
 from pipelines.engine.links import apply_decisions as link_decisions
 from pipelines.engine.links import without_dropped_at
 from pipelines.engine.tables import write_table
@@ -272,10 +273,11 @@ def route(ray: Any, decisions: Any, files: list[str]) -> Any:
         .map_batches(_lookup_rows, batch_format="pyarrow",
                      fn_kwargs={"decision_schema": schema, "only_repeats": index.by_range})
     partitions = min(256, max(1, len(looked_up)))
-    resolved = unknown.union(lookup) \
-        .map_batches(_add_part, batch_format="pyarrow", fn_kwargs={"partitions": partitions}) \
-        .groupby(PART, num_partitions=partitions).map_groups(_resolve, batch_format="pyarrow")
-    return located.union(resolved)
+    blocks = tagged.num_blocks() + (shuffles.estimated_blocks(lookup) or len(looked_up))
+    parted = shuffles.union(unknown, lookup) \
+        .map_batches(_add_part, batch_format="pyarrow", fn_kwargs={"partitions": partitions})
+    resolved = shuffles.group_map(parted, PART, partitions, _resolve, blocks, batch_format="pyarrow")
+    return shuffles.union(located, resolved)
 
 
 def apply_file(group: pa.Table, files: list[str], out: str, schema: pa.Schema, only_kept: bool, token: str,
