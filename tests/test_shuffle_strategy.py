@@ -131,3 +131,30 @@ def test_the_shards_step_and_its_apply_write_the_same_bytes_on_the_hash_shuffle(
     assert built == [True, True]   # the shards' shuffle, then the apply's groupby by file: on the hash shuffle
     assert digests["ray"][0] and len(digests["ray"][1]) == len(files)
     assert digests["ray"] == digests["inline"]
+
+
+def test_a_sort_shuffle_and_a_union_after_a_hash_shuffle_plan_and_give_the_same_rows(ray_executor, tmp_path, monkeypatch):
+    """A hash shuffle, then a union with a dataset on the sort shuffle (on the left) and a
+    sort-sized shuffle of the result: the keyed repartition upstream still plans (HASH_SHUFFLE kept
+    for planning), the later groupby is still a sort, and the rows are those of all sort shuffles."""
+    from pipelines.engine.ray_data import RayData
+    files = _files(tmp_path / "in", 4, 50)
+
+    def count_rows(group: pa.Table) -> pa.Table:   # a call gets one or more whole keys
+        return group.group_by("key", use_threads=False).aggregate([([], "count_all")]).rename_columns(["key", "rows"])
+
+    def run(first_hash: bool) -> tuple[pa.Table, int]:
+        calls = iter([first_hash, False])
+        monkeypatch.setattr(shuffles, "use_hash", lambda blocks, partitions: next(calls))
+        first = RayData(ray_executor._read(files)).shuffle_reduce("key", _per_key, 8) \
+            .map_batches(lambda b: b.select(["key"]))
+        plain = RayData(ray_executor._read(files)).map_batches(lambda b: b.select(["key"]))
+        out = plain.union(first).shuffle_reduce("key", count_rows, 8)
+        return out.gather().sort_by("key"), shuffles.hash_shuffles(out.ds)
+
+    mixed, hashes = run(True)
+    assert hashes == 1
+    expected, none = run(False)
+    assert none == 0 and mixed.equals(expected)
+    # each key: its rows in the plain read and the one row per key of the first shuffle
+    assert mixed.num_rows == 64 and sum(mixed.column("rows").to_pylist()) == 200 + 64
