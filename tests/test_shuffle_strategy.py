@@ -43,7 +43,7 @@ def ray_executor():
     assert not ray.is_initialized()
     # Every object in the object store, as the shuffle's pieces are at scale: small ones would be
     # inlined into the tasks that read them and hold no reference.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              _system_config={"max_direct_call_object_size": 0})
     executor = RayExecutor(num_cpus=2)
     yield executor
