@@ -135,6 +135,7 @@ def test_on_ray_the_driver_gets_a_row_per_shard_and_keeps_no_shuffle_piece(tmp_p
     for ray_digest, inline_digest in digests.values():
         assert ray_digest == inline_digest
     print("driver-held references after the step, by input blocks:", held)
-    # ~10 a block (the decisions' blocks and their read's lineage); the code that returned the
-    # decisions from the shuffle held 152 and 917 here: ~64 more a block, blocks x 8 shards.
-    assert held[16] - held[4] <= 12 * (16 - 4), held
+    # ~9-13 a block (the decisions' blocks and their read's lineage; how many are still in flight when
+    # the step returns varies with the machine's load); the code that returned the decisions from the
+    # shuffle held 152 and 917 here: ~64 more a block, blocks x 8 shards. The bound sits between.
+    assert held[16] - held[4] <= 24 * (16 - 4), held
