@@ -11,7 +11,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from curate.base import Stage
@@ -52,8 +51,36 @@ def count_rows(files: list[str], kept_only: bool = False) -> int:
     if not files:
         return 0
     if kept_only:
-        return pads.dataset(files, format="parquet").count_rows(filter=pc.field(R.STATUS) == R.KEPT)
+        return sum(kept_rows(f) for f in files)
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def kept_rows(path: str) -> int:
+    """The kept rows of one file, a row group at a time: from the footer's ``_status`` statistics where
+    a group is all one status, else from that group's ``_status`` column alone, read on this thread.
+    Why not a dataset scan with a filter: the driver counts every chain's rows several times, and a
+    scan reads several files ahead on Arrow's threads, whose allocator keeps the pages it used (at
+    5M rows, +17-21 MB of the driver per count, measured for issue 31); this holds one row group."""
+    parquet = pq.ParquetFile(path)
+    meta = parquet.metadata
+    leaf = next((c for c in range(meta.num_columns) if meta.schema.column(c).path == R.STATUS), None)
+    if leaf is None:
+        raise ValueError(f"{path}: no {R.STATUS} column to count kept rows by")
+    kept = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        if not group.num_rows:
+            continue
+        stats = group.column(leaf).statistics
+        if stats is not None and stats.has_min_max and stats.has_null_count and stats.null_count == 0:
+            if stats.min == stats.max == R.KEPT:
+                kept += group.num_rows
+                continue
+            if not stats.min <= R.KEPT <= stats.max:
+                continue
+        status = parquet.read_row_group(g, columns=[R.STATUS], use_threads=False).column(0)
+        kept += int(pc.sum(pc.equal(status, R.KEPT)).as_py() or 0)
+    return kept
 
 
 def global_columns(stage: Stage, schema: pa.Schema) -> list[str] | None:
