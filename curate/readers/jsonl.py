@@ -28,7 +28,8 @@ import fsspec
 from curate.base import records as R
 from curate.readers import refs
 from curate.readers.compression import DECOMPRESS_ERRORS, is_gzip, open_decompressed
-from curate.readers.sources import BadSample, SourceSpec, bad_row, check_image_count, image_ref_from_bytes, make_row
+from curate.readers.sources import (BadSample, SourceSpec, admit_record, bad_row, check_image_count,
+                                    image_ref_from_bytes, make_row)
 from curate.readers.timed_io import DEFAULT_READ_TIMEOUT_S, ReadTimeout, open_timed
 from curate.media.video import video_ref_from_bytes
 
@@ -325,13 +326,7 @@ def llava_rows(task: LlavaTask, records: Iterator[tuple[int, Any]], is_lines: bo
         rid = rec.get("id") if isinstance(rec, dict) else None
         key = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else f"{file_index}-{line}"
         try:
-            if isinstance(rec, BadSample):
-                raise rec
-            if not isinstance(rec, dict):
-                raise BadSample("invalid_record", "record is not an object", R.REJECTED)
-            if key in seen:
-                raise BadSample("duplicate_key", f"id {key} appears twice in {uri}", R.REJECTED)
-            seen.add(key)
+            admit_record(rec, key, seen, uri, key_label="id ")
             yield make_row(spec, key, ordinal, prov, **_llava_fields(spec, task.root, rec, task.memo))
         except BadSample as bad:
             yield bad_row(spec, key, ordinal, prov, bad)

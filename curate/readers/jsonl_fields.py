@@ -19,15 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.base import records as R
-from curate.readers.jsonl import MAX_JSON_DEPTH, ROLE_ALIASES
+from curate.readers.jsonl import MAX_JSON_DEPTH
+from curate.readers.parquet_turns import judge_turns
 
 PLACEHOLDERS = ("<image>", "<video>")
 IMAGE_FIELDS = ("image", "images")
 VIDEO_FIELDS = ("video", "videos")
 NOT_META = {"conversations", "id", *IMAGE_FIELDS, *VIDEO_FIELDS}
 _TURN_FIELDS = ("from", "role", "value", "content")
-_ALIAS_KEYS = pa.array(sorted(ROLE_ALIASES), pa.string())
-_ALIAS_VALUES = pa.array([ROLE_ALIASES[k] for k in sorted(ROLE_ALIASES)], pa.string())
 
 
 def _nesting(t: pa.DataType) -> int:
@@ -177,22 +176,8 @@ def turns(conv: pa.ChunkedArray | None, n: int, tags_in_block: set[str] = frozen
             present[0] if len(present) == 1 else pc.coalesce(*present)
 
     role, content = first_of("from", "role"), first_of("value", "content")
-    alias = pc.index_in(pc.ascii_lower(role), value_set=_ALIAS_KEYS)
-    known = pc.and_(pc.string_is_ascii(role), pc.is_valid(alias))
-    good = pc.fill_null(pc.and_(known, pc.is_valid(content)), False).to_numpy(zero_copy_only=False)
-    invalid = lengths == 0
-    detail: list[str | None] = [None] * n
-    for row in np.flatnonzero(invalid).tolist():
-        detail[row] = "conversations must be a non-empty list"
-    bad = np.flatnonzero(~good)
-    if len(bad):
-        parent = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        rows, first = np.unique(parent[bad], return_index=True)   # the first bad turn of each row
-        for row, at in zip(rows.tolist(), bad[first].tolist()):
-            detail[row] = f"turn {at - int(starts[row])}: unknown role or non-text content"
-        invalid[rows] = True
-    mapped = pc.take(_ALIAS_VALUES, alias)
+    mapped, invalid, detail, content_bytes = judge_turns(role, content, lengths, np.ones(n, bool),
+                                                         np.ones(len(role), bool))
     parent = np.repeat(np.arange(n, dtype=np.int64), lengths)
 
     def per_row(per_turn: pa.Array) -> np.ndarray:   # a row's sum of a per-turn count
@@ -200,7 +185,6 @@ def turns(conv: pa.ChunkedArray | None, n: int, tags_in_block: set[str] = frozen
         return np.bincount(parent, weights=counts, minlength=n).astype(np.int64) if len(counts) else \
             np.zeros(n, np.int64)
 
-    content_bytes = per_row(pc.binary_length(content))
     tags = {tag: per_row(pc.count_substring(content, tag)) if tag in tags_in_block else np.zeros(n, np.int64)
             for tag in PLACEHOLDERS}
     values = pa.StructArray.from_arrays([mapped, content], names=["role", "content"])

@@ -22,7 +22,7 @@ from curate.readers.documents import aligned_parts, document_fields
 from curate.readers.jsonl import _starts_array, iter_json_records, referenced_image
 from curate.readers.parquet import json_safe, parquet_rows
 from curate.readers.refs import ReferenceMemo
-from curate.readers.sources import BadSample, SourceSpec, bad_row, image_ref_from_bytes, make_row
+from curate.readers.sources import BadSample, SourceSpec, admit_record, bad_row, image_ref_from_bytes, make_row
 from curate.readers.timed_io import open_timed
 
 TEXTS, IMAGES = "texts", "images"
@@ -84,13 +84,7 @@ class _DocumentReader:
             raw_key = rec.get("id")
         key = str(raw_key) if isinstance(raw_key, (str, int)) and not isinstance(raw_key, bool) else fallback_key
         try:
-            if isinstance(rec, BadSample):
-                raise rec
-            if not isinstance(rec, dict):
-                raise BadSample("invalid_record", "record is not an object", R.REJECTED)
-            if key in seen:
-                raise BadSample("duplicate_key", f"{key} appears twice in {self.uri}", R.REJECTED)
-            seen.add(key)
+            admit_record(rec, key, seen, self.uri)
             parts = aligned_parts(rec.get(TEXTS), rec.get(IMAGES))
             skip = {TEXTS, IMAGES, spec.key_column, "id"}
             meta = json_safe({k: v for k, v in rec.items() if k not in skip and not isinstance(v, (bytes, bytearray))})

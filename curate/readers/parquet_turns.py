@@ -69,15 +69,28 @@ def normalized_turns(column: pa.Array | pa.ChunkedArray, fields: tuple[str, str]
     present = conv.is_valid().to_numpy(zero_copy_only=False)
     lengths = np.asarray(pc.fill_null(pc.list_value_length(conv), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     flat = pc.list_flatten(conv)
-    parent = np.repeat(np.arange(n, dtype=np.int64), lengths)
     turn_ok = flat.is_valid().to_numpy(zero_copy_only=False) if len(flat) else np.zeros(0, bool)
     role = pc.struct_field(flat, fields[0]) if len(flat) else pa.array([], pa.string())
     content = pc.struct_field(flat, fields[1]) if len(flat) else pa.array([], pa.string())
     if len(role) and not pc.all(pc.fill_null(pc.string_is_ascii(role), True)).as_py():
         return None
-    alias = pc.index_in(pc.utf8_lower(role), value_set=_ALIAS_KEYS)
-    mapped = pc.take(_ALIAS_VALUES, alias)
-    good = turn_ok & alias.is_valid().to_numpy(zero_copy_only=False) & content.is_valid().to_numpy(zero_copy_only=False)
+    mapped, invalid, detail, content_bytes = judge_turns(role, content, lengths, present, turn_ok)
+    values = pa.StructArray.from_arrays([mapped, content], names=["role", "content"])
+    return Turns(values, lengths, present, invalid, detail, content_bytes)
+
+
+def judge_turns(role: pa.Array, content: pa.Array, lengths: np.ndarray, present: np.ndarray, turn_ok: np.ndarray
+                ) -> tuple[pa.Array, np.ndarray, list[str | None], np.ndarray]:
+    """The row path's verdict on flat turns (`role`, `content`: one entry a turn; `lengths`: turns a
+    row; `present`: rows that have a conversations value; `turn_ok`: turns that are objects), for the
+    parquet and the JSONL column paths alike: (roles mapped through ``ROLE_ALIASES``, invalid rows,
+    their ``invalid_conversations`` details, UTF-8 bytes of a row's contents). A role is known when it
+    is ASCII and its lower case is an alias (Python's ``str.lower`` maps no other text onto one)."""
+    n = len(lengths)
+    parent = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    alias = pc.index_in(pc.ascii_lower(role), value_set=_ALIAS_KEYS)
+    known = pc.fill_null(pc.and_(pc.string_is_ascii(role), pc.is_valid(alias)), False)
+    good = turn_ok & known.to_numpy(zero_copy_only=False) & content.is_valid().to_numpy(zero_copy_only=False)
     invalid = present & (lengths == 0)
     detail: list[str | None] = [None] * n
     for row in np.flatnonzero(invalid).tolist():
@@ -94,5 +107,4 @@ def normalized_turns(column: pa.Array | pa.ChunkedArray, fields: tuple[str, str]
     sizes = np.asarray(pc.fill_null(pc.binary_length(content), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     content_bytes = np.bincount(parent, weights=sizes, minlength=n).astype(np.int64) if len(sizes) else \
         np.zeros(n, dtype=np.int64)
-    values = pa.StructArray.from_arrays([mapped, content], names=["role", "content"])
-    return Turns(values, lengths, present, invalid, detail, content_bytes)
+    return pc.take(_ALIAS_VALUES, alias), invalid, detail, content_bytes

@@ -115,6 +115,20 @@ def check_text_size(spec: SourceSpec, text: str | None, conversations: list[dict
         raise BadSample("text_too_long", f"over {limit} bytes of text (max_text_bytes)", R.REJECTED)
 
 
+def admit_record(rec: Any, key: str, seen: set[str], uri: str, key_label: str = "") -> dict:
+    """A parsed record, or the BadSample that rejects it: a parse failure (`rec` is one), a value that
+    is not a JSON object, or a key already `seen` in this read of `uri` (its detail names the key after
+    `key_label`: LLaVA's "id ", none for documents). A record let in adds its key to `seen`."""
+    if isinstance(rec, BadSample):
+        raise rec
+    if not isinstance(rec, dict):
+        raise BadSample("invalid_record", "record is not an object", R.REJECTED)
+    if key in seen:
+        raise BadSample("duplicate_key", f"{key_label}{key} appears twice in {uri}", R.REJECTED)
+    seen.add(key)
+    return rec
+
+
 def make_row(spec: SourceSpec, key: str, ordinal: int, provenance: dict, **fields: Any) -> dict[str, Any]:
     """A record row. A row with content (text, conversations, images) is checked against the source's
     size limits here, the one place every reader's rows pass: BadSample for the caller to record."""
