@@ -38,3 +38,18 @@ def demo_run(tmp_path_factory):
     finally:
         os.chdir(cwd)
     return work / "out", result, expected
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The shipped Qwen tokenizer (pack.tokens), loaded once per test module that asks for it."""
+    from pack import tokens as T
+    return T.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    """The same tokenizer through transformers, to compare our counts with its own."""
+    from transformers import AutoTokenizer
+    from pack import tokens as T
+    return AutoTokenizer.from_pretrained(str(T.shipped_tokenizer_dir()), local_files_only=True)

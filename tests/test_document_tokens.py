@@ -46,17 +46,6 @@ def documents(n: int = 40, seed: int = 3) -> pa.Table:
     return D.remove_images(table, removals, "image_filter")
 
 
-@pytest.fixture(scope="module")
-def tok() -> T.Tokenizer:
-    return T.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def hf_tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(T.shipped_tokenizer_dir()), local_files_only=True)
-
-
 @pytest.mark.parametrize("template", TEMPLATES, ids=["chat", "plain", "chat-no-system"])
 def test_document_counts_equal_transformers_input_ids(tok, hf_tok, template):
     table = documents()

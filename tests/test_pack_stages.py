@@ -45,11 +45,6 @@ def _rows() -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return T.load_tokenizer()
-
-
 def _table(rows):
     return R.rows_to_table(rows, R.BASE_SCHEMA)
 

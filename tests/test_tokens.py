@@ -21,17 +21,6 @@ PIXEL_SETTINGS = [(T.MIN_PIXELS, T.MAX_PIXELS)] + \
     [(mn * 28 * 28, mx * 28 * 28) for mn in (4, 16, 32, 64) for mx in (1280, 3072, 4096)]
 
 
-@pytest.fixture(scope="module")
-def tok() -> T.Tokenizer:
-    return T.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def hf_tok():
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(T.shipped_tokenizer_dir()), local_files_only=True)
-
-
 def _ref_smart_resize():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
     return smart_resize

@@ -19,11 +19,6 @@ TURN = st.fixed_dictionaries({"role": st.one_of(st.none(), st.sampled_from(["use
                               "content": CONTENT})
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return T.load_tokenizer()
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(convs=st.lists(st.one_of(st.none(), st.lists(TURN, max_size=4)), min_size=1, max_size=12),
        images=st.lists(st.integers(0, 2), min_size=12, max_size=12),
